@@ -1,0 +1,122 @@
+"""Load, validate and resolve the workflow configuration.
+
+The schema in ``workflow/schemas/config.schema.yaml`` is the one source of truth: it gives every
+key's description and default. The Snakefile validates with ``snakemake.utils.validate``; the
+command line and tests use :func:`load_config`, which applies the same schema and defaults.
+"""
+
+import copy
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import jsonschema
+import yaml
+
+from .errors import InputError
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+SCHEMA_PATH = REPO_ROOT / "workflow" / "schemas" / "config.schema.yaml"
+DATASET_SECTIONS = ("io", "preprocess", "validation", "split")
+RUN_SECTIONS = ("train", "head", "finetune", "evaluate")
+
+
+def load_schema():
+    """Return the config schema as a dict."""
+    with open(SCHEMA_PATH, encoding="utf-8") as f:
+        return yaml.safe_load(f)
+
+
+def _validator_filling_defaults(schema):
+    base = jsonschema.Draft202012Validator
+
+    def set_defaults(validator, properties, instance, schema):
+        if isinstance(instance, dict):
+            for name, sub in properties.items():
+                if "default" in sub and name not in instance:
+                    instance[name] = copy.deepcopy(sub["default"])
+        yield from base.VALIDATORS["properties"](validator, properties, instance, schema)
+
+    filling = jsonschema.validators.extend(base, {"properties": set_defaults})
+    return filling(schema)
+
+
+def validate_config(config, schema=None):
+    """Validate ``config`` in place, filling defaults; raise InputError listing every problem."""
+    schema = schema or load_schema()
+    validator = _validator_filling_defaults(schema)
+    errors = sorted(validator.iter_errors(config), key=lambda e: list(e.absolute_path))
+    if errors:
+        problems = [f"{'.'.join(map(str, e.absolute_path)) or '<top>'}: {e.message}" for e in errors]
+        raise InputError("invalid configuration", problems)
+    fractions = None
+    for name in config.get("datasets", {}):
+        fractions = dataset_config(config, name)["split"]["fractions"]
+        total = sum(fractions.values())
+        if abs(total - 1.0) > 1e-6:
+            raise InputError("invalid configuration", [f"datasets.{name}.split.fractions sum to {total}, not 1"])
+    return config
+
+
+def load_config(path=None, overrides=None):
+    """Read a YAML config (or start empty), merge ``overrides``, validate and fill defaults."""
+    config = {}
+    if path is not None:
+        with open(path, encoding="utf-8") as f:
+            config = yaml.safe_load(f) or {}
+    if overrides:
+        config = deep_merge(config, overrides)
+    return validate_config(config)
+
+
+def deep_merge(base, override):
+    """Return a new dict: ``override`` merged into ``base``, recursing into nested dicts."""
+    merged = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+def _validate_section(section, value, where):
+    schema = load_schema()
+    sub = dict(schema["properties"][section])
+    sub["definitions"] = schema.get("definitions", {})
+    validator = _validator_filling_defaults(sub)
+    errors = list(validator.iter_errors(value))
+    if errors:
+        problems = [f"{where}.{'.'.join(map(str, e.absolute_path))}: {e.message}" for e in errors]
+        raise InputError("invalid configuration", problems)
+    return value
+
+
+def dataset_config(config, name):
+    """Options of one dataset: its entry plus the top-level sections with its overrides merged."""
+    entry = config["datasets"][name]
+    resolved = {key: value for key, value in entry.items() if key not in DATASET_SECTIONS}
+    for section in DATASET_SECTIONS:
+        merged = deep_merge(config.get(section, {}), entry.get(section, {}))
+        resolved[section] = _validate_section(section, merged, f"datasets.{name}.{section}")
+    env_npz = os.environ.get(f"MEDCLASSIFY_{name.upper()}_NPZ")
+    if env_npz and resolved.get("medmnist"):
+        resolved["npz"] = env_npz
+    return resolved
+
+
+def run_config(config, run):
+    """Options of one run: the top-level train/head/finetune/evaluate with the run's overrides."""
+    overrides = config["runs"][run]
+    resolved = {}
+    for section in RUN_SECTIONS:
+        merged = deep_merge(config.get(section, {}), overrides.get(section, {}))
+        resolved[section] = _validate_section(section, merged, f"runs.{run}.{section}")
+    return resolved
+
+
+def config_hash(obj):
+    """Stable short hash of a JSON-serialisable object (sorted keys)."""
+    text = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]

@@ -1,0 +1,21 @@
+"""Names shared by the workflow and the library: the run wildcard and its fold."""
+
+import re
+
+_RUN = re.compile(r"^(?P<name>[A-Za-z0-9_-]+)(?:/fold_(?P<fold>\d+))?$")
+
+
+def parse_run(run):
+    """Split a ``{run}`` wildcard value into ``(name, fold)``; fold is None outside k-fold."""
+    match = _RUN.match(run)
+    if not match:
+        raise ValueError(f"not a run name: {run!r}")
+    fold = match.group("fold")
+    return match.group("name"), (int(fold) if fold is not None else None)
+
+
+def run_ids(run_names, folds=None):
+    """Every ``{run}`` value: the names, or ``name/fold_k`` for each of ``folds`` folds."""
+    if not folds:
+        return list(run_names)
+    return [f"{name}/fold_{k}" for name in run_names for k in range(folds)]
