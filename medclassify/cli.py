@@ -1,0 +1,260 @@
+"""The ``medclassify`` command: one subcommand per workflow stage.
+
+Each subcommand calls the same library function as the workflow rule of that stage, so a stage
+can be run, debugged or scripted by hand. Exit status: 0 on success, 1 on invalid input (the
+message names the problem), 2 on usage errors.
+"""
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from . import __version__
+from .errors import InputError, UsageError
+
+EXIT_OK, EXIT_INPUT, EXIT_USAGE = 0, 1, 2
+
+
+def _load_config(args):
+    from .config import load_config
+
+    overrides = json.loads(args.set) if getattr(args, "set", None) else None
+    return load_config(args.config, overrides)
+
+
+def _add_config_options(parser):
+    parser.add_argument("--config", type=Path, help="YAML config file (defaults apply for every key it leaves out)")
+    parser.add_argument("--set", metavar="JSON", help='config overrides as JSON, e.g. \'{"preprocess": {"size": [32, 32]}}\'')
+
+
+# --- validate ----------------------------------------------------------------------------------
+def _add_validate(sub):
+    p = sub.add_parser("validate", help="check a manifest and every image it names",
+                       description="Validate a manifest: columns, labels, files, decoding, duplicates, "
+                       "patients. Writes the validated manifest (only when valid) and a report.")
+    p.add_argument("manifest", type=Path, help="manifest CSV (columns path, label, patient, modality)")
+    p.add_argument("--root", type=Path, help="folder the manifest's paths are relative to (default: the manifest's folder)")
+    p.add_argument("--report", type=Path, required=True, help="validation report (JSON; a .md is written beside it)")
+    p.add_argument("--out", type=Path, help="validated manifest CSV (default: manifest.validated.csv beside the report)")
+    p.add_argument("--labels", nargs="+", help="allowed labels, in class order")
+    p.add_argument("--threads", type=int, default=1, help="decoding processes")
+    _add_config_options(p)
+    p.set_defaults(func=_cmd_validate)
+
+
+def _cmd_validate(args):
+    from .manifest import validate_manifest, write_validation_outputs
+
+    config = _load_config(args)
+    root = args.root or args.manifest.parent
+    result = validate_manifest(args.manifest, root, io_options=config["io"],
+                               validation_options=config["validation"], labels=args.labels,
+                               salt=config["salt"], threads=args.threads)
+    out = args.out or args.report.parent / "manifest.validated.csv"
+    write_validation_outputs(result, out, args.report, args.report.with_suffix(".md"))
+    if not result.ok:
+        errors = [p for p in result.problems if p.severity == "error" or config["validation"]["strict"]]
+        lines = [f"row {p.row}: {p.path}: {p.code}: {p.message}" for p in errors]
+        raise InputError(f"{len(errors)} problem(s) in {args.manifest}; full list in {args.report}", lines)
+    print(f"{len(result.table)} samples valid; wrote {out} and {args.report}")
+
+
+# --- preprocess --------------------------------------------------------------------------------
+def _add_preprocess(sub):
+    p = sub.add_parser("preprocess", help="build the HDF5 cache from a validated manifest",
+                       description="Read, resize and normalise every image of a validated manifest "
+                       "into an HDF5 cache, and write the dataset fingerprint.")
+    p.add_argument("manifest", type=Path, help="validated manifest (from 'medclassify validate')")
+    p.add_argument("--root", type=Path, required=True, help="folder the manifest's paths are relative to")
+    p.add_argument("--out", type=Path, required=True, help="cache file (.h5)")
+    p.add_argument("--fingerprint", type=Path, required=True, help="fingerprint JSON")
+    p.add_argument("--report", type=Path, help="validation report.json, for the class order (default: classes sorted)")
+    p.add_argument("--threads", type=int, default=1, help="decoding processes")
+    _add_config_options(p)
+    p.set_defaults(func=_cmd_preprocess)
+
+
+def _cmd_preprocess(args):
+    import pandas as pd
+
+    from .cache import build_cache_part, merge_cache_parts
+
+    config = _load_config(args)
+    table = pd.read_csv(args.manifest, dtype=str, keep_default_na=False)
+    if args.report:
+        classes = json.loads(args.report.read_text())["classes"]
+    else:
+        classes = sorted(table["label"].unique())
+    part = args.out.with_name(args.out.stem + ".part-0-of-1.h5")
+    build_cache_part(args.manifest, args.root, part, preprocess_options=config["preprocess"],
+                     io_options=config["io"], classes=classes, threads=args.threads)
+    merge_cache_parts([part], args.out, args.fingerprint)
+    print(f"wrote {args.out} and {args.fingerprint}")
+
+
+# --- split -------------------------------------------------------------------------------------
+def _add_split(sub):
+    p = sub.add_parser("split", help="assign samples to train/val/test, grouped by patient",
+                       description="Split a validated manifest by patient (stratified by label), "
+                       "or honour its split column, or make k folds with a held-out test set.")
+    p.add_argument("manifest", type=Path, help="validated manifest")
+    p.add_argument("--out", type=Path, required=True, help="splits CSV")
+    p.add_argument("--report", type=Path, required=True, help="split report JSON (a .png is written beside it)")
+    _add_config_options(p)
+    p.set_defaults(func=_cmd_split)
+
+
+def _cmd_split(args):
+    import pandas as pd
+
+    from .splits import make_splits, write_split_outputs
+
+    config = _load_config(args)
+    table = pd.read_csv(args.manifest, dtype=str, keep_default_na=False)
+    splits, report = make_splits(table, config["split"])
+    write_split_outputs(splits, report, args.out, args.report, args.report.with_suffix(".png"))
+    print(f"wrote {args.out} and {args.report}")
+
+
+# --- train -------------------------------------------------------------------------------------
+def _add_train(sub):
+    p = sub.add_parser("train", help="train the head (frozen backbone) or fine-tune",
+                       description="Train one stage from the HDF5 cache and the splits file.")
+    p.add_argument("--stage", choices=["head", "finetune"], required=True, help="which stage to train")
+    p.add_argument("--cache", type=Path, required=True, help="cache.h5")
+    p.add_argument("--splits", type=Path, required=True, help="splits.csv")
+    p.add_argument("--out", type=Path, required=True, help="output folder (model.keras, history.csv, …)")
+    p.add_argument("--init-model", type=Path, help="head model to fine-tune (stage finetune)")
+    p.add_argument("--run", default=None, help="run name from the config's runs (default: the first)")
+    p.add_argument("--fold", type=int, help="fold, with split.method kfold")
+    p.add_argument("--threads", type=int, help="CPU threads for TensorFlow")
+    _add_config_options(p)
+    p.set_defaults(func=_cmd_train)
+
+
+def _cmd_train(args):
+    from .config import run_config
+    from .training import train_stage
+
+    config = _load_config(args)
+    run = args.run or next(iter(config["runs"]))
+    if run not in config["runs"]:
+        raise UsageError(f"unknown run {run!r}; the config has {', '.join(config['runs'])}")
+    train_stage(args.stage, args.cache, args.splits, args.out, options=run_config(config, run),
+                fold=args.fold, init_model=args.init_model, threads=args.threads)
+    print(f"wrote {args.out / 'model.keras'}")
+
+
+# --- evaluate ----------------------------------------------------------------------------------
+def _add_evaluate(sub):
+    p = sub.add_parser("evaluate", help="metrics, confidence intervals and plots on the test split",
+                       description="Evaluate a trained model: threshold chosen on val, metrics with "
+                       "patient-level bootstrap CIs, calibration, subgroups and plots on test.")
+    p.add_argument("--model", type=Path, required=True, help="model.keras")
+    p.add_argument("--cache", type=Path, required=True, help="cache.h5")
+    p.add_argument("--splits", type=Path, required=True, help="splits.csv")
+    p.add_argument("--manifest", type=Path, required=True, help="validated manifest (for subgroups)")
+    p.add_argument("--out", type=Path, required=True, help="output folder")
+    p.add_argument("--history", nargs="*", type=Path, default=[], help="history.csv of the head then the finetune stage")
+    p.add_argument("--run", default=None, help="run name from the config's runs (default: the first)")
+    p.add_argument("--fold", type=int, help="fold, with split.method kfold")
+    _add_config_options(p)
+    p.set_defaults(func=_cmd_evaluate)
+
+
+def _cmd_evaluate(args):
+    from .config import run_config
+    from .evaluation import run_evaluation
+
+    config = _load_config(args)
+    run = args.run or next(iter(config["runs"]))
+    histories = dict(zip(["head", "finetune"], args.history))
+    run_evaluation(args.model, args.cache, args.splits, args.manifest, args.out,
+                   options=run_config(config, run), histories=histories, fold=args.fold)
+    print(f"wrote {args.out / 'metrics.json'}")
+
+
+# --- predict -----------------------------------------------------------------------------------
+def _add_predict(sub):
+    p = sub.add_parser("predict", help="classify new images with a trained model",
+                       description="Apply a trained model to image files or a manifest, with the "
+                       "readers, preprocessing, classes and threshold saved with the model.")
+    p.add_argument("--model", type=Path, required=True, help="model.keras (model.json must lie beside it)")
+    p.add_argument("--input", type=Path, nargs="+", required=True, help="image files, folders, or one manifest CSV")
+    p.add_argument("--out", type=Path, required=True, help="predictions CSV")
+    p.set_defaults(func=_cmd_predict)
+
+
+def _cmd_predict(args):
+    from .predict import predict_files
+
+    table = predict_files(args.model, args.input, args.out)
+    print(f"wrote {len(table)} rows to {args.out}")
+
+
+# --- import-medmnist ---------------------------------------------------------------------------
+def _add_import_medmnist(sub):
+    p = sub.add_parser("import-medmnist", help="turn a MedMNIST .npz into images and a manifest",
+                       description="Write a MedMNIST 2D dataset as PNG files plus a manifest that keeps "
+                       "the official split. Downloads the official file (MD5-checked) unless --npz is given.")
+    p.add_argument("name", help="MedMNIST dataset name, e.g. breastmnist")
+    p.add_argument("--out", type=Path, required=True, help="output folder")
+    p.add_argument("--npz", type=Path, help="local .npz file (skips the download)")
+    p.add_argument("--size", type=int, default=28, choices=[28, 64, 128, 224], help="image size of the file")
+    p.set_defaults(func=_cmd_import_medmnist)
+
+
+def _cmd_import_medmnist(args):
+    from .datasets.medmnist import import_medmnist
+
+    manifest = import_medmnist(args.name, args.out, npz=args.npz, size=args.size)
+    print(f"wrote {manifest}")
+
+
+# --- demo-data ---------------------------------------------------------------------------------
+def _add_demo_data(sub):
+    p = sub.add_parser("demo-data", help="generate the synthetic demo dataset",
+                       description="Generate a deterministic synthetic dataset in mixed real formats "
+                       "(PNG, 16-bit TIFF/PNG, DICOM, NIfTI) with its manifest.")
+    p.add_argument("--out", type=Path, required=True, help="output folder")
+    p.add_argument("--patients", type=int, default=60, help="number of synthetic patients")
+    p.add_argument("--seed", type=int, default=0, help="random seed")
+    p.set_defaults(func=_cmd_demo_data)
+
+
+def _cmd_demo_data(args):
+    from .datasets.demo import generate_demo_dataset
+
+    manifest = generate_demo_dataset(args.out, n_patients=args.patients, seed=args.seed)
+    print(f"wrote {manifest}")
+
+
+def build_parser():
+    """Return the argument parser of the ``medclassify`` command."""
+    parser = argparse.ArgumentParser(prog="medclassify", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--version", action="version", version=f"medclassify {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add in (_add_validate, _add_preprocess, _add_split, _add_train, _add_evaluate,
+                _add_predict, _add_import_medmnist, _add_demo_data):
+        add(sub)
+    return parser
+
+
+def main(argv=None):
+    """Run the command line; return the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)  # argparse itself exits with status 2 on usage errors
+    try:
+        args.func(args)
+    except InputError as error:
+        print(f"medclassify {args.command}: error: {error}", file=sys.stderr)
+        return EXIT_INPUT
+    except UsageError as error:
+        print(f"medclassify {args.command}: usage error: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())
