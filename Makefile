@@ -1,0 +1,49 @@
+# Two commands from a fresh clone: `make demo` and `make test`.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+SNAKEMAKE := $(BIN)/snakemake
+SHARED_NPZ ?= ../shared/data/breastmnist.npz
+export MEDCLASSIFY_BREASTMNIST_NPZ ?= $(abspath $(SHARED_NPZ))
+
+.PHONY: demo test lint dry-run unit e2e bench clean-results
+
+$(STAMP): requirements-data.txt requirements-train.txt requirements-dev.txt pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -r requirements-dev.txt
+	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+demo: $(STAMP)
+	$(SNAKEMAKE) --cores all
+	$(SNAKEMAKE) --report results/report.zip
+	@echo
+	@echo "Results: results/demo/ (metrics: results/demo/baseline/evaluation/metrics.json)"
+	@echo "Report:  results/report.zip (unzip it and open report/report.html)"
+
+lint: $(STAMP)
+	$(SNAKEMAKE) --lint
+	$(BIN)/snakefmt --check .
+
+dry-run: $(STAMP)
+	$(SNAKEMAKE) -n --quiet
+	$(SNAKEMAKE) -n --quiet --configfile config/breastmnist.yaml
+
+unit: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not slow and not cluster"
+
+e2e: $(STAMP)
+	$(BIN)/python -m pytest -q -m "slow"
+
+test: lint dry-run unit e2e
+
+bench: $(STAMP)
+	@for script in bench/*.py; do echo "== $$script"; $(BIN)/python $$script || exit 1; done
+
+clean-results:
+	rm -rf results .snakemake

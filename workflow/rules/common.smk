@@ -1,0 +1,134 @@
+import sys
+from pathlib import Path
+
+from snakemake.utils import validate
+
+# The library lives at the repository root; rule scripts put it on sys.path the same way.
+sys.path.insert(0, workflow.basedir)
+
+from medclassify.config import dataset_config, run_config
+from medclassify.workflow_paths import parse_run, run_ids
+
+
+validate(config, schema="../schemas/config.schema.yaml", set_default=True)
+
+# Every evaluation plot, written as PNG and PDF by medclassify.evaluation.
+PLOTS = [
+    "confusion_matrix",
+    "roc",
+    "pr",
+    "calibration",
+    "training_curves",
+    "per_class",
+    "score_histograms",
+    "misclassified",
+    "gradcam",
+]
+LIBRARY = Path(workflow.basedir) / "medclassify"
+
+
+wildcard_constraints:
+    dataset=r"[A-Za-z0-9_-]+",
+    run=r"[A-Za-z0-9_-]+(/fold_[0-9]+)?",
+    shard=r"[0-9]+",
+    backbone=r"[A-Za-z0-9_-]+",
+
+
+def library_code(*modules):
+    """Source files of the named library modules, so that editing one reruns the rules using it.
+
+    A name may be a module ("cache") or a package ("io"), whose every file is listed.
+    """
+    files = [LIBRARY / "__init__.py", LIBRARY / "config.py", LIBRARY / "atomic.py", LIBRARY / "errors.py"]
+    for module in modules:
+        package = LIBRARY / module
+        if package.is_dir():
+            files += sorted(package.glob("*.py"))
+        else:
+            files.append(LIBRARY / f"{module}.py")
+    return [str(f) for f in files]
+
+
+def dataset(wildcards):
+    """Resolved options of the dataset named by the wildcards."""
+    return dataset_config(config, wildcards.dataset)
+
+
+def run_options(wildcards):
+    """Resolved options of the run named by the wildcards (fold suffix ignored)."""
+    name, _ = parse_run(wildcards.run)
+    return run_config(config, name)
+
+
+def fold_of(wildcards):
+    """Fold of the run wildcard, or None outside k-fold cross-validation."""
+    return parse_run(wildcards.run)[1]
+
+
+def source_kind(name):
+    """Where a dataset's manifest comes from: "demo", "medmnist" or the user ("manifest")."""
+    options = dataset_config(config, name)
+    if options["demo"]:
+        return "demo"
+    if options["medmnist"] is not None:
+        return "medmnist"
+    return "manifest"
+
+
+def manifest_of(wildcards):
+    """The dataset's source manifest: written by the workflow for demo and MedMNIST data."""
+    kind = source_kind(wildcards.dataset)
+    if kind != "manifest":
+        return f"results/{wildcards.dataset}/{kind}/manifest.csv"
+    manifest = dataset(wildcards)["manifest"]
+    if manifest is None:
+        raise ValueError(
+            f"datasets.{wildcards.dataset}: set 'manifest' (or 'demo: true' or 'medmnist: <name>')"
+        )
+    return manifest
+
+
+def root_of(wildcards):
+    """Folder that the dataset's manifest paths are relative to."""
+    kind = source_kind(wildcards.dataset)
+    if kind != "manifest":
+        return f"results/{wildcards.dataset}/{kind}"
+    options = dataset(wildcards)
+    return options["root"] or str(Path(options["manifest"]).parent)
+
+
+def shards_of(name):
+    return dataset_config(config, name)["preprocess"]["shards"]
+
+
+def cache_parts(wildcards):
+    n = shards_of(wildcards.dataset)
+    return [f"results/{wildcards.dataset}/cache/part-{i}-of-{n}.h5" for i in range(n)]
+
+
+def folds_of(name):
+    split = dataset_config(config, name)["split"]
+    return split["folds"] if split["method"] == "kfold" else None
+
+
+def runs_of(name):
+    """Every {run} value of a dataset: run names, or name/fold_k under k-fold."""
+    return run_ids(config["runs"], folds_of(name))
+
+
+def run_metrics(name):
+    """The metrics file that stands for each run of a dataset in the comparison table."""
+    if folds_of(name):
+        return [f"results/{name}/{run}/aggregate/metrics.json" for run in config["runs"]]
+    return [f"results/{name}/{run}/evaluation/metrics.json" for run in config["runs"]]
+
+
+def final_outputs():
+    outputs = []
+    for name in config["datasets"]:
+        outputs += [f"results/{name}/runs.csv", f"results/{name}/split/report.json"]
+        outputs += [f"results/{name}/{run}/evaluation/metrics.json" for run in runs_of(name)]
+        outputs += run_metrics(name)
+    if config["predict"]["input"]:
+        outputs.append("results/predict/predictions.csv")
+    return outputs

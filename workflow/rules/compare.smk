@@ -1,0 +1,61 @@
+rule compare:
+    input:
+        metrics=lambda wildcards: run_metrics(wildcards.dataset),
+        code=library_code("evaluation"),
+    output:
+        table=report(
+            "results/{dataset}/runs.csv",
+            caption="../report/compare.rst",
+            category="{dataset}",
+            subcategory="all runs",
+            labels={"stage": "compare", "figure": "table"},
+        ),
+        markdown="results/{dataset}/runs.md",
+        plot=report(
+            "results/{dataset}/runs_auc.png",
+            caption="../report/compare.rst",
+            category="{dataset}",
+            subcategory="all runs",
+            labels={"stage": "compare", "figure": "AUC by run"},
+        ),
+    log:
+        "results/logs/{dataset}/compare.log",
+    benchmark:
+        "results/benchmarks/{dataset}/compare.tsv"
+    threads: 1
+    conda:
+        "../../envs/train.yaml"
+    script:
+        "../scripts/compare.py"
+
+
+rule aggregate_folds:
+    input:
+        predictions=lambda wildcards: expand(
+            "results/{dataset}/{run}/fold_{fold}/evaluation/predictions.csv",
+            dataset=wildcards.dataset,
+            run=wildcards.run,
+            fold=range(folds_of(wildcards.dataset) or 0),
+        ),
+        code=library_code("evaluation"),
+    output:
+        metrics=report(
+            "results/{dataset}/{run}/aggregate/metrics.json",
+            caption="../report/aggregate.rst",
+            category="{dataset}",
+            subcategory="{run}",
+            labels={"stage": "aggregate", "figure": "metrics"},
+        ),
+    params:
+        options=lambda wildcards: {"evaluate": run_options(wildcards)["evaluate"]},
+    wildcard_constraints:
+        run=r"[A-Za-z0-9_-]+",
+    log:
+        "results/logs/{dataset}/{run}/aggregate_folds.log",
+    benchmark:
+        "results/benchmarks/{dataset}/{run}/aggregate_folds.tsv"
+    threads: 1
+    conda:
+        "../../envs/train.yaml"
+    script:
+        "../scripts/aggregate_folds.py"

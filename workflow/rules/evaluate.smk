@@ -1,0 +1,51 @@
+def evaluation_plot(name, extension):
+    return report(
+        f"results/{{dataset}}/{{run}}/evaluation/{name}.{extension}",
+        caption=f"../report/{name}.rst",
+        category="{dataset}",
+        subcategory="{run}",
+        labels={"stage": "evaluation", "figure": name, "format": extension},
+    )
+
+
+rule evaluate:
+    input:
+        model="results/{dataset}/{run}/finetune/model.keras",
+        head_history="results/{dataset}/{run}/head/history.csv",
+        finetune_history="results/{dataset}/{run}/finetune/history.csv",
+        head_timing="results/{dataset}/{run}/head/timing.json",
+        cache="results/{dataset}/cache.h5",
+        fingerprint="results/{dataset}/fingerprint.json",
+        splits="results/{dataset}/splits.csv",
+        manifest="results/{dataset}/manifest.validated.csv",
+        code=library_code("evaluation", "runcard", "cache", "splits", "models"),
+    output:
+        metrics=report(
+            "results/{dataset}/{run}/evaluation/metrics.json",
+            caption="../report/metrics.rst",
+            category="{dataset}",
+            subcategory="{run}",
+            labels={"stage": "evaluation", "figure": "metrics", "format": "json"},
+        ),
+        predictions="results/{dataset}/{run}/evaluation/predictions.csv",
+        run_card="results/{dataset}/{run}/run_card.json",
+        png=[evaluation_plot(name, "png") for name in PLOTS],
+        pdf=[evaluation_plot(name, "pdf") for name in PLOTS],
+    params:
+        options=lambda wildcards: {"evaluate": run_options(wildcards)["evaluate"]},
+        fold=fold_of,
+        # Recorded in the run card; every other option here already reruns an upstream stage.
+        dataset_options=dataset,
+        run_options=run_options,
+    log:
+        "results/logs/{dataset}/{run}/evaluate.log",
+    benchmark:
+        "results/benchmarks/{dataset}/{run}/evaluate.tsv"
+    threads: 2
+    resources:
+        mem_mb=8000,
+        runtime=60,
+    conda:
+        "../../envs/train.yaml"
+    script:
+        "../scripts/evaluate.py"

@@ -1,0 +1,29 @@
+rule finetune:
+    input:
+        cache="results/{dataset}/cache.h5",
+        splits="results/{dataset}/splits.csv",
+        init_model="results/{dataset}/{run}/head/model.keras",
+        code=library_code("data", "models", "training", "gpu", "cache", "splits"),
+    output:
+        model="results/{dataset}/{run}/finetune/model.keras",
+        meta="results/{dataset}/{run}/finetune/model.json",
+        history="results/{dataset}/{run}/finetune/history.csv",
+        timing="results/{dataset}/{run}/finetune/timing.json",
+    params:
+        options=lambda wildcards: {
+            key: run_options(wildcards)[key] for key in ("train", "finetune")
+        },
+        fold=fold_of,
+    log:
+        "results/logs/{dataset}/{run}/finetune.log",
+    benchmark:
+        "results/benchmarks/{dataset}/{run}/finetune.tsv"
+    threads: 2
+    resources:
+        gpu=1,
+        mem_mb=8000,
+        runtime=480,
+    conda:
+        "../../envs/train.yaml"
+    script:
+        "../scripts/train.py"

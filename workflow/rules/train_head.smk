@@ -1,0 +1,31 @@
+rule train_head:
+    input:
+        cache="results/{dataset}/cache.h5",
+        splits="results/{dataset}/splits.csv",
+        weights=weights_input,
+        code=library_code("data", "models", "training", "gpu", "cache", "splits"),
+    output:
+        model="results/{dataset}/{run}/head/model.keras",
+        meta="results/{dataset}/{run}/head/model.json",
+        history="results/{dataset}/{run}/head/history.csv",
+        timing="results/{dataset}/{run}/head/timing.json",
+    params:
+        # Only the options this stage reads, so that changing a fine-tune or evaluation
+        # option does not retrain the head.
+        options=lambda wildcards: {
+            key: run_options(wildcards)[key] for key in ("train", "head")
+        },
+        fold=fold_of,
+    log:
+        "results/logs/{dataset}/{run}/train_head.log",
+    benchmark:
+        "results/benchmarks/{dataset}/{run}/train_head.tsv"
+    threads: 2
+    resources:
+        gpu=1,
+        mem_mb=8000,
+        runtime=240,
+    conda:
+        "../../envs/train.yaml"
+    script:
+        "../scripts/train.py"

@@ -1,0 +1,39 @@
+"""Rule evaluate: metrics with confidence intervals, plots and the run card."""
+
+import json
+import time
+
+import pandas as pd
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(snakemake.scriptdir).parents[1]))  # the library, at the repository root
+
+from medclassify.runlog import log_output
+from medclassify.evaluation import run_evaluation
+from medclassify.runcard import write_run_card
+
+with log_output(snakemake.log[0]):
+    inp = snakemake.input
+    out_dir = Path(snakemake.output.metrics).parent
+    run_evaluation(
+        inp.model,
+        inp.cache,
+        inp.splits,
+        inp.manifest,
+        out_dir,
+        options=snakemake.params.options,
+        histories={"head": inp.head_history, "finetune": inp.finetune_history},
+        fold=snakemake.params.fold,
+    )
+    write_run_card(
+        snakemake.output.run_card,
+        config={"dataset": snakemake.params.dataset_options, "run": snakemake.params.run_options},
+        dataset=snakemake.wildcards.dataset,
+        run=snakemake.wildcards.run,
+        fingerprint=json.loads(Path(inp.fingerprint).read_text()),
+        splits=inp.splits,
+        started=json.loads(Path(inp.head_timing).read_text())["started"],
+        ended=time.time(),
+    )

@@ -1,0 +1,17 @@
+"""Rule split: assign samples to train/val/test (or folds), grouped by patient."""
+
+import pandas as pd
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(snakemake.scriptdir).parents[1]))  # the library, at the repository root
+
+from medclassify.runlog import log_output
+from medclassify.splits import make_splits, write_split_outputs
+
+with log_output(snakemake.log[0]):
+    table = pd.read_csv(snakemake.input.manifest, dtype=str, keep_default_na=False)
+    splits, report = make_splits(table, snakemake.params.split)
+    out = snakemake.output
+    write_split_outputs(splits, report, out.splits, out.report, out.plot)

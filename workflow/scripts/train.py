@@ -1,0 +1,31 @@
+"""Rules train_head and finetune: train one stage from the cache and the splits."""
+
+import copy
+import time
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(snakemake.scriptdir).parents[1]))  # the library, at the repository root
+
+from medclassify.runlog import log_output
+from medclassify.atomic import atomic_write_json
+from medclassify.training import train_stage
+
+with log_output(snakemake.log[0]):
+    stage = "head" if snakemake.rule == "train_head" else "finetune"
+    options = copy.deepcopy(snakemake.params.options)
+    if options["train"]["weights"] != "none":
+        options["train"]["weights"] = str(snakemake.input.weights) if stage == "head" else "none"
+    started = time.time()
+    train_stage(
+        stage,
+        snakemake.input.cache,
+        snakemake.input.splits,
+        Path(snakemake.output.model).parent,
+        options=options,
+        fold=snakemake.params.fold,
+        init_model=snakemake.input.get("init_model"),
+        threads=snakemake.threads,
+    )
+    atomic_write_json(snakemake.output.timing, {"started": started, "ended": time.time()})
