@@ -46,7 +46,7 @@ def _add_validate(sub):
 def _cmd_validate(args):
     from .manifest import validate_manifest, write_validation_outputs
 
-    config = _load_config(args)
+    config = args.loaded_config
     root = args.root or args.manifest.parent
     result = validate_manifest(args.manifest, root, io_options=config["io"],
                                validation_options=config["validation"], labels=args.labels,
@@ -80,7 +80,7 @@ def _cmd_preprocess(args):
 
     from .cache import build_cache_part, merge_cache_parts
 
-    config = _load_config(args)
+    config = args.loaded_config
     table = pd.read_csv(args.manifest, dtype=str, keep_default_na=False)
     if args.report:
         classes = json.loads(args.report.read_text())["classes"]
@@ -110,7 +110,7 @@ def _cmd_split(args):
 
     from .splits import make_splits, write_split_outputs
 
-    config = _load_config(args)
+    config = args.loaded_config
     table = pd.read_csv(args.manifest, dtype=str, keep_default_na=False)
     splits, report = make_splits(table, config["split"])
     write_split_outputs(splits, report, args.out, args.report, args.report.with_suffix(".png"))
@@ -137,7 +137,7 @@ def _cmd_train(args):
     from .config import run_config
     from .training import train_stage
 
-    config = _load_config(args)
+    config = args.loaded_config
     run = args.run or next(iter(config["runs"]))
     if run not in config["runs"]:
         raise UsageError(f"unknown run {run!r}; the config has {', '.join(config['runs'])}")
@@ -167,7 +167,7 @@ def _cmd_evaluate(args):
     from .config import run_config
     from .evaluation import run_evaluation
 
-    config = _load_config(args)
+    config = args.loaded_config
     run = args.run or next(iter(config["runs"]))
     histories = dict(zip(["head", "finetune"], args.history))
     run_evaluation(args.model, args.cache, args.splits, args.manifest, args.out,
@@ -246,6 +246,8 @@ def main(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)  # argparse itself exits with status 2 on usage errors
     try:
+        # Validate the config before importing anything heavy, so a typo fails in a second.
+        args.loaded_config = _load_config(args) if hasattr(args, "config") else None
         args.func(args)
     except InputError as error:
         print(f"medclassify {args.command}: error: {error}", file=sys.stderr)

@@ -120,3 +120,37 @@ def config_hash(obj):
     """Stable short hash of a JSON-serialisable object (sorted keys)."""
     text = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+
+
+def schema_reference(schema=None):
+    """Markdown table of every config key: its path, default and description (config/README.md)."""
+    schema = schema or load_schema()
+    rows = []
+
+    def walk(node, prefix):
+        for name, sub in node.get("properties", {}).items():
+            path = f"{prefix}{name}"
+            if "properties" in sub and sub.get("type") == "object":
+                rows.append((path, "", sub.get("description", "")))
+                walk(sub, path + ".")
+            else:
+                default = json.dumps(sub.get("default"))
+                rows.append((path, default, " ".join(sub.get("description", "").split())))
+        entries = node.get("additionalProperties")
+        if isinstance(entries, dict) and "properties" in entries:
+            walk(entries, f"{prefix}<name>.")
+
+    walk(schema, "")
+    lines = ["| key | default | description |", "| --- | --- | --- |"]
+    lines += [f"| `{path}` | {f'`{default}`' if default else ''} | {description} |" for path, default, description in rows]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    # Regenerates the key reference in config/README.md from the schema.
+    readme = REPO_ROOT / "config" / "README.md"
+    text = readme.read_text(encoding="utf-8")
+    start, end = "<!-- keys:start -->\n", "<!-- keys:end -->"
+    head, rest = text.split(start)
+    _, tail = rest.split(end)
+    readme.write_text(head + start + schema_reference() + end + tail, encoding="utf-8")

@@ -1,0 +1,40 @@
+"""The command line: subcommands, help, and exit codes."""
+
+import subprocess
+import sys
+
+import pytest
+
+from medclassify.cli import build_parser, main
+
+SUBCOMMANDS = ["validate", "preprocess", "split", "train", "evaluate", "predict", "import-medmnist", "demo-data"]
+
+
+def run_cli(*args):
+    return subprocess.run([sys.executable, "-m", "medclassify", *args], capture_output=True, text=True)
+
+
+def test_every_stage_has_a_subcommand_with_help():
+    choices = build_parser()._subparsers._group_actions[0].choices
+    assert set(SUBCOMMANDS) <= set(choices)
+    for name in SUBCOMMANDS:
+        assert choices[name].description, name
+
+
+@pytest.mark.parametrize("name", SUBCOMMANDS)
+def test_help_exits_zero(name):
+    with pytest.raises(SystemExit) as caught:
+        main([name, "--help"])
+    assert caught.value.code == 0
+
+
+def test_usage_error_exits_two():
+    result = run_cli("train", "--stage", "sideways")
+    assert result.returncode == 2 and "invalid choice" in result.stderr
+
+
+def test_invalid_config_exits_one_with_the_problem(tmp_path):
+    result = run_cli("split", str(tmp_path / "m.csv"), "--out", str(tmp_path / "s.csv"),
+                     "--report", str(tmp_path / "r.json"), "--set", '{"split": {"method": "random"}}')
+    assert result.returncode == 1
+    assert "split.method" in result.stderr and "random" in result.stderr

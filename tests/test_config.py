@@ -1,0 +1,99 @@
+"""The config schema, its defaults, the resolution of datasets and runs, and the docs."""
+
+import pytest
+
+from medclassify.config import (
+    REPO_ROOT, config_hash, dataset_config, deep_merge, load_config, run_config, schema_reference,
+)
+from medclassify.errors import InputError
+
+
+def test_empty_config_gets_every_default():
+    config = load_config()
+    assert list(config["datasets"]) == ["demo"] and config["datasets"]["demo"]["demo"] is True
+    assert config["preprocess"]["size"] == [64, 64]
+    assert config["split"]["fractions"] == {"train": 0.7, "val": 0.15, "test": 0.15}
+    assert set(config["runs"]) == {"baseline"}
+
+
+def test_every_schema_key_has_a_description_and_a_default():
+    from medclassify.config import load_schema
+
+    missing = []
+
+    def walk(node, path):
+        for name, sub in node.get("properties", {}).items():
+            if "description" not in sub or "default" not in sub:
+                missing.append(f"{path}{name}")
+            walk(sub, f"{path}{name}.")
+        if isinstance(node.get("additionalProperties"), dict):
+            walk(node["additionalProperties"], f"{path}<name>.")
+
+    schema = load_schema()
+    for name, sub in schema["properties"].items():
+        if "description" not in sub or "default" not in sub:
+            missing.append(name)
+        walk(sub, f"{name}.")
+    assert not missing
+
+
+def test_unknown_keys_and_bad_values_are_all_reported():
+    with pytest.raises(InputError) as caught:
+        load_config(overrides={"preprocess": {"sise": [32, 32], "dtype": "int7"}, "trian": {}})
+    text = str(caught.value)
+    assert "sise" in text and "int7" in text and "trian" in text
+
+
+def test_fractions_must_sum_to_one():
+    with pytest.raises(InputError, match="sum to"):
+        load_config(overrides={"split": {"fractions": {"train": 0.8, "val": 0.15, "test": 0.15}}})
+
+
+def test_dataset_overrides_merge_over_top_level_sections():
+    config = load_config(overrides={
+        "preprocess": {"size": [32, 32]},
+        "datasets": {"ct": {"manifest": "m.csv", "preprocess": {"intensity": "window", "window": {"center": 40, "width": 400}}}},
+    })
+    options = dataset_config(config, "ct")
+    assert options["preprocess"]["size"] == [32, 32]
+    assert options["preprocess"]["window"] == {"center": 40, "width": 400}
+    assert options["preprocess"]["intensity"] == "window"
+    assert list(config["datasets"]) == ["ct"], "naming datasets replaces the demo default"
+
+
+def test_bad_dataset_override_names_the_dataset():
+    with pytest.raises(InputError, match="datasets.x.preprocess.dtype"):
+        load_config(overrides={"datasets": {"x": {"manifest": "m.csv", "preprocess": {"dtype": "int7"}}}})
+
+
+def test_run_overrides_merge_over_training_sections():
+    config = load_config(overrides={"runs": {"a": {}, "b": {"finetune": {"epochs": 3}}}})
+    assert run_config(config, "b")["finetune"]["epochs"] == 3
+    assert run_config(config, "a")["finetune"]["epochs"] == config["finetune"]["epochs"]
+    assert run_config(config, "b")["train"] == run_config(config, "a")["train"]
+
+
+def test_npz_path_can_come_from_the_environment(monkeypatch):
+    monkeypatch.setenv("MEDCLASSIFY_BREASTMNIST_NPZ", "/data/b.npz")
+    config = load_config(REPO_ROOT / "config" / "breastmnist.yaml")
+    assert dataset_config(config, "breastmnist")["npz"] == "/data/b.npz"
+
+
+def test_deep_merge_does_not_modify_its_arguments():
+    base = {"a": {"b": 1, "c": [1]}}
+    merged = deep_merge(base, {"a": {"b": 2}})
+    assert merged == {"a": {"b": 2, "c": [1]}} and base == {"a": {"b": 1, "c": [1]}}
+
+
+def test_config_hash_ignores_key_order():
+    assert config_hash({"a": 1, "b": 2}) == config_hash({"b": 2, "a": 1}) != config_hash({"a": 2, "b": 1})
+
+
+def test_shipped_configs_are_valid():
+    for name in ("config.yaml", "breastmnist.yaml"):
+        load_config(REPO_ROOT / "config" / name)
+
+
+def test_config_readme_documents_every_key():
+    readme = (REPO_ROOT / "config" / "README.md").read_text()
+    assert schema_reference() in readme, "regenerate config/README.md: python -m medclassify.config"

@@ -1,0 +1,113 @@
+"""One real run of the demo workflow, end to end, and what it must leave behind."""
+
+import json
+
+import h5py
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+from sklearn import metrics as skm
+
+from conftest import FAST_DEMO_CONFIG as FAST
+from conftest import planned_jobs
+
+pytestmark = pytest.mark.slow
+
+DATASET, RUN = "demo", "baseline"
+
+
+def test_every_stage_output_exists(demo_run):
+    results = demo_run / "results" / DATASET
+    expected = [
+        "manifest.validated.csv", "validation/report.json", "validation/report.md",
+        "cache.h5", "fingerprint.json", "splits.csv", "split/report.json", "split/report.png",
+        f"{RUN}/head/model.keras", f"{RUN}/head/history.csv",
+        f"{RUN}/finetune/model.keras", f"{RUN}/finetune/history.csv",
+        f"{RUN}/evaluation/metrics.json", f"{RUN}/evaluation/predictions.csv",
+        f"{RUN}/evaluation/confusion_matrix.png", f"{RUN}/evaluation/roc.png",
+        f"{RUN}/evaluation/training_curves.png", f"{RUN}/run_card.json",
+        "runs.csv", "runs.md",
+    ]
+    missing = [name for name in expected if not (results / name).is_file()]
+    assert not missing
+
+
+def test_cache_holds_every_validated_sample_at_the_configured_size(demo_run):
+    results = demo_run / "results" / DATASET
+    validated = pd.read_csv(results / "manifest.validated.csv", dtype=str, keep_default_na=False)
+    with h5py.File(results / "cache.h5", "r") as cache:
+        images = cache["images"]
+        assert images.shape == (len(validated), 32, 32, 1)
+        assert images.dtype == np.uint8
+        assert cache["labels"].shape == (len(validated),)
+        sample_ids = [s.decode() if isinstance(s, bytes) else s for s in cache["sample_id"][:]]
+    assert sample_ids == validated["sample_id"].tolist()
+
+
+def test_splits_keep_every_patient_in_one_split(demo_run):
+    results = demo_run / "results" / DATASET
+    validated = pd.read_csv(results / "manifest.validated.csv", dtype=str, keep_default_na=False)
+    splits = pd.read_csv(results / "splits.csv", dtype=str)
+    joined = validated.merge(splits, on="sample_id", validate="one_to_one")
+    assert len(joined) == len(validated)
+    assert set(joined["split"]) == {"train", "val", "test"}
+    assert joined.groupby("patient")["split"].nunique().max() == 1
+
+
+def test_metrics_lie_in_range_and_match_scikit_learn(demo_run):
+    evaluation = demo_run / "results" / DATASET / RUN / "evaluation"
+    metrics = json.loads((evaluation / "metrics.json").read_text())
+    predictions = pd.read_csv(evaluation / "predictions.csv", dtype={"label": str, "predicted": str})
+    test = predictions[predictions["split"] == "test"]
+    classes = metrics["classes"]
+    assert len(classes) == 3 and metrics["n"] == len(test)
+    for key in ("accuracy", "balanced_accuracy", "auc"):
+        assert 0.0 <= metrics[key] <= 1.0
+    assert metrics["accuracy"] == pytest.approx(skm.accuracy_score(test["label"], test["predicted"]))
+    assert metrics["balanced_accuracy"] == pytest.approx(
+        skm.balanced_accuracy_score(test["label"], test["predicted"]))
+    probabilities = test[[f"prob_{c}" for c in classes]].to_numpy()
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, atol=1e-4)
+    auc = skm.roc_auc_score(test["label"], probabilities, multi_class="ovr", average="macro", labels=classes)
+    assert metrics["auc"] == pytest.approx(auc, abs=1e-6)
+    matrix = skm.confusion_matrix(test["label"], test["predicted"], labels=classes)
+    assert np.array_equal(np.asarray(metrics["confusion_matrix"]), matrix)
+
+
+def test_plots_are_real_images(demo_run):
+    evaluation = demo_run / "results" / DATASET / RUN / "evaluation"
+    pngs = sorted(evaluation.glob("*.png"))
+    assert len(pngs) >= 3
+    for png in pngs:
+        with Image.open(png) as image:
+            image.load()
+            pixels = np.asarray(image.convert("L"))
+        assert pixels.std() > 1.0, f"{png.name} is blank"
+        assert png.with_suffix(".pdf").read_bytes().startswith(b"%PDF")
+
+
+def test_no_dicom_identifier_reaches_results(demo_run):
+    from medclassify.datasets.demo import DEMO_IDENTIFYING_VALUES
+
+    raw_patients = pd.read_csv(demo_run / "results" / DATASET / "demo" / "manifest.csv", dtype=str)["patient"]
+    needles = [str(v).encode() for v in DEMO_IDENTIFYING_VALUES] + [p.encode() for p in raw_patients.unique()]
+    leaks = []
+    for path in (demo_run / "results").rglob("*"):
+        # The generated source images are the user's input, not an output.
+        if not path.is_file() or (demo_run / "results" / DATASET / "demo") in path.parents:
+            continue
+        data = path.read_bytes()
+        leaks += [(str(path.relative_to(demo_run)), n.decode()) for n in needles if n in data]
+    assert not leaks
+
+
+def test_second_dry_run_plans_nothing(demo_run):
+    assert planned_jobs(demo_run, "--config", *FAST) == {}
+
+
+def test_changing_an_evaluation_option_plans_only_evaluation(demo_run):
+    changed = [c for c in FAST if not c.startswith("evaluate=")]
+    changed.append("evaluate={'bootstrap': 200, 'subgroups': ['site', 'sex'], 'min_subgroup_size': 10, 'threshold': 'fixed'}")
+    jobs = planned_jobs(demo_run, "--config", *changed)
+    assert set(jobs) - {"all"} == {"evaluate", "compare"}
