@@ -29,6 +29,6 @@ include: "workflow/rules/predict.smk"
 
 
 rule all:
+    default_target: True
     input:
         final_outputs(),
-    default_target: True

@@ -9,7 +9,6 @@ sys.path.insert(0, workflow.basedir)
 from medclassify.config import dataset_config, run_config
 from medclassify.workflow_paths import parse_run, run_ids
 
-
 validate(config, schema="../schemas/config.schema.yaml", set_default=True)
 
 # Every evaluation plot, written as PNG and PDF by medclassify.evaluation.
@@ -39,7 +38,12 @@ def library_code(*modules):
 
     A name may be a module ("cache") or a package ("io"), whose every file is listed.
     """
-    files = [LIBRARY / "__init__.py", LIBRARY / "config.py", LIBRARY / "atomic.py", LIBRARY / "errors.py"]
+    files = [
+        LIBRARY / "__init__.py",
+        LIBRARY / "config.py",
+        LIBRARY / "atomic.py",
+        LIBRARY / "errors.py",
+    ]
     for module in modules:
         package = LIBRARY / module
         if package.is_dir():
@@ -119,7 +123,9 @@ def runs_of(name):
 def run_metrics(name):
     """The metrics file that stands for each run of a dataset in the comparison table."""
     if folds_of(name):
-        return [f"results/{name}/{run}/aggregate/metrics.json" for run in config["runs"]]
+        return [
+            f"results/{name}/{run}/aggregate/metrics.json" for run in config["runs"]
+        ]
     return [f"results/{name}/{run}/evaluation/metrics.json" for run in config["runs"]]
 
 
@@ -127,8 +133,37 @@ def final_outputs():
     outputs = []
     for name in config["datasets"]:
         outputs += [f"results/{name}/runs.csv", f"results/{name}/split/report.json"]
-        outputs += [f"results/{name}/{run}/evaluation/metrics.json" for run in runs_of(name)]
+        outputs += [
+            f"results/{name}/{run}/evaluation/metrics.json" for run in runs_of(name)
+        ]
         outputs += run_metrics(name)
     if config["predict"]["input"]:
         outputs.append("results/predict/predictions.csv")
     return outputs
+
+
+def weights_input(wildcards):
+    """The ImageNet weights file when a run asks for them; nothing otherwise."""
+    train = run_options(wildcards)["train"]
+    if train["weights"] == "imagenet":
+        return f"resources/weights/{train['backbone']}.imagenet.weights.h5"
+    if train["weights"] != "none":
+        return train["weights"]
+    return []
+
+
+def evaluation_plot(name, extension):
+    return report(
+        f"results/{{dataset}}/{{run}}/evaluation/{name}.{extension}",
+        caption=f"../report/{name}.rst",
+        category="{dataset}",
+        subcategory="{run}",
+        labels={"stage": "evaluation", "figure": name, "format": extension},
+    )
+
+
+def predict_model():
+    name = config["predict"]["dataset"] or next(iter(config["datasets"]))
+    run = config["predict"]["run"] or next(iter(config["runs"]))
+    run_id = runs_of(name)[list(config["runs"]).index(run) * (folds_of(name) or 1)]
+    return f"results/{name}/{run_id}/finetune/model.keras"

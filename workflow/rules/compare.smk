@@ -22,9 +22,9 @@ rule compare:
         "results/logs/{dataset}/compare.log",
     benchmark:
         "results/benchmarks/{dataset}/compare.tsv"
-    threads: 1
     conda:
         "../../envs/train.yaml"
+    threads: 1
     script:
         "../scripts/compare.py"
 
@@ -46,16 +46,16 @@ rule aggregate_folds:
             subcategory="{run}",
             labels={"stage": "aggregate", "figure": "metrics"},
         ),
-    params:
-        options=lambda wildcards: {"evaluate": run_options(wildcards)["evaluate"]},
-    wildcard_constraints:
-        run=r"[A-Za-z0-9_-]+",
     log:
         "results/logs/{dataset}/{run}/aggregate_folds.log",
     benchmark:
         "results/benchmarks/{dataset}/{run}/aggregate_folds.tsv"
-    threads: 1
+    wildcard_constraints:
+        run=r"[A-Za-z0-9_-]+",
     conda:
         "../../envs/train.yaml"
+    threads: 1
+    params:
+        options=lambda wildcards: {"evaluate": run_options(wildcards)["evaluate"]},
     script:
         "../scripts/aggregate_folds.py"

@@ -1,13 +1,3 @@
-def evaluation_plot(name, extension):
-    return report(
-        f"results/{{dataset}}/{{run}}/evaluation/{name}.{extension}",
-        caption=f"../report/{name}.rst",
-        category="{dataset}",
-        subcategory="{run}",
-        labels={"stage": "evaluation", "figure": name, "format": extension},
-    )
-
-
 rule evaluate:
     input:
         model="results/{dataset}/{run}/finetune/model.keras",
@@ -31,21 +21,21 @@ rule evaluate:
         run_card="results/{dataset}/{run}/run_card.json",
         png=[evaluation_plot(name, "png") for name in PLOTS],
         pdf=[evaluation_plot(name, "pdf") for name in PLOTS],
+    log:
+        "results/logs/{dataset}/{run}/evaluate.log",
+    benchmark:
+        "results/benchmarks/{dataset}/{run}/evaluate.tsv"
+    conda:
+        "../../envs/train.yaml"
+    threads: 2
+    resources:
+        mem_mb=8000,
+        runtime=60,
     params:
         options=lambda wildcards: {"evaluate": run_options(wildcards)["evaluate"]},
         fold=fold_of,
         # Recorded in the run card; every other option here already reruns an upstream stage.
         dataset_options=dataset,
         run_options=run_options,
-    log:
-        "results/logs/{dataset}/{run}/evaluate.log",
-    benchmark:
-        "results/benchmarks/{dataset}/{run}/evaluate.tsv"
-    threads: 2
-    resources:
-        mem_mb=8000,
-        runtime=60,
-    conda:
-        "../../envs/train.yaml"
     script:
         "../scripts/evaluate.py"

@@ -9,21 +9,21 @@ rule finetune:
         meta="results/{dataset}/{run}/finetune/model.json",
         history="results/{dataset}/{run}/finetune/history.csv",
         timing="results/{dataset}/{run}/finetune/timing.json",
-    params:
-        options=lambda wildcards: {
-            key: run_options(wildcards)[key] for key in ("train", "finetune")
-        },
-        fold=fold_of,
     log:
         "results/logs/{dataset}/{run}/finetune.log",
     benchmark:
         "results/benchmarks/{dataset}/{run}/finetune.tsv"
+    conda:
+        "../../envs/train.yaml"
     threads: 2
     resources:
         gpu=1,
         mem_mb=8000,
         runtime=480,
-    conda:
-        "../../envs/train.yaml"
+    params:
+        options=lambda wildcards: {
+            key: run_options(wildcards)[key] for key in ("train", "finetune")
+        },
+        fold=fold_of,
     script:
         "../scripts/train.py"

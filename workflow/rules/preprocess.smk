@@ -5,20 +5,20 @@ rule preprocess:
         code=library_code("cache", "preprocessing", "io"),
     output:
         part="results/{dataset}/cache/part-{shard}-of-{nshards}.h5",
-    params:
-        root=root_of,
-        preprocess=lambda wildcards: dataset(wildcards)["preprocess"],
-        io=lambda wildcards: dataset(wildcards)["io"],
     log:
         "results/logs/{dataset}/preprocess-{shard}-of-{nshards}.log",
     benchmark:
         "results/benchmarks/{dataset}/preprocess-{shard}-of-{nshards}.tsv"
+    conda:
+        "../../envs/data.yaml"
     threads: 2
     resources:
         mem_mb=2000,
         runtime=120,
-    conda:
-        "../../envs/data.yaml"
+    params:
+        root=root_of,
+        preprocess=lambda wildcards: dataset(wildcards)["preprocess"],
+        io=lambda wildcards: dataset(wildcards)["io"],
     script:
         "../scripts/preprocess.py"
 
@@ -34,11 +34,11 @@ rule merge_cache:
         "results/logs/{dataset}/merge_cache.log",
     benchmark:
         "results/benchmarks/{dataset}/merge_cache.tsv"
+    conda:
+        "../../envs/data.yaml"
     threads: 1
     resources:
         mem_mb=2000,
         runtime=60,
-    conda:
-        "../../envs/data.yaml"
     script:
         "../scripts/merge_cache.py"

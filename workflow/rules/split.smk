@@ -12,17 +12,17 @@ rule split:
             subcategory="data",
             labels={"stage": "split", "figure": "split"},
         ),
-    params:
-        split=lambda wildcards: dataset(wildcards)["split"],
     log:
         "results/logs/{dataset}/split.log",
     benchmark:
         "results/benchmarks/{dataset}/split.tsv"
+    conda:
+        "../../envs/data.yaml"
     threads: 1
     resources:
         mem_mb=2000,
         runtime=30,
-    conda:
-        "../../envs/data.yaml"
+    params:
+        split=lambda wildcards: dataset(wildcards)["split"],
     script:
         "../scripts/split.py"

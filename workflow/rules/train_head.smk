@@ -9,6 +9,17 @@ rule train_head:
         meta="results/{dataset}/{run}/head/model.json",
         history="results/{dataset}/{run}/head/history.csv",
         timing="results/{dataset}/{run}/head/timing.json",
+    log:
+        "results/logs/{dataset}/{run}/train_head.log",
+    benchmark:
+        "results/benchmarks/{dataset}/{run}/train_head.tsv"
+    conda:
+        "../../envs/train.yaml"
+    threads: 2
+    resources:
+        gpu=1,
+        mem_mb=8000,
+        runtime=240,
     params:
         # Only the options this stage reads, so that changing a fine-tune or evaluation
         # option does not retrain the head.
@@ -16,16 +27,5 @@ rule train_head:
             key: run_options(wildcards)[key] for key in ("train", "head")
         },
         fold=fold_of,
-    log:
-        "results/logs/{dataset}/{run}/train_head.log",
-    benchmark:
-        "results/benchmarks/{dataset}/{run}/train_head.tsv"
-    threads: 2
-    resources:
-        gpu=1,
-        mem_mb=8000,
-        runtime=240,
-    conda:
-        "../../envs/train.yaml"
     script:
         "../scripts/train.py"

@@ -6,21 +6,21 @@ rule validate_manifest:
         manifest="results/{dataset}/manifest.validated.csv",
         report="results/{dataset}/validation/report.json",
         report_md="results/{dataset}/validation/report.md",
+    log:
+        "results/logs/{dataset}/validate_manifest.log",
+    benchmark:
+        "results/benchmarks/{dataset}/validate_manifest.tsv"
+    conda:
+        "../../envs/data.yaml"
+    threads: 2
+    resources:
+        mem_mb=4000,
+        runtime=60,
     params:
         root=root_of,
         io=lambda wildcards: dataset(wildcards)["io"],
         validation=lambda wildcards: dataset(wildcards)["validation"],
         labels=lambda wildcards: dataset(wildcards)["labels"],
         salt=config["salt"],
-    log:
-        "results/logs/{dataset}/validate_manifest.log",
-    benchmark:
-        "results/benchmarks/{dataset}/validate_manifest.tsv"
-    threads: 2
-    resources:
-        mem_mb=4000,
-        runtime=60,
-    conda:
-        "../../envs/data.yaml"
     script:
         "../scripts/validate_manifest.py"

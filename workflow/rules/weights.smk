@@ -9,18 +9,8 @@ rule fetch_weights:
         "results/logs/fetch_weights/{backbone}.log",
     benchmark:
         "results/benchmarks/fetch_weights/{backbone}.tsv"
-    threads: 1
     conda:
         "../../envs/train.yaml"
+    threads: 1
     script:
         "../scripts/fetch_weights.py"
-
-
-def weights_input(wildcards):
-    """The ImageNet weights file when a run asks for them; nothing otherwise."""
-    train = run_options(wildcards)["train"]
-    if train["weights"] == "imagenet":
-        return f"resources/weights/{train['backbone']}.imagenet.weights.h5"
-    if train["weights"] != "none":
-        return train["weights"]
-    return []
