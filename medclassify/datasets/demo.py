@@ -151,13 +151,13 @@ def _draw_patients(rng, n_patients):
 def _draw_lesion(rng, label):
     """The patient's lesion: outline harmonics by class, everything else class-independent."""
     if label == "circumscribed":
-        lobes, amplitude = int(rng.integers(2, 4)), rng.uniform(0.0, 0.12)
+        lobes, amplitude = int(rng.integers(2, 4)), rng.uniform(0.0, 0.1)
         texture, grain = rng.uniform(0.0, 0.2), 3.0
     elif label == "lobulated":
-        lobes, amplitude = int(rng.integers(3, 6)), rng.uniform(0.1, 0.32)
+        lobes, amplitude = int(rng.integers(3, 6)), rng.uniform(0.14, 0.34)
         texture, grain = rng.uniform(0.1, 0.35), 3.0
     else:
-        lobes, amplitude = int(rng.integers(7, 12)), rng.uniform(0.08, 0.28)
+        lobes, amplitude = int(rng.integers(7, 12)), rng.uniform(0.12, 0.3)
         texture, grain = rng.uniform(0.1, 0.35), 1.0
     # A random wobble of every class blurs the boundaries between them.
     wobble = [(int(k), rng.uniform(0.0, 0.04), rng.uniform(0, 2 * np.pi)) for k in rng.integers(2, 9, size=3)]
