@@ -1,0 +1,185 @@
+"""Image readers: PNG, JPEG, BMP, TIFF, DICOM, NIfTI and NumPy ``.npy``.
+
+Public API (other modules code against it):
+
+- :func:`sample_indices` — which samples one file gives (``[None]`` for a 2D image).
+- :func:`read_sample` — one decoded sample, channel policy applied.
+- :func:`read_file_samples` — every configured sample of a file, decoding it once.
+- :func:`content_hash`, :class:`Sample`, :class:`ReadError`.
+
+The format is recognised from the file's content (its magic bytes), not from its name alone;
+a file whose name promises one format but whose content is another format is read by its
+content, and ``meta["extension_mismatch"]`` says so.
+"""
+
+from pathlib import Path
+
+from .base import (DEFAULT_IO_OPTIONS, READ_ERROR_CODES, ReadError, Sample, content_hash,
+                   resolve_io_options)
+from .channels import apply_channel_policy, is_grey
+
+__all__ = ["DEFAULT_IO_OPTIONS", "READ_ERROR_CODES", "ReadError", "Sample", "content_hash",
+           "detect_format", "read_file_samples", "read_sample", "resolve_io_options",
+           "sample_indices", "SUPPORTED_EXTENSIONS"]
+
+_EXTENSIONS = {
+    ".png": "png", ".jpg": "jpeg", ".jpeg": "jpeg", ".bmp": "bmp", ".tif": "tiff",
+    ".tiff": "tiff", ".dcm": "dicom", ".dicom": "dicom", ".nii": "nifti", ".nii.gz": "nifti",
+    ".npy": "npy",
+}
+SUPPORTED_EXTENSIONS = tuple(sorted(_EXTENSIONS))
+
+
+def _format_from_name(path):
+    name = Path(path).name.lower()
+    if name.endswith(".nii.gz"):
+        return "nifti"
+    return _EXTENSIONS.get(Path(name).suffix)
+
+
+def _format_from_content(head):
+    # DICOM first: a DICOM preamble may itself hold a TIFF header (dual-format files).
+    if head[128:132] == b"DICM":
+        return "dicom"
+    if head.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "png"
+    if head.startswith(b"\xff\xd8\xff"):
+        return "jpeg"
+    if head.startswith(b"BM"):
+        return "bmp"
+    if head[:4] in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"):
+        return "tiff"
+    if head.startswith(b"\x93NUMPY"):
+        return "npy"
+    if head[344:348] in (b"n+1\x00", b"ni1\x00") or head[4:8] == b"n+2\x00":
+        return "nifti"
+    if head.startswith(b"\x1f\x8b"):
+        return "gzip"
+    return None
+
+
+def _looks_like_text(head):
+    try:
+        head.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return b"\x00" not in head
+
+
+def detect_format(path):
+    """Return ``(format, extension_mismatch)`` for an image file; raise ReadError if unknown.
+
+    format is one of png, jpeg, bmp, tiff, dicom, nifti, npy.
+    """
+    path = Path(path)
+    try:
+        with open(path, "rb") as f:
+            head = f.read(352)
+    except IsADirectoryError:
+        raise ReadError("undecodable", "is a folder, not a file") from None
+    except OSError as error:
+        raise ReadError("undecodable", f"cannot be opened ({error.strerror})") from None
+    if not head:
+        raise ReadError("empty_file", "file is empty (0 bytes)")
+    by_name = _format_from_name(path)
+    by_content = _format_from_content(head)
+    if by_content == "gzip":
+        by_content = "nifti" if by_name == "nifti" else None
+    if by_content is not None:
+        return by_content, by_name is not None and by_name != by_content
+    # DICOM without preamble and NIfTI with unusual headers are left to their readers' checks.
+    if by_name in ("dicom", "nifti"):
+        return by_name, False
+    if by_name is not None:
+        kind = "text" if _looks_like_text(head) else "unrecognised binary data"
+        raise ReadError("undecodable", f"file named {path.suffix} is not a {by_name.upper()} image (content is {kind})")
+    raise ReadError(
+        "unsupported_format",
+        f"unrecognised image format (extension {path.suffix or 'none'}); supported: {', '.join(SUPPORTED_EXTENSIONS)}",
+    )
+
+
+def sample_indices(path, io_options=None):
+    """The samples that one file gives under ``io_options``.
+
+    ``[None]`` for a 2D image (and single-frame DICOM), ``[k]`` for the chosen DICOM frame or
+    NIfTI slice, every index for ``"all"``.
+    """
+    options = resolve_io_options(io_options)
+    fmt, _ = detect_format(path)
+    if fmt == "dicom":
+        from . import dicom
+        return dicom.sample_indices(path, options)
+    if fmt == "nifti":
+        from . import nifti
+        return nifti.sample_indices(path, options)
+    return [None]
+
+
+def read_sample(path, index=None, io_options=None):
+    """Decode one sample of ``path``: a 2D image, or frame/slice ``index`` of a multi-sample file.
+
+    With ``index=None`` a multi-frame DICOM or a 3D NIfTI gives the frame/slice that the io
+    options choose; if they choose ``"all"``, an explicit index is required.
+    """
+    options = resolve_io_options(io_options)
+    fmt, mismatch = detect_format(path)
+    if index is None and fmt in ("dicom", "nifti"):
+        chosen = sample_indices(path, options)
+        if len(chosen) != 1:
+            raise ValueError(f"{path}: the io options select {len(chosen)} samples; pass index=")
+        index = chosen[0]
+    return _read(path, fmt, mismatch, [index], options)[0]
+
+
+def read_file_samples(path, io_options=None):
+    """Every sample that ``path`` gives under ``io_options``, decoding the file once.
+
+    Returns a list of ``(index, Sample)``.
+    """
+    options = resolve_io_options(io_options)
+    fmt, mismatch = detect_format(path)
+    indices = [None]
+    if fmt == "dicom":
+        from . import dicom
+        indices = dicom.sample_indices(path, options)
+    elif fmt == "nifti":
+        from . import nifti
+        indices = nifti.sample_indices(path, options)
+    return list(zip(indices, _read(path, fmt, mismatch, indices, options)))
+
+
+def _read(path, fmt, mismatch, indices, options):
+    if fmt in ("png", "jpeg", "bmp"):
+        from .raster import read_pillow
+        decoded = [read_pillow(path, fmt, options["max_pixels"])]
+    elif fmt == "tiff":
+        from .raster import read_tiff
+        decoded = [read_tiff(path, options["max_pixels"])]
+    elif fmt == "npy":
+        from .numpy_reader import read_npy
+        decoded = [read_npy(path, options["max_pixels"])]
+    elif fmt == "dicom":
+        from .dicom import read_dicom
+        decoded = read_dicom(path, indices, options)
+    elif fmt == "nifti":
+        from .nifti import read_nifti
+        decoded = read_nifti(path, indices, options)
+    else:  # pragma: no cover - detect_format returns only the formats above
+        raise ReadError("unsupported_format", f"no reader for format {fmt}")
+    samples = []
+    for array, meta in decoded:
+        try:
+            pixels = apply_channel_policy(array, options["channels"])
+        except ValueError as error:
+            raise ReadError("unsupported_image", str(error)) from None
+        meta = dict(meta)
+        # Facts about the decoded content that validation checks (before the channel policy).
+        meta["colour"] = bool(array.ndim == 3 and array.shape[2] >= 3 and not is_grey(array[:, :, :3]))
+        meta["constant"] = bool(array.size == 0 or array.min() == array.max())
+        meta.setdefault("modality", None)
+        meta.setdefault("spacing", None)
+        if mismatch:
+            meta["extension_mismatch"] = True
+        samples.append(Sample(pixels=pixels, meta=meta))
+    return samples

@@ -1,0 +1,110 @@
+"""Types shared by every reader: the decoded sample, the read error and the content hash."""
+
+import copy
+import hashlib
+from dataclasses import dataclass, field
+
+import numpy as np
+
+# Mirrors the defaults of the ``io`` section of workflow/schemas/config.schema.yaml. This layer may
+# not import medclassify.config; tests/test_io_readers.py checks that the two stay equal.
+DEFAULT_IO_OPTIONS = {
+    "channels": "keep_grey",
+    "dicom_window": "file",
+    "dicom_frame": "middle",
+    "nifti_axis": 2,
+    "nifti_slice": "middle",
+    "nifti_volume": None,
+    "max_pixels": 178956970,
+}
+
+# Stable problem codes that a reader may raise. Validation reports them unchanged.
+READ_ERROR_CODES = (
+    "empty_file",              # zero bytes
+    "undecodable",             # not a valid image of its format (truncated, corrupt, wrong content)
+    "unsupported_format",      # no reader for this kind of file
+    "unsupported_image",       # a readable file whose layout we cannot turn into a 2D image
+    "no_pixel_data",           # DICOM without (0x7FE0, 0x0010) Pixel Data
+    "compressed_unsupported",  # a DICOM transfer syntax without an installed decoder
+    "too_many_pixels",         # over io.max_pixels (decompression-bomb limit), checked before decoding
+    "needs_slice_choice",      # 4D NIfTI without io.nifti_volume
+    "index_out_of_range",      # a configured frame/slice/volume index beyond the file's size
+)
+
+
+class ReadError(Exception):
+    """An image that cannot be read. ``code`` is one of READ_ERROR_CODES; ``message`` says why.
+
+    Messages never contain identifying DICOM values (see medclassify.privacy).
+    """
+
+    def __init__(self, code, message):
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+
+    def __reduce__(self):
+        # Keep (code, message) when the error crosses a process boundary.
+        return (type(self), (self.code, self.message))
+
+
+@dataclass
+class Sample:
+    """One decoded 2D image.
+
+    ``pixels`` is (H, W, C) with the io channel policy applied; ``meta`` holds non-identifying
+    facts only: format, modality, bits, photometric, spacing, original shape and the like.
+    """
+
+    pixels: np.ndarray
+    meta: dict = field(default_factory=dict)
+
+
+def resolve_io_options(io_options=None):
+    """Return ``io_options`` with every missing key set to its default (a new dict)."""
+    resolved = copy.deepcopy(DEFAULT_IO_OPTIONS)
+    if io_options:
+        unknown = set(io_options) - set(DEFAULT_IO_OPTIONS)
+        if unknown:
+            raise ValueError(f"unknown io options: {sorted(unknown)}")
+        resolved.update(copy.deepcopy(io_options))
+    return resolved
+
+
+def content_hash(pixels):
+    """sha256 (hex, first 32 characters) of an array's dtype, shape and bytes.
+
+    Byte order is part of the dtype string, so the same values in another byte order hash
+    differently; readers always return native-order arrays.
+    """
+    array = np.ascontiguousarray(pixels)
+    digest = hashlib.sha256()
+    digest.update(f"{array.dtype.str}|{array.shape}|".encode("ascii"))
+    digest.update(array.tobytes())
+    return digest.hexdigest()[:32]
+
+
+def check_pixel_count(height, width, max_pixels, what="image"):
+    """Raise ``too_many_pixels`` when ``height * width`` exceeds ``max_pixels`` (before decoding)."""
+    count = int(height) * int(width)
+    if count > max_pixels:
+        raise ReadError(
+            "too_many_pixels",
+            f"{what} of {int(width)}x{int(height)} = {count:,} pixels exceeds io.max_pixels = "
+            f"{max_pixels:,} (decompression-bomb limit); raise io.max_pixels if the image is genuine",
+        )
+
+
+def choose_index(choice, count, what, option_name):
+    """Indices that a ``middle`` / integer / ``all`` choice selects among ``count`` frames or slices."""
+    if choice == "all":
+        return list(range(count))
+    if choice == "middle":
+        return [count // 2]
+    index = int(choice)
+    if not 0 <= index < count:
+        raise ReadError(
+            "index_out_of_range",
+            f"{option_name} = {index}, but the file has {count} {what} (0..{count - 1})",
+        )
+    return [index]

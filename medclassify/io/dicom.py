@@ -1,0 +1,275 @@
+"""DICOM through pydicom: Modality LUT, then a VOI window, MONOCHROME1 inverted, multi-frame.
+
+Output is float32: in [0, 1] after a window or VOI LUT, otherwise in modality units (HU for CT).
+Colour images (RGB, YBR converted to RGB, PALETTE COLOR expanded) are scaled to [0, 1].
+No identifying attribute (medclassify.privacy.IDENTIFYING_DICOM_KEYWORDS) is ever copied into
+metadata or a message.
+"""
+
+import warnings
+
+import numpy as np
+
+from ..privacy import IDENTIFYING_DICOM_KEYWORDS
+from .base import ReadError, check_pixel_count, choose_index
+
+# Standard CT windows as (center, width) in HU, from Radiopaedia, "Windowing (CT)",
+# https://radiopaedia.org/articles/windowing-ct (brain W:80 L:40, lungs W:1500 L:-600,
+# mediastinum W:350 L:50, bone W:1800 L:400, soft tissue/abdomen W:400 L:40).
+WINDOW_PRESETS = {
+    "ct_lung": (-600.0, 1500.0),
+    "ct_mediastinum": (50.0, 350.0),
+    "ct_bone": (400.0, 1800.0),
+    "ct_brain": (40.0, 80.0),
+    "ct_abdomen": (40.0, 400.0),
+}
+
+_PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
+# Attributes of the Modality LUT and VOI LUT modules that a frame's functional groups may override.
+_LUT_KEYWORDS = ("Modality", "PhotometricInterpretation", "BitsStored", "BitsAllocated", "PixelRepresentation",
+                 "ModalityLUTSequence", "RescaleSlope", "RescaleIntercept", "RescaleType",
+                 "VOILUTSequence", "WindowCenter", "WindowWidth", "VOILUTFunction")
+
+
+def _dcmread(path, stop_before_pixels):
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return pydicom.dcmread(path, stop_before_pixels=stop_before_pixels)
+    except InvalidDicomError:
+        raise ReadError("undecodable", "not a DICOM file (no 'DICM' prefix / file meta information)") from None
+    except Exception as error:
+        raise ReadError("undecodable", f"DICOM parsing failed: {type(error).__name__}") from None
+
+
+def frame_count(ds):
+    """Number of frames (1 for single-frame files)."""
+    try:
+        return max(1, int(ds.get("NumberOfFrames", 1) or 1))
+    except (TypeError, ValueError):
+        return 1
+
+
+def sample_indices(path, io_options):
+    """``[None]`` for a single-frame file, otherwise the frames that ``dicom_frame`` selects."""
+    ds = _dcmread(path, stop_before_pixels=True)
+    count = frame_count(ds)
+    if count == 1:
+        return [None]
+    return choose_index(io_options["dicom_frame"], count, "frames", "io.dicom_frame")
+
+
+def read_dicom(path, indices, io_options):
+    """Decode the frames ``indices`` (None = the single frame); return [(array, meta), ...]."""
+    ds = _dcmread(path, stop_before_pixels=False)
+    if not any(keyword in ds for keyword in _PIXEL_KEYWORDS):
+        raise ReadError("no_pixel_data", "DICOM file has no Pixel Data element (not an image)")
+    _check_transfer_syntax(ds)
+    try:
+        rows, columns = int(ds.Rows), int(ds.Columns)
+    except (AttributeError, TypeError, ValueError):
+        raise ReadError("undecodable", "DICOM image without valid Rows/Columns") from None
+    check_pixel_count(rows, columns, io_options["max_pixels"], what="DICOM frame")
+    count = frame_count(ds)
+    for index in indices:
+        if index is not None and not 0 <= index < count:
+            raise ReadError("index_out_of_range", f"frame {index} requested, the file has {count} frames")
+    frames = _decode_frames(ds, indices, count)
+    results = []
+    for index, raw in zip(indices, frames):
+        pixels, details = _to_float(raw, ds, _frame_view(ds, index or 0), io_options["dicom_window"])
+        results.append((pixels, _meta(ds, raw, count, details)))
+    return results
+
+
+def _check_transfer_syntax(ds):
+    from pydicom.pixels import get_decoder
+
+    syntax = ds.file_meta.get("TransferSyntaxUID") if hasattr(ds, "file_meta") else None
+    if syntax is None:
+        raise ReadError("undecodable", "DICOM file meta information has no Transfer Syntax UID")
+    if not syntax.is_compressed:
+        return
+    name = f"{syntax.name} ({syntax})"
+    try:
+        decoder = get_decoder(syntax)
+    except NotImplementedError:
+        raise ReadError("compressed_unsupported", f"no decoder exists for transfer syntax {name}") from None
+    if not decoder.is_available:
+        missing = "; ".join(f"{plugin}: {', '.join(deps)}" for plugin, deps in decoder.missing_dependencies.items()) \
+            if isinstance(decoder.missing_dependencies, dict) else ", ".join(decoder.missing_dependencies)
+        raise ReadError(
+            "compressed_unsupported",
+            f"transfer syntax {name} needs a decoder that is not installed ({missing})",
+        )
+
+
+def _decode_frames(ds, indices, count):
+    from pydicom.pixels import pixel_array
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            if count == 1:
+                return [np.asarray(ds.pixel_array)] * len(indices)
+            if len(indices) == 1:
+                return [np.asarray(pixel_array(ds, index=indices[0]))]
+            every = np.asarray(ds.pixel_array)
+            return [every[index] for index in indices]
+    except Exception as error:  # pydicom and its plugins raise ValueError, RuntimeError, …
+        raise ReadError("undecodable", f"DICOM pixel data could not be decoded: {_scrub(str(error), ds)}") from None
+
+
+def _frame_view(ds, index):
+    """A dataset with the LUT attributes that apply to frame ``index`` (enhanced multi-frame aware)."""
+    from pydicom.dataset import Dataset
+
+    view = Dataset()
+    for keyword in _LUT_KEYWORDS:
+        if keyword in ds:
+            setattr(view, keyword, ds[keyword].value)
+    groups = []
+    shared = ds.get("SharedFunctionalGroupsSequence")
+    if shared:
+        groups.append(shared[0])
+    per_frame = ds.get("PerFrameFunctionalGroupsSequence")
+    if per_frame and index < len(per_frame):
+        groups.append(per_frame[index])
+    for group in groups:
+        for sequence in ("PixelValueTransformationSequence", "FrameVOILUTSequence"):
+            items = group.get(sequence)
+            if items:
+                for keyword in _LUT_KEYWORDS:
+                    if keyword in items[0]:
+                        setattr(view, keyword, items[0][keyword].value)
+    return view
+
+
+def _to_float(raw, ds, view, window_option):
+    from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi
+
+    photometric = str(view.get("PhotometricInterpretation", "MONOCHROME2")).upper()
+    details = {"photometric": photometric, "window": None, "units": None}
+    if photometric == "PALETTE COLOR":
+        try:
+            rgb = apply_color_lut(raw, ds)
+        except (AttributeError, ValueError) as error:
+            raise ReadError("undecodable", f"PALETTE COLOR image with unusable lookup tables ({type(error).__name__})") from None
+        return rgb.astype(np.float32) / float(np.iinfo(rgb.dtype).max), details
+    if raw.ndim == 3:  # RGB, or YBR that pydicom already converted to RGB
+        bits = int(view.get("BitsStored", raw.dtype.itemsize * 8))
+        return raw.astype(np.float32) / float(2 ** bits - 1), details
+    values = apply_modality_lut(raw, view).astype(np.float64)
+    low, high = _output_range(view)
+    window = _window(view, window_option)
+    if window == "lut":
+        lut_bits = int(view.VOILUTSequence[0].LUTDescriptor[2])
+        values = apply_voi(values, view).astype(np.float64) / float(2 ** lut_bits - 1)
+        low, high = 0.0, 1.0
+        details["window"] = "voi_lut"
+    elif window is not None:
+        center, width, function = window
+        values = _apply_window(values, center, width, function)
+        low, high = 0.0, 1.0
+        details["window"] = {"center": center, "width": width, "function": function}
+    else:
+        is_ct = str(view.get("Modality", "")).upper() == "CT" and "RescaleSlope" in view
+        details["units"] = "HU" if is_ct or str(view.get("RescaleType", "")).upper() == "HU" else "modality"
+    if photometric == "MONOCHROME1":
+        # MONOCHROME1 shows the lowest value as white: mirror the values within their range.
+        values = low + high - values
+    return values.astype(np.float32), details
+
+
+def _output_range(view):
+    """The range of Modality-LUT output values that the stored bits allow (for MONOCHROME1)."""
+    if view.get("ModalityLUTSequence"):
+        bits = int(view.ModalityLUTSequence[0].LUTDescriptor[2])
+        return 0.0, float(2 ** bits - 1)
+    bits = int(view.get("BitsStored", 16))
+    if int(view.get("PixelRepresentation", 0)) == 0:
+        low, high = 0.0, float(2 ** bits - 1)
+    else:
+        low, high = float(-(2 ** (bits - 1))), float(2 ** (bits - 1) - 1)
+    slope = float(view.get("RescaleSlope", 1) or 1)
+    intercept = float(view.get("RescaleIntercept", 0) or 0)
+    ends = sorted((low * slope + intercept, high * slope + intercept))
+    return ends[0], ends[1]
+
+
+def _window(view, option):
+    """``"lut"``, ``(center, width, function)`` or None for the io.dicom_window option."""
+    if option == "none":
+        return None
+    if isinstance(option, dict):
+        return float(option["center"]), float(option["width"]), "LINEAR"
+    if option in WINDOW_PRESETS:
+        center, width = WINDOW_PRESETS[option]
+        return center, width, "LINEAR"
+    if option != "file":
+        raise ValueError(f"unknown dicom_window {option!r}")
+    if view.get("VOILUTSequence") and "WindowCenter" not in view:
+        return "lut"
+    if "WindowCenter" in view and "WindowWidth" in view:
+        center, width = _first(view.WindowCenter), _first(view.WindowWidth)
+        function = str(view.get("VOILUTFunction", "LINEAR") or "LINEAR").upper()
+        return float(center), float(width), function
+    if view.get("VOILUTSequence"):
+        return "lut"
+    return None
+
+
+def _first(value):
+    try:
+        return value[0]
+    except (TypeError, IndexError):
+        return value
+
+
+def _apply_window(values, center, width, function):
+    """Window to [0, 1] with pydicom's implementation of PS3.3 C.11.2.1.2 (LINEAR, LINEAR_EXACT, SIGMOID)."""
+    from pydicom.dataset import Dataset
+    from pydicom.pixels import apply_windowing
+
+    # An unsigned 1-bit output range makes pydicom map the window onto [0, 1] exactly.
+    unit = Dataset()
+    unit.PhotometricInterpretation = "MONOCHROME2"
+    unit.BitsStored = 1
+    unit.PixelRepresentation = 0
+    unit.WindowCenter = center
+    unit.WindowWidth = width
+    unit.VOILUTFunction = function
+    try:
+        return apply_windowing(values, unit)
+    except ValueError as error:
+        raise ReadError("undecodable", f"invalid DICOM window (center {center}, width {width}): {error}") from None
+
+
+def _meta(ds, raw, count, details):
+    spacing = ds.get("PixelSpacing") or ds.get("ImagerPixelSpacing")
+    syntax = ds.file_meta.get("TransferSyntaxUID")
+    return {
+        "format": "dicom",
+        "modality": str(ds.get("Modality", "") or "") or None,
+        "bits": int(ds.get("BitsStored", raw.dtype.itemsize * 8)),
+        "photometric": details["photometric"],
+        "spacing": [float(v) for v in spacing] if spacing else None,
+        "original_shape": list(raw.shape),
+        "frames": count,
+        "transfer_syntax": syntax.name if syntax is not None else None,
+        "window": details["window"],
+        "units": details["units"],
+    }
+
+
+def _scrub(message, ds):
+    """Remove the values of identifying attributes from a (library) message."""
+    for keyword in IDENTIFYING_DICOM_KEYWORDS:
+        value = ds.get(keyword) if ds is not None else None
+        text = str(value) if value is not None else ""
+        if len(text) >= 2 and text in message:
+            message = message.replace(text, "<redacted>")
+    return message

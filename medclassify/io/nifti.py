@@ -1,0 +1,126 @@
+"""NIfTI through nibabel: 2D slices of the canonical (RAS+) volume along a configured axis.
+
+The volume is first reoriented with ``nibabel.as_closest_canonical``. A slice keeps the two
+remaining axes in RAS order; it is returned transposed and flipped up-down
+(``np.flipud(slice.T)``) so that rows run along the second remaining axis with its positive
+direction (anterior or superior) at the top, and columns along the first. 4D volumes need
+``io.nifti_volume``; a 4D file with a single volume is treated as 3D.
+"""
+
+import numpy as np
+
+from .base import ReadError, check_pixel_count, choose_index
+
+
+def _load(path):
+    import nibabel as nib
+
+    try:
+        return nib.load(str(path))
+    except Exception as error:  # nibabel raises ImageFileError, OSError, EOFError, zlib errors…
+        raise ReadError("undecodable", f"not a readable NIfTI file ({type(error).__name__}: {error})") from None
+
+
+def _volume_shape(image, io_options):
+    """Spatial shape (3 axes, or 2) after dropping singleton 4th and higher axes."""
+    shape = tuple(int(n) for n in image.shape)
+    while len(shape) > 3 and shape[-1] == 1:
+        shape = shape[:-1]
+    if len(shape) > 4:
+        raise ReadError("unsupported_image", f"NIfTI of shape {shape}: only 2D, 3D and 4D volumes are read")
+    if len(shape) == 4:
+        volume = io_options["nifti_volume"]
+        if volume is None:
+            raise ReadError(
+                "needs_slice_choice",
+                f"4D NIfTI of shape {shape} ({shape[3]} volumes): set io.nifti_volume to the volume "
+                "index to read (e.g. 0)",
+            )
+        if not 0 <= volume < shape[3]:
+            raise ReadError("index_out_of_range", f"io.nifti_volume = {volume}, the file has {shape[3]} volumes")
+    return shape
+
+
+def sample_indices(path, io_options):
+    """``[None]`` for a 2D image, otherwise the slices that ``nifti_slice`` selects."""
+    image = _load(path)
+    shape = _volume_shape(image, io_options)
+    if len(shape) < 3:
+        return [None]
+    axis = io_options["nifti_axis"]
+    count = _canonical_shape(image, shape)[axis]
+    if count == 1:
+        return [None]
+    return choose_index(io_options["nifti_slice"], count, "slices", "io.nifti_slice")
+
+
+def _canonical_shape(image, shape):
+    import nibabel as nib
+
+    # as_closest_canonical moves input axis i to output axis orientation[i, 0]; the affine alone
+    # gives that permutation, so the header suffices (no voxel is read).
+    orientation = nib.orientations.io_orientation(image.affine)
+    if np.isnan(orientation).any():
+        return shape[:3]
+    canonical = [0, 0, 0]
+    for axis_in in range(3):
+        canonical[int(orientation[axis_in, 0])] = shape[axis_in]
+    return tuple(canonical)
+
+
+def read_nifti(path, indices, io_options):
+    """Decode slices ``indices`` (None = the only slice); return [(array float32 (H, W), meta), ...]."""
+    import nibabel as nib
+
+    image = _load(path)
+    shape = _volume_shape(image, io_options)
+    axis = io_options["nifti_axis"]
+    try:
+        if len(shape) == 2:
+            check_pixel_count(shape[0], shape[1], io_options["max_pixels"], what="NIfTI image")
+            data = np.asarray(image.dataobj, dtype=np.float32).reshape(shape[:2])
+            slices = [np.flipud(data.T)] * len(indices)
+            spacing = [float(z) for z in image.header.get_zooms()[:2]]
+            original = list(shape)
+        else:
+            canonical = nib.as_closest_canonical(_as_3d(image, shape, io_options))
+            canonical_shape = canonical.shape[:3]
+            in_plane = [a for a in range(3) if a != axis]
+            check_pixel_count(canonical_shape[in_plane[0]], canonical_shape[in_plane[1]],
+                              io_options["max_pixels"], what="NIfTI slice")
+            # Several slices: read the volume once (a .nii.gz proxy would decompress per slice).
+            volume = np.asarray(canonical.dataobj, dtype=np.float32) if len(indices) > 1 else canonical.dataobj
+            slices = []
+            for index in indices:
+                position = 0 if index is None else index
+                if not 0 <= position < canonical_shape[axis]:
+                    raise ReadError("index_out_of_range",
+                                    f"slice {position} requested, axis {axis} has {canonical_shape[axis]} slices")
+                slicer = [slice(None)] * 3
+                slicer[axis] = position
+                plane = np.asarray(volume[tuple(slicer)], dtype=np.float32)
+                slices.append(np.ascontiguousarray(np.flipud(plane.T)))
+            zooms = canonical.header.get_zooms()
+            spacing = [float(zooms[in_plane[1]]), float(zooms[in_plane[0]])]  # (row, column) spacing
+            original = list(shape)
+    except ReadError:
+        raise
+    except Exception as error:  # truncated data, bad gzip stream, unsupported dtype…
+        raise ReadError("undecodable", f"NIfTI data could not be read ({type(error).__name__}: {error})") from None
+    meta = {"format": "nifti", "modality": None, "bits": 32, "photometric": None,
+            "spacing": spacing, "original_shape": original, "axis": axis}
+    return [(plane, dict(meta)) for plane in slices]
+
+
+def _as_3d(image, shape, io_options):
+    """The 3D image to slice: the chosen volume of a 4D file, or the file itself."""
+    import nibabel as nib
+
+    if len(shape) == 3 and len(image.shape) == 3:
+        return image
+    if len(shape) == 3:  # trailing singleton axes
+        data = np.asarray(image.dataobj, dtype=np.float32).reshape(shape)
+    else:
+        volume = io_options["nifti_volume"]
+        data = np.asarray(image.dataobj[..., volume], dtype=np.float32)
+    return nib.Nifti1Image(data, image.affine)

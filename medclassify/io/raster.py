@@ -1,0 +1,120 @@
+"""PNG, JPEG and BMP through Pillow; TIFF through tifffile. The native dtype (uint8, uint16…) is kept."""
+
+import struct
+import warnings
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from .base import ReadError, check_pixel_count
+from .channels import is_grey
+
+# Pillow modes and the NumPy dtype they decode to without losing depth.
+_NATIVE_MODES = {"L": np.uint8, "I;16": np.uint16, "I;16L": np.uint16, "I;16B": np.uint16,
+                 "I;16N": np.uint16, "I": np.int32, "F": np.float32, "RGB": np.uint8,
+                 "RGBA": np.uint8, "LA": np.uint8}
+
+
+def png_header(path):
+    """(width, height, bit_depth, colour_type) from a PNG's IHDR chunk, or None if malformed."""
+    with open(path, "rb") as f:
+        head = f.read(33)
+    if len(head) < 29 or head[12:16] != b"IHDR":
+        return None
+    width, height, bit_depth, colour_type = struct.unpack(">IIBB", head[16:26])
+    return width, height, bit_depth, colour_type
+
+
+def read_pillow(path, fmt, max_pixels):
+    """Decode a PNG, JPEG or BMP file; return (array (H, W[, C]), meta)."""
+    if fmt == "png":
+        header = png_header(path)
+        if header is None:
+            raise ReadError("undecodable", "PNG signature without a valid IHDR header")
+        width, height, bit_depth, colour_type = header
+        check_pixel_count(height, width, max_pixels)
+        if bit_depth == 16 and colour_type in (2, 6):
+            # Pillow reduces 16-bit colour PNG to 8 bits; refuse rather than lose depth silently.
+            raise ReadError(
+                "unsupported_image",
+                "16-bit colour PNG: Pillow would reduce it to 8 bits; save it as 16-bit TIFF instead",
+            )
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as image:
+                width, height = image.size
+                check_pixel_count(height, width, max_pixels)
+                image.load()
+                array, photometric = _pillow_to_array(image)
+                bits = image.info.get("bits") or _bits_of(array)
+    except Image.DecompressionBombError as error:
+        raise ReadError("too_many_pixels", f"Pillow refused the image size: {error}") from None
+    except UnidentifiedImageError:
+        raise ReadError("undecodable", f"not a decodable {fmt.upper()} image") from None
+    except (OSError, SyntaxError, ValueError, struct.error) as error:
+        raise ReadError("undecodable", f"{fmt.upper()} decoding failed: {error}") from None
+    meta = {"format": fmt, "bits": int(bits), "photometric": photometric,
+            "original_shape": list(array.shape)}
+    return array, meta
+
+
+def _pillow_to_array(image):
+    mode = image.mode
+    if mode == "1":
+        image, mode = image.convert("L"), "L"
+    elif mode in ("P", "PA"):
+        # Palette images: expand the palette; a palette of greys stays grey.
+        image = image.convert("RGBA" if mode == "PA" or "transparency" in image.info else "RGB")
+        rgb = np.asarray(image)
+        if is_grey(rgb[:, :, :3]):
+            return np.ascontiguousarray(rgb[:, :, 0]), "palette_grey"
+        return rgb, "palette_rgb"
+    elif mode not in _NATIVE_MODES:
+        # CMYK, YCbCr, LAB, HSV, I;16 variants with odd packing: Pillow converts them to RGB.
+        image, mode = image.convert("RGB"), "RGB"
+    array = np.asarray(image)
+    dtype = _NATIVE_MODES[mode]
+    array = array.astype(dtype, copy=False)
+    if not array.dtype.isnative:
+        array = array.astype(array.dtype.newbyteorder("="))
+    photometric = "grey" if array.ndim == 2 or mode == "LA" else mode.lower()
+    return np.ascontiguousarray(array), photometric
+
+
+def _bits_of(array):
+    return array.dtype.itemsize * 8
+
+
+def read_tiff(path, max_pixels):
+    """Decode the first page of a TIFF file; return (array (H, W[, C]), meta)."""
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(path) as tif:
+            if not tif.pages:
+                raise ReadError("undecodable", "TIFF without image pages")
+            page = tif.pages[0]
+            axes = page.axes
+            shape = dict(zip(axes, page.shape))
+            check_pixel_count(shape.get("Y", 1), shape.get("X", 1), max_pixels)
+            array = page.asarray()
+            n_pages = len(tif.pages)
+            bits = int(page.bitspersample)
+            photometric = page.photometric.name.lower() if page.photometric is not None else None
+    except ReadError:
+        raise
+    except Exception as error:  # tifffile raises many types (TiffFileError, ValueError, …)
+        raise ReadError("undecodable", f"TIFF decoding failed: {type(error).__name__}: {error}") from None
+    if axes.startswith("S") and array.ndim == 3:
+        array = np.moveaxis(array, 0, -1)  # planar configuration: (S, Y, X) -> (Y, X, S)
+    array = np.squeeze(array) if array.ndim > 3 else array
+    if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[2] > 4):
+        raise ReadError("unsupported_image", f"TIFF page of shape {array.shape} (axes {axes}) is not a 2D image")
+    if array.dtype.kind not in "uif":
+        array = array.astype(np.uint8)  # bilevel TIFF
+    if not array.dtype.isnative:
+        array = array.astype(array.dtype.newbyteorder("="))
+    meta = {"format": "tiff", "bits": bits, "photometric": photometric,
+            "original_shape": list(array.shape), "pages": n_pages}
+    return np.ascontiguousarray(array), meta

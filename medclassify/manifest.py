@@ -1,0 +1,688 @@
+"""Manifest validation: every problem of a manifest and its images, found before training starts.
+
+:func:`validate_manifest` reads the manifest (user input, never modified), checks its columns
+and fields, keeps every path inside the dataset root, decodes every image in parallel, and
+checks labels, classes, duplicates and patients. :func:`write_validation_outputs` writes the
+validated manifest (only when nothing is wrong) and the reports.
+
+Row numbers: ``row`` is the 1-based number of a data row in the manifest; the header is row 0
+and blank lines are not counted, so with one record per line row N is line N + 1 of the file.
+Messages say "row N". Problems about the manifest as a whole have ``row = None``.
+
+Privacy: the manifest's patient ids appear nowhere in the outputs or messages; only their salted
+hash (:func:`medclassify.privacy.hash_patient`) does.
+"""
+
+import collections
+import csv
+import difflib
+import io
+import math
+import multiprocessing
+import os
+import threading
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path, PurePosixPath, PureWindowsPath
+
+import pandas as pd
+
+from .atomic import atomic_path, atomic_write_json, atomic_write_text
+from .errors import InputError, UsageError
+from .io import ReadError, read_file_samples, resolve_io_options, content_hash
+from .privacy import hash_patient
+
+REQUIRED_COLUMNS = ("path", "label", "patient", "modality")
+GENERATED_COLUMNS = ("sample_id", "index", "content_hash")
+VALIDATED_COLUMNS = ("sample_id", "path", "index", "label", "patient", "modality", "content_hash")
+SPLIT_VALUES = ("train", "val", "test")
+DEFAULT_VALIDATION_OPTIONS = {
+    "strict": False, "drop_invalid": False, "min_images_per_class": 2, "min_classes": 2,
+    "mixed_label_patients": "warning",
+}
+
+# Spellings of the required columns seen in real manifests, for "did you mean" hints.
+_COLUMN_SYNONYMS = {
+    "path": ("filepath", "file", "filename", "image", "imagepath", "img", "imgpath", "imagefile",
+             "file_name", "location", "dicompath", "niftipath"),
+    "label": ("class", "classname", "target", "diagnosis", "labels", "category", "y", "finding", "outcome"),
+    "patient": ("patientid", "subject", "subjectid", "case", "caseid", "pid", "patientname", "mrn", "participant"),
+    "modality": ("mod", "imagingmodality", "imagetype", "scantype"),
+}
+# Values that mean "no value" in exported spreadsheets (pandas' defaults, case-insensitive).
+_MISSING_TOKENS = {"", "nan", "na", "n/a", "null", "none", "#n/a", "<na>"}
+# Manifest modality spellings and the DICOM Modality values they stand for.
+_MODALITY_ALIASES = {
+    "CT": {"CT"}, "MR": {"MR"}, "MRI": {"MR"}, "CR": {"CR", "DX"}, "DX": {"DX", "CR"},
+    "XR": {"CR", "DX"}, "XRAY": {"CR", "DX"}, "X-RAY": {"CR", "DX"}, "MG": {"MG"},
+    "MAMMOGRAPHY": {"MG"}, "US": {"US"}, "ULTRASOUND": {"US"}, "PT": {"PT"}, "PET": {"PT"},
+    "NM": {"NM"}, "XA": {"XA"}, "RF": {"RF"}, "OT": {"OT"},
+}
+# Modalities whose images are grey; a colour image under them is suspicious (burnt-in overlays,
+# screenshots, wrong file).
+_GREY_MODALITIES = {"CT", "MR", "MRI", "CR", "DX", "XR", "XRAY", "X-RAY", "MG", "MAMMOGRAPHY", "PT", "PET", "NM", "XA", "RF"}
+_MIN_SIDE = 8
+_MAX_ASPECT = 20.0
+_MAX_LISTED = 5
+
+
+@dataclass
+class Problem:
+    """One problem: where (row, path), what (a stable ``code``), how bad, and a message."""
+
+    row: int | None
+    path: str | None
+    code: str
+    severity: str  # "error" or "warning"
+    message: str
+
+    def __str__(self):
+        where = "manifest" if self.row is None else f"row {self.row}"
+        if self.path:
+            where += f" ({self.path})"
+        return f"{where}: {self.severity} {self.code}: {self.message}"
+
+    def to_dict(self):
+        return asdict(self)
+
+
+@dataclass
+class ValidationResult:
+    """What :func:`validate_manifest` found.
+
+    ``table`` is the validated manifest (rows without errors; empty when the manifest could not
+    be parsed), ``problems`` every problem, ``classes`` the class order, ``dropped`` the rows
+    removed under ``drop_invalid`` with their reasons, ``ok`` whether the table may be used.
+    """
+
+    table: pd.DataFrame
+    problems: list
+    classes: list
+    dropped: list
+    ok: bool
+    summary: dict
+    manifest_path: str = ""
+    root: str = ""
+    timings: dict = field(default_factory=dict)
+
+    @property
+    def errors(self):
+        return [p for p in self.problems if p.severity == "error"]
+
+    @property
+    def warnings(self):
+        return [p for p in self.problems if p.severity == "warning"]
+
+
+class _Collector:
+    """Collects problems in the order found."""
+
+    def __init__(self):
+        self.problems = []
+
+    def add(self, row, path, code, severity, message):
+        self.problems.append(Problem(row, path, code, severity, message))
+
+
+# --------------------------------------------------------------------------------------------
+# Reading the manifest
+# --------------------------------------------------------------------------------------------
+
+def read_manifest_rows(manifest, problems):
+    """Parse the manifest CSV: return ``(header, [(row_number, fields), ...])``.
+
+    Encoding, BOM, delimiter and field-count problems go to ``problems``; on a fatal one the
+    header is None.
+    """
+    manifest = Path(manifest)
+    try:
+        raw = manifest.read_bytes()
+    except FileNotFoundError:
+        problems.add(None, str(manifest), "manifest_missing", "error", f"manifest {manifest} does not exist")
+        return None, []
+    except OSError as error:
+        problems.add(None, str(manifest), "manifest_unreadable", "error", f"manifest cannot be read: {error.strerror}")
+        return None, []
+    if raw.startswith((b"\xff\xfe", b"\xfe\xff")):
+        problems.add(None, None, "manifest_encoding", "error",
+                     "the manifest is UTF-16 encoded; save it as UTF-8 CSV")
+        return None, []
+    if raw.startswith(b"\xef\xbb\xbf"):
+        problems.add(None, None, "manifest_bom", "warning",
+                     "the manifest starts with a UTF-8 byte-order mark (typical of Excel's 'CSV UTF-8'); "
+                     "it was ignored, but save as plain UTF-8 to silence this warning")
+        raw = raw[3:]
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as error:
+        line = raw[:error.start].count(b"\n") + 1
+        problems.add(None, None, "manifest_encoding", "error",
+                     f"the manifest is not valid UTF-8 (byte 0x{raw[error.start]:02X} on line {line}; "
+                     "probably Latin-1/Windows-1252); save it as UTF-8 CSV")
+        return None, []
+    if not text.strip():
+        problems.add(None, None, "manifest_empty", "error", "the manifest is empty (no header, no rows)")
+        return None, []
+    records = [record for record in csv.reader(io.StringIO(text, newline="")) if record]
+    header = [name.strip() for name in records[0]]
+    if len(header) == 1:
+        for delimiter, name in ((";", "semicolons"), ("\t", "tabs"), ("|", "pipes")):
+            if delimiter in header[0]:
+                problems.add(None, None, "manifest_delimiter", "error",
+                             f"the manifest's fields are separated by {name}, not commas "
+                             f"(header {header[0]!r}); export it as comma-separated CSV")
+                return None, []
+    duplicated = sorted({name for name in header if header.count(name) > 1})
+    if duplicated:
+        problems.add(None, None, "duplicate_column", "error", f"column(s) {duplicated} appear more than once")
+        return None, []
+    rows = []
+    for number, record in enumerate(records[1:], start=1):
+        if all(not value.strip() for value in record):
+            continue  # a blank spreadsheet line carries nothing
+        if len(record) != len(header):
+            problems.add(number, None, "malformed_row", "error",
+                         f"row {number} has {len(record)} fields, the header has {len(header)} "
+                         "(an unquoted comma in a value?)")
+            continue
+        rows.append((number, dict(zip(header, record))))
+    return header, rows
+
+
+def column_hint(missing, header):
+    """A "did you mean" hint for a missing required column, or an empty string."""
+    def squash(name):
+        return "".join(ch for ch in name.lower() if ch.isalnum())
+
+    candidates = {squash(name): name for name in header}
+    for spelling in (missing,) + _COLUMN_SYNONYMS.get(missing, ()):
+        if squash(spelling) in candidates:
+            return f"; did you mean {candidates[squash(spelling)]!r}? rename it to {missing!r}"
+    close = difflib.get_close_matches(missing, [name.lower() for name in header], n=1, cutoff=0.75)
+    if close:
+        original = next(name for name in header if name.lower() == close[0])
+        return f"; did you mean {original!r}? rename it to {missing!r}"
+    return ""
+
+
+def _is_missing(value):
+    return value is None or value.strip().lower() in _MISSING_TOKENS
+
+
+# --------------------------------------------------------------------------------------------
+# Paths
+# --------------------------------------------------------------------------------------------
+
+def resolve_manifest_path(relative, root_real):
+    """Return ``(absolute Path, None)`` or ``(None, (code, message))`` for a manifest path."""
+    if PurePosixPath(relative).is_absolute() or PureWindowsPath(relative).is_absolute() or relative.startswith("~"):
+        return None, ("path_outside_root", "absolute path; paths must be relative to the dataset root")
+    normal = os.path.normpath(relative)
+    if normal == ".." or normal.startswith("../") or normal.startswith("..\\"):
+        return None, ("path_outside_root", "'..' leads outside the dataset root")
+    candidate = root_real / relative
+    real = Path(os.path.realpath(candidate))
+    if real != root_real and root_real not in real.parents:
+        return None, ("path_outside_root", "a symbolic link leads outside the dataset root")
+    if not candidate.exists():
+        hint = " (the path contains backslashes; use '/' as separator)" if "\\" in relative else ""
+        return None, ("missing_file", f"file not found under the dataset root{hint}")
+    if not candidate.is_file():
+        return None, ("not_a_file", "path is a folder or a special file, not an image file")
+    return candidate, None
+
+
+# --------------------------------------------------------------------------------------------
+# Decoding (in worker processes)
+# --------------------------------------------------------------------------------------------
+
+def inspect_image_file(path, io_options):
+    """Decode every configured sample of one file; return a small picklable summary.
+
+    ``{"ok": True, "samples": [{index, content_hash, shape, dtype, format, modality, colour,
+    constant, extension_mismatch, original_shape}]}`` or ``{"ok": False, "code", "message"}``.
+    """
+    try:
+        samples = read_file_samples(path, io_options)
+    except ReadError as error:
+        return {"ok": False, "code": error.code, "message": error.message}
+    except MemoryError:
+        return {"ok": False, "code": "too_many_pixels", "message": "out of memory while decoding"}
+    except Exception as error:  # a reader bug or an exotic file must not abort the whole validation
+        return {"ok": False, "code": "undecodable", "message": f"unexpected {type(error).__name__} while decoding"}
+    summaries = []
+    for index, sample in samples:
+        meta = sample.meta
+        summaries.append({
+            "index": index,
+            "content_hash": content_hash(sample.pixels),
+            "shape": list(sample.pixels.shape),
+            "dtype": str(sample.pixels.dtype),
+            "format": meta.get("format"),
+            "modality": meta.get("modality"),
+            "colour": meta.get("colour", False),
+            "constant": meta.get("constant", False),
+            "extension_mismatch": meta.get("extension_mismatch", False),
+            "original_shape": meta.get("original_shape"),
+        })
+    return {"ok": True, "samples": summaries}
+
+
+def _inspect_task(task):
+    path, io_options = task
+    return inspect_image_file(path, io_options)
+
+
+def _start_method():
+    """fork when this process runs a single thread (fastest, and works from any __main__);
+    otherwise forkserver, because forking a multi-threaded process can deadlock."""
+    methods = multiprocessing.get_all_start_methods()
+    if "fork" in methods and threading.active_count() == 1:
+        return "fork"
+    return "forkserver" if "forkserver" in methods else "spawn"
+
+
+def decode_files(paths, io_options, threads=1):
+    """:func:`inspect_image_file` for each path, over ``threads`` processes; results in order."""
+    tasks = [(str(path), io_options) for path in paths]
+    workers = max(1, min(int(threads or 1), len(tasks)))
+    if workers == 1:
+        return [_inspect_task(task) for task in tasks]
+    context = multiprocessing.get_context(_start_method())
+    chunksize = max(1, min(256, len(tasks) // (workers * 8)))
+    with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+        return list(pool.map(_inspect_task, tasks, chunksize=chunksize))
+
+
+# --------------------------------------------------------------------------------------------
+# Validation
+# --------------------------------------------------------------------------------------------
+
+def validate_manifest(manifest, root, *, io_options, validation_options, labels=None, salt, threads=1):
+    """Check a manifest and every image it names; return a :class:`ValidationResult`.
+
+    Nothing is written and no input is modified. See the module docstring for row numbers.
+    """
+    started = time.perf_counter()
+    options = dict(DEFAULT_VALIDATION_OPTIONS, **(validation_options or {}))
+    io_options = resolve_io_options(io_options)
+    problems = _Collector()
+    root_real = Path(os.path.realpath(root))
+    header, rows = read_manifest_rows(manifest, problems)
+
+    def finish(records, extra_columns, timings):
+        return _finish(manifest, root_real, problems, records, extra_columns, options, labels,
+                       threads, started, timings)
+
+    if header is None:
+        return finish([], [], {})
+    missing = [name for name in REQUIRED_COLUMNS if name not in header]
+    for name in missing:
+        problems.add(None, None, "missing_column", "error",
+                     f"required column {name!r} is missing{column_hint(name, header)} "
+                     f"(required: {', '.join(REQUIRED_COLUMNS)})")
+    reserved = [name for name in GENERATED_COLUMNS if name in header]
+    for name in reserved:
+        problems.add(None, None, "reserved_column", "error",
+                     f"column {name!r} is written by validation; rename the manifest's column")
+    if missing or reserved:
+        return finish([], [], {})
+    if not rows and not problems.problems:
+        problems.add(None, None, "manifest_empty", "error", "the manifest has a header but no rows")
+    extra_columns = [name for name in header if name not in REQUIRED_COLUMNS]
+
+    records = _check_fields(rows, labels, salt, problems, root_real)
+    _check_duplicate_paths(records, problems)
+    t_decode = time.perf_counter()
+    unique_files = list(dict.fromkeys(r["file"] for r in records if r["file"] is not None and not r["duplicate"]))
+    decoded = dict(zip(unique_files, decode_files(unique_files, io_options, threads)))
+    decode_seconds = time.perf_counter() - t_decode
+    _check_images(records, decoded, problems)
+    _check_duplicate_content(records, problems)
+    _check_patients(records, options["mixed_label_patients"], problems)
+    return finish(records, extra_columns,
+                  {"decode_seconds": round(decode_seconds, 3), "n_files_decoded": len(unique_files)})
+
+
+def _check_fields(rows, labels, salt, problems, root_real):
+    """Field-level checks; return one record per row."""
+    allowed = list(labels) if labels else None
+    records = []
+    for number, fields in rows:
+        path_text = fields["path"]
+        record = {"row": number, "fields": fields, "path": path_text.strip() and path_text,
+                  "file": None, "duplicate": False, "samples": [], "patient_hash": None}
+        values = {}
+        for column in REQUIRED_COLUMNS:
+            value = fields[column]
+            if _is_missing(value):
+                shown = "empty" if not value.strip() else f"{value.strip()!r}, a missing-value marker"
+                problems.add(number, path_text or None, "empty_field", "error",
+                             f"row {number}: {column} is {shown}")
+                values[column] = None
+                continue
+            if column != "path" and value != value.strip():
+                problems.add(number, path_text, "whitespace_in_field", "warning",
+                             f"row {number}: {column} {value.strip()!r} has leading/trailing spaces; they were removed")
+            values[column] = value if column == "path" else value.strip()
+        record["label"], record["modality"] = values["label"], values["modality"]
+        if values["patient"] is not None:
+            record["patient_hash"] = hash_patient(values["patient"], salt)
+        record["raw_patient"] = values["patient"]
+        if allowed is not None and record["label"] is not None and record["label"] not in allowed:
+            problems.add(number, path_text, "unknown_label", "error",
+                         f"row {number}: label {record['label']!r} is not one of the configured labels "
+                         f"{allowed}{_label_hint(record['label'], allowed)}")
+        if "split" in fields:
+            split = fields["split"].strip()
+            if _is_missing(split):
+                problems.add(number, path_text, "missing_split", "warning",
+                             f"row {number}: the split column is empty (split.method: predefined needs it)")
+            elif split not in SPLIT_VALUES:
+                problems.add(number, path_text, "invalid_split", "error",
+                             f"row {number}: split {split!r} is not one of {list(SPLIT_VALUES)}")
+        if values["path"] is not None:
+            resolved, failure = resolve_manifest_path(values["path"], root_real)
+            if failure:
+                code, message = failure
+                problems.add(number, path_text, code, "error", f"row {number}: {message}")
+            record["file"] = resolved
+        records.append(record)
+    return records
+
+
+def _label_hint(label, allowed):
+    folded = {name.lower(): name for name in allowed}
+    if label.lower() in folded:
+        return f"; did you mean {folded[label.lower()]!r}? (labels are case-sensitive)"
+    close = difflib.get_close_matches(label, allowed, n=1, cutoff=0.6)
+    return f"; did you mean {close[0]!r}?" if close else ""
+
+
+def _check_duplicate_paths(records, problems):
+    """The same file twice: identical rows are duplicates; differing rows conflict."""
+    by_file = collections.defaultdict(list)
+    for record in records:
+        if record["file"] is not None:
+            by_file[os.path.realpath(record["file"])].append(record)
+    for group in by_file.values():
+        if len(group) < 2:
+            continue
+        first = group[0]
+        key = lambda r: (r["label"], r["raw_patient"], r["modality"],
+                         tuple(sorted((k, v) for k, v in r["fields"].items() if k != "path")))
+        if all(key(r) == key(first) for r in group):
+            for record in group[1:]:
+                record["duplicate"] = True
+                problems.add(record["row"], record["path"], "duplicate_row", "error",
+                             f"row {record['row']} repeats row {first['row']} (same file, same fields)")
+        else:
+            numbers = ", ".join(str(r["row"]) for r in group)
+            for record in group[1:]:
+                record["duplicate"] = True
+            for record in group:
+                problems.add(record["row"], record["path"], "duplicate_path", "error",
+                             f"rows {numbers} name the same file with different fields (label, patient or other)")
+
+
+def _check_images(records, decoded, problems):
+    """Decoding failures and implausible images; attach decoded samples to records."""
+    for record in records:
+        if record["file"] is None or record["duplicate"]:
+            continue
+        result = decoded[record["file"]]
+        number, path = record["row"], record["path"]
+        if not result["ok"]:
+            problems.add(number, path, result["code"], "error", f"row {number}: {result['message']}")
+            continue
+        record["samples"] = result["samples"]
+        modality = (record["modality"] or "").upper()
+        first = result["samples"][0]
+        if first["extension_mismatch"]:
+            problems.add(number, path, "extension_mismatch", "warning",
+                         f"row {number}: the file is a {first['format'].upper()} image despite its name; it was read as such")
+        header_modality = first["modality"]
+        expected = _MODALITY_ALIASES.get(modality)
+        if header_modality and expected and header_modality.upper() not in expected:
+            problems.add(number, path, "modality_mismatch", "warning",
+                         f"row {number}: the manifest says {record['modality']!r}, the DICOM header says {header_modality!r}")
+        height, width = first["shape"][:2]
+        if min(height, width) < _MIN_SIDE or max(height, width) / max(1, min(height, width)) > _MAX_ASPECT:
+            problems.add(number, path, "implausible_dimensions", "warning",
+                         f"row {number}: a {width}x{height} image is implausible for classification "
+                         f"(side under {_MIN_SIDE} px or aspect over {_MAX_ASPECT:g}:1)")
+        if modality in _GREY_MODALITIES and any(s["colour"] for s in result["samples"]):
+            problems.add(number, path, "implausible_channels", "warning",
+                         f"row {number}: a colour image for modality {record['modality']!r}, whose images are grey "
+                         "(burnt-in annotations or a screenshot?)")
+        if all(s["constant"] for s in result["samples"]):
+            problems.add(number, path, "constant_image", "warning",
+                         f"row {number}: every pixel has the same value (a blank or failed export?)")
+
+
+def _check_duplicate_content(records, problems):
+    """Identical decoded pixels in different rows: conflicting labels are errors, else warnings."""
+    by_hash = collections.defaultdict(dict)
+    for record in records:
+        for sample in record["samples"]:
+            by_hash[sample["content_hash"]].setdefault(record["row"], record)
+    for group in by_hash.values():
+        if len(group) < 2:
+            continue
+        members = list(group.values())
+        labels = {r["label"] for r in members}
+        patients = {r["patient_hash"] for r in members}
+        if len(labels) > 1:
+            code, severity, why = "duplicate_content_conflicting_labels", "error", "under different labels"
+        elif len(patients) > 1:
+            code, severity, why = ("duplicate_content_across_patients", "warning",
+                                   "under different patients (leakage risk across splits)")
+        else:
+            code, severity, why = "duplicate_content", "warning", "(the image is counted twice)"
+        for record in members:
+            others = [r for r in members if r is not record]
+            listed = ", ".join(f"row {r['row']} ({r['path']}, label {r['label']!r}, patient {r['patient_hash']})"
+                               for r in others[:_MAX_LISTED])
+            more = f" and {len(others) - _MAX_LISTED} more" if len(others) > _MAX_LISTED else ""
+            problems.add(record["row"], record["path"], code, severity,
+                         f"row {record['row']}: same pixels as {listed}{more} {why}")
+
+
+def _check_patients(records, policy, problems):
+    """A patient whose rows carry different labels (per validation.mixed_label_patients)."""
+    if policy == "ignore":
+        return
+    by_patient = collections.defaultdict(list)
+    for record in records:
+        if record["patient_hash"] is not None and record["label"] is not None:
+            by_patient[record["patient_hash"]].append(record)
+    for patient, group in by_patient.items():
+        labels = sorted({r["label"] for r in group})
+        if len(labels) < 2:
+            continue
+        for record in group:
+            problems.add(record["row"], record["path"], "mixed_label_patient", policy,
+                         f"row {record['row']}: patient {patient} has images with labels {labels} "
+                         "(set validation.mixed_label_patients to 'ignore' if that is expected)")
+
+
+def _finish(manifest, root_real, problems, records, extra_columns, options, labels, threads, started, timings):
+    """Apply strict and drop_invalid, check classes on what remains, build the table."""
+    all_problems = problems.problems
+    if options["strict"]:
+        for problem in all_problems:
+            if problem.severity == "warning":
+                problem.severity = "error"
+                problem.message += " (an error under validation.strict)"
+    error_rows = collections.defaultdict(list)
+    for problem in all_problems:
+        if problem.severity == "error" and problem.row is not None:
+            error_rows[problem.row].append(problem)
+    row_path = {r["row"]: r["path"] for r in records}
+    # malformed rows have no record; they still count as rows with errors.
+    dropped = []
+    if options["drop_invalid"]:
+        for number in sorted(error_rows):
+            dropped.append({
+                "row": number,
+                "path": row_path.get(number) or next((p.path for p in error_rows[number] if p.path), None),
+                "codes": sorted({p.code for p in error_rows[number]}),
+                "reasons": [p.message for p in error_rows[number]],
+            })
+    kept = [r for r in records if r["row"] not in error_rows]
+    class_counts = collections.Counter()
+    for record in kept:
+        class_counts[record["label"]] += len(record["samples"])
+    classes = list(labels) if labels else sorted(class_counts)
+    if records or not any(p.row is None for p in all_problems):
+        _check_classes(classes, class_counts, options, problems)
+    table = _build_table(kept, extra_columns)
+    remaining_errors = [p for p in all_problems if p.severity == "error"
+                        and (p.row is None or not options["drop_invalid"])]
+    ok = not remaining_errors and len(table) > 0
+    elapsed = time.perf_counter() - started
+    n_samples = sum(len(r["samples"]) for r in records)
+    summary = {
+        "ok": ok,
+        "n_rows": len(records) + sum(1 for p in all_problems if p.code == "malformed_row"),
+        "n_rows_valid": len(kept),
+        "n_rows_dropped": len(dropped),
+        "n_samples": len(table),
+        "n_samples_decoded": n_samples,
+        "n_patients": int(table["patient"].nunique()) if len(table) else 0,
+        "n_errors": sum(p.severity == "error" for p in all_problems),
+        "n_warnings": sum(p.severity == "warning" for p in all_problems),
+        "class_counts": {name: int(class_counts.get(name, 0)) for name in classes},
+        "modalities": {str(k): int(v) for k, v in table["modality"].value_counts().sort_index().items()} if len(table) else {},
+        "problem_counts": dict(sorted(collections.Counter(p.code for p in all_problems).items())),
+        "labels_configured": labels is not None,
+        "threads": int(threads or 1),
+        "seconds": round(elapsed, 3),
+        "images_per_second": round(n_samples / elapsed, 1) if elapsed > 0 else None,
+    }
+    all_problems.sort(key=lambda p: (p.row is not None, p.row or 0))
+    return ValidationResult(table=table, problems=all_problems, classes=classes, dropped=dropped, ok=ok,
+                            summary=summary, manifest_path=str(manifest), root=str(root_real), timings=timings)
+
+
+def _check_classes(classes, class_counts, options, problems):
+    present = [name for name in classes if class_counts.get(name, 0) > 0]
+    for name in classes:
+        count = class_counts.get(name, 0)
+        if count < options["min_images_per_class"]:
+            problems.add(None, None, "too_few_images", "error",
+                         f"class {name!r} has {count} image(s); validation.min_images_per_class is "
+                         f"{options['min_images_per_class']}")
+    if len(present) < options["min_classes"]:
+        problems.add(None, None, "too_few_classes", "error",
+                     f"{len(present)} class(es) with images ({present}); a classifier needs at least "
+                     f"validation.min_classes = {options['min_classes']}")
+
+
+def _build_table(records, extra_columns):
+    """The validated manifest: one row per sample, in manifest order."""
+    rows = []
+    for record in records:
+        for sample in record["samples"]:
+            index = sample["index"]
+            sample_id = record["path"] if index is None else f"{record['path']}#{index}"
+            row = {"sample_id": sample_id, "path": record["path"], "index": index,
+                   "label": record["label"], "patient": record["patient_hash"],
+                   "modality": record["modality"], "content_hash": sample["content_hash"]}
+            for column in extra_columns:
+                value = record["fields"][column]
+                row[column] = value.strip() if column == "split" else value
+            rows.append(row)
+    columns = list(VALIDATED_COLUMNS) + list(extra_columns)
+    table = pd.DataFrame(rows, columns=columns)
+    table["index"] = pd.array(table["index"].tolist(), dtype="Int64")
+    return table
+
+
+# --------------------------------------------------------------------------------------------
+# Outputs
+# --------------------------------------------------------------------------------------------
+
+def report_dict(result):
+    """The content of ``report.json``."""
+    return {
+        "ok": result.ok,
+        "classes": list(result.classes),
+        "counts": result.summary,
+        "problems": [p.to_dict() for p in result.problems],
+        "dropped": result.dropped,
+        "timings": result.timings,
+    }
+
+
+def report_markdown(result, max_problems=500):
+    """A readable report: status, counts, classes, problems by kind, each problem, dropped rows."""
+    s = result.summary
+    lines = [
+        "# Manifest validation",
+        "",
+        f"**{'OK' if result.ok else 'FAILED'}** — {s['n_errors']} error(s), {s['n_warnings']} warning(s); "
+        f"{s['n_rows_valid']} of {s['n_rows']} rows valid, {s['n_samples']} samples, {s['n_patients']} patients"
+        + (f", {s['n_rows_dropped']} rows dropped (validation.drop_invalid)" if s["n_rows_dropped"] else "") + ".",
+        "",
+        "Row numbers count data rows from 1 (the header is row 0).",
+        "",
+        "## Classes",
+        "",
+        "| class | images |",
+        "| --- | ---: |",
+    ]
+    lines += [f"| {_md(name)} | {count} |" for name, count in s["class_counts"].items()]
+    if s["problem_counts"]:
+        lines += ["", "## Problems by kind", "", "| code | count |", "| --- | ---: |"]
+        lines += [f"| `{code}` | {count} |" for code, count in s["problem_counts"].items()]
+        lines += ["", "## Problems", "", "| row | path | severity | code | message |", "| ---: | --- | --- | --- | --- |"]
+        for problem in result.problems[:max_problems]:
+            row = "" if problem.row is None else problem.row
+            lines.append(f"| {row} | {_md(problem.path or '')} | {problem.severity} | `{problem.code}` | {_md(problem.message)} |")
+        if len(result.problems) > max_problems:
+            lines.append(f"\n… {len(result.problems) - max_problems} more in report.json.")
+    if result.dropped:
+        lines += ["", "## Dropped rows", "", "| row | path | codes |", "| ---: | --- | --- |"]
+        lines += [f"| {d['row']} | {_md(d['path'] or '')} | {', '.join(d['codes'])} |" for d in result.dropped]
+    lines += ["", f"Decoded in {s['seconds']} s on {s['threads']} process(es).", ""]
+    return "\n".join(lines)
+
+
+def _md(text):
+    return str(text).replace("|", "\\|").replace("\n", " ")
+
+
+def write_validation_outputs(result, manifest_out, report_json, report_md):
+    """Write the reports and, only when ``result.ok``, the validated manifest; all atomically.
+
+    When the result is not ok, a validated manifest left at ``manifest_out`` by an earlier run is
+    removed so that no later step can read stale data. The input manifest is never a target.
+    """
+    manifest_out = Path(manifest_out)
+    targets = [manifest_out, Path(report_json), Path(report_md)]
+    if result.manifest_path:
+        source = os.path.realpath(result.manifest_path)
+        if any(os.path.realpath(t) == source for t in targets):
+            raise UsageError(f"refusing to overwrite the input manifest {result.manifest_path}")
+    atomic_write_json(report_json, report_dict(result))
+    atomic_write_text(report_md, report_markdown(result))
+    if result.ok:
+        with atomic_path(manifest_out) as tmp:
+            result.table.to_csv(tmp, index=False, encoding="utf-8", lineterminator="\n")
+    elif manifest_out.exists():
+        manifest_out.unlink()
+
+
+def raise_if_invalid(result, report_path=None, limit=20):
+    """Raise InputError listing the first ``limit`` errors (and where the full report is)."""
+    if result.ok:
+        return
+    errors = [p for p in result.problems if p.severity == "error"
+              and not (result.dropped and p.row is not None)]
+    where = f"; full report: {report_path}" if report_path else ""
+    message = f"manifest {result.manifest_path} failed validation with {len(errors)} error(s){where}"
+    if not errors and not len(result.table):
+        errors = ["no valid rows remain"]
+    raise InputError(message, [str(p) for p in errors[:limit]])
