@@ -1,0 +1,49 @@
+"""Calibration: reliability curve and expected calibration error (ECE).
+
+Both use ``n_bins`` equal-width bins of the predicted probability on [0, 1]; the last bin is
+closed on the right so that a probability of exactly 1 is counted.
+"""
+
+import numpy as np
+
+
+def bin_index(probability, n_bins):
+    """Bin (0..n_bins-1) of each probability for equal-width bins on [0, 1]."""
+    probability = np.clip(np.asarray(probability, dtype=float), 0.0, 1.0)
+    return np.minimum((probability * n_bins).astype(int), n_bins - 1)
+
+
+def reliability_curve(outcome, probability, n_bins=10):
+    """Per bin: mean predicted probability, observed frequency of the outcome, and count.
+
+    Returns a dict of arrays ``edges`` (n_bins+1), ``mean_predicted``, ``observed``, ``count``
+    (n_bins each); empty bins hold NaN in the first two.
+    """
+    outcome = np.asarray(outcome, dtype=float)
+    probability = np.asarray(probability, dtype=float)
+    if outcome.shape != probability.shape:
+        raise ValueError("outcome and probability differ in shape")
+    bins = bin_index(probability, n_bins)
+    count = np.bincount(bins, minlength=n_bins)
+    prob_sum = np.bincount(bins, weights=probability, minlength=n_bins)
+    outcome_sum = np.bincount(bins, weights=outcome, minlength=n_bins)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean_predicted = np.where(count > 0, prob_sum / count, np.nan)
+        observed = np.where(count > 0, outcome_sum / count, np.nan)
+    return {
+        "edges": np.linspace(0.0, 1.0, n_bins + 1),
+        "mean_predicted": mean_predicted,
+        "observed": observed,
+        "count": count,
+    }
+
+
+def expected_calibration_error(outcome, probability, n_bins=10):
+    """Σ_bins (n_bin / n) · |observed frequency − mean predicted probability|."""
+    curve = reliability_curve(outcome, probability, n_bins)
+    count = curve["count"]
+    if count.sum() == 0:
+        return float("nan")
+    filled = count > 0
+    gaps = np.abs(curve["observed"][filled] - curve["mean_predicted"][filled])
+    return float((count[filled] * gaps).sum() / count.sum())

@@ -1,0 +1,146 @@
+"""One table and one plot of every run of a dataset."""
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ..atomic import atomic_path, atomic_write_text
+from ..errors import InputError
+from . import plots
+
+_FOLD = re.compile(r"^fold_\d+$")
+# (column, metrics.json key, CI key) in table order.
+COLUMNS = (
+    ("auc", "auc", "auc"),
+    ("accuracy", "accuracy", "accuracy"),
+    ("sensitivity", "sensitivity", "sensitivity"),
+    ("specificity", "specificity", "specificity"),
+    ("balanced_accuracy", "balanced_accuracy", None),
+    ("average_precision", "average_precision", None),
+    ("f1_macro", ("macro_avg", "f1"), None),
+    ("mcc", "mcc", None),
+    ("cohen_kappa", "cohen_kappa", None),
+    ("brier", "brier", None),
+    ("ece", "ece", None),
+)
+
+
+def run_label(metrics_path):
+    """The run a metrics.json belongs to: ``results/<dataset>/<run>[/fold_k]/<stage>/metrics.json``."""
+    path = Path(metrics_path)
+    run_dir = path.parent.parent
+    if _FOLD.match(run_dir.name):
+        return f"{run_dir.parent.name}/{run_dir.name}"
+    return run_dir.name
+
+
+def _lookup(metrics, key):
+    if isinstance(key, tuple):
+        value = metrics
+        for part in key:
+            value = value.get(part, {}) if isinstance(value, dict) else None
+        return value if not isinstance(value, dict) else None
+    return metrics.get(key)
+
+
+def runs_table(metrics_paths):
+    """DataFrame with one row per metrics.json: point estimates, CIs, threshold and source."""
+    rows = []
+    problems = []
+    for metrics_path in metrics_paths:
+        try:
+            metrics = json.loads(Path(metrics_path).read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as error:
+            problems.append(f"{metrics_path}: {error}")
+            continue
+        row = {"run": run_label(metrics_path), "stage": Path(metrics_path).parent.name,
+               "n": metrics.get("n"), "n_patients": metrics.get("n_patients")}
+        ci = metrics.get("ci", {})
+        for column, key, ci_key in COLUMNS:
+            row[column] = _lookup(metrics, key)
+            if ci_key is not None:
+                low, high = (ci.get(ci_key) or [None, None])
+                row[f"{column}_low"], row[f"{column}_high"] = low, high
+        threshold = metrics.get("threshold", {})
+        row["threshold_method"] = threshold.get("method")
+        row["threshold"] = threshold.get("value")
+        if "folds" in metrics:
+            row["folds"] = metrics["folds"].get("n")
+            mean, std = metrics["folds"].get("mean", {}), metrics["folds"].get("std", {})
+            row["auc_fold_mean"], row["auc_fold_std"] = mean.get("auc"), std.get("auc")
+        row["metrics"] = str(metrics_path)
+        rows.append(row)
+    if problems:
+        raise InputError("cannot read the metrics of every run", problems)
+    return pd.DataFrame(rows)
+
+
+def _format(value, digits=3):
+    if value is None or (isinstance(value, float) and not np.isfinite(value)):
+        return "–"
+    if isinstance(value, (int, np.integer)):
+        return str(value)
+    if isinstance(value, (float, np.floating)):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def markdown_table(table):
+    """A Markdown table of the runs: metric (low–high) cells for metrics with a CI."""
+    header = ["run", "n (patients)", "AUC (CI)", "accuracy (CI)", "sensitivity (CI)", "specificity (CI)",
+              "balanced acc.", "macro F1", "MCC", "Brier", "ECE", "threshold"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for row in table.to_dict("records"):
+        cells = [f"{row['run']}" + (f" ({row['stage']})" if row["stage"] != "evaluation" else ""),
+                 f"{_format(row['n'])} ({_format(row['n_patients'])})"]
+        for column in ("auc", "accuracy", "sensitivity", "specificity"):
+            cells.append(f"{_format(row[column])} ({_format(row[column + '_low'])}–{_format(row[column + '_high'])})")
+        cells += [_format(row[c]) for c in ("balanced_accuracy", "f1_macro", "mcc", "brier", "ece")]
+        cells.append(f"{row['threshold_method']} {_format(row['threshold'])}".strip())
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_auc_by_run(table):
+    """Test AUC of each run with its patient-bootstrap confidence interval."""
+    import matplotlib.pyplot as plt
+
+    labels = [r if s == "evaluation" else f"{r} ({s})" for r, s in zip(table["run"], table["stage"])]
+    auc = pd.to_numeric(table["auc"], errors="coerce").to_numpy(dtype=float)
+    low = pd.to_numeric(table["auc_low"], errors="coerce").to_numpy(dtype=float)
+    high = pd.to_numeric(table["auc_high"], errors="coerce").to_numpy(dtype=float)
+    y = np.arange(len(labels))
+    with plots.plot_style():
+        fig, ax = plt.subplots(figsize=(5.5, 0.45 * len(labels) + 1.4), layout="constrained")
+        has_ci = np.isfinite(low) & np.isfinite(high)
+        errors = np.vstack([np.where(has_ci, auc - low, 0), np.where(has_ci, high - auc, 0)])
+        ax.errorbar(auc, y, xerr=errors, fmt="o", color=plots.COLORS[0], capsize=3)
+        ax.set_yticks(y, labels)
+        ax.invert_yaxis()
+        ax.axvline(0.5, color="grey", ls="--", lw=0.8)
+        finite = np.concatenate([auc[np.isfinite(auc)], low[has_ci]])
+        ax.set_xlim(min(0.45, finite.min() - 0.02) if finite.size else 0.45, 1.0)
+        ax.set_xlabel("Test AUC (bars: patient-bootstrap CI)")
+        ax.set_title("AUC by run")
+    return fig
+
+
+def compare_runs(metrics_paths, out_csv, out_md, out_png):
+    """Write the table of all runs (CSV and Markdown) and the plot of their AUC with CIs."""
+    metrics_paths = list(metrics_paths)
+    if not metrics_paths:
+        raise InputError("no runs to compare", ["compare_runs needs at least one metrics.json"])
+    table = runs_table(metrics_paths)
+    with atomic_path(out_csv) as tmp:
+        table.to_csv(tmp, index=False)
+    atomic_write_text(out_md, markdown_table(table))
+    fig = plot_auc_by_run(table)
+    with atomic_path(out_png) as tmp:
+        fig.savefig(tmp, format="png", bbox_inches="tight", dpi=150, metadata={"Software": None})
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    return table

@@ -1,0 +1,193 @@
+"""Classification metrics of one set of predictions.
+
+Plain functions of NumPy arrays: ``y_true`` holds class indices (0..n_classes-1), ``y_prob`` the
+predicted probabilities (n, n_classes) and ``y_pred`` the predicted class indices (which, for a
+binary task, come from a threshold chosen on the validation split rather than the arg-max).
+Every number that scikit-learn also computes is computed by scikit-learn; specificity and the
+expected calibration error, which it lacks, are computed here and tested by hand.
+
+Undefined values (an AUC on a set that holds one class only) are ``None`` so that they appear as
+``null`` in JSON rather than as a misleading number.
+"""
+
+import math
+
+import numpy as np
+from sklearn import metrics as skm
+
+from .calibration import expected_calibration_error
+
+
+def _finite_or_none(value):
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
+def confusion_matrix(y_true, y_pred, n_classes):
+    """Counts (n_classes, n_classes): rows are true classes, columns predicted classes."""
+    return skm.confusion_matrix(y_true, y_pred, labels=list(range(n_classes)))
+
+
+def specificity_per_class(y_true, y_pred, n_classes):
+    """One-vs-rest specificity TN / (TN + FP) of each class; NaN where a class has no negatives."""
+    cm = confusion_matrix(y_true, y_pred, n_classes).astype(float)
+    total = cm.sum()
+    predicted = cm.sum(axis=0)
+    actual = cm.sum(axis=1)
+    true_pos = np.diag(cm)
+    false_pos = predicted - true_pos
+    true_neg = total - actual - false_pos
+    negatives = total - actual
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(negatives > 0, true_neg / negatives, np.nan)
+
+
+def roc_auc(y_true, y_prob, n_classes, positive=1):
+    """ROC AUC: of the positive class for two classes, macro one-vs-rest for more.
+
+    Returns NaN when it is undefined (a class missing from ``y_true``).
+    """
+    y_true = np.asarray(y_true)
+    y_prob = np.asarray(y_prob, dtype=float)
+    if n_classes == 2:
+        target = y_true == positive
+        if target.all() or not target.any():
+            return float("nan")
+        return float(skm.roc_auc_score(target, y_prob[:, positive]))
+    if len(np.unique(y_true)) < n_classes:
+        return float("nan")
+    # roc_auc_score insists that each row sums to 1 within its tolerance; renormalise float32
+    # softmax rounding so that it never rejects a model's output.
+    return float(skm.roc_auc_score(y_true, _normalised(y_prob), multi_class="ovr", average="macro",
+                                   labels=list(range(n_classes))))
+
+
+def average_precision(y_true, y_prob, n_classes, positive=1):
+    """Average precision: of the positive class for two classes, macro over classes for more."""
+    y_true = np.asarray(y_true)
+    y_prob = np.asarray(y_prob, dtype=float)
+    if n_classes == 2:
+        target = y_true == positive
+        if not target.any():
+            return float("nan")
+        return float(skm.average_precision_score(target, y_prob[:, positive]))
+    onehot = np.eye(n_classes, dtype=int)[y_true]
+    present = onehot.any(axis=0)
+    if not present.all():
+        return float("nan")
+    return float(skm.average_precision_score(onehot, y_prob, average="macro"))
+
+
+def brier_score(y_true, y_prob, n_classes, positive=1):
+    """Brier score: of the positive class for two classes, the multi-class (unhalved) sum for more."""
+    y_true = np.asarray(y_true)
+    y_prob = np.asarray(y_prob, dtype=float)
+    if n_classes == 2:
+        return float(skm.brier_score_loss(y_true == positive, y_prob[:, positive]))
+    return float(skm.brier_score_loss(y_true, _normalised(y_prob), labels=list(range(n_classes))))
+
+
+def calibration_target(y_true, y_prob, y_pred, n_classes, positive=1):
+    """The (outcome, probability) pairs that calibration is judged on.
+
+    Binary: the positive class's probability against "is positive". Several classes: the top
+    label's probability (the model's confidence) against "the arg-max is right" (Guo et al. 2017).
+    """
+    y_true = np.asarray(y_true)
+    y_prob = np.asarray(y_prob, dtype=float)
+    if n_classes == 2:
+        return (y_true == positive).astype(int), y_prob[:, positive]
+    top = y_prob.argmax(axis=1)
+    return (top == y_true).astype(int), y_prob.max(axis=1)
+
+
+def _normalised(y_prob):
+    return y_prob / y_prob.sum(axis=1, keepdims=True)
+
+
+def sensitivity_specificity(y_true, y_pred, n_classes, positive=1):
+    """(sensitivity, specificity): of the positive class for two classes, macro averages for more."""
+    recall = skm.recall_score(y_true, y_pred, labels=list(range(n_classes)), average=None, zero_division=np.nan)
+    spec = specificity_per_class(y_true, y_pred, n_classes)
+    if n_classes == 2:
+        return float(recall[positive]), float(spec[positive])
+    return float(np.nanmean(recall)) if np.isfinite(recall).any() else float("nan"), \
+        float(np.nanmean(spec)) if np.isfinite(spec).any() else float("nan")
+
+
+def classification_metrics(y_true, y_prob, y_pred, classes, *, positive=None, calibration_bins=10):
+    """Every metric of one prediction set, as a JSON-ready dict.
+
+    ``positive`` is the index of the positive class for binary metrics (default: the second
+    class). ``sensitivity`` and ``specificity`` are those of the positive class for two classes
+    and macro averages otherwise.
+    """
+    y_true = np.asarray(y_true, dtype=int)
+    y_pred = np.asarray(y_pred, dtype=int)
+    y_prob = np.asarray(y_prob, dtype=float)
+    n_classes = len(classes)
+    if y_prob.ndim != 2 or y_prob.shape != (len(y_true), n_classes):
+        raise ValueError(f"y_prob has shape {y_prob.shape}, expected ({len(y_true)}, {n_classes})")
+    if positive is None:
+        positive = 1 if n_classes == 2 else None
+    labels = list(range(n_classes))
+    if len(y_true) == 0:
+        raise ValueError("no samples to evaluate")
+
+    precision, recall, f1, support = skm.precision_recall_fscore_support(
+        y_true, y_pred, labels=labels, average=None, zero_division=0)
+    specificity = specificity_per_class(y_true, y_pred, n_classes)
+    per_class = {
+        name: {
+            "precision": float(precision[i]),
+            "recall": float(recall[i]),
+            "sensitivity": float(recall[i]),
+            "specificity": _finite_or_none(specificity[i]),
+            "f1": float(f1[i]),
+            "support": int(support[i]),
+        }
+        for i, name in enumerate(classes)
+    }
+    averages = {}
+    for average in ("macro", "weighted"):
+        p, r, f, _ = skm.precision_recall_fscore_support(
+            y_true, y_pred, labels=labels, average=average, zero_division=0)
+        averages[average] = {"precision": float(p), "recall": float(r), "f1": float(f)}
+    weights = support / support.sum()
+    finite_spec = np.nan_to_num(specificity, nan=0.0)
+    averages["macro"]["specificity"] = _finite_or_none(np.nanmean(specificity)) if np.isfinite(specificity).any() else None
+    averages["weighted"]["specificity"] = float((finite_spec * weights).sum())
+
+    sensitivity, spec = sensitivity_specificity(y_true, y_pred, n_classes, positive if positive is not None else 1)
+    outcome, confidence = calibration_target(y_true, y_prob, y_pred, n_classes, positive if positive is not None else 1)
+    pos = positive if positive is not None else 1
+    result = {
+        "classes": list(classes),
+        "n": int(len(y_true)),
+        "positive_class": classes[positive] if positive is not None else None,
+        "accuracy": float(skm.accuracy_score(y_true, y_pred)),
+        "balanced_accuracy": _balanced_accuracy(y_true, y_pred, labels),
+        "auc": _finite_or_none(roc_auc(y_true, y_prob, n_classes, pos)),
+        "auc_method": "binary" if n_classes == 2 else "macro_ovr",
+        "average_precision": _finite_or_none(average_precision(y_true, y_prob, n_classes, pos)),
+        "sensitivity": _finite_or_none(sensitivity),
+        "specificity": _finite_or_none(spec),
+        "mcc": float(skm.matthews_corrcoef(y_true, y_pred)),
+        "cohen_kappa": _finite_or_none(skm.cohen_kappa_score(y_true, y_pred, labels=labels)),
+        "brier": brier_score(y_true, y_prob, n_classes, pos),
+        "ece": float(expected_calibration_error(outcome, confidence, calibration_bins)),
+        "ece_method": "positive_class" if n_classes == 2 else "top_label",
+        "confusion_matrix": confusion_matrix(y_true, y_pred, n_classes).tolist(),
+        "per_class": per_class,
+        "macro_avg": averages["macro"],
+        "weighted_avg": averages["weighted"],
+    }
+    return result
+
+
+def _balanced_accuracy(y_true, y_pred, labels):
+    # scikit-learn warns and averages over present classes only when a class is absent from
+    # y_true; that is also the definition used here, so silence the warning, not the value.
+    present = np.isin(labels, y_true)
+    recall = skm.recall_score(y_true, y_pred, labels=labels, average=None, zero_division=0)
+    return float(recall[present].mean())

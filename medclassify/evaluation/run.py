@@ -1,0 +1,392 @@
+"""The evaluate stage: predictions on val and test, threshold from val, metrics and plots on test."""
+
+import json
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from sklearn.metrics import roc_curve
+
+from ..atomic import atomic_path, atomic_write_json
+from ..errors import InputError
+from . import plots
+from .bootstrap import bootstrap_ci, bootstrap_indices, percentile_interval
+from .calibration import reliability_curve
+from .metrics import calibration_target, classification_metrics, roc_auc, sensitivity_specificity
+from .subgroups import subgroup_metrics
+from .threshold import apply_threshold, choose_threshold
+
+FLIPS = ("horizontal_flip", "vertical_flip")
+ROC_GRID = np.linspace(0.0, 1.0, 101)
+PREDICT_CHUNK = 512  # images read from the cache at once; bounds memory on large test sets
+
+
+def evaluation_sample_ids(splits, fold=None):
+    """``(val_ids, test_ids)`` from a splits.csv frame (see docs/architecture.md).
+
+    With k-fold splits (a ``fold`` column), val is the rows of ``fold``; test is the held-out
+    test rows either way.
+    """
+    if "fold" in splits.columns and fold is None and (splits["split"] == "trainval").any():
+        raise InputError("k-fold splits need a fold to evaluate", ["pass fold=<k> (the run's fold_<k>)"])
+    if fold is not None:
+        if "fold" not in splits.columns:
+            raise InputError("splits.csv has no fold column", [f"fold={fold} was requested, but the split is not k-fold"])
+        val = splits.loc[pd.to_numeric(splits["fold"]) == fold, "sample_id"]
+    else:
+        val = splits.loc[splits["split"] == "val", "sample_id"]
+    test = splits.loc[splits["split"] == "test", "sample_id"]
+    return list(val), list(test)
+
+
+def read_history(path):
+    """A stage's history.csv as a DataFrame; empty for a missing path or empty file (skipped stage)."""
+    if path is None or not Path(path).exists() or Path(path).stat().st_size == 0:
+        return pd.DataFrame()
+    try:
+        return pd.read_csv(path)
+    except pd.errors.EmptyDataError:
+        return pd.DataFrame()
+
+
+def load_model(model_path):
+    """Load a saved model safely, with medclassify's custom layers registered."""
+    import keras
+
+    try:
+        import medclassify.models  # noqa: F401  (registers custom layers for deserialisation)
+    except ImportError:
+        pass
+    return keras.models.load_model(model_path, safe_mode=True, compile=False)
+
+
+def tta_flips(model_path):
+    """Flips averaged over with test-time augmentation: those that training augmentation allowed.
+
+    They are read from the ``augment`` options recorded in ``model.json`` beside the model (at
+    its top level or under ``train``); without that record both flips are used.
+    """
+    info_path = Path(model_path).with_name("model.json")
+    augment = None
+    if info_path.exists():
+        info = json.loads(info_path.read_text(encoding="utf-8"))
+        augment = info.get("augment") or info.get("train", {}).get("augment")
+    if not isinstance(augment, dict):
+        return list(FLIPS)
+    return [flip for flip in FLIPS if augment.get(flip)]
+
+
+def flip_views(images, flips):
+    """The images and each requested flip of them (NHWC)."""
+    views = [images]
+    if "horizontal_flip" in flips:
+        views.append(images[:, :, ::-1, :])
+    if "vertical_flip" in flips:
+        views.append(images[:, ::-1, :, :])
+    return views
+
+
+def predict_probabilities(model, read_images, n, *, flips=(), batch_size=64):
+    """Softmax probabilities (n, n_classes) of the images ``read_images(chunk_positions)`` returns.
+
+    With ``flips`` (test-time augmentation) the probabilities are averaged over the image and
+    its flipped copies.
+    """
+    outputs = []
+    for start in range(0, n, PREDICT_CHUNK):
+        positions = np.arange(start, min(n, start + PREDICT_CHUNK))
+        images = np.asarray(read_images(positions), dtype=np.float32)
+        views = flip_views(images, flips)
+        probs = [np.asarray(model.predict(np.ascontiguousarray(v), batch_size=batch_size, verbose=0), dtype=np.float64)
+                 for v in views]
+        outputs.append(np.mean(probs, axis=0))
+    if not outputs:
+        return np.empty((0, model.output_shape[-1]))
+    return np.concatenate(outputs)
+
+
+def _cache_reader(cache, indices):
+    indices = np.asarray(indices, dtype=int)
+
+    def read(positions):
+        wanted = indices[positions]
+        order = np.argsort(wanted)  # HDF5 reads need increasing indices; restore order after
+        images = cache.read(wanted[order])
+        restored = np.empty_like(images)
+        restored[order] = images
+        return restored
+
+    return read
+
+
+def positive_index(classes, positive_class, where):
+    """Index of the positive class of a binary task (default: the second class); None otherwise."""
+    if len(classes) != 2:
+        return None
+    if positive_class is None:
+        return 1
+    if positive_class not in classes:
+        raise InputError("unknown positive class", [f"{where}: evaluate.positive_class {positive_class!r} is not one of {classes}"])
+    return classes.index(positive_class)
+
+
+def decide(y_prob, threshold, positive):
+    """Predicted class per sample: threshold on the positive class (binary) or the arg-max."""
+    if positive is None:
+        return np.asarray(y_prob).argmax(axis=1)
+    return apply_threshold(np.asarray(y_prob)[:, positive], threshold, positive=positive, negative=1 - positive)
+
+
+def threshold_record(evaluate, positive, y_val, prob_val, chosen_on="val"):
+    """Choose the decision threshold on validation predictions; return its JSON record."""
+    if positive is None:
+        return {"method": "argmax", "value": None, "chosen_on": None, "configured": evaluate["threshold"],
+                "note": "several classes: the predicted class is the arg-max; a threshold applies to binary tasks only"}
+    threshold, note = choose_threshold(
+        y_val == positive, prob_val[:, positive], evaluate["threshold"],
+        fixed=evaluate["fixed_threshold"], target_sensitivity=evaluate["target_sensitivity"])
+    record = {"method": evaluate["threshold"], "value": threshold, "chosen_on": chosen_on}
+    if evaluate["threshold"] == "target_sensitivity":
+        record["target_sensitivity"] = evaluate["target_sensitivity"]
+    if note:
+        record["method"] = "fixed"
+        record["configured"] = evaluate["threshold"]
+        record["note"] = note
+        warnings.warn(note, stacklevel=2)
+    return record
+
+
+def confidence_intervals(y_true, y_prob, y_pred, patients, n_classes, positive, evaluate):
+    """Patient-bootstrap intervals of AUC, accuracy, sensitivity and specificity on one split."""
+    pos = 1 if positive is None else positive
+
+    def sens(idx):
+        return sensitivity_specificity(y_true[idx], y_pred[idx], n_classes, pos)[0]
+
+    def spec(idx):
+        return sensitivity_specificity(y_true[idx], y_pred[idx], n_classes, pos)[1]
+
+    statistics = {
+        "auc": lambda idx: roc_auc(y_true[idx], y_prob[idx], n_classes, pos),
+        "accuracy": lambda idx: float((y_true[idx] == y_pred[idx]).mean()),
+        "sensitivity": sens,
+        "specificity": spec,
+    }
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # resamples lacking a class give NaN, reported as n_valid
+        intervals, n_valid = bootstrap_ci(patients, statistics, n_resamples=evaluate["bootstrap"],
+                                          seed=evaluate["seed"], confidence=evaluate["confidence"])
+    info = {"method": "percentile", "unit": "patient", "resamples": evaluate["bootstrap"], "seed": evaluate["seed"],
+            "confidence": evaluate["confidence"], "n_valid": n_valid, "n_patients": int(len(set(patients)))}
+    if n_classes > 2:
+        info["note"] = "sensitivity and specificity are macro averages over classes"
+    return intervals, info
+
+
+def roc_band(is_positive, score, patients, evaluate):
+    """Pointwise patient-bootstrap band of the ROC curve: ``(fpr_grid, low, high)``."""
+    curves = []
+    for idx in bootstrap_indices(patients, evaluate["bootstrap"], evaluate["seed"]):
+        target = is_positive[idx]
+        if target.all() or not target.any():
+            continue
+        fpr, tpr, _ = roc_curve(target, score[idx])
+        curves.append(np.interp(ROC_GRID, fpr, tpr))
+    if len(curves) < 2:
+        return None
+    curves = np.array(curves)
+    alpha = (1 - evaluate["confidence"]) / 2
+    low, high = np.quantile(curves, [alpha, 1 - alpha], axis=0)
+    return ROC_GRID, low, high
+
+
+def _read_manifest(manifest_path, sample_ids, columns):
+    manifest = pd.read_csv(manifest_path, dtype=str, keep_default_na=False)
+    missing_columns = [c for c in ["sample_id", "patient", *columns] if c not in manifest.columns]
+    if missing_columns:
+        raise InputError(f"{manifest_path}: columns needed for evaluation are missing",
+                         [f"no column {c!r} (columns: {', '.join(manifest.columns)})" for c in missing_columns])
+    manifest = manifest.drop_duplicates("sample_id").set_index("sample_id")
+    absent = [s for s in sample_ids if s not in manifest.index]
+    if absent:
+        raise InputError(f"{manifest_path}: samples of the split are not in the manifest",
+                         [f"sample_id {s!r}" for s in absent])
+    return manifest.loc[list(sample_ids)]
+
+
+def _write_predictions(path, frame):
+    with atomic_path(path) as tmp:
+        frame.to_csv(tmp, index=False)
+
+
+def _prediction_frame(split, sample_ids, patients, y_true, y_pred, y_prob, classes):
+    frame = pd.DataFrame({
+        "sample_id": sample_ids,
+        "split": split,
+        "patient": patients,
+        "label": [classes[i] for i in y_true],
+        "predicted": [classes[i] for i in y_pred],
+    })
+    for k, name in enumerate(classes):
+        frame[f"prob_{name}"] = y_prob[:, k]
+    return frame
+
+
+def _misclassified_figure(read_test, y_true, y_pred, y_prob, classes, count):
+    wrong = np.flatnonzero(y_true != y_pred)
+    confidence = y_prob[wrong, y_pred[wrong]]
+    chosen = wrong[np.argsort(-confidence, kind="stable")][:count]
+    images = read_test(chosen) if len(chosen) else []
+    # Titles name classes and scores only: sample ids are paths and may carry patient names.
+    titles = [f"true {classes[y_true[i]]}\npred {classes[y_pred[i]]} (p={y_prob[i, y_pred[i]]:.2f})" for i in chosen]
+    return plots.plot_image_grid(images, titles, title="Most confidently misclassified test images",
+                                 empty_message="No misclassified test images" if count else "Disabled (evaluate.misclassified: 0)")
+
+
+def _gradcam_figure(model, read_test, y_true, y_pred, y_prob, classes, per_class):
+    chosen = []
+    for c in range(len(classes)):
+        members = np.flatnonzero(y_true == c)
+        # The most confident examples of each true class: what the model relies on when sure.
+        chosen += list(members[np.argsort(-y_prob[members, c], kind="stable")][:per_class])
+    info = {"per_class": per_class, "n": len(chosen)}
+    if not chosen:
+        return plots.plot_image_grid([], [], title="Grad-CAM", empty_message="No test images to explain"), info
+    from . import gradcam
+
+    chosen = np.array(chosen)
+    images = read_test(chosen)
+    try:
+        layer = gradcam.find_last_conv_layer(model)
+        heatmaps = gradcam.upsample(gradcam.gradcam_heatmaps(model, images, y_pred[chosen]), images.shape[1:3])
+        info["layer"] = "/".join(part.name for part in layer[1:])
+    except ValueError as error:  # a model without a spatial feature map cannot be explained this way
+        info["error"] = str(error)
+        return plots.plot_image_grid([], [], title="Grad-CAM", empty_message=f"Grad-CAM unavailable: {error}"), info
+    titles = [f"true {classes[y_true[i]]}\nexplains {classes[y_pred[i]]} (p={y_prob[i, y_pred[i]]:.2f})" for i in chosen]
+    fig = plots.plot_image_grid(images, titles, overlays=heatmaps, columns=max(per_class, 2),
+                                title=f"Grad-CAM ({info['layer']}), test split", empty_message="")
+    return fig, info
+
+
+def run_evaluation(model_path, cache_path, splits_path, manifest_path, out_dir, *, options, histories, fold=None):
+    """Evaluate a trained model; write metrics.json, predictions.csv and the plots to ``out_dir``.
+
+    The threshold (binary tasks) is chosen on the validation split and applied unchanged to the
+    test split; confidence intervals resample test patients. Returns the metrics dict.
+    """
+    from ..cache import open_cache
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    evaluate = options["evaluate"]
+    # Only the evaluate section reaches this stage (docs/architecture.md); an older run config
+    # with train.tta is still honoured.
+    tta = bool(evaluate.get("tta", options.get("train", {}).get("tta", False)))
+    flips = tta_flips(model_path) if tta else []
+    batch_size = 64
+    subgroup_columns = list(dict.fromkeys(["modality", *evaluate.get("subgroups", [])]))
+
+    splits = pd.read_csv(splits_path, dtype={"sample_id": str, "split": str})
+    val_ids, test_ids = evaluation_sample_ids(splits, fold)
+    problems = [f"{splits_path}: the {name} split is empty" for name, ids in (("val", val_ids), ("test", test_ids)) if not ids]
+    if problems:
+        raise InputError("cannot evaluate", problems)
+    manifest = _read_manifest(manifest_path, val_ids + test_ids, subgroup_columns)
+
+    with open_cache(cache_path) as cache:
+        classes = list(cache.classes)
+        positive = positive_index(classes, evaluate.get("positive_class"), "evaluate.positive_class")
+        position = {sample_id: i for i, sample_id in enumerate(cache.sample_ids)}
+        absent = [s for s in val_ids + test_ids if s not in position]
+        if absent:
+            raise InputError(f"{cache_path}: samples of the split are not in the cache", [f"sample_id {s!r}" for s in absent])
+        val_idx = np.array([position[s] for s in val_ids])
+        test_idx = np.array([position[s] for s in test_ids])
+        labels = np.asarray(cache.labels, dtype=int)
+        y_val, y_test = labels[val_idx], labels[test_idx]
+
+        model = load_model(model_path)
+        prob_val = predict_probabilities(model, _cache_reader(cache, val_idx), len(val_idx), flips=flips, batch_size=batch_size)
+        read_test = _cache_reader(cache, test_idx)
+        prob_test = predict_probabilities(model, read_test, len(test_idx), flips=flips, batch_size=batch_size)
+        if prob_test.shape[1] != len(classes):
+            raise InputError(f"{model_path}: model outputs {prob_test.shape[1]} classes",
+                             [f"the cache {cache_path} has {len(classes)}: {classes}"])
+
+        threshold = threshold_record(evaluate, positive, y_val, prob_val)
+        pred_val = decide(prob_val, threshold["value"], positive)
+        pred_test = decide(prob_test, threshold["value"], positive)
+        patients_val = manifest.loc[val_ids, "patient"].to_numpy()
+        patients_test = manifest.loc[test_ids, "patient"].to_numpy()
+
+        bins = evaluate["calibration_bins"]
+        metrics = {"split": "test", "fold": fold}
+        metrics.update(classification_metrics(y_test, prob_test, pred_test, classes, positive=positive, calibration_bins=bins))
+        metrics["n_patients"] = int(len(set(patients_test)))
+        metrics["threshold"] = threshold
+        metrics["tta"] = {"enabled": tta, "views": ["identity", *flips]}
+        if evaluate["bootstrap"] > 0:
+            metrics["ci"], metrics["ci_info"] = confidence_intervals(
+                y_test, prob_test, pred_test, patients_test, len(classes), positive, evaluate)
+        else:
+            metrics["ci"], metrics["ci_info"] = {k: [None, None] for k in ("auc", "accuracy", "sensitivity", "specificity")}, \
+                {"note": "evaluate.bootstrap is 0: no intervals"}
+        outcome, probability = calibration_target(y_test, prob_test, pred_test, len(classes), positive or 1)
+        curve = reliability_curve(outcome, probability, bins)
+        metrics["calibration"] = {"bins": bins, "target": metrics["ece_method"],
+                                  **{k: [None if not np.isfinite(v) else float(v) for v in curve[k]]
+                                     for k in ("mean_predicted", "observed")},
+                                  "count": curve["count"].tolist()}
+        metrics["subgroups"] = {
+            column: subgroup_metrics(manifest.loc[test_ids, column].to_numpy(), y_test, prob_test, pred_test, patients_test,
+                                     classes, positive=positive or 1, min_size=evaluate["min_subgroup_size"])
+            for column in subgroup_columns
+        }
+        val_metrics = classification_metrics(y_val, prob_val, pred_val, classes, positive=positive, calibration_bins=bins)
+        val_metrics["n_patients"] = int(len(set(patients_val)))
+        metrics["val"] = val_metrics
+
+        predictions = pd.concat([
+            _prediction_frame("val", val_ids, patients_val, y_val, pred_val, prob_val, classes),
+            _prediction_frame("test", test_ids, patients_test, y_test, pred_test, prob_test, classes),
+        ], ignore_index=True)
+        _write_predictions(out_dir / "predictions.csv", predictions)
+
+        _write_plots(out_dir, metrics, y_test, prob_test, pred_test, patients_test, classes, positive, evaluate,
+                     histories, curve)
+        fig = _misclassified_figure(read_test, y_test, pred_test, prob_test, classes, evaluate["misclassified"])
+        plots.save_figure(fig, out_dir, "misclassified")
+        fig, metrics["gradcam"] = _gradcam_figure(model, read_test, y_test, pred_test, prob_test, classes,
+                                                  evaluate["gradcam_per_class"])
+        plots.save_figure(fig, out_dir, "gradcam")
+
+    metrics["inputs"] = {"model": str(model_path), "cache": str(cache_path), "splits": str(splits_path),
+                         "manifest": str(manifest_path)}
+    atomic_write_json(out_dir / "metrics.json", metrics)
+    return metrics
+
+
+def _write_plots(out_dir, metrics, y_test, prob_test, pred_test, patients_test, classes, positive, evaluate, histories, curve):
+    pos = 1 if positive is None else positive
+    plots.save_figure(plots.plot_confusion_matrix(metrics["confusion_matrix"], classes), out_dir, "confusion_matrix")
+    band = operating_point = None
+    if positive is not None:
+        is_positive = y_test == positive
+        if evaluate["bootstrap"] > 0 and 0 < is_positive.sum() < len(is_positive):
+            band = roc_band(is_positive, prob_test[:, positive], patients_test, evaluate)
+        if metrics["sensitivity"] is not None and metrics["specificity"] is not None:
+            operating_point = (1 - metrics["specificity"], metrics["sensitivity"])
+    plots.save_figure(plots.plot_roc(y_test, prob_test, classes, positive=pos, band=band, operating_point=operating_point,
+                                     auc=metrics["auc"], auc_ci=metrics["ci"]["auc"], confidence=evaluate["confidence"]),
+                      out_dir, "roc")
+    plots.save_figure(plots.plot_pr(y_test, prob_test, classes, positive=pos), out_dir, "pr")
+    label = (f"P({classes[pos]}) vs observed frequency" if positive is not None
+             else "top-class confidence vs accuracy")
+    plots.save_figure(plots.plot_calibration(curve, ece=metrics["ece"], label=label), out_dir, "calibration")
+    frames = {stage: read_history(path) for stage, path in (histories or {}).items()}
+    plots.save_figure(plots.plot_training_curves(frames), out_dir, "training_curves")
+    plots.save_figure(plots.plot_per_class(metrics["per_class"]), out_dir, "per_class")
+    plots.save_figure(plots.plot_score_histograms(y_test, prob_test, classes, positive=pos,
+                                                  threshold=metrics["threshold"]["value"]), out_dir, "score_histograms")

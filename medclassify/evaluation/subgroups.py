@@ -1,0 +1,53 @@
+"""Metrics per subgroup (modality, site, sex, scanner…) of the test predictions."""
+
+import numpy as np
+
+from .metrics import roc_auc, sensitivity_specificity
+
+MISSING_VALUE = "(missing)"
+
+
+def subgroup_metrics(values, y_true, y_prob, y_pred, patients, classes, *, positive=1, min_size=30):
+    """Metrics of each value of one subgroup column.
+
+    ``values`` holds the column's value per sample (missing values form their own group). Returns
+    ``{value: {n, n_patients, accuracy, auc, sensitivity, specificity, class_counts, reliable}}``;
+    ``reliable`` is False below ``min_size`` samples or when a class is absent (AUC undefined).
+    """
+    values = np.asarray([MISSING_VALUE if _is_missing(v) else str(v) for v in values], dtype=object)
+    y_true = np.asarray(y_true, dtype=int)
+    y_pred = np.asarray(y_pred, dtype=int)
+    y_prob = np.asarray(y_prob, dtype=float)
+    patients = np.asarray(patients)
+    n_classes = len(classes)
+    result = {}
+    for value in sorted(set(values)):
+        mask = values == value
+        t, p, pr = y_true[mask], y_pred[mask], y_prob[mask]
+        auc = roc_auc(t, pr, n_classes, positive)
+        sensitivity, specificity = sensitivity_specificity(t, p, n_classes, positive)
+        counts = np.bincount(t, minlength=n_classes)
+        result[value] = {
+            "n": int(mask.sum()),
+            "n_patients": int(len(set(patients[mask]))),
+            "class_counts": {name: int(c) for name, c in zip(classes, counts)},
+            "accuracy": float((t == p).mean()),
+            "auc": _finite_or_none(auc),
+            "sensitivity": _finite_or_none(sensitivity),
+            "specificity": _finite_or_none(specificity),
+            "reliable": bool(mask.sum() >= min_size and np.isfinite(auc)),
+        }
+    return result
+
+
+def _is_missing(value):
+    if value is None:
+        return True
+    if isinstance(value, float) and np.isnan(value):
+        return True
+    return isinstance(value, str) and value.strip() == ""
+
+
+def _finite_or_none(value):
+    value = float(value)
+    return value if np.isfinite(value) else None
