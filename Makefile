@@ -8,11 +8,13 @@ SNAKEMAKE := $(BIN)/snakemake
 SHARED_NPZ ?= ../shared/data/breastmnist.npz
 export MEDCLASSIFY_BREASTMNIST_NPZ ?= $(abspath $(SHARED_NPZ))
 
-.PHONY: demo test lint dry-run unit e2e bench clean-results
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: demo test lint dry-run unit e2e bench clean-results system-deps
 
 $(STAMP): requirements-data.txt requirements-train.txt requirements-dev.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet --upgrade pip setuptools
 	$(BIN)/python -m pip install --quiet -r requirements-dev.txt
 	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
 	touch $(STAMP)
@@ -37,7 +39,13 @@ dry-run: $(STAMP)
 unit: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not slow and not cluster"
 
-e2e: $(STAMP)
+# Debian packages the tests drive: Chromium (the HTML report is opened in a real browser).
+system-deps:
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || { \
+	  $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium chromium-driver; }
+
+e2e: $(STAMP) system-deps
 	$(BIN)/python -m pytest -q -m "slow"
 
 test: lint dry-run unit e2e
