@@ -1,0 +1,419 @@
+"""The HDF5 cache: building, sharding, merging, reuse, determinism, and refusing bad files."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pandas as pd
+import pytest
+
+from medclassify.cache import (build_cache_part, merge_cache_parts, open_cache, params_hash, shard_bounds,
+                               values_hash)
+from medclassify.errors import InputError
+from medclassify.io import read_sample
+from medclassify.preprocessing import preprocess_image, to_storage
+
+from cache_fixtures import CLASSES, make_dataset, manifest_row, options, random_image, write_manifest, write_png
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(autouse=True)
+def reproducible_timestamp(monkeypatch):
+    # The only attribute that depends on the clock; fixed, files are byte-for-byte reproducible.
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "1700000000")
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    root = tmp_path_factory.mktemp("data")
+    rows = make_dataset(root, 24)
+    return root, rows
+
+
+def build(manifest, root, results, *, n_shards=1, threads=1, previous=None, layout="virtual", **overrides):
+    """Build every shard and merge, like the workflow does; return (cache path, summaries)."""
+    preprocess, io = options(**overrides)
+    parts, summaries = [], []
+    for shard in range(n_shards):
+        part = Path(results) / "cache" / f"part-{shard}-of-{n_shards}.h5"
+        summaries.append(build_cache_part(manifest, root, part, preprocess_options=preprocess, io_options=io,
+                                          classes=CLASSES, shard=shard, n_shards=n_shards, threads=threads,
+                                          previous=previous))
+        parts.append(part)
+    cache = Path(results) / "cache.h5"
+    merge_cache_parts(parts, cache, Path(results) / "fingerprint.json",
+                      reuse_pool=Path(results) / "cache" / ".previous", layout=layout)
+    return cache, summaries
+
+
+def expected_images(root, rows, **overrides):
+    preprocess, io = options(**overrides)
+    return np.stack([to_storage(preprocess_image(read_sample(Path(root) / r["path"], None, io).pixels, preprocess),
+                                preprocess["dtype"]) for r in rows])
+
+
+def test_params_hash_ignores_shards_but_not_values_or_storage():
+    preprocess, io = options()
+    base = params_hash(preprocess, io)
+    assert params_hash({**preprocess, "shards": 8}, io) == base
+    assert params_hash({**preprocess, "size": [32, 32]}, io) != base
+    assert params_hash(preprocess, {**io, "channels": "grey_to_rgb"}) != base
+    assert params_hash({**preprocess, "compression": "gzip"}, io) != base
+    # compression changes no stored value: those images stay reusable
+    assert values_hash({**preprocess, "compression": "gzip"}, io) == values_hash(preprocess, io)
+
+
+def test_shard_bounds_are_contiguous_and_cover_all_rows():
+    for n_rows in (0, 1, 7, 100):
+        for n_shards in (1, 3, 8):
+            bounds = [shard_bounds(n_rows, s, n_shards) for s in range(n_shards)]
+            assert bounds[0][0] == 0 and bounds[-1][1] == n_rows
+            assert all(a[1] == b[0] for a, b in zip(bounds, bounds[1:]))
+
+
+def test_cache_holds_preprocessed_images_and_metadata_in_manifest_order(dataset, tmp_path):
+    root, rows = dataset
+    manifest = write_manifest(rows, tmp_path / "manifest.validated.csv")
+    cache_path, _ = build(manifest, root, tmp_path / "results")
+    preprocess, io = options()
+    with open_cache(cache_path, expected_params_hash=params_hash(preprocess, io)) as cache:
+        assert len(cache) == len(rows)
+        assert cache.classes == CLASSES
+        assert cache.image_shape == (64, 64, 1)
+        assert cache.sample_ids == [r["sample_id"] for r in rows]
+        assert cache.patients == [r["patient"] for r in rows]
+        assert cache.content_hashes == [r["content_hash"] for r in rows]
+        assert cache.modalities == ["US"] * len(rows)
+        np.testing.assert_array_equal(cache.labels, [CLASSES.index(r["label"]) for r in rows])
+        assert cache.params["preprocess"]["size"] == [64, 64]
+        images = cache.read(np.arange(len(rows)))
+        assert images.dtype == np.float32 and 0 <= images.min() and images.max() <= 1
+        np.testing.assert_array_equal(np.rint(images * 255).astype(np.uint8), expected_images(root, rows))
+        with h5py.File(cache_path) as f:
+            assert f.attrs["created"] == "2023-11-14T22:13:20Z"
+            assert json.loads(f.attrs["params"])["preprocess"]["intensity"] == "percentile"
+
+
+def test_read_any_order_with_repeats(dataset, tmp_path):
+    root, rows = dataset
+    cache_path, _ = build(write_manifest(rows, tmp_path / "m.csv"), root, tmp_path / "r", n_shards=3)
+    with open_cache(cache_path) as cache:
+        everything = cache.read(np.arange(len(rows)))
+        picks = [17, 3, 3, 23, 0, 9, 8]  # across all three parts, unsorted, repeated
+        np.testing.assert_array_equal(cache.read(picks), everything[picks])
+        np.testing.assert_array_equal(cache.read(range(5, 13)), everything[5:13])
+        assert cache.read([]).shape == (0, 64, 64, 1)
+        with pytest.raises(IndexError):
+            cache.read([len(rows)])
+
+
+def test_sharded_build_reads_like_a_single_part(dataset, tmp_path):
+    root, rows = dataset
+    manifest = write_manifest(rows, tmp_path / "m.csv")
+    single, _ = build(manifest, root, tmp_path / "one")
+    sharded, summaries = build(manifest, root, tmp_path / "four", n_shards=4)
+    assert [s["rows"] for s in summaries] == [6, 6, 6, 6]
+    with open_cache(single) as a, open_cache(sharded) as b:
+        np.testing.assert_array_equal(a.read(range(len(a))), b.read(range(len(b))))
+        assert a.sample_ids == b.sample_ids and a.params_hash == b.params_hash
+    # the merged file is one HDF5 dataset for any other HDF5 reader
+    with h5py.File(sharded) as f, open_cache(single) as a:
+        assert f["images"].is_virtual and f["images"].shape == (len(rows), 64, 64, 1)
+        np.testing.assert_array_equal(f["images"][:], np.rint(a.read(range(len(a))) * 255).astype(np.uint8))
+
+
+def test_more_shards_than_rows_gives_empty_parts(dataset, tmp_path):
+    root, rows = dataset
+    cache_path, summaries = build(write_manifest(rows[:2], tmp_path / "m.csv"), root, tmp_path / "r", n_shards=3)
+    assert [s["rows"] for s in summaries] == [0, 1, 1]
+    with open_cache(cache_path) as cache:
+        assert len(cache) == 2 and cache.read([1, 0]).shape == (2, 64, 64, 1)
+
+
+def test_output_bytes_do_not_depend_on_thread_count(dataset, tmp_path):
+    root, rows = dataset
+    manifest = write_manifest(rows, tmp_path / "m.csv")
+    one, _ = build(manifest, root, tmp_path / "t1", n_shards=2, threads=1)
+    two, _ = build(manifest, root, tmp_path / "t2", n_shards=2, threads=2)
+    for name in ("cache/part-0-of-2.h5", "cache/part-1-of-2.h5", "cache.h5", "fingerprint.json"):
+        assert (tmp_path / "t1" / name).read_bytes() == (tmp_path / "t2" / name).read_bytes(), name
+
+
+def test_incremental_build_decodes_only_new_and_changed_images(dataset, tmp_path):
+    root, rows = dataset
+    root = Path(shutil.copytree(root, tmp_path / "data"))
+    results = tmp_path / "results"
+    pool = results / "cache" / ".previous"
+    build(write_manifest(rows, results / "manifest.validated.csv"), root, results, n_shards=2)
+    assert sorted(p.name for p in pool.iterdir()) == ["part-0-of-2.h5", "part-1-of-2.h5"]
+
+    # the manifest gains two images, loses one, and one image changes on disk
+    grown = make_dataset(root, 2, start=100)
+    rng = np.random.default_rng(99)
+    write_png(root / rows[5]["path"], random_image(rng, 40, 52))
+    changed = manifest_row(root, rows[5]["path"], rows[5]["label"], rows[5]["patient"])
+    new_rows = rows[:5] + [changed] + rows[6:20] + grown + rows[21:]
+    manifest = write_manifest(new_rows, results / "manifest.validated.csv")
+    # Snakemake deletes the outputs before rerunning: only the pool remains
+    for part in (results / "cache").glob("part-*.h5"):
+        part.unlink()
+    (results / "cache.h5").unlink()
+    _, summaries = build(manifest, root, results, n_shards=2, previous=pool)
+    assert sum(s["decoded"] for s in summaries) == 3
+    assert sum(s["reused"] for s in summaries) == len(new_rows) - 3
+
+    # identical, byte for byte, to a full build from scratch
+    full = tmp_path / "full"
+    build(manifest, root, full, n_shards=2)
+    for name in ("cache/part-0-of-2.h5", "cache/part-1-of-2.h5", "cache.h5", "fingerprint.json"):
+        assert (results / name).read_bytes() == (full / name).read_bytes(), name
+    with open_cache(results / "cache.h5") as cache:
+        np.testing.assert_array_equal(np.rint(cache.read(range(len(cache))) * 255).astype(np.uint8),
+                                      expected_images(root, new_rows))
+
+
+def test_resharding_reuses_every_image(dataset, tmp_path):
+    root, rows = dataset
+    results = tmp_path / "results"
+    manifest = write_manifest(rows, tmp_path / "m.csv")
+    build(manifest, root, results, n_shards=2)
+    _, summaries = build(manifest, root, tmp_path / "again", n_shards=3, previous=results / "cache" / ".previous")
+    assert sum(s["decoded"] for s in summaries) == 0
+
+
+def test_reuse_needs_equal_values_but_not_equal_compression(dataset, tmp_path):
+    root, rows = dataset
+    manifest = write_manifest(rows, tmp_path / "m.csv")
+    build(manifest, root, tmp_path / "lzf")
+    pool = tmp_path / "lzf" / "cache" / ".previous"
+    _, resized = build(manifest, root, tmp_path / "small", previous=pool, size=[32, 32])
+    assert resized[0]["decoded"] == len(rows)
+    gzip_cache, recompressed = build(manifest, root, tmp_path / "gzip", previous=pool, compression="gzip")
+    assert recompressed[0]["decoded"] == 0
+    with open_cache(gzip_cache) as a, open_cache(tmp_path / "lzf" / "cache.h5") as b:
+        assert a.sources[0][0]["images"].compression == "gzip"
+        np.testing.assert_array_equal(a.read(range(len(a))), b.read(range(len(b))))
+
+
+def test_copy_layout_is_self_contained(dataset, tmp_path):
+    root, rows = dataset
+    cache_path, _ = build(write_manifest(rows, tmp_path / "m.csv"), root, tmp_path / "r", n_shards=2, layout="copy")
+    moved = tmp_path / "alone.h5"
+    shutil.move(cache_path, moved)
+    shutil.rmtree(tmp_path / "r")
+    with open_cache(moved) as cache:
+        np.testing.assert_array_equal(np.rint(cache.read(range(len(cache))) * 255).astype(np.uint8),
+                                      expected_images(root, rows))
+
+
+def test_virtual_cache_survives_moving_the_results_folder(dataset, tmp_path):
+    root, rows = dataset
+    build(write_manifest(rows, tmp_path / "m.csv"), root, tmp_path / "r", n_shards=2)
+    shutil.move(tmp_path / "r", tmp_path / "moved")
+    with open_cache(tmp_path / "moved" / "cache.h5") as cache:
+        assert cache.read([0, len(rows) - 1]).shape == (2, 64, 64, 1)
+
+
+def test_fingerprint_describes_the_dataset(dataset, tmp_path):
+    root, rows = dataset
+    build(write_manifest(rows, tmp_path / "m.csv"), root, tmp_path / "r", n_shards=2)
+    fingerprint = json.loads((tmp_path / "r" / "fingerprint.json").read_text())
+    assert fingerprint["n_samples"] == 24
+    assert fingerprint["n_patients"] == 8
+    assert fingerprint["class_counts"] == {"benign": 12, "malignant": 12}
+    assert fingerprint["sizes"]["height"]["min"] == 30 and fingerprint["sizes"]["width"]["max"] == 60
+    assert fingerprint["sizes"]["channels"] == {"1": 24}
+    us = fingerprint["intensity_percentiles"]["US"]
+    assert 0 <= us["p0.5"] <= us["p50"] <= us["p99.5"] <= 255
+    assert fingerprint["params_hash"] == params_hash(*options())
+
+
+# ------------------------------------------------------------------ refusing bad input and bad files
+
+def test_refuses_other_parameters(dataset, tmp_path):
+    root, rows = dataset
+    cache_path, _ = build(write_manifest(rows, tmp_path / "m.csv"), root, tmp_path / "r")
+    other = params_hash(*options(size=[32, 32]))
+    with pytest.raises(InputError, match="other preprocessing parameters") as caught:
+        open_cache(cache_path, expected_params_hash=other)
+    assert str(cache_path) in str(caught.value)
+
+
+def test_refuses_missing_truncated_and_garbage_files(dataset, tmp_path):
+    root, rows = dataset
+    build(write_manifest(rows, tmp_path / "m.csv"), root, tmp_path / "r")
+    part = tmp_path / "r" / "cache" / "part-0-of-1.h5"
+    with pytest.raises(InputError, match="not found"):
+        open_cache(tmp_path / "nothing.h5")
+    truncated = tmp_path / "truncated.h5"
+    truncated.write_bytes(part.read_bytes()[: part.stat().st_size // 2])
+    with pytest.raises(InputError, match="truncated") as caught:
+        open_cache(truncated)
+    assert str(truncated) in str(caught.value)
+    garbage = tmp_path / "garbage.h5"
+    garbage.write_bytes(b"not hdf5 at all" * 100)
+    with pytest.raises(InputError, match="not a readable HDF5 cache"):
+        open_cache(garbage)
+    plain = tmp_path / "plain.h5"
+    with h5py.File(plain, "w") as f:
+        f["images"] = np.zeros((2, 4, 4, 1), np.uint8)
+    with pytest.raises(InputError, match="incomplete cache") as caught:
+        open_cache(plain)
+    assert "'labels' is missing" in str(caught.value) and "'params_hash' is missing" in str(caught.value)
+
+
+def test_detects_a_corrupted_image_chunk(dataset, tmp_path):
+    root, rows = dataset
+    cache_path, _ = build(write_manifest(rows, tmp_path / "m.csv"), root, tmp_path / "r")
+    part = tmp_path / "r" / "cache" / "part-0-of-1.h5"
+    with h5py.File(part) as f:
+        info = f["images"].id.get_chunk_info(7)
+    data = bytearray(part.read_bytes())
+    for k in range(info.byte_offset + 10, info.byte_offset + 20):
+        data[k] ^= 0xFF
+    part.write_bytes(bytes(data))
+    with open_cache(cache_path) as cache:
+        cache.read([0, 6, 8])  # intact rows still read
+        with pytest.raises(InputError, match="corrupted cache") as caught:
+            cache.read([3, 7])
+        assert "part-0-of-1.h5" in str(caught.value)
+        with pytest.raises(InputError, match="corrupted cache"):
+            cache.verify()
+
+
+def test_detects_corrupted_row_metadata(dataset, tmp_path):
+    root, rows = dataset
+    build(write_manifest(rows, tmp_path / "m.csv"), root, tmp_path / "r")
+    part = tmp_path / "r" / "cache" / "part-0-of-1.h5"
+    with h5py.File(part, "a") as f:
+        f["labels"][3] = 1 - f["labels"][3]
+        f["content_hash"][2] = "0" * 32
+    with pytest.raises(InputError, match="corrupted cache"):
+        open_cache(part)
+
+
+def test_refuses_a_virtual_cache_with_missing_or_replaced_parts(dataset, tmp_path):
+    root, rows = dataset
+    manifest = write_manifest(rows, tmp_path / "m.csv")
+    cache_path, _ = build(manifest, root, tmp_path / "r", n_shards=2)
+    part = tmp_path / "r" / "cache" / "part-1-of-2.h5"
+    saved = part.read_bytes()
+    part.unlink()
+    with pytest.raises(InputError, match="incomplete cache") as caught:
+        open_cache(cache_path)
+    assert "part-1-of-2.h5: missing" in str(caught.value)
+    # a part rebuilt from another manifest is not silently mixed in
+    preprocess, io = options()
+    build_cache_part(write_manifest(rows[::-1], tmp_path / "other.csv"), root, part, preprocess_options=preprocess,
+                     io_options=io, classes=CLASSES, shard=1, n_shards=2)
+    with pytest.raises(InputError, match="not the part this cache was merged from"):
+        open_cache(cache_path)
+    part.write_bytes(saved)
+    open_cache(cache_path).close()
+
+
+def test_merge_refuses_parts_that_do_not_belong_together(dataset, tmp_path):
+    root, rows = dataset
+    manifest = write_manifest(rows, tmp_path / "m.csv")
+    build(manifest, root, tmp_path / "a", n_shards=2)
+    build(manifest, root, tmp_path / "b", n_shards=2, size=[32, 32])
+    parts_a = [tmp_path / "a" / "cache" / f"part-{i}-of-2.h5" for i in range(2)]
+    parts_b = [tmp_path / "b" / "cache" / f"part-{i}-of-2.h5" for i in range(2)]
+    with pytest.raises(InputError, match="do not form one cache") as caught:
+        merge_cache_parts([parts_a[0], parts_b[1]], tmp_path / "x.h5", tmp_path / "x.json")
+    assert "params_hash" in str(caught.value)
+    with pytest.raises(InputError, match="do not form one cache"):
+        merge_cache_parts([parts_a[1], parts_a[0]], tmp_path / "x.h5", tmp_path / "x.json")
+    with pytest.raises(InputError, match="do not form one cache"):
+        merge_cache_parts(parts_a[:1], tmp_path / "x.h5", tmp_path / "x.json")
+    assert not (tmp_path / "x.h5").exists() and not (tmp_path / "x.json").exists()
+
+
+def test_labels_outside_classes_are_listed_with_rows(dataset, tmp_path):
+    root, rows = dataset
+    bad = [dict(r) for r in rows[:4]]
+    bad[1]["label"] = "benignn"
+    bad[3]["label"] = "other"
+    preprocess, io = options()
+    with pytest.raises(InputError) as caught:
+        build_cache_part(write_manifest(bad, tmp_path / "m.csv"), root, tmp_path / "p.h5",
+                         preprocess_options=preprocess, io_options=io, classes=CLASSES)
+    assert "row 2" in str(caught.value) and "row 4" in str(caught.value) and "'benignn'" in str(caught.value)
+    assert not (tmp_path / "p.h5").exists()
+
+
+def test_images_changed_or_broken_since_validation_are_listed(dataset, tmp_path):
+    root, rows = dataset
+    root = Path(shutil.copytree(root, tmp_path / "data"))
+    write_png(root / rows[2]["path"], random_image(np.random.default_rng(5)))
+    (root / rows[4]["path"]).write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    preprocess, io = options()
+    out = tmp_path / "cache" / "part-0-of-1.h5"
+    with pytest.raises(InputError, match="2 image") as caught:
+        build_cache_part(write_manifest(rows, tmp_path / "m.csv"), root, out, preprocess_options=preprocess,
+                         io_options=io, classes=CLASSES, threads=2)
+    text = str(caught.value)
+    assert f"row 3 ({rows[2]['path']}): content_changed" in text
+    assert f"row 5 ({rows[4]['path']})" in text
+    assert not out.exists() and not list(out.parent.iterdir())
+
+
+def test_sigkill_leaves_nothing_that_is_accepted_and_a_rerun_completes(tmp_path):
+    root = tmp_path / "data"
+    rows = make_dataset(root, 6, sizes=((512, 512),))
+    rows = [dict(rows[i % 6], sample_id=f"{rows[i % 6]['path']}#{i}") for i in range(600)]
+    manifest = write_manifest(rows, tmp_path / "m.csv")
+    out = tmp_path / "results" / "cache" / "part-0-of-1.h5"
+    script = textwrap.dedent(f"""
+        import sys
+        sys.path[:0] = [{str(REPO)!r}, {str(REPO / 'tests')!r}]
+        from medclassify.cache import build_cache_part
+        from cache_fixtures import CLASSES, options
+        preprocess, io = options(compression="gzip", compression_level=9)
+        build_cache_part({str(manifest)!r}, {str(root)!r}, {str(out)!r}, preprocess_options=preprocess,
+                         io_options=io, classes=CLASSES, threads=1)
+    """)
+    process = subprocess.Popen([sys.executable, "-c", script])
+    deadline = time.monotonic() + 60
+    try:
+        # kill once the temporary part holds some images, i.e. in the middle of writing
+        while time.monotonic() < deadline:
+            temporaries = list(out.parent.glob(".part-0-of-1.h5.*.tmp")) if out.parent.exists() else []
+            if temporaries and temporaries[0].stat().st_size > 20_000:
+                break
+            assert process.poll() is None, "the build finished before it could be killed; make it larger"
+            time.sleep(0.01)
+        os.kill(process.pid, signal.SIGKILL)
+    finally:
+        process.wait()
+    assert process.returncode == -signal.SIGKILL
+    assert not out.exists()
+    leftovers = list(out.parent.glob(".*.tmp"))
+    assert leftovers
+    for leftover in leftovers:
+        with pytest.raises(InputError):
+            open_cache(leftover)
+    preprocess, io = options()
+    build_cache_part(manifest, root, out, preprocess_options=preprocess, io_options=io, classes=CLASSES, threads=2)
+    with open_cache(out) as cache:
+        assert len(cache) == 600
+        cache.verify()
+
+
+def test_accepts_a_dataframe_manifest(dataset, tmp_path):
+    root, rows = dataset
+    preprocess, io = options()
+    summary = build_cache_part(pd.DataFrame(rows), root, tmp_path / "p.h5", preprocess_options=preprocess,
+                               io_options=io, classes=CLASSES)
+    assert summary == {**summary, "rows": len(rows), "decoded": len(rows), "reused": 0}
+    with open_cache(tmp_path / "p.h5") as cache:
+        assert cache.sample_ids == [r["sample_id"] for r in rows]
