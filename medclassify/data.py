@@ -1,0 +1,274 @@
+"""tf.data input for training: from the HDF5 cache to shuffled, augmented, prefetched batches.
+
+Every random choice of an epoch (its order, its augmentation, its mixup pairs) is a pure function
+of ``(seed, epoch)``: the epoch's dataset is built from seeds, never from a random state carried
+over from earlier epochs. A run resumed at epoch k therefore sees exactly the batches that an
+uninterrupted run would have seen, and two runs with the same seed see the same batches.
+
+The training images are held in memory when they fit under ``train.cache_in_memory_max_gb``
+(gathered by index inside the tf.data graph); otherwise each batch is read from the HDF5 file with
+one sorted read while earlier batches train (prefetch), so the cache never has to fit in memory.
+Augmentation runs inside the tf.data map on whole batches, never inside the saved model.
+"""
+
+import math
+
+import numpy as np
+import pandas as pd
+import tensorflow as tf
+
+from .errors import InputError
+
+AUTOTUNE = tf.data.AUTOTUNE
+SPLITS = ("train", "val", "test")
+# Separate stream ids so that order, augmentation and mixup draw independent random numbers.
+_ORDER_STREAM, _AUGMENT_STREAM, _MIXUP_STREAM = 1, 2, 3
+
+
+# --- which samples ------------------------------------------------------------------------------
+def split_sample_ids(splits_df, fold=None):
+    """Sample ids per split from a splits.csv table (architecture.md's contract).
+
+    Without ``fold``: the ``split`` column. With ``fold`` k (k-fold): val = rows with fold == k,
+    train = the other non-test rows, test = rows with split == test.
+    """
+    if fold is None:
+        return {name: splits_df.loc[splits_df["split"] == name, "sample_id"].tolist() for name in SPLITS}
+    if "fold" not in splits_df.columns:
+        raise InputError(f"fold {fold} requested but the splits file has no fold column",
+                         ["use split.method: kfold, or run without a fold"])
+    folds = splits_df["fold"].astype(int)
+    return {
+        "train": splits_df.loc[(folds >= 0) & (folds != fold), "sample_id"].tolist(),
+        "val": splits_df.loc[folds == fold, "sample_id"].tolist(),
+        "test": splits_df.loc[splits_df["split"] == "test", "sample_id"].tolist(),
+    }
+
+
+def split_indices(cache_sample_ids, splits_path, fold=None):
+    """Cache row indices (sorted) of each split; InputError if the files disagree."""
+    splits_df = pd.read_csv(splits_path, dtype={"sample_id": str})
+    position = {sample_id: i for i, sample_id in enumerate(cache_sample_ids)}
+    result, problems = {}, []
+    for name, ids in split_sample_ids(splits_df, fold).items():
+        missing = [sample_id for sample_id in ids if sample_id not in position]
+        if missing:
+            problems.append(f"{splits_path}: {len(missing)} {name} sample(s) not in the cache, "
+                            f"e.g. {', '.join(missing[:3])}")
+        result[name] = np.sort(np.array([position[s] for s in ids if s in position], dtype="int64"))
+    for name in ("train", "val"):
+        if len(result[name]) == 0:
+            problems.append(f"{splits_path}: the {name} split is empty" + (f" for fold {fold}" if fold is not None else ""))
+    if problems:
+        raise InputError("the splits file does not match the cache (rerun the split stage)", problems)
+    return result
+
+
+# --- where images come from ---------------------------------------------------------------------
+class ImageSource:
+    """Images of some cache rows, either held in memory or read from the cache per batch."""
+
+    def __init__(self, cache, indices, *, in_memory):
+        self.cache = cache
+        self.indices = np.asarray(indices, dtype="int64")
+        self.image_shape = tuple(cache.image_shape)
+        self.in_memory = in_memory
+        self.images = read_in_chunks(cache, self.indices) if in_memory else None
+
+    def __len__(self):
+        return len(self.indices)
+
+    def read(self, positions):
+        """float32 images of the given positions (into ``indices``), in the given order."""
+        positions = np.asarray(positions, dtype="int64")
+        if self.images is not None:
+            return self.images[positions]
+        # One sorted read (HDF5 fancy indexing needs increasing indices), then back to order.
+        order = np.argsort(positions, kind="stable")
+        rows = self.indices[positions[order]]
+        unique_rows, inverse = np.unique(rows, return_inverse=True)
+        images = self.cache.read(unique_rows)[inverse]
+        result = np.empty_like(images)
+        result[order] = images
+        return result
+
+
+def fits_in_memory(n_images, image_shape, max_gb):
+    """True when ``n_images`` float32 images of ``image_shape`` take at most ``max_gb`` GB."""
+    return n_images * int(np.prod(image_shape)) * 4 <= max_gb * 1e9
+
+
+def read_in_chunks(cache, indices, chunk=4096):
+    """Read the given cache rows as one float32 array, a chunk at a time."""
+    indices = np.asarray(indices, dtype="int64")
+    out = np.empty((len(indices), *cache.image_shape), dtype="float32")
+    for start in range(0, len(indices), chunk):
+        out[start:start + chunk] = cache.read(indices[start:start + chunk])
+    return out
+
+
+def zscore_statistics(source, chunk=4096):
+    """Mean and standard deviation of every pixel of the source's images (training split)."""
+    total, total_sq, count = 0.0, 0.0, 0
+    for start in range(0, len(source), chunk):
+        images = source.read(np.arange(start, min(start + chunk, len(source)))).astype("float64")
+        total += images.sum()
+        total_sq += np.square(images).sum()
+        count += images.size
+    mean = total / count
+    std = math.sqrt(max(total_sq / count - mean ** 2, 0.0))
+    return {"mean": mean, "std": max(std, 1e-6)}
+
+
+# --- per-epoch order ------------------------------------------------------------------------------
+def epoch_rng(seed, epoch, stream):
+    """NumPy generator for one (seed, epoch, stream): independent of every other epoch."""
+    return np.random.default_rng([int(seed), int(epoch), int(stream)])
+
+
+def epoch_order(labels, epoch, *, seed, balanced=False):
+    """Positions of the training samples in the order of ``epoch``.
+
+    Plain: a permutation. ``balanced`` (imbalance: balanced_sampling): as many draws as samples,
+    with replacement, each class equally likely.
+    """
+    labels = np.asarray(labels)
+    rng = epoch_rng(seed, epoch, _ORDER_STREAM)
+    if not balanced:
+        return rng.permutation(len(labels))
+    classes, counts = np.unique(labels, return_counts=True)
+    weight_of_class = dict(zip(classes, 1.0 / (len(classes) * counts)))
+    p = np.array([weight_of_class[label] for label in labels])
+    return rng.choice(len(labels), size=len(labels), replace=True, p=p / p.sum())
+
+
+def class_weights(labels, n_classes):
+    """Weights n / (k * count_c) ("balanced"), so that each class contributes equally to the loss."""
+    counts = np.bincount(np.asarray(labels), minlength=n_classes).astype("float64")
+    weights = len(labels) / (n_classes * np.maximum(counts, 1))
+    return np.where(counts > 0, weights, 0.0).astype("float32")
+
+
+# --- augmentation (batched, stateless) ------------------------------------------------------------
+def _uniform(shape, seed, low, high):
+    return tf.random.stateless_uniform(shape, seed=seed, minval=low, maxval=high)
+
+
+def _affine_transforms(batch, height, width, seeds, rotation_degrees, zoom, translate):
+    """Projective transforms (output -> input coordinates) for random rotation, zoom, shift."""
+    angle = _uniform([batch], seeds[0], -1.0, 1.0) * (rotation_degrees * math.pi / 180.0)
+    scale = _uniform([batch], seeds[1], 1.0 - zoom, 1.0 + zoom)
+    shift_x = _uniform([batch], seeds[2], -translate, translate) * width
+    shift_y = _uniform([batch], seeds[3], -translate, translate) * height
+    cos, sin = tf.cos(angle) / scale, tf.sin(angle) / scale
+    cx, cy = (width - 1) / 2.0, (height - 1) / 2.0
+    a0, a1, b0, b1 = cos, -sin, sin, cos
+    a2 = cx - a0 * cx - a1 * cy + shift_x
+    b2 = cy - b0 * cx - b1 * cy + shift_y
+    zeros = tf.zeros([batch])
+    return tf.stack([a0, a1, a2, b0, b1, b2, zeros, zeros], axis=1)
+
+
+def augment_batch(images, seed, options):
+    """Randomly augment a batch (b, H, W, C) in [0, 1]; ``seed`` is a (2,) int64 tensor.
+
+    ``options`` is ``train.augment``: flips, rotation, zoom, translation (one affine warp with
+    reflected borders), brightness, contrast, Gaussian noise; the result is clipped to [0, 1].
+    """
+    seeds = [tf.stack([seed[0], seed[1] * 16 + k]) for k in range(10)]
+    shape = tf.shape(images)
+    batch, height, width = shape[0], images.shape[1], images.shape[2]
+    x = images
+    if options.get("horizontal_flip"):
+        flip = _uniform([batch, 1, 1, 1], seeds[0], 0.0, 1.0) < 0.5
+        x = tf.where(flip, tf.reverse(x, axis=[2]), x)
+    if options.get("vertical_flip"):
+        flip = _uniform([batch, 1, 1, 1], seeds[1], 0.0, 1.0) < 0.5
+        x = tf.where(flip, tf.reverse(x, axis=[1]), x)
+    rotation, zoom, translate = (float(options.get(k, 0.0)) for k in ("rotation_degrees", "zoom", "translate"))
+    if rotation > 0 or zoom > 0 or translate > 0:
+        transforms = _affine_transforms(batch, height, width, seeds[2:6], rotation, zoom, translate)
+        x = tf.raw_ops.ImageProjectiveTransformV3(
+            images=x, transforms=transforms, output_shape=tf.constant([height, width], dtype=tf.int32),
+            fill_value=0.0, interpolation="BILINEAR", fill_mode="REFLECT")
+    brightness, contrast, noise = (float(options.get(k, 0.0)) for k in ("brightness", "contrast", "noise_std"))
+    if contrast > 0:
+        factor = _uniform([batch, 1, 1, 1], seeds[6], 1.0 - contrast, 1.0 + contrast)
+        mean = tf.reduce_mean(x, axis=[1, 2, 3], keepdims=True)
+        x = (x - mean) * factor + mean
+    if brightness > 0:
+        x = x + _uniform([batch, 1, 1, 1], seeds[7], -brightness, brightness)
+    if noise > 0:
+        x = x + tf.random.stateless_normal(tf.shape(x), seed=seeds[8], stddev=noise)
+    return tf.clip_by_value(x, 0.0, 1.0)
+
+
+def mixup_batch(images, targets, weights, seed, alpha):
+    """Mixup (Zhang et al., 2018): blend each sample with another of the batch, λ ~ Beta(α, α)."""
+    batch = tf.shape(images)[0]
+    seed_a, seed_b, seed_p = (tf.stack([seed[0], seed[1] * 16 + 10 + k]) for k in range(3))
+    gamma_a = tf.random.stateless_gamma([batch], seed=seed_a, alpha=alpha)
+    gamma_b = tf.random.stateless_gamma([batch], seed=seed_b, alpha=alpha)
+    lam = gamma_a / (gamma_a + gamma_b)
+    partner = tf.argsort(tf.random.stateless_uniform([batch], seed=seed_p))
+    lam_x = tf.reshape(lam, [-1, 1, 1, 1])
+    lam_y = tf.reshape(lam, [-1, 1])
+    images = lam_x * images + (1.0 - lam_x) * tf.gather(images, partner)
+    targets = lam_y * targets + (1.0 - lam_y) * tf.gather(targets, partner)
+    weights = lam * weights + (1.0 - lam) * tf.gather(weights, partner)
+    return images, targets, weights
+
+
+# --- datasets -------------------------------------------------------------------------------------
+def _batches_from_source(source, order, batch_size):
+    """Dataset of (images, positions) batches in ``order``: gathered in memory or read from disk."""
+    if source.images is not None:
+        images = tf.constant(source.images)
+        positions = tf.data.Dataset.from_tensor_slices(order.astype("int64")).batch(batch_size)
+        return positions.map(lambda p: (tf.gather(images, p), p), num_parallel_calls=AUTOTUNE,
+                             deterministic=True)
+
+    batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+
+    def generate():
+        for batch in batches:
+            yield source.read(batch), batch
+
+    signature = (tf.TensorSpec((None, *source.image_shape), tf.float32), tf.TensorSpec((None,), tf.int64))
+    return tf.data.Dataset.from_generator(generate, output_signature=signature)
+
+
+def training_dataset(source, labels, epoch, *, n_classes, batch_size, seed, augment=None,
+                     mixup=0.0, balanced=False, weights_per_class=None):
+    """The batches of one training epoch: (images, one-hot targets, sample weights), prefetched.
+
+    ``labels`` are the class indices of the source's images. Targets are one-hot (mixup makes
+    them soft); sample weights are ``weights_per_class`` of each label (1 without).
+    """
+    labels = np.asarray(labels, dtype="int64")
+    order = epoch_order(labels, epoch, seed=seed, balanced=balanced)
+    one_hot = tf.constant(np.eye(n_classes, dtype="float32")[labels])
+    per_class = tf.constant(weights_per_class if weights_per_class is not None
+                            else np.ones(n_classes, dtype="float32"))
+    label_tensor = tf.constant(labels)
+    epoch_seed = int(seed) * 1_000_003 + int(epoch)
+
+    def prepare(batch_index, batch):
+        images, positions = batch
+        batch_seed = tf.stack([tf.constant(epoch_seed, tf.int64), batch_index])
+        targets = tf.gather(one_hot, positions)
+        weights = tf.gather(per_class, tf.gather(label_tensor, positions))
+        if augment:
+            images = augment_batch(images, batch_seed, augment)
+        if mixup > 0:
+            images, targets, weights = mixup_batch(images, targets, weights, batch_seed, float(mixup))
+        return images, targets, weights
+
+    batches = _batches_from_source(source, order, batch_size).enumerate()
+    return batches.map(prepare, num_parallel_calls=AUTOTUNE, deterministic=True).prefetch(AUTOTUNE)
+
+
+def evaluation_dataset(source, batch_size):
+    """The source's images in order, batched and prefetched (validation and prediction)."""
+    order = np.arange(len(source))
+    return _batches_from_source(source, order, batch_size).map(lambda x, _: x).prefetch(AUTOTUNE)

@@ -1,0 +1,73 @@
+"""Device policy for training: threads, mixed precision, XLA, GPU memory growth, multi-GPU.
+
+The decisions are pure functions of the config values and the visible devices, so they are
+tested on CPU; :func:`configure_devices` applies them. TensorFlow sees only the GPUs in
+``CUDA_VISIBLE_DEVICES`` (set by Slurm or by the workstation profile), so a job never touches
+GPUs it was not given; nothing here widens that set.
+"""
+
+import os
+
+import tensorflow as tf
+
+
+def mixed_precision_policy(setting, n_gpus):
+    """Keras dtype policy: ``mixed_float16`` for ``on``, or ``auto`` with a GPU; else float32."""
+    if setting == "on" or (setting == "auto" and n_gpus > 0):
+        return "mixed_float16"
+    return "float32"
+
+
+def use_jit(setting, n_gpus):
+    """Whether to compile the train step with XLA: ``on``, or ``auto`` with a GPU."""
+    return setting == "on" or (setting == "auto" and n_gpus > 0)
+
+
+def strategy_kind(n_gpus):
+    """``mirrored`` (one replica per GPU) when more than one GPU is visible, else ``default``."""
+    return "mirrored" if n_gpus > 1 else "default"
+
+
+def visible_gpu_ids(environ=None):
+    """The GPU ids the job was given through CUDA_VISIBLE_DEVICES; None when it is unset."""
+    environ = os.environ if environ is None else environ
+    value = environ.get("CUDA_VISIBLE_DEVICES")
+    if value is None:
+        return None
+    return [part.strip() for part in value.split(",") if part.strip() and part.strip() != "-1"]
+
+
+def set_threads(threads):
+    """Use ``threads`` CPU threads for TensorFlow ops (intra-op) and op scheduling (inter-op).
+
+    Must run before TensorFlow executes its first op; later it raises RuntimeError, which is
+    ignored (the threads were already fixed, e.g. by an earlier stage in the same process).
+    """
+    if not threads:
+        return
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(int(threads))
+        tf.config.threading.set_inter_op_parallelism_threads(max(1, min(2, int(threads))))
+    except RuntimeError:
+        pass
+
+
+def configure_devices(train_options, threads=None):
+    """Apply the device policy; return ``(strategy, jit_compile, policy_name, n_gpus)``."""
+    import keras
+
+    set_threads(threads)
+    gpus = tf.config.list_physical_devices("GPU")
+    for gpu in gpus:
+        try:
+            tf.config.experimental.set_memory_growth(gpu, True)
+        except RuntimeError:
+            pass  # already initialised; growth was set then
+    policy = mixed_precision_policy(train_options.get("mixed_precision", "auto"), len(gpus))
+    keras.mixed_precision.set_global_policy(policy)
+    jit = use_jit(train_options.get("jit_compile", "auto"), len(gpus))
+    if strategy_kind(len(gpus)) == "mirrored":
+        strategy = tf.distribute.MirroredStrategy()
+    else:
+        strategy = tf.distribute.get_strategy()
+    return strategy, jit, policy, len(gpus)

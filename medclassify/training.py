@@ -1,0 +1,442 @@
+"""Head training and fine-tuning from the HDF5 cache, resumable and reproducible.
+
+``train_stage`` is what rules ``train_head`` and ``finetune`` (and ``medclassify train``) call.
+
+Resume: after every epoch the stage writes ``checkpoints/last.keras`` (weights, optimizer state
+with its step counter), ``checkpoints/best.weights.h5`` (best validation AUC so far) and
+``checkpoints/state.json`` (completed epochs, history, early-stopping state, the options the run
+was started with). A rerun after SIGKILL loads them and continues with the next epoch. Randomness
+needs no saved state: each epoch's data order, augmentation and dropout seeds are derived from
+``(seed, epoch)`` (see :mod:`medclassify.data`), so the resumed run continues exactly as the
+uninterrupted one would have.
+"""
+
+import csv
+import io
+import json
+import math
+import os
+import shutil
+from pathlib import Path
+
+import keras
+import numpy as np
+import tensorflow as tf
+from sklearn.metrics import roc_auc_score
+from tensorflow.core.framework import summary_pb2
+
+from . import __version__
+from .atomic import atomic_path, atomic_write_json, atomic_write_text
+from .config import config_hash
+from .data import (ImageSource, class_weights, evaluation_dataset, fits_in_memory, split_indices,
+                   training_dataset, zscore_statistics)
+from .errors import InputError
+from .gpu import configure_devices
+from .models import backbone_of, build_classifier, set_backbone_inference_mode, set_trainable_blocks
+from .models.weights import imagenet_weights_path
+
+STAGES = ("head", "finetune")
+HISTORY_COLUMNS = ("epoch", "loss", "auc", "val_loss", "val_auc", "val_accuracy", "lr")
+STATE_VERSION = 1
+
+
+# --- options ------------------------------------------------------------------------------------
+def stage_options(options, stage):
+    """The settings one stage trains with: epochs, optimiser, early stopping, as a flat dict."""
+    train = options["train"]
+    section = options.get(stage, {})
+    if stage == "head":
+        return {"epochs": int(section.get("epochs", 5)), "learning_rate": float(section.get("learning_rate", 1e-3)),
+                "weight_decay": 0.0, "warmup_epochs": 0.0, "patience": 0,
+                "dropout": float(section.get("dropout", 0.2)), "batch_size": int(train.get("batch_size", 64))}
+    return {"epochs": int(section.get("epochs", 10)), "learning_rate": float(section.get("learning_rate", 1e-4)),
+            "weight_decay": float(section.get("weight_decay", 1e-4)),
+            "warmup_epochs": float(section.get("warmup_epochs", 1)),
+            "patience": int(section.get("early_stopping_patience", 5)),
+            "unfreeze": section.get("unfreeze", "all"),
+            "freeze_batchnorm": bool(section.get("freeze_batchnorm", True)),
+            "batch_size": int(train.get("batch_size", 64))}
+
+
+def resolve_weights(train_options):
+    """Backbone weights file for ``train.weights`` (imagenet, none or a path), or None."""
+    weights = train_options.get("weights", "none")
+    if weights in (None, "none"):
+        return None
+    if weights == "imagenet":
+        return imagenet_weights_path(train_options["backbone"])
+    path = Path(weights)
+    if not path.exists():
+        raise InputError(f"train.weights: file {path} does not exist",
+                         ["use imagenet (fetched by rule fetch_weights), none, or an existing .weights.h5 file"])
+    return path
+
+
+def cache_intensity(params):
+    """The cache's intensity normalisation (its params hold the preprocess options)."""
+    preprocess = params.get("preprocess", params) if isinstance(params, dict) else {}
+    return preprocess.get("intensity")
+
+
+# --- reproducibility ----------------------------------------------------------------------------
+def seed_everything(seed, deterministic):
+    """One seed for Python, NumPy and TensorFlow; op determinism when ``deterministic``."""
+    keras.utils.set_random_seed(int(seed))
+    if deterministic:
+        tf.config.experimental.enable_op_determinism()
+
+
+def reset_layer_seeds(model, seed, epoch):
+    """Set every layer's random state (dropout) to a value derived from (seed, epoch).
+
+    Keras keeps dropout's random state in SeedGenerator variables that model checkpoints do
+    not hold; deriving it per epoch makes a resumed epoch draw the same masks as an
+    uninterrupted one.
+    """
+    index = 0
+    for layer in model._flatten_layers(include_self=True, recursive=True):
+        for generator in getattr(layer, "_seed_generators", []):
+            value = np.array([(int(seed) * 7919 + int(epoch) * 104729 + index) % (2 ** 31 - 1), 0])
+            generator.state.assign(value.astype(generator.state.dtype))
+            index += 1
+
+
+# --- model ----------------------------------------------------------------------------------------
+def learning_rate_schedule(stage, settings, steps_per_epoch):
+    """Constant rate for the head; linear warm-up then cosine decay to 0 for fine-tuning."""
+    if stage == "head":
+        return settings["learning_rate"]
+    total = max(1, settings["epochs"] * steps_per_epoch)
+    warmup = min(int(round(settings["warmup_epochs"] * steps_per_epoch)), total - 1)
+    if warmup == 0:
+        return keras.optimizers.schedules.CosineDecay(settings["learning_rate"], decay_steps=total)
+    return keras.optimizers.schedules.CosineDecay(0.0, decay_steps=total - warmup, warmup_target=settings["learning_rate"],
+                                                  warmup_steps=warmup)
+
+
+def make_loss(train_options):
+    """Cross-entropy on one-hot targets (label smoothing), or focal loss for imbalance: focal_loss."""
+    smoothing = float(train_options.get("label_smoothing", 0.0))
+    if train_options.get("imbalance") == "focal_loss":
+        return keras.losses.CategoricalFocalCrossentropy(alpha=0.25, gamma=2.0, label_smoothing=smoothing)
+    return keras.losses.CategoricalCrossentropy(label_smoothing=smoothing)
+
+
+def compile_model(model, stage, settings, train_options, steps_per_epoch, jit_compile):
+    """Compile with Adam (head) or AdamW with warm-up and cosine decay (fine-tune)."""
+    schedule = learning_rate_schedule(stage, settings, steps_per_epoch)
+    if stage == "head":
+        optimizer = keras.optimizers.Adam(learning_rate=schedule)
+    else:
+        optimizer = keras.optimizers.AdamW(learning_rate=schedule, weight_decay=settings["weight_decay"])
+    model.compile(optimizer=optimizer, loss=make_loss(train_options),
+                  metrics=[keras.metrics.AUC(name="auc")], jit_compile=jit_compile)
+
+
+def initial_model(stage, *, init_model, input_shape, class_counts, train_options, settings, zscore):
+    """The model a stage starts from, and whether its backbone holds pretrained weights.
+
+    Head: a new classifier (backbone weights as configured) with the backbone frozen and run in
+    inference mode. Fine-tune: the head stage's model (or a new one without it), with the top
+    ``unfreeze`` blocks trainable and BatchNorm frozen when the backbone is pretrained.
+    """
+    pretrained = False
+    if stage == "finetune" and init_model is not None:
+        model = keras.models.load_model(init_model, safe_mode=True, compile=False)
+        meta_path = Path(init_model).with_name("model.json")
+        if meta_path.exists():
+            pretrained = bool(json.loads(meta_path.read_text(encoding="utf-8")).get("pretrained", False))
+    else:
+        weights_path = resolve_weights(train_options)
+        pretrained = weights_path is not None
+        model = build_classifier(input_shape, len(class_counts), backbone=train_options.get("backbone", "resnet18"),
+                                 class_counts=class_counts, dropout=settings.get("dropout", 0.2),
+                                 small_input=train_options.get("small_input", "resize"), weights_path=weights_path,
+                                 zscore=zscore, resnet_width=int(train_options.get("resnet_width", 64)),
+                                 seed=int(train_options.get("seed", 0)))
+    backbone = backbone_of(model)
+    if stage == "head":
+        backbone.trainable = False
+        set_backbone_inference_mode(model, True)
+    else:
+        set_backbone_inference_mode(model, False)
+        set_trainable_blocks(backbone, settings["unfreeze"], freeze_batchnorm=settings["freeze_batchnorm"] and pretrained)
+    return model, pretrained
+
+
+# --- validation metrics ---------------------------------------------------------------------------
+def classification_auc(labels, probabilities):
+    """ROC AUC: of the second class for binary, one-vs-rest macro for more; NaN if undefined."""
+    labels = np.asarray(labels)
+    n_classes = probabilities.shape[1]
+    present = np.unique(labels)
+    if len(present) < 2:
+        return float("nan")
+    if n_classes == 2:
+        return float(roc_auc_score(labels == 1, probabilities[:, 1]))
+    aucs = [roc_auc_score(labels == c, probabilities[:, c]) for c in range(n_classes) if c in present]
+    return float(np.mean(aucs))
+
+
+class ValidationMetrics(keras.callbacks.Callback):
+    """Adds val_loss, val_auc (scikit-learn, exact), val_accuracy and lr to each epoch's logs."""
+
+    def __init__(self, dataset, labels, n_classes, loss):
+        super().__init__()
+        self.dataset, self.labels, self.n_classes, self.loss = dataset, np.asarray(labels), n_classes, loss
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs if logs is not None else {}
+        probabilities = self.model.predict(self.dataset, verbose=0).astype("float64")
+        targets = np.eye(self.n_classes)[self.labels]
+        logs["val_loss"] = float(keras.ops.convert_to_numpy(self.loss(targets, probabilities)))
+        logs["val_auc"] = classification_auc(self.labels, probabilities)
+        logs["val_accuracy"] = float(np.mean(probabilities.argmax(axis=1) == self.labels))
+        logs["lr"] = current_learning_rate(self.model.optimizer)
+
+
+def current_learning_rate(optimizer):
+    """The learning rate the optimizer uses at its current step."""
+    rate = optimizer.learning_rate
+    return float(keras.ops.convert_to_numpy(rate))
+
+
+# --- checkpoints ------------------------------------------------------------------------------------
+class StageCheckpoint:
+    """The files in ``checkpoints/`` that let a killed stage resume where it stopped."""
+
+    def __init__(self, out_dir):
+        self.dir = Path(out_dir) / "checkpoints"
+        self.state_path = self.dir / "state.json"
+        self.model_path = self.dir / "last.keras"
+        self.best_path = self.dir / "best.weights.h5"
+
+    def load_state(self, fingerprint):
+        """The saved state when it belongs to a run with the same ``fingerprint``; else None."""
+        if not (self.state_path.exists() and self.model_path.exists()):
+            return None
+        state = json.loads(self.state_path.read_text(encoding="utf-8"))
+        if state.get("version") != STATE_VERSION or state.get("fingerprint") != fingerprint:
+            print(f"checkpoint in {self.dir} is from other options or data; starting over", flush=True)
+            return None
+        return state
+
+    def save(self, model, state, best_improved):
+        """Write the epoch's model, best weights and state; the state last, as the commit point."""
+        self.dir.mkdir(parents=True, exist_ok=True)
+        _save_keras(model, self.model_path)
+        if best_improved:
+            _save_weights(model, self.best_path)
+        atomic_write_json(self.state_path, state)
+
+    def clear(self):
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def _save_keras(model, path):
+    # Keras picks the format from the suffix, so the temporary name must end in .keras too.
+    tmp = Path(path).with_name(f".{Path(path).stem}.{os.getpid()}.partial.keras")
+    try:
+        model.save(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _save_weights(model, path):
+    tmp = Path(path).with_name(f".{Path(path).name}.{os.getpid()}.partial.weights.h5")
+    try:
+        model.save_weights(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+class EpochEnd(keras.callbacks.Callback):
+    """Tracks the best validation AUC and early stopping, and checkpoints after every epoch."""
+
+    def __init__(self, checkpoint, state, patience):
+        super().__init__()
+        self.checkpoint, self.state, self.patience = checkpoint, state, patience
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = dict(logs or {})
+        row = {"epoch": epoch + 1, **{k: float(logs[k]) for k in HISTORY_COLUMNS[1:] if k in logs}}
+        state = self.state
+        state["history"].append(row)
+        auc = row.get("val_auc", float("nan"))
+        improved = not math.isnan(auc) and (state["best_auc"] is None or auc > state["best_auc"])
+        if improved:
+            state["best_auc"], state["best_epoch"], state["wait"] = auc, epoch + 1, 0
+        else:
+            state["wait"] += 1
+        state["epoch"] = epoch + 1
+        if self.patience > 0 and state["wait"] >= self.patience:
+            state["stopped"] = True
+        self.checkpoint.save(self.model, state, improved)
+
+
+class TensorBoardScalars(keras.callbacks.Callback):
+    """Writes each epoch's numeric logs as TensorBoard scalars (event files under ``log_dir``).
+
+    keras.callbacks.TensorBoard needs the tensorboard package for its summaries; this writes
+    the same scalar summaries with TensorFlow's own ``tf.summary.write``, so TensorBoard reads
+    them while training needs nothing beyond TensorFlow.
+    """
+
+    def __init__(self, log_dir):
+        super().__init__()
+        self.writer = tf.summary.create_file_writer(str(log_dir))
+        self.metadata = summary_pb2.SummaryMetadata(
+            plugin_data=summary_pb2.SummaryMetadata.PluginData(plugin_name="scalars"))
+
+    def on_epoch_end(self, epoch, logs=None):
+        with self.writer.as_default():
+            for name, value in (logs or {}).items():
+                if isinstance(value, (int, float, np.floating)) and not math.isnan(float(value)):
+                    tf.summary.write(name, tf.constant(float(value), tf.float32), step=epoch + 1,
+                                     metadata=self.metadata)
+        self.writer.flush()
+
+
+# --- outputs ------------------------------------------------------------------------------------------
+def write_history(path, history):
+    """history.csv: one row per epoch, columns epoch, loss, auc, val_loss, val_auc, val_accuracy, lr."""
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=HISTORY_COLUMNS, extrasaction="ignore")
+    writer.writeheader()
+    for row in history:
+        writer.writerow({k: row.get(k, "") for k in HISTORY_COLUMNS})
+    atomic_write_text(path, buffer.getvalue())
+
+
+def model_metadata(*, stage, cache, input_shape, train_options, settings, pretrained, zscore, state, n_train, n_val,
+                   in_memory, policy):
+    """model.json: everything predict needs besides the model, and what produced it."""
+    return {
+        "stage": stage,
+        "classes": list(cache.classes),
+        "params": cache.params,
+        "params_hash": _params_hash(cache),
+        "input_shape": list(input_shape),
+        "input": "float32 images in [0, 1] of input_shape; output softmax probabilities in class order",
+        "backbone": train_options.get("backbone", "resnet18"),
+        "weights": str(train_options.get("weights", "none")),
+        "pretrained": pretrained,
+        "seed": int(train_options.get("seed", 0)),
+        "zscore": zscore,
+        "settings": settings,
+        "train_options": train_options,
+        "epochs_trained": state["epoch"],
+        "best_epoch": state["best_epoch"],
+        "best_val_auc": state["best_auc"],
+        "stopped_early": state["stopped"],
+        "n_train": n_train,
+        "n_val": n_val,
+        "images_in_memory": in_memory,
+        "dtype_policy": policy,
+        "library_version": __version__,
+    }
+
+
+def _params_hash(cache):
+    value = getattr(cache, "params_hash", None)
+    return value if isinstance(value, str) else config_hash(cache.params)
+
+
+# --- the stage ----------------------------------------------------------------------------------------
+def train_stage(stage, cache_path, splits_path, out_dir, *, options, fold=None, init_model=None, threads=None):
+    """Train one stage and write model.keras, model.json, history.csv, checkpoints/, tensorboard/.
+
+    ``stage``: ``head`` (frozen backbone, new head) or ``finetune`` (from ``init_model``, the head
+    stage's model.keras; None builds a new model). ``options``: ``run_config(config, run)``.
+    With 0 epochs the stage writes its initial model, so that the workflow's DAG stays uniform.
+    """
+    from .cache import open_cache
+
+    if stage not in STAGES:
+        raise InputError(f"unknown stage {stage!r}", [f"stage must be one of {', '.join(STAGES)}"])
+    out_dir = Path(out_dir)
+    train_options = options["train"]
+    settings = stage_options(options, stage)
+    strategy, jit_compile, policy, _ = configure_devices(train_options, threads)
+    seed = int(train_options.get("seed", 0))
+    seed_everything(seed, bool(train_options.get("deterministic", True)))
+
+    with open_cache(cache_path) as cache:
+        indices = split_indices(cache.sample_ids, splits_path, fold)
+        labels = np.asarray(cache.labels, dtype="int64")
+        n_classes = len(cache.classes)
+        input_shape = tuple(int(d) for d in cache.image_shape)
+        n_needed = len(indices["train"]) + len(indices["val"])
+        in_memory = fits_in_memory(n_needed, input_shape, float(train_options.get("cache_in_memory_max_gb", 4)))
+        train_source = ImageSource(cache, indices["train"], in_memory=in_memory)
+        val_source = ImageSource(cache, indices["val"], in_memory=in_memory)
+        train_labels, val_labels = labels[indices["train"]], labels[indices["val"]]
+        zscore = zscore_statistics(train_source) if cache_intensity(cache.params) == "zscore" else None
+        class_counts = np.bincount(train_labels, minlength=n_classes)
+
+        batch_size = settings["batch_size"]
+        steps_per_epoch = math.ceil(len(train_labels) / batch_size)
+        fingerprint = config_hash({"stage": stage, "train": train_options, "stage_options": settings, "fold": fold,
+                                   "params_hash": _params_hash(cache), "init_model": _file_identity(init_model),
+                                   "train_ids": config_hash(train_source.indices.tolist()),
+                                   "val_ids": config_hash(val_source.indices.tolist())})
+        checkpoint = StageCheckpoint(out_dir)
+        state = checkpoint.load_state(fingerprint)
+
+        with strategy.scope():
+            model, pretrained = initial_model(stage, init_model=init_model, input_shape=input_shape,
+                                              class_counts=class_counts, train_options=train_options,
+                                              settings=settings, zscore=zscore)
+            compile_model(model, stage, settings, train_options, steps_per_epoch, jit_compile)
+            if state is not None:
+                print(f"resuming {stage} after epoch {state['epoch']} from {checkpoint.dir}", flush=True)
+                model = keras.models.load_model(checkpoint.model_path, safe_mode=True)
+        if state is None:
+            checkpoint.clear()
+            state = {"version": STATE_VERSION, "fingerprint": fingerprint, "epoch": 0, "history": [],
+                     "best_auc": None, "best_epoch": None, "wait": 0, "stopped": False,
+                     "rng": f"derived per epoch from seed {seed} (data order, augmentation, mixup, dropout)",
+                     "pretrained": pretrained}
+        pretrained = state.get("pretrained", pretrained)
+
+        imbalance = train_options.get("imbalance", "none")
+        per_class = class_weights(train_labels, n_classes) if imbalance == "class_weight" else None
+        augment = train_options.get("augment", {})
+        val_dataset = evaluation_dataset(val_source, batch_size)
+        callbacks = [ValidationMetrics(val_dataset, val_labels, n_classes, make_loss(train_options)),
+                     EpochEnd(checkpoint, state, settings["patience"]),
+                     TensorBoardScalars(out_dir / "tensorboard")]
+
+        for epoch in range(state["epoch"], settings["epochs"]):
+            if state["stopped"]:
+                break
+            print(f"[{stage}] epoch {epoch + 1}/{settings['epochs']}", flush=True)
+            reset_layer_seeds(model, seed, epoch)
+            dataset = training_dataset(train_source, train_labels, epoch, n_classes=n_classes, batch_size=batch_size,
+                                       seed=seed, augment=augment, mixup=float(train_options.get("mixup", 0.0)),
+                                       balanced=imbalance == "balanced_sampling", weights_per_class=per_class)
+            model.fit(dataset, epochs=epoch + 1, initial_epoch=epoch, callbacks=callbacks, verbose=2)
+        if state["stopped"]:
+            print(f"early stopping after epoch {state['epoch']}: no better val_auc for {settings['patience']} epochs",
+                  flush=True)
+        if state["best_epoch"] is not None and checkpoint.best_path.exists():
+            print(f"restoring the weights of epoch {state['best_epoch']} (val_auc {state['best_auc']:.4f})", flush=True)
+            model.load_weights(checkpoint.best_path)
+
+        metadata = model_metadata(stage=stage, cache=cache, input_shape=input_shape, train_options=train_options,
+                                  settings=settings, pretrained=pretrained, zscore=zscore, state=state,
+                                  n_train=len(train_labels), n_val=len(val_labels), in_memory=in_memory, policy=policy)
+    _save_keras(model, out_dir / "model.keras")
+    write_history(out_dir / "history.csv", state["history"])
+    atomic_write_json(out_dir / "model.json", metadata)
+    return out_dir / "model.keras"
+
+
+def _file_identity(path):
+    """Size and modification time of a file (None for None): a changed head model restarts fine-tuning."""
+    if path is None:
+        return None
+    stat = Path(path).stat()
+    return [str(path), stat.st_size, stat.st_mtime_ns]
