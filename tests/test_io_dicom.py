@@ -1,0 +1,188 @@
+"""DICOM reader against the files pydicom ships: values must equal what pydicom itself computes."""
+
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+from pydicom.pixels import apply_modality_lut, apply_voi_lut
+
+from medclassify.io import ReadError, read_file_samples, read_sample, sample_indices
+from medclassify.io.dicom import WINDOW_PRESETS
+from medclassify.manifest import validate_manifest, write_validation_outputs
+from medclassify.privacy import IDENTIFYING_DICOM_KEYWORDS
+
+TEST_FILES = Path(pydicom.__file__).parent / "data" / "test_files"
+
+
+def shipped(name):
+    return TEST_FILES / name
+
+
+def linear_window(values, center, width):
+    """DICOM PS3.3 C.11.2.1.2.1 (LINEAR) onto [0, 1], written out independently of pydicom."""
+    return np.clip((values - (center - 0.5)) / (width - 1) + 0.5, 0.0, 1.0)
+
+
+def test_ct_small_in_hounsfield_units():
+    ds = pydicom.dcmread(shipped("CT_small.dcm"))
+    expected = apply_modality_lut(ds.pixel_array, ds)
+    sample = read_sample(shipped("CT_small.dcm"), io_options={"dicom_window": "none"})
+    assert sample.pixels.dtype == np.float32 and sample.pixels.shape == (128, 128, 1)
+    np.testing.assert_allclose(sample.pixels[:, :, 0], expected, rtol=0, atol=1e-3)
+    assert sample.meta["units"] == "HU" and sample.meta["modality"] == "CT"
+    assert sample.pixels.min() == pytest.approx(expected.min()) and sample.pixels.max() == pytest.approx(expected.max())
+    # CT_small holds no window, so "file" keeps modality units too.
+    np.testing.assert_array_equal(read_sample(shipped("CT_small.dcm")).pixels, sample.pixels)
+
+
+def test_mr_small_file_window_matches_pydicom():
+    ds = pydicom.dcmread(shipped("MR_small.dcm"))
+    voi = apply_voi_lut(apply_modality_lut(ds.pixel_array, ds), ds)
+    # pydicom maps the window onto the stored signed 16-bit range; rescale that to [0, 1].
+    low, high = -(2 ** 15), 2 ** 15 - 1
+    expected = (voi - low) / (high - low)
+    sample = read_sample(shipped("MR_small.dcm"))
+    np.testing.assert_allclose(sample.pixels[:, :, 0], expected, atol=1e-6)
+    assert sample.meta["window"] == {"center": 600.0, "width": 1600.0, "function": "LINEAR"}
+    np.testing.assert_allclose(sample.pixels[:, :, 0], linear_window(ds.pixel_array.astype(float), 600, 1600), atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["MR_small_RLE.dcm", "MR_small_jpeg_ls_lossless.dcm", "MR_small_jp2klossless.dcm",
+                                  "MR_small_bigendian.dcm", "MR_small_implicit.dcm"])
+def test_compressed_and_other_encodings_of_mr_small_decode_identically(name):
+    reference = read_sample(shipped("MR_small.dcm"), io_options={"dicom_window": "none"}).pixels
+    sample = read_sample(shipped(name), io_options={"dicom_window": "none"})
+    np.testing.assert_array_equal(sample.pixels, reference)
+
+
+@pytest.mark.parametrize("preset", sorted(WINDOW_PRESETS))
+def test_ct_window_presets(preset):
+    ds = pydicom.dcmread(shipped("CT_small.dcm"))
+    hu = apply_modality_lut(ds.pixel_array, ds)
+    center, width = WINDOW_PRESETS[preset]
+    sample = read_sample(shipped("CT_small.dcm"), io_options={"dicom_window": preset})
+    np.testing.assert_allclose(sample.pixels[:, :, 0], linear_window(hu, center, width), atol=1e-6)
+    assert 0.0 <= sample.pixels.min() and sample.pixels.max() <= 1.0
+
+
+def test_explicit_window():
+    ds = pydicom.dcmread(shipped("CT_small.dcm"))
+    hu = apply_modality_lut(ds.pixel_array, ds)
+    sample = read_sample(shipped("CT_small.dcm"), io_options={"dicom_window": {"center": 100, "width": 700}})
+    np.testing.assert_allclose(sample.pixels[:, :, 0], linear_window(hu, 100, 700), atol=1e-6)
+
+
+def test_monochrome1_is_inverted(tmp_path):
+    ds = pydicom.dcmread(shipped("MR_small.dcm"))
+    ds.PhotometricInterpretation = "MONOCHROME1"
+    ds.save_as(tmp_path / "mono1.dcm")
+    windowed = read_sample(shipped("MR_small.dcm")).pixels
+    np.testing.assert_allclose(read_sample(tmp_path / "mono1.dcm").pixels, 1.0 - windowed, atol=1e-6)
+    raw = read_sample(shipped("MR_small.dcm"), io_options={"dicom_window": "none"}).pixels
+    inverted = read_sample(tmp_path / "mono1.dcm", io_options={"dicom_window": "none"}).pixels
+    np.testing.assert_array_equal(inverted, (-(2 ** 15)) + (2 ** 15 - 1) - raw)
+
+
+def test_multi_frame_middle_index_and_all():
+    ds = pydicom.dcmread(shipped("rtdose.dcm"))
+    frames = ds.pixel_array
+    assert frames.shape[0] == 15
+    assert sample_indices(shipped("rtdose.dcm"), {}) == [7]
+    assert sample_indices(shipped("rtdose.dcm"), {"dicom_frame": 3}) == [3]
+    samples = read_file_samples(shipped("rtdose.dcm"), {"dicom_frame": "all"})
+    assert [index for index, _ in samples] == list(range(15))
+    for index, sample in samples:
+        np.testing.assert_array_equal(sample.pixels[:, :, 0], apply_modality_lut(frames[index], ds).astype(np.float32))
+    np.testing.assert_array_equal(read_sample(shipped("rtdose.dcm"), 4).pixels, samples[4][1].pixels)
+    with pytest.raises(ReadError) as error:
+        sample_indices(shipped("rtdose.dcm"), {"dicom_frame": 15})
+    assert error.value.code == "index_out_of_range"
+
+
+def test_colour_multi_frame_and_palette():
+    ds = pydicom.dcmread(shipped("examples_ybr_color.dcm"))
+    sample = read_sample(shipped("examples_ybr_color.dcm"), 0)
+    np.testing.assert_allclose(sample.pixels, ds.pixel_array[0] / 255.0, atol=1e-6)
+    palette = read_sample(shipped("examples_palette.dcm"))
+    assert palette.pixels.shape == (350, 800, 3) and 0 <= palette.pixels.min() and palette.pixels.max() <= 1
+    grey = read_sample(shipped("examples_ybr_color.dcm"), 0, {"channels": "rgb_to_grey"})
+    assert grey.pixels.shape[2] == 1
+
+
+@pytest.mark.parametrize("name, code", [("MR_truncated.dcm", "undecodable"), ("rtplan.dcm", "no_pixel_data"),
+                                         ("no_meta.dcm", "undecodable")])
+def test_broken_dicom_files(name, code):
+    with pytest.raises(ReadError) as error:
+        read_sample(shipped(name))
+    assert error.value.code == code
+
+
+def test_missing_decoder_names_the_transfer_syntax(monkeypatch):
+    import pydicom.pixels
+
+    class Unavailable:
+        is_available = False
+        missing_dependencies = ["pylibjpeg-rle (not installed)"]
+
+    monkeypatch.setattr(pydicom.pixels, "get_decoder", lambda uid: Unavailable())
+    with pytest.raises(ReadError) as error:
+        read_sample(shipped("MR_small_RLE.dcm"))
+    assert error.value.code == "compressed_unsupported"
+    assert "RLE Lossless" in error.value.message and "1.2.840.10008.1.2.5" in error.value.message
+
+
+SECRETS = {
+    "PatientName": "Secretname^Jane", "PatientID": "SECRET-ID-4711", "PatientBirthDate": "19230405",
+    "StudyDate": "20011231", "AccessionNumber": "ACC98765", "InstitutionName": "Secret General Hospital",
+    "ReferringPhysicianName": "Drsecret^Hans", "StationName": "SECRETSTATION",
+}
+
+
+def identified_dicom(path, source="CT_small.dcm", truncate=False):
+    ds = pydicom.dcmread(shipped(source))
+    for keyword, value in SECRETS.items():
+        setattr(ds, keyword, value)
+    ds.save_as(path)
+    if truncate:
+        data = Path(path).read_bytes()
+        Path(path).write_bytes(data[: len(data) - 500])
+    return path
+
+
+def test_no_identifying_value_reaches_metadata_or_messages(tmp_path):
+    assert set(SECRETS) <= set(IDENTIFYING_DICOM_KEYWORDS)
+    sample = read_sample(identified_dicom(tmp_path / "id.dcm"))
+    text = repr(sample.meta)
+    for value in SECRETS.values():
+        assert value not in text
+    with pytest.raises(ReadError) as error:
+        read_sample(identified_dicom(tmp_path / "id_truncated.dcm", truncate=True))
+    for value in SECRETS.values():
+        assert value not in str(error.value)
+
+
+def test_validation_outputs_carry_no_identifying_value(tmp_path):
+    root = tmp_path / "data"
+    root.mkdir()
+    rows = ["path,label,patient,modality"]
+    for i, source in enumerate(["CT_small.dcm", "MR_small.dcm", "CT_small.dcm", "MR_small.dcm"]):
+        ds = pydicom.dcmread(shipped(source))
+        ds.PixelData = (ds.pixel_array + i).astype(ds.pixel_array.dtype).tobytes()  # distinct content
+        for keyword, value in SECRETS.items():
+            setattr(ds, keyword, value)
+        ds.save_as(root / f"{i}.dcm")
+        rows.append(f"{i}.dcm,{'ab'[i % 2]},Raw-Patient-Name-{i},{ds.Modality}")
+    identified_dicom(root / "broken.dcm", truncate=True)
+    rows.append("broken.dcm,a,Raw-Patient-Name-9,CT")
+    (root / "manifest.csv").write_text("\n".join(rows) + "\n")
+    out = tmp_path / "results"
+    for drop in (False, True):
+        result = validate_manifest(root / "manifest.csv", root, io_options={}, salt="s",
+                                   validation_options={"drop_invalid": drop, "min_images_per_class": 1})
+        write_validation_outputs(result, out / "m.csv", out / "r.json", out / "r.md")
+        written = "".join(p.read_text() for p in out.iterdir())
+        assert "undecodable" in written
+        for secret in list(SECRETS.values()) + [f"Raw-Patient-Name-{i}" for i in (0, 1, 2, 3, 9)]:
+            assert secret not in written
+    assert (out / "m.csv").exists()

@@ -1,0 +1,89 @@
+"""NIfTI reader against nibabel's own files: slices of the canonical volume, as nibabel reports them."""
+
+import gzip
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+from nibabel.testing import data_path
+
+from medclassify.io import ReadError, read_file_samples, read_sample, sample_indices
+
+ANATOMICAL = Path(data_path) / "anatomical.nii"
+EXAMPLE_4D = Path(data_path) / "example4d.nii.gz"
+
+
+def expected_slice(path, axis, index, volume=None):
+    """The slice as nibabel gives it, in the reader's documented display orientation."""
+    data = nib.as_closest_canonical(nib.load(path)).get_fdata()
+    if volume is not None:
+        data = data[..., volume]
+    return np.flipud(np.take(data, index, axis=axis).T)
+
+
+@pytest.mark.parametrize("axis", [0, 1, 2])
+def test_anatomical_middle_slice_along_each_axis(axis):
+    canonical_shape = nib.as_closest_canonical(nib.load(ANATOMICAL)).shape
+    middle = canonical_shape[axis] // 2
+    options = {"nifti_axis": axis}
+    assert sample_indices(ANATOMICAL, options) == [middle]
+    sample = read_sample(ANATOMICAL, io_options=options)
+    assert sample.pixels.dtype == np.float32
+    np.testing.assert_allclose(sample.pixels[:, :, 0], expected_slice(ANATOMICAL, axis, middle), rtol=1e-6)
+
+
+def test_anatomical_is_reoriented_to_canonical():
+    # anatomical.nii is stored LAS; the canonical volume is RAS, so the first axis is flipped.
+    assert nib.aff2axcodes(nib.load(ANATOMICAL).affine) == ("L", "A", "S")
+    raw = np.asarray(nib.load(ANATOMICAL).dataobj, dtype=np.float64)
+    sample = read_sample(ANATOMICAL, 5)
+    np.testing.assert_allclose(sample.pixels[:, :, 0], np.flipud(raw[::-1, :, 5].T), rtol=1e-6)
+
+
+def test_every_slice_and_an_index():
+    samples = read_file_samples(ANATOMICAL, {"nifti_slice": "all"})
+    depth = nib.load(ANATOMICAL).shape[2]
+    assert [i for i, _ in samples] == list(range(depth))
+    for index in (0, depth - 1):
+        np.testing.assert_allclose(samples[index][1].pixels[:, :, 0], expected_slice(ANATOMICAL, 2, index), rtol=1e-6)
+    assert sample_indices(ANATOMICAL, {"nifti_slice": 3}) == [3]
+    with pytest.raises(ReadError) as error:
+        sample_indices(ANATOMICAL, {"nifti_slice": depth})
+    assert error.value.code == "index_out_of_range"
+
+
+def test_4d_needs_a_volume_choice():
+    with pytest.raises(ReadError) as error:
+        sample_indices(EXAMPLE_4D, {})
+    assert error.value.code == "needs_slice_choice" and "io.nifti_volume" in error.value.message
+    options = {"nifti_volume": 1, "nifti_slice": 4}
+    sample = read_sample(EXAMPLE_4D, io_options=options)
+    np.testing.assert_allclose(sample.pixels[:, :, 0], expected_slice(EXAMPLE_4D, 2, 4, volume=1), rtol=1e-5)
+    with pytest.raises(ReadError) as error:
+        read_sample(EXAMPLE_4D, io_options={"nifti_volume": 2})
+    assert error.value.code == "index_out_of_range"
+
+
+def test_two_dimensional_nifti(tmp_path):
+    plane = np.arange(30, dtype=np.int16).reshape(5, 6)
+    nib.save(nib.Nifti1Image(plane, np.eye(4)), tmp_path / "plane.nii.gz")
+    assert sample_indices(tmp_path / "plane.nii.gz", {}) == [None]
+    np.testing.assert_array_equal(read_sample(tmp_path / "plane.nii.gz").pixels[:, :, 0], np.flipud(plane.T))
+
+
+def test_scaling_is_applied(tmp_path):
+    volume = np.arange(2 * 3 * 4, dtype=np.int16).reshape(2, 3, 4)
+    image = nib.Nifti1Image(volume, np.eye(4))
+    image.header.set_slope_inter(2.0, -10.0)
+    nib.save(image, tmp_path / "scaled.nii")
+    sample = read_sample(tmp_path / "scaled.nii", 1)
+    np.testing.assert_allclose(sample.pixels[:, :, 0], np.flipud((volume[:, :, 1] * 2.0 - 10.0).T))
+
+
+def test_truncated_gzip_is_undecodable(tmp_path):
+    data = gzip.compress(ANATOMICAL.read_bytes())
+    (tmp_path / "cut.nii.gz").write_bytes(data[: len(data) // 2])
+    with pytest.raises(ReadError) as error:
+        read_sample(tmp_path / "cut.nii.gz")
+    assert error.value.code == "undecodable"

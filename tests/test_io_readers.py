@@ -1,0 +1,158 @@
+"""Raster (PNG, JPEG, BMP, TIFF) and NumPy readers, the channel policy and the content hash."""
+
+import numpy as np
+import pytest
+import tifffile
+from PIL import Image
+
+from medclassify.config import load_schema
+from medclassify.io import (DEFAULT_IO_OPTIONS, ReadError, content_hash, detect_format, read_file_samples,
+                            read_sample, sample_indices)
+from medclassify.io.channels import apply_channel_policy
+from tests.badinput_corpus import png_claiming_size
+
+RNG = np.random.default_rng(0)
+
+
+def test_default_io_options_match_the_config_schema():
+    schema = load_schema()["properties"]["io"]["properties"]
+    assert DEFAULT_IO_OPTIONS == {name: spec["default"] for name, spec in schema.items()}
+
+
+@pytest.mark.parametrize("mode, dtype, shape", [
+    ("L", np.uint8, (20, 30)), ("I;16", np.uint16, (20, 30)),
+    ("RGB", np.uint8, (20, 30, 3)), ("RGBA", np.uint8, (20, 30, 4)),
+])
+def test_png_keeps_values_and_bit_depth(tmp_path, mode, dtype, shape):
+    pixels = RNG.integers(0, np.iinfo(dtype).max, shape, dtype=dtype)
+    Image.fromarray(pixels).save(tmp_path / "a.png")
+    sample = read_sample(tmp_path / "a.png")
+    assert sample.pixels.dtype == dtype
+    expected = pixels if pixels.ndim == 3 else pixels[:, :, None]
+    np.testing.assert_array_equal(sample.pixels, expected[:, :, :3])  # alpha dropped
+    assert sample.meta["format"] == "png" and sample.meta["original_shape"] == list(shape)
+
+
+def test_16_bit_colour_png_is_refused_rather_than_reduced(tmp_path):
+    import struct
+    import zlib
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    raw = b"".join(b"\x00" + bytes(8 * 6) for _ in range(8))
+    data = (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 8, 8, 16, 2, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
+    (tmp_path / "rgb16.png").write_bytes(data)
+    with pytest.raises(ReadError) as error:
+        read_sample(tmp_path / "rgb16.png")
+    assert error.value.code == "unsupported_image"
+
+
+def test_palette_png_of_greys_stays_grey(tmp_path):
+    grey = RNG.integers(0, 255, (16, 16), dtype=np.uint8)
+    Image.fromarray(grey).convert("P").save(tmp_path / "p.png")
+    sample = read_sample(tmp_path / "p.png")
+    assert sample.pixels.shape == (16, 16, 1)
+
+
+def test_bmp_and_jpeg(tmp_path):
+    rgb = RNG.integers(0, 255, (24, 24, 3), dtype=np.uint8)
+    Image.fromarray(rgb).save(tmp_path / "a.bmp")
+    np.testing.assert_array_equal(read_sample(tmp_path / "a.bmp").pixels, rgb)
+    Image.fromarray(rgb).save(tmp_path / "a.jpg", quality=95)
+    sample = read_sample(tmp_path / "a.jpg")
+    assert sample.pixels.shape == (24, 24, 3) and sample.pixels.dtype == np.uint8
+    np.testing.assert_array_equal(sample.pixels, np.asarray(Image.open(tmp_path / "a.jpg")))
+
+
+@pytest.mark.parametrize("shape, photometric", [((40, 50), None), ((40, 50, 3), "rgb")])
+def test_16_bit_tiff(tmp_path, shape, photometric):
+    pixels = RNG.integers(0, 65535, shape, dtype=np.uint16)
+    tifffile.imwrite(tmp_path / "a.tif", pixels, photometric=photometric)
+    sample = read_sample(tmp_path / "a.tif")
+    assert sample.pixels.dtype == np.uint16
+    np.testing.assert_array_equal(sample.pixels, pixels if pixels.ndim == 3 else pixels[:, :, None])
+    assert sample.meta["bits"] == 16
+
+
+def test_planar_rgb_tiff_becomes_channels_last(tmp_path):
+    pixels = RNG.integers(0, 255, (3, 10, 12), dtype=np.uint8)
+    tifffile.imwrite(tmp_path / "planar.tif", pixels, photometric="rgb", planarconfig="separate")
+    np.testing.assert_array_equal(read_sample(tmp_path / "planar.tif").pixels, np.moveaxis(pixels, 0, -1))
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.float32, bool])
+def test_npy(tmp_path, dtype):
+    pixels = RNG.integers(0, 2 if dtype is bool else 200, (9, 11)).astype(dtype)
+    np.save(tmp_path / "a.npy", pixels)
+    sample = read_sample(tmp_path / "a.npy")
+    np.testing.assert_array_equal(sample.pixels[:, :, 0], pixels.astype(np.uint8) if dtype is bool else pixels)
+
+
+def test_npy_volume_is_refused(tmp_path):
+    np.save(tmp_path / "v.npy", np.zeros((5, 9, 9)))
+    with pytest.raises(ReadError) as error:
+        read_sample(tmp_path / "v.npy")
+    assert error.value.code == "unsupported_image"
+
+
+def test_pixel_limit_is_checked_before_decoding(tmp_path):
+    png_claiming_size(tmp_path / "bomb.png", 100000, 100000)
+    with pytest.raises(ReadError) as error:
+        read_sample(tmp_path / "bomb.png")
+    assert error.value.code == "too_many_pixels" and "100000x100000" in error.value.message
+    Image.fromarray(np.zeros((20, 20), np.uint8)).save(tmp_path / "small.png")
+    with pytest.raises(ReadError) as error:
+        read_sample(tmp_path / "small.png", io_options={"max_pixels": 399})
+    assert error.value.code == "too_many_pixels"
+
+
+def test_format_is_recognised_by_content(tmp_path):
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / "really_png.jpg", format="PNG")
+    assert detect_format(tmp_path / "really_png.jpg") == ("png", True)
+    assert read_sample(tmp_path / "really_png.jpg").meta["extension_mismatch"] is True
+    (tmp_path / "x.png").write_text("hello")
+    with pytest.raises(ReadError, match="not a PNG image"):
+        detect_format(tmp_path / "x.png")
+
+
+def test_two_dimensional_files_give_one_sample(tmp_path):
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / "a.png")
+    assert sample_indices(tmp_path / "a.png", {}) == [None]
+    assert [index for index, _ in read_file_samples(tmp_path / "a.png")] == [None]
+
+
+@pytest.mark.parametrize("policy, channels_in, channels_out", [
+    ("keep_grey", 1, 1), ("keep_grey", 3, 3), ("keep_grey", 4, 3), ("keep_grey", 2, 1),
+    ("rgb_to_grey", 1, 1), ("rgb_to_grey", 3, 1), ("grey_to_rgb", 1, 3), ("grey_to_rgb", 3, 3),
+])
+def test_channel_policy_shapes(policy, channels_in, channels_out):
+    pixels = RNG.integers(0, 255, (4, 5, channels_in), dtype=np.uint8)
+    out = apply_channel_policy(pixels, policy)
+    assert out.shape == (4, 5, channels_out) and out.dtype == np.uint8
+
+
+def test_rgb_to_grey_matches_pillow_luma():
+    rgb = RNG.integers(0, 255, (16, 16, 3), dtype=np.uint8)
+    ours = apply_channel_policy(rgb, "rgb_to_grey")[:, :, 0].astype(int)
+    pillow = np.asarray(Image.fromarray(rgb).convert("L")).astype(int)
+    assert np.abs(ours - pillow).max() <= 1  # Pillow uses fixed-point arithmetic
+
+
+def test_grey_to_rgb_repeats_the_channel():
+    grey = RNG.integers(0, 65535, (6, 6), dtype=np.uint16)
+    out = apply_channel_policy(grey, "grey_to_rgb")
+    for c in range(3):
+        np.testing.assert_array_equal(out[:, :, c], grey)
+
+
+def test_content_hash_covers_dtype_shape_and_values():
+    a = np.arange(12, dtype=np.uint8).reshape(3, 4)
+    assert content_hash(a) == content_hash(a.copy()) and len(content_hash(a)) == 32
+    assert content_hash(a) != content_hash(a.astype(np.uint16))
+    assert content_hash(a) != content_hash(a.reshape(4, 3))
+    b = a.copy()
+    b[0, 0] = 1
+    assert content_hash(a) != content_hash(b)
+    assert content_hash(np.asfortranarray(a)) == content_hash(a)
