@@ -11,6 +11,7 @@ Undefined values (an AUC on a set that holds one class only) are ``None`` so tha
 """
 
 import math
+import warnings
 
 import numpy as np
 from sklearn import metrics as skm
@@ -172,8 +173,8 @@ def classification_metrics(y_true, y_prob, y_pred, classes, *, positive=None, ca
         "average_precision": _finite_or_none(average_precision(y_true, y_prob, n_classes, pos)),
         "sensitivity": _finite_or_none(sensitivity),
         "specificity": _finite_or_none(spec),
-        "mcc": float(skm.matthews_corrcoef(y_true, y_pred)),
-        "cohen_kappa": _finite_or_none(skm.cohen_kappa_score(y_true, y_pred, labels=labels)),
+        "mcc": _quiet(skm.matthews_corrcoef, y_true, y_pred),
+        "cohen_kappa": _finite_or_none(_quiet(skm.cohen_kappa_score, y_true, y_pred, labels=labels)),
         "brier": brier_score(y_true, y_prob, n_classes, pos),
         "ece": float(expected_calibration_error(outcome, confidence, calibration_bins)),
         "ece_method": "positive_class" if n_classes == 2 else "top_label",
@@ -183,6 +184,14 @@ def classification_metrics(y_true, y_prob, y_pred, classes, *, positive=None, ca
         "weighted_avg": averages["weighted"],
     }
     return result
+
+
+def _quiet(metric, *args, **kwargs):
+    # On a set holding one class scikit-learn warns and returns 0 (MCC) or NaN (kappa, reported
+    # as null); the value says it, the warning would only fill the log.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return float(metric(*args, **kwargs))
 
 
 def _balanced_accuracy(y_true, y_pred, labels):

@@ -1,0 +1,225 @@
+"""Classify new images with a trained model, exactly as the workflow prepared its training data.
+
+``model.json`` beside the model records the class names and the reading (``io``) and
+preprocessing options; the images go through the same reader (:func:`medclassify.io.read_sample`),
+the same :func:`medclassify.preprocessing.preprocess_image` and the same storage quantisation
+as the cache, so the model sees the values it saw in training. For a binary model the decision
+threshold chosen on the validation split is read from ``../evaluation/metrics.json`` when the
+run was evaluated; otherwise the arg-max decides (and the output says so).
+
+Every input gives at least one row: unreadable files get ``status = error`` and the reason, and a
+warning counts them; nothing is skipped silently.
+"""
+
+import json
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .atomic import atomic_path
+from .errors import InputError
+
+BATCH = 256  # images preprocessed and predicted at once; bounds memory on large folders
+STATUS_OK = "ok"
+STATUS_ERROR = "error"
+
+
+def load_model_info(model_path):
+    """``model.json`` beside the model, with ``classes``, ``preprocess`` and ``io`` resolved.
+
+    The preprocess and io options may sit at the top level or under ``params`` (the cache's
+    parameter record). Raises InputError naming the file and every missing entry.
+    """
+    info_path = Path(model_path).with_name("model.json")
+    if not info_path.exists():
+        raise InputError(f"{info_path}: not found", [f"the model {model_path} must have its model.json beside it"])
+    info = json.loads(info_path.read_text(encoding="utf-8"))
+    params = info.get("params") if isinstance(info.get("params"), dict) else {}
+    resolved = {
+        "classes": info.get("classes"),
+        "preprocess": info.get("preprocess") or params.get("preprocess"),
+        "io": info.get("io") or params.get("io") or {},
+    }
+    problems = [f"no {key!r}" for key in ("classes", "preprocess") if not resolved[key]]
+    if problems:
+        raise InputError(f"{info_path}: incomplete model description", problems)
+    resolved["classes"] = [str(c) for c in resolved["classes"]]
+    return resolved
+
+
+def load_decision(model_path, classes):
+    """The decision rule: ``{"method", "threshold", "positive"}`` from the run's evaluation.
+
+    Binary models use the threshold recorded in ``<run>/evaluation/metrics.json`` (chosen on the
+    validation split) when that file exists; otherwise, and for several classes, the arg-max.
+    """
+    metrics_path = Path(model_path).resolve().parent.parent / "evaluation" / "metrics.json"
+    if len(classes) != 2:
+        return {"method": "argmax", "threshold": None, "positive": None, "source": None}
+    if not metrics_path.exists():
+        warnings.warn(f"{metrics_path} not found: deciding by arg-max (threshold 0.5), not by a threshold "
+                      "chosen on validation", stacklevel=2)
+        return {"method": "argmax", "threshold": None, "positive": None, "source": None}
+    metrics = json.loads(metrics_path.read_text(encoding="utf-8"))
+    threshold = (metrics.get("threshold") or {}).get("value")
+    positive_class = metrics.get("positive_class") or classes[1]
+    if threshold is None or positive_class not in classes:
+        return {"method": "argmax", "threshold": None, "positive": None, "source": str(metrics_path)}
+    return {"method": f"threshold ({metrics['threshold'].get('method')}, chosen on val)",
+            "threshold": float(threshold), "positive": classes.index(positive_class), "source": str(metrics_path)}
+
+
+def _is_hidden(path):
+    return any(part.startswith(".") for part in path.parts)
+
+
+def expand_inputs(inputs):
+    """Rows ``{"input", "path", "label"?}`` for image files, folders (every non-hidden file below,
+    sorted) or manifest CSVs (column ``path``, relative to the CSV's folder)."""
+    if isinstance(inputs, (str, Path)):
+        inputs = [inputs]
+    rows = []
+    problems = []
+    for item in map(Path, inputs):
+        if item.is_dir():
+            files = sorted(p for p in item.rglob("*") if p.is_file() and not _is_hidden(p.relative_to(item)))
+            if not files:
+                problems.append(f"{item}: folder holds no files")
+            rows += [{"input": str(p), "path": p} for p in files]
+        elif item.suffix.lower() == ".csv" and item.is_file():
+            rows += _manifest_rows(item, problems)
+        else:
+            # A missing file is listed as an error row like any unreadable one.
+            rows.append({"input": str(item), "path": item})
+    if problems:
+        raise InputError("cannot read the inputs to predict", problems)
+    return rows
+
+
+def _manifest_rows(manifest, problems):
+    table = pd.read_csv(manifest, dtype=str, keep_default_na=False)
+    if "path" not in table.columns:
+        problems.append(f"{manifest}: no 'path' column (columns: {', '.join(table.columns)})")
+        return []
+    rows = []
+    for number, record in enumerate(table.to_dict("records"), start=2):  # header is line 1
+        if not record["path"].strip():
+            problems.append(f"{manifest}, line {number}: empty path")
+            continue
+        row = {"input": record["path"], "path": manifest.parent / record["path"]}
+        if "label" in table.columns:
+            row["label"] = record["label"]  # kept to compare; patient ids are deliberately not copied
+        rows.append(row)
+    return rows
+
+
+def _read_preprocessed(path, index, info, storage_dtype):
+    from .io import read_sample
+    from .preprocessing import from_storage, preprocess_image, to_storage
+
+    sample = read_sample(path, index, info["io"])
+    image = preprocess_image(sample.pixels, info["preprocess"])
+    # The cache stores images as uint8 or float16; quantise the same way so that the model
+    # sees exactly the values it was trained on.
+    return from_storage(to_storage(image, storage_dtype))
+
+
+def _samples(rows, info):
+    """Yield ``(row, sample_id, index, image or None, error or None)`` for every sample of every row."""
+    from .io import sample_indices
+
+    storage_dtype = info["preprocess"].get("dtype", "uint8")
+    for row in rows:
+        path = row["path"]
+        try:
+            if not Path(path).is_file():
+                raise FileNotFoundError(f"no such file: {path}")
+            indices = sample_indices(path, info["io"])
+        except Exception as error:  # noqa: BLE001 - any reader failure is reported, not raised
+            yield row, row["input"], None, None, _reason(error)
+            continue
+        for index in indices:
+            # As in the validated manifest: the path for a single-sample file, path#index otherwise.
+            sample_id = row["input"] if len(indices) == 1 else f"{row['input']}#{index}"
+            try:
+                image = _read_preprocessed(path, index, info, storage_dtype)
+            except Exception as error:  # noqa: BLE001
+                yield row, sample_id, index, None, _reason(error)
+                continue
+            yield row, sample_id, index, image, None
+
+
+def _reason(error):
+    from .io import ReadError
+
+    # A ReadError already reads "<code>: <message>"; others get their type for context.
+    text = str(error) if isinstance(error, ReadError) else f"{type(error).__name__}: {error}"
+    return " ".join(text.split())  # one line per CSV cell
+
+
+def predict_files(model_path, inputs, out_csv):
+    """Predict every image of ``inputs``; write ``out_csv`` and return the table.
+
+    Columns: ``input, sample_id, index, status, error, [label], predicted, prob_<class>…``.
+    ``status`` is ``ok`` or ``error`` (``error`` then says why and the prediction is empty).
+    """
+    from .evaluation.run import load_model
+
+    info = load_model_info(model_path)
+    classes = info["classes"]
+    decision = load_decision(model_path, classes)
+    rows = expand_inputs(inputs)
+    model = load_model(model_path)
+    expected_shape = tuple(model.input_shape[1:])
+
+    records, batch_images, batch_records = [], [], []
+
+    def flush():
+        if not batch_images:
+            return
+        probs = np.asarray(model.predict(np.stack(batch_images), batch_size=64, verbose=0), dtype=float)
+        for record, prob in zip(batch_records, probs):
+            record.update({f"prob_{c}": float(p) for c, p in zip(classes, prob)})
+            record["predicted"] = classes[_decide(prob, decision)]
+        batch_images.clear()
+        batch_records.clear()
+
+    for row, sample_id, index, image, error in _samples(rows, info):
+        record = {"input": row["input"], "sample_id": sample_id, "index": "" if index is None else index,
+                  "status": STATUS_OK, "error": ""}
+        if "label" in row:
+            record["label"] = row["label"]
+        if image is not None and tuple(image.shape) != expected_shape:
+            image, error = None, (f"preprocessed image has shape {tuple(image.shape)}, the model expects "
+                                  f"{expected_shape} (check io.channels in model.json)")
+        if image is None:
+            record.update({"status": STATUS_ERROR, "error": error, "predicted": ""})
+        else:
+            batch_images.append(image)
+            batch_records.append(record)
+            if len(batch_images) >= BATCH:
+                flush()
+        records.append(record)
+    flush()
+
+    columns = ["input", "sample_id", "index", "status", "error"]
+    columns += ["label"] if any("label" in r for r in records) else []
+    columns += ["predicted"] + [f"prob_{c}" for c in classes]
+    table = pd.DataFrame(records).reindex(columns=columns)
+    with atomic_path(out_csv) as tmp:
+        table.to_csv(tmp, index=False)
+    failed = table[table["status"] == STATUS_ERROR]
+    if len(failed):
+        listed = "; ".join(f"{i}: {e}" for i, e in zip(failed["input"][:5], failed["error"][:5]))
+        warnings.warn(f"{len(failed)} of {len(table)} inputs could not be predicted (see the status and error "
+                      f"columns of {out_csv}): {listed}", stacklevel=2)
+    return table
+
+
+def _decide(prob, decision):
+    if decision["threshold"] is None:
+        return int(np.argmax(prob))
+    positive = decision["positive"]
+    return positive if prob[positive] >= decision["threshold"] else 1 - positive

@@ -1,0 +1,192 @@
+"""run_evaluation end to end on a tiny dataset and model; Grad-CAM; compare_runs."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn import metrics as skm
+
+pytest.importorskip("tensorflow")
+
+from evaluation_fixtures import synthetic_dataset, trained_model, write_cache, write_splits  # noqa: E402
+from medclassify.config import load_config, run_config  # noqa: E402
+from medclassify.errors import InputError  # noqa: E402
+from medclassify.evaluation import compare_runs, run_evaluation  # noqa: E402
+from medclassify.evaluation.plots import PLOT_NAMES  # noqa: E402
+from medclassify.evaluation.threshold import choose_threshold  # noqa: E402
+
+
+def _options(**evaluate):
+    evaluate.setdefault("bootstrap", 200)
+    return {"evaluate": run_config(load_config(overrides={"evaluate": evaluate}), "baseline")["evaluate"]}
+
+
+def _dataset(folder, classes=("benign", "malignant"), nested=False, folds=None):
+    folder.mkdir(parents=True, exist_ok=True)
+    manifest, images, classes = synthetic_dataset(classes=classes)
+    manifest.to_csv(folder / "manifest.validated.csv", index=False)
+    write_cache(folder / "cache.h5", manifest, images, classes)
+    write_splits(folder / "splits.csv", manifest, folds=folds)
+    labels = manifest["label"].map({c: i for i, c in enumerate(classes)}).to_numpy()
+    model = trained_model(images, labels, len(classes), nested=nested, epochs=12)
+    model.save(folder / "model.keras")
+    head = folder / "head_history.csv"
+    head.write_text("")  # a skipped head stage leaves an empty history
+    finetune = folder / "finetune_history.csv"
+    finetune.write_text("epoch,loss,val_loss,val_auc,lr\n0,0.9,0.8,0.6,0.001\n1,0.6,0.7,0.7,0.001\n")
+    return folder, {"head": head, "finetune": finetune}
+
+
+@pytest.fixture(scope="module")
+def binary_run(tmp_path_factory):
+    folder, histories = _dataset(tmp_path_factory.mktemp("binary"))
+    out = folder / "evaluation"
+    metrics = run_evaluation(folder / "model.keras", folder / "cache.h5", folder / "splits.csv",
+                             folder / "manifest.validated.csv", out,
+                             options=_options(subgroups=["site"], min_subgroup_size=10),
+                             histories=histories)
+    return folder, out, metrics
+
+
+def test_writes_metrics_predictions_and_every_plot(binary_run):
+    _, out, metrics = binary_run
+    on_disk = json.loads((out / "metrics.json").read_text())
+    assert on_disk["accuracy"] == metrics["accuracy"]
+    for key in ("classes", "n", "accuracy", "balanced_accuracy", "auc", "confusion_matrix", "per_class",
+                "macro_avg", "weighted_avg", "average_precision", "mcc", "cohen_kappa", "brier", "ece",
+                "threshold", "val", "ci", "subgroups", "calibration"):
+        assert key in on_disk, key
+    for name in PLOT_NAMES:
+        for fmt in ("png", "pdf"):
+            assert (out / f"{name}.{fmt}").stat().st_size > 1000, f"{name}.{fmt}"
+    predictions = pd.read_csv(out / "predictions.csv")
+    assert list(predictions.columns) == ["sample_id", "split", "patient", "label", "predicted",
+                                         "prob_benign", "prob_malignant"]
+    assert set(predictions["split"]) == {"val", "test"}
+    assert not list(out.glob(".*.tmp"))  # atomic writes leave no temporaries
+
+
+def test_metrics_agree_with_scikit_learn_on_the_written_predictions(binary_run):
+    _, out, metrics = binary_run
+    test = pd.read_csv(out / "predictions.csv").query("split == 'test'")
+    y_true = (test["label"] == "malignant").to_numpy()
+    y_pred = (test["predicted"] == "malignant").to_numpy()
+    assert metrics["n"] == len(test)
+    assert metrics["accuracy"] == pytest.approx(skm.accuracy_score(y_true, y_pred))
+    assert metrics["auc"] == pytest.approx(skm.roc_auc_score(y_true, test["prob_malignant"]))
+    assert metrics["sensitivity"] == pytest.approx(skm.recall_score(y_true, y_pred))
+    assert metrics["confusion_matrix"] == skm.confusion_matrix(y_true, y_pred).tolist()
+    # The threshold applied to test is the one that the predictions give.
+    assert (y_pred == (test["prob_malignant"] >= metrics["threshold"]["value"])).all()
+
+
+def test_threshold_is_chosen_on_validation_predictions_only(binary_run):
+    _, out, metrics = binary_run
+    val = pd.read_csv(out / "predictions.csv").query("split == 'val'")
+    expected, _ = choose_threshold(val["label"] == "malignant", val["prob_malignant"], "youden")
+    assert metrics["threshold"] == {"method": "youden", "value": pytest.approx(expected), "chosen_on": "val"}
+    assert metrics["val"]["n"] == len(val)
+
+
+def test_confidence_intervals_resample_patients_and_bracket_the_estimates(binary_run):
+    _, _, metrics = binary_run
+    assert metrics["ci_info"]["unit"] == "patient"
+    assert metrics["ci_info"]["resamples"] == 200
+    for name in ("auc", "accuracy", "sensitivity", "specificity"):
+        low, high = metrics["ci"][name]
+        assert low <= metrics[name] <= high, name
+
+
+def test_subgroups_cover_modality_and_configured_columns(binary_run):
+    _, _, metrics = binary_run
+    assert set(metrics["subgroups"]) == {"modality", "site"}
+    modality = metrics["subgroups"]["modality"]
+    assert sum(group["n"] for group in modality.values()) == metrics["n"]
+    assert all(group["reliable"] == (group["n"] >= 10 and group["auc"] is not None) for group in modality.values())
+
+
+def test_outputs_carry_no_raw_patient_ids(binary_run):
+    folder, out, _ = binary_run
+    text = (out / "metrics.json").read_text() + (out / "predictions.csv").read_text()
+    assert "patient-" not in text  # raw ids of the fixture are "patient-<k>"; only hashes appear
+
+
+def test_missing_subgroup_column_is_an_input_error(binary_run, tmp_path):
+    folder, _, _ = binary_run
+    with pytest.raises(InputError) as error:
+        run_evaluation(folder / "model.keras", folder / "cache.h5", folder / "splits.csv",
+                       folder / "manifest.validated.csv", tmp_path,
+                       options=_options(subgroups=["scanner", "sex"], bootstrap=0), histories={})
+    assert "manifest.validated.csv" in str(error.value)
+    assert any("scanner" in p for p in error.value.problems) and any("sex" in p for p in error.value.problems)
+
+
+def test_tta_and_fixed_threshold_are_recorded(binary_run, tmp_path):
+    folder, _, _ = binary_run
+    metrics = run_evaluation(folder / "model.keras", folder / "cache.h5", folder / "splits.csv",
+                             folder / "manifest.validated.csv", tmp_path,
+                             options=_options(tta=True, threshold="fixed", fixed_threshold=0.3, bootstrap=0,
+                                              gradcam_per_class=0, misclassified=0),
+                             histories={})
+    assert metrics["tta"] == {"enabled": True, "views": ["identity", "horizontal_flip", "vertical_flip"]}
+    assert metrics["threshold"]["value"] == 0.3
+    assert metrics["ci"]["auc"] == [None, None]
+    assert (tmp_path / "gradcam.png").exists() and (tmp_path / "misclassified.pdf").exists()
+
+
+def test_multiclass_nested_backbone_uses_argmax_and_explains_inner_conv(tmp_path):
+    folder, histories = _dataset(tmp_path / "multi", classes=("a", "b", "c"), nested=True)
+    metrics = run_evaluation(folder / "model.keras", folder / "cache.h5", folder / "splits.csv",
+                             folder / "manifest.validated.csv", folder / "evaluation",
+                             options=_options(bootstrap=50), histories=histories)
+    assert metrics["threshold"]["method"] == "argmax"
+    assert metrics["auc_method"] == "macro_ovr"
+    assert metrics["gradcam"]["layer"] == "backbone/conv_b"
+    test = pd.read_csv(folder / "evaluation" / "predictions.csv").query("split == 'test'")
+    probs = test[["prob_a", "prob_b", "prob_c"]].to_numpy()
+    assert (np.array(["a", "b", "c"])[probs.argmax(1)] == test["predicted"]).all()
+
+    # k-fold: the same data split into folds, evaluated for fold 1
+    write_splits(folder / "kfold.csv", pd.read_csv(folder / "manifest.validated.csv", dtype=str), folds=3)
+    fold = run_evaluation(folder / "model.keras", folder / "cache.h5", folder / "kfold.csv",
+                          folder / "manifest.validated.csv", folder / "fold1",
+                          options=_options(bootstrap=0, gradcam_per_class=0), histories={}, fold=1)
+    splits = pd.read_csv(folder / "kfold.csv")
+    assert fold["val"]["n"] == int((splits["fold"] == 1).sum())
+    assert fold["n"] == int((splits["split"] == "test").sum())
+    assert fold["fold"] == 1
+
+
+def test_gradcam_highlights_the_class_evidence(binary_run):
+    import keras
+
+    from medclassify.evaluation.gradcam import gradcam_heatmaps, upsample
+    from medclassify.evaluation.run import load_model
+
+    folder, _, _ = binary_run
+    model = load_model(folder / "model.keras")
+    manifest, images, _ = synthetic_dataset()
+    malignant = images[(manifest["label"] == "malignant").to_numpy()][:4]
+    heat = upsample(gradcam_heatmaps(model, malignant, [1] * 4), malignant.shape[1:3])
+    square = np.zeros(malignant.shape[1:3], dtype=bool)
+    square[4:8, 4:12] = True  # where the fixture draws the malignant class's bright square
+    assert heat.shape == (4, 16, 16) and heat.min() >= 0 and heat.max() <= 1
+    assert heat[:, square].mean() > heat[:, ~square].mean()
+    assert isinstance(model, keras.Model)
+
+
+def test_compare_runs_writes_table_markdown_and_plot(binary_run, tmp_path):
+    _, out, metrics = binary_run
+    second = tmp_path / "results" / "demo" / "wide" / "evaluation" / "metrics.json"
+    second.parent.mkdir(parents=True)
+    other = dict(metrics, auc=0.7, ci=dict(metrics["ci"], auc=[0.6, 0.8]))
+    second.write_text(json.dumps(other))
+    table = compare_runs([out / "metrics.json", second], tmp_path / "runs.csv", tmp_path / "runs.md",
+                         tmp_path / "runs_auc.png")
+    assert list(table["auc"]) == [pytest.approx(metrics["auc"]), 0.7]
+    assert table.loc[1, "run"] == "wide" and table.loc[1, "auc_low"] == 0.6
+    markdown = (tmp_path / "runs.md").read_text()
+    assert "| wide |" in markdown and "0.700 (0.600–0.800)" in markdown
+    assert (tmp_path / "runs_auc.png").stat().st_size > 1000
+    assert pd.read_csv(tmp_path / "runs.csv").shape[0] == 2

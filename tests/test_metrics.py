@@ -1,0 +1,240 @@
+"""Metric functions: every number against scikit-learn, the rest against hand-computed values."""
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from sklearn import metrics as skm
+
+from medclassify.evaluation.bootstrap import (bootstrap_ci, bootstrap_indices, patient_groups,
+                                              percentile_interval)
+from medclassify.evaluation.calibration import expected_calibration_error, reliability_curve
+from medclassify.evaluation.metrics import (classification_metrics, specificity_per_class)
+from medclassify.evaluation.subgroups import subgroup_metrics
+from medclassify.evaluation.threshold import apply_threshold, choose_threshold
+
+
+def _random_predictions(n, n_classes, seed):
+    rng = np.random.default_rng(seed)
+    y_true = np.arange(n) % n_classes  # every class present
+    rng.shuffle(y_true)
+    logits = rng.normal(size=(n, n_classes)) + 1.5 * np.eye(n_classes)[y_true]
+    prob = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    return y_true, prob
+
+
+def test_binary_metrics_match_scikit_learn():
+    y_true, prob = _random_predictions(80, 2, seed=1)
+    y_pred = apply_threshold(prob[:, 1], 0.4)
+    m = classification_metrics(y_true, prob, y_pred, ["neg", "pos"])
+    assert m["n"] == 80
+    assert m["accuracy"] == pytest.approx(skm.accuracy_score(y_true, y_pred))
+    assert m["balanced_accuracy"] == pytest.approx(skm.balanced_accuracy_score(y_true, y_pred))
+    assert m["auc"] == pytest.approx(skm.roc_auc_score(y_true, prob[:, 1]))
+    assert m["average_precision"] == pytest.approx(skm.average_precision_score(y_true, prob[:, 1]))
+    assert m["mcc"] == pytest.approx(skm.matthews_corrcoef(y_true, y_pred))
+    assert m["cohen_kappa"] == pytest.approx(skm.cohen_kappa_score(y_true, y_pred))
+    assert m["brier"] == pytest.approx(skm.brier_score_loss(y_true, prob[:, 1]))
+    assert m["confusion_matrix"] == skm.confusion_matrix(y_true, y_pred).tolist()
+    p, r, f, s = skm.precision_recall_fscore_support(y_true, y_pred, zero_division=0)
+    for k, name in enumerate(["neg", "pos"]):
+        assert m["per_class"][name]["precision"] == pytest.approx(p[k])
+        assert m["per_class"][name]["recall"] == pytest.approx(r[k])
+        assert m["per_class"][name]["f1"] == pytest.approx(f[k])
+        assert m["per_class"][name]["support"] == s[k]
+    for average in ("macro", "weighted"):
+        pa, ra, fa, _ = skm.precision_recall_fscore_support(y_true, y_pred, average=average, zero_division=0)
+        assert m[f"{average}_avg"]["precision"] == pytest.approx(pa)
+        assert m[f"{average}_avg"]["recall"] == pytest.approx(ra)
+        assert m[f"{average}_avg"]["f1"] == pytest.approx(fa)
+    # Sensitivity is the positive class's recall; specificity the negative class's recall.
+    assert m["sensitivity"] == pytest.approx(skm.recall_score(y_true, y_pred, pos_label=1))
+    assert m["specificity"] == pytest.approx(skm.recall_score(y_true, y_pred, pos_label=0))
+
+
+def test_positive_class_can_be_the_first_class():
+    y_true, prob = _random_predictions(60, 2, seed=2)
+    y_pred = apply_threshold(prob[:, 0], 0.5, positive=0, negative=1)
+    m = classification_metrics(y_true, prob, y_pred, ["malignant", "benign"], positive=0)
+    assert m["positive_class"] == "malignant"
+    assert m["auc"] == pytest.approx(skm.roc_auc_score(y_true == 0, prob[:, 0]))
+    assert m["sensitivity"] == pytest.approx(skm.recall_score(y_true, y_pred, pos_label=0))
+    assert m["brier"] == pytest.approx(skm.brier_score_loss(y_true == 0, prob[:, 0]))
+
+
+def test_multiclass_metrics_match_scikit_learn():
+    y_true, prob = _random_predictions(90, 3, seed=3)
+    y_pred = prob.argmax(axis=1)
+    m = classification_metrics(y_true, prob, y_pred, ["a", "b", "c"])
+    assert m["auc"] == pytest.approx(skm.roc_auc_score(y_true, prob, multi_class="ovr", average="macro"))
+    assert m["auc_method"] == "macro_ovr"
+    onehot = np.eye(3)[y_true]
+    assert m["average_precision"] == pytest.approx(skm.average_precision_score(onehot, prob, average="macro"))
+    assert m["brier"] == pytest.approx(skm.brier_score_loss(y_true, prob, labels=[0, 1, 2]))
+    assert m["mcc"] == pytest.approx(skm.matthews_corrcoef(y_true, y_pred))
+    assert m["cohen_kappa"] == pytest.approx(skm.cohen_kappa_score(y_true, y_pred))
+    assert m["balanced_accuracy"] == pytest.approx(skm.balanced_accuracy_score(y_true, y_pred))
+    assert m["sensitivity"] == pytest.approx(skm.recall_score(y_true, y_pred, average="macro"))
+    assert m["positive_class"] is None
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 2), st.integers(0, 2)), min_size=1, max_size=40))
+def test_accuracy_and_confusion_matrix_match_scikit_learn_on_any_input(pairs):
+    y_true = np.array([t for t, _ in pairs])
+    y_pred = np.array([p for _, p in pairs])
+    prob = np.full((len(pairs), 3), 1 / 3)
+    m = classification_metrics(y_true, prob, y_pred, ["a", "b", "c"])
+    assert m["accuracy"] == pytest.approx(skm.accuracy_score(y_true, y_pred))
+    assert m["confusion_matrix"] == skm.confusion_matrix(y_true, y_pred, labels=[0, 1, 2]).tolist()
+    assert m["mcc"] == pytest.approx(skm.matthews_corrcoef(y_true, y_pred))
+
+
+def test_auc_is_null_when_the_test_set_holds_one_class():
+    y_true = np.zeros(5, dtype=int)
+    prob = np.tile([0.7, 0.3], (5, 1))
+    m = classification_metrics(y_true, prob, np.zeros(5, dtype=int), ["neg", "pos"])
+    assert m["auc"] is None
+    assert m["sensitivity"] is None  # no positives: undefined, not 0
+    assert m["specificity"] == 1.0
+
+
+def test_specificity_by_hand():
+    # true:  0 0 0 1 1 2 ; pred: 0 1 0 1 2 2
+    y_true = np.array([0, 0, 0, 1, 1, 2])
+    y_pred = np.array([0, 1, 0, 1, 2, 2])
+    # class 0: negatives {3,4,5} all predicted non-0 → 3/3
+    # class 1: negatives {0,1,2,5}; sample 1 predicted 1 → 3/4
+    # class 2: negatives {0,1,2,3,4}; sample 4 predicted 2 → 4/5
+    assert specificity_per_class(y_true, y_pred, 3) == pytest.approx([1.0, 0.75, 0.8])
+
+
+def test_ece_and_reliability_curve_by_hand():
+    outcome = np.array([0, 1, 1, 0, 1])
+    prob = np.array([0.1, 0.15, 0.8, 0.9, 1.0])
+    # 2 bins: [0, .5): probs .1, .15 mean .125, observed .5 ; [.5, 1]: .8 .9 1.0 mean .9, observed 2/3
+    curve = reliability_curve(outcome, prob, n_bins=2)
+    assert curve["count"].tolist() == [2, 3]
+    assert curve["mean_predicted"] == pytest.approx([0.125, 0.9])
+    assert curve["observed"] == pytest.approx([0.5, 2 / 3])
+    expected = (2 / 5) * abs(0.5 - 0.125) + (3 / 5) * abs(2 / 3 - 0.9)
+    assert expected_calibration_error(outcome, prob, n_bins=2) == pytest.approx(expected)
+
+
+def test_ece_is_zero_for_perfectly_calibrated_bins_and_one_is_counted():
+    outcome = np.array([1, 1, 0, 0])
+    prob = np.array([1.0, 1.0, 0.0, 0.0])
+    assert expected_calibration_error(outcome, prob, n_bins=10) == pytest.approx(0.0)
+    assert reliability_curve(outcome, prob, 10)["count"][-1] == 2
+
+
+def test_binary_ece_uses_positive_probability_and_multiclass_the_top_label():
+    y_true = np.array([0, 1, 1, 0])
+    prob = np.array([[0.8, 0.2], [0.3, 0.7], [0.6, 0.4], [0.9, 0.1]])
+    m = classification_metrics(y_true, prob, prob.argmax(1), ["n", "p"], calibration_bins=10)
+    assert m["ece"] == pytest.approx(expected_calibration_error(y_true, prob[:, 1], 10))
+    prob3 = np.array([[0.6, 0.3, 0.1], [0.2, 0.7, 0.1], [0.5, 0.25, 0.25]])
+    y3 = np.array([0, 1, 2])
+    m3 = classification_metrics(y3, prob3, prob3.argmax(1), ["a", "b", "c"], calibration_bins=10)
+    assert m3["ece"] == pytest.approx(expected_calibration_error([1, 1, 0], [0.6, 0.7, 0.5], 10))
+
+
+# --- threshold -------------------------------------------------------------------------------
+def test_youden_threshold_maximises_sensitivity_plus_specificity():
+    is_pos = np.array([0, 0, 0, 0, 1, 1, 1, 1], dtype=bool)
+    score = np.array([0.1, 0.2, 0.35, 0.6, 0.4, 0.55, 0.7, 0.9])
+    threshold, note = choose_threshold(is_pos, score, "youden")
+    assert note is None
+    predicted = score >= threshold
+    best = max((np.mean(score[is_pos] >= t) + np.mean(score[~is_pos] < t) - 1) for t in score)
+    assert np.mean(predicted[is_pos]) + np.mean(~predicted[~is_pos]) - 1 == pytest.approx(best)
+    assert threshold == pytest.approx(0.4)
+
+
+def test_target_sensitivity_threshold_reaches_the_target_with_the_highest_threshold():
+    is_pos = np.array([1, 1, 1, 1, 1, 0, 0, 0, 0, 0], dtype=bool)
+    score = np.array([0.95, 0.9, 0.8, 0.5, 0.2, 0.85, 0.4, 0.3, 0.1, 0.05])
+    threshold, _ = choose_threshold(is_pos, score, "target_sensitivity", target_sensitivity=0.8)
+    assert threshold == pytest.approx(0.5)  # 4/5 positives at >= 0.5; 0.8 gives only 3/5
+    assert np.mean(score[is_pos] >= threshold) >= 0.8
+
+
+def test_fixed_threshold_and_single_class_fallback():
+    assert choose_threshold([True, False], [0.2, 0.3], "fixed", fixed=0.3) == (0.3, None)
+    threshold, note = choose_threshold([False, False], [0.2, 0.3], "youden", fixed=0.5)
+    assert threshold == 0.5 and "single class" in note
+    with pytest.raises(ValueError):
+        choose_threshold([True, False], [0.2, 0.3], "best")
+
+
+def test_apply_threshold_counts_equal_scores_as_positive():
+    assert apply_threshold([0.2, 0.5, 0.7], 0.5).tolist() == [0, 1, 1]
+
+
+# --- bootstrap -------------------------------------------------------------------------------
+def test_patient_groups_keep_appearance_order():
+    groups = patient_groups(["b", "a", "b", "c", "a"])
+    assert [g.tolist() for g in groups] == [[0, 2], [1, 4], [3]]
+
+
+def test_bootstrap_resamples_whole_patients_and_is_seeded():
+    patients = np.repeat([f"p{i}" for i in range(10)], [1, 2, 3, 4, 5, 1, 2, 3, 4, 5])
+    first = list(bootstrap_indices(patients, 20, seed=7))
+    again = list(bootstrap_indices(patients, 20, seed=7))
+    other = list(bootstrap_indices(patients, 20, seed=8))
+    assert all(np.array_equal(a, b) for a, b in zip(first, again))
+    assert not all(np.array_equal(a, b) for a, b in zip(first, other))
+    for indices in first:
+        drawn = patients[indices]
+        # every drawn patient contributes all of its images, as often as it was drawn
+        for patient in set(drawn):
+            assert (drawn == patient).sum() % (patients == patient).sum() == 0
+
+
+def test_patient_bootstrap_is_wider_than_image_bootstrap_when_images_are_correlated():
+    # 20 patients x 10 images; each patient's images are all right or all wrong: the effective
+    # sample size is 20, not 200, and only a patient-level resample sees that.
+    rng = np.random.default_rng(0)
+    patients = np.repeat(np.arange(20), 10)
+    correct_patient = rng.random(20) < 0.7
+    correct = correct_patient[patients].astype(float)
+    statistic = {"accuracy": lambda idx: correct[idx].mean()}
+    patient_ci, _ = bootstrap_ci(patients, statistic, n_resamples=500, seed=0)
+    image_ci, _ = bootstrap_ci(np.arange(200), statistic, n_resamples=500, seed=0)
+    patient_width = patient_ci["accuracy"][1] - patient_ci["accuracy"][0]
+    image_width = image_ci["accuracy"][1] - image_ci["accuracy"][0]
+    assert patient_width > 2 * image_width
+
+
+def test_bootstrap_ci_contains_the_point_estimate():
+    y_true, prob = _random_predictions(120, 2, seed=5)
+    patients = np.repeat(np.arange(40), 3)
+    statistics = {"auc": lambda idx: skm.roc_auc_score(y_true[idx], prob[idx, 1]),
+                  "accuracy": lambda idx: np.mean(y_true[idx] == prob[idx].argmax(1))}
+    intervals, n_valid = bootstrap_ci(patients, statistics, n_resamples=300, seed=1, confidence=0.95)
+    assert intervals["auc"][0] <= skm.roc_auc_score(y_true, prob[:, 1]) <= intervals["auc"][1]
+    assert intervals["accuracy"][0] <= np.mean(y_true == prob.argmax(1)) <= intervals["accuracy"][1]
+    assert n_valid == {"auc": 300, "accuracy": 300}
+    narrow, _ = bootstrap_ci(patients, statistics, n_resamples=300, seed=1, confidence=0.5)
+    assert narrow["auc"][1] - narrow["auc"][0] < intervals["auc"][1] - intervals["auc"][0]
+
+
+def test_percentile_interval_ignores_undefined_resamples():
+    assert percentile_interval([np.nan, 1.0, 2.0, 3.0], 0.5) == pytest.approx([1.5, 2.5])
+    assert percentile_interval([np.nan, np.nan]) == [None, None]
+
+
+# --- subgroups -------------------------------------------------------------------------------
+def test_subgroup_metrics_count_and_flag_small_groups():
+    y_true, prob = _random_predictions(60, 2, seed=9)
+    y_pred = prob.argmax(1)
+    sites = np.array(["A"] * 40 + ["B"] * 15 + [""] * 5, dtype=object)
+    patients = np.arange(60) // 2
+    result = subgroup_metrics(sites, y_true, prob, y_pred, patients, ["n", "p"], min_size=30)
+    assert set(result) == {"A", "B", "(missing)"}
+    assert result["A"]["n"] == 40 and result["A"]["n_patients"] == 20
+    assert result["A"]["reliable"] and not result["B"]["reliable"]
+    mask = sites == "A"
+    assert result["A"]["accuracy"] == pytest.approx(skm.accuracy_score(y_true[mask], y_pred[mask]))
+    assert result["A"]["auc"] == pytest.approx(skm.roc_auc_score(y_true[mask], prob[mask, 1]))
+    assert sum(g["n"] for g in result.values()) == 60
