@@ -1,0 +1,656 @@
+"""Leak-free assignment of samples to train, val and test (or k folds), grouped by patient.
+
+Splitting images instead of patients is the best documented way imaging studies overstate
+their results, so every method here keeps each patient in exactly one split and checks the
+result itself before returning it:
+
+- no patient (the salted hash) in two splits, or in two k-fold validation folds;
+- no identical image content (``content_hash``) in two splits. With ``drop_duplicates: false``
+  (the default) patients that share an identical image are linked into one group before
+  splitting, because the same image under two patient ids is most often the same person filed
+  twice; they then land in the same split and the report lists them. With
+  ``drop_duplicates: true`` patients are not linked; a duplicate is removed from the later split
+  (train < val < test, then fold order) and listed in the report. For ``predefined`` splits a
+  duplicate across splits is an error unless ``drop_duplicates`` is set.
+
+Determinism: rows are sorted by ``sample_id`` (unique) before anything random happens, and
+every random choice comes from ``split.seed``. The same manifest in any row order and the
+same seed give the same ``splits.csv``; another seed or other fractions give another split.
+Nothing else (preprocessing, training options) enters.
+
+``grouped_stratified`` uses scikit-learn's :class:`~sklearn.model_selection.StratifiedGroupKFold`
+as its base: a split of fraction *f* is the union of ``round(f * n)`` of its *n* folds. Several
+seeded shufflings and every run of consecutive folds are scored, the best few candidates are
+improved by a local search that moves or swaps whole patient groups, and the best result is
+kept. The score is the largest deviation, in percentage points, of the split's share of samples
+and of its class proportions from their targets (the class proportions of the whole dataset).
+The report gives every deviation and whether all lie within :data:`TOLERANCE_POINTS`.
+"""
+
+import io
+import warnings
+
+import numpy as np
+import pandas as pd
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from sklearn.model_selection import StratifiedGroupKFold
+
+from .atomic import atomic_path, atomic_write_json, atomic_write_text
+from .errors import InputError
+
+__all__ = [
+    "METHODS", "SPLITS", "TOLERANCE_POINTS", "assignment", "check_no_leakage", "make_splits",
+    "write_split_outputs",
+]
+
+SPLITS = ("train", "val", "test")
+METHODS = ("grouped_stratified", "predefined", "kfold")
+TOLERANCE_POINTS = 2.0
+REQUIRED_COLUMNS = ("sample_id", "label", "patient", "content_hash", "modality")
+
+# StratifiedGroupKFold granularity: a split is a union of some of at most this many folds.
+_BASE_FOLDS = 20
+# Seeded shufflings of StratifiedGroupKFold tried per selection, and candidates refined further.
+_SHUFFLES = 4
+_REFINED = 3
+_MAX_LOCAL_STEPS = 400
+# StratifiedGroupKFold places groups one by one in Python (about 1 ms per group). Beyond
+# _MANY_GROUPS groups the fractions are easy to meet and one shuffle is enough; beyond
+# _HUGE_GROUPS (e.g. MedMNIST's one-image "patients") groups are dealt round-robin per class
+# after a seeded shuffle, which is what StratifiedGroupKFold converges to for small groups.
+_MANY_GROUPS = 1000
+_HUGE_GROUPS = 20000
+
+
+def make_splits(validated_df, options):
+    """Assign every sample of a validated manifest to a split; return ``(splits_df, report)``.
+
+    ``validated_df`` has the columns ``sample_id, label, patient, content_hash, modality`` and,
+    for ``method: predefined``, ``split``. ``options`` is the ``split`` config section
+    (``method``, ``fractions``, ``folds``, ``seed``, ``drop_duplicates``).
+
+    ``splits_df`` has ``sample_id, split`` in the manifest's row order (rows dropped as
+    duplicates are absent); with ``method: kfold`` also ``fold`` (0..k-1 for ``trainval`` rows,
+    -1 for ``test`` rows). ``report`` is a JSON-serialisable dict (see :func:`split_report`).
+
+    Raises :class:`InputError` listing every problem: missing columns, repeated sample ids,
+    empty labels or patients, too few patients for the requested splits, and, for predefined
+    splits, unknown split names, patients in two splits or duplicates across splits.
+    """
+    options = _check_options(options)
+    table = _check_table(validated_df, options["method"])
+    # Canonical order: the result must not depend on the manifest's row order.
+    table = table.sort_values("sample_id", kind="stable").reset_index(drop=True)
+    classes = sorted(table["label"].unique())
+    method = options["method"]
+    linked = []
+    if method == "predefined":
+        table["split"] = table["split"].str.strip()
+        table["fold"] = -1
+    else:
+        if options["drop_duplicates"]:
+            table["group"] = table["patient"]
+        else:
+            table["group"], linked = _link_patients_sharing_content(table)
+        rng = np.random.default_rng(options["seed"])
+        if method == "grouped_stratified":
+            table["split"] = _grouped_stratified(table, classes, options["fractions"], rng)
+            table["fold"] = -1
+        else:
+            table["split"], table["fold"] = _kfold(table, classes, options, rng)
+
+    dropped = _drop_duplicates(table) if options["drop_duplicates"] else []
+    if dropped:
+        table = table[~table["sample_id"].isin({d["sample_id"] for d in dropped})]
+    check_no_leakage(table, fold_column="fold" if method == "kfold" else None)
+
+    # Back to the manifest's row order, which is also the cache's order.
+    order = {sample_id: i for i, sample_id in enumerate(validated_df["sample_id"].astype(str).str.strip())}
+    table = table.assign(_order=table["sample_id"].map(order)).sort_values("_order").drop(columns="_order")
+    columns = ["sample_id", "split"] + (["fold"] if method == "kfold" else [])
+    splits_df = table[columns].reset_index(drop=True)
+    if method == "kfold":
+        splits_df["fold"] = splits_df["fold"].astype(int)
+    report = split_report(table, classes, options, dropped=dropped, linked=linked)
+    return splits_df, report
+
+
+def assignment(splits_df, fold=None):
+    """Sample ids per split, ``{"train": [...], "val": [...], "test": [...]}``, in file order.
+
+    For k-fold splits (a ``fold`` column) ``fold`` is required: val is the rows of that fold,
+    train every other non-test row. Raises :class:`ValueError` when ``fold`` does not fit the
+    table (missing for k-fold, given for a plain split, or out of range).
+    """
+    sample_ids = splits_df["sample_id"].astype(str)
+    split = splits_df["split"].astype(str)
+    if "fold" not in splits_df.columns:
+        if fold is not None:
+            raise ValueError(f"fold {fold} requested, but these splits have no fold column (not k-fold)")
+        return {name: sample_ids[split == name].tolist() for name in SPLITS}
+    folds = pd.to_numeric(splits_df["fold"]).astype(int)
+    available = sorted(set(folds[folds >= 0]))
+    if fold is None:
+        raise ValueError(f"k-fold splits need a fold (one of {available})")
+    if fold not in available:
+        raise ValueError(f"fold {fold} is not among this split's folds {available}")
+    return {
+        "train": sample_ids[(folds >= 0) & (folds != fold)].tolist(),
+        "val": sample_ids[folds == fold].tolist(),
+        "test": sample_ids[split == "test"].tolist(),
+    }
+
+
+def check_no_leakage(table, fold_column=None):
+    """Raise :class:`InputError` if a patient or an image content appears in two splits.
+
+    ``table`` has ``sample_id, patient, content_hash, split`` and, when ``fold_column`` is
+    given, that column too: then the k-fold validation folds count as separate splits.
+    """
+    unit = table["split"].astype(str)
+    if fold_column is not None:
+        folds = table[fold_column].astype(int)
+        unit = unit.where(folds < 0, "fold " + folds.astype(str))
+    problems = []
+    for column, what in (("patient", "patient"), ("content_hash", "identical image (content_hash)")):
+        places = unit.groupby(table[column].to_numpy()).agg(lambda s: sorted(set(s)))
+        for key, where in places[places.map(len) > 1].items():
+            samples = table.loc[table[column] == key, "sample_id"].tolist()
+            shown = ", ".join(samples[:4]) + (f" and {len(samples) - 4} more" if len(samples) > 4 else "")
+            problems.append(f"{what} {key} is in {' and '.join(where)} (samples {shown})")
+    if problems:
+        raise InputError(
+            "the split leaks: the same patient or image would be in more than one split "
+            "(fix the manifest's split column, or set split.drop_duplicates: true for duplicates)",
+            problems,
+        )
+
+
+def split_report(table, classes, options, dropped=(), linked=()):
+    """The split report: counts, patients, target and achieved fractions, class proportions.
+
+    Percentage-point deviations are achieved minus target. For ``kfold`` the per-fold
+    validation sets are reported under ``"folds"``; their size target is ``1/k`` of the
+    non-test samples.
+    """
+    method = options["method"]
+    n_total = len(table)
+    overall = table["label"].value_counts().reindex(classes, fill_value=0) / max(n_total, 1)
+    names = ("trainval", "test") if method == "kfold" else SPLITS
+    report = {
+        "method": method,
+        "seed": options["seed"],
+        "classes": classes,
+        "n_samples": n_total,
+        "n_patients": int(table["patient"].nunique()),
+        "tolerance_points": TOLERANCE_POINTS,
+        "samples": {},
+        "patients": {},
+        "counts": {},
+        "modality_counts": {},
+        "class_proportions": {"all": _rounded(overall)},
+        "target_fractions": None,
+        "achieved_fractions": {},
+        "fraction_deviation_points": None,
+        "class_proportion_deviation_points": {},
+    }
+    for name in names:
+        rows = table[table["split"] == name]
+        _describe(report, name, rows, classes, overall)
+        report["achieved_fractions"][name] = round(len(rows) / max(n_total, 1), 4)
+    if method != "predefined":
+        targets = dict(options["fractions"])
+        if method == "kfold":
+            targets = {"trainval": 1 - targets["test"], "test": targets["test"]}
+            report["folds"] = options["folds"]
+        report["target_fractions"] = targets
+        report["fraction_deviation_points"] = {
+            name: round(100 * (report["achieved_fractions"][name] - targets[name]), 2) for name in names
+        }
+    if method == "kfold":
+        trainval = table[table["split"] == "trainval"]
+        report["fold_details"] = []
+        for k in range(options["folds"]):
+            rows = trainval[trainval["fold"] == k]
+            detail = {"fold": k}
+            _describe(detail, "val", rows, classes, overall)
+            detail = {key: (value["val"] if isinstance(value, dict) else value) for key, value in detail.items()}
+            detail["fraction_of_trainval"] = round(len(rows) / max(len(trainval), 1), 4)
+            detail["fraction_deviation_points"] = round(100 * (detail["fraction_of_trainval"] - 1 / options["folds"]), 2)
+            report["fold_details"].append(detail)
+    deviations = [abs(v) for v in (report["fraction_deviation_points"] or {}).values()]
+    for per_class in report["class_proportion_deviation_points"].values():
+        deviations += [abs(v) for v in per_class.values()]
+    report["max_deviation_points"] = round(float(max(deviations, default=0.0)), 2)
+    report["within_tolerance"] = bool(report["max_deviation_points"] <= TOLERANCE_POINTS)
+    report["dropped_duplicates"] = list(dropped)
+    report["linked_patients"] = [list(group) for group in linked]
+    report["notes"] = _notes(report, method)
+    return report
+
+
+def write_split_outputs(splits_df, report, splits_csv, report_json, report_png):
+    """Write ``splits.csv``, the report JSON and its plot (stacked bars per split by class)."""
+    buffer = io.StringIO()
+    splits_df.to_csv(buffer, index=False, lineterminator="\n")
+    atomic_write_text(splits_csv, buffer.getvalue())
+    atomic_write_json(report_json, report)
+    figure = plot_split_report(report)
+    with atomic_path(report_png) as tmp:
+        figure.savefig(tmp, format="png", dpi=120, metadata={"Software": None})
+
+
+def plot_split_report(report):
+    """Stacked bars of samples per class for each split (and each k-fold validation fold)."""
+    classes = report["classes"]
+    bars = {name: report["counts"][name] for name in report["counts"]}
+    patients = dict(report["patients"])
+    for detail in report.get("fold_details", []):
+        name = f"fold {detail['fold']} val"
+        bars[name] = detail["counts"]
+        patients[name] = detail["patients"]
+    # Agg canvas without pyplot: no global backend state in a library.
+    figure = Figure(figsize=(max(4.5, 1.2 * len(bars) + 2), 4), layout="constrained")
+    FigureCanvasAgg(figure)
+    ax = figure.add_subplot()
+    names = list(bars)
+    bottom = np.zeros(len(names))
+    for cls in classes:
+        heights = np.array([bars[name].get(cls, 0) for name in names], dtype=float)
+        ax.bar(names, heights, bottom=bottom, label=cls)
+        bottom += heights
+    for i, name in enumerate(names):
+        ax.annotate(f"{int(bottom[i])} img\n{patients[name]} pat", (i, bottom[i]), ha="center", va="bottom", fontsize=8)
+    ax.set_ylim(0, max(bottom.max(initial=0), 1) * 1.2)
+    ax.set_ylabel("images")
+    title = f"split: {report['method']} (seed {report['seed']})"
+    if report["fraction_deviation_points"] is not None:
+        title += f", max deviation {report['max_deviation_points']:.1f} points"
+    ax.set_title(title, fontsize=10)
+    ax.legend(title="class", fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    return figure
+
+
+# --- input checks --------------------------------------------------------------------------------
+def _check_options(options):
+    options = dict(options or {})
+    problems = []
+    options.setdefault("method", "grouped_stratified")
+    options.setdefault("fractions", {"train": 0.7, "val": 0.15, "test": 0.15})
+    options.setdefault("folds", 5)
+    options.setdefault("seed", 42)
+    options.setdefault("drop_duplicates", False)
+    if options["method"] not in METHODS:
+        problems.append(f"split.method {options['method']!r} is not one of {', '.join(METHODS)}")
+    fractions = {name: float(options["fractions"].get(name, 0.0)) for name in SPLITS}
+    if any(f < 0 or f > 1 for f in fractions.values()):
+        problems.append(f"split.fractions must lie in [0, 1], got {fractions}")
+    if abs(sum(fractions.values()) - 1) > 1e-6:
+        problems.append(f"split.fractions must sum to 1, got {sum(fractions.values()):g}")
+    if options["method"] == "grouped_stratified" and fractions["train"] <= 0:
+        problems.append("split.fractions.train must be above 0")
+    if options["method"] == "kfold" and (int(options["folds"]) < 2):
+        problems.append(f"split.folds must be at least 2, got {options['folds']}")
+    if problems:
+        raise InputError("invalid split options", problems)
+    options["fractions"] = fractions
+    options["folds"] = int(options["folds"])
+    return options
+
+
+def _check_table(validated_df, method):
+    missing = [c for c in REQUIRED_COLUMNS + (("split",) if method == "predefined" else ()) if c not in validated_df.columns]
+    if missing:
+        hint = " (method predefined reads the manifest's split column)" if "split" in missing else ""
+        raise InputError("the validated manifest lacks columns the split needs" + hint,
+                         [f"missing column {c!r}" for c in missing])
+    columns = list(REQUIRED_COLUMNS) + (["split"] if method == "predefined" else [])
+    table = validated_df[columns].copy()
+    for column in columns:
+        table[column] = table[column].fillna("").astype(str).str.strip()
+    problems = []
+    for column in ("sample_id", "label", "patient", "content_hash"):
+        for row in np.flatnonzero((table[column] == "").to_numpy())[:50]:
+            problems.append(f"row {row + 2}: empty {column}")
+    repeated = table["sample_id"][table["sample_id"].duplicated()]
+    for sample_id in repeated.unique()[:50]:
+        problems.append(f"sample_id {sample_id!r} appears more than once")
+    if method == "predefined":
+        bad = ~table["split"].isin(SPLITS)
+        for row in np.flatnonzero(bad.to_numpy())[:50]:
+            problems.append(f"row {row + 2} ({table['sample_id'].iat[row]}): split {table['split'].iat[row]!r} "
+                            f"is not one of {', '.join(SPLITS)}")
+        if bad.sum() > 50:
+            problems.append(f"… {bad.sum()} rows with a bad split value in all")
+    if table.empty:
+        problems.append("the manifest has no rows")
+    if problems:
+        raise InputError("the validated manifest cannot be split", problems)
+    return table
+
+
+# --- grouping ------------------------------------------------------------------------------------
+def _link_patients_sharing_content(table):
+    """Group id per row: patients connected through an identical image form one group.
+
+    Returns ``(groups, linked)`` where ``linked`` lists the patient sets that were merged.
+    """
+    parent = {}
+
+    def find(p):
+        parent.setdefault(p, p)
+        while parent[p] != p:
+            parent[p] = parent[parent[p]]
+            p = parent[p]
+        return p
+
+    shared = table.groupby("content_hash")["patient"].agg(lambda s: sorted(set(s)))
+    for patients in shared[shared.map(len) > 1]:
+        root = min(find(p) for p in patients)
+        for p in patients:
+            parent[find(p)] = root
+    if not parent:
+        return table["patient"].copy(), []
+    groups = table["patient"].map(lambda p: find(p) if p in parent else p)
+    members = table.groupby(groups)["patient"].agg(lambda s: sorted(set(s)))
+    linked = [m for m in members if len(m) > 1]
+    return groups, sorted(linked)
+
+
+def _group_class_counts(table, classes):
+    """``(group_ids, counts)``: sorted group ids and their (groups × classes) sample counts."""
+    counts = pd.crosstab(table["group"], table["label"]).reindex(columns=classes, fill_value=0).sort_index()
+    return counts.index.to_numpy(), counts.to_numpy(dtype=np.int64)
+
+
+# --- grouped stratified selection --------------------------------------------------------------
+def _grouped_stratified(table, classes, fractions, rng):
+    groups, counts = _group_class_counts(table, classes)
+    wanted = [name for name in SPLITS if fractions[name] > 0]
+    if len(groups) < len(wanted):
+        raise InputError(
+            f"too few patients to split: {len(groups)} patient group(s) for {len(wanted)} non-empty splits",
+            [f"splits with a non-zero fraction: {', '.join(wanted)}"],
+        )
+    target = counts.sum(axis=0) / counts.sum()
+    n_total = counts.sum()
+    assigned = np.full(len(groups), "train", dtype=object)
+    available = np.ones(len(groups), dtype=bool)
+    # Test first, then val from the rest; each keeps enough groups for the splits still to come.
+    for position, name in enumerate(("test", "val")):
+        if fractions[name] <= 0:
+            continue
+        still_needed = sum(1 for later in ("val", "train")[position:] if fractions[later] > 0)
+        chosen = _select_groups(counts, available, fractions[name] * n_total, target, n_total,
+                                keep_outside=still_needed, rng=rng)
+        assigned[chosen] = name
+        available &= ~chosen
+    split_of_group = dict(zip(groups, assigned))
+    return table["group"].map(split_of_group).to_numpy()
+
+
+def _select_groups(counts, available, target_size, target_props, n_total, *, keep_outside, rng):
+    """Choose groups among ``available`` whose samples best match a size and class proportions.
+
+    Candidates are unions of consecutive StratifiedGroupKFold folds over several seeded
+    shufflings; the best few are refined by local search. Returns a boolean mask over groups.
+    At least one group is chosen, and at least ``keep_outside`` available groups are left.
+    """
+    pool = np.flatnonzero(available)
+    pool_counts = counts[pool]
+    n_pool_groups = len(pool)
+    n_folds, take = _fold_plan(target_size / pool_counts.sum(), n_pool_groups)
+    shuffles = 1 if n_pool_groups > _MANY_GROUPS else _SHUFFLES
+
+    # StratifiedGroupKFold works on samples: one row per sample with its group and class.
+    sample_group = np.repeat(np.arange(n_pool_groups), pool_counts.sum(axis=1))
+    sample_class = np.concatenate([np.repeat(np.arange(counts.shape[1]), row) for row in pool_counts])
+    candidates = []
+    for _ in range(shuffles):
+        fold_of_group = _stratified_group_folds(sample_class, sample_group, n_pool_groups, n_folds,
+                                                int(rng.integers(2**31 - 1)))
+        for start in range(n_folds):
+            folds = [(start + i) % n_folds for i in range(take)]
+            candidates.append(np.isin(fold_of_group, folds))
+    scorer = _Scorer(pool_counts, target_size, target_props, n_total)
+    candidates = [c for c in candidates if 0 < c.sum() <= n_pool_groups - keep_outside]
+    if not candidates:  # degenerate pools: start from the single smallest group
+        start = np.zeros(n_pool_groups, dtype=bool)
+        start[np.argmin(pool_counts.sum(axis=1))] = True
+        candidates = [start]
+    candidates.sort(key=scorer.score)
+    best = None
+    for candidate in candidates[:_REFINED]:
+        refined = _local_search(candidate, scorer, keep_outside, rng)
+        if best is None or scorer.score(refined) < scorer.score(best) - 1e-12:
+            best = refined
+    chosen = np.zeros(len(counts), dtype=bool)
+    chosen[pool[best]] = True
+    return chosen
+
+
+def _fold_plan(fraction, n_groups):
+    """``(n_folds, take)``: the fewest folds whose ``take`` of them come within a point of ``fraction``.
+
+    Fewer folds keep StratifiedGroupKFold fast; the local search corrects what is left.
+    """
+    best = None
+    for n_folds in range(2, max(2, min(_BASE_FOLDS, n_groups)) + 1):
+        take = int(np.clip(round(fraction * n_folds), 1, n_folds - 1))
+        error = abs(take / n_folds - fraction)
+        if best is None or error < best[0] - 1e-12:
+            best = (error, n_folds, take)
+        if error <= 0.01:
+            break
+    return best[1], best[2]
+
+
+def _stratified_group_folds(sample_class, sample_group, n_groups, n_folds, random_state):
+    """Fold index of every group from scikit-learn's StratifiedGroupKFold."""
+    if n_groups > _HUGE_GROUPS:
+        return _dealt_group_folds(sample_class, sample_group, n_groups, n_folds, random_state)
+    splitter = StratifiedGroupKFold(n_splits=n_folds, shuffle=True, random_state=random_state)
+    fold_of_group = np.zeros(n_groups, dtype=int)
+    with warnings.catch_warnings():
+        # "The least populated class has only n members": expected for rare classes.
+        warnings.simplefilter("ignore", UserWarning)
+        for fold, (_, test_index) in enumerate(splitter.split(sample_group, sample_class, sample_group)):
+            fold_of_group[np.unique(sample_group[test_index])] = fold
+    return fold_of_group
+
+
+def _dealt_group_folds(sample_class, sample_group, n_groups, n_folds, random_state):
+    """Fold index of every group, dealing shuffled groups round-robin within their majority class."""
+    rng = np.random.default_rng(random_state)
+    per_class = np.zeros((n_groups, sample_class.max() + 1), dtype=np.int64)
+    np.add.at(per_class, (sample_group, sample_class), 1)
+    majority = per_class.argmax(axis=1)
+    order = rng.permutation(n_groups)
+    order = order[np.argsort(majority[order], kind="stable")]
+    fold_of_group = np.empty(n_groups, dtype=int)
+    fold_of_group[order] = (np.arange(n_groups) + int(rng.integers(n_folds))) % n_folds
+    return fold_of_group
+
+
+class _Scorer:
+    """Deviation of a group selection from a target size and class proportions, in points."""
+
+    def __init__(self, counts, target_size, target_props, n_total):
+        self.counts = counts
+        self.target_size = target_size
+        self.target_props = target_props
+        self.n_total = n_total
+
+    def deviations(self, class_totals):
+        """(…, 1 + classes) absolute deviations in points for class-total vectors (…, classes)."""
+        sizes = class_totals.sum(axis=-1, keepdims=True)
+        size_dev = np.abs(sizes - self.target_size) / self.n_total
+        props = class_totals / np.maximum(sizes, 1)
+        class_dev = np.where(sizes > 0, np.abs(props - self.target_props), 1.0)
+        return 100 * np.concatenate([size_dev, class_dev], axis=-1)
+
+    def score_totals(self, class_totals):
+        # The worst deviation decides; the mean breaks ties towards overall closeness.
+        dev = self.deviations(class_totals)
+        return dev.max(axis=-1) + 0.1 * dev.mean(axis=-1)
+
+    def score(self, mask):
+        return float(self.score_totals(self.counts[mask].sum(axis=0)))
+
+
+def _local_search(mask, scorer, keep_outside, rng):
+    """Improve a selection by moving one group in or out, or swapping a pair, while it helps."""
+    mask = mask.copy()
+    counts = scorer.counts
+    n = len(mask)
+    totals = counts[mask].sum(axis=0)
+    current = float(scorer.score_totals(totals))
+    for _ in range(_MAX_LOCAL_STEPS):
+        inside, outside = np.flatnonzero(mask), np.flatnonzero(~mask)
+        best_score, best_move = current, None
+        # Single moves: add an outside group, or remove an inside one.
+        if len(outside) > keep_outside:
+            scores = scorer.score_totals(totals + counts[outside])
+            i = int(np.argmin(scores))
+            if scores[i] < best_score - 1e-9:
+                best_score, best_move = float(scores[i]), ([outside[i]], [])
+        if len(inside) > 1:
+            scores = scorer.score_totals(totals - counts[inside])
+            i = int(np.argmin(scores))
+            if scores[i] < best_score - 1e-9:
+                best_score, best_move = float(scores[i]), ([], [inside[i]])
+        # Swaps, over every pair when affordable, else over a seeded sample of pairs.
+        if len(inside) and len(outside):
+            ins, outs = inside, outside
+            if len(ins) * len(outs) > 200_000:
+                ins = rng.choice(inside, size=min(len(inside), 400), replace=False)
+                outs = rng.choice(outside, size=min(len(outside), 400), replace=False)
+            swapped = totals[None, None, :] - counts[ins][:, None, :] + counts[outs][None, :, :]
+            scores = scorer.score_totals(swapped)
+            i, j = np.unravel_index(int(np.argmin(scores)), scores.shape)
+            if scores[i, j] < best_score - 1e-9:
+                best_score, best_move = float(scores[i, j]), ([outs[j]], [ins[i]])
+        if best_move is None:
+            break
+        added, removed = best_move
+        mask[added] = True
+        mask[removed] = False
+        totals = totals + counts[added].sum(axis=0) - counts[removed].sum(axis=0)
+        current = best_score
+    assert mask.any() and (n - mask.sum()) >= keep_outside
+    return mask
+
+
+# --- k-fold --------------------------------------------------------------------------------------
+def _kfold(table, classes, options, rng):
+    """``(split, fold)`` per row: a grouped stratified test set, then k folds over the rest."""
+    k = options["folds"]
+    groups, counts = _group_class_counts(table, classes)
+    test_fraction = options["fractions"]["test"]
+    if len(groups) < k + (test_fraction > 0):
+        raise InputError(
+            f"too few patients for {k}-fold cross-validation: {len(groups)} patient group(s)",
+            [f"need at least {k} outside the test set" + (" plus one for the test set" if test_fraction > 0 else "")],
+        )
+    target = counts.sum(axis=0) / counts.sum()
+    n_total = counts.sum()
+    is_test = np.zeros(len(groups), dtype=bool)
+    if test_fraction > 0:
+        is_test = _select_groups(counts, np.ones(len(groups), dtype=bool), test_fraction * n_total, target,
+                                 n_total, keep_outside=k, rng=rng)
+    rest = np.flatnonzero(~is_test)
+    rest_counts = counts[rest]
+    sample_group = np.repeat(np.arange(len(rest)), rest_counts.sum(axis=1))
+    sample_class = np.concatenate([np.repeat(np.arange(len(classes)), row) for row in rest_counts])
+    # Several seeded shufflings; keep the one whose folds deviate least in size and classes.
+    scorer = _Scorer(rest_counts, rest_counts.sum() / k, target, rest_counts.sum())
+    best, best_score = None, None
+    for _ in range(1 if len(rest) > _MANY_GROUPS else _SHUFFLES):
+        fold_of_group = _stratified_group_folds(sample_class, sample_group, len(rest), k, int(rng.integers(2**31 - 1)))
+        if len(np.unique(fold_of_group)) < k:
+            continue
+        score = max(scorer.score(fold_of_group == f) for f in range(k))
+        if best is None or score < best_score - 1e-12:
+            best, best_score = fold_of_group, score
+    if best is None:
+        raise InputError(f"could not make {k} non-empty folds from {len(rest)} patient groups",
+                         ["lower split.folds or add patients"])
+    fold = np.full(len(groups), -1)
+    fold[rest] = best
+    fold_of_group = dict(zip(groups, fold))
+    folds = table["group"].map(fold_of_group).to_numpy().astype(int)
+    split = np.where(folds < 0, "test", "trainval")
+    return split, folds
+
+
+# --- duplicates ----------------------------------------------------------------------------------
+def _drop_duplicates(table):
+    """Rows to drop: every copy of an image outside the earliest split (then fold) it is in."""
+    split_rank = table["split"].map({"train": 0, "trainval": 0, "val": 1, "test": 2}).to_numpy()
+    folds = table["fold"].to_numpy().astype(int)
+    rank = pd.Series(split_rank * 10_000 + np.maximum(folds, 0), index=table.index)
+    first_rank = rank.groupby(table["content_hash"]).transform("min")
+    later = rank > first_rank
+    if not later.any():
+        return []
+    unit = _unit_names(table)
+    kept = table[~later & table["content_hash"].isin(set(table.loc[later, "content_hash"]))]
+    kept_ids = kept.groupby("content_hash")["sample_id"].agg(list)
+    kept_unit = unit[kept.index].groupby(kept["content_hash"]).first()
+    return [
+        {
+            "sample_id": table.at[index, "sample_id"],
+            "split": unit[index],
+            "content_hash": table.at[index, "content_hash"],
+            "kept_in": kept_unit[table.at[index, "content_hash"]],
+            "kept_sample_ids": kept_ids[table.at[index, "content_hash"]],
+        }
+        for index in table.index[later]
+    ]
+
+
+def _unit_names(table):
+    """The split of each row, with k-fold rows named by their fold ("fold 2")."""
+    folds = table["fold"].astype(int)
+    return table["split"].where(folds < 0, "fold " + folds.astype(str))
+
+
+# --- report helpers ------------------------------------------------------------------------------
+def _describe(report, name, rows, classes, overall):
+    counts = rows["label"].value_counts().reindex(classes, fill_value=0)
+    report.setdefault("samples", {})[name] = int(len(rows))
+    report.setdefault("patients", {})[name] = int(rows["patient"].nunique())
+    report.setdefault("counts", {})[name] = {c: int(n) for c, n in counts.items()}
+    report.setdefault("modality_counts", {})[name] = {m: int(n) for m, n in rows["modality"].value_counts().sort_index().items()}
+    proportions = counts / max(len(rows), 1)
+    report.setdefault("class_proportions", {})[name] = _rounded(proportions)
+    if len(rows):
+        report.setdefault("class_proportion_deviation_points", {})[name] = {
+            c: round(100 * (proportions[c] - overall[c]), 2) for c in classes
+        }
+
+
+def _rounded(series):
+    return {str(k): round(float(v), 4) for k, v in series.items()}
+
+
+def _notes(report, method):
+    notes = []
+    for name, n in report["samples"].items():
+        if n == 0:
+            notes.append(f"the {name} split is empty")
+    for name, counts in report["counts"].items():
+        absent = [c for c, n in counts.items() if n == 0]
+        if report["samples"][name] and absent:
+            notes.append(f"the {name} split has no samples of class(es) {', '.join(absent)}")
+    if method != "predefined" and not report["within_tolerance"]:
+        notes.append(
+            f"some fraction or class proportion is more than {TOLERANCE_POINTS:g} points from its target "
+            f"(max {report['max_deviation_points']:g}); with few or large patient groups a closer split may not exist"
+        )
+    if report["linked_patients"]:
+        notes.append(f"{len(report['linked_patients'])} group(s) of patients share identical images and were kept together")
+    if report["dropped_duplicates"]:
+        notes.append(f"{len(report['dropped_duplicates'])} duplicate image(s) dropped from later splits")
+    return notes
