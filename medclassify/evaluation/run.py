@@ -64,14 +64,15 @@ def load_model(model_path):
 def tta_flips(model_path):
     """Flips averaged over with test-time augmentation: those that training augmentation allowed.
 
-    They are read from the ``augment`` options recorded in ``model.json`` beside the model (at
-    its top level or under ``train``); without that record both flips are used.
+    They are read from the ``augment`` options recorded in ``model.json`` beside the model (under
+    ``train_options``, as the training stage writes it); without that record both flips are used.
     """
     info_path = Path(model_path).with_name("model.json")
     augment = None
     if info_path.exists():
         info = json.loads(info_path.read_text(encoding="utf-8"))
-        augment = info.get("augment") or info.get("train", {}).get("augment")
+        train_options = info.get("train_options") or {}
+        augment = train_options.get("augment") if isinstance(train_options, dict) else None
     if not isinstance(augment, dict):
         return list(FLIPS)
     return [flip for flip in FLIPS if augment.get(flip)]

@@ -1,0 +1,82 @@
+"""aggregate_folds: mean ± std over folds, and the fold ensemble with an out-of-fold threshold."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn import metrics as skm
+
+from medclassify.config import load_config, run_config
+from medclassify.errors import InputError
+from medclassify.evaluation import aggregate_folds
+from medclassify.evaluation.threshold import choose_threshold
+
+CLASSES = ["neg", "pos"]
+
+
+def _options(**evaluate):
+    evaluate.setdefault("bootstrap", 100)
+    return {"evaluate": run_config(load_config(overrides={"evaluate": evaluate}), "baseline")["evaluate"]}
+
+
+def _fold_predictions(tmp_path, k=3, n_test=40, n_val=20, seed=0):
+    rng = np.random.default_rng(seed)
+    test_labels = np.arange(n_test) % 2
+    paths = []
+    for fold in range(k):
+        val_labels = np.arange(n_val) % 2
+        rows = []
+        for split, labels, prefix in (("val", val_labels, f"f{fold}v"), ("test", test_labels, "t")):
+            score = np.clip(0.3 + 0.4 * labels + rng.normal(0, 0.2, len(labels)), 0.01, 0.99)
+            for i, (label, s) in enumerate(zip(labels, score)):
+                rows.append({"sample_id": f"{prefix}{i}", "split": split, "patient": f"p_{prefix}{i // 2}",
+                             "label": CLASSES[label], "predicted": CLASSES[int(s >= 0.5)],
+                             "prob_neg": 1 - s, "prob_pos": s})
+        path = tmp_path / f"fold_{fold}" / "evaluation" / "predictions.csv"
+        path.parent.mkdir(parents=True)
+        pd.DataFrame(rows).to_csv(path, index=False)
+        paths.append(path)
+    return paths
+
+
+def test_summary_over_folds_and_ensemble_metrics(tmp_path):
+    paths = _fold_predictions(tmp_path)
+    metrics = aggregate_folds(paths, tmp_path / "aggregate", options=_options())
+    assert json.loads((tmp_path / "aggregate" / "metrics.json").read_text())["auc"] == pytest.approx(metrics["auc"])
+    folds = [pd.read_csv(p) for p in paths]
+    fold_aucs = [skm.roc_auc_score(f.query("split == 'test'")["label"] == "pos", f.query("split == 'test'")["prob_pos"])
+                 for f in folds]
+    assert metrics["folds"]["n"] == 3
+    assert metrics["folds"]["mean"]["auc"] == pytest.approx(np.mean(fold_aucs))
+    assert metrics["folds"]["std"]["auc"] == pytest.approx(np.std(fold_aucs, ddof=1))
+
+    tests = [f.query("split == 'test'").set_index("sample_id") for f in folds]
+    ensemble = np.mean([t.loc[tests[0].index, "prob_pos"] for t in tests], axis=0)
+    truth = tests[0]["label"] == "pos"
+    assert metrics["auc"] == pytest.approx(skm.roc_auc_score(truth, ensemble))
+
+    out_of_fold = pd.concat([f.query("split == 'val'") for f in folds])
+    expected, _ = choose_threshold(out_of_fold["label"] == "pos", out_of_fold["prob_pos"], "youden")
+    assert metrics["threshold"]["chosen_on"] == "out_of_fold_val"
+    assert metrics["threshold"]["value"] == pytest.approx(expected)
+    assert metrics["accuracy"] == pytest.approx(np.mean((ensemble >= expected) == truth))
+    assert metrics["ci"]["auc"][0] <= metrics["auc"] <= metrics["ci"]["auc"][1]
+    written = pd.read_csv(tmp_path / "aggregate" / "predictions.csv")
+    assert np.allclose(written["prob_pos"], ensemble)
+
+
+def test_folds_with_different_test_sets_are_rejected(tmp_path):
+    paths = _fold_predictions(tmp_path)
+    other = pd.read_csv(paths[1])
+    other.loc[other["split"] == "test", "sample_id"] += "x"
+    other.to_csv(paths[1], index=False)
+    with pytest.raises(InputError) as error:
+        aggregate_folds(paths, tmp_path / "aggregate", options=_options())
+    assert str(paths[1]) in " ".join(error.value.problems)
+
+
+def test_one_fold_is_not_enough(tmp_path):
+    paths = _fold_predictions(tmp_path, k=2)
+    with pytest.raises(InputError, match="at least two folds"):
+        aggregate_folds(paths[:1], tmp_path / "aggregate", options=_options())

@@ -1,0 +1,104 @@
+"""predict_files: same reader and preprocessing as the cache, saved threshold, errors listed."""
+
+import json
+import warnings
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+pytest.importorskip("tensorflow")
+
+from evaluation_fixtures import tiny_model  # noqa: E402
+from medclassify.config import load_config  # noqa: E402
+from medclassify.errors import InputError  # noqa: E402
+from medclassify.io import read_sample  # noqa: E402
+from medclassify.predict import predict_files  # noqa: E402
+from medclassify.preprocessing import from_storage, preprocess_image, to_storage  # noqa: E402
+
+CLASSES = ["benign", "malignant"]
+
+
+@pytest.fixture(scope="module")
+def saved_run(tmp_path_factory):
+    """A run folder with finetune/model.keras + model.json, and a folder of new images."""
+    root = tmp_path_factory.mktemp("predict")
+    config = load_config(overrides={"preprocess": {"size": [16, 16]}})
+    stage = root / "run" / "finetune"
+    stage.mkdir(parents=True)
+    model = tiny_model((16, 16, 1), 2, seed=3)
+    model.save(stage / "model.keras")
+    (stage / "model.json").write_text(json.dumps({
+        "classes": CLASSES, "params": {"preprocess": config["preprocess"], "io": config["io"]},
+        "input_shape": [16, 16, 1]}))
+    images = root / "new"
+    images.mkdir()
+    rng = np.random.default_rng(0)
+    for k in range(5):
+        Image.fromarray(rng.integers(0, 255, size=(32, 24), dtype=np.uint8)).save(images / f"img{k}.png")
+    (images / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really a png")
+    return root, stage / "model.keras", images, config
+
+
+def _expected_probabilities(model_path, path, config):
+    from medclassify.evaluation.run import load_model
+
+    image = preprocess_image(read_sample(path, None, config["io"]).pixels, config["preprocess"])
+    image = from_storage(to_storage(image, config["preprocess"]["dtype"]))
+    return load_model(model_path).predict(image[None], verbose=0)[0]
+
+
+def test_predicts_a_folder_and_lists_unreadable_files(saved_run, tmp_path):
+    root, model_path, images, config = saved_run
+    with pytest.warns(UserWarning, match="1 of 6 inputs could not be predicted"):
+        table = predict_files(model_path, [images], tmp_path / "predictions.csv")
+    assert len(table) == 6
+    broken = table[table["input"].str.endswith("broken.png")].iloc[0]
+    assert broken["status"] == "error" and broken["error"] and pd.isna(broken["prob_benign"])
+    ok = table[table["status"] == "ok"]
+    assert len(ok) == 5
+    assert np.allclose(ok[["prob_benign", "prob_malignant"]].sum(axis=1), 1, atol=1e-5)
+    first = ok.iloc[0]
+    expected = _expected_probabilities(model_path, first["input"], config)
+    assert [first["prob_benign"], first["prob_malignant"]] == pytest.approx(expected.tolist(), abs=1e-6)
+    on_disk = pd.read_csv(tmp_path / "predictions.csv")
+    assert list(on_disk.columns) == ["input", "sample_id", "index", "status", "error", "predicted",
+                                     "prob_benign", "prob_malignant"]
+
+
+def test_uses_the_threshold_chosen_on_validation(saved_run, tmp_path):
+    root, model_path, images, _ = saved_run
+    files = sorted(images.glob("img*.png"))
+    argmax = predict_files(model_path, files, tmp_path / "argmax.csv")
+    evaluation = root / "run" / "evaluation"
+    evaluation.mkdir(exist_ok=True)
+    try:
+        # A threshold of 0 calls every image malignant; arg-max would not.
+        (evaluation / "metrics.json").write_text(json.dumps(
+            {"positive_class": "malignant", "threshold": {"method": "fixed", "value": 0.0, "chosen_on": "val"}}))
+        thresholded = predict_files(model_path, files, tmp_path / "threshold.csv")
+    finally:
+        (evaluation / "metrics.json").unlink()
+    assert (thresholded["predicted"] == "malignant").all()
+    assert (argmax["predicted"] == np.array(CLASSES)[argmax[["prob_benign", "prob_malignant"]].to_numpy().argmax(1)]).all()
+
+
+def test_manifest_input_keeps_labels_and_reports_missing_files(saved_run, tmp_path):
+    root, model_path, images, _ = saved_run
+    manifest = tmp_path / "new.csv"
+    pd.DataFrame({"path": [str(images / "img0.png"), "does/not/exist.png"], "label": ["benign", "malignant"],
+                  "patient": ["Jane Doe", "John Roe"], "modality": ["US", "US"]}).to_csv(manifest, index=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        table = predict_files(model_path, [manifest], tmp_path / "out.csv")
+    assert list(table["status"]) == ["ok", "error"]
+    assert "exist.png" in table.loc[1, "error"]
+    assert list(table["label"]) == ["benign", "malignant"]
+    assert "Jane Doe" not in (tmp_path / "out.csv").read_text()  # raw patient ids are not copied
+
+
+def test_model_without_model_json_is_an_input_error(tmp_path):
+    (tmp_path / "model.keras").write_bytes(b"")
+    with pytest.raises(InputError, match="model.json"):
+        predict_files(tmp_path / "model.keras", [tmp_path], tmp_path / "out.csv")

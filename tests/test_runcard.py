@@ -1,0 +1,64 @@
+"""write_run_card: config and hash, git state, versions, split hash, seeds, times, hardware."""
+
+import datetime as dt
+import hashlib
+import json
+import subprocess
+
+from medclassify import runcard
+from medclassify.config import config_hash, load_config, run_config
+
+
+def _write(tmp_path, **overrides):
+    splits = tmp_path / "splits.csv"
+    splits.write_text("sample_id,split\na.png,train\nb.png,test\n")
+    config = {"dataset": {"split": {"seed": 42}}, "run": run_config(load_config(), "baseline")}
+    arguments = dict(config=config, dataset="demo", run="baseline", fingerprint={"n_samples": 2},
+                     splits=splits, started=1_700_000_000.0, ended=dt.datetime(2023, 11, 14, 22, 15, tzinfo=dt.timezone.utc))
+    arguments.update(overrides)
+    card = runcard.write_run_card(tmp_path / "run_card.json", **arguments)
+    return card, json.loads((tmp_path / "run_card.json").read_text()), config, splits
+
+
+def test_run_card_records_config_hash_split_hash_seeds_and_times(tmp_path, monkeypatch):
+    monkeypatch.setattr(runcard, "gpu_names", lambda: ["Fake GPU"])  # keep the test free of TensorFlow
+    card, on_disk, config, splits = _write(tmp_path)
+    assert on_disk == json.loads(json.dumps(card))
+    assert on_disk["config"] == config and on_disk["config_hash"] == config_hash(config)
+    assert on_disk["splits"]["sha256"] == hashlib.sha256(splits.read_bytes()).hexdigest()
+    assert on_disk["seeds"] == {"dataset.split.seed": 42, "run.train.seed": 0, "run.evaluate.seed": 0}
+    assert on_disk["started"] == "2023-11-14T22:13:20Z"
+    assert on_disk["ended"] == "2023-11-14T22:15:00Z"
+    assert on_disk["duration_s"] == 100.0
+    assert on_disk["fingerprint"] == {"n_samples": 2}
+    assert on_disk["hardware"]["gpus"] == ["Fake GPU"] and on_disk["hardware"]["cpu"]
+    for library in ("python", "numpy", "h5py", "pydicom", "scikit-learn", "medclassify"):
+        assert library in on_disk["versions"], library
+
+
+def test_git_state_matches_git(tmp_path):
+    state = runcard.git_state()
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=runcard.REPO_ROOT, capture_output=True, text=True)
+    if head.returncode == 0:
+        assert state["commit"] == head.stdout.strip() and isinstance(state["dirty"], bool)
+    # Outside a checkout the state is unknown, not an error.
+    assert runcard.git_state(tmp_path) == {"commit": None, "dirty": None}
+
+
+def test_git_state_without_git_executable(monkeypatch, tmp_path):
+    def missing(*args, **kwargs):
+        raise FileNotFoundError("git")
+
+    monkeypatch.setattr(runcard.subprocess, "run", missing)
+    assert runcard.git_state() == {"commit": None, "dirty": None}
+
+
+def test_fingerprint_may_be_a_path_and_times_iso_text(tmp_path, monkeypatch):
+    monkeypatch.setattr(runcard, "gpu_names", lambda: None)
+    fingerprint = tmp_path / "fingerprint.json"
+    fingerprint.write_text(json.dumps({"n_patients": 7}))
+    _, on_disk, _, _ = _write(tmp_path, fingerprint=fingerprint, started="2024-01-01T10:00:00Z",
+                              ended="2024-01-01T11:00:00+00:00")
+    assert on_disk["fingerprint"] == {"n_patients": 7}
+    assert on_disk["duration_s"] == 3600.0
+    assert on_disk["hardware"]["gpus"] is None
