@@ -154,7 +154,7 @@ def check_no_leakage(table, fold_column=None):
         unit = unit.where(folds < 0, "fold " + folds.astype(str))
     problems = []
     for column, what in (("patient", "patient"), ("content_hash", "identical image (content_hash)")):
-        places = unit.groupby(table[column].to_numpy()).agg(lambda s: sorted(set(s)))
+        places = unit.groupby(table[column].to_numpy()).agg(lambda s: sorted(set(s), key=_unit_order))
         for key, where in places[places.map(len) > 1].items():
             samples = table.loc[table[column] == key, "sample_id"].tolist()
             shown = ", ".join(samples[:4]) + (f" and {len(samples) - 4} more" if len(samples) > 4 else "")
@@ -608,6 +608,14 @@ def _drop_duplicates(table):
         }
         for index in table.index[later]
     ]
+
+
+def _unit_order(name):
+    """Sort key of split names: train, trainval, val, test, then folds by number."""
+    order = {"train": (0, 0), "trainval": (0, 1), "val": (1, 0), "test": (2, 0)}
+    if name in order:
+        return order[name]
+    return (3, int(name.split()[-1]))
 
 
 def _unit_names(table):

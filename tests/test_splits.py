@@ -1,0 +1,306 @@
+"""Patient-grouped splits: methods, guarantees, report and outputs (example-based tests)."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from medclassify.errors import InputError
+from medclassify.splits import TOLERANCE_POINTS, assignment, make_splits, write_split_outputs
+from tests.splits_fixtures import make_manifest, options, patients_per_unit, random_manifest, split_of
+
+
+@pytest.fixture(scope="module")
+def manifest():
+    return random_manifest(150, weights=[0.5, 0.3, 0.2], seed=7)
+
+
+# --- grouped_stratified ----------------------------------------------------------------------
+def test_grouped_split_keeps_patients_together_and_assigns_every_sample_once(manifest):
+    splits, report = make_splits(manifest, options())
+    assert list(splits.columns) == ["sample_id", "split"]
+    assert splits["sample_id"].tolist() == manifest["sample_id"].tolist()  # manifest order
+    assert set(splits["split"]) == {"train", "val", "test"}
+    assert all(len(units) == 1 for units in patients_per_unit(manifest, splits).values())
+    assert report["samples"] == splits["split"].value_counts().to_dict()
+    assert report["patients"]["train"] + report["patients"]["val"] + report["patients"]["test"] == 150
+
+
+def test_grouped_split_meets_fractions_and_reports_true_deviations(manifest):
+    splits, report = make_splits(manifest, options())
+    merged = manifest.merge(splits, on="sample_id")
+    overall = merged["label"].value_counts(normalize=True)
+    for name, target in (("train", 0.7), ("val", 0.15), ("test", 0.15)):
+        rows = merged[merged["split"] == name]
+        achieved = len(rows) / len(merged)
+        assert abs(achieved - target) * 100 <= TOLERANCE_POINTS
+        assert report["fraction_deviation_points"][name] == pytest.approx(100 * (achieved - target), abs=0.02)
+        proportions = rows["label"].value_counts(normalize=True).reindex(overall.index, fill_value=0)
+        for cls in overall.index:
+            deviation = 100 * (proportions[cls] - overall[cls])
+            assert abs(deviation) <= TOLERANCE_POINTS
+            assert report["class_proportion_deviation_points"][name][cls] == pytest.approx(deviation, abs=0.02)
+    assert report["within_tolerance"] is True
+    assert report["target_fractions"] == {"train": 0.7, "val": 0.15, "test": 0.15}
+
+
+def test_row_order_does_not_matter_but_seed_and_fractions_do(manifest):
+    splits, _ = make_splits(manifest, options(seed=3))
+    shuffled = manifest.sample(frac=1, random_state=1)
+    again, _ = make_splits(shuffled, options(seed=3))
+    assert again["sample_id"].tolist() == shuffled["sample_id"].tolist()
+    assert split_of(again) == split_of(splits)
+    other_seed, _ = make_splits(manifest, options(seed=4))
+    assert split_of(other_seed) != split_of(splits)
+    other_fractions, _ = make_splits(manifest, options(seed=3, train=0.6, val=0.2, test=0.2))
+    assert split_of(other_fractions) != split_of(splits)
+
+
+def test_patients_with_images_of_several_labels_are_split_as_one_group():
+    manifest = random_manifest(60, seed=2)
+    mixed = manifest["patient"] == manifest["patient"].iloc[0]
+    manifest.loc[mixed, "label"] = ["benign", "malignant"] * (mixed.sum() // 2) + ["benign"] * (mixed.sum() % 2)
+    splits, _ = make_splits(manifest, options())
+    assert all(len(units) == 1 for units in patients_per_unit(manifest, splits).values())
+
+
+def test_zero_fractions_give_empty_splits():
+    manifest = random_manifest(30, seed=1)
+    splits, report = make_splits(manifest, options(train=0.8, val=0.0, test=0.2))
+    assert set(splits["split"]) == {"train", "test"}
+    assert report["samples"]["val"] == 0
+    assert "the val split is empty" in report["notes"]
+
+
+def test_infeasible_fractions_are_reported_not_hidden():
+    # One patient holds half of all images: no split can be within 2 points of 70/15/15.
+    manifest = make_manifest([60] + [2] * 30, ["a"] + ["a", "b"] * 15)
+    splits, report = make_splits(manifest, options())
+    assert report["within_tolerance"] is False
+    assert report["max_deviation_points"] > TOLERANCE_POINTS
+    assert any("more than 2 points" in note for note in report["notes"])
+    assert all(len(units) == 1 for units in patients_per_unit(manifest, splits).values())
+
+
+def test_too_few_patients_is_an_input_error():
+    manifest = make_manifest([3, 3], ["a", "b"])
+    with pytest.raises(InputError, match="too few patients"):
+        make_splits(manifest, options())
+
+
+# --- duplicates --------------------------------------------------------------------------------
+def _with_shared_image(manifest, first, second):
+    """Give the first image of patient index ``second`` the content of ``first``'s first image."""
+    manifest = manifest.copy()
+    patients = manifest["patient"].unique()
+    source = manifest.index[manifest["patient"] == patients[first]][0]
+    target = manifest.index[manifest["patient"] == patients[second]][0]
+    manifest.loc[target, "content_hash"] = manifest.loc[source, "content_hash"]
+    return manifest, patients[first], patients[second]
+
+
+def test_patients_sharing_an_image_are_linked_into_one_split(manifest):
+    for first, second in ((0, 1), (5, 80), (10, 140)):
+        shared, a, b = _with_shared_image(manifest, first, second)
+        splits, report = make_splits(shared, options())
+        units = patients_per_unit(shared, splits)
+        assert units[a] == units[b]
+        assert [a, b] in report["linked_patients"] or [b, a] in report["linked_patients"]
+        assert report["dropped_duplicates"] == []
+
+
+def test_drop_duplicates_removes_the_later_copy_and_lists_it(manifest):
+    shared, a, b = _with_shared_image(manifest, 3, 120)
+    duplicate_hash = shared.loc[shared["patient"] == b, "content_hash"].iloc[0]
+    copies = shared.loc[shared["content_hash"] == duplicate_hash, "sample_id"].tolist()
+    order = {"train": 0, "val": 1, "test": 2}
+    for seed in range(30):  # find a seed that puts the two patients in different splits
+        splits, report = make_splits(shared, options(seed=seed, drop_duplicates=True))
+        if report["dropped_duplicates"]:
+            break
+    else:
+        pytest.fail("the two patients never landed in different splits")
+    assert report["linked_patients"] == []
+    (dropped,) = report["dropped_duplicates"]
+    assert dropped["content_hash"] == duplicate_hash
+    assert order[dropped["split"]] > order[dropped["kept_in"]]
+    assert dropped["sample_id"] in copies and dropped["kept_sample_ids"] == [c for c in copies if c != dropped["sample_id"]]
+    assert dropped["sample_id"] not in set(splits["sample_id"])
+    assert len(splits) == len(shared) - 1
+
+
+def test_duplicates_within_one_patient_are_kept():
+    manifest = random_manifest(40, seed=3)
+    first_patient = manifest["patient"] == manifest["patient"].iloc[0]
+    manifest.loc[first_patient, "content_hash"] = "same" * 8
+    splits, report = make_splits(manifest, options(drop_duplicates=True))
+    assert len(splits) == len(manifest)
+    assert report["dropped_duplicates"] == []
+
+
+# --- predefined ---------------------------------------------------------------------------------
+def _predefined(manifest, seed=0):
+    rng = np.random.default_rng(seed)
+    split_by_patient = {p: rng.choice(["train", "train", "train", "val", "test"]) for p in manifest["patient"].unique()}
+    return manifest.assign(split=manifest["patient"].map(split_by_patient))
+
+
+def test_predefined_keeps_the_manifest_split(manifest):
+    given = _predefined(manifest)
+    splits, report = make_splits(given, options("predefined"))
+    assert splits["split"].tolist() == given["split"].tolist()
+    assert report["method"] == "predefined"
+    assert report["target_fractions"] is None and report["fraction_deviation_points"] is None
+    assert report["achieved_fractions"]["train"] == pytest.approx((given["split"] == "train").mean(), abs=1e-4)
+
+
+def test_predefined_with_a_patient_in_two_splits_fails_naming_the_patient(manifest):
+    given = _predefined(manifest)
+    patient = given["patient"].iloc[0]
+    rows = given.index[given["patient"] == patient]
+    given.loc[rows[0], "split"] = "train"
+    given.loc[rows[1:], "split"] = "test"
+    other = given["patient"].iloc[-1]
+    given.loc[given["patient"] == other, "split"] = ["val", "train"] * (int((given["patient"] == other).sum()) // 2) + (
+        ["val"] if (given["patient"] == other).sum() % 2 else []
+    )
+    with pytest.raises(InputError) as caught:
+        make_splits(given, options("predefined"))
+    text = str(caught.value)
+    assert patient in text and "train and test" in text
+    if len(set(given.loc[given["patient"] == other, "split"])) > 1:
+        assert other in text  # every offending patient, not only the first
+
+
+def test_predefined_duplicate_across_splits_fails_or_is_dropped():
+    manifest = make_manifest([2, 2, 2, 2], ["a", "b", "a", "b"])
+    manifest["split"] = ["train", "train", "train", "train", "val", "val", "test", "test"]
+    manifest.loc[6, "content_hash"] = manifest.loc[0, "content_hash"]  # a test image equals a train image
+    with pytest.raises(InputError) as caught:
+        make_splits(manifest, options("predefined"))
+    assert manifest.loc[0, "content_hash"] in str(caught.value) and "train and test" in str(caught.value)
+
+    splits, report = make_splits(manifest, options("predefined", drop_duplicates=True))
+    assert manifest.loc[6, "sample_id"] not in set(splits["sample_id"])
+    assert report["dropped_duplicates"] == [{
+        "sample_id": manifest.loc[6, "sample_id"],
+        "split": "test",
+        "content_hash": manifest.loc[0, "content_hash"],
+        "kept_in": "train",
+        "kept_sample_ids": [manifest.loc[0, "sample_id"]],
+    }]
+
+
+def test_predefined_rejects_unknown_or_missing_split_values_listing_all(manifest):
+    given = _predefined(manifest)
+    given.loc[3, "split"] = "training"
+    given.loc[9, "split"] = ""
+    with pytest.raises(InputError) as caught:
+        make_splits(given, options("predefined"))
+    assert "row 5" in str(caught.value) and "'training'" in str(caught.value)
+    assert "row 11" in str(caught.value)
+    with pytest.raises(InputError, match="split column"):
+        make_splits(manifest, options("predefined"))
+
+
+# --- input checks --------------------------------------------------------------------------------
+def test_bad_manifests_list_every_problem(manifest):
+    with pytest.raises(InputError) as caught:
+        make_splits(manifest.drop(columns=["content_hash", "patient"]), options())
+    assert caught.value.problems == ["missing column 'patient'", "missing column 'content_hash'"]
+
+    broken = manifest.copy()
+    broken.loc[2, "patient"] = ""
+    broken.loc[4, "label"] = None
+    broken.loc[7, "sample_id"] = broken.loc[6, "sample_id"]
+    with pytest.raises(InputError) as caught:
+        make_splits(broken, options())
+    problems = "\n".join(caught.value.problems)
+    assert "row 4: empty patient" in problems
+    assert "row 6: empty label" in problems
+    assert f"sample_id {broken.loc[6, 'sample_id']!r} appears more than once" in problems
+
+
+def test_bad_options_are_input_errors(manifest):
+    with pytest.raises(InputError, match="invalid split options"):
+        make_splits(manifest, options(train=0.5, val=0.1, test=0.1))
+    with pytest.raises(InputError, match="invalid split options"):
+        make_splits(manifest, {**options(), "method": "random"})
+
+
+# --- k-fold --------------------------------------------------------------------------------------
+def test_kfold_holds_out_a_test_set_and_covers_the_rest_once(manifest):
+    splits, report = make_splits(manifest, options("kfold", folds=4))
+    assert list(splits.columns) == ["sample_id", "split", "fold"]
+    assert set(splits["split"]) == {"trainval", "test"}
+    assert (splits.loc[splits["split"] == "test", "fold"] == -1).all()
+    assert set(splits.loc[splits["split"] == "trainval", "fold"]) == {0, 1, 2, 3}
+    assert all(len(units) == 1 for units in patients_per_unit(manifest, splits).values())
+    non_test = set(splits.loc[splits["split"] == "trainval", "sample_id"])
+    seen_in_val = []
+    for fold in range(4):
+        parts = assignment(splits, fold)
+        assert set(parts["train"]) | set(parts["val"]) == non_test
+        assert not set(parts["train"]) & set(parts["val"])
+        assert parts["test"] == splits.loc[splits["split"] == "test", "sample_id"].tolist()
+        seen_in_val += parts["val"]
+    assert sorted(seen_in_val) == sorted(non_test)
+    assert [d["fold"] for d in report["fold_details"]] == [0, 1, 2, 3]
+    assert abs(report["fraction_deviation_points"]["test"]) <= TOLERANCE_POINTS
+    for detail in report["fold_details"]:
+        assert abs(detail["fraction_deviation_points"]) <= 5
+
+
+def test_kfold_test_set_is_independent_of_the_fold_count(manifest):
+    # The held-out set depends on the seed and the test fraction only, so k-fold runs with
+    # different k are evaluated on the same patients.
+    five, _ = make_splits(manifest, options("kfold", folds=5))
+    three, _ = make_splits(manifest, options("kfold", folds=3))
+    assert set(five.loc[five["split"] == "test", "sample_id"]) == set(three.loc[three["split"] == "test", "sample_id"])
+
+
+def test_kfold_with_too_few_patients_is_an_input_error():
+    manifest = make_manifest([2] * 5, ["a", "b", "a", "b", "a"])
+    with pytest.raises(InputError, match="too few patients for 5-fold"):
+        make_splits(manifest, options("kfold", folds=5))
+
+
+# --- assignment -----------------------------------------------------------------------------------
+def test_assignment_of_a_plain_split():
+    table = pd.DataFrame({"sample_id": ["a", "b", "c", "d"], "split": ["train", "test", "val", "train"]})
+    assert assignment(table) == {"train": ["a", "d"], "val": ["c"], "test": ["b"]}
+    with pytest.raises(ValueError, match="no fold column"):
+        assignment(table, fold=0)
+
+
+def test_assignment_of_kfold_needs_a_valid_fold():
+    table = pd.DataFrame({
+        "sample_id": ["a", "b", "c", "d", "e"],
+        "split": ["trainval", "trainval", "test", "trainval", "trainval"],
+        "fold": [0, 1, -1, 1, 2],
+    })
+    assert assignment(table, fold=1) == {"train": ["a", "e"], "val": ["b", "d"], "test": ["c"]}
+    with pytest.raises(ValueError, match="need a fold"):
+        assignment(table)
+    with pytest.raises(ValueError, match="fold 3 is not among"):
+        assignment(table, fold=3)
+
+
+# --- outputs --------------------------------------------------------------------------------------
+@pytest.mark.parametrize("method", ["grouped_stratified", "kfold", "predefined"])
+def test_write_split_outputs(tmp_path, manifest, method):
+    given = _predefined(manifest) if method == "predefined" else manifest
+    splits, report = make_splits(given, options(method, folds=3))
+    paths = tmp_path / "splits.csv", tmp_path / "split" / "report.json", tmp_path / "split" / "report.png"
+    write_split_outputs(splits, report, *paths)
+    written = pd.read_csv(paths[0], dtype={"sample_id": str})
+    pd.testing.assert_frame_equal(written, splits, check_dtype=False)
+    loaded = json.loads(paths[1].read_text())
+    assert loaded["counts"] == report["counts"] and loaded["method"] == method
+    for key in ("modality_counts", "patients", "achieved_fractions", "class_proportions", "dropped_duplicates"):
+        assert key in loaded
+    with Image.open(paths[2]) as image:
+        assert image.format == "PNG" and image.size[0] > 300
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["report.json", "report.png", "split", "splits.csv"]
