@@ -78,10 +78,14 @@ class Problem:
     message: str
 
     def __str__(self):
+        """``row 9 (images/a.png): file not found … [error missing_file]``."""
         where = "manifest" if self.row is None else f"row {self.row}"
+        message = self.message
+        if message.startswith(f"{where}: "):
+            message = message[len(where) + 2:]
         if self.path:
             where += f" ({self.path})"
-        return f"{where}: {self.severity} {self.code}: {self.message}"
+        return f"{where}: {message} [{self.severity} {self.code}]"
 
     def to_dict(self):
         return asdict(self)
@@ -675,14 +679,16 @@ def write_validation_outputs(result, manifest_out, report_json, report_md):
         manifest_out.unlink()
 
 
-def raise_if_invalid(result, report_path=None, limit=20):
-    """Raise InputError listing the first ``limit`` errors (and where the full report is)."""
+def raise_if_invalid(result, report_path=None):
+    """Raise InputError listing the errors that made ``result`` not ok, and the report's path.
+
+    Errors of rows that drop_invalid removed are not listed (they are in the report's
+    ``dropped``); InputError shows the first 20.
+    """
     if result.ok:
         return
-    errors = [p for p in result.problems if p.severity == "error"
-              and not (result.dropped and p.row is not None)]
+    dropped_rows = {d["row"] for d in result.dropped}
+    errors = [p for p in result.problems if p.severity == "error" and (p.row is None or p.row not in dropped_rows)]
     where = f"; full report: {report_path}" if report_path else ""
-    message = f"manifest {result.manifest_path} failed validation with {len(errors)} error(s){where}"
-    if not errors and not len(result.table):
-        errors = ["no valid rows remain"]
-    raise InputError(message, [str(p) for p in errors[:limit]])
+    lines = [str(p) for p in errors] or ["no valid row remains"]
+    raise InputError(f"manifest {result.manifest_path} failed validation with {len(errors)} error(s){where}", lines)

@@ -1,6 +1,5 @@
 """Types shared by every reader: the decoded sample, the read error and the content hash."""
 
-import copy
 import hashlib
 from dataclasses import dataclass, field
 
@@ -61,13 +60,13 @@ class Sample:
 
 
 def resolve_io_options(io_options=None):
-    """Return ``io_options`` with every missing key set to its default (a new dict)."""
-    resolved = copy.deepcopy(DEFAULT_IO_OPTIONS)
+    """Return ``io_options`` with every missing key set to its default (a new, shallow dict)."""
+    resolved = dict(DEFAULT_IO_OPTIONS)
     if io_options:
         unknown = set(io_options) - set(DEFAULT_IO_OPTIONS)
         if unknown:
             raise ValueError(f"unknown io options: {sorted(unknown)}")
-        resolved.update(copy.deepcopy(io_options))
+        resolved.update(io_options)
     return resolved
 
 

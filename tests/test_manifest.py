@@ -1,0 +1,206 @@
+"""validate_manifest and write_validation_outputs: the validated-manifest format, row numbers,
+parallel decoding, warnings, policies and the command line."""
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pydicom
+import pytest
+from PIL import Image
+
+from medclassify.cli import main as cli_main
+from medclassify.errors import InputError, UsageError
+from medclassify.manifest import (VALIDATED_COLUMNS, raise_if_invalid, validate_manifest,
+                                  write_validation_outputs)
+from medclassify.privacy import hash_patient
+from tests.badinput_corpus import write_png
+
+PYDICOM_FILES = Path(pydicom.__file__).parent / "data" / "test_files"
+SALT = "unit-salt"
+
+
+def make_dataset(root, n=6, extra=""):
+    """n PNGs (two classes, one patient each) and a manifest with a site column."""
+    root.mkdir(parents=True, exist_ok=True)
+    lines = ["path,label,patient,modality,site" + extra]
+    for i in range(n):
+        write_png(root / "img" / f"{i}.png", seed=i)
+        lines.append(f"img/{i}.png,{'ab'[i % 2]},patient-{i},XR,site{i % 3}")
+    manifest = root / "manifest.csv"
+    manifest.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return manifest
+
+
+def validate(manifest, root, threads=1, labels=None, io_options=None, **options):
+    return validate_manifest(manifest, root, io_options=io_options or {}, validation_options=options,
+                             labels=labels, salt=SALT, threads=threads)
+
+
+def codes(result):
+    return sorted({p.code for p in result.problems})
+
+
+def test_validated_manifest_format(tmp_path):
+    root = tmp_path / "data"
+    manifest = make_dataset(root)
+    shutil.copy(PYDICOM_FILES / "rtdose.dcm", root / "dose.dcm")
+    with open(manifest, "a") as f:
+        f.write("dose.dcm,a,patient-dose,RTDOSE,site9\n")
+    result = validate(manifest, root, io_options={"dicom_frame": "all"}, min_images_per_class=1)
+    assert result.ok, [str(p) for p in result.problems]
+    table = result.table
+    assert list(table.columns) == list(VALIDATED_COLUMNS) + ["site"]
+    assert len(table) == 6 + 15
+    assert table["sample_id"].iloc[0] == "img/0.png" and pd.isna(table["index"].iloc[0])
+    dose = table[table["path"] == "dose.dcm"]
+    assert dose["sample_id"].tolist() == [f"dose.dcm#{k}" for k in range(15)]
+    assert dose["index"].tolist() == list(range(15))
+    assert table["patient"].iloc[0] == hash_patient("patient-0", SALT)
+    assert not table["patient"].str.contains("patient-").any()
+    assert table["content_hash"].str.len().eq(32).all()
+    assert result.classes == ["a", "b"]
+
+    out = tmp_path / "results"
+    write_validation_outputs(result, out / "manifest.validated.csv", out / "validation" / "report.json",
+                             out / "validation" / "report.md")
+    written = pd.read_csv(out / "manifest.validated.csv", dtype={"index": "Int64"}, keep_default_na=False,
+                          na_values={"index": [""]})
+    assert written["sample_id"].tolist() == table["sample_id"].tolist()
+    assert written["content_hash"].tolist() == table["content_hash"].tolist()
+    report = json.loads((out / "validation" / "report.json").read_text())
+    assert {"classes", "counts", "problems", "dropped"} <= set(report)
+    assert report["classes"] == ["a", "b"] and report["counts"]["class_counts"] == {"a": 18, "b": 3}
+    assert not list(out.rglob(".*.tmp"))  # atomic writes leave no temporary file
+
+
+def test_parallel_decoding_gives_the_same_result(tmp_path):
+    root = tmp_path / "data"
+    manifest = make_dataset(root, n=12)
+    one = validate(manifest, root, threads=1)
+    two = validate(manifest, root, threads=2)
+    pd.testing.assert_frame_equal(one.table, two.table)
+    assert [str(p) for p in one.problems] == [str(p) for p in two.problems]
+
+
+def test_class_order_follows_configured_labels(tmp_path):
+    root = tmp_path / "data"
+    manifest = make_dataset(root)
+    result = validate(manifest, root, labels=["b", "a"])
+    assert result.ok and result.classes == ["b", "a"]
+    result = validate(manifest, root, labels=["b", "a", "c"])
+    assert not result.ok
+    assert any(p.code == "too_few_images" and "'c'" in p.message for p in result.problems)
+
+
+def test_rows_are_numbered_from_one_without_blank_lines(tmp_path):
+    root = tmp_path / "data"
+    manifest = make_dataset(root, n=4)
+    text = manifest.read_text().splitlines()
+    text.insert(2, "")  # a blank line after the first data row
+    manifest.write_text("\n".join(text + ["img/missing.png,a,p,XR,s"]) + "\n")
+    result = validate(manifest, root, min_images_per_class=1)
+    problem = next(p for p in result.problems if p.code == "missing_file")
+    assert problem.row == 5 and problem.message.startswith("row 5:")
+    assert str(problem).startswith("row 5 (img/missing.png): ")
+
+
+def test_quoted_fields_and_whitespace(tmp_path):
+    root = tmp_path / "data"
+    write_png(root / "a, with comma.png", seed=1)
+    write_png(root / "b.png", seed=2)
+    write_png(root / "c.png", seed=3)
+    write_png(root / "d.png", seed=4)
+    manifest = root / "m.csv"
+    manifest.write_text('path,label,patient,modality\n"a, with comma.png",x,p1,XR\nb.png, x ,p2,XR\n'
+                        'c.png,y,p3,XR\nd.png,y,p4,XR\n')
+    result = validate(manifest, root)
+    assert result.ok
+    assert codes(result) == ["whitespace_in_field"]
+    assert result.table["label"].tolist() == ["x", "x", "y", "y"]
+
+
+def test_mixed_label_patient_policies(tmp_path):
+    root = tmp_path / "data"
+    manifest = make_dataset(root)
+    text = manifest.read_text().replace("patient-1,", "patient-0,")
+    manifest.write_text(text)
+    assert codes(validate(manifest, root, mixed_label_patients="ignore")) == []
+    result = validate(manifest, root, mixed_label_patients="warning")
+    assert result.ok and {p.severity for p in result.problems} == {"warning"}
+    assert [p.row for p in result.problems] == [1, 2]
+    assert "patient-0" not in " ".join(p.message for p in result.problems)  # only the salted hash
+    assert not validate(manifest, root, mixed_label_patients="error").ok
+
+
+def test_image_plausibility_warnings(tmp_path):
+    root = tmp_path / "data"
+    manifest = make_dataset(root)
+    Image.fromarray(np.full((32, 32), 7, np.uint8)).save(root / "blank.png")
+    Image.fromarray(np.random.default_rng(1).integers(0, 255, (4, 4), dtype=np.uint8)).save(root / "tiny.png")
+    Image.fromarray(np.random.default_rng(2).integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(root / "colour.png")
+    shutil.copy(PYDICOM_FILES / "CT_small.dcm", root / "ct.dcm")
+    with open(manifest, "a") as f:
+        f.write("blank.png,a,q1,XR,s\ntiny.png,a,q2,XR,s\ncolour.png,a,q3,CT,s\nct.dcm,a,q4,MR,s\n")
+    result = validate(manifest, root)
+    found = {(p.row, p.code, p.severity) for p in result.problems}
+    assert found == {(7, "constant_image", "warning"), (8, "implausible_dimensions", "warning"),
+                     (9, "implausible_channels", "warning"), (10, "modality_mismatch", "warning")}
+    assert result.ok
+
+
+def test_backslash_path_gets_a_hint(tmp_path):
+    root = tmp_path / "data"
+    manifest = make_dataset(root)
+    with open(manifest, "a") as f:
+        f.write("img\\0.png,a,z,XR,s\n")
+    problem = next(p for p in validate(manifest, root).problems if p.code == "missing_file")
+    assert "backslashes" in problem.message
+
+
+def test_symlink_inside_root_is_accepted(tmp_path):
+    root = tmp_path / "data"
+    manifest = make_dataset(root)
+    (root / "links").mkdir()
+    write_png(root / "target.png", seed=99)
+    (root / "links" / "l.png").symlink_to(root / "target.png")
+    with open(manifest, "a") as f:
+        f.write("links/l.png,a,z,XR,s\n")
+    assert validate(manifest, root).ok
+
+
+def test_write_outputs_refuses_to_overwrite_the_input_manifest(tmp_path):
+    root = tmp_path / "data"
+    manifest = make_dataset(root)
+    result = validate(manifest, root)
+    with pytest.raises(UsageError):
+        write_validation_outputs(result, manifest, tmp_path / "r.json", tmp_path / "r.md")
+
+
+def test_raise_if_invalid_lists_rows_and_the_report(tmp_path):
+    root = tmp_path / "data"
+    manifest = make_dataset(root)
+    with open(manifest, "a") as f:
+        f.write("img/nope.png,a,z,XR,s\n")
+    result = validate(manifest, root)
+    with pytest.raises(InputError) as error:
+        raise_if_invalid(result, "results/validation/report.json")
+    text = str(error.value)
+    assert "results/validation/report.json" in text and "row 7 (img/nope.png)" in text and "missing_file" in text
+    raise_if_invalid(validate(manifest, root, drop_invalid=True))  # nothing left to complain about
+
+
+def test_cli_validate_exit_codes(tmp_path, capsys):
+    root = tmp_path / "data"
+    manifest = make_dataset(root)
+    report = tmp_path / "out" / "report.json"
+    assert cli_main(["validate", str(manifest), "--report", str(report), "--threads", "2"]) == 0
+    assert (tmp_path / "out" / "manifest.validated.csv").exists() and report.with_suffix(".md").exists()
+    with open(manifest, "a") as f:
+        f.write("../escape.png,a,z,XR,s\n")
+    assert cli_main(["validate", str(manifest), "--report", str(report)]) == 1
+    err = capsys.readouterr().err
+    assert "path_outside_root" in err and "row 7" in err and str(report) in err
+    assert not (tmp_path / "out" / "manifest.validated.csv").exists()
