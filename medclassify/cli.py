@@ -44,7 +44,7 @@ def _add_validate(sub):
 
 
 def _cmd_validate(args):
-    from .manifest import validate_manifest, write_validation_outputs
+    from .manifest import raise_if_invalid, validate_manifest, write_validation_outputs
 
     config = args.loaded_config
     root = args.root or args.manifest.parent
@@ -53,11 +53,11 @@ def _cmd_validate(args):
                                salt=config["salt"], threads=args.threads)
     out = args.out or args.report.parent / "manifest.validated.csv"
     write_validation_outputs(result, out, args.report, args.report.with_suffix(".md"))
-    if not result.ok:
-        errors = [p for p in result.problems if p.severity == "error" or config["validation"]["strict"]]
-        lines = [f"row {p.row}: {p.path}: {p.code}: {p.message}" for p in errors]
-        raise InputError(f"{len(errors)} problem(s) in {args.manifest}; full list in {args.report}", lines)
-    print(f"{len(result.table)} samples valid; wrote {out} and {args.report}")
+    # Exit 1 listing the first errors (with row, path and code) and the report's path.
+    raise_if_invalid(result, args.report)
+    summary = result.summary
+    print(f"{len(result.table)} samples valid ({summary['n_warnings']} warning(s), "
+          f"{summary['n_rows_dropped']} row(s) dropped); wrote {out} and {args.report}")
 
 
 # --- preprocess --------------------------------------------------------------------------------
