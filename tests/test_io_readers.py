@@ -1,5 +1,9 @@
 """Raster (PNG, JPEG, BMP, TIFF) and NumPy readers, the channel policy and the content hash."""
 
+import struct
+import zlib
+from pathlib import Path
+
 import numpy as np
 import pytest
 import tifffile
@@ -33,20 +37,65 @@ def test_png_keeps_values_and_bit_depth(tmp_path, mode, dtype, shape):
     assert sample.meta["format"] == "png" and sample.meta["original_shape"] == list(shape)
 
 
-def test_16_bit_colour_png_is_refused_rather_than_reduced(tmp_path):
-    import struct
-    import zlib
+def _paeth(left, up, upper_left):
+    estimate = left + up - upper_left
+    d_left, d_up, d_ul = np.abs(estimate - left), np.abs(estimate - up), np.abs(estimate - upper_left)
+    return np.where((d_left <= d_up) & (d_left <= d_ul), left, np.where(d_up <= d_ul, up, upper_left))
 
-    def chunk(kind, data):
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
 
-    raw = b"".join(b"\x00" + bytes(8 * 6) for _ in range(8))
-    data = (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 8, 8, 16, 2, 0, 0, 0))
-            + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
-    (tmp_path / "rgb16.png").write_bytes(data)
+def write_png16(path, pixels, colour_type):
+    """Encode a 16-bit PNG, cycling through the five row filters (an independent encoder)."""
+    height, width = pixels.shape[:2]
+    data = pixels.astype(">u2").reshape(height, -1).view(np.uint8).astype(np.int64)
+    bpp = 2 * (pixels.shape[2] if pixels.ndim == 3 else 1)
+    lines = []
+    for y in range(height):
+        x = data[y]
+        up = data[y - 1] if y else np.zeros_like(x)
+        left = np.concatenate([np.zeros(bpp, np.int64), x[:-bpp]])
+        upper_left = np.concatenate([np.zeros(bpp, np.int64), up[:-bpp]])
+        kind = y % 5
+        predictor = [0 * x, left, up, (left + up) // 2, _paeth(left, up, upper_left)][kind]
+        lines.append(bytes([kind]) + ((x - predictor) % 256).astype(np.uint8).tobytes())
+
+    def chunk(kind, body):
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF)
+
+    header = struct.pack(">IIBBBBB", width, height, 16, colour_type, 0, 0, 0)
+    Path(path).write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header)
+                           + chunk(b"IDAT", zlib.compress(b"".join(lines))) + chunk(b"IEND", b""))
+
+
+@pytest.mark.parametrize("channels, colour_type", [(3, 2), (4, 6), (2, 4)])
+def test_16_bit_colour_png_keeps_its_depth(tmp_path, channels, colour_type):
+    pixels = RNG.integers(0, 65535, (11, 13, channels), dtype=np.uint16)
+    write_png16(tmp_path / "deep.png", pixels, colour_type)
+    sample = read_sample(tmp_path / "deep.png")
+    assert sample.pixels.dtype == np.uint16 and sample.meta["bits"] == 16
+    expected = pixels[:, :, :1] if channels == 2 else pixels[:, :, :3]
+    np.testing.assert_array_equal(sample.pixels, expected)
+
+
+def test_png_unfiltering_matches_pillow_on_8_bit_images(tmp_path):
+    # Pillow chooses filters adaptively; the shared unfilter step must reproduce its pixels.
+    from medclassify.io.png16 import read_png_chunks, unfilter
+
+    yy, xx = np.mgrid[0:40, 0:50]
+    rgb = np.stack([(xx * 5) % 256, (yy * 3 + xx) % 256, RNG.integers(0, 255, (40, 50))], axis=2).astype(np.uint8)
+    Image.fromarray(rgb).save(tmp_path / "a.png")
+    (width, height, *_), compressed = read_png_chunks((tmp_path / "a.png").read_bytes())
+    raw = zlib.decompress(compressed)
+    assert len({raw[y * (width * 3 + 1)] for y in range(height)}) > 1  # several filter types in use
+    np.testing.assert_array_equal(unfilter(raw, height, width * 3, 3).reshape(height, width, 3), rgb)
+
+
+def test_truncated_16_bit_png_is_undecodable(tmp_path):
+    write_png16(tmp_path / "deep.png", RNG.integers(0, 65535, (20, 20, 3), dtype=np.uint16), 2)
+    data = (tmp_path / "deep.png").read_bytes()
+    (tmp_path / "cut.png").write_bytes(data[: len(data) // 2])
     with pytest.raises(ReadError) as error:
-        read_sample(tmp_path / "rgb16.png")
-    assert error.value.code == "unsupported_image"
+        read_sample(tmp_path / "cut.png")
+    assert error.value.code == "undecodable"
 
 
 def test_palette_png_of_greys_stays_grey(tmp_path):

@@ -33,12 +33,14 @@ def read_pillow(path, fmt, max_pixels):
             raise ReadError("undecodable", "PNG signature without a valid IHDR header")
         width, height, bit_depth, colour_type = header
         check_pixel_count(height, width, max_pixels)
-        if bit_depth == 16 and colour_type in (2, 6):
-            # Pillow reduces 16-bit colour PNG to 8 bits; refuse rather than lose depth silently.
-            raise ReadError(
-                "unsupported_image",
-                "16-bit colour PNG: Pillow would reduce it to 8 bits; save it as 16-bit TIFF instead",
-            )
+        if bit_depth == 16 and colour_type in (2, 4, 6):
+            # Pillow reduces 16-bit colour and grey+alpha PNG to 8 bits; decode those ourselves.
+            from .png16 import decode_png16
+
+            array = decode_png16(path)
+            photometric = {2: "rgb", 4: "grey", 6: "rgba"}[colour_type]
+            meta = {"format": "png", "bits": 16, "photometric": photometric, "original_shape": list(array.shape)}
+            return array, meta
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
