@@ -400,7 +400,7 @@ def _select_groups(counts, available, target_size, target_props, n_total, *, kee
     pool = np.flatnonzero(available)
     pool_counts = counts[pool]
     n_pool_groups = len(pool)
-    n_folds, take = _fold_plan(target_size / pool_counts.sum(), n_pool_groups)
+    n_folds, take = _fold_plan(target_size / pool_counts.sum(), min(n_pool_groups, pool_counts.sum(axis=0).max()))
     shuffles = 1 if n_pool_groups > _MANY_GROUPS else _SHUFFLES
 
     # StratifiedGroupKFold works on samples: one row per sample with its group and class.
@@ -430,13 +430,13 @@ def _select_groups(counts, available, target_size, target_props, n_total, *, kee
     return chosen
 
 
-def _fold_plan(fraction, n_groups):
+def _fold_plan(fraction, max_folds):
     """``(n_folds, take)``: the fewest folds whose ``take`` of them come within a point of ``fraction``.
 
     Fewer folds keep StratifiedGroupKFold fast; the local search corrects what is left.
     """
     best = None
-    for n_folds in range(2, max(2, min(_BASE_FOLDS, n_groups)) + 1):
+    for n_folds in range(2, max(2, min(_BASE_FOLDS, max_folds)) + 1):
         take = int(np.clip(round(fraction * n_folds), 1, n_folds - 1))
         error = abs(take / n_folds - fraction)
         if best is None or error < best[0] - 1e-12:
@@ -448,7 +448,8 @@ def _fold_plan(fraction, n_groups):
 
 def _stratified_group_folds(sample_class, sample_group, n_groups, n_folds, random_state):
     """Fold index of every group from scikit-learn's StratifiedGroupKFold."""
-    if n_groups > _HUGE_GROUPS:
+    # StratifiedGroupKFold refuses more folds than the largest class has samples (tiny pools).
+    if n_groups > _HUGE_GROUPS or np.bincount(sample_class).max() < n_folds:
         return _dealt_group_folds(sample_class, sample_group, n_groups, n_folds, random_state)
     splitter = StratifiedGroupKFold(n_splits=n_folds, shuffle=True, random_state=random_state)
     fold_of_group = np.zeros(n_groups, dtype=int)
