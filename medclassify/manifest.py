@@ -17,7 +17,7 @@ import collections
 import csv
 import difflib
 import io
-import math
+import json
 import multiprocessing
 import os
 import threading
@@ -299,14 +299,54 @@ def decode_files(paths, io_options, threads=1):
         return list(pool.map(_inspect_task, tasks, chunksize=chunksize))
 
 
+# Bump when inspect_image_file's output or a reader's decoding changes: old caches are ignored.
+DECODE_CACHE_VERSION = 1
+
+
+def _file_key(path):
+    stat = os.stat(path)
+    return f"{os.path.realpath(path)}|{stat.st_size}|{stat.st_mtime_ns}|{stat.st_ino}"
+
+
+def decode_with_cache(paths, io_options, threads, cache_path=None):
+    """:func:`decode_files` reusing the results stored in ``cache_path`` for unchanged files.
+
+    Returns ``({path: result}, number of files actually decoded)``.
+    """
+    if cache_path is None:
+        return dict(zip(paths, decode_files(paths, io_options, threads))), len(paths)
+    from . import __version__
+
+    stamp = {"version": DECODE_CACHE_VERSION, "library": __version__,
+             "io_options": json.dumps(io_options, sort_keys=True)}
+    stored = {}
+    try:
+        with open(cache_path, encoding="utf-8") as f:
+            content = json.load(f)
+        if content.get("stamp") == stamp:
+            stored = content.get("entries", {})
+    except (OSError, ValueError):
+        stored = {}  # no cache yet, or an unreadable one: decode everything
+    keys = {path: _file_key(path) for path in paths}
+    missing = [path for path in paths if keys[path] not in stored]
+    fresh = dict(zip(missing, decode_files(missing, io_options, threads)))
+    results = {path: fresh[path] if path in fresh else stored[keys[path]] for path in paths}
+    atomic_write_json(cache_path, {"stamp": stamp, "entries": {keys[p]: results[p] for p in paths}})
+    return results, len(missing)
+
+
 # --------------------------------------------------------------------------------------------
 # Validation
 # --------------------------------------------------------------------------------------------
 
-def validate_manifest(manifest, root, *, io_options, validation_options, labels=None, salt, threads=1):
+def validate_manifest(manifest, root, *, io_options, validation_options, labels=None, salt, threads=1,
+                      decode_cache=None):
     """Check a manifest and every image it names; return a :class:`ValidationResult`.
 
-    Nothing is written and no input is modified. See the module docstring for row numbers.
+    No input is modified. See the module docstring for row numbers. ``decode_cache``, a JSON
+    file path (optional), keeps each file's decoding result keyed by its path, size, mtime and
+    inode and by the io options, so revalidating a grown manifest decodes only new or changed
+    files; it is rewritten atomically with the entries of this manifest only.
     """
     started = time.perf_counter()
     options = dict(DEFAULT_VALIDATION_OPTIONS, **(validation_options or {}))
@@ -332,7 +372,7 @@ def validate_manifest(manifest, root, *, io_options, validation_options, labels=
                      f"column {name!r} is written by validation; rename the manifest's column")
     if missing or reserved:
         return finish([], [], {})
-    if not rows and not problems.problems:
+    if not rows and not any(p.code == "malformed_row" for p in problems.problems):
         problems.add(None, None, "manifest_empty", "error", "the manifest has a header but no rows")
     extra_columns = [name for name in header if name not in REQUIRED_COLUMNS]
 
@@ -340,13 +380,14 @@ def validate_manifest(manifest, root, *, io_options, validation_options, labels=
     _check_duplicate_paths(records, problems)
     t_decode = time.perf_counter()
     unique_files = list(dict.fromkeys(r["file"] for r in records if r["file"] is not None and not r["duplicate"]))
-    decoded = dict(zip(unique_files, decode_files(unique_files, io_options, threads)))
+    decoded, n_decoded = decode_with_cache(unique_files, io_options, threads, decode_cache)
     decode_seconds = time.perf_counter() - t_decode
     _check_images(records, decoded, problems)
     _check_duplicate_content(records, problems)
     _check_patients(records, options["mixed_label_patients"], problems)
     return finish(records, extra_columns,
-                  {"decode_seconds": round(decode_seconds, 3), "n_files_decoded": len(unique_files)})
+                  {"decode_seconds": round(decode_seconds, 3), "n_files": len(unique_files),
+                   "n_files_decoded": n_decoded})
 
 
 def _check_fields(rows, labels, salt, problems, root_real):

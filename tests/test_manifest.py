@@ -204,3 +204,27 @@ def test_cli_validate_exit_codes(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "path_outside_root" in err and "row 7" in err and str(report) in err
     assert not (tmp_path / "out" / "manifest.validated.csv").exists()
+
+
+def test_decode_cache_decodes_only_new_or_changed_files(tmp_path):
+    root = tmp_path / "data"
+    manifest = make_dataset(root, n=6)
+    cache = tmp_path / "results" / "decode_cache.json"
+    first = validate_manifest(manifest, root, io_options={}, validation_options={}, salt=SALT, decode_cache=cache)
+    assert first.timings["n_files_decoded"] == 6
+    again = validate_manifest(manifest, root, io_options={}, validation_options={}, salt=SALT, decode_cache=cache)
+    assert again.timings["n_files_decoded"] == 0
+    pd.testing.assert_frame_equal(first.table, again.table)
+
+    write_png(root / "img" / "6.png", seed=60)  # the manifest grows by one image
+    write_png(root / "img" / "0.png", seed=61)  # and one image is replaced
+    with open(manifest, "a") as f:
+        f.write("img/6.png,a,patient-6,XR,site0\n")
+    grown = validate_manifest(manifest, root, io_options={}, validation_options={}, salt=SALT, decode_cache=cache)
+    assert grown.timings["n_files_decoded"] == 2
+    assert grown.table["content_hash"].iloc[0] != first.table["content_hash"].iloc[0]
+    assert grown.table["content_hash"].iloc[1:6].tolist() == first.table["content_hash"].iloc[1:6].tolist()
+
+    other_options = validate_manifest(manifest, root, io_options={"channels": "grey_to_rgb"},
+                                      validation_options={}, salt=SALT, decode_cache=cache)
+    assert other_options.timings["n_files_decoded"] == 7  # io options are part of the key
