@@ -39,6 +39,8 @@ def _add_validate(sub):
     p.add_argument("--out", type=Path, help="validated manifest CSV (default: manifest.validated.csv beside the report)")
     p.add_argument("--labels", nargs="+", help="allowed labels, in class order")
     p.add_argument("--threads", type=int, default=1, help="decoding processes")
+    p.add_argument("--decode-cache", type=Path,
+                   help="JSON file of per-file decoding results; revalidation decodes only new or changed files")
     _add_config_options(p)
     p.set_defaults(func=_cmd_validate)
 
@@ -50,7 +52,7 @@ def _cmd_validate(args):
     root = args.root or args.manifest.parent
     result = validate_manifest(args.manifest, root, io_options=config["io"],
                                validation_options=config["validation"], labels=args.labels,
-                               salt=config["salt"], threads=args.threads)
+                               salt=config["salt"], threads=args.threads, decode_cache=args.decode_cache)
     out = args.out or args.report.parent / "manifest.validated.csv"
     write_validation_outputs(result, out, args.report, args.report.with_suffix(".md"))
     # Exit 1 listing the first errors (with row, path and code) and the report's path.
