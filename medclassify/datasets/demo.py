@@ -30,20 +30,17 @@ The DICOM files carry identifying attributes filled with the known fake values o
 import csv
 import gzip
 import io
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
-import pydicom
 import tifffile
 from PIL import Image
 from pydicom.dataset import FileDataset, FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
 from ..atomic import atomic_write_text
+from ._output import staged_folder
 
 __all__ = ["CLASSES", "DEMO_IDENTIFYING_VALUES", "MANIFEST_COLUMNS", "generate_demo_dataset"]
 
@@ -93,8 +90,7 @@ def generate_demo_dataset(out_dir, n_patients=60, seed=0):
     rng = np.random.default_rng(seed)
     patients = _draw_patients(rng, n_patients)
     rows = []
-    staging = Path(tempfile.mkdtemp(prefix=".images.", suffix=".tmp", dir=out_dir))
-    try:
+    with staged_folder(out_dir / "images") as staging:
         for patient in patients:
             for view in range(patient["n_images"]):
                 relative = _write_view(staging, patient, view, rng, seed)
@@ -106,10 +102,6 @@ def generate_demo_dataset(out_dir, n_patients=60, seed=0):
                     "site": patient["site"],
                     "sex": patient["sex"],
                 })
-        _replace_folder(staging, out_dir / "images")
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging)
 
     text = io.StringIO()
     writer = csv.DictWriter(text, fieldnames=MANIFEST_COLUMNS, lineterminator="\n")
@@ -319,14 +311,3 @@ def _write_mr_nifti(path, lesion, rng):
     data = nifti.to_bytes()
     with open(path, "wb") as raw, gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0) as gz:
         gz.write(data)
-
-
-def _replace_folder(new, target):
-    """Put folder ``new`` at ``target``, removing what was there only once ``new`` is in place."""
-    old = None
-    if target.exists():
-        old = target.with_name(f".{target.name}.old.{os.getpid()}")
-        os.replace(target, old)
-    os.replace(new, target)
-    if old is not None:
-        shutil.rmtree(old)
