@@ -18,11 +18,7 @@ SHARED_NPZ = Path(os.environ.get("MEDCLASSIFY_BREASTMNIST_NPZ", REPO.parent / "s
 SNAKEMAKE = [sys.executable, "-m", "snakemake"]
 
 # A demo run small enough for CI: few epochs and bootstrap resamples, same code paths.
-FAST_DEMO_CONFIG = [
-    "head={'epochs': 1}",
-    "finetune={'epochs': 2, 'learning_rate': 0.001, 'early_stopping_patience': 0}",
-    "evaluate={'bootstrap': 200, 'subgroups': ['site', 'sex'], 'min_subgroup_size': 10}",
-]
+FAST_DEMO_CONFIG = ["--configfile", "config/config.yaml", "tests/fast_demo.yaml"]
 
 
 def copy_repository(destination):
@@ -77,5 +73,5 @@ def shared_npz():
 def demo_run(tmp_path_factory):
     """A copy of the repository in which the demo workflow has run to completion (fast config)."""
     workdir = copy_repository(tmp_path_factory.mktemp("demo-run"))
-    run_snakemake(workdir, "--cores", "2", "--config", *FAST_DEMO_CONFIG)
+    run_snakemake(workdir, "--cores", "2", *FAST_DEMO_CONFIG)
     return workdir

@@ -18,7 +18,7 @@ CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
 
 @pytest.fixture(scope="module")
 def report_html(demo_run, tmp_path_factory):
-    run_snakemake(demo_run, "--report", "results/report.zip", "--config", *FAST_DEMO_CONFIG)
+    run_snakemake(demo_run, "--report", "results/report.zip", *FAST_DEMO_CONFIG)
     folder = tmp_path_factory.mktemp("report")
     with zipfile.ZipFile(demo_run / "results" / "report.zip") as archive:
         archive.extractall(folder)

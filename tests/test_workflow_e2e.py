@@ -103,11 +103,11 @@ def test_no_dicom_identifier_reaches_results(demo_run):
 
 
 def test_second_dry_run_plans_nothing(demo_run):
-    assert planned_jobs(demo_run, "--config", *FAST) == {}
+    assert planned_jobs(demo_run, *FAST) == {}
 
 
 def test_changing_an_evaluation_option_plans_only_evaluation(demo_run):
-    changed = [c for c in FAST if not c.startswith("evaluate=")]
-    changed.append("evaluate={'bootstrap': 200, 'subgroups': ['site', 'sex'], 'min_subgroup_size': 10, 'threshold': 'fixed'}")
-    jobs = planned_jobs(demo_run, "--config", *changed)
+    changed = demo_run / "threshold-fixed.yaml"
+    changed.write_text("evaluate: {threshold: fixed}\n")
+    jobs = planned_jobs(demo_run, *FAST, str(changed))
     assert set(jobs) - {"all"} == {"evaluate", "compare"}
