@@ -20,11 +20,13 @@ import io
 import json
 import multiprocessing
 import os
+import re
+import stat
 import threading
 import time
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
-from pathlib import Path, PurePosixPath, PureWindowsPath
+from pathlib import Path
 
 import pandas as pd
 
@@ -218,21 +220,33 @@ def _is_missing(value):
 # Paths
 # --------------------------------------------------------------------------------------------
 
+_WINDOWS_ABSOLUTE = re.compile(r"^[A-Za-z]:[\\/]")
+
+
 def resolve_manifest_path(relative, root_real):
-    """Return ``(absolute Path, None)`` or ``(None, (code, message))`` for a manifest path."""
-    if PurePosixPath(relative).is_absolute() or PureWindowsPath(relative).is_absolute() or relative.startswith("~"):
+    """Return ``(absolute path, None)`` or ``(None, (code, message))`` for a manifest path.
+
+    ``root_real`` is the dataset root with symbolic links resolved. Plain string operations:
+    this runs once per row, and pathlib would be several times slower on large manifests.
+    """
+    if relative.startswith(("/", "\\", "~")) or _WINDOWS_ABSOLUTE.match(relative):
         return None, ("path_outside_root", "absolute path; paths must be relative to the dataset root")
     normal = os.path.normpath(relative)
-    if normal == ".." or normal.startswith("../") or normal.startswith("..\\"):
+    if normal == ".." or normal.startswith(("../", "..\\")):
         return None, ("path_outside_root", "'..' leads outside the dataset root")
-    candidate = root_real / relative
-    real = Path(os.path.realpath(candidate))
-    if real != root_real and root_real not in real.parents:
+    root_real = str(root_real)
+    candidate = os.path.join(root_real, relative)
+    real = os.path.realpath(candidate)
+    if real != root_real and not real.startswith(root_real.rstrip(os.sep) + os.sep):
         return None, ("path_outside_root", "a symbolic link leads outside the dataset root")
-    if not candidate.exists():
+    try:
+        mode = os.stat(candidate).st_mode
+    except (FileNotFoundError, NotADirectoryError):
         hint = " (the path contains backslashes; use '/' as separator)" if "\\" in relative else ""
         return None, ("missing_file", f"file not found under the dataset root{hint}")
-    if not candidate.is_file():
+    except OSError as error:
+        return None, ("unreadable_file", f"file cannot be accessed ({error.strerror})")
+    if not stat.S_ISREG(mode):
         return None, ("not_a_file", "path is a folder or a special file, not an image file")
     return candidate, None
 
@@ -278,25 +292,25 @@ def _inspect_task(task):
     return inspect_image_file(path, io_options)
 
 
-def _start_method():
-    """fork when this process runs a single thread (fastest, and works from any __main__);
-    otherwise forkserver, because forking a multi-threaded process can deadlock."""
-    methods = multiprocessing.get_all_start_methods()
-    if "fork" in methods and threading.active_count() == 1:
-        return "fork"
-    return "forkserver" if "forkserver" in methods else "spawn"
-
-
 def decode_files(paths, io_options, threads=1):
-    """:func:`inspect_image_file` for each path, over ``threads`` processes; results in order."""
+    """:func:`inspect_image_file` for each path, over ``threads`` workers; results in order.
+
+    Workers are forked processes. When this process runs other threads, forking is unsafe (a
+    lock held by another thread stays locked in the child) and spawn/forkserver would re-run an
+    unguarded ``__main__`` such as a Snakemake script; decoding then uses threads instead (Pillow,
+    zlib and NumPy release the GIL for most of the work).
+    """
     tasks = [(str(path), io_options) for path in paths]
     workers = max(1, min(int(threads or 1), len(tasks)))
     if workers == 1:
         return [_inspect_task(task) for task in tasks]
-    context = multiprocessing.get_context(_start_method())
     chunksize = max(1, min(256, len(tasks) // (workers * 8)))
-    with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
-        return list(pool.map(_inspect_task, tasks, chunksize=chunksize))
+    if "fork" in multiprocessing.get_all_start_methods() and threading.active_count() == 1:
+        context = multiprocessing.get_context("fork")
+        with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+            return list(pool.map(_inspect_task, tasks, chunksize=chunksize))
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        return list(pool.map(_inspect_task, tasks))
 
 
 # Bump when inspect_image_file's output or a reader's decoding changes: old caches are ignored.

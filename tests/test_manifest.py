@@ -228,3 +228,24 @@ def test_decode_cache_decodes_only_new_or_changed_files(tmp_path):
     other_options = validate_manifest(manifest, root, io_options={"channels": "grey_to_rgb"},
                                       validation_options={}, salt=SALT, decode_cache=cache)
     assert other_options.timings["n_files_decoded"] == 7  # io options are part of the key
+
+
+def test_decoding_falls_back_to_threads_when_the_process_has_threads(tmp_path):
+    import threading
+
+    from medclassify.manifest import decode_files
+
+    root = tmp_path / "data"
+    make_dataset(root, n=5)
+    paths = sorted((root / "img").glob("*.png")) + [root / "missing.png"]
+    expected = decode_files(paths, {}, threads=1)
+    stop = threading.Event()
+    other = threading.Thread(target=stop.wait)
+    other.start()
+    try:
+        assert threading.active_count() > 1
+        assert decode_files(paths, {}, threads=2) == expected
+    finally:
+        stop.set()
+        other.join()
+    assert expected[-1]["ok"] is False and expected[0]["ok"] is True

@@ -12,7 +12,7 @@ a file whose name promises one format but whose content is another format is rea
 content, and ``meta["extension_mismatch"]`` says so.
 """
 
-from pathlib import Path
+import os
 
 from .base import (DEFAULT_IO_OPTIONS, READ_ERROR_CODES, ReadError, Sample, content_hash,
                    resolve_io_options)
@@ -31,10 +31,10 @@ SUPPORTED_EXTENSIONS = tuple(sorted(_EXTENSIONS))
 
 
 def _format_from_name(path):
-    name = Path(path).name.lower()
+    name = os.path.basename(path).lower()
     if name.endswith(".nii.gz"):
         return "nifti"
-    return _EXTENSIONS.get(Path(name).suffix)
+    return _EXTENSIONS.get(os.path.splitext(name)[1])
 
 
 def _format_from_content(head):
@@ -71,7 +71,7 @@ def detect_format(path):
 
     format is one of png, jpeg, bmp, tiff, dicom, nifti, npy.
     """
-    path = Path(path)
+    path = os.fspath(path)
     try:
         with open(path, "rb") as f:
             head = f.read(352)
@@ -92,10 +92,12 @@ def detect_format(path):
         return by_name, False
     if by_name is not None:
         kind = "text" if _looks_like_text(head) else "unrecognised binary data"
-        raise ReadError("undecodable", f"file named {path.suffix} is not a {by_name.upper()} image (content is {kind})")
+        suffix = os.path.splitext(path)[1]
+        raise ReadError("undecodable", f"file named {suffix} is not a {by_name.upper()} image (content is {kind})")
     raise ReadError(
         "unsupported_format",
-        f"unrecognised image format (extension {path.suffix or 'none'}); supported: {', '.join(SUPPORTED_EXTENSIONS)}",
+        f"unrecognised image format (extension {os.path.splitext(path)[1] or 'none'}); "
+        f"supported: {', '.join(SUPPORTED_EXTENSIONS)}",
     )
 
 

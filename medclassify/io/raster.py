@@ -15,6 +15,9 @@ _NATIVE_MODES = {"L": np.uint8, "I;16": np.uint16, "I;16L": np.uint16, "I;16B": 
                  "RGBA": np.uint8, "LA": np.uint8}
 
 
+_PILLOW_FORMATS = {"png": "PNG", "jpeg": "JPEG", "bmp": "BMP"}
+
+
 def png_header(path):
     """(width, height, bit_depth, colour_type) from a PNG's IHDR chunk, or None if malformed."""
     with open(path, "rb") as f:
@@ -44,7 +47,8 @@ def read_pillow(path, fmt, max_pixels):
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(path) as image:
+            # Naming the format skips Pillow's probing of every other plugin.
+            with Image.open(path, formats=[_PILLOW_FORMATS[fmt]]) as image:
                 width, height = image.size
                 check_pixel_count(height, width, max_pixels)
                 image.load()
