@@ -408,6 +408,7 @@ def _check_fields(rows, labels, salt, problems, root_real):
     """Field-level checks; return one record per row."""
     allowed = list(labels) if labels else None
     records = []
+    rows_without_split = []
     for number, fields in rows:
         path_text = fields["path"]
         record = {"row": number, "fields": fields, "path": path_text.strip() and path_text,
@@ -436,8 +437,7 @@ def _check_fields(rows, labels, salt, problems, root_real):
         if "split" in fields:
             split = fields["split"].strip()
             if _is_missing(split):
-                problems.add(number, path_text, "missing_split", "warning",
-                             f"row {number}: the split column is empty (split.method: predefined needs it)")
+                rows_without_split.append((number, path_text))
             elif split not in SPLIT_VALUES:
                 problems.add(number, path_text, "invalid_split", "error",
                              f"row {number}: split {split!r} is not one of {list(SPLIT_VALUES)}")
@@ -448,6 +448,11 @@ def _check_fields(rows, labels, salt, problems, root_real):
                 problems.add(number, path_text, code, "error", f"row {number}: {message}")
             record["file"] = resolved
         records.append(record)
+    if len(rows_without_split) < len(records):  # an entirely empty split column is simply unused
+        for number, path_text in rows_without_split:
+            problems.add(number, path_text, "missing_split", "warning",
+                         f"row {number}: the split column is empty here but not in other rows "
+                         "(split.method: predefined needs every row's split)")
     return records
 
 

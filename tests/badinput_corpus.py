@@ -357,3 +357,53 @@ def build_case(name, folder):
     case.root = root
     case.manifest = _write(case, root, rows)
     return case
+
+
+# --------------------------------------------------------------------------------------------
+# Privacy: DICOM files whose identifying attributes hold known strings
+# --------------------------------------------------------------------------------------------
+
+# Known values for identifying DICOM attributes and raw manifest patient ids. None of them may
+# appear in any file under results/ after a workflow run on write_identified_dicom_dataset's data.
+DICOM_SECRETS = {
+    "PatientName": "Secretname^Jane", "PatientID": "SECRET-ID-4711", "PatientBirthDate": "19230405",
+    "StudyDate": "20011231", "AccessionNumber": "ACC98765", "InstitutionName": "Secret General Hospital",
+    "ReferringPhysicianName": "Drsecret^Hans", "StationName": "SECRETSTATION",
+    "OperatorsName": "Opsecret^Olga", "InstitutionAddress": "1 Secret Road, Hiddenville",
+}
+RAW_PATIENT_PREFIX = "Raw-Patient-Secret-"
+
+
+def write_identified_dicom_dataset(root, n_patients=12, images_per_patient=2, truncated=1):
+    """Write grey DICOM images (from pydicom's CT_small.dcm, each with different pixels) whose
+    identifying attributes hold DICOM_SECRETS, plus ``truncated`` broken copies, and a manifest
+    with raw patient ids ``RAW_PATIENT_PREFIX + n``. Returns (manifest path, list of secret strings).
+    """
+    import pydicom
+
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    source = pydicom.dcmread(_pydicom_file("CT_small.dcm"))
+    base = source.pixel_array.astype(np.int16)
+    rng = np.random.default_rng(0)
+    lines = ["path,label,patient,modality"]
+    for patient in range(n_patients):
+        for image in range(images_per_patient):
+            ds = source.copy()
+            shift = rng.integers(-200, 200, base.shape).astype(np.int16)
+            ds.PixelData = (base + shift + (200 if patient % 2 else 0)).astype(np.int16).tobytes()
+            for keyword, value in DICOM_SECRETS.items():
+                setattr(ds, keyword, value)
+            name = f"dicom/p{patient:03d}_{image}.dcm"
+            (root / "dicom").mkdir(exist_ok=True)
+            ds.save_as(root / name)
+            lines.append(f"{name},{LABELS[patient % 2]},{RAW_PATIENT_PREFIX}{patient},CT")
+    for k in range(truncated):
+        name = f"dicom/broken_{k}.dcm"
+        data = (root / "dicom" / "p000_0.dcm").read_bytes()
+        (root / name).write_bytes(data[: len(data) - 700])
+        lines.append(f"{name},{LABELS[0]},{RAW_PATIENT_PREFIX}broken{k},CT")
+    manifest = root / "manifest.csv"
+    manifest.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    secrets = list(DICOM_SECRETS.values()) + [RAW_PATIENT_PREFIX]
+    return manifest, secrets

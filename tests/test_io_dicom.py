@@ -11,6 +11,7 @@ from medclassify.io import ReadError, read_file_samples, read_sample, sample_ind
 from medclassify.io.dicom import WINDOW_PRESETS
 from medclassify.manifest import validate_manifest, write_validation_outputs
 from medclassify.privacy import IDENTIFYING_DICOM_KEYWORDS
+from tests.badinput_corpus import DICOM_SECRETS, write_identified_dicom_dataset
 
 TEST_FILES = Path(pydicom.__file__).parent / "data" / "test_files"
 
@@ -132,11 +133,7 @@ def test_missing_decoder_names_the_transfer_syntax(monkeypatch):
     assert "RLE Lossless" in error.value.message and "1.2.840.10008.1.2.5" in error.value.message
 
 
-SECRETS = {
-    "PatientName": "Secretname^Jane", "PatientID": "SECRET-ID-4711", "PatientBirthDate": "19230405",
-    "StudyDate": "20011231", "AccessionNumber": "ACC98765", "InstitutionName": "Secret General Hospital",
-    "ReferringPhysicianName": "Drsecret^Hans", "StationName": "SECRETSTATION",
-}
+SECRETS = DICOM_SECRETS
 
 
 def identified_dicom(path, source="CT_small.dcm", truncate=False):
@@ -163,26 +160,14 @@ def test_no_identifying_value_reaches_metadata_or_messages(tmp_path):
 
 
 def test_validation_outputs_carry_no_identifying_value(tmp_path):
-    root = tmp_path / "data"
-    root.mkdir()
-    rows = ["path,label,patient,modality"]
-    for i, source in enumerate(["CT_small.dcm", "MR_small.dcm", "CT_small.dcm", "MR_small.dcm"]):
-        ds = pydicom.dcmread(shipped(source))
-        ds.PixelData = (ds.pixel_array + i).astype(ds.pixel_array.dtype).tobytes()  # distinct content
-        for keyword, value in SECRETS.items():
-            setattr(ds, keyword, value)
-        ds.save_as(root / f"{i}.dcm")
-        rows.append(f"{i}.dcm,{'ab'[i % 2]},Raw-Patient-Name-{i},{ds.Modality}")
-    identified_dicom(root / "broken.dcm", truncate=True)
-    rows.append("broken.dcm,a,Raw-Patient-Name-9,CT")
-    (root / "manifest.csv").write_text("\n".join(rows) + "\n")
+    manifest, secrets = write_identified_dicom_dataset(tmp_path / "data", n_patients=4, images_per_patient=1)
     out = tmp_path / "results"
     for drop in (False, True):
-        result = validate_manifest(root / "manifest.csv", root, io_options={}, salt="s",
+        result = validate_manifest(manifest, tmp_path / "data", io_options={}, salt="s",
                                    validation_options={"drop_invalid": drop, "min_images_per_class": 1})
         write_validation_outputs(result, out / "m.csv", out / "r.json", out / "r.md")
         written = "".join(p.read_text() for p in out.iterdir())
         assert "undecodable" in written
-        for secret in list(SECRETS.values()) + [f"Raw-Patient-Name-{i}" for i in (0, 1, 2, 3, 9)]:
+        for secret in secrets:
             assert secret not in written
     assert (out / "m.csv").exists()

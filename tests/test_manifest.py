@@ -249,3 +249,17 @@ def test_decoding_falls_back_to_threads_when_the_process_has_threads(tmp_path):
         stop.set()
         other.join()
     assert expected[-1]["ok"] is False and expected[0]["ok"] is True
+
+
+def test_split_column(tmp_path):
+    root = tmp_path / "data"
+    manifest = make_dataset(root, extra=",split")
+    lines = manifest.read_text().splitlines()
+    unused = [lines[0]] + [line + "," for line in lines[1:]]
+    manifest.write_text("\n".join(unused) + "\n")
+    result = validate(manifest, root)
+    assert result.ok and result.problems == [] and result.table["split"].tolist() == [""] * 6
+    partial = [lines[0]] + [line + ("," if i == 2 else ",train") for i, line in enumerate(lines[1:])]
+    manifest.write_text("\n".join(partial) + "\n")
+    result = validate(manifest, root)
+    assert [(p.row, p.code) for p in result.problems] == [(3, "missing_split")]
