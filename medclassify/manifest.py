@@ -388,7 +388,9 @@ def validate_manifest(manifest, root, *, io_options, validation_options, labels=
         return finish([], [], {})
     if not rows and not any(p.code == "malformed_row" for p in problems.problems):
         problems.add(None, None, "manifest_empty", "error", "the manifest has a header but no rows")
-    extra_columns = [name for name in header if name not in REQUIRED_COLUMNS]
+    # split first, then the other extra columns in manifest order (the validated-manifest format).
+    extra_columns = (["split"] if "split" in header else []) + [
+        name for name in header if name not in REQUIRED_COLUMNS and name != "split"]
 
     records = _check_fields(rows, labels, salt, problems, root_real)
     _check_duplicate_paths(records, problems)

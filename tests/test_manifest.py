@@ -259,6 +259,7 @@ def test_split_column(tmp_path):
     manifest.write_text("\n".join(unused) + "\n")
     result = validate(manifest, root)
     assert result.ok and result.problems == [] and result.table["split"].tolist() == [""] * 6
+    assert list(result.table.columns)[-2:] == ["split", "site"]  # split comes before other extras
     partial = [lines[0]] + [line + ("," if i == 2 else ",train") for i, line in enumerate(lines[1:])]
     manifest.write_text("\n".join(partial) + "\n")
     result = validate(manifest, root)
