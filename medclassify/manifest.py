@@ -32,7 +32,7 @@ import pandas as pd
 
 from .atomic import atomic_path, atomic_write_json, atomic_write_text
 from .errors import InputError, UsageError
-from .io import ReadError, read_file_samples, resolve_io_options, content_hash
+from .io import READ_ERROR_CODES, ReadError, content_hash, read_file_samples, resolve_io_options
 from .privacy import hash_patient
 
 REQUIRED_COLUMNS = ("path", "label", "patient", "modality")
@@ -42,6 +42,27 @@ SPLIT_VALUES = ("train", "val", "test")
 DEFAULT_VALIDATION_OPTIONS = {
     "strict": False, "drop_invalid": False, "min_images_per_class": 2, "min_classes": 2,
     "mixed_label_patients": "warning",
+}
+
+# Every problem code validation reports, with its usual severity ("policy": set by config;
+# validation.strict makes every warning an error). Codes are stable: tests and users match them.
+PROBLEM_CODES = {
+    # the manifest as a whole (row None)
+    "manifest_missing": "error", "manifest_unreadable": "error", "manifest_encoding": "error",
+    "manifest_bom": "warning", "manifest_delimiter": "error", "manifest_empty": "error",
+    "duplicate_column": "error", "missing_column": "error", "reserved_column": "error",
+    "too_few_images": "error", "too_few_classes": "error",
+    # one row
+    "malformed_row": "error", "empty_field": "error", "whitespace_in_field": "warning",
+    "unknown_label": "error", "invalid_split": "error", "missing_split": "warning",
+    "path_outside_root": "error", "missing_file": "error", "not_a_file": "error", "unreadable_file": "error",
+    "duplicate_row": "error", "duplicate_path": "error",
+    "duplicate_content_conflicting_labels": "error", "duplicate_content_across_patients": "warning",
+    "duplicate_content": "warning", "mixed_label_patient": "policy",
+    "extension_mismatch": "warning", "modality_mismatch": "warning", "implausible_dimensions": "warning",
+    "implausible_channels": "warning", "constant_image": "warning",
+    # decoding (medclassify.io.READ_ERROR_CODES)
+    **{code: "error" for code in READ_ERROR_CODES},
 }
 
 # Spellings of the required columns seen in real manifests, for "did you mean" hints.

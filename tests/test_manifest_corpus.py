@@ -8,7 +8,7 @@ import os
 import pandas as pd
 import pytest
 
-from medclassify.manifest import validate_manifest, write_validation_outputs
+from medclassify.manifest import PROBLEM_CODES, validate_manifest, write_validation_outputs
 from tests.badinput_corpus import BAD_ROW, CASES, VALID_CASES, build_case
 
 SALT = "corpus-salt"
@@ -50,6 +50,7 @@ def test_corpus_has_at_least_25_kinds():
 def test_bad_input_gives_its_problem_code(name, tmp_path):
     case = build_case(name, tmp_path)
     result, (manifest_out, report_json, report_md) = run_case(case, tmp_path / "results")
+    assert {p.code for p in result.problems} <= set(PROBLEM_CODES)
     matching = [p for p in result.problems if p.code == case.code]
     assert matching, f"expected {case.code}, got {[str(p) for p in result.problems]}"
     assert any(p.row == case.row and p.severity == case.severity for p in matching), [str(p) for p in matching]
