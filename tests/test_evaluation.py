@@ -190,3 +190,23 @@ def test_compare_runs_writes_table_markdown_and_plot(binary_run, tmp_path):
     assert "| wide |" in markdown and "0.700 (0.600–0.800)" in markdown
     assert (tmp_path / "runs_auc.png").stat().st_size > 1000
     assert pd.read_csv(tmp_path / "runs.csv").shape[0] == 2
+
+
+def test_gradcam_reaches_into_the_workflows_wrapped_backbone(tmp_path):
+    """The training stage wraps its backbone in a keras Wrapper layer (BackboneRunner)."""
+    heads = pytest.importorskip("medclassify.models.heads")
+    from medclassify.evaluation.gradcam import find_last_conv_layer, gradcam_heatmaps
+    from medclassify.evaluation.run import load_model
+
+    model = heads.build_classifier((16, 16, 1), 2, backbone="resnet18", class_counts=[5, 5], resnet_width=8)
+    model.save(tmp_path / "model.keras")
+    loaded = load_model(tmp_path / "model.keras")
+    # The new head starts with zero weights (no gradient); give it some so that maps are non-trivial.
+    dense = [layer for layer in loaded.layers if type(layer).__name__ == "Dense"][-1]
+    kernel, bias = dense.get_weights()
+    dense.set_weights([np.random.default_rng(0).normal(size=kernel.shape).astype("float32"), bias])
+    chain = find_last_conv_layer(loaded)
+    assert len(chain) == 3 and chain[1].layer is heads.backbone_of(loaded)
+    images = np.random.default_rng(1).random((2, 16, 16, 1), dtype=np.float32)
+    heat = gradcam_heatmaps(loaded, images, [0, 1])
+    assert heat.shape[0] == 2 and np.isfinite(heat).all() and heat.max() == pytest.approx(1.0)

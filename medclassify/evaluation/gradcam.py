@@ -12,8 +12,14 @@ import tensorflow as tf
 import keras
 
 
-def _is_model(layer):
-    return isinstance(layer, keras.Model)
+def _inner_model(layer):
+    """The model a layer is or wraps (a nested backbone, or a Wrapper around one), else None."""
+    if isinstance(layer, keras.Model):
+        return layer
+    wrapped = getattr(layer, "layer", None)
+    if isinstance(layer, keras.layers.Wrapper) and isinstance(wrapped, keras.Model):
+        return wrapped
+    return None
 
 
 def _rank4_output(layer):
@@ -25,16 +31,18 @@ def _rank4_output(layer):
 
 
 def find_last_conv_layer(model):
-    """Return the chain ``[outer_model, …, layer]`` leading to the last spatial feature map.
+    """Return the chain ``[model, …, layer]`` leading to the last spatial feature map.
 
-    Nested models are searched as well: for ``Input → backbone(Model) → pooling → Dense`` the
+    Nested models are searched as well, also when a wrapper layer (``keras.layers.Wrapper``, as
+    medclassify's ``BackboneRunner``) holds them: for ``Input → backbone → pooling → Dense`` the
     chain is ``[model, backbone, <backbone's last conv-like layer>]``. Raises ValueError when the
     model has no layer with a spatial rank-4 output.
     """
     for layer in reversed(model.layers):
-        if _is_model(layer):
+        inner = _inner_model(layer)
+        if inner is not None:
             try:
-                return [model] + find_last_conv_layer(layer)
+                return [model, layer] + find_last_conv_layer(inner)[1:]
             except ValueError:
                 pass
         if _rank4_output(layer):
@@ -52,14 +60,16 @@ def _feature_and_output_fn(chain):
     """A function ``x -> (feature_map, model_output)`` for a chain from find_last_conv_layer."""
     model, child = chain[0], chain[1]
     if len(chain) == 2:
-        both = keras.Model(model.inputs, [child.output, _single(model.outputs)])
+        both = keras.Model(_single(model.inputs), [child.output, _single(model.outputs)])
         return lambda x: tuple(both(x, training=False))
-    # The conv layer lives inside ``child`` (a nested model): run the outer graph up to the
-    # child, the child with its feature map exposed, then the outer graph after the child.
+    # The conv layer lives inside ``child`` (a nested model or a wrapper of one): run the outer
+    # graph up to the child, the inner model with its feature map exposed, then the outer graph
+    # after the child. Everything runs with training=False, so a wrapper that only fixes the
+    # inner model's training flag is equivalent to calling the inner model directly.
     node = child._inbound_nodes[-1]
-    before = keras.Model(model.inputs, _single(node.input_tensors))
+    before = keras.Model(_single(model.inputs), _single(node.input_tensors))
     after = keras.Model(_single(node.output_tensors), _single(model.outputs))
-    inner = _feature_and_output_fn(chain[1:])
+    inner = _feature_and_output_fn([_inner_model(child), *chain[2:]])
 
     def run(x):
         feature, child_output = inner(before(x, training=False))

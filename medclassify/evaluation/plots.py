@@ -11,6 +11,7 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")  # headless: cluster nodes and CI have no display
+import matplotlib.ticker  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from sklearn.metrics import precision_recall_curve, roc_curve  # noqa: E402
@@ -111,7 +112,7 @@ def plot_roc(y_true, y_prob, classes, *, positive=1, band=None, operating_point=
             if target.all() or not target.any():
                 continue
             fpr, tpr, _ = roc_curve(target, y_prob[:, c])
-            label = classes[c] if len(classes) > 2 else f"{classes[c]} vs rest"
+            label = f"{classes[c]} vs rest" if len(classes) > 2 else classes[c]
             if len(classes) == 2 and auc is not None:
                 label += f" (AUC {auc:.3f}" + (f", {_ci_text(auc_ci, confidence)})" if auc_ci and auc_ci[0] is not None else ")")
             ax.plot(fpr, tpr, color=COLORS[k % 10], lw=1.6, label=label)
@@ -212,6 +213,7 @@ def plot_training_curves(histories):
             axes[0].set_title("Loss")
             axes[1].set_title("AUC")
             for ax in axes:
+                ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
                 ax.set_xlabel("Epoch (all stages)")
                 if ax.lines:
                     ax.legend()
@@ -232,7 +234,8 @@ def plot_per_class(per_class):
             bars = ax.bar(x + (k - 1) * width, values, width, color=COLORS[k], label=measure)
             ax.bar_label(bars, fmt="%.2f", fontsize=7, padding=1)
         ax.set_xticks(x, [f"{c}\n(n={per_class[c]['support']})" for c in classes])
-        ax.set_ylim(0, 1.12)
+        ax.set_ylim(0, 1.25)  # room above the bar labels for the legend
+        ax.set_yticks(np.linspace(0, 1, 6))
         ax.set_ylabel("Score")
         ax.set_title("Per-class sensitivity, specificity and F1, test split")
         ax.legend(loc="upper left", ncols=3)

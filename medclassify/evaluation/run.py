@@ -234,13 +234,19 @@ def _prediction_frame(split, sample_ids, patients, y_true, y_pred, y_prob, class
     return frame
 
 
-def _misclassified_figure(read_test, y_true, y_pred, y_prob, classes, count):
+def _misclassified_figure(read_test, y_true, y_pred, y_prob, classes, count, positive):
     wrong = np.flatnonzero(y_true != y_pred)
-    confidence = y_prob[wrong, y_pred[wrong]]
-    chosen = wrong[np.argsort(-confidence, kind="stable")][:count]
+    # Most confidently wrong = least probability on the true class; this ranks the same way
+    # for a thresholded binary decision and for the arg-max.
+    chosen = wrong[np.argsort(y_prob[wrong, y_true[wrong]], kind="stable")][:count]
     images = read_test(chosen) if len(chosen) else []
     # Titles name classes and scores only: sample ids are paths and may carry patient names.
-    titles = [f"true {classes[y_true[i]]}\npred {classes[y_pred[i]]} (p={y_prob[i, y_pred[i]]:.2f})" for i in chosen]
+    if positive is not None:
+        titles = [f"true {classes[y_true[i]]}, pred {classes[y_pred[i]]}\nP({classes[positive]})={y_prob[i, positive]:.2f}"
+                  for i in chosen]
+    else:
+        titles = [f"true {classes[y_true[i]]}, pred {classes[y_pred[i]]}\nP(true)={y_prob[i, y_true[i]]:.2f}"
+                  for i in chosen]
     return plots.plot_image_grid(images, titles, title="Most confidently misclassified test images",
                                  empty_message="No misclassified test images" if count else "Disabled (evaluate.misclassified: 0)")
 
@@ -357,7 +363,7 @@ def run_evaluation(model_path, cache_path, splits_path, manifest_path, out_dir, 
 
         _write_plots(out_dir, metrics, y_test, prob_test, pred_test, patients_test, classes, positive, evaluate,
                      histories, curve)
-        fig = _misclassified_figure(read_test, y_test, pred_test, prob_test, classes, evaluate["misclassified"])
+        fig = _misclassified_figure(read_test, y_test, pred_test, prob_test, classes, evaluate["misclassified"], positive)
         plots.save_figure(fig, out_dir, "misclassified")
         fig, metrics["gradcam"] = _gradcam_figure(model, read_test, y_test, pred_test, prob_test, classes,
                                                   evaluate["gradcam_per_class"])
