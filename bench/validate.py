@@ -13,7 +13,6 @@ Prints a table and writes bench/results/validate.json.
 
 import argparse
 import concurrent.futures
-import json
 import os
 import platform
 import shutil

@@ -339,8 +339,12 @@ DECODE_CACHE_VERSION = 1
 
 
 def _file_key(path):
-    stat = os.stat(path)
-    return f"{os.path.realpath(path)}|{stat.st_size}|{stat.st_mtime_ns}|{stat.st_ino}"
+    """Identity of a file's current content: real path, size, modification time and inode."""
+    try:
+        info = os.stat(path)
+    except OSError:
+        return f"{path}|unreadable|{time.time_ns()}"  # never matches: the file is decoded (and fails)
+    return f"{os.path.realpath(path)}|{info.st_size}|{info.st_mtime_ns}|{info.st_ino}"
 
 
 def decode_with_cache(paths, io_options, threads, cache_path=None):
