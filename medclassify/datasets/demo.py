@@ -29,6 +29,7 @@ The DICOM files carry identifying attributes filled with the known fake values o
 
 import csv
 import gzip
+import hashlib
 import io
 from pathlib import Path
 
@@ -213,7 +214,8 @@ def _smooth_noise(shape, rng, correlation):
 def _write_view(folder, patient, view, rng, seed):
     """Render and write one image of ``patient``; return its path relative to ``folder``."""
     modality = patient["modality"]
-    stem = f"{patient['id']}_{view}"
+    # File names carry no patient id: a path reaches every output as the sample id.
+    stem = hashlib.sha256(f"{seed}/{patient['index']}/{view}".encode()).hexdigest()[:12]
     subfolder = folder / modality
     subfolder.mkdir(exist_ok=True)
     lesion = patient["lesion"]
