@@ -171,3 +171,45 @@ def test_validation_outputs_carry_no_identifying_value(tmp_path):
         for secret in secrets:
             assert secret not in written
     assert (out / "m.csv").exists()
+
+
+def test_voi_lut_sequence_is_applied(tmp_path):
+    from pydicom.dataset import Dataset
+    from pydicom.pixels import apply_voi
+
+    ds = pydicom.dcmread(shipped("MR_small.dcm"))
+    del ds.WindowCenter
+    del ds.WindowWidth
+    item = Dataset()
+    first, entries = 0, 4096
+    item.LUTDescriptor = [entries, first, 16]
+    curve = (np.sqrt(np.linspace(0, 1, entries)) * 65535).astype("<u2")  # a non-linear VOI LUT
+    item.add_new("LUTData", "OW", curve.tobytes())
+    ds.VOILUTSequence = [item]
+    ds.save_as(tmp_path / "voilut.dcm")
+    reread = pydicom.dcmread(tmp_path / "voilut.dcm")
+    expected = apply_voi(apply_modality_lut(reread.pixel_array, reread), reread) / 65535.0
+    sample = read_sample(tmp_path / "voilut.dcm")
+    assert sample.meta["window"] == "voi_lut"
+    np.testing.assert_allclose(sample.pixels[:, :, 0], expected, atol=1e-6)
+
+
+def test_per_frame_rescale_of_enhanced_multi_frame(tmp_path):
+    from pydicom.dataset import Dataset
+
+    ds = pydicom.dcmread(shipped("rtdose.dcm"))
+    groups = []
+    for k in range(int(ds.NumberOfFrames)):
+        transform = Dataset()
+        transform.RescaleSlope = k + 1
+        transform.RescaleIntercept = -k
+        transform.RescaleType = "US"
+        group = Dataset()
+        group.PixelValueTransformationSequence = [transform]
+        groups.append(group)
+    ds.PerFrameFunctionalGroupsSequence = groups
+    ds.save_as(tmp_path / "enhanced.dcm")
+    frames = ds.pixel_array.astype(np.float64)
+    for k in (0, 5, 14):
+        sample = read_sample(tmp_path / "enhanced.dcm", k, {"dicom_window": "none"})
+        np.testing.assert_allclose(sample.pixels[:, :, 0], frames[k] * (k + 1) - k, rtol=1e-6)

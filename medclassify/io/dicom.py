@@ -128,6 +128,8 @@ def _frame_view(ds, index):
     from pydicom.dataset import Dataset
 
     view = Dataset()
+    # LUT data of VR OW is raw bytes: pydicom reads their byte order from the transfer syntax.
+    view.file_meta = ds.file_meta
     for keyword in _LUT_KEYWORDS:
         if keyword in ds:
             setattr(view, keyword, ds[keyword].value)
@@ -162,12 +164,14 @@ def _to_float(raw, ds, view, window_option):
     if raw.ndim == 3:  # RGB, or YBR that pydicom already converted to RGB
         bits = int(view.get("BitsStored", raw.dtype.itemsize * 8))
         return raw.astype(np.float32) / float(2 ** bits - 1), details
-    values = apply_modality_lut(raw, view).astype(np.float64)
+    modality_values = apply_modality_lut(raw, view)
+    values = modality_values.astype(np.float64)
     low, high = _output_range(view)
     window = _window(view, window_option)
     if window == "lut":
+        # A VOI LUT is indexed by the Modality LUT output as it is (integers unless rescaled).
         lut_bits = int(view.VOILUTSequence[0].LUTDescriptor[2])
-        values = apply_voi(values, view).astype(np.float64) / float(2 ** lut_bits - 1)
+        values = apply_voi(modality_values, view).astype(np.float64) / float(2 ** lut_bits - 1)
         low, high = 0.0, 1.0
         details["window"] = "voi_lut"
     elif window is not None:
