@@ -6,13 +6,18 @@ It uses NumPy and Pillow only (this layer never imports TensorFlow).
 
 Order of operations, and why:
 
-1. Intensity normalisation at the image's native resolution, so percentiles and windows are
-   computed on the pixels the scanner produced, not on interpolated ones.
+1. The intensity range [low, high] is found at the image's native resolution (min–max,
+   percentiles, a fixed window, or the dtype's range), so percentiles and windows see the pixels
+   the scanner produced, not interpolated ones. Pixels are clipped to that range.
 2. Aspect policy (pad or crop to the target's aspect ratio, which is square for a square target,
-   or stretch), padding with the normalised image's minimum so the border looks like background.
+   or stretch), padding with the image's minimum so the border looks like background.
 3. Resize with the configured interpolation, channel by channel in Pillow's float mode ``F`` (no
    8-bit rounding before the cache's own quantisation).
-4. Clip to [0, 1]: bicubic and Lanczos overshoot at edges.
+4. Scale ``(x - low) / (high - low)`` and clip to [0, 1] (bicubic and Lanczos overshoot).
+
+Scaling after the resize gives the same values as scaling before it, because every Pillow
+filter is a normalised linear combination of pixels; it is done on the small image because
+that is several times cheaper (the stage's speed is bounded by decoding, see bench/preprocess.py).
 
 ``intensity: zscore`` stores min-max scaled values; training applies the z-score with statistics
 of its training split at load time, so a new split never forces a new cache.
@@ -51,11 +56,18 @@ def preprocess_image(pixels, preprocess_options):
     """
     check_preprocess_options(preprocess_options)
     image = _as_hwc(pixels)
-    scaled = normalize_intensity(image, preprocess_options)
+    if np.issubdtype(image.dtype, np.floating):
+        image = _finite_float(image)
+    low, high = intensity_range(image, preprocess_options)
+    if preprocess_options["intensity"] in ("minmax", "zscore"):
+        clipped = image.astype(np.float32)  # already inside [low, high]
+    else:
+        clipped = np.clip(image, np.float32(low), np.float32(high), out=np.empty(image.shape, np.float32),
+                          dtype=np.float32)
     height, width = preprocess_options["size"]
-    shaped = apply_aspect(scaled, height / width, preprocess_options["aspect"])
+    shaped = apply_aspect(clipped, height / width, preprocess_options["aspect"])
     resized = resize_image(shaped, (height, width), preprocess_options["resize"])
-    return np.clip(resized, 0.0, 1.0, out=resized)
+    return _rescale(resized, low, high)
 
 
 def check_preprocess_options(options):
@@ -95,24 +107,37 @@ def _as_hwc(pixels):
     return array
 
 
+def intensity_range(image, options):
+    """The [low, high] range that the configured intensity mode maps to [0, 1].
+
+    min–max (and zscore, whose cache keeps min–max values), percentiles, a fixed window, or for
+    ``none`` the dtype's range: integers [0, dtype max], floats [0, 1] (e.g. DICOM after a window).
+    All channels share one range, so colour ratios survive.
+    """
+    mode = options["intensity"]
+    if mode in ("minmax", "zscore"):
+        return float(image.min()), float(image.max())
+    if mode == "percentile":
+        return intensity_percentiles(image, options["percentiles"])
+    if mode == "window":
+        center, width = float(options["window"]["center"]), float(options["window"]["width"])
+        return center - width / 2.0, center + width / 2.0
+    if np.issubdtype(image.dtype, np.integer):
+        return 0.0, float(np.iinfo(image.dtype).max)
+    return 0.0, 1.0
+
+
 def normalize_intensity(image, options):
     """Scale ``image`` (H, W, C) to float32 in [0, 1] by the configured intensity mode.
 
-    All channels share one scaling, so colour ratios survive. A constant image (no range to
-    scale) becomes all zeros. Non-finite floats (NaN, inf) are treated as the image's minimum.
+    A constant image (no range to scale) becomes all zeros. Non-finite floats (NaN, inf) are
+    treated as the image's minimum.
     """
-    mode = options["intensity"]
-    if mode == "none":
-        return _scale_by_dtype(image)
-    values = _finite_float(image) if np.issubdtype(image.dtype, np.floating) else image
-    if mode in ("minmax", "zscore"):
-        low, high = values.min(), values.max()
-    elif mode == "percentile":
-        low, high = intensity_percentiles(values, options["percentiles"])
-    else:  # window
-        center, width = float(options["window"]["center"]), float(options["window"]["width"])
-        low, high = center - width / 2.0, center + width / 2.0
-    return _rescale(values, float(low), float(high))
+    image = _as_hwc(image)
+    if np.issubdtype(image.dtype, np.floating):
+        image = _finite_float(image)
+    low, high = intensity_range(image, options)
+    return _rescale(image, low, high)
 
 
 def _finite_float(image):
@@ -125,7 +150,7 @@ def _finite_float(image):
 
 
 def _rescale(values, low, high):
-    out = values.astype(np.float32)
+    out = np.asarray(values, dtype=np.float32).copy()
     if high <= low:
         return np.zeros_like(out)
     out -= np.float32(low)
@@ -133,36 +158,29 @@ def _rescale(values, low, high):
     return np.clip(out, 0.0, 1.0, out=out)
 
 
-def _scale_by_dtype(image):
-    # intensity "none": integers divided by their dtype's maximum; floats are taken as already
-    # in [0, 1] (e.g. DICOM after a window) and only clipped.
-    if np.issubdtype(image.dtype, np.integer):
-        out = image.astype(np.float32) / np.float32(np.iinfo(image.dtype).max)
-    else:
-        out = _finite_float(image).astype(np.float32)
-    return np.clip(out, 0.0, 1.0, out=out)
-
-
 def intensity_percentiles(values, percentiles):
     """Return the ``percentiles`` (0..100) of ``values``, equal to ``np.percentile`` (linear).
 
-    Unsigned 8- and 16-bit images take a histogram path (one counting pass, no sort), which is
-    several times faster than ``np.percentile`` on a 256×256 image and gives identical values.
+    Unsigned 8- and 16-bit images take a histogram path (one counting pass, no sort), several
+    times faster than ``np.percentile`` on a 256×256 image, with identical values.
     """
-    flat = np.asarray(values).ravel()
-    if flat.dtype not in (np.uint8, np.uint16):
+    values = np.asarray(values)
+    flat = values.ravel()
+    if flat.dtype == np.uint8:
+        # Pillow's histogram of an 8-bit image is a single C pass, faster than np.bincount
+        counts = np.array(Image.fromarray(flat.reshape(1, -1)).histogram(), dtype=np.int64)
+    elif flat.dtype == np.uint16:
+        counts = np.bincount(flat)
+    else:
         return tuple(float(v) for v in np.percentile(flat, percentiles))
-    cumulative = np.cumsum(np.bincount(flat))
-    n = flat.size
-    result = []
-    for q in percentiles:
-        rank = q / 100.0 * (n - 1)
-        below = int(np.floor(rank))
-        above = min(below + 1, n - 1)
-        # value at order statistic k = first intensity whose cumulative count exceeds k
-        v_below, v_above = np.searchsorted(cumulative, [below, above], side="right")
-        result.append(float(v_below + (rank - below) * (float(v_above) - float(v_below))))
-    return tuple(result)
+    cumulative = np.cumsum(counts)
+    ranks = np.asarray(percentiles, dtype=np.float64) / 100.0 * (flat.size - 1)
+    below = np.floor(ranks).astype(np.int64)
+    above = np.minimum(below + 1, flat.size - 1)
+    # the value of order statistic k is the first intensity whose cumulative count exceeds k
+    values_at = np.searchsorted(cumulative, np.concatenate([below, above]), side="right").astype(np.float64)
+    v_below, v_above = values_at[:len(ranks)], values_at[len(ranks):]
+    return tuple(float(v) for v in v_below + (ranks - below) * (v_above - v_below))
 
 
 def apply_aspect(image, target_ratio, policy):
@@ -195,10 +213,15 @@ def resize_image(image, size, method):
     if image.shape[:2] == (height, width):
         return np.array(image, dtype=np.float32, copy=True)
     resample = RESAMPLING[method]
+    factor_h, factor_w = image.shape[0] // height, image.shape[1] // width
+    # Box filtering by a whole factor is Pillow's reduce(): the same block means, twice as fast.
+    whole_factor = (method == "area" and image.shape[0] == factor_h * height
+                    and image.shape[1] == factor_w * width and min(factor_h, factor_w) >= 1)
     out = np.empty((height, width, image.shape[2]), dtype=np.float32)
     for channel in range(image.shape[2]):
         plane = Image.fromarray(np.ascontiguousarray(image[:, :, channel], dtype=np.float32))
-        out[:, :, channel] = np.asarray(plane.resize((width, height), resample=resample))
+        plane = plane.reduce((factor_w, factor_h)) if whole_factor else plane.resize((width, height), resample=resample)
+        out[:, :, channel] = np.asarray(plane)
     return out
 
 

@@ -153,3 +153,15 @@ def test_storage_round_trip():
     assert np.abs(from_storage(to_storage(values, "uint8")) - values).max() <= 1 / 510 + 1e-7
     assert np.abs(from_storage(to_storage(values, "float16")) - values).max() <= 1e-3
     assert from_storage(to_storage(values, "uint8")).dtype == np.float32
+
+
+@pytest.mark.parametrize("shape", [(256, 256), (128, 64), (100, 100)])
+def test_area_resize_by_whole_factor_equals_box_filter(shape):
+    from PIL import Image
+
+    from medclassify.preprocessing import resize_image
+    image = np.random.default_rng(1).random(shape + (2,)).astype(np.float32)
+    fast = resize_image(image, (32, 32), "area")
+    for channel in range(2):
+        box = np.asarray(Image.fromarray(image[:, :, channel]).resize((32, 32), Image.Resampling.BOX))
+        np.testing.assert_allclose(fast[:, :, channel], box, atol=1e-6)
