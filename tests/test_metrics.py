@@ -9,7 +9,8 @@ from sklearn import metrics as skm
 from medclassify.evaluation.bootstrap import (bootstrap_ci, bootstrap_indices, patient_groups,
                                               percentile_interval)
 from medclassify.evaluation.calibration import expected_calibration_error, reliability_curve
-from medclassify.evaluation.metrics import (classification_metrics, specificity_per_class)
+from medclassify.evaluation.metrics import (classification_metrics, confusion_counts, fast_roc_auc, rates_from_confusion,
+                                            roc_auc, roc_points, sensitivity_specificity, specificity_per_class)
 from medclassify.evaluation.subgroups import subgroup_metrics
 from medclassify.evaluation.threshold import apply_threshold, choose_threshold
 
@@ -238,3 +239,28 @@ def test_subgroup_metrics_count_and_flag_small_groups():
     assert result["A"]["accuracy"] == pytest.approx(skm.accuracy_score(y_true[mask], y_pred[mask]))
     assert result["A"]["auc"] == pytest.approx(skm.roc_auc_score(y_true[mask], prob[mask, 1]))
     assert sum(g["n"] for g in result.values()) == 60
+
+
+# --- fast forms used by the bootstrap ---------------------------------------------------------
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 2), st.integers(0, 4), st.integers(0, 2)), min_size=3, max_size=60))
+def test_fast_forms_equal_scikit_learn(rows):
+    y_true = np.array([r[0] for r in rows])
+    # scores on a coarse grid so that ties occur
+    raw = np.array([[r[1], 4 - r[1], 2] for r in rows], dtype=float) + 0.1
+    prob = raw / raw.sum(axis=1, keepdims=True)
+    y_pred = np.array([r[2] for r in rows])
+    for n_classes, labels in ((2, np.minimum(y_true, 1)), (3, y_true)):
+        p = prob[:, :2] / prob[:, :2].sum(axis=1, keepdims=True) if n_classes == 2 else prob
+        pred = np.minimum(y_pred, n_classes - 1)
+        assert fast_roc_auc(labels, p, n_classes) == pytest.approx(roc_auc(labels, p, n_classes), nan_ok=True)
+        cm = confusion_counts(labels, pred, n_classes)
+        assert cm.tolist() == skm.confusion_matrix(labels, pred, labels=list(range(n_classes))).tolist()
+        accuracy, sens, spec = rates_from_confusion(cm)
+        assert accuracy == pytest.approx(skm.accuracy_score(labels, pred))
+        assert (sens, spec) == pytest.approx(sensitivity_specificity(labels, pred, n_classes), nan_ok=True)
+    is_pos = y_true == 1
+    if 0 < is_pos.sum() < len(is_pos):
+        fpr, tpr = roc_points(is_pos, prob[:, 1])
+        sk_fpr, sk_tpr, _ = skm.roc_curve(is_pos, prob[:, 1], drop_intermediate=False)
+        assert fpr == pytest.approx(sk_fpr) and tpr == pytest.approx(sk_tpr)

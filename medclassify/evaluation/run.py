@@ -6,14 +6,14 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from sklearn.metrics import roc_curve
 
 from ..atomic import atomic_path, atomic_write_json
 from ..errors import InputError
 from . import plots
 from .bootstrap import bootstrap_ci, bootstrap_indices, percentile_interval
 from .calibration import reliability_curve
-from .metrics import calibration_target, classification_metrics, roc_auc, sensitivity_specificity
+from .metrics import (calibration_target, classification_metrics, confusion_counts, fast_roc_auc,
+                      rates_from_confusion, roc_points)
 from .subgroups import subgroup_metrics
 from .threshold import apply_threshold, choose_threshold
 
@@ -162,17 +162,14 @@ def confidence_intervals(y_true, y_prob, y_pred, patients, n_classes, positive, 
     """Patient-bootstrap intervals of AUC, accuracy, sensitivity and specificity on one split."""
     pos = 1 if positive is None else positive
 
-    def sens(idx):
-        return sensitivity_specificity(y_true[idx], y_pred[idx], n_classes, pos)[0]
-
-    def spec(idx):
-        return sensitivity_specificity(y_true[idx], y_pred[idx], n_classes, pos)[1]
+    def rates(idx):
+        return rates_from_confusion(confusion_counts(y_true[idx], y_pred[idx], n_classes), pos)
 
     statistics = {
-        "auc": lambda idx: roc_auc(y_true[idx], y_prob[idx], n_classes, pos),
-        "accuracy": lambda idx: float((y_true[idx] == y_pred[idx]).mean()),
-        "sensitivity": sens,
-        "specificity": spec,
+        "auc": lambda idx: fast_roc_auc(y_true[idx], y_prob[idx], n_classes, pos),
+        "accuracy": lambda idx: rates(idx)[0],
+        "sensitivity": lambda idx: rates(idx)[1],
+        "specificity": lambda idx: rates(idx)[2],
     }
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # resamples lacking a class give NaN, reported as n_valid
@@ -192,7 +189,7 @@ def roc_band(is_positive, score, patients, evaluate):
         target = is_positive[idx]
         if target.all() or not target.any():
             continue
-        fpr, tpr, _ = roc_curve(target, score[idx])
+        fpr, tpr = roc_points(target, score[idx])
         curves.append(np.interp(ROC_GRID, fpr, tpr))
     if len(curves) < 2:
         return None
