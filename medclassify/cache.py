@@ -194,7 +194,7 @@ def _decode_batch(job, items):
     k = len(items)
     images = np.zeros((k,) + shape, dtype=storage_dtype)
     source_shape = np.zeros((k, 3), dtype=np.int32)
-    spacing = np.full((k, 2), np.nan, dtype=np.float32)
+    spacing = np.full((k, 2), np.nan, dtype=np.float64)
     intensity = np.full((k, INTENSITY_SAMPLES), np.nan, dtype=np.float32)
     problems = []
     for i, (position, rel_path, index, expected_hash) in enumerate(items):
@@ -452,7 +452,7 @@ def _fill_images(images, rows, reused, pool, root, io_options, preprocess_option
     """Write every row's image in manifest order: reused chunks copied, the rest decoded."""
     n = len(rows)
     source_shape = np.zeros((n, 3), dtype=np.int32)
-    spacing = np.full((n, 2), np.nan, dtype=np.float32)
+    spacing = np.full((n, 2), np.nan, dtype=np.float64)
     intensity = np.full((n, INTENSITY_SAMPLES), np.nan, dtype=np.float32)
     fingerprint = (source_shape, spacing, intensity)
     reused_runs = _reuse_runs(reused)
@@ -627,6 +627,14 @@ def _create_virtual_images(f, shape, dtype, mappings):
         source = h5py.h5s.create_simple((n,) + tuple(shape[1:]))
         dcpl.set_virtual(virtual, os.fsencode(relative), b"images", source)
     h5py.h5d.create(f.id, b"images", h5py.h5t.py_create(np.dtype(dtype)), h5py.h5s.create_simple(shape), dcpl=dcpl)
+
+
+REUSE_POOL_DIRNAME = ".previous"
+
+
+def default_reuse_pool(part):
+    """The reuse pool beside the part files: ``results/{dataset}/cache/.previous``."""
+    return Path(part).parent / REUSE_POOL_DIRNAME
 
 
 def update_reuse_pool(parts, reuse_pool):

@@ -73,6 +73,9 @@ def _add_preprocess(sub):
     p.add_argument("--fingerprint", type=Path, required=True, help="fingerprint JSON")
     p.add_argument("--report", type=Path, help="validation report.json, for the class order (default: classes sorted)")
     p.add_argument("--threads", type=int, default=1, help="decoding processes")
+    p.add_argument("--shards", type=int, help="part files to write one after another (default: preprocess.shards)")
+    p.add_argument("--no-reuse", action="store_true",
+                   help="decode every image instead of reusing unchanged ones from the previous build's parts")
     _add_config_options(p)
     p.set_defaults(func=_cmd_preprocess)
 
@@ -80,7 +83,7 @@ def _add_preprocess(sub):
 def _cmd_preprocess(args):
     import pandas as pd
 
-    from .cache import build_cache_part, merge_cache_parts
+    from .cache import build_cache_part, default_reuse_pool, merge_cache_parts
 
     config = args.loaded_config
     table = pd.read_csv(args.manifest, dtype=str, keep_default_na=False)
@@ -88,10 +91,18 @@ def _cmd_preprocess(args):
         classes = json.loads(args.report.read_text())["classes"]
     else:
         classes = sorted(table["label"].unique())
-    part = args.out.with_name(args.out.stem + ".part-0-of-1.h5")
-    build_cache_part(args.manifest, args.root, part, preprocess_options=config["preprocess"],
-                     io_options=config["io"], classes=classes, threads=args.threads)
-    merge_cache_parts([part], args.out, args.fingerprint)
+    n_shards = args.shards or config["preprocess"]["shards"]
+    # Same layout as the workflow: results/x/cache.h5 has its parts in results/x/cache/.
+    parts = [args.out.parent / args.out.stem / f"part-{i}-of-{n_shards}.h5" for i in range(n_shards)]
+    pool = default_reuse_pool(parts[0])
+    for shard, part in enumerate(parts):
+        summary = build_cache_part(args.manifest, args.root, part, preprocess_options=config["preprocess"],
+                                   io_options=config["io"], classes=classes, shard=shard, n_shards=n_shards,
+                                   threads=args.threads, previous=None if args.no_reuse else pool)
+        print(f"{part}: {summary['rows']} images, {summary['decoded']} decoded, {summary['reused']} reused")
+    merge_cache_parts(parts, args.out, args.fingerprint, reuse_pool=pool)
+    for stale in set(parts[0].parent.glob("part-*-of-*.h5")) - set(parts):  # from another shard count
+        stale.unlink()
     print(f"wrote {args.out} and {args.fingerprint}")
 
 
