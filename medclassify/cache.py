@@ -652,7 +652,7 @@ def update_reuse_pool(parts, reuse_pool):
             except OSError:  # another file system, or no hard links: fall back to a copy
                 shutil.copyfile(part, tmp)
         keep.add(target.name)
-    for entry in pool.glob("*.h5"):
+    for entry in list(pool.glob("*.h5")) + list(pool.glob(".*.tmp")):  # older parts, killed updates
         if entry.name not in keep:
             entry.unlink()
 
@@ -716,9 +716,10 @@ def _intensity_summary(opened, modalities):
     pooled = collections.defaultdict(list)
     for cache in opened:
         n = len(cache)
-        rows = np.arange(0, n) if step == 1 else np.arange((-offset) % step, n, step)
+        first = (-offset) % step  # every step-th row of the whole dataset
+        rows = np.arange(first, n, step)
         if len(rows):
-            values = cache.sources[0][0]["source_intensity"][rows] if step > 1 else cache.sources[0][0]["source_intensity"][:]
+            values = cache.sources[0][0]["source_intensity"][first::step]  # a strided slice, not a fancy read
             row_modalities = modalities[offset + rows].astype(str)
             for modality in np.unique(row_modalities):
                 pooled[str(modality)].append(values[row_modalities == modality].ravel())

@@ -370,7 +370,7 @@ def test_images_changed_or_broken_since_validation_are_listed(dataset, tmp_path)
 def test_sigkill_leaves_nothing_that_is_accepted_and_a_rerun_completes(tmp_path):
     root = tmp_path / "data"
     rows = make_dataset(root, 6, sizes=((512, 512),))
-    rows = [dict(rows[i % 6], sample_id=f"{rows[i % 6]['path']}#{i}") for i in range(600)]
+    rows = [dict(rows[i % 6], sample_id=f"{rows[i % 6]['path']}#{i}") for i in range(200)]
     manifest = write_manifest(rows, tmp_path / "m.csv")
     out = tmp_path / "results" / "cache" / "part-0-of-1.h5"
     script = textwrap.dedent(f"""
@@ -405,7 +405,7 @@ def test_sigkill_leaves_nothing_that_is_accepted_and_a_rerun_completes(tmp_path)
     preprocess, io = options()
     build_cache_part(manifest, root, out, preprocess_options=preprocess, io_options=io, classes=CLASSES, threads=2)
     with open_cache(out) as cache:
-        assert len(cache) == 600
+        assert len(cache) == 200
         cache.verify()
 
 
@@ -417,3 +417,12 @@ def test_accepts_a_dataframe_manifest(dataset, tmp_path):
     assert summary == {**summary, "rows": len(rows), "decoded": len(rows), "reused": 0}
     with open_cache(tmp_path / "p.h5") as cache:
         assert cache.sample_ids == [r["sample_id"] for r in rows]
+
+
+def test_fingerprint_pools_a_bounded_sample_of_pixels(dataset, tmp_path, monkeypatch):
+    import medclassify.cache
+    monkeypatch.setattr(medclassify.cache, "MAX_INTENSITY_VALUES", 64 * 6)  # every 4th of 24 images
+    root, rows = dataset
+    build(write_manifest(rows, tmp_path / "m.csv"), root, tmp_path / "r", n_shards=2)
+    fingerprint = json.loads((tmp_path / "r" / "fingerprint.json").read_text())
+    assert fingerprint["intensity_percentiles"]["US"]["n_values"] == 64 * 6
