@@ -3,7 +3,8 @@
 Generates ``--n`` synthetic 256×256 grey PNG images (a smooth blob, coarse texture and noise,
 each image different) and a manifest, then times ``validate_manifest`` with 1 and ``--threads``
 decoding processes. Every image is decoded and hashed. Goal: 10,000 images in under 30 s on
-2 cores.
+2 cores. Besides wall time it reports the CPU time spent (this process and its workers), which
+does not depend on other load on the machine.
 
     .venv/bin/python bench/validate.py                # 10,000 images, 1 and 2 processes
     .venv/bin/python bench/validate.py --n 1000       # quicker
@@ -15,6 +16,7 @@ import argparse
 import concurrent.futures
 import os
 import platform
+import resource
 import shutil
 import sys
 import tempfile
@@ -76,17 +78,28 @@ def generate(folder, n, size, workers):
     return manifest, written
 
 
+def _cpu_seconds():
+    """User + system CPU time of this process and of its reaped children (the decoding workers)."""
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
 def time_validation(manifest, root, threads):
-    started = time.perf_counter()
+    cpu_before, started = _cpu_seconds(), time.perf_counter()
     result = validate_manifest(manifest, root, io_options={}, validation_options={}, salt="bench",
                                threads=threads)
     seconds = time.perf_counter() - started
+    # CPU time does not depend on what else runs on the machine: cpu_seconds / threads is the
+    # wall time that the same work takes on `threads` otherwise idle cores.
+    cpu_seconds = _cpu_seconds() - cpu_before
     if not result.ok:
         raise SystemExit(f"validation failed: {[str(p) for p in result.problems[:5]]}")
     return {
         "threads": threads,
         "images": int(result.summary["n_samples"]),
         "seconds": round(seconds, 2),
+        "cpu_seconds": round(cpu_seconds, 2),
+        "idle_cores_estimate_seconds": round(cpu_seconds / threads, 2),
         "decode_seconds": result.timings.get("decode_seconds"),
         "images_per_second": round(result.summary["n_samples"] / seconds, 1),
         "under_goal": seconds < GOAL_SECONDS,
@@ -118,11 +131,14 @@ def main(argv=None):
     made = f"generated in {generate_seconds:.1f} s" if written else "reused from --workdir"
     print(f"validate_manifest on {args.n:,} generated {args.size}x{args.size} PNG images "
           f"({made}; cpu count {os.cpu_count()}; load average {os.getloadavg()[0]:.1f})")
-    print(f"{'processes':>9} | {'images':>7} | {'seconds':>7} | {'decode s':>8} | {'images/s':>8} | under {GOAL_SECONDS:.0f} s")
-    print(f"{'-' * 9}-+-{'-' * 7}-+-{'-' * 7}-+-{'-' * 8}-+-{'-' * 8}-+-{'-' * 11}")
+    print(f"{'processes':>9} | {'images':>7} | {'seconds':>7} | {'decode s':>8} | {'images/s':>8} | "
+          f"{'CPU s':>7} | {'CPU s/process':>13} | under {GOAL_SECONDS:.0f} s")
+    print(f"{'-' * 9}-+-{'-' * 7}-+-{'-' * 7}-+-{'-' * 8}-+-{'-' * 8}-+-{'-' * 7}-+-{'-' * 13}-+-{'-' * 11}")
     for run in runs:
         print(f"{run['threads']:>9} | {run['images']:>7} | {run['seconds']:>7.2f} | {run['decode_seconds']:>8.2f} | "
-              f"{run['images_per_second']:>8.1f} | {'yes' if run['under_goal'] else 'NO'}")
+              f"{run['images_per_second']:>8.1f} | {run['cpu_seconds']:>7.2f} | {run['idle_cores_estimate_seconds']:>13.2f} | "
+              f"{'yes' if run['under_goal'] else 'NO'}")
+    print("CPU s/process = CPU time / processes: the wall time on otherwise idle cores (load-independent).")
     atomic_write_json(args.out, {
         "benchmark": "validate_manifest", "n_images": args.n, "image_size": args.size,
         "goal_seconds": GOAL_SECONDS, "generate_seconds": round(generate_seconds, 2),
