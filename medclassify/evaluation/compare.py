@@ -138,8 +138,8 @@ def compare_runs(metrics_paths, out_csv, out_md, out_png):
         table.to_csv(tmp, index=False)
     atomic_write_text(out_md, markdown_table(table))
     fig = plot_auc_by_run(table)
-    with atomic_path(out_png) as tmp:
-        fig.savefig(tmp, format="png", bbox_inches="tight", dpi=150, metadata={"Software": None})
+    with atomic_path(out_png) as tmp, plots.plot_style():
+        fig.savefig(tmp, format="png", bbox_inches="tight", metadata={"Software": None})
     import matplotlib.pyplot as plt
 
     plt.close(fig)

@@ -53,7 +53,8 @@ def save_figure(fig, out_dir, name):
         with atomic_path(path) as tmp:
             # Metadata without dates keeps PDFs byte-stable across identical runs.
             metadata = {"CreationDate": None} if fmt == "pdf" else {"Software": None}
-            fig.savefig(tmp, format=fmt, bbox_inches="tight", metadata=metadata)
+            with plot_style():  # savefig.dpi and pdf.fonttype are read when saving
+                fig.savefig(tmp, format=fmt, bbox_inches="tight", metadata=metadata)
         paths.append(path)
     plt.close(fig)
     return paths
