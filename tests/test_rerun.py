@@ -1,0 +1,184 @@
+"""Snakemake reruns only what a change touches: checked on the dry-run job list after a real run.
+
+One complete run of the workflow (a small dataset with its own manifest, one training epoch per
+stage) is made once in a copy of the repository; each test then changes one thing, asks
+Snakemake what it would run (``snakemake -n``), and puts the change back, byte for byte and
+with the file's old modification time, so that the next test starts from the same state.
+"""
+
+import os
+import shutil
+from contextlib import contextmanager
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from snakemake_fixtures import (
+    FAST_CONFIG_NAME,
+    copy_repository,
+    parse_job_stats,
+    run_snakemake,
+    write_fast_config,
+)
+
+pytestmark = pytest.mark.slow
+
+RUN_TIMEOUT_S = 1200
+DRY_RUN_TIMEOUT_S = 300
+HELD_BACK_PATIENTS = 3
+DATASET = "own"
+
+
+@contextmanager
+def restored_afterwards(*paths):
+    """Let the body change files; put back their bytes and modification times afterwards."""
+    saved = {Path(p): (Path(p).read_bytes(), os.stat(p).st_mtime_ns) for p in paths}
+    try:
+        yield
+    finally:
+        for path, (content, mtime_ns) in saved.items():
+            path.write_bytes(content)
+            os.utime(path, ns=(mtime_ns, mtime_ns))
+
+
+def planned_jobs(workdir):
+    """Jobs per rule that ``snakemake -n`` would run now (the ``all`` target left out)."""
+    run = run_snakemake(
+        ["-n", "--quiet", "rules", "--configfile", FAST_CONFIG_NAME],
+        workdir,
+        timeout_s=DRY_RUN_TIMEOUT_S,
+    )
+    assert run.returncode == 0, run.tail()
+    planned = parse_job_stats(run.output)
+    planned.pop("all", None)
+    return planned
+
+
+def write_manifest_without_last_patients(data_dir, n_patients):
+    """Keep the full generated manifest aside and give the workflow one without the last patients."""
+    full = pd.read_csv(data_dir / "manifest.csv")
+    full.to_csv(data_dir / "manifest.full.csv", index=False)
+    held_back = full["patient"].drop_duplicates().iloc[-n_patients:]
+    full[~full["patient"].isin(held_back)].to_csv(data_dir / "manifest.csv", index=False)
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    """A copy of the repository with one complete run of a small own-manifest dataset."""
+    from medclassify.datasets.demo import generate_demo_dataset
+
+    workdir = copy_repository(tmp_path_factory.mktemp("rerun") / "repo")
+    data_dir = workdir / "data"
+    generate_demo_dataset(data_dir, n_patients=24, seed=0)
+    write_manifest_without_last_patients(data_dir, HELD_BACK_PATIENTS)
+    write_fast_config(workdir)
+    # The own-manifest dataset replaces the demo one (a merge would keep both).
+    config = yaml.safe_load((workdir / FAST_CONFIG_NAME).read_text())
+    config["datasets"] = {DATASET: {"manifest": "data/manifest.csv", "root": "data"}}
+    (workdir / FAST_CONFIG_NAME).write_text(yaml.safe_dump(config, sort_keys=False))
+
+    run = run_snakemake(
+        ["--cores", "2", "--configfile", FAST_CONFIG_NAME], workdir, timeout_s=RUN_TIMEOUT_S
+    )
+    assert run.returncode == 0, run.tail()
+    assert planned_jobs(workdir) == {}, "a complete run must leave nothing to do"
+    return workdir
+
+
+def edit_config(workdir, section, key, value):
+    config_path = workdir / FAST_CONFIG_NAME
+    config = yaml.safe_load(config_path.read_text())
+    config.setdefault(section, {})[key] = value
+    config_path.write_text(yaml.safe_dump(config, sort_keys=False))
+
+
+def test_changing_an_evaluation_option_plans_only_evaluation_and_comparison(workdir):
+    config = workdir / FAST_CONFIG_NAME
+    with restored_afterwards(config):
+        edit_config(workdir, "evaluate", "threshold", "fixed")
+        assert planned_jobs(workdir) == {"evaluate": 1, "compare": 1}
+
+
+def test_changing_a_finetune_option_plans_finetune_and_what_follows(workdir):
+    config = workdir / FAST_CONFIG_NAME
+    with restored_afterwards(config):
+        edit_config(workdir, "finetune", "learning_rate", 0.0005)
+        assert planned_jobs(workdir) == {"finetune": 1, "evaluate": 1, "compare": 1}
+
+
+def test_adding_images_to_the_manifest_plans_validation_preprocessing_and_what_follows(workdir):
+    manifest = workdir / "data/manifest.csv"
+    with restored_afterwards(manifest):
+        shutil.copyfile(workdir / "data/manifest.full.csv", manifest)
+        planned = planned_jobs(workdir)
+    n_shards = yaml.safe_load((workdir / FAST_CONFIG_NAME).read_text())["preprocess"]["shards"]
+    assert planned == {
+        "validate_manifest": 1,
+        "preprocess": n_shards,
+        "merge_cache": 1,
+        "split": 1,
+        "train_head": 1,
+        "finetune": 1,
+        "evaluate": 1,
+        "compare": 1,
+    }
+
+
+@pytest.mark.parametrize(
+    "module, first_rule, untouched",
+    [
+        ("medclassify/splits.py", "split", {"validate_manifest", "preprocess", "merge_cache"}),
+        (
+            "medclassify/evaluation/metrics.py",
+            "evaluate",
+            {"validate_manifest", "preprocess", "split", "train_head", "finetune"},
+        ),
+        ("medclassify/manifest.py", "validate_manifest", set()),
+    ],
+)
+def test_editing_a_library_module_plans_the_rules_that_import_it(
+    workdir, module, first_rule, untouched
+):
+    source = workdir / module
+    with restored_afterwards(source):
+        source.write_text(source.read_text() + "\n# an edit that changes the code's checksum\n")
+        planned = planned_jobs(workdir)
+    assert first_rule in planned
+    assert not untouched & set(planned), planned
+
+
+@pytest.mark.parametrize(
+    "relative",
+    [
+        "data/manifest.csv",
+        "medclassify/splits.py",
+        "medclassify/training.py",
+        f"results/{DATASET}/cache.h5",
+        f"results/{DATASET}/splits.csv",
+    ],
+)
+def test_touching_a_file_without_changing_it_plans_nothing(workdir, relative):
+    path = workdir / relative
+    with restored_afterwards(path):
+        path.touch()
+        assert planned_jobs(workdir) == {}
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="the rules pass option dicts in the config file's key order, and Snakemake compares "
+    "params as written, so reordering keys rebuilds the cache and retrains; a rule that passes "
+    "its options with sorted keys fixes it (then remove this mark)",
+)
+def test_reordering_the_keys_of_the_config_file_plans_nothing(workdir):
+    config_path = workdir / FAST_CONFIG_NAME
+    with restored_afterwards(config_path):
+        config = yaml.safe_load(config_path.read_text())
+        reordered = {
+            section: dict(reversed(list(value.items()))) if isinstance(value, dict) else value
+            for section, value in reversed(list(config.items()))
+        }
+        config_path.write_text(yaml.safe_dump(reordered, sort_keys=False))
+        assert planned_jobs(workdir) == {}
