@@ -205,3 +205,12 @@ def test_content_hash_covers_dtype_shape_and_values():
     b[0, 0] = 1
     assert content_hash(a) != content_hash(b)
     assert content_hash(np.asfortranarray(a)) == content_hash(a)
+
+
+@pytest.mark.parametrize("options", [{"channels": "rgb"}, {"dicom_window": "lung"}, {"dicom_window": {"center": 1}},
+                                     {"dicom_frame": -1}, {"nifti_slice": "first"}, {"nifti_axis": 3},
+                                     {"max_pixels": 0}, {"unknown": 1}])
+def test_invalid_io_options_are_rejected_up_front(tmp_path, options):
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / "a.png")
+    with pytest.raises(ValueError):
+        read_sample(tmp_path / "a.png", io_options=options)

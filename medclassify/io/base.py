@@ -67,7 +67,37 @@ def resolve_io_options(io_options=None):
         if unknown:
             raise ValueError(f"unknown io options: {sorted(unknown)}")
         resolved.update(io_options)
+    _check_io_options(resolved)
     return resolved
+
+
+_WINDOW_NAMES = ("file", "none", "ct_lung", "ct_mediastinum", "ct_bone", "ct_brain", "ct_abdomen")
+
+
+def _check_io_options(options):
+    """Reject option values that the config schema would reject (for direct library callers)."""
+    problems = []
+    if options["channels"] not in ("keep_grey", "rgb_to_grey", "grey_to_rgb"):
+        problems.append(f"channels={options['channels']!r}")
+    window = options["dicom_window"]
+    if isinstance(window, dict):
+        if set(window) != {"center", "width"} or not float(window["width"]) > 0:
+            problems.append(f"dicom_window={window!r} (needs center and a positive width)")
+    elif window not in _WINDOW_NAMES:
+        problems.append(f"dicom_window={window!r}")
+    for name in ("dicom_frame", "nifti_slice"):
+        value = options[name]
+        if not (value in ("middle", "all") or (isinstance(value, int) and not isinstance(value, bool) and value >= 0)):
+            problems.append(f"{name}={value!r}")
+    if options["nifti_axis"] not in (0, 1, 2):
+        problems.append(f"nifti_axis={options['nifti_axis']!r}")
+    volume = options["nifti_volume"]
+    if volume is not None and not (isinstance(volume, int) and volume >= 0):
+        problems.append(f"nifti_volume={volume!r}")
+    if not (isinstance(options["max_pixels"], int) and options["max_pixels"] >= 1):
+        problems.append(f"max_pixels={options['max_pixels']!r}")
+    if problems:
+        raise ValueError(f"invalid io options: {', '.join(problems)} (see the io section of the config schema)")
 
 
 def content_hash(pixels):
