@@ -675,9 +675,11 @@ def _build_table(records, extra_columns):
     """The validated manifest: one row per sample, in manifest order."""
     rows = []
     for record in records:
+        several = len(record["samples"]) > 1
         for sample in record["samples"]:
             index = sample["index"]
-            sample_id = record["path"] if index is None else f"{record['path']}#{index}"
+            # The path when the file gives one sample (also one chosen frame/slice), else path#index.
+            sample_id = f"{record['path']}#{index}" if several else record["path"]
             row = {"sample_id": sample_id, "path": record["path"], "index": index,
                    "label": record["label"], "patient": record["patient_hash"],
                    "modality": record["modality"], "content_hash": sample["content_hash"]}

@@ -62,6 +62,8 @@ def test_validated_manifest_format(tmp_path):
     assert not table["patient"].str.contains("patient-").any()
     assert table["content_hash"].str.len().eq(32).all()
     assert result.classes == ["a", "b"]
+    middle = validate(manifest, root, min_images_per_class=1).table  # one frame: the path is the id
+    assert middle[middle["path"] == "dose.dcm"][["sample_id", "index"]].values.tolist() == [["dose.dcm", 7]]
 
     out = tmp_path / "results"
     write_validation_outputs(result, out / "manifest.validated.csv", out / "validation" / "report.json",
