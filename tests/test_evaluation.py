@@ -210,3 +210,28 @@ def test_gradcam_reaches_into_the_workflows_wrapped_backbone(tmp_path):
     images = np.random.default_rng(1).random((2, 16, 16, 1), dtype=np.float32)
     heat = gradcam_heatmaps(loaded, images, [0, 1])
     assert heat.shape[0] == 2 and np.isfinite(heat).all() and heat.max() == pytest.approx(1.0)
+
+
+def test_first_class_as_positive_class(binary_run, tmp_path):
+    from medclassify.evaluation.calibration import expected_calibration_error
+
+    folder, _, _ = binary_run
+    metrics = run_evaluation(folder / "model.keras", folder / "cache.h5", folder / "splits.csv",
+                             folder / "manifest.validated.csv", tmp_path,
+                             options=_options(positive_class="benign", bootstrap=0, gradcam_per_class=0,
+                                              misclassified=0, calibration_bins=5),
+                             histories={})
+    test = pd.read_csv(tmp_path / "predictions.csv").query("split == 'test'")
+    is_benign = (test["label"] == "benign").to_numpy()
+    assert metrics["positive_class"] == "benign"
+    assert metrics["auc"] == pytest.approx(skm.roc_auc_score(is_benign, test["prob_benign"]))
+    assert metrics["sensitivity"] == pytest.approx(np.mean(test["predicted"][is_benign] == "benign"))
+    assert metrics["ece"] == pytest.approx(expected_calibration_error(is_benign, test["prob_benign"], 5))
+    assert ((test["prob_benign"] >= metrics["threshold"]["value"]) == (test["predicted"] == "benign")).all()
+    site = metrics["subgroups"]["modality"]
+    for value, group in site.items():
+        rows = test[pd.read_csv(folder / "manifest.validated.csv").set_index("sample_id")
+                    .loc[test["sample_id"], "modality"].to_numpy() == value]
+        positives = rows["label"] == "benign"
+        if positives.any():
+            assert group["sensitivity"] == pytest.approx(np.mean(rows["predicted"][positives] == "benign"))

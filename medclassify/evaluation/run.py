@@ -10,7 +10,7 @@ import pandas as pd
 from ..atomic import atomic_path, atomic_write_json
 from ..errors import InputError
 from . import plots
-from .bootstrap import bootstrap_ci, bootstrap_indices, percentile_interval
+from .bootstrap import bootstrap_ci, bootstrap_indices
 from .calibration import reliability_curve
 from .metrics import (calibration_target, classification_metrics, confusion_counts, fast_roc_auc,
                       rates_from_confusion, roc_points)
@@ -274,6 +274,57 @@ def _gradcam_figure(model, read_test, y_true, y_pred, y_prob, classes, per_class
     return fig, info
 
 
+def finite_json(value):
+    """``value`` with every NaN or infinite float replaced by None (JSON has no NaN)."""
+    if isinstance(value, dict):
+        return {k: finite_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite_json(v) for v in value]
+    if isinstance(value, (float, np.floating)):
+        return float(value) if np.isfinite(value) else None
+    if isinstance(value, np.integer):
+        return int(value)
+    return value
+
+
+def _calibration_record(curve, bins, target):
+    return {"bins": bins, "target": target,
+            **{k: [float(v) if np.isfinite(v) else None for v in curve[k]] for k in ("mean_predicted", "observed")},
+            "count": curve["count"].tolist()}
+
+
+def evaluate_test_split(y_test, prob_test, pred_test, patients_test, manifest_test, classes, positive, evaluate):
+    """Metrics of the test split with CIs, calibration curve and subgroups; also returns the curve."""
+    pos = 1 if positive is None else positive
+    bins = evaluate["calibration_bins"]
+    metrics = classification_metrics(y_test, prob_test, pred_test, classes, positive=positive, calibration_bins=bins)
+    metrics["n_patients"] = int(len(set(patients_test)))
+    if evaluate["bootstrap"] > 0:
+        metrics["ci"], metrics["ci_info"] = confidence_intervals(
+            y_test, prob_test, pred_test, patients_test, len(classes), positive, evaluate)
+    else:
+        metrics["ci"] = {k: [None, None] for k in ("auc", "accuracy", "sensitivity", "specificity")}
+        metrics["ci_info"] = {"note": "evaluate.bootstrap is 0: no intervals"}
+    outcome, probability = calibration_target(y_test, prob_test, pred_test, len(classes), pos)
+    curve = reliability_curve(outcome, probability, bins)
+    metrics["calibration"] = _calibration_record(curve, bins, metrics["ece_method"])
+    metrics["subgroups"] = {
+        column: subgroup_metrics(manifest_test[column].to_numpy(), y_test, prob_test, pred_test, patients_test,
+                                 classes, positive=pos, min_size=evaluate["min_subgroup_size"])
+        for column in manifest_test.columns
+    }
+    return metrics, curve
+
+
+def _split_positions(cache, cache_path, sample_ids):
+    position = {sample_id: i for i, sample_id in enumerate(cache.sample_ids)}
+    absent = [s for s in sample_ids if s not in position]
+    if absent:
+        raise InputError(f"{cache_path}: samples of the split are not in the cache (rerun the split stage)",
+                         [f"sample_id {s!r}" for s in absent])
+    return np.array([position[s] for s in sample_ids], dtype=int)
+
+
 def run_evaluation(model_path, cache_path, splits_path, manifest_path, out_dir, *, options, histories, fold=None):
     """Evaluate a trained model; write metrics.json, predictions.csv and the plots to ``out_dir``.
 
@@ -289,7 +340,6 @@ def run_evaluation(model_path, cache_path, splits_path, manifest_path, out_dir, 
     # with train.tta is still honoured.
     tta = bool(evaluate.get("tta", options.get("train", {}).get("tta", False)))
     flips = tta_flips(model_path) if tta else []
-    batch_size = 64
     subgroup_columns = list(dict.fromkeys(["modality", *evaluate.get("subgroups", [])]))
 
     splits = pd.read_csv(splits_path, dtype={"sample_id": str, "split": str})
@@ -298,59 +348,39 @@ def run_evaluation(model_path, cache_path, splits_path, manifest_path, out_dir, 
     if problems:
         raise InputError("cannot evaluate", problems)
     manifest = _read_manifest(manifest_path, val_ids + test_ids, subgroup_columns)
+    patients_val = manifest.loc[val_ids, "patient"].to_numpy()
+    patients_test = manifest.loc[test_ids, "patient"].to_numpy()
 
     with open_cache(cache_path) as cache:
         classes = list(cache.classes)
         positive = positive_index(classes, evaluate.get("positive_class"), "evaluate.positive_class")
-        position = {sample_id: i for i, sample_id in enumerate(cache.sample_ids)}
-        absent = [s for s in val_ids + test_ids if s not in position]
-        if absent:
-            raise InputError(f"{cache_path}: samples of the split are not in the cache", [f"sample_id {s!r}" for s in absent])
-        val_idx = np.array([position[s] for s in val_ids])
-        test_idx = np.array([position[s] for s in test_ids])
+        val_idx = _split_positions(cache, cache_path, val_ids)
+        test_idx = _split_positions(cache, cache_path, test_ids)
         labels = np.asarray(cache.labels, dtype=int)
         y_val, y_test = labels[val_idx], labels[test_idx]
 
         model = load_model(model_path)
-        prob_val = predict_probabilities(model, _cache_reader(cache, val_idx), len(val_idx), flips=flips, batch_size=batch_size)
         read_test = _cache_reader(cache, test_idx)
-        prob_test = predict_probabilities(model, read_test, len(test_idx), flips=flips, batch_size=batch_size)
+        prob_val = predict_probabilities(model, _cache_reader(cache, val_idx), len(val_idx), flips=flips)
+        prob_test = predict_probabilities(model, read_test, len(test_idx), flips=flips)
         if prob_test.shape[1] != len(classes):
             raise InputError(f"{model_path}: model outputs {prob_test.shape[1]} classes",
                              [f"the cache {cache_path} has {len(classes)}: {classes}"])
 
+        # The operating point is fixed on validation before any test prediction is scored.
         threshold = threshold_record(evaluate, positive, y_val, prob_val)
         pred_val = decide(prob_val, threshold["value"], positive)
         pred_test = decide(prob_test, threshold["value"], positive)
-        patients_val = manifest.loc[val_ids, "patient"].to_numpy()
-        patients_test = manifest.loc[test_ids, "patient"].to_numpy()
 
-        bins = evaluate["calibration_bins"]
         metrics = {"split": "test", "fold": fold}
-        metrics.update(classification_metrics(y_test, prob_test, pred_test, classes, positive=positive, calibration_bins=bins))
-        metrics["n_patients"] = int(len(set(patients_test)))
+        test_part, curve = evaluate_test_split(y_test, prob_test, pred_test, patients_test,
+                                                manifest.loc[test_ids, subgroup_columns], classes, positive, evaluate)
+        metrics.update(test_part)
         metrics["threshold"] = threshold
         metrics["tta"] = {"enabled": tta, "views": ["identity", *flips]}
-        if evaluate["bootstrap"] > 0:
-            metrics["ci"], metrics["ci_info"] = confidence_intervals(
-                y_test, prob_test, pred_test, patients_test, len(classes), positive, evaluate)
-        else:
-            metrics["ci"], metrics["ci_info"] = {k: [None, None] for k in ("auc", "accuracy", "sensitivity", "specificity")}, \
-                {"note": "evaluate.bootstrap is 0: no intervals"}
-        outcome, probability = calibration_target(y_test, prob_test, pred_test, len(classes), positive or 1)
-        curve = reliability_curve(outcome, probability, bins)
-        metrics["calibration"] = {"bins": bins, "target": metrics["ece_method"],
-                                  **{k: [None if not np.isfinite(v) else float(v) for v in curve[k]]
-                                     for k in ("mean_predicted", "observed")},
-                                  "count": curve["count"].tolist()}
-        metrics["subgroups"] = {
-            column: subgroup_metrics(manifest.loc[test_ids, column].to_numpy(), y_test, prob_test, pred_test, patients_test,
-                                     classes, positive=positive or 1, min_size=evaluate["min_subgroup_size"])
-            for column in subgroup_columns
-        }
-        val_metrics = classification_metrics(y_val, prob_val, pred_val, classes, positive=positive, calibration_bins=bins)
-        val_metrics["n_patients"] = int(len(set(patients_val)))
-        metrics["val"] = val_metrics
+        metrics["val"] = classification_metrics(y_val, prob_val, pred_val, classes, positive=positive,
+                                                calibration_bins=evaluate["calibration_bins"])
+        metrics["val"]["n_patients"] = int(len(set(patients_val)))
 
         predictions = pd.concat([
             _prediction_frame("val", val_ids, patients_val, y_val, pred_val, prob_val, classes),
@@ -368,6 +398,7 @@ def run_evaluation(model_path, cache_path, splits_path, manifest_path, out_dir, 
 
     metrics["inputs"] = {"model": str(model_path), "cache": str(cache_path), "splits": str(splits_path),
                          "manifest": str(manifest_path)}
+    metrics = finite_json(metrics)
     atomic_write_json(out_dir / "metrics.json", metrics)
     return metrics
 
