@@ -2,6 +2,7 @@
 
 import json
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -102,3 +103,29 @@ def test_model_without_model_json_is_an_input_error(tmp_path):
     (tmp_path / "model.keras").write_bytes(b"")
     with pytest.raises(InputError, match="model.json"):
         predict_files(tmp_path / "model.keras", [tmp_path], tmp_path / "out.csv")
+
+
+def test_dicom_and_every_nifti_slice_get_their_own_rows(saved_run, tmp_path):
+    """The io options saved with the model choose the frames/slices, as in the validated manifest."""
+    import shutil
+
+    import nibabel.testing
+    import pydicom.data
+
+    from medclassify.io import sample_indices
+
+    _, model_path, _, config = saved_run
+    run = tmp_path / "run" / "finetune"
+    run.mkdir(parents=True)
+    shutil.copy(model_path, run / "model.keras")
+    info = json.loads(model_path.with_name("model.json").read_text())
+    info["params"]["io"] = dict(config["io"], nifti_slice="all")
+    (run / "model.json").write_text(json.dumps(info))
+    dicom = pydicom.data.get_testdata_file("CT_small.dcm")
+    nifti = str(Path(nibabel.testing.data_path) / "anatomical.nii")
+    table = predict_files(run / "model.keras", [dicom, nifti], tmp_path / "out.csv")
+    slices = sample_indices(nifti, info["params"]["io"])
+    assert len(table) == 1 + len(slices) and (table["status"] == "ok").all()
+    assert table.loc[0, "sample_id"] == dicom
+    assert list(table["sample_id"][1:]) == [f"{nifti}#{k}" for k in slices]
+    assert list(table["index"][1:]) == slices
