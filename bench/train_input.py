@@ -1,0 +1,106 @@
+"""Input-throughput benchmark: training images/s fed from the HDF5 cache vs from in-memory tensors.
+
+    .venv/bin/python bench/train_input.py [--rounds 5] [--epochs 2]
+
+Same model (the default ResNet-18), same batch size, same process. Three feeds:
+  tensors  tf.data.Dataset.from_tensor_slices over NumPy arrays already in memory (the baseline)
+  memory   medclassify.data.training_dataset with the cache's images held in memory
+  disk     medclassify.data.training_dataset reading every batch from the HDF5 file
+Augmentation is off in all three so that only the input path differs. The feeds are measured in
+alternation, ``rounds`` times, and the median images/s of each is reported, which keeps the
+comparison fair on a machine whose load changes. Goal: memory/tensors and disk/tensors >= 0.95.
+Data: BreastMNIST's 546 training images (28x28) as the real preprocessing stage caches them.
+"""
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+GOAL_RATIO = 0.95
+NO_AUGMENT = {"horizontal_flip": False, "vertical_flip": False, "rotation_degrees": 0, "zoom": 0, "translate": 0,
+              "brightness": 0, "contrast": 0, "noise_std": 0}
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rounds", type=int, default=5, help="alternations of the three feeds")
+    parser.add_argument("--epochs", type=int, default=2, help="epochs per measurement")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "train_input.json")
+    args = parser.parse_args(argv)
+
+    from medclassify.gpu import set_threads
+
+    set_threads(args.threads)
+    import numpy as np
+    import tensorflow as tf
+
+    from breastmnist_data import prepare_breastmnist
+    from medclassify.atomic import atomic_write_json
+    from medclassify.cache import open_cache
+    from medclassify.config import load_config, run_config
+    from medclassify.data import ImageSource, split_indices, training_dataset
+    from medclassify.training import compile_model, initial_model, seed_everything, stage_options
+
+    options = run_config(load_config(ROOT / "config" / "breastmnist.yaml"), "baseline")
+    settings = stage_options(options, "finetune")
+    batch_size = settings["batch_size"]
+    seed_everything(0, deterministic=False)
+    with tempfile.TemporaryDirectory(prefix="medclassify-train-input-") as tmp:
+        cache_path, splits_path = prepare_breastmnist(Path(tmp))
+        with open_cache(cache_path) as cache:
+            train = split_indices(cache.sample_ids, splits_path)["train"]
+            labels = cache.labels[train]
+            n_classes = len(cache.classes)
+            memory = ImageSource(cache, train, in_memory=True)
+            disk = ImageSource(cache, train, in_memory=False)
+            images, targets = memory.images, np.eye(n_classes, dtype="float32")[labels]
+            model, _ = initial_model("finetune", init_model=None, input_shape=memory.image_shape,
+                                     class_counts=np.bincount(labels, minlength=n_classes),
+                                     train_options=options["train"], settings=settings, zscore=None)
+            compile_model(model, "finetune", settings, options["train"], int(np.ceil(len(train) / batch_size)), False)
+
+            def tensors_feed(epoch):
+                order = np.random.default_rng(epoch).permutation(len(images))
+                return tf.data.Dataset.from_tensor_slices((images[order], targets[order])).batch(batch_size).prefetch(2)
+
+            def cache_feed(source):
+                return lambda epoch: training_dataset(source, labels, epoch, n_classes=n_classes, batch_size=batch_size,
+                                                      seed=0, augment=NO_AUGMENT)
+
+            feeds = {"tensors": tensors_feed, "memory": cache_feed(memory), "disk": cache_feed(disk)}
+            for feed in feeds.values():  # trace each input signature once before timing
+                model.fit(feed(0), epochs=1, verbose=0)
+            rates = {name: [] for name in feeds}
+            for round_ in range(args.rounds):
+                for name, feed in feeds.items():
+                    started = time.perf_counter()
+                    for epoch in range(args.epochs):
+                        model.fit(feed(round_ * args.epochs + epoch + 1), epochs=1, verbose=0)
+                    rates[name].append(len(train) * args.epochs / (time.perf_counter() - started))
+
+    median = {name: statistics.median(values) for name, values in rates.items()}
+    ratios = {name: median[name] / median["tensors"] for name in ("memory", "disk")}
+    print(f"\nResNet-18 (width {options['train']['resnet_width']}), batch {batch_size}, {len(train)} images "
+          f"28x28x1, {args.threads} threads, median of {args.rounds} rounds x {args.epochs} epochs")
+    print(f"{'feed':<8} {'images/s':>9} {'ratio':>6}  rounds")
+    for name in feeds:
+        ratio = median[name] / median["tensors"]
+        print(f"{name:<8} {median[name]:>9.1f} {ratio:>6.3f}  {' '.join(f'{r:.0f}' for r in rates[name])}")
+    met = all(r >= GOAL_RATIO for r in ratios.values())
+    print(f"goal (memory and disk >= {GOAL_RATIO} x tensors): {'met' if met else 'NOT met'}")
+    atomic_write_json(args.out, {"model": f"resnet18 width {options['train']['resnet_width']}", "batch_size": batch_size,
+                                 "images": len(train), "threads": args.threads, "rounds": args.rounds,
+                                 "epochs_per_round": args.epochs, "images_per_second": rates, "median": median,
+                                 "ratio": ratios, "goal": GOAL_RATIO, "met": met})
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,135 @@
+"""tf.data input: splits, per-epoch order, augmentation, mixup, in-memory and from-disk sources."""
+
+import numpy as np
+import pandas as pd
+import pytest
+import tensorflow as tf
+
+from medclassify.cache import open_cache
+from medclassify.data import (ImageSource, augment_batch, class_weights, epoch_order, evaluation_dataset,
+                              fits_in_memory, mixup_batch, split_indices, split_sample_ids, training_dataset,
+                              zscore_statistics)
+from medclassify.errors import InputError
+from training_fixtures import make_training_cache
+
+AUGMENT = {"horizontal_flip": True, "vertical_flip": True, "rotation_degrees": 15, "zoom": 0.1, "translate": 0.1,
+           "brightness": 0.1, "contrast": 0.1, "noise_std": 0.02}
+NO_AUGMENT = {"horizontal_flip": False, "vertical_flip": False, "rotation_degrees": 0, "zoom": 0, "translate": 0,
+              "brightness": 0, "contrast": 0, "noise_std": 0}
+
+
+@pytest.fixture(scope="module")
+def tiny_cache(tmp_path_factory):
+    return make_training_cache(tmp_path_factory.mktemp("cache"), n=40, n_classes=2)
+
+
+def test_split_sample_ids_with_and_without_folds():
+    table = pd.DataFrame({"sample_id": list("abcdef"), "split": ["train", "train", "val", "test", "train", "val"]})
+    assert split_sample_ids(table) == {"train": ["a", "b", "e"], "val": ["c", "f"], "test": ["d"]}
+    kfold = pd.DataFrame({"sample_id": list("abcde"), "split": ["trainval"] * 4 + ["test"], "fold": [0, 1, 2, 1, -1]})
+    assert split_sample_ids(kfold, fold=1) == {"train": ["a", "c"], "val": ["b", "d"], "test": ["e"]}
+    with pytest.raises(InputError, match="no fold column"):
+        split_sample_ids(table, fold=0)
+
+
+def test_split_indices_report_samples_missing_from_the_cache(tmp_path):
+    path = tmp_path / "splits.csv"
+    pd.DataFrame({"sample_id": ["a", "b", "x"], "split": ["train", "val", "train"]}).to_csv(path, index=False)
+    assert split_indices(["b", "a", "x"], path)["train"].tolist() == [1, 2]
+    with pytest.raises(InputError) as error:
+        split_indices(["a", "b"], path)
+    assert "not in the cache" in str(error.value) and "x" in str(error.value)
+
+
+def test_epoch_order_depends_only_on_seed_and_epoch():
+    labels = np.array([0] * 90 + [1] * 10)
+    first = epoch_order(labels, 3, seed=7)
+    np.testing.assert_array_equal(first, epoch_order(labels, 3, seed=7))
+    assert sorted(first) == list(range(100))
+    assert not np.array_equal(first, epoch_order(labels, 4, seed=7))
+    assert not np.array_equal(first, epoch_order(labels, 3, seed=8))
+
+
+def test_balanced_sampling_draws_classes_equally():
+    labels = np.array([0] * 900 + [1] * 100)
+    drawn = labels[np.concatenate([epoch_order(labels, e, seed=0, balanced=True) for e in range(5)])]
+    assert abs(np.mean(drawn == 1) - 0.5) < 0.03
+
+
+def test_class_weights_balance_the_loss():
+    weights = class_weights(np.array([0, 0, 0, 1]), 3)
+    np.testing.assert_allclose(weights, [4 / 9, 4 / 3, 0.0])
+
+
+def test_augmentation_is_seeded_in_range_and_changes_images():
+    images = tf.constant(np.random.default_rng(0).random((8, 16, 16, 1), dtype="float32"))
+    seed = tf.constant([1, 2], tf.int64)
+    a = augment_batch(images, seed, AUGMENT).numpy()
+    np.testing.assert_array_equal(a, augment_batch(images, seed, AUGMENT).numpy())
+    assert not np.array_equal(a, augment_batch(images, tf.constant([1, 3], tf.int64), AUGMENT).numpy())
+    assert a.min() >= 0.0 and a.max() <= 1.0 and a.shape == images.shape
+    assert np.abs(a - images.numpy()).mean() > 0.01
+    np.testing.assert_allclose(augment_batch(images, seed, NO_AUGMENT).numpy(), images.numpy(), atol=1e-6)
+
+
+def test_rotation_turns_an_image_about_its_centre():
+    image = np.zeros((1, 17, 17, 1), dtype="float32")
+    image[0, 8, 12, 0] = 1.0  # right of the centre
+    rotated = augment_batch(tf.constant(image), tf.constant([0, 0], tf.int64),
+                            {**NO_AUGMENT, "rotation_degrees": 90}).numpy()[0, :, :, 0]
+    # A random angle in [-90, 90]: the bright spot stays at distance 4 from the centre.
+    y, x = np.unravel_index(rotated.argmax(), rotated.shape)
+    assert abs(np.hypot(y - 8, x - 8) - 4) <= 1.0
+
+
+def test_mixup_blends_images_and_targets_alike():
+    images = tf.constant(np.stack([np.zeros((4, 4, 1)), np.ones((4, 4, 1))]).astype("float32"))
+    targets = tf.constant([[1.0, 0.0], [0.0, 1.0]])
+    mixed, mixed_targets, weights = mixup_batch(images, targets, tf.ones([2]), tf.constant([0, 5], tf.int64), 0.4)
+    np.testing.assert_allclose(mixed_targets.numpy().sum(axis=1), 1.0, rtol=1e-6)
+    # Image 1 is all ones, image 0 all zeros: each mixed image's value is its class-1 share.
+    np.testing.assert_allclose(mixed.numpy().mean(axis=(1, 2, 3)), mixed_targets.numpy()[:, 1], rtol=1e-5)
+    np.testing.assert_allclose(weights.numpy(), 1.0)
+
+
+def test_in_memory_and_from_disk_sources_give_identical_batches(tiny_cache):
+    cache_path, splits_path = tiny_cache
+    with open_cache(cache_path) as cache:
+        indices = split_indices(cache.sample_ids, splits_path)["train"]
+        labels = cache.labels[indices]
+        memory, disk = ImageSource(cache, indices, in_memory=True), ImageSource(cache, indices, in_memory=False)
+        assert memory.images is not None and disk.images is None
+        kwargs = dict(n_classes=2, batch_size=5, seed=3, augment=AUGMENT, mixup=0.2,
+                      weights_per_class=class_weights(labels, 2))
+        from_memory = list(training_dataset(memory, labels, 2, **kwargs).as_numpy_iterator())
+        from_disk = list(training_dataset(disk, labels, 2, **kwargs).as_numpy_iterator())
+        assert len(from_memory) == len(from_disk) == int(np.ceil(len(indices) / 5))
+        for a, b in zip(from_memory, from_disk):
+            for x, y in zip(a, b):
+                np.testing.assert_allclose(x, y, atol=1e-6)
+        # Every training image appears once per epoch.
+        plain = list(training_dataset(disk, labels, 0, n_classes=2, batch_size=7, seed=0).as_numpy_iterator())
+        seen = np.concatenate([x for x, _, _ in plain])
+        expected = cache.read(indices)
+        assert sorted(map(bytes, seen)) == sorted(map(bytes, expected))
+        ordered = np.concatenate(list(evaluation_dataset(disk, 6).as_numpy_iterator()))
+        np.testing.assert_array_equal(ordered, expected)
+
+
+def test_source_reads_repeated_and_unsorted_positions(tiny_cache):
+    cache_path, splits_path = tiny_cache
+    with open_cache(cache_path) as cache:
+        source = ImageSource(cache, [3, 10, 20], in_memory=False)
+        np.testing.assert_array_equal(source.read([2, 0, 2]), cache.read([20, 3, 20]))
+
+
+def test_memory_budget_and_zscore_statistics(tiny_cache):
+    assert fits_in_memory(1000, (28, 28, 1), 0.01)
+    assert not fits_in_memory(10**6, (224, 224, 3), 4)
+    cache_path, _ = tiny_cache
+    with open_cache(cache_path) as cache:
+        source = ImageSource(cache, np.arange(len(cache)), in_memory=False)
+        stats = zscore_statistics(source, chunk=7)
+        images = cache.read(np.arange(len(cache)))
+    assert stats["mean"] == pytest.approx(images.mean(), rel=1e-5)
+    assert stats["std"] == pytest.approx(images.std(), rel=1e-4)

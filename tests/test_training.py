@@ -1,0 +1,186 @@
+"""Training stages: outputs, the saved model's contract, resume after SIGKILL, determinism.
+
+The resume, determinism and option tests train in several processes (each traces the model
+anew) and are marked slow: about 20-60 s each on an idle 2-core machine.
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import keras
+import numpy as np
+import pandas as pd
+import pytest
+
+from medclassify.cache import open_cache
+from medclassify.training import classification_auc, train_stage
+from training_fixtures import make_training_cache, tiny_options
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def tiny_cache(tmp_path_factory):
+    return make_training_cache(tmp_path_factory.mktemp("cache"), n=64, n_classes=2)
+
+
+def read_history(out_dir):
+    return pd.read_csv(Path(out_dir) / "history.csv")
+
+
+def test_head_then_finetune_write_every_output(tiny_cache, tmp_path):
+    cache_path, splits_path = tiny_cache
+    options = tiny_options()
+    head = train_stage("head", cache_path, splits_path, tmp_path / "head", options=options, threads=1)
+    final = train_stage("finetune", cache_path, splits_path, tmp_path / "finetune", options=options,
+                        init_model=head, threads=1)
+    for stage, epochs in (("head", 1), ("finetune", 2)):
+        out = tmp_path / stage
+        assert {"model.keras", "model.json", "history.csv", "checkpoints", "tensorboard"} <= {p.name for p in out.iterdir()}
+        assert list((out / "tensorboard").glob("events.out.tfevents.*"))
+        history = read_history(out)
+        assert list(history.columns) == ["epoch", "loss", "auc", "val_loss", "val_auc", "val_accuracy", "lr"]
+        assert history["epoch"].tolist() == list(range(1, epochs + 1))
+    meta = json.loads((tmp_path / "finetune" / "model.json").read_text())
+    with open_cache(cache_path) as cache:
+        assert meta["classes"] == cache.classes and meta["params_hash"] == cache.params_hash
+        assert meta["params"] == cache.params and meta["input_shape"] == list(cache.image_shape)
+        images = cache.read(np.arange(6))
+    assert meta["backbone"] == "resnet18" and meta["seed"] == 0 and meta["zscore"] is None
+    model = keras.models.load_model(final, safe_mode=True)
+    probabilities = model.predict(images, verbose=0)
+    assert probabilities.dtype == np.float32 and probabilities.shape == (6, 2)
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=1e-5)
+    # The fine-tuned backbone trains; the head stage's stayed frozen.
+    head_model = keras.models.load_model(head, safe_mode=True)
+    assert not head_model.get_layer("backbone_runner").layer.trainable
+    assert model.get_layer("backbone_runner").layer.get_layer("stem_conv").trainable
+
+
+def test_zero_head_epochs_save_the_initial_model(tiny_cache, tmp_path):
+    cache_path, splits_path = tiny_cache
+    options = tiny_options()
+    options["head"]["epochs"] = 0
+    path = train_stage("head", cache_path, splits_path, tmp_path, options=options, threads=1)
+    assert read_history(tmp_path).empty
+    with open_cache(cache_path) as cache:
+        probabilities = keras.models.load_model(path, safe_mode=True).predict(cache.read([0, 1]), verbose=0)
+    np.testing.assert_allclose(probabilities, [[0.5, 0.5], [0.5, 0.5]], atol=1e-6)  # the training priors
+
+
+def test_zscore_statistics_come_from_the_training_split(tmp_path):
+    cache_path, splits_path = make_training_cache(tmp_path / "data", n=24, intensity="zscore")
+    options = tiny_options()
+    options["head"]["epochs"] = 0
+    train_stage("head", cache_path, splits_path, tmp_path / "out", options=options, threads=1)
+    meta = json.loads((tmp_path / "out" / "model.json").read_text())
+    splits = pd.read_csv(splits_path)
+    with open_cache(cache_path) as cache:
+        rows = [cache.sample_ids.index(s) for s in splits.loc[splits["split"] == "train", "sample_id"]]
+        images = cache.read(sorted(rows))
+    assert meta["zscore"]["mean"] == pytest.approx(images.mean(), rel=1e-5)
+    model = keras.models.load_model(tmp_path / "out" / "model.keras", safe_mode=True)
+    assert model.get_layer("zscore") is not None
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("train", [{"imbalance": "class_weight", "label_smoothing": 0.1},
+                                   {"imbalance": "balanced_sampling", "mixup": 0.2},
+                                   {"imbalance": "focal_loss"}])
+def test_imbalance_and_regularisation_options_train(tiny_cache, tmp_path, train):
+    cache_path, splits_path = tiny_cache
+    options = tiny_options(**train)
+    options["finetune"]["epochs"] = 1
+    train_stage("finetune", cache_path, splits_path, tmp_path, options=options, threads=1)
+    history = read_history(tmp_path)
+    assert np.isfinite(history["loss"]).all() and len(history) == 1
+
+
+def test_kfold_fold_trains_on_its_own_split(tmp_path):
+    cache_path, splits_path = make_training_cache(tmp_path / "data", n=40, kfold=3)
+    options = tiny_options()
+    options["head"]["epochs"] = 0
+    train_stage("head", cache_path, splits_path, tmp_path / "out", options=options, fold=1, threads=1)
+    meta = json.loads((tmp_path / "out" / "model.json").read_text())
+    splits = pd.read_csv(splits_path)
+    assert meta["n_val"] == int((splits["fold"] == 1).sum())
+    assert meta["n_train"] == int(((splits["fold"] >= 0) & (splits["fold"] != 1)).sum())
+
+
+def test_classification_auc():
+    probabilities = np.array([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4], [0.3, 0.7]])
+    assert classification_auc(np.array([0, 1, 0, 1]), probabilities) == 1.0
+    assert np.isnan(classification_auc(np.array([1, 1, 1, 1]), probabilities))
+    three = np.eye(3)[[0, 1, 2, 0]] * 0.8 + 0.2 / 3
+    assert classification_auc(np.array([0, 1, 2, 0]), three) == 1.0
+
+
+# --- resume and determinism, in separate processes ------------------------------------------------
+WORKER = textwrap.dedent("""
+    import sys
+    sys.path[:0] = [{repo!r}, {tests!r}]
+    from training_fixtures import tiny_options
+    from medclassify.training import train_stage
+    options = tiny_options()
+    options["head"]["epochs"] = 0
+    options["finetune"].update(epochs={epochs}, early_stopping_patience=0)
+    train_stage("finetune", {cache!r}, {splits!r}, sys.argv[1], options=options, threads=1)
+""")
+
+
+def worker_script(tmp_path, cache_path, splits_path, epochs):
+    script = tmp_path / "worker.py"
+    script.write_text(WORKER.format(repo=str(REPO), tests=str(REPO / "tests"), epochs=epochs,
+                                    cache=str(cache_path), splits=str(splits_path)))
+    return script
+
+
+def run_worker(script, out_dir):
+    result = subprocess.run([sys.executable, str(script), str(out_dir)], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result.stdout
+
+
+def completed_epochs(out_dir):
+    state = Path(out_dir) / "checkpoints" / "state.json"
+    try:
+        return json.loads(state.read_text())["epoch"]
+    except (OSError, ValueError, KeyError):
+        return 0
+
+
+@pytest.mark.slow
+def test_two_runs_with_the_same_seed_are_identical(tiny_cache, tmp_path):
+    script = worker_script(tmp_path, *tiny_cache, epochs=2)
+    run_worker(script, tmp_path / "a")
+    run_worker(script, tmp_path / "b")
+    pd.testing.assert_frame_equal(read_history(tmp_path / "a"), read_history(tmp_path / "b"), check_exact=True)
+
+
+@pytest.mark.slow
+def test_sigkill_then_rerun_resumes_and_matches_an_uninterrupted_run(tiny_cache, tmp_path):
+    epochs = 4
+    script = worker_script(tmp_path, *tiny_cache, epochs=epochs)
+    run_worker(script, tmp_path / "uninterrupted")
+    killed_dir = tmp_path / "killed"
+    process = subprocess.Popen([sys.executable, str(script), str(killed_dir)], stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    while completed_epochs(killed_dir) < 1 and process.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    done = completed_epochs(killed_dir)
+    assert 1 <= done < epochs, f"the kill came after {done} epochs"
+    assert not (killed_dir / "model.keras").exists()
+    stdout = run_worker(script, killed_dir)
+    assert f"resuming finetune after epoch {done}" in stdout
+    resumed, uninterrupted = read_history(killed_dir), read_history(tmp_path / "uninterrupted")
+    assert resumed["epoch"].tolist() == list(range(1, epochs + 1))
+    pd.testing.assert_frame_equal(resumed, uninterrupted, check_exact=False, rtol=1e-5, atol=1e-6)
