@@ -36,8 +36,11 @@ Incremental builds (the reuse pool)
 Determinism
     Decoding runs in ``threads`` worker processes; one writer in the calling process writes rows
     in manifest order, in blocks whose boundaries do not depend on ``threads``. Object
-    timestamps are off (``track_times=False`` and ``obj_track_times`` on the root group), so the
-    bytes of a part depend only on its inputs, and an incremental build equals a full one. The
+    timestamps are off (``track_times=False``, and ``obj_track_times`` for the root group and
+    the virtual dataset) and HDF5's chunk cache is off (chunks land in the file in write order),
+    so the bytes of a part depend only on its inputs, and an incremental build equals a full one
+    (tested). Each decoded image is checked against the manifest's ``content_hash``, so a file
+    changed after validation stops the build instead of entering the pool under a stale key. The
     one exception is the ``created`` attribute (fixed-length ISO 8601 UTC): it is the current
     time unless the environment sets ``SOURCE_DATE_EPOCH`` (the reproducible-builds convention),
     which makes the files byte-for-byte reproducible.
@@ -60,6 +63,7 @@ import multiprocessing
 import os
 import shutil
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -247,10 +251,15 @@ def _ordered_map(function, jobs, workers):
         for job in jobs:
             yield function(*job)
         return
-    # fork: workers start instantly and inherit the loaded modules; this layer never imports
-    # TensorFlow, whose threads would make fork unsafe.
-    context = multiprocessing.get_context("fork")
-    with concurrent.futures.ProcessPoolExecutor(workers, mp_context=context) as pool:
+    # fork: workers start instantly and inherit the loaded modules (spawn/forkserver would re-run
+    # an unguarded __main__ such as a Snakemake script). Forking a process that runs other
+    # threads is unsafe (a lock held by one stays locked in the child): then use threads, which
+    # still overlap because Pillow, zlib, hashlib and NumPy release the GIL for most of the work.
+    if "fork" in multiprocessing.get_all_start_methods() and threading.active_count() == 1:
+        executor = concurrent.futures.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"))
+    else:
+        executor = concurrent.futures.ThreadPoolExecutor(workers)
+    with executor as pool:
         pending = collections.deque()
         jobs = iter(jobs)
         for job in jobs:

@@ -426,3 +426,33 @@ def test_fingerprint_pools_a_bounded_sample_of_pixels(dataset, tmp_path, monkeyp
     build(write_manifest(rows, tmp_path / "m.csv"), root, tmp_path / "r", n_shards=2)
     fingerprint = json.loads((tmp_path / "r" / "fingerprint.json").read_text())
     assert fingerprint["intensity_percentiles"]["US"]["n_values"] == 64 * 6
+
+
+def test_float16_storage(dataset, tmp_path):
+    root, rows = dataset
+    cache_path, _ = build(write_manifest(rows[:6], tmp_path / "m.csv"), root, tmp_path / "r", dtype="float16")
+    preprocess, io = options(dtype="float16")
+    expected = np.stack([preprocess_image(read_sample(Path(root) / r["path"], None, io).pixels, preprocess)
+                         for r in rows[:6]])
+    with open_cache(cache_path) as cache:
+        assert cache.sources[0][0]["images"].dtype == np.float16
+        images = cache.read(range(6))
+        assert images.dtype == np.float32
+        np.testing.assert_allclose(images, expected, atol=1e-3)
+
+
+def test_threads_replace_processes_when_forking_is_unsafe(dataset, tmp_path):
+    import threading
+    root, rows = dataset
+    manifest = write_manifest(rows, tmp_path / "m.csv")
+    build(manifest, root, tmp_path / "processes", threads=2)
+    stop = threading.Event()
+    other = threading.Thread(target=stop.wait)  # e.g. a log-forwarding thread in a rule script
+    other.start()
+    try:
+        build(manifest, root, tmp_path / "threads", threads=2)
+    finally:
+        stop.set()
+        other.join()
+    for name in ("cache/part-0-of-1.h5", "cache.h5"):
+        assert (tmp_path / "processes" / name).read_bytes() == (tmp_path / "threads" / name).read_bytes()
