@@ -62,23 +62,20 @@ def _add_integrity_attributes(f, manifest):
     f.attrs["part_digest"] = cache._part_digest("test", list(manifest["content_hash"]), list(manifest["sample_id"]))
 
 
-def write_splits(path, manifest, folds=None, seed=0):
-    """splits.csv with whole patients per split: 50% train, 25% val, 25% test (or k folds)."""
+def write_splits(path, manifest, folds=None):
+    """splits.csv with whole patients per split: 50% train, 25% val, 25% test (or k folds).
+
+    Patients come in class order (0, 1, 0, 1…), so assigning them in consecutive pairs puts both
+    classes into every split.
+    """
     patients = list(dict.fromkeys(manifest["patient"]))
-    rng = np.random.default_rng(seed)
-    # Alternate classes within each split so every split holds both classes.
-    order = {p: k for k, p in enumerate(patients)}
-    split_of = {}
-    for p in patients:
-        k = order[p] // 2
-        split_of[p] = ("train", "train", "val", "test")[k % 4]
+    split_of = {p: ("train", "train", "val", "test")[(k // 2) % 4] for k, p in enumerate(patients)}
     frame = pd.DataFrame({"sample_id": manifest["sample_id"], "split": manifest["patient"].map(split_of)})
     if folds:
         frame["split"] = np.where(frame["split"] == "test", "test", "trainval")
         trainval = [p for p in patients if split_of[p] != "test"]
         fold_of = {p: (k // 2) % folds for k, p in enumerate(trainval)}
         frame["fold"] = [-1 if s == "test" else fold_of[p] for s, p in zip(frame["split"], manifest["patient"])]
-    del rng
     frame.to_csv(path, index=False)
     return path
 

@@ -80,3 +80,17 @@ def test_one_fold_is_not_enough(tmp_path):
     paths = _fold_predictions(tmp_path, k=2)
     with pytest.raises(InputError, match="at least two folds"):
         aggregate_folds(paths[:1], tmp_path / "aggregate", options=_options())
+
+
+def test_compare_runs_shows_the_fold_summary_of_an_aggregate(tmp_path):
+    from medclassify.evaluation import compare_runs
+
+    paths = _fold_predictions(tmp_path)
+    aggregate = tmp_path / "results" / "demo" / "cv" / "aggregate"
+    metrics = aggregate_folds(paths, aggregate, options=_options(bootstrap=0))
+    table = compare_runs([aggregate / "metrics.json"], tmp_path / "runs.csv", tmp_path / "runs.md", tmp_path / "runs.png")
+    assert table.loc[0, "run"] == "cv" and table.loc[0, "stage"] == "aggregate" and table.loc[0, "folds"] == 3
+    markdown = (tmp_path / "runs.md").read_text()
+    mean, std = metrics["folds"]["mean"]["auc"], metrics["folds"]["std"]["auc"]
+    assert f"{mean:.3f} ± {std:.3f} (3 folds)" in markdown
+    assert "cv (aggregate)" in markdown

@@ -90,8 +90,10 @@ def _format(value, digits=3):
 
 def markdown_table(table):
     """A Markdown table of the runs: metric (low–high) cells for metrics with a CI."""
+    has_folds = "auc_fold_mean" in table.columns
     header = ["run", "n (patients)", "AUC (CI)", "accuracy (CI)", "sensitivity (CI)", "specificity (CI)",
               "balanced acc.", "macro F1", "MCC", "Brier", "ECE", "threshold"]
+    header += ["AUC over folds (mean ± sd)"] if has_folds else []
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in table.to_dict("records"):
         cells = [f"{row['run']}" + (f" ({row['stage']})" if row["stage"] != "evaluation" else ""),
@@ -100,6 +102,10 @@ def markdown_table(table):
             cells.append(f"{_format(row[column])} ({_format(row[column + '_low'])}–{_format(row[column + '_high'])})")
         cells += [_format(row[c]) for c in ("balanced_accuracy", "f1_macro", "mcc", "brier", "ece")]
         cells.append(f"{row['threshold_method']} {_format(row['threshold'])}".strip())
+        if has_folds:
+            folds = row.get("folds")
+            cells.append("–" if pd.isna(row["auc_fold_mean"]) else
+                         f"{_format(row['auc_fold_mean'])} ± {_format(row['auc_fold_std'])} ({int(folds)} folds)")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
