@@ -22,5 +22,6 @@ rule validate_manifest:
         validation=lambda wildcards: dataset(wildcards)["validation"],
         labels=lambda wildcards: dataset(wildcards)["labels"],
         salt=config["salt"],
+        decode_cache=lambda wildcards: f"results/{wildcards.dataset}/validation/.decode_cache.json",
     script:
         "../scripts/validate_manifest.py"
