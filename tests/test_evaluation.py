@@ -235,3 +235,17 @@ def test_first_class_as_positive_class(binary_run, tmp_path):
         positives = rows["label"] == "benign"
         if positives.any():
             assert group["sensitivity"] == pytest.approx(np.mean(rows["predicted"][positives] == "benign"))
+
+
+def test_tta_uses_only_the_flips_that_training_allowed(tmp_path):
+    from medclassify.evaluation.run import flip_views, tta_flips
+
+    model_path = tmp_path / "model.keras"
+    assert tta_flips(model_path) == ["horizontal_flip", "vertical_flip"]  # no model.json: both
+    (tmp_path / "model.json").write_text(json.dumps(
+        {"train_options": {"augment": {"horizontal_flip": True, "vertical_flip": False}}}))
+    assert tta_flips(model_path) == ["horizontal_flip"]
+    images = np.arange(8, dtype=np.float32).reshape(1, 2, 4, 1)
+    views = flip_views(images, ["horizontal_flip", "vertical_flip"])
+    assert np.array_equal(views[1][0, :, :, 0], images[0, :, ::-1, 0])
+    assert np.array_equal(views[2][0, :, :, 0], images[0, ::-1, :, 0])

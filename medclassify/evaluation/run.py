@@ -378,6 +378,10 @@ def run_evaluation(model_path, cache_path, splits_path, manifest_path, out_dir, 
         metrics.update(test_part)
         metrics["threshold"] = threshold
         metrics["tta"] = {"enabled": tta, "views": ["identity", *flips]}
+        if tta and not flips:
+            metrics["tta"]["note"] = ("evaluate.tta is on, but training allowed no flip (train.augment "
+                                      "horizontal_flip/vertical_flip): predictions use the image only")
+            warnings.warn(metrics["tta"]["note"], stacklevel=2)
         metrics["val"] = classification_metrics(y_val, prob_val, pred_val, classes, positive=positive,
                                                 calibration_bins=evaluate["calibration_bins"])
         metrics["val"]["n_patients"] = int(len(set(patients_val)))
