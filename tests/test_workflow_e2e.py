@@ -111,3 +111,32 @@ def test_changing_an_evaluation_option_plans_only_evaluation(demo_run):
     changed.write_text("evaluate: {threshold: fixed}\n")
     jobs = planned_jobs(demo_run, *FAST, str(changed))
     assert set(jobs) - {"all"} == {"evaluate", "compare"}
+
+
+def test_bad_manifest_stops_the_workflow_before_preprocessing(tmp_path):
+    from conftest import copy_repository, run_snakemake
+
+    workdir = copy_repository(tmp_path / "repo")
+    images = workdir / "data"
+    images.mkdir()
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(6):
+        Image.fromarray(rng.integers(0, 255, (16, 16), dtype=np.uint8)).save(images / f"img{i}.png")
+        rows.append({"path": f"img{i}.png", "label": "ab"[i % 2], "patient": f"P{i}", "modality": "US"})
+    rows[3]["path"] = "missing.png"
+    rows[4]["label"] = ""
+    pd.DataFrame(rows).to_csv(images / "manifest.csv", index=False)
+    (workdir / "bad.yaml").write_text("datasets: {bad: {manifest: data/manifest.csv}}\n")
+
+    result = run_snakemake(workdir, "--cores", "1", "--configfile", "bad.yaml", check=False)
+
+    assert result.returncode != 0
+    validation = workdir / "results" / "bad" / "validation"
+    report = (validation / "report.failed.md").read_text()
+    assert "missing_file" in report and "row 4" in report
+    assert "row 5" in report
+    assert not (workdir / "results" / "bad" / "manifest.validated.csv").exists()
+    assert not (workdir / "results" / "bad" / "cache.h5").exists()
+    log = (workdir / "results" / "logs" / "bad" / "validate_manifest.log").read_text()
+    assert "missing.png" in log
