@@ -249,3 +249,26 @@ def test_tta_uses_only_the_flips_that_training_allowed(tmp_path):
     views = flip_views(images, ["horizontal_flip", "vertical_flip"])
     assert np.array_equal(views[1][0, :, :, 0], images[0, :, ::-1, 0])
     assert np.array_equal(views[2][0, :, :, 0], images[0, ::-1, :, 0])
+
+
+def test_single_class_val_and_test_give_nulls_and_a_recorded_fallback(tmp_path):
+    from evaluation_fixtures import tiny_model
+
+    manifest, images, classes = synthetic_dataset()
+    manifest.to_csv(tmp_path / "manifest.csv", index=False)
+    write_cache(tmp_path / "cache.h5", manifest, images, classes)
+    write_splits(tmp_path / "splits.csv", manifest)
+    splits = pd.read_csv(tmp_path / "splits.csv")
+    malignant = manifest.set_index("sample_id").loc[splits["sample_id"], "label"].to_numpy() == "malignant"
+    splits.loc[malignant & splits["split"].isin(["val", "test"]).to_numpy(), "split"] = "train"
+    splits.to_csv(tmp_path / "splits.csv", index=False)
+    tiny_model((16, 16, 1), 2).save(tmp_path / "model.keras")
+    with pytest.warns(UserWarning, match="single class"):
+        metrics = run_evaluation(tmp_path / "model.keras", tmp_path / "cache.h5", tmp_path / "splits.csv",
+                                 tmp_path / "manifest.csv", tmp_path / "evaluation",
+                                 options=_options(bootstrap=50, gradcam_per_class=1), histories={})
+    assert metrics["auc"] is None and metrics["sensitivity"] is None and metrics["ci"]["auc"] == [None, None]
+    assert metrics["ci_info"]["n_valid"]["auc"] == 0
+    assert metrics["threshold"]["method"] == "fixed" and metrics["threshold"]["configured"] == "youden"
+    assert "NaN" not in (tmp_path / "evaluation" / "metrics.json").read_text()
+    assert (tmp_path / "evaluation" / "roc.png").exists()

@@ -156,7 +156,10 @@ def plot_pr(y_true, y_prob, classes, *, positive=1):
         ax.set_xlabel("Recall (sensitivity)")
         ax.set_ylabel("Precision (positive predictive value)")
         ax.set_title("Precision–recall, test split (dotted: prevalence)")
-        ax.legend(loc="lower left")
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(loc="lower left")
+        else:
+            ax.text(0.5, 0.5, "No positive test samples", ha="center", va="center", transform=ax.transAxes)
     return fig
 
 
