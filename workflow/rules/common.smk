@@ -6,6 +6,7 @@ from snakemake.utils import validate
 # The library lives at the repository root; rule scripts put it on sys.path the same way.
 sys.path.insert(0, workflow.basedir)
 
+from medclassify.codedeps import module_closure
 from medclassify.config import dataset_config, run_config
 from medclassify.workflow_paths import parse_run, run_ids
 
@@ -23,7 +24,6 @@ PLOTS = [
     "misclassified",
     "gradcam",
 ]
-LIBRARY = Path(workflow.basedir) / "medclassify"
 
 
 wildcard_constraints:
@@ -34,23 +34,11 @@ wildcard_constraints:
 
 
 def library_code(*modules):
-    """Source files of the named library modules, so that editing one reruns the rules using it.
+    """Library files that a rule's script runs: the named modules and all they import.
 
-    A name may be a module ("cache") or a package ("io"), whose every file is listed.
+    Listed among a rule's inputs, so that editing any of them reruns the rule.
     """
-    files = [
-        LIBRARY / "__init__.py",
-        LIBRARY / "config.py",
-        LIBRARY / "atomic.py",
-        LIBRARY / "errors.py",
-    ]
-    for module in modules:
-        package = LIBRARY / module
-        if package.is_dir():
-            files += sorted(package.glob("*.py"))
-        else:
-            files.append(LIBRARY / f"{module}.py")
-    return [str(f) for f in files]
+    return [str(path) for path in module_closure("runlog", *modules)]
 
 
 def dataset(wildcards):

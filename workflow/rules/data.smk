@@ -1,4 +1,6 @@
 rule make_demo_data:
+    input:
+        code=library_code("datasets.demo"),
     output:
         manifest="results/{dataset}/demo/manifest.csv",
     log:
@@ -16,6 +18,8 @@ rule make_demo_data:
 
 
 rule import_medmnist:
+    input:
+        code=library_code("datasets.medmnist"),
     output:
         manifest="results/{dataset}/medmnist/manifest.csv",
     log:

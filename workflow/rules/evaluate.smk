@@ -8,7 +8,7 @@ rule evaluate:
         fingerprint="results/{dataset}/fingerprint.json",
         splits="results/{dataset}/splits.csv",
         manifest="results/{dataset}/manifest.validated.csv",
-        code=library_code("evaluation", "runcard", "cache", "splits", "models"),
+        code=library_code("evaluation", "runcard"),
     output:
         metrics=report(
             "results/{dataset}/{run}/evaluation/metrics.json",

@@ -4,7 +4,7 @@ rule predict:
         metrics=predict_model().replace(
             "finetune/model.keras", "evaluation/metrics.json"
         ),
-        code=library_code("predict", "io", "preprocessing", "models"),
+        code=library_code("predict"),
     output:
         predictions="results/predict/predictions.csv",
     log:

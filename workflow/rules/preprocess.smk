@@ -2,7 +2,7 @@ rule preprocess:
     input:
         manifest="results/{dataset}/manifest.validated.csv",
         report="results/{dataset}/validation/report.json",
-        code=library_code("cache", "preprocessing", "io"),
+        code=library_code("cache"),
     output:
         part="results/{dataset}/cache/part-{shard}-of-{nshards}.h5",
     log:

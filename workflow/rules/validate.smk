@@ -1,7 +1,7 @@
 rule validate_manifest:
     input:
         manifest=manifest_of,
-        code=library_code("manifest", "io", "privacy"),
+        code=library_code("manifest"),
     output:
         manifest="results/{dataset}/manifest.validated.csv",
         report="results/{dataset}/validation/report.json",

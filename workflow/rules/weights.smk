@@ -3,6 +3,8 @@ localrules:
 
 
 rule fetch_weights:
+    input:
+        code=library_code("models.weights"),
     output:
         "resources/weights/{backbone}.imagenet.weights.h5",
     log:

@@ -1,0 +1,68 @@
+"""Which library files a stage depends on: the modules it names and everything they import.
+
+Rules list these files among their inputs, so that editing any module a stage really uses
+(directly or through another module) reruns that stage, and editing an unrelated one does not.
+"""
+
+import ast
+from pathlib import Path
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+PACKAGE = PACKAGE_DIR.name
+
+
+def module_file(module):
+    """Source file of a dotted module name inside the package ("io.dicom" → io/dicom.py)."""
+    path = PACKAGE_DIR.joinpath(*module.split("."))
+    if path.is_dir():
+        return path / "__init__.py"
+    return path.with_suffix(".py")
+
+
+def imported_modules(module):
+    """Package modules that ``module`` imports (absolute or relative), as dotted names."""
+    source = module_file(module)
+    is_package = source.name == "__init__.py"
+    package = module.split(".") if is_package else module.split(".")[:-1]
+    found = set()
+    for node in ast.walk(ast.parse(source.read_text(encoding="utf-8"), str(source))):
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package[: len(package) - node.level + 1]
+            elif node.module and node.module.split(".")[0] == PACKAGE:
+                base = []
+            else:
+                continue
+            stem = [*base, *(node.module.split(".") if node.module else [])]
+            if not node.level:
+                stem = stem[1:]  # drop the package name itself
+            # "from .x import y": y may be a submodule or a name defined in x.
+            names = [".".join([*stem, alias.name]) for alias in node.names] + [".".join(stem)]
+            names = [PACKAGE + "." + n if n else PACKAGE for n in names]
+        else:
+            continue
+        for name in names:
+            parts = name.split(".")
+            if parts[0] != PACKAGE or len(parts) == 1:
+                continue
+            relative = ".".join(parts[1:])
+            if module_file(relative).exists():
+                found.add(relative)
+    return found
+
+
+def module_closure(*modules):
+    """Sorted source files of ``modules``, their packages' ``__init__`` files and all they import."""
+    seen, pending = set(), list(modules)
+    while pending:
+        module = pending.pop()
+        if module in seen:
+            continue
+        seen.add(module)
+        parts = module.split(".")
+        pending += [".".join(parts[:i]) for i in range(1, len(parts))]
+        pending += sorted(imported_modules(module) - seen)
+    files = {module_file(m) for m in seen} | {PACKAGE_DIR / "__init__.py"}
+    return sorted(files)

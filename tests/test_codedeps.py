@@ -1,0 +1,31 @@
+"""The library files each stage depends on, found from the imports."""
+
+from medclassify.codedeps import PACKAGE_DIR, imported_modules, module_closure
+
+
+def names(files):
+    return {str(f.relative_to(PACKAGE_DIR)) for f in files}
+
+
+def test_closure_follows_relative_and_package_imports():
+    files = names(module_closure("manifest"))
+    assert {"manifest.py", "io/__init__.py", "io/dicom.py", "privacy.py", "errors.py", "__init__.py"} <= files
+
+
+def test_light_stages_do_not_depend_on_training_code():
+    for stage in ("manifest", "splits", "cache", "datasets.demo"):
+        files = names(module_closure(stage))
+        assert not files & {"training.py", "data.py", "models/__init__.py", "evaluation/__init__.py"}, stage
+
+
+def test_training_depends_on_every_model_module_it_builds_with():
+    files = names(module_closure("training"))
+    assert {"training.py", "data.py", "gpu.py", "cache.py", "models/__init__.py", "models/resnet.py"} <= files
+
+
+def test_a_submodule_brings_its_package_init():
+    assert {"datasets/__init__.py", "datasets/demo.py"} <= names(module_closure("datasets.demo"))
+
+
+def test_imports_outside_the_package_are_ignored():
+    assert all(not name.startswith(("numpy", "pandas")) for name in imported_modules("splits"))
