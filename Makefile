@@ -10,7 +10,7 @@ export MEDCLASSIFY_BREASTMNIST_NPZ ?= $(abspath $(SHARED_NPZ))
 
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: demo test lint dry-run unit e2e bench clean-results system-deps
+.PHONY: demo test lint dry-run unit e2e bench clean-results system-deps test-cluster
 
 $(STAMP): requirements-data.txt requirements-train.txt requirements-dev.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -48,7 +48,16 @@ system-deps:
 e2e: $(STAMP) system-deps
 	$(BIN)/python -m pytest -q -m "slow"
 
-test: lint dry-run unit e2e
+# The cluster tests against a private one-node Slurm: start-slurm.sh installs slurm-wlm and munge
+# when missing (as root) and starts the daemons; they are stopped, by their PIDs, whatever the
+# tests did.
+SLURM_DIR ?= /tmp/medclassify-slurm
+test-cluster: $(STAMP)
+	tests/cluster/start-slurm.sh $(SLURM_DIR)
+	source $(SLURM_DIR)/env.sh && $(BIN)/python -m pytest -q -m cluster tests/test_cluster.py; \
+	  status=$$?; tests/cluster/stop-slurm.sh $(SLURM_DIR); exit $$status
+
+test: lint dry-run unit e2e test-cluster
 
 bench: $(STAMP)
 	@for script in bench/*.py; do echo "== $$script"; $(BIN)/python $$script || exit 1; done
