@@ -99,8 +99,22 @@ def _row(root, path, index, modality, content):
             "patient": f"p_{index // 4:016x}", "modality": modality, "content_hash": content}
 
 
-def generate(root, kind, start, n, size, threads):
-    """Write n images (indices start..start+n-1) and return their validated-manifest rows."""
+def generate(root, kind, start, n, size, threads, record=None):
+    """Write n images (indices start..start+n-1) and return their validated-manifest rows.
+
+    With ``record``, a CSV of the rows: reused when it already lists n rows (``--workdir``).
+    """
+    if record is not None and Path(record).exists():
+        rows = pd.read_csv(record, dtype=str, keep_default_na=False).to_dict("records")
+        if len(rows) == n and all((Path(root) / rows[k]["path"]).exists() for k in (0, n - 1)):
+            return rows
+    rows = _generate(root, kind, start, n, size, threads)
+    if record is not None:
+        write_manifest(rows, record)
+    return rows
+
+
+def _generate(root, kind, start, n, size, threads):
     writer = _write_png if kind == "png" else _write_dicom
     tasks = [(str(root), i, size) for i in range(start, start + n)]
     with concurrent.futures.ProcessPoolExecutor(threads) as pool:
@@ -235,8 +249,10 @@ def run_measure(name, **options):
 def bench_format(kind, n, size, threads, base):
     root = base / kind
     root.mkdir(parents=True, exist_ok=True)
+    for stale in [base / f"{kind}-stage", base / f"{kind}-incremental", *base.glob("storage-*"), *base.glob("merge-*")]:
+        shutil.rmtree(stale, ignore_errors=True)  # outputs of an earlier run in the same --workdir
     t0 = time.perf_counter()
-    rows = generate(root, kind, 0, n, size, threads)
+    rows = generate(root, kind, 0, n, size, threads, record=base / f"{kind}.generated-{n}.csv")
     print(f"[{kind}] generated {n} images in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
     manifest = write_manifest(rows, base / f"{kind}.validated.csv")
     common = {"manifest": manifest, "root": root, "threads": threads}
@@ -246,7 +262,7 @@ def bench_format(kind, n, size, threads, base):
     result["naive"] = run_measure("naive", work=base, **common) if kind == "png" else None
     result["stage"] = run_measure("stage", work=work, **common)
     # Incremental: 1% new images appended; Snakemake has deleted the outputs, the pool remains.
-    extra = generate(root, kind, n, max(1, n // 100), size, threads)
+    extra = generate(root, kind, n, max(1, n // 100), size, threads, record=base / f"{kind}.extra-{n}.csv")
     grown = write_manifest(rows + extra, base / f"{kind}.grown.csv")
     pool = work / "cache" / ".previous"
     incremental_work = base / f"{kind}-incremental"

@@ -27,7 +27,7 @@ Incremental builds (the reuse pool)
     ``build_cache_part(..., previous=DIR)`` indexes the pool by ``content_hash`` (computed by
     validation from the decoded pixels and already in the validated manifest) among pool files
     whose ``values_hash`` equals its own, and copies those stored images in runs of
-    consecutive rows (a checksum-verified read, then a write). Only new or changed images are
+    consecutive rows (a checksum-verified read, then the compressed chunks verbatim). Only new or changed images are
     decoded. ``values_hash`` is the parameter hash without the storage-only options
     (compression), so changing the filter re-encodes without decoding. A pool file that cannot
     be opened is ignored; one whose chunks fail their checksum stops the build with a clear
@@ -361,13 +361,25 @@ class _ReusePool:
     def copy_run(self, file_index, source_row, n, images, row, fingerprint):
         """Copy ``n`` consecutive pooled rows into ``images[row:row + n]`` and ``fingerprint``.
 
-        The read decompresses and checks the Fletcher-32 checksums, so a corrupted pool file is
-        never propagated; the write re-encodes (LZF and gzip are deterministic, so the bytes equal
-        those of a fresh build).
+        Works in blocks of ``COPY_BLOCK`` rows (bounded memory). Each block is first read through
+        HDF5, which decompresses it and checks the Fletcher-32 checksums, so a corrupted pool
+        file is never propagated. When both files store images alike, the compressed chunks are
+        then copied verbatim (no re-compression: these are the bytes a fresh build writes);
+        otherwise the block is re-encoded.
         """
         f, source, *source_fingerprint = self.files[file_index]
+        raw = _same_storage(source, images)
+        zeros = (0,) * (source.ndim - 1)
         try:
-            images[row:row + n] = source[source_row:source_row + n]
+            for start in range(0, n, COPY_BLOCK):
+                stop = min(n, start + COPY_BLOCK)
+                block = source[source_row + start:source_row + stop]
+                if raw:
+                    for k in range(start, stop):
+                        mask, chunk = source.id.read_direct_chunk((source_row + k,) + zeros)
+                        images.id.write_direct_chunk((row + k,) + zeros, chunk, mask)
+                else:
+                    images[row + start:row + stop] = block
             for target, dataset in zip(fingerprint, source_fingerprint):
                 target[row:row + n] = dataset[source_row:source_row + n]
         except OSError as error:
@@ -388,6 +400,13 @@ def _pool_files(previous):
             return sorted(p for p in folder.glob("*.h5") if not p.name.startswith("."))
         return [folder] if folder.is_file() else []
     return [Path(p) for p in previous if Path(p).is_file()]
+
+
+def _same_storage(a, b):
+    """Whether two image datasets encode chunks identically (so raw chunks can be copied)."""
+    return (a.chunks == b.chunks and a.dtype == b.dtype and a.compression == b.compression
+            and a.compression_opts == b.compression_opts and a.fletcher32 == b.fletcher32
+            and a.shuffle == b.shuffle and a.scaleoffset == b.scaleoffset)
 
 
 def build_cache_part(validated_manifest, root, out_part, *, preprocess_options, io_options, classes,

@@ -456,3 +456,20 @@ def test_threads_replace_processes_when_forking_is_unsafe(dataset, tmp_path):
         other.join()
     for name in ("cache/part-0-of-1.h5", "cache.h5"):
         assert (tmp_path / "processes" / name).read_bytes() == (tmp_path / "threads" / name).read_bytes()
+
+
+def test_a_corrupted_reuse_pool_stops_the_build(dataset, tmp_path):
+    root, rows = dataset
+    manifest = write_manifest(rows, tmp_path / "m.csv")
+    build(manifest, root, tmp_path / "r")
+    pooled = tmp_path / "r" / "cache" / ".previous" / "part-0-of-1.h5"
+    with h5py.File(pooled) as f:
+        offset = f["images"].id.get_chunk_info(4).byte_offset
+    data = bytearray(pooled.read_bytes())
+    data[offset + 8:offset + 16] = bytes(8)
+    pooled.write_bytes(bytes(data))
+    preprocess, io = options()
+    with pytest.raises(InputError, match="corrupted file in the reuse pool"):
+        build_cache_part(manifest, root, tmp_path / "again.h5", preprocess_options=preprocess, io_options=io,
+                         classes=CLASSES, previous=pooled.parent)
+    assert not (tmp_path / "again.h5").exists()
