@@ -25,6 +25,15 @@ improved by a local search that moves or swaps whole patient groups, and the bes
 kept. The score is the largest deviation, in percentage points, of the split's share of samples
 and of its class proportions from their targets (the class proportions of the whole dataset).
 The report gives every deviation and whether all lie within :data:`TOLERANCE_POINTS`.
+
+``kfold`` first holds out a test set exactly as above (it depends on the seed and the test
+fraction only, not on k), then chooses the validation folds one at a time in the same way, each
+1/k of the remaining samples; the last fold is what is left. ``fractions.train`` and
+``fractions.val`` are unused: fold k trains on the other k-1 folds.
+
+Beyond a few thousand patient groups (MedMNIST imports have one image per "patient"),
+StratifiedGroupKFold's per-group Python loop is replaced by dealing shuffled groups
+round-robin per class, which is what it converges to for small groups.
 """
 
 import io
@@ -55,12 +64,13 @@ _BASE_FOLDS = 20
 _SHUFFLES = 4
 _REFINED = 3
 _MAX_LOCAL_STEPS = 400
+_GOOD_ENOUGH_POINTS = 0.05
 # StratifiedGroupKFold places groups one by one in Python (about 1 ms per group). Beyond
 # _MANY_GROUPS groups the fractions are easy to meet and one shuffle is enough; beyond
 # _HUGE_GROUPS (e.g. MedMNIST's one-image "patients") groups are dealt round-robin per class
 # after a seeded shuffle, which is what StratifiedGroupKFold converges to for small groups.
-_MANY_GROUPS = 1000
-_HUGE_GROUPS = 20000
+_MANY_GROUPS = 300
+_HUGE_GROUPS = 3000
 
 
 def make_splits(validated_df, options):
@@ -154,9 +164,12 @@ def check_no_leakage(table, fold_column=None):
         unit = unit.where(folds < 0, "fold " + folds.astype(str))
     problems = []
     for column, what in (("patient", "patient"), ("content_hash", "identical image (content_hash)")):
-        places = unit.groupby(table[column].to_numpy()).agg(lambda s: sorted(set(s), key=_unit_order))
-        for key, where in places[places.map(len) > 1].items():
-            samples = table.loc[table[column] == key, "sample_id"].tolist()
+        keys = table[column].to_numpy()
+        spread = unit.groupby(keys).nunique()
+        for key in spread.index[spread > 1]:
+            rows = keys == key
+            where = sorted(set(unit[rows]), key=_unit_order)
+            samples = table.loc[rows, "sample_id"].tolist()
             shown = ", ".join(samples[:4]) + (f" and {len(samples) - 4} more" if len(samples) > 4 else "")
             problems.append(f"{what} {key} is in {' and '.join(where)} (samples {shown})")
     if problems:
@@ -345,16 +358,20 @@ def _link_patients_sharing_content(table):
             p = parent[p]
         return p
 
-    shared = table.groupby("content_hash")["patient"].agg(lambda s: sorted(set(s)))
-    for patients in shared[shared.map(len) > 1]:
+    spread = table.groupby("content_hash")["patient"].nunique()
+    shared_hashes = set(spread.index[spread > 1])
+    shared = table[table["content_hash"].isin(shared_hashes)].groupby("content_hash")["patient"].agg(lambda s: sorted(set(s)))
+    for patients in shared:
         root = min(find(p) for p in patients)
         for p in patients:
             parent[find(p)] = root
     if not parent:
         return table["patient"].copy(), []
     groups = table["patient"].map(lambda p: find(p) if p in parent else p)
-    members = table.groupby(groups)["patient"].agg(lambda s: sorted(set(s)))
-    linked = [m for m in members if len(m) > 1]
+    members = {}
+    for p in parent:
+        members.setdefault(find(p), set()).add(p)
+    linked = [sorted(m) for m in members.values() if len(m) > 1]
     return groups, sorted(linked)
 
 
@@ -501,13 +518,18 @@ class _Scorer:
 
 
 def _local_search(mask, scorer, keep_outside, rng):
-    """Improve a selection by moving one group in or out, or swapping a pair, while it helps."""
+    """Improve a selection by moving one group in or out, or else swapping a pair, while it helps.
+
+    Stops once every deviation is below :data:`_GOOD_ENOUGH_POINTS`: further moves would
+    not change anything a reader of the report cares about.
+    """
     mask = mask.copy()
     counts = scorer.counts
-    n = len(mask)
     totals = counts[mask].sum(axis=0)
     current = float(scorer.score_totals(totals))
     for _ in range(_MAX_LOCAL_STEPS):
+        if scorer.deviations(totals).max() < _GOOD_ENOUGH_POINTS:
+            break
         inside, outside = np.flatnonzero(mask), np.flatnonzero(~mask)
         best_score, best_move = current, None
         # Single moves: add an outside group, or remove an inside one.
@@ -521,8 +543,9 @@ def _local_search(mask, scorer, keep_outside, rng):
             i = int(np.argmin(scores))
             if scores[i] < best_score - 1e-9:
                 best_score, best_move = float(scores[i]), ([], [inside[i]])
-        # Swaps, over every pair when affordable, else over a seeded sample of pairs.
-        if len(inside) and len(outside):
+        # Swaps, only when no single move helps: over every pair when affordable, else over a
+        # seeded sample of pairs.
+        if best_move is None and len(inside) and len(outside):
             ins, outs = inside, outside
             if len(ins) * len(outs) > 200_000:
                 ins = rng.choice(inside, size=min(len(inside), 400), replace=False)
@@ -539,7 +562,6 @@ def _local_search(mask, scorer, keep_outside, rng):
         mask[removed] = False
         totals = totals + counts[added].sum(axis=0) - counts[removed].sum(axis=0)
         current = best_score
-    assert mask.any() and (n - mask.sum()) >= keep_outside
     return mask
 
 
@@ -560,25 +582,16 @@ def _kfold(table, classes, options, rng):
     if test_fraction > 0:
         is_test = _select_groups(counts, np.ones(len(groups), dtype=bool), test_fraction * n_total, target,
                                  n_total, keep_outside=k, rng=rng)
-    rest = np.flatnonzero(~is_test)
-    rest_counts = counts[rest]
-    sample_group = np.repeat(np.arange(len(rest)), rest_counts.sum(axis=1))
-    sample_class = np.concatenate([np.repeat(np.arange(len(classes)), row) for row in rest_counts])
-    # Several seeded shufflings; keep the one whose folds deviate least in size and classes.
-    scorer = _Scorer(rest_counts, rest_counts.sum() / k, target, rest_counts.sum())
-    best, best_score = None, None
-    for _ in range(1 if len(rest) > _MANY_GROUPS else _SHUFFLES):
-        fold_of_group = _stratified_group_folds(sample_class, sample_group, len(rest), k, int(rng.integers(2**31 - 1)))
-        if len(np.unique(fold_of_group)) < k:
-            continue
-        score = max(scorer.score(fold_of_group == f) for f in range(k))
-        if best is None or score < best_score - 1e-12:
-            best, best_score = fold_of_group, score
-    if best is None:
-        raise InputError(f"could not make {k} non-empty folds from {len(rest)} patient groups",
-                         ["lower split.folds or add patients"])
+    # Folds one at a time, each chosen like a split of 1/k of the non-test samples with the
+    # dataset's class proportions; the last fold is what remains, balanced because the others are.
+    n_rest = counts[~is_test].sum()
     fold = np.full(len(groups), -1)
-    fold[rest] = best
+    available = ~is_test
+    for k_index in range(k - 1):
+        chosen = _select_groups(counts, available, n_rest / k, target, n_rest, keep_outside=k - 1 - k_index, rng=rng)
+        fold[chosen] = k_index
+        available &= ~chosen
+    fold[available] = k - 1
     fold_of_group = dict(zip(groups, fold))
     folds = table["group"].map(fold_of_group).to_numpy().astype(int)
     split = np.where(folds < 0, "test", "trainval")
@@ -636,7 +649,7 @@ def _describe(report, name, rows, classes, overall):
     report.setdefault("class_proportions", {})[name] = _rounded(proportions)
     if len(rows):
         report.setdefault("class_proportion_deviation_points", {})[name] = {
-            c: round(100 * (proportions[c] - overall[c]), 2) for c in classes
+            c: round(float(100 * (proportions[c] - overall[c])), 2) for c in classes
         }
 
 
@@ -658,6 +671,9 @@ def _notes(report, method):
             f"some fraction or class proportion is more than {TOLERANCE_POINTS:g} points from its target "
             f"(max {report['max_deviation_points']:g}); with few or large patient groups a closer split may not exist"
         )
+    if method == "kfold":
+        notes.append("k-fold: fractions.train and fractions.val are unused; each fold validates on about "
+                     f"1/{report['folds']} of the non-test samples and trains on the rest")
     if report["linked_patients"]:
         notes.append(f"{len(report['linked_patients'])} group(s) of patients share identical images and were kept together")
     if report["dropped_duplicates"]:

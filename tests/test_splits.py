@@ -250,7 +250,9 @@ def test_kfold_holds_out_a_test_set_and_covers_the_rest_once(manifest):
     assert [d["fold"] for d in report["fold_details"]] == [0, 1, 2, 3]
     assert abs(report["fraction_deviation_points"]["test"]) <= TOLERANCE_POINTS
     for detail in report["fold_details"]:
-        assert abs(detail["fraction_deviation_points"]) <= 5
+        # Folds are chosen one by one like splits: balanced in size and classes too.
+        assert abs(detail["fraction_deviation_points"]) <= TOLERANCE_POINTS
+        assert max(map(abs, detail["class_proportion_deviation_points"].values())) <= TOLERANCE_POINTS
 
 
 def test_kfold_test_set_is_independent_of_the_fold_count(manifest):
