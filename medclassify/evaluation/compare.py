@@ -145,7 +145,7 @@ def compare_runs(metrics_paths, out_csv, out_md, out_png):
     atomic_write_text(out_md, markdown_table(table))
     fig = plot_auc_by_run(table)
     with atomic_path(out_png) as tmp, plots.plot_style():
-        fig.savefig(tmp, format="png", bbox_inches="tight", metadata={"Software": None})
+        fig.savefig(tmp, format="png", metadata={"Software": None})
     import matplotlib.pyplot as plt
 
     plt.close(fig)

@@ -54,7 +54,8 @@ def save_figure(fig, out_dir, name):
             # Metadata without dates keeps PDFs byte-stable across identical runs.
             metadata = {"CreationDate": None} if fmt == "pdf" else {"Software": None}
             with plot_style():  # savefig.dpi and pdf.fonttype are read when saving
-                fig.savefig(tmp, format=fmt, bbox_inches="tight", metadata=metadata)
+                # Figures use constrained layout, so they keep their exact size (no tight bbox).
+                fig.savefig(tmp, format=fmt, metadata=metadata)
         paths.append(path)
     plt.close(fig)
     return paths
