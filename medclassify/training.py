@@ -219,7 +219,17 @@ class StageCheckpoint:
         if state.get("version") != STATE_VERSION or state.get("fingerprint") != fingerprint:
             print(f"checkpoint in {self.dir} is from other options or data; starting over", flush=True)
             return None
+        if state.get("complete"):
+            # A finished stage that runs again was forced or its code changed: train anew.
+            print(f"checkpoint in {self.dir} is of a finished run; starting over", flush=True)
+            return None
         return state
+
+    def mark_complete(self, state):
+        """Record that the stage finished, so that a later run trains anew instead of resuming."""
+        state["complete"] = True
+        if self.dir.exists():
+            atomic_write_json(self.state_path, state)
 
     def save(self, model, state, best_improved):
         """Write the epoch's model, best weights and state; the state last, as the commit point."""
@@ -421,7 +431,8 @@ def train_stage(stage, cache_path, splits_path, out_dir, *, options, fold=None, 
             dataset = training_dataset(train_source, train_labels, epoch, n_classes=n_classes, batch_size=batch_size,
                                        seed=seed, augment=augment, mixup=float(train_options.get("mixup", 0.0)),
                                        balanced=imbalance == "balanced_sampling", weights_per_class=per_class)
-            model.fit(dataset, epochs=epoch + 1, initial_epoch=epoch, callbacks=callbacks, verbose=2)
+            # The dataset is already shuffled per epoch (seeded); Keras must not try to.
+            model.fit(dataset, epochs=epoch + 1, initial_epoch=epoch, callbacks=callbacks, verbose=2, shuffle=False)
         if state["stopped"]:
             print(f"early stopping after epoch {state['epoch']}: no better val_auc for {settings['patience']} epochs",
                   flush=True)
@@ -435,6 +446,7 @@ def train_stage(stage, cache_path, splits_path, out_dir, *, options, fold=None, 
     _save_keras(model, out_dir / "model.keras")
     write_history(out_dir / "history.csv", state["history"])
     atomic_write_json(out_dir / "model.json", metadata)
+    checkpoint.mark_complete(state)
     return out_dir / "model.keras"
 
 
