@@ -243,13 +243,13 @@ def test_first_class_as_positive_class(binary_run, tmp_path):
 
 
 def test_tta_uses_only_the_flips_that_training_allowed(tmp_path):
-    from medclassify.evaluation.run import flip_views, tta_flips
+    from medclassify.evaluation.run import flip_views, read_model_info, tta_flips
 
     model_path = tmp_path / "model.keras"
-    assert tta_flips(model_path) == ["horizontal_flip", "vertical_flip"]  # no model.json: both
+    assert tta_flips(read_model_info(model_path)) == ["horizontal_flip", "vertical_flip"]  # no model.json: both
     (tmp_path / "model.json").write_text(json.dumps(
         {"train_options": {"augment": {"horizontal_flip": True, "vertical_flip": False}}}))
-    assert tta_flips(model_path) == ["horizontal_flip"]
+    assert tta_flips(read_model_info(model_path)) == ["horizontal_flip"]
     images = np.arange(8, dtype=np.float32).reshape(1, 2, 4, 1)
     views = flip_views(images, ["horizontal_flip", "vertical_flip"])
     assert np.array_equal(views[1][0, :, :, 0], images[0, :, ::-1, 0])
@@ -275,3 +275,14 @@ def test_single_class_val_and_test_give_nulls_and_a_recorded_fallback(tmp_path):
     assert metrics["threshold"]["method"] == "fixed" and metrics["threshold"]["configured"] == "youden"
     assert "NaN" not in (tmp_path / "evaluation" / "metrics.json").read_text()
     assert (tmp_path / "evaluation" / "roc.png").exists()
+
+
+def test_cache_built_with_other_preprocessing_than_the_model_is_refused(binary_run, tmp_path):
+    import shutil
+
+    folder, _, _ = binary_run
+    shutil.copy(folder / "model.keras", tmp_path / "model.keras")
+    (tmp_path / "model.json").write_text(json.dumps({"params_hash": "not-this-cache"}))
+    with pytest.raises(InputError, match="other preprocessing parameters"):
+        run_evaluation(tmp_path / "model.keras", folder / "cache.h5", folder / "splits.csv",
+                       folder / "manifest.validated.csv", tmp_path / "evaluation", options=_options(), histories={})

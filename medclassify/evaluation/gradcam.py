@@ -94,7 +94,9 @@ def gradcam_heatmaps(model, images, class_indices):
         tape.watch(images)
         feature, output = forward(images)
         score = tf.gather(output, class_indices, axis=1, batch_dims=1)
-    gradients = tape.gradient(score, feature)
+    # float32 for the weighting: under a mixed-precision policy the map is float16.
+    gradients = tf.cast(tape.gradient(score, feature), tf.float32)
+    feature = tf.cast(feature, tf.float32)
     weights = tf.reduce_mean(gradients, axis=(1, 2), keepdims=True)
     cam = tf.nn.relu(tf.reduce_sum(weights * feature, axis=-1)).numpy().astype(np.float64)
     peak = cam.reshape(len(cam), -1).max(axis=1)

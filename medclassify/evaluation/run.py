@@ -61,18 +61,22 @@ def load_model(model_path):
     return keras.models.load_model(model_path, safe_mode=True, compile=False)
 
 
-def tta_flips(model_path):
+def read_model_info(model_path):
+    """``model.json`` beside the model (written by the training stage), or {} when absent."""
+    info_path = Path(model_path).with_name("model.json")
+    if not info_path.exists():
+        return {}
+    return json.loads(info_path.read_text(encoding="utf-8"))
+
+
+def tta_flips(model_info):
     """Flips averaged over with test-time augmentation: those that training augmentation allowed.
 
-    They are read from the ``augment`` options recorded in ``model.json`` beside the model (under
+    They are read from the ``augment`` options recorded in ``model.json`` (under
     ``train_options``, as the training stage writes it); without that record both flips are used.
     """
-    info_path = Path(model_path).with_name("model.json")
-    augment = None
-    if info_path.exists():
-        info = json.loads(info_path.read_text(encoding="utf-8"))
-        train_options = info.get("train_options") or {}
-        augment = train_options.get("augment") if isinstance(train_options, dict) else None
+    train_options = model_info.get("train_options") or {}
+    augment = train_options.get("augment") if isinstance(train_options, dict) else None
     if not isinstance(augment, dict):
         return list(FLIPS)
     return [flip for flip in FLIPS if augment.get(flip)]
@@ -339,7 +343,8 @@ def run_evaluation(model_path, cache_path, splits_path, manifest_path, out_dir, 
     # Only the evaluate section reaches this stage (docs/architecture.md); an older run config
     # with train.tta is still honoured.
     tta = bool(evaluate.get("tta", options.get("train", {}).get("tta", False)))
-    flips = tta_flips(model_path) if tta else []
+    model_info = read_model_info(model_path)
+    flips = tta_flips(model_info) if tta else []
     subgroup_columns = list(dict.fromkeys(["modality", *evaluate.get("subgroups", [])]))
 
     splits = pd.read_csv(splits_path, dtype={"sample_id": str, "split": str})
@@ -351,7 +356,9 @@ def run_evaluation(model_path, cache_path, splits_path, manifest_path, out_dir, 
     patients_val = manifest.loc[val_ids, "patient"].to_numpy()
     patients_test = manifest.loc[test_ids, "patient"].to_numpy()
 
-    with open_cache(cache_path) as cache:
+    # A model must be evaluated on images preprocessed as its training images were: the cache's
+    # parameter hash must be the one recorded when the model was trained.
+    with open_cache(cache_path, expected_params_hash=model_info.get("params_hash")) as cache:
         classes = list(cache.classes)
         positive = positive_index(classes, evaluate.get("positive_class"), "evaluate.positive_class")
         val_idx = _split_positions(cache, cache_path, val_ids)
