@@ -417,7 +417,10 @@ def _select_groups(counts, available, target_size, target_props, n_total, *, kee
     pool = np.flatnonzero(available)
     pool_counts = counts[pool]
     n_pool_groups = len(pool)
-    n_folds, take = _fold_plan(target_size / pool_counts.sum(), min(n_pool_groups, pool_counts.sum(axis=0).max()))
+    # Dealt folds cost nothing, and the local search moves one small group per step: with many
+    # groups, start from the closest union of folds rather than the fewest folds.
+    n_folds, take = _fold_plan(target_size / pool_counts.sum(), min(n_pool_groups, pool_counts.sum(axis=0).max()),
+                               tolerance=0.001 if n_pool_groups > _HUGE_GROUPS else 0.01)
     shuffles = 1 if n_pool_groups > _MANY_GROUPS else _SHUFFLES
 
     # StratifiedGroupKFold works on samples: one row per sample with its group and class.
@@ -447,8 +450,8 @@ def _select_groups(counts, available, target_size, target_props, n_total, *, kee
     return chosen
 
 
-def _fold_plan(fraction, max_folds):
-    """``(n_folds, take)``: the fewest folds whose ``take`` of them come within a point of ``fraction``.
+def _fold_plan(fraction, max_folds, tolerance=0.01):
+    """``(n_folds, take)``: the fewest folds whose ``take`` of them come within ``tolerance`` of ``fraction``.
 
     Fewer folds keep StratifiedGroupKFold fast; the local search corrects what is left.
     """
@@ -458,7 +461,7 @@ def _fold_plan(fraction, max_folds):
         error = abs(take / n_folds - fraction)
         if best is None or error < best[0] - 1e-12:
             best = (error, n_folds, take)
-        if error <= 0.01:
+        if error <= tolerance:
             break
     return best[1], best[2]
 
