@@ -12,6 +12,7 @@ cluster that does not answer is a failure, not a skip.
 
 import json
 import os
+import re
 import subprocess
 import threading
 from pathlib import Path
@@ -37,7 +38,9 @@ pytestmark = [
 
 SMOKE_TIMEOUT_S = 300
 DEMO_TIMEOUT_S = 1200
-SQUEUE_FIELDS = "JobID:20,Comment:80,tres-per-job:40,State:20"
+SQUEUE_FIELDS = "JobID:20,Comment:300,tres-per-job:40,State:20"
+# snakemake-executor-plugin-slurm comments every job with its rule and wildcards.
+PLUGIN_COMMENT = re.compile(r"^rule_(?P<rule>\w+?)(?:_wildcards_.*)?$")
 
 
 @pytest.fixture(scope="module")
@@ -91,8 +94,9 @@ class SlurmJobRecorder:
             timeout=30,
         ).stdout
         for line in out.splitlines():
-            job_id, comment, tres, state = line.split()
-            self.jobs[job_id] = {"rule": comment.removeprefix("rule_"), "tres": tres, "state": state}
+            job_id, *comment, tres, state = line.split()
+            rule = PLUGIN_COMMENT.match(" ".join(comment))
+            self.jobs[job_id] = {"rule": rule and rule["rule"], "tres": tres, "state": state}
 
     def by_rule(self, rule):
         return [
