@@ -264,3 +264,13 @@ def test_fast_forms_equal_scikit_learn(rows):
         fpr, tpr = roc_points(is_pos, prob[:, 1])
         sk_fpr, sk_tpr, _ = skm.roc_curve(is_pos, prob[:, 1], drop_intermediate=False)
         assert fpr == pytest.approx(sk_fpr) and tpr == pytest.approx(sk_tpr)
+
+
+def test_average_specificity_by_hand():
+    y_true = np.array([0, 0, 0, 1, 1, 2])
+    y_pred = np.array([0, 1, 0, 1, 2, 2])
+    m = classification_metrics(y_true, np.full((6, 3), 1 / 3), y_pred, ["a", "b", "c"])
+    # per class 1, 3/4, 4/5 (see test_specificity_by_hand); supports 3, 2, 1
+    assert m["macro_avg"]["specificity"] == pytest.approx((1 + 0.75 + 0.8) / 3)
+    assert m["weighted_avg"]["specificity"] == pytest.approx((3 * 1 + 2 * 0.75 + 1 * 0.8) / 6)
+    assert [m["per_class"][c]["specificity"] for c in "abc"] == pytest.approx([1, 0.75, 0.8])

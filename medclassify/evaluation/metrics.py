@@ -225,15 +225,17 @@ def classification_metrics(y_true, y_prob, y_pred, classes, *, positive=None, ca
         p, r, f, _ = skm.precision_recall_fscore_support(
             y_true, y_pred, labels=labels, average=average, zero_division=0)
         averages[average] = {"precision": float(p), "recall": float(r), "f1": float(f)}
-    weights = support / support.sum()
-    finite_spec = np.nan_to_num(specificity, nan=0.0)
-    averages["macro"]["specificity"] = _finite_or_none(np.nanmean(specificity)) if np.isfinite(specificity).any() else None
-    averages["weighted"]["specificity"] = float((finite_spec * weights).sum())
+    # Specificity is undefined for a class without negatives; average over the defined ones.
+    defined = np.isfinite(specificity)
+    averages["macro"]["specificity"] = float(specificity[defined].mean()) if defined.any() else None
+    weights = support[defined]
+    averages["weighted"]["specificity"] = (float((specificity[defined] * weights).sum() / weights.sum())
+                                           if weights.sum() > 0 else None)
 
-    sensitivity, spec = sensitivity_specificity(y_true, y_pred, n_classes, positive if positive is not None else 1)
-    outcome, confidence = calibration_target(y_true, y_prob, y_pred, n_classes, positive if positive is not None else 1)
-    pos = positive if positive is not None else 1
-    result = {
+    pos = 1 if positive is None else positive  # index used by the binary-only helpers
+    sensitivity, spec = sensitivity_specificity(y_true, y_pred, n_classes, pos)
+    outcome, confidence = calibration_target(y_true, y_prob, y_pred, n_classes, pos)
+    return {
         "classes": list(classes),
         "n": int(len(y_true)),
         "positive_class": classes[positive] if positive is not None else None,
@@ -254,7 +256,6 @@ def classification_metrics(y_true, y_prob, y_pred, classes, *, positive=None, ca
         "macro_avg": averages["macro"],
         "weighted_avg": averages["weighted"],
     }
-    return result
 
 
 def _quiet(metric, *args, **kwargs):
