@@ -8,7 +8,7 @@ from medclassify.splits import TOLERANCE_POINTS, assignment, make_splits
 from tests.splits_fixtures import make_manifest, options, patients_per_unit, split_of
 
 # Each example runs the real search; a handful of examples per property keeps the file near 30 s.
-SETTINGS = settings(max_examples=12, deadline=None, derandomize=True,
+SETTINGS = settings(max_examples=20, deadline=None, derandomize=True,
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 
 
@@ -126,3 +126,18 @@ def test_shared_images_never_cross_splits(manifest, seed, data):
     for _, rows in kept.groupby("content_hash"):
         assert len({where[s] for s in rows["sample_id"]}) == 1
     assert len(dropped_splits) + len(dropped_report["dropped_duplicates"]) == len(manifest)
+
+
+@settings(SETTINGS, max_examples=10)
+@given(manifest=roomy_manifests(), folds=st.integers(3, 5), seed=st.integers(0, 1000))
+def test_kfold_test_set_and_folds_within_tolerance_where_feasible(manifest, folds, seed):
+    splits, report = make_splits(manifest, options("kfold", folds=folds, seed=seed))
+    merged = manifest.merge(splits, on="sample_id")
+    overall = merged["label"].value_counts(normalize=True)
+    assert abs((merged["split"] == "test").mean() - 0.15) * 100 <= TOLERANCE_POINTS
+    trainval = merged[merged["split"] == "trainval"]
+    for fold in range(folds):
+        rows = trainval[trainval["fold"] == fold]
+        assert abs(len(rows) / len(trainval) - 1 / folds) * 100 <= TOLERANCE_POINTS
+        proportions = rows["label"].value_counts(normalize=True).reindex(overall.index, fill_value=0)
+        assert (abs(proportions - overall) * 100 <= TOLERANCE_POINTS).all()
