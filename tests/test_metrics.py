@@ -274,3 +274,18 @@ def test_average_specificity_by_hand():
     assert m["macro_avg"]["specificity"] == pytest.approx((1 + 0.75 + 0.8) / 3)
     assert m["weighted_avg"]["specificity"] == pytest.approx((3 * 1 + 2 * 0.75 + 1 * 0.8) / 6)
     assert [m["per_class"][c]["specificity"] for c in "abc"] == pytest.approx([1, 0.75, 0.8])
+
+
+def test_subgroup_intervals_resample_patients_within_the_group():
+    y_true, prob = _random_predictions(80, 2, seed=11)
+    y_pred = prob.argmax(1)
+    sites = np.array(["A"] * 50 + ["B"] * 30, dtype=object)
+    patients = np.arange(80) // 2
+    result = subgroup_metrics(sites, y_true, prob, y_pred, patients, ["n", "p"], n_resamples=200, seed=3)
+    for group in result.values():
+        low, high = group["ci"]["auc"]
+        assert low <= group["auc"] <= high
+        assert group["ci"]["accuracy"][0] <= group["accuracy"] <= group["ci"]["accuracy"][1]
+    again = subgroup_metrics(sites, y_true, prob, y_pred, patients, ["n", "p"], n_resamples=200, seed=3)
+    assert again == result
+    assert "ci" not in subgroup_metrics(sites, y_true, prob, y_pred, patients, ["n", "p"])["A"]

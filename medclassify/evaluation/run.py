@@ -314,7 +314,9 @@ def evaluate_test_split(y_test, prob_test, pred_test, patients_test, manifest_te
     metrics["calibration"] = _calibration_record(curve, bins, metrics["ece_method"])
     metrics["subgroups"] = {
         column: subgroup_metrics(manifest_test[column].to_numpy(), y_test, prob_test, pred_test, patients_test,
-                                 classes, positive=pos, min_size=evaluate["min_subgroup_size"])
+                                 classes, positive=pos, min_size=evaluate["min_subgroup_size"],
+                                 n_resamples=evaluate["bootstrap"], seed=evaluate["seed"],
+                                 confidence=evaluate["confidence"])
         for column in manifest_test.columns
     }
     return metrics, curve

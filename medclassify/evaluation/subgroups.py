@@ -2,17 +2,21 @@
 
 import numpy as np
 
-from .metrics import roc_auc, sensitivity_specificity
+from .bootstrap import bootstrap_ci
+from .metrics import confusion_counts, fast_roc_auc, rates_from_confusion, roc_auc, sensitivity_specificity
 
 MISSING_VALUE = "(missing)"
 
 
-def subgroup_metrics(values, y_true, y_prob, y_pred, patients, classes, *, positive=1, min_size=30):
+def subgroup_metrics(values, y_true, y_prob, y_pred, patients, classes, *, positive=1, min_size=30,
+                     n_resamples=0, seed=0, confidence=0.95):
     """Metrics of each value of one subgroup column.
 
     ``values`` holds the column's value per sample (missing values form their own group). Returns
     ``{value: {n, n_patients, accuracy, auc, sensitivity, specificity, class_counts, reliable}}``;
     ``reliable`` is False below ``min_size`` samples or when a class is absent (AUC undefined).
+    With ``n_resamples`` each group also gets ``ci`` {auc, accuracy}: patient-bootstrap intervals
+    within the group.
     """
     values = np.asarray([MISSING_VALUE if _is_missing(v) else str(v) for v in values], dtype=object)
     y_true = np.asarray(y_true, dtype=int)
@@ -37,7 +41,19 @@ def subgroup_metrics(values, y_true, y_prob, y_pred, patients, classes, *, posit
             "specificity": _finite_or_none(specificity),
             "reliable": bool(mask.sum() >= min_size and np.isfinite(auc)),
         }
+        if n_resamples:
+            result[value]["ci"] = _group_intervals(t, pr, p, patients[mask], n_classes, positive,
+                                                   n_resamples, seed, confidence)
     return result
+
+
+def _group_intervals(y_true, y_prob, y_pred, patients, n_classes, positive, n_resamples, seed, confidence):
+    statistics = {
+        "auc": lambda idx: fast_roc_auc(y_true[idx], y_prob[idx], n_classes, positive),
+        "accuracy": lambda idx: rates_from_confusion(confusion_counts(y_true[idx], y_pred[idx], n_classes), positive)[0],
+    }
+    intervals, _ = bootstrap_ci(patients, statistics, n_resamples=n_resamples, seed=seed, confidence=confidence)
+    return intervals
 
 
 def _is_missing(value):
