@@ -237,7 +237,7 @@ def _spacing(meta):
 
 def _intensity_sample(pixels):
     flat = pixels.reshape(-1)
-    picks = np.linspace(0, flat.size - 1, INTENSITY_SAMPLES).round().astype(np.int64)
+    picks = np.arange(INTENSITY_SAMPLES) * (flat.size - 1) // (INTENSITY_SAMPLES - 1)  # first to last
     return flat[picks].astype(np.float32)
 
 
