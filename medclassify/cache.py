@@ -427,7 +427,7 @@ def build_cache_part(validated_manifest, root, out_part, *, preprocess_options, 
     rows = table.iloc[start:stop].reset_index(drop=True)
     labels = _label_indices(rows, classes, name, start)
     storage_dtype = np.dtype(preprocess_options.get("dtype", "uint8"))
-    channels = _probe_channels(rows, root, io_options, preprocess_options, name, start)
+    channels = _probe_channels(rows, root, io_options)
     height, width = preprocess_options["size"]
     shape = (int(height), int(width), channels)
     p_hash = params_hash(preprocess_options, io_options)
@@ -462,17 +462,21 @@ def build_cache_part(validated_manifest, root, out_part, *, preprocess_options, 
             "seconds": round(time.perf_counter() - started, 3)}
 
 
-def _probe_channels(rows, root, io_options, preprocess_options, name, row_offset):
-    """Channels of the cache: those of the first row's image (all rows must agree)."""
-    if len(rows) == 0:
-        return 3 if io_options.get("channels") == "grey_to_rgb" else 1
-    first = rows.iloc[0]
-    try:
-        sample = _read_sample(Path(root) / first["path"], first["index"], io_options)
-    except Exception as error:
-        raise InputError(f"{name}: cannot read images", [f"row {row_offset + 1} ({first['path']}): {error}"]) from None
-    pixels = np.asarray(sample.pixels)
-    return 1 if pixels.ndim == 2 else int(pixels.shape[2])
+def _probe_channels(rows, root, io_options):
+    """Channels of the cache: those of the first image that decodes (all rows must agree).
+
+    Images that fail here are reported by the full pass with every other problem.
+    """
+    policy = io_options.get("channels")
+    if policy in ("rgb_to_grey", "grey_to_rgb"):
+        return 1 if policy == "rgb_to_grey" else 3
+    for path, index in zip(rows["path"], rows["index"]):
+        try:
+            pixels = np.asarray(_read_sample(Path(root) / path, index, io_options).pixels)
+        except Exception:  # reported with its row by the full pass
+            continue
+        return 1 if pixels.ndim == 2 else int(pixels.shape[2])
+    return 1
 
 
 def _fill_images(images, rows, reused, pool, root, io_options, preprocess_options, storage_dtype, shape,

@@ -356,14 +356,16 @@ def test_images_changed_or_broken_since_validation_are_listed(dataset, tmp_path)
     root = Path(shutil.copytree(root, tmp_path / "data"))
     write_png(root / rows[2]["path"], random_image(np.random.default_rng(5)))
     (root / rows[4]["path"]).write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    (root / rows[0]["path"]).unlink()  # the first row too: every problem is listed, not the first
     preprocess, io = options()
     out = tmp_path / "cache" / "part-0-of-1.h5"
-    with pytest.raises(InputError, match="2 image") as caught:
+    with pytest.raises(InputError, match="3 image") as caught:
         build_cache_part(write_manifest(rows, tmp_path / "m.csv"), root, out, preprocess_options=preprocess,
                          io_options=io, classes=CLASSES, threads=2)
     text = str(caught.value)
     assert f"row 3 ({rows[2]['path']}): content_changed" in text
     assert f"row 5 ({rows[4]['path']})" in text
+    assert f"row 1 ({rows[0]['path']})" in text
     assert not out.exists() and not list(out.parent.iterdir())
 
 
