@@ -144,16 +144,16 @@ def _draw_patients(rng, n_patients):
 def _draw_lesion(rng, label):
     """The patient's lesion: outline harmonics by class, everything else class-independent."""
     if label == "circumscribed":
-        lobes, amplitude = int(rng.integers(2, 4)), rng.uniform(0.0, 0.1)
+        lobes, amplitude = int(rng.integers(2, 4)), rng.uniform(0.0, 0.08)
         texture, grain = rng.uniform(0.0, 0.2), 3.0
     elif label == "lobulated":
-        lobes, amplitude = int(rng.integers(3, 6)), rng.uniform(0.14, 0.34)
+        lobes, amplitude = int(rng.integers(3, 6)), rng.uniform(0.16, 0.36)
         texture, grain = rng.uniform(0.1, 0.35), 3.0
     else:
-        lobes, amplitude = int(rng.integers(7, 12)), rng.uniform(0.12, 0.3)
+        lobes, amplitude = int(rng.integers(7, 12)), rng.uniform(0.14, 0.32)
         texture, grain = rng.uniform(0.1, 0.35), 1.0
     # A random wobble of every class blurs the boundaries between them.
-    wobble = [(int(k), rng.uniform(0.0, 0.04), rng.uniform(0, 2 * np.pi)) for k in rng.integers(2, 9, size=3)]
+    wobble = [(int(k), rng.uniform(0.0, 0.03), rng.uniform(0, 2 * np.pi)) for k in rng.integers(2, 9, size=3)]
     return {
         "lobes": lobes,
         "amplitude": amplitude,
@@ -222,7 +222,7 @@ def _write_view(folder, patient, view, rng, seed):
     if modality == "US":
         image = _render(_SHAPES["US"], lesion, _draw_pose(_SHAPES["US"], rng), rng)
         # Multiplicative speckle, as in ultrasound.
-        image = image * rng.gamma(8.0, 1 / 8.0, size=image.shape)
+        image = image * rng.gamma(12.0, 1 / 12.0, size=image.shape)
         pixels = np.clip(image * 200, 0, 255).astype(np.uint8)
         name = f"{stem}.png"
         Image.fromarray(pixels).save(subfolder / name)
