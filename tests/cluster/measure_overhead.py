@@ -72,6 +72,7 @@ def job_name_of(run_output):
 
 def measure(n_jobs, status_checks, timeout_s):
     cpus, mem_mb = node_capacity()
+    load_before = os.getloadavg()
     rows = []
     with tempfile.TemporaryDirectory(prefix="medclassify-overhead-") as tmp:
         tmp = Path(tmp)
@@ -97,7 +98,11 @@ def measure(n_jobs, status_checks, timeout_s):
                 row["n_records"] = len(records)
             rows.append(row)
     local_s = rows[0]["wall_s"]
-    print(f"{n_jobs} trivial jobs, node: {cpus} CPUs; load average before: {os.getloadavg()}")
+    print(
+        f"{n_jobs} trivial jobs, node: {cpus} CPUs; load average (1, 5, 15 min) before: "
+        f"{', '.join(f'{x:.1f}' for x in load_before)}, after: "
+        f"{', '.join(f'{x:.1f}' for x in os.getloadavg())}"
+    )
     print()
     print("| run | first status check (s) | wall (s) | overhead per job vs local (s) "
           "| mean queue wait (s) | mean time in allocation (s) |")
