@@ -83,14 +83,8 @@ class ImageSource:
         positions = np.asarray(positions, dtype="int64")
         if self.images is not None:
             return self.images[positions]
-        # One sorted read (HDF5 fancy indexing needs increasing indices), then back to order.
-        order = np.argsort(positions, kind="stable")
-        rows = self.indices[positions[order]]
-        unique_rows, inverse = np.unique(rows, return_inverse=True)
-        images = self.cache.read(unique_rows)[inverse]
-        result = np.empty_like(images)
-        result[order] = images
-        return result
+        # Cache.read makes one sorted, de-duplicated read per part and returns the given order.
+        return self.cache.read(self.indices[positions])
 
 
 def fits_in_memory(n_images, image_shape, max_gb):
