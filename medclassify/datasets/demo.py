@@ -4,8 +4,8 @@ Each synthetic patient has one lesion, seen in about four images of one modality
 the lesion's margin, named after the BI-RADS margin descriptors:
 
 - ``circumscribed``: a smooth outline with at most a faint low-frequency wobble;
-- ``lobulated``: a few broad bumps (3 to 5 lobes);
-- ``spiculated``: many small, sharp bumps (7 to 11).
+- ``lobulated``: a few broad bumps (3 or 4 lobes);
+- ``spiculated``: 6 to 9 narrow spikes, and a finer-grained interior.
 
 Only the outline separates the classes, and not cleanly: the bump amplitudes of neighbouring
 classes overlap, every lesion also carries a small random wobble, and size, contrast,
@@ -31,6 +31,7 @@ import csv
 import gzip
 import hashlib
 import io
+import math
 from pathlib import Path
 
 import nibabel as nib
@@ -144,23 +145,25 @@ def _draw_patients(rng, n_patients):
 def _draw_lesion(rng, label):
     """The patient's lesion: outline harmonics by class, everything else class-independent."""
     if label == "circumscribed":
-        lobes, amplitude = int(rng.integers(2, 4)), rng.uniform(0.0, 0.08)
+        lobes, amplitude, spike_power = int(rng.integers(2, 4)), rng.uniform(0.0, 0.1), 0
         texture, grain = rng.uniform(0.0, 0.2), 3.0
     elif label == "lobulated":
-        lobes, amplitude = int(rng.integers(3, 6)), rng.uniform(0.16, 0.36)
+        lobes, amplitude, spike_power = int(rng.integers(3, 5)), rng.uniform(0.14, 0.34), 0
         texture, grain = rng.uniform(0.1, 0.35), 3.0
     else:
-        lobes, amplitude = int(rng.integers(7, 12)), rng.uniform(0.14, 0.32)
+        lobes, amplitude, spike_power = int(rng.integers(6, 10)), rng.uniform(0.2, 0.5), 8
         texture, grain = rng.uniform(0.1, 0.35), 1.0
     # A random wobble of every class blurs the boundaries between them.
     wobble = [(int(k), rng.uniform(0.0, 0.03), rng.uniform(0, 2 * np.pi)) for k in rng.integers(2, 9, size=3)]
     return {
         "lobes": lobes,
         "amplitude": amplitude,
+        "spike_power": spike_power,
         "wobble": wobble,
-        "radius": rng.uniform(0.13, 0.24),  # fraction of the smaller image side
+        # Fraction of the smaller image side: large enough that margins survive 32 px.
+        "radius": rng.uniform(0.2, 0.3),
         "elongation": rng.uniform(1.0, 1.5),
-        "contrast": rng.uniform(0.25, 0.6) * (1 if rng.random() < 0.7 else -1),
+        "contrast": rng.uniform(0.3, 0.6) * (1 if rng.random() < 0.85 else -1),
         "texture": texture,
         "grain": grain,
         "phase": rng.uniform(0, 2 * np.pi),
@@ -189,16 +192,26 @@ def _render(shape, lesion, pose, rng, depth_factor=1.0):
     v = -dx * np.sin(rotation) + dy * np.cos(rotation)
     r = np.hypot(u, v)
     theta = np.arctan2(v, u)
-    outline = 1 + lesion["amplitude"] * np.cos(lesion["lobes"] * theta + lesion["phase"])
+    outline = 1 + lesion["amplitude"] * _bumps(lesion["lobes"] * theta + lesion["phase"], lesion["spike_power"])
     for k, amplitude, phase in lesion["wobble"]:
         outline += amplitude * np.cos(k * theta + phase)
     boundary = lesion["radius"] * min(rows, cols) * pose["scale"] * depth_factor * outline
     mask = 1 / (1 + np.exp(-(boundary - r) / pose["edge"]))
 
-    background = 0.45 + 0.12 * _smooth_noise(shape, rng, 6) + 0.05 * _smooth_noise(shape, rng, 2)
+    background = 0.45 + 0.08 * _smooth_noise(shape, rng, 6) + 0.04 * _smooth_noise(shape, rng, 2)
     inside = 1 + lesion["texture"] * _smooth_noise(shape, rng, lesion["grain"])
     image = background + lesion["contrast"] * mask * inside
     return image + rng.normal(0, 0.06, size=shape)
+
+
+def _bumps(angle, spike_power):
+    """Zero-mean outline bumps: smooth lobes (cosine) or, with ``spike_power``, narrow spikes."""
+    if not spike_power:
+        return np.cos(angle)
+    spikes = np.abs(np.cos(angle / 2)) ** spike_power
+    # Mean of |cos|^p over a period, so spiky outlines enclose about the same area as smooth ones.
+    mean = math.gamma((spike_power + 1) / 2) / (math.sqrt(math.pi) * math.gamma(spike_power / 2 + 1))
+    return spikes - mean
 
 
 def _smooth_noise(shape, rng, correlation):
