@@ -20,6 +20,9 @@ import tensorflow as tf
 from .errors import InputError
 
 AUTOTUNE = tf.data.AUTOTUNE
+# The map functions below branch only on Python values, so they need no AutoGraph conversion.
+# Skipping it also means TensorFlow never re-reads this file's source while training runs.
+plain_graph = tf.autograph.experimental.do_not_convert
 SPLITS = ("train", "val", "test")
 # Separate stream ids so that order, augmentation and mixup draw independent random numbers.
 _ORDER_STREAM, _AUGMENT_STREAM, _MIXUP_STREAM = 1, 2, 3
@@ -163,6 +166,7 @@ def _affine_transforms(batch, height, width, seeds, rotation_degrees, zoom, tran
     return tf.stack([a0, a1, a2, b0, b1, b2, zeros, zeros], axis=1)
 
 
+@plain_graph
 def augment_batch(images, seed, options):
     """Randomly augment a batch (b, H, W, C) in [0, 1]; ``seed`` is a (2,) int64 tensor.
 
@@ -197,6 +201,7 @@ def augment_batch(images, seed, options):
     return tf.clip_by_value(x, 0.0, 1.0)
 
 
+@plain_graph
 def mixup_batch(images, targets, weights, seed, alpha):
     """Mixup (Zhang et al., 2018): blend each sample with another of the batch, λ ~ Beta(α, α)."""
     batch = tf.shape(images)[0]
@@ -219,8 +224,11 @@ def _batches_from_source(source, order, batch_size):
     if source.images is not None:
         images = tf.constant(source.images)
         positions = tf.data.Dataset.from_tensor_slices(order.astype("int64")).batch(batch_size)
-        return positions.map(lambda p: (tf.gather(images, p), p), num_parallel_calls=AUTOTUNE,
-                             deterministic=True)
+        @plain_graph
+        def gather(p):
+            return tf.gather(images, p), p
+
+        return positions.map(gather, num_parallel_calls=AUTOTUNE, deterministic=True)
 
     batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
 
@@ -247,6 +255,7 @@ def training_dataset(source, labels, epoch, *, n_classes, batch_size, seed, augm
     label_tensor = tf.constant(labels)
     epoch_seed = int(seed) * 1_000_003 + int(epoch)
 
+    @plain_graph
     def prepare(batch_index, batch):
         images, positions = batch
         batch_seed = tf.stack([tf.constant(epoch_seed, tf.int64), batch_index])
@@ -265,4 +274,9 @@ def training_dataset(source, labels, epoch, *, n_classes, batch_size, seed, augm
 def evaluation_dataset(source, batch_size):
     """The source's images in order, batched and prefetched (validation and prediction)."""
     order = np.arange(len(source))
-    return _batches_from_source(source, order, batch_size).map(lambda x, _: x).prefetch(AUTOTUNE)
+    return _batches_from_source(source, order, batch_size).map(_images_only).prefetch(AUTOTUNE)
+
+
+@plain_graph
+def _images_only(images, positions):
+    return images
