@@ -169,10 +169,11 @@ def _parse_index(value):
 def _label_indices(table, classes, name, row_offset):
     position = {label: i for i, label in enumerate(classes)}
     problems = [f"row {row_offset + i + 1} ({path}): label {label!r} is not one of {list(classes)}"
-                for i, (label, path) in enumerate(zip(table["label"], table["path"])) if str(label) not in position]
+                for i, (label, path) in enumerate(zip(table["label"].tolist(), table["path"].tolist()))
+                if str(label) not in position]
     if problems:
         raise InputError(f"{name}: labels outside the configured classes", problems)
-    return np.array([position[str(label)] for label in table["label"]], dtype=np.int64)
+    return np.array([position[str(label)] for label in table["label"].tolist()], dtype=np.int64)
 
 
 # --------------------------------------------------------------------------- decoding (workers)
@@ -311,7 +312,7 @@ def _write_row_datasets(f, labels, table):
     f.create_dataset("labels", data=labels, dtype=np.int64, track_times=False)
     text = h5py.string_dtype("utf-8")
     for name in STRING_DATASETS:
-        values = np.array([str(v) for v in table[name]], dtype=object)
+        values = np.array([str(v) for v in table[name].tolist()], dtype=object)
         f.create_dataset(name, data=values, shape=(len(values),), dtype=text, track_times=False)
 
 
@@ -370,14 +371,15 @@ class _ReusePool:
         f, source, *source_fingerprint = self.files[file_index]
         raw = _same_storage(source, images)
         zeros = (0,) * (source.ndim - 1)
+        read_chunk, write_chunk = source.id.read_direct_chunk, images.id.write_direct_chunk
         try:
             for start in range(0, n, COPY_BLOCK):
                 stop = min(n, start + COPY_BLOCK)
                 block = source[source_row + start:source_row + stop]
                 if raw:
                     for k in range(start, stop):
-                        mask, chunk = source.id.read_direct_chunk((source_row + k,) + zeros)
-                        images.id.write_direct_chunk((row + k,) + zeros, chunk, mask)
+                        mask, chunk = read_chunk((source_row + k,) + zeros)
+                        write_chunk((row + k,) + zeros, chunk, mask)
                 else:
                     images[row + start:row + stop] = block
             for target, dataset in zip(fingerprint, source_fingerprint):
@@ -432,7 +434,7 @@ def build_cache_part(validated_manifest, root, out_part, *, preprocess_options, 
     shape = (int(height), int(width), channels)
     p_hash = params_hash(preprocess_options, io_options)
     v_hash = values_hash(preprocess_options, io_options)
-    content = [str(c) for c in rows["content_hash"]]
+    content = [str(c) for c in rows["content_hash"].tolist()]
     pool = _ReusePool(previous, set(content), v_hash, shape, storage_dtype)
     try:
         reused = [pool.lookup(c) for c in content]
@@ -453,7 +455,7 @@ def build_cache_part(validated_manifest, root, out_part, *, preprocess_options, 
                     "manifest_hash": manifest_hash, "created": _created_timestamp(),
                     "cache_format": CACHE_FORMAT_VERSION, "layout": "part", "shard": shard, "n_shards": n_shards,
                     "row_start": start, "row_stop": stop, "manifest_rows": len(table),
-                    "part_digest": _part_digest(p_hash, content, rows["sample_id"]),
+                    "part_digest": _part_digest(p_hash, content, rows["sample_id"].tolist()),
                 })
     finally:
         pool.close()
@@ -470,7 +472,7 @@ def _probe_channels(rows, root, io_options):
     policy = io_options.get("channels")
     if policy in ("rgb_to_grey", "grey_to_rgb"):
         return 1 if policy == "rgb_to_grey" else 3
-    for path, index in zip(rows["path"], rows["index"]):
+    for path, index in zip(rows["path"].tolist(), rows["index"].tolist()):
         try:
             pixels = np.asarray(_read_sample(Path(root) / path, index, io_options).pixels)
         except Exception:  # reported with its row by the full pass
@@ -491,7 +493,7 @@ def _fill_images(images, rows, reused, pool, root, io_options, preprocess_option
     to_decode = [i for i in range(n) if reused[i] is None]
     job = (str(root), io_options, preprocess_options, storage_dtype, shape)
     batches = [to_decode[s:s + DECODE_BATCH] for s in range(0, len(to_decode), DECODE_BATCH)]
-    items = list(zip(range(n), rows["path"], rows["index"], rows["content_hash"]))
+    items = list(zip(range(n), rows["path"].tolist(), rows["index"].tolist(), rows["content_hash"].tolist()))
     tasks = ((job, [items[i] for i in batch]) for batch in batches)
     problems = []
     next_run = 0  # reused runs before this index are written
