@@ -13,6 +13,7 @@ cluster that does not answer is a failure, not a skip.
 import json
 import os
 import re
+import shutil
 import subprocess
 import threading
 from pathlib import Path
@@ -147,9 +148,17 @@ CPU_RULES = ("make_demo_data", "validate_manifest", "preprocess", "merge_cache",
 
 
 @pytest.fixture(scope="module")
-def local_demo(tmp_path_factory):
+def snapshot(tmp_path_factory):
+    """One copy of the working tree that both demo runs start from: the checkout may change
+    (other work goes on in it) between the local run and the cluster run."""
+    return copy_repository(tmp_path_factory.mktemp("snapshot") / "repo")
+
+
+@pytest.fixture(scope="module")
+def local_demo(tmp_path_factory, snapshot):
     """The fast demo run locally (the workstation profile, two cores) in its own copy."""
-    workdir = copy_repository(tmp_path_factory.mktemp("local") / "repo")
+    workdir = tmp_path_factory.mktemp("local") / "repo"
+    shutil.copytree(snapshot, workdir, symlinks=True)
     run = run_snakemake(
         ["--cores", "2", *write_fast_config(workdir)], workdir, timeout_s=DEMO_TIMEOUT_S
     )
@@ -158,9 +167,10 @@ def local_demo(tmp_path_factory):
 
 
 def test_demo_workflow_through_the_slurm_profile_matches_a_local_run(
-    tmp_path, test_node, local_demo
+    tmp_path, test_node, snapshot, local_demo
 ):
-    workdir = copy_repository(tmp_path / "repo")
+    workdir = tmp_path / "repo"
+    shutil.copytree(snapshot, workdir, symlinks=True)
     profile = write_test_profile(tmp_path / "profile", **test_node)
 
     with SlurmJobRecorder() as recorder:
