@@ -94,3 +94,12 @@ def test_compare_runs_shows_the_fold_summary_of_an_aggregate(tmp_path):
     mean, std = metrics["folds"]["mean"]["auc"], metrics["folds"]["std"]["auc"]
     assert f"{mean:.3f} ± {std:.3f} (3 folds)" in markdown
     assert "cv (aggregate)" in markdown
+
+
+def test_auc_plot_accepts_an_interval_a_rounding_error_inside_its_estimate():
+    from medclassify.evaluation.compare import plot_auc_by_run
+
+    table = pd.DataFrame({"run": ["baseline", "wide"], "stage": ["evaluation", "evaluation"],
+                          "auc": [0.8, 0.7], "auc_low": [0.8 + 1e-16, 0.6], "auc_high": [0.9, 0.8 - 1e-16]})
+    figure = plot_auc_by_run(table)
+    assert figure.axes[0].get_xlim()[1] == 1.0

@@ -122,7 +122,9 @@ def plot_auc_by_run(table):
     with plots.plot_style():
         fig, ax = plt.subplots(figsize=(5.5, 0.45 * len(labels) + 1.4), layout="constrained")
         has_ci = np.isfinite(low) & np.isfinite(high)
-        errors = np.vstack([np.where(has_ci, auc - low, 0), np.where(has_ci, high - auc, 0)])
+        # Clipped: rounding can leave an interval a hair inside its point estimate, and
+        # matplotlib refuses negative error bars.
+        errors = np.clip(np.vstack([np.where(has_ci, auc - low, 0), np.where(has_ci, high - auc, 0)]), 0, None)
         ax.errorbar(auc, y, xerr=errors, fmt="o", color=plots.COLORS[0], capsize=3)
         ax.set_yticks(y, labels)
         ax.invert_yaxis()
