@@ -103,7 +103,7 @@ def dataset_config(config, name):
     env_npz = os.environ.get(f"MEDCLASSIFY_{name.upper()}_NPZ")
     if env_npz and resolved.get("medmnist"):
         resolved["npz"] = env_npz
-    return resolved
+    return sorted_keys(resolved)
 
 
 def run_config(config, run):
@@ -113,7 +113,20 @@ def run_config(config, run):
     for section in RUN_SECTIONS:
         merged = deep_merge(config.get(section, {}), overrides.get(section, {}))
         resolved[section] = _validate_section(section, merged, f"runs.{run}.{section}")
-    return resolved
+    return sorted_keys(resolved)
+
+
+def sorted_keys(value):
+    """The value with the keys of every nested dict in sorted order.
+
+    Snakemake compares a rule's params as written, so options passed in the config file's
+    key order would rerun the stage when the user merely reorders keys.
+    """
+    if isinstance(value, dict):
+        return {key: sorted_keys(value[key]) for key in sorted(value)}
+    if isinstance(value, list):
+        return [sorted_keys(item) for item in value]
+    return value
 
 
 def config_hash(obj):

@@ -4,6 +4,7 @@ import pytest
 
 from medclassify.config import (
     REPO_ROOT, config_hash, dataset_config, deep_merge, load_config, run_config, schema_reference,
+    validate_config,
 )
 from medclassify.errors import InputError
 
@@ -97,3 +98,13 @@ def test_shipped_configs_are_valid():
 def test_config_readme_documents_every_key():
     readme = (REPO_ROOT / "config" / "README.md").read_text()
     assert schema_reference() in readme, "regenerate config/README.md: python -m medclassify.config"
+
+
+def test_resolved_options_do_not_depend_on_the_key_order_of_the_config():
+    config = {"datasets": {"demo": {"demo": True}}, "runs": {"baseline": {}},
+              "train": {"batch_size": 8, "backbone": "resnet18"}, "preprocess": {"size": [16, 16], "aspect": "pad"}}
+    reordered = {key: dict(reversed(list(value.items()))) for key, value in reversed(list(config.items()))}
+    for options in (config, reordered):
+        validate_config(options)
+    assert repr(run_config(config, "baseline")) == repr(run_config(reordered, "baseline"))
+    assert repr(dataset_config(config, "demo")) == repr(dataset_config(reordered, "demo"))
