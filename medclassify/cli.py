@@ -23,9 +23,32 @@ def _load_config(args):
     return load_config(args.config, overrides)
 
 
-def _add_config_options(parser):
+def _add_config_options(parser, per_dataset=False):
     parser.add_argument("--config", type=Path, help="YAML config file (defaults apply for every key it leaves out)")
     parser.add_argument("--set", metavar="JSON", help='config overrides as JSON, e.g. \'{"preprocess": {"size": [32, 32]}}\'')
+    if per_dataset:
+        parser.add_argument("--dataset", help="dataset of the config whose overrides (io, preprocess, validation, "
+                            "split) apply, as in the workflow (default: the config's first dataset)")
+
+
+def _run_name(args):
+    """The run named by --run (default: the config's first), checked against the config."""
+    runs = args.loaded_config["runs"]
+    run = args.run or next(iter(runs))
+    if run not in runs:
+        raise UsageError(f"unknown run {run!r}; the config has {', '.join(runs)}")
+    return run
+
+
+def _dataset_options(args):
+    """The config's sections for one dataset: the top level with that dataset's overrides merged."""
+    from .config import dataset_config
+
+    config = args.loaded_config
+    name = args.dataset or next(iter(config["datasets"]))
+    if name not in config["datasets"]:
+        raise UsageError(f"unknown dataset {name!r}; the config has {', '.join(config['datasets'])}")
+    return dataset_config(config, name)
 
 
 # --- validate ----------------------------------------------------------------------------------
@@ -41,18 +64,18 @@ def _add_validate(sub):
     p.add_argument("--threads", type=int, default=1, help="decoding processes")
     p.add_argument("--decode-cache", type=Path,
                    help="JSON file of per-file decoding results; revalidation decodes only new or changed files")
-    _add_config_options(p)
+    _add_config_options(p, per_dataset=True)
     p.set_defaults(func=_cmd_validate)
 
 
 def _cmd_validate(args):
     from .manifest import raise_if_invalid, validate_manifest, write_validation_outputs
 
-    config = args.loaded_config
+    options = _dataset_options(args)
     root = args.root or args.manifest.parent
-    result = validate_manifest(args.manifest, root, io_options=config["io"],
-                               validation_options=config["validation"], labels=args.labels,
-                               salt=config["salt"], threads=args.threads, decode_cache=args.decode_cache)
+    result = validate_manifest(args.manifest, root, io_options=options["io"],
+                               validation_options=options["validation"], labels=args.labels,
+                               salt=args.loaded_config["salt"], threads=args.threads, decode_cache=args.decode_cache)
     out = args.out or args.report.parent / "manifest.validated.csv"
     write_validation_outputs(result, out, args.report, args.report.with_suffix(".md"))
     # Exit 1 listing the first errors (with row, path and code) and the report's path.
@@ -76,7 +99,7 @@ def _add_preprocess(sub):
     p.add_argument("--shards", type=int, help="part files to write one after another (default: preprocess.shards)")
     p.add_argument("--no-reuse", action="store_true",
                    help="decode every image instead of reusing unchanged ones from the previous build's parts")
-    _add_config_options(p)
+    _add_config_options(p, per_dataset=True)
     p.set_defaults(func=_cmd_preprocess)
 
 
@@ -85,7 +108,7 @@ def _cmd_preprocess(args):
 
     from .cache import build_cache_part, default_reuse_pool, merge_cache_parts
 
-    config = args.loaded_config
+    config = _dataset_options(args)
     table = pd.read_csv(args.manifest, dtype=str, keep_default_na=False)
     if args.report:
         classes = json.loads(args.report.read_text())["classes"]
@@ -114,7 +137,7 @@ def _add_split(sub):
     p.add_argument("manifest", type=Path, help="validated manifest")
     p.add_argument("--out", type=Path, required=True, help="splits CSV")
     p.add_argument("--report", type=Path, required=True, help="split report JSON (a .png is written beside it)")
-    _add_config_options(p)
+    _add_config_options(p, per_dataset=True)
     p.set_defaults(func=_cmd_split)
 
 
@@ -123,9 +146,9 @@ def _cmd_split(args):
 
     from .splits import make_splits, write_split_outputs
 
-    config = args.loaded_config
+    options = _dataset_options(args)
     table = pd.read_csv(args.manifest, dtype=str, keep_default_na=False)
-    splits, report = make_splits(table, config["split"])
+    splits, report = make_splits(table, options["split"])
     write_split_outputs(splits, report, args.out, args.report, args.report.with_suffix(".png"))
     print(f"wrote {args.out} and {args.report}")
 
@@ -150,11 +173,8 @@ def _cmd_train(args):
     from .config import run_config
     from .training import train_stage
 
-    config = args.loaded_config
-    run = args.run or next(iter(config["runs"]))
-    if run not in config["runs"]:
-        raise UsageError(f"unknown run {run!r}; the config has {', '.join(config['runs'])}")
-    train_stage(args.stage, args.cache, args.splits, args.out, options=run_config(config, run),
+    options = run_config(args.loaded_config, _run_name(args))
+    train_stage(args.stage, args.cache, args.splits, args.out, options=options,
                 fold=args.fold, init_model=args.init_model, threads=args.threads)
     print(f"wrote {args.out / 'model.keras'}")
 
@@ -180,11 +200,10 @@ def _cmd_evaluate(args):
     from .config import run_config
     from .evaluation import run_evaluation
 
-    config = args.loaded_config
-    run = args.run or next(iter(config["runs"]))
+    options = run_config(args.loaded_config, _run_name(args))
     histories = dict(zip(["head", "finetune"], args.history))
     run_evaluation(args.model, args.cache, args.splits, args.manifest, args.out,
-                   options=run_config(config, run), histories=histories, fold=args.fold)
+                   options=options, histories=histories, fold=args.fold)
     print(f"wrote {args.out / 'metrics.json'}")
 
 

@@ -38,3 +38,28 @@ def test_invalid_config_exits_one_with_the_problem(tmp_path):
                      "--report", str(tmp_path / "r.json"), "--set", '{"split": {"method": "random"}}')
     assert result.returncode == 1
     assert "split.method" in result.stderr and "random" in result.stderr
+
+
+def test_dataset_stages_apply_the_overrides_of_the_named_dataset(tmp_path):
+    import pandas as pd
+    import yaml
+
+    from splits_fixtures import random_manifest
+
+    manifest = tmp_path / "manifest.validated.csv"
+    random_manifest(60).to_csv(manifest, index=False)
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump({"datasets": {"plain": {"demo": True},
+                                                   "folded": {"demo": True, "split": {"method": "kfold", "folds": 3}}}}, sort_keys=False))
+
+    def split(*extra):
+        out = tmp_path / f"splits{len(extra)}.csv"
+        assert main(["split", str(manifest), "--out", str(out), "--report", str(tmp_path / "r.json"),
+                     "--config", str(config), *extra]) == 0
+        return pd.read_csv(out)
+
+    assert "fold" not in split().columns
+    assert set(split("--dataset", "folded")["fold"]) == {-1, 0, 1, 2}  # -1: the held-out test set
+    result = run_cli("split", str(manifest), "--out", str(tmp_path / "x.csv"), "--report", str(tmp_path / "x.json"),
+                     "--config", str(config), "--dataset", "missing")
+    assert result.returncode == 2 and "unknown dataset 'missing'" in result.stderr
