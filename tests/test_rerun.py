@@ -179,3 +179,24 @@ def test_reordering_the_keys_of_the_config_file_plans_nothing(workdir):
         }
         config_path.write_text(yaml.safe_dump(reordered, sort_keys=False))
         assert planned_jobs(workdir) == {}
+
+
+# Last in the module: it runs the workflow on the grown manifest, so the state the tests above
+# share is gone afterwards.
+def test_rebuilding_the_cache_decodes_only_the_added_images(workdir):
+    manifest = workdir / "data/manifest.csv"
+    shutil.copyfile(workdir / "data/manifest.full.csv", manifest)
+    cache = f"results/{DATASET}/cache.h5"
+    run = run_snakemake(["--cores", "2", "--configfile", FAST_CONFIG_NAME, cache], workdir, timeout_s=RUN_TIMEOUT_S)
+    if run.returncode != 0:
+        pytest.fail(f"the cache rebuild failed:\n{run.tail()}")
+    full = pd.read_csv(workdir / "data/manifest.full.csv")
+    added = full["patient"].isin(full["patient"].drop_duplicates().iloc[-HELD_BACK_PATIENTS:]).sum()
+    counts = {"images": 0, "decoded": 0, "reused": 0}
+    for log in (workdir / f"results/logs/{DATASET}").glob("preprocess-*-of-*.log"):
+        for line in log.read_text().splitlines():
+            words = line.replace(",", "").split()
+            for count, word in zip(words, words[1:]):
+                if word in counts and count.isdigit():
+                    counts[word] += int(count)
+    assert counts == {"images": len(full), "decoded": added, "reused": len(full) - added}
