@@ -192,6 +192,7 @@ def _add_evaluate(sub):
     p.add_argument("--history", nargs="*", type=Path, default=[], help="history.csv of the head then the finetune stage")
     p.add_argument("--run", default=None, help="run name from the config's runs (default: the first)")
     p.add_argument("--fold", type=int, help="fold, with split.method kfold")
+    p.add_argument("--threads", type=int, help="CPU threads for TensorFlow")
     _add_config_options(p)
     p.set_defaults(func=_cmd_evaluate)
 
@@ -203,7 +204,7 @@ def _cmd_evaluate(args):
     options = run_config(args.loaded_config, _run_name(args))
     histories = dict(zip(["head", "finetune"], args.history))
     run_evaluation(args.model, args.cache, args.splits, args.manifest, args.out,
-                   options=options, histories=histories, fold=args.fold)
+                   options=options, histories=histories, fold=args.fold, threads=args.threads)
     print(f"wrote {args.out / 'metrics.json'}")
 
 
@@ -215,13 +216,14 @@ def _add_predict(sub):
     p.add_argument("--model", type=Path, required=True, help="model.keras (model.json must lie beside it)")
     p.add_argument("--input", type=Path, nargs="+", required=True, help="image files, folders, or one manifest CSV")
     p.add_argument("--out", type=Path, required=True, help="predictions CSV")
+    p.add_argument("--threads", type=int, help="CPU threads for TensorFlow")
     p.set_defaults(func=_cmd_predict)
 
 
 def _cmd_predict(args):
     from .predict import predict_files
 
-    table = predict_files(args.model, args.input, args.out)
+    table = predict_files(args.model, args.input, args.out, threads=args.threads)
     print(f"wrote {len(table)} rows to {args.out}")
 
 

@@ -52,10 +52,12 @@ def set_threads(threads):
         pass
 
 
-def configure_devices(train_options, threads=None):
-    """Apply the device policy; return ``(strategy, jit_compile, policy_name, n_gpus)``."""
-    import keras
+def configure_inference(threads=None):
+    """Device policy for evaluation and prediction: CPU threads, GPU memory on demand.
 
+    Without memory growth TensorFlow claims the whole memory of every visible GPU, which would
+    starve a training job that Snakemake runs beside an evaluation. Returns the visible GPUs.
+    """
     set_threads(threads)
     gpus = tf.config.list_physical_devices("GPU")
     for gpu in gpus:
@@ -63,6 +65,14 @@ def configure_devices(train_options, threads=None):
             tf.config.experimental.set_memory_growth(gpu, True)
         except RuntimeError:
             pass  # already initialised; growth was set then
+    return gpus
+
+
+def configure_devices(train_options, threads=None):
+    """Apply the device policy; return ``(strategy, jit_compile, policy_name, n_gpus)``."""
+    import keras
+
+    gpus = configure_inference(threads)
     policy = mixed_precision_policy(train_options.get("mixed_precision", "auto"), len(gpus))
     keras.mixed_precision.set_global_policy(policy)
     jit = use_jit(train_options.get("jit_compile", "auto"), len(gpus))

@@ -159,13 +159,17 @@ def _reason(error):
     return " ".join(text.split())  # one line per CSV cell
 
 
-def predict_files(model_path, inputs, out_csv):
+def predict_files(model_path, inputs, out_csv, *, threads=None):
     """Predict every image of ``inputs``; write ``out_csv`` and return the table.
 
     Columns: ``input, sample_id, index, status, error, [label], predicted, prob_<class>…``.
     ``status`` is ``ok`` or ``error`` (``error`` then says why and the prediction is empty).
+    ``threads`` caps TensorFlow's CPU threads.
     """
     from .evaluation.run import load_model
+    from .gpu import configure_inference
+
+    configure_inference(threads)
 
     info = load_model_info(model_path)
     classes = info["classes"]

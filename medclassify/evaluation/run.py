@@ -331,13 +331,18 @@ def _split_positions(cache, cache_path, sample_ids):
     return np.array([position[s] for s in sample_ids], dtype=int)
 
 
-def run_evaluation(model_path, cache_path, splits_path, manifest_path, out_dir, *, options, histories, fold=None):
+def run_evaluation(model_path, cache_path, splits_path, manifest_path, out_dir, *, options, histories, fold=None,
+                   threads=None):
     """Evaluate a trained model; write metrics.json, predictions.csv and the plots to ``out_dir``.
 
     The threshold (binary tasks) is chosen on the validation split and applied unchanged to the
-    test split; confidence intervals resample test patients. Returns the metrics dict.
+    test split; confidence intervals resample test patients. ``threads`` caps TensorFlow's CPU
+    threads. Returns the metrics dict.
     """
     from ..cache import open_cache
+    from ..gpu import configure_inference
+
+    configure_inference(threads)
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -2,9 +2,6 @@
 
 import json
 import time
-
-import pandas as pd
-
 import sys
 from pathlib import Path
 
@@ -26,6 +23,7 @@ with log_output(snakemake.log[0]):
         options=snakemake.params.options,
         histories={"head": inp.head_history, "finetune": inp.finetune_history},
         fold=snakemake.params.fold,
+        threads=snakemake.threads,
     )
     write_run_card(
         snakemake.output.run_card,

@@ -9,4 +9,9 @@ from medclassify.runlog import log_output
 from medclassify.predict import predict_files
 
 with log_output(snakemake.log[0]):
-    predict_files(snakemake.input.model, [Path(snakemake.params.inputs)], snakemake.output.predictions)
+    predict_files(
+        snakemake.input.model,
+        [Path(snakemake.params.inputs)],
+        snakemake.output.predictions,
+        threads=snakemake.threads,
+    )

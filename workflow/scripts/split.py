@@ -1,9 +1,9 @@
 """Rule split: assign samples to train/val/test (or folds), grouped by patient."""
 
-import pandas as pd
-
 import sys
 from pathlib import Path
+
+import pandas as pd
 
 sys.path.insert(0, str(Path(snakemake.scriptdir).parents[1]))  # the library, at the repository root
 

@@ -1,9 +1,8 @@
 """Rules train_head and finetune: train one stage from the cache and the splits."""
 
 import copy
-import time
-
 import sys
+import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(snakemake.scriptdir).parents[1]))  # the library, at the repository root
