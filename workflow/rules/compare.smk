@@ -46,6 +46,7 @@ rule aggregate_folds:
             subcategory="{run}",
             labels={"stage": "aggregate", "figure": "metrics"},
         ),
+        predictions="results/{dataset}/{run}/aggregate/predictions.csv",
     log:
         "results/logs/{dataset}/{run}/aggregate_folds.log",
     benchmark:
