@@ -17,6 +17,8 @@ def atomic_path(path):
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    # mkstemp makes the file private (0600); results are shared files, made as open() makes them.
+    os.chmod(fd, 0o666 & ~_current_umask())
     os.close(fd)
     tmp = Path(tmp)
     try:
@@ -25,6 +27,12 @@ def atomic_path(path):
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def _current_umask():
+    umask = os.umask(0o022)
+    os.umask(umask)
+    return umask
 
 
 def atomic_write_text(path, text):
