@@ -1,4 +1,4 @@
-"""Helpers for tests that run Snakemake itself: the cluster tests and the rerun tests.
+"""Helpers for tests that run Snakemake itself: end to end, reruns, report and cluster.
 
 Each test works in a copy of the repository in a temporary folder, so that it never touches the
 checkout's ``results/`` or ``.snakemake/``, and runs Snakemake as a subprocess under a hard time
@@ -31,6 +31,7 @@ FAST_DEMO_OVERRIDES = {
     "train": {"batch_size": 16, "seed": 0},
     "head": {"epochs": 1},
     "finetune": {"epochs": 1, "warmup_epochs": 0},
+    "evaluate": {"bootstrap": 200},
 }
 FAST_CONFIG_NAME = "config/fast-test.yaml"
 
@@ -148,6 +149,18 @@ def parse_job_stats(output):
         if match and match["rule"] not in ("job", "total"):
             counts[match["rule"]] = int(match["count"])
     return counts
+
+
+def planned_jobs(workdir, *args, timeout_s=300):
+    """Jobs per rule that ``snakemake -n ARGS`` would run now (the ``all`` target left out)."""
+    import pytest
+
+    run = run_snakemake(["-n", "--quiet", "rules", *args], workdir, timeout_s=timeout_s)
+    if run.returncode != 0:
+        pytest.fail(f"the dry run failed:\n{run.tail()}")
+    planned = parse_job_stats(run.output)
+    planned.pop("all", None)
+    return dict(planned)
 
 
 def fit_profile_to_node(profile, *, cpus, mem_mb, status_check_s):

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import FAST_DEMO_CONFIG, run_snakemake
+from conftest import FAST_DEMO_ARGS
+from snakemake_fixtures import run_snakemake
 
 pytestmark = pytest.mark.slow
 
@@ -18,7 +19,9 @@ CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
 
 @pytest.fixture(scope="module")
 def report_html(demo_run, tmp_path_factory):
-    run_snakemake(demo_run, "--report", "results/report.zip", *FAST_DEMO_CONFIG)
+    run = run_snakemake(["--report", "results/report.zip", *FAST_DEMO_ARGS], demo_run, timeout_s=300)
+    if run.returncode != 0:
+        pytest.fail(f"snakemake --report failed:\n{run.tail()}")
     folder = tmp_path_factory.mktemp("report")
     with zipfile.ZipFile(demo_run / "results" / "report.zip") as archive:
         archive.extractall(folder)

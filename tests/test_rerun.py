@@ -18,7 +18,7 @@ import yaml
 from snakemake_fixtures import (
     FAST_CONFIG_NAME,
     copy_repository,
-    parse_job_stats,
+    planned_jobs as shared_planned_jobs,
     run_snakemake,
     write_fast_config,
 )
@@ -44,17 +44,8 @@ def restored_afterwards(*paths):
 
 
 def planned_jobs(workdir):
-    """Jobs per rule that ``snakemake -n`` would run now (the ``all`` target left out)."""
-    run = run_snakemake(
-        ["-n", "--quiet", "rules", "--configfile", FAST_CONFIG_NAME],
-        workdir,
-        timeout_s=DRY_RUN_TIMEOUT_S,
-    )
-    if run.returncode != 0:
-        pytest.fail(f"the dry run failed:\n{run.tail()}")
-    planned = parse_job_stats(run.output)
-    planned.pop("all", None)
-    return planned
+    """Jobs per rule that ``snakemake -n`` would run now with the test's config."""
+    return shared_planned_jobs(workdir, "--configfile", FAST_CONFIG_NAME, timeout_s=DRY_RUN_TIMEOUT_S)
 
 
 def write_manifest_without_last_patients(data_dir, n_patients):
@@ -187,7 +178,8 @@ def test_rebuilding_the_cache_decodes_only_the_added_images(workdir):
     manifest = workdir / "data/manifest.csv"
     shutil.copyfile(workdir / "data/manifest.full.csv", manifest)
     cache = f"results/{DATASET}/cache.h5"
-    run = run_snakemake(["--cores", "2", "--configfile", FAST_CONFIG_NAME, cache], workdir, timeout_s=RUN_TIMEOUT_S)
+    # The target first: --configfile takes every argument after it.
+    run = run_snakemake([cache, "--cores", "2", "--configfile", FAST_CONFIG_NAME], workdir, timeout_s=RUN_TIMEOUT_S)
     if run.returncode != 0:
         pytest.fail(f"the cache rebuild failed:\n{run.tail()}")
     full = pd.read_csv(workdir / "data/manifest.full.csv")
