@@ -80,7 +80,10 @@ def plot_confusion_matrix(cm, classes, title="Test split"):
             image = ax.imshow(values, cmap="Blues", vmin=0, vmax=max(values.max(), 1e-9) if label == "count" else 1)
             ax.grid(False)
             ticks = np.arange(len(classes))
-            ax.set_xticks(ticks, classes, rotation=45 if len(classes) > 3 else 0, ha="right" if len(classes) > 3 else "center")
+            # A cell is about an inch wide: longer names would run into their neighbours.
+            crowded = len(classes) > 3 or max(len(str(c)) for c in classes) > 8
+            ax.set_xticks(ticks, classes, rotation=35 if crowded else 0, ha="right" if crowded else "center",
+                          rotation_mode="anchor")
             ax.set_yticks(ticks, classes)
             ax.set_xlabel("Predicted class")
             ax.set_ylabel("True class")
