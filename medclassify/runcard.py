@@ -103,11 +103,8 @@ def hardware():
 
 def file_sha256(path):
     """sha256 (hex) of a file's bytes."""
-    digest = hashlib.sha256()
     with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def timestamp(value):

@@ -286,7 +286,7 @@ def download_medmnist(name, dest_dir, size=28):
             raise InputError(
                 f"could not download {name} from {url}",
                 [str(getattr(error, "reason", error)),
-                 f"without internet, give a local file: datasets.<name>.npz: <path> or MEDCLASSIFY_<NAME>_NPZ"],
+                 "without internet, give a local file: datasets.<name>.npz: <path> or MEDCLASSIFY_<NAME>_NPZ"],
             ) from None
         actual = md5sum(tmp)
         if actual != expected:
@@ -297,11 +297,8 @@ def download_medmnist(name, dest_dir, size=28):
 
 def md5sum(path):
     """MD5 hex digest of a file, read in chunks."""
-    digest = hashlib.md5()
     with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+        return hashlib.file_digest(f, "md5").hexdigest()
 
 
 def _open_url(url):

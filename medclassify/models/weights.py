@@ -80,11 +80,8 @@ def imagenet_weights_file(backbone, directory=None):
 
 def file_digest(path, algorithm):
     """Hex digest of a file, read in chunks (weights files reach hundreds of MB)."""
-    digest = hashlib.new(algorithm)
     with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+        return hashlib.file_digest(f, algorithm).hexdigest()
 
 
 def hash_matches(path, expected):
