@@ -15,7 +15,6 @@ import csv
 import io
 import json
 import math
-import os
 import shutil
 from pathlib import Path
 
@@ -249,21 +248,13 @@ def _save_keras(model, path):
     if model.optimizer is not None and not model.optimizer.built:
         model.optimizer.build(model.trainable_variables)
     # Keras picks the format from the suffix, so the temporary name must end in .keras too.
-    tmp = Path(path).with_name(f".{Path(path).stem}.{os.getpid()}.partial.keras")
-    try:
+    with atomic_path(path, suffix=".partial.keras") as tmp:
         model.save(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def _save_weights(model, path):
-    tmp = Path(path).with_name(f".{Path(path).name}.{os.getpid()}.partial.weights.h5")
-    try:
+    with atomic_path(path, suffix=".partial.weights.h5") as tmp:
         model.save_weights(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 class EpochEnd(keras.callbacks.Callback):

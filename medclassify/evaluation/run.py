@@ -54,10 +54,8 @@ def load_model(model_path):
     """Load a saved model safely, with medclassify's custom layers registered."""
     import keras
 
-    try:
-        import medclassify.models  # noqa: F401  (registers custom layers for deserialisation)
-    except ImportError:
-        pass
+    from .. import models  # noqa: F401  (registers the custom layers for deserialisation)
+
     return keras.models.load_model(model_path, safe_mode=True, compile=False)
 
 
