@@ -10,7 +10,7 @@ export MEDCLASSIFY_BREASTMNIST_NPZ ?= $(abspath $(SHARED_NPZ))
 
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: demo test lint dry-run unit e2e bench clean-results system-deps test-cluster
+.PHONY: demo test lint dry-run unit e2e bench clean-results system-deps test-cluster e2e-and-cluster
 
 $(STAMP): requirements-data.txt requirements-train.txt requirements-dev.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -37,7 +37,7 @@ dry-run: $(STAMP)
 	$(SNAKEMAKE) -n --quiet --configfile config/breastmnist.yaml
 
 unit: $(STAMP)
-	$(BIN)/python -m pytest -q -m "not slow and not cluster"
+	$(BIN)/python -m pytest -q -n 2 -m "not slow and not cluster"
 
 # Debian packages the tests drive: Chromium (the HTML report is opened in a real browser).
 system-deps:
@@ -50,14 +50,22 @@ e2e: $(STAMP) system-deps
 
 # The cluster tests against a private one-node Slurm: start-slurm.sh installs slurm-wlm and munge
 # when missing (as root) and starts the daemons; they are stopped, by their PIDs, whatever the
-# tests did.
+# tests did. The cluster run is compared with the local demo run that the end-to-end tests make.
 SLURM_DIR ?= /tmp/medclassify-slurm
-test-cluster: $(STAMP)
+define with_slurm
 	tests/cluster/start-slurm.sh $(SLURM_DIR)
-	source $(SLURM_DIR)/env.sh && $(BIN)/python -m pytest -q -m cluster tests/test_cluster.py; \
+	source $(SLURM_DIR)/env.sh && $(1); \
 	  status=$$?; tests/cluster/stop-slurm.sh $(SLURM_DIR); exit $$status
+endef
 
-test: lint dry-run unit e2e test-cluster
+test-cluster: $(STAMP)
+	$(call with_slurm,$(BIN)/python -m pytest -q -m cluster tests/test_cluster.py)
+
+# End to end and cluster in one session: one local demo run serves both.
+e2e-and-cluster: $(STAMP) system-deps
+	$(call with_slurm,$(BIN)/python -m pytest -q -m "slow or cluster")
+
+test: lint dry-run unit e2e-and-cluster
 
 bench: $(STAMP)
 	@for script in bench/*.py; do echo "== $$script"; $(BIN)/python $$script || exit 1; done

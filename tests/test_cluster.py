@@ -22,7 +22,6 @@ import pytest
 
 from snakemake_fixtures import (
     REPO,
-    copy_repository,
     run_snakemake,
     write_fast_config,
     write_test_profile,
@@ -148,29 +147,18 @@ CPU_RULES = ("make_demo_data", "validate_manifest", "preprocess", "merge_cache",
 
 
 @pytest.fixture(scope="module")
-def snapshot(tmp_path_factory):
-    """One copy of the working tree that both demo runs start from: the checkout may change
-    (other work goes on in it) between the local run and the cluster run."""
-    return copy_repository(tmp_path_factory.mktemp("snapshot") / "repo")
+def local_demo(demo_run):
+    """The fast demo run made locally (two cores, the workstation profile) by the end-to-end tests."""
+    return demo_run
 
 
-@pytest.fixture(scope="module")
-def local_demo(tmp_path_factory, snapshot):
-    """The fast demo run locally (the workstation profile, two cores) in its own copy."""
-    workdir = tmp_path_factory.mktemp("local") / "repo"
-    shutil.copytree(snapshot, workdir, symlinks=True)
-    run = run_snakemake(
-        ["--cores", "2", *write_fast_config(workdir)], workdir, timeout_s=DEMO_TIMEOUT_S
-    )
-    assert run.returncode == 0, run.tail()
-    return workdir
-
-
-def test_demo_workflow_through_the_slurm_profile_matches_a_local_run(
-    tmp_path, test_node, snapshot, local_demo
-):
+def test_demo_workflow_through_the_slurm_profile_matches_a_local_run(tmp_path, test_node, local_demo):
+    # The local run's copy of the working tree without what it ran: the same code and config,
+    # whatever has changed in the checkout since.
     workdir = tmp_path / "repo"
-    shutil.copytree(snapshot, workdir, symlinks=True)
+    shutil.copytree(
+        local_demo, workdir, symlinks=True, ignore=shutil.ignore_patterns("results", ".snakemake", "snakemake-*.log")
+    )
     profile = write_test_profile(tmp_path / "profile", **test_node)
 
     with SlurmJobRecorder() as recorder:
