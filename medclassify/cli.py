@@ -108,19 +108,19 @@ def _cmd_preprocess(args):
 
     from .cache import build_cache_part, default_reuse_pool, merge_cache_parts
 
-    config = _dataset_options(args)
+    options = _dataset_options(args)
     table = pd.read_csv(args.manifest, dtype=str, keep_default_na=False)
     if args.report:
         classes = json.loads(args.report.read_text())["classes"]
     else:
         classes = sorted(table["label"].unique())
-    n_shards = args.shards or config["preprocess"]["shards"]
+    n_shards = args.shards or options["preprocess"]["shards"]
     # Same layout as the workflow: results/x/cache.h5 has its parts in results/x/cache/.
     parts = [args.out.parent / args.out.stem / f"part-{i}-of-{n_shards}.h5" for i in range(n_shards)]
     pool = default_reuse_pool(parts[0])
     for shard, part in enumerate(parts):
-        summary = build_cache_part(args.manifest, args.root, part, preprocess_options=config["preprocess"],
-                                   io_options=config["io"], classes=classes, shard=shard, n_shards=n_shards,
+        summary = build_cache_part(args.manifest, args.root, part, preprocess_options=options["preprocess"],
+                                   io_options=options["io"], classes=classes, shard=shard, n_shards=n_shards,
                                    threads=args.threads, previous=None if args.no_reuse else pool)
         print(f"{part}: {summary['rows']} images, {summary['decoded']} decoded, {summary['reused']} reused")
     merge_cache_parts(parts, args.out, args.fingerprint, reuse_pool=pool)

@@ -10,9 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from snakemake_fixtures import FAST_CONFIG_NAME, copy_repository, run_snakemake, write_fast_config
+from snakemake_fixtures import FAST_CONFIG_NAME, REPO, copy_repository, run_snakemake, write_fast_config
 
-REPO = Path(__file__).resolve().parent.parent
 SHARED_NPZ = Path(os.environ.get("MEDCLASSIFY_BREASTMNIST_NPZ", REPO.parent / "shared" / "data" / "breastmnist.npz"))
 
 # The demo config with fewer patients, epochs and bootstrap resamples; same stages and code paths.

@@ -146,18 +146,13 @@ GPU_RULES = ("train_head", "finetune", "evaluate")
 CPU_RULES = ("make_demo_data", "validate_manifest", "preprocess", "merge_cache", "split")
 
 
-@pytest.fixture(scope="module")
-def local_demo(demo_run):
-    """The fast demo run made locally (two cores, the workstation profile) by the end-to-end tests."""
-    return demo_run
-
-
-def test_demo_workflow_through_the_slurm_profile_matches_a_local_run(tmp_path, test_node, local_demo):
-    # The local run's copy of the working tree without what it ran: the same code and config,
-    # whatever has changed in the checkout since.
+def test_demo_workflow_through_the_slurm_profile_matches_a_local_run(tmp_path, test_node, demo_run):
+    # demo_run is the fast demo made locally (two cores, the workstation profile) by conftest.
+    # Its copy of the working tree without what it ran: the same code and config, whatever has
+    # changed in the checkout since.
     workdir = tmp_path / "repo"
     shutil.copytree(
-        local_demo, workdir, symlinks=True, ignore=shutil.ignore_patterns("results", ".snakemake", "snakemake-*.log")
+        demo_run, workdir, symlinks=True, ignore=shutil.ignore_patterns("results", ".snakemake", "snakemake-*.log")
     )
     profile = write_test_profile(tmp_path / "profile", **test_node)
 
@@ -182,6 +177,6 @@ def test_demo_workflow_through_the_slurm_profile_matches_a_local_run(tmp_path, t
 
     # Same seed, same threads, deterministic ops: the cluster changes nothing in the results.
     assert json.loads((workdir / METRICS).read_text()) == json.loads(
-        (local_demo / METRICS).read_text()
+        (demo_run / METRICS).read_text()
     )
-    assert (workdir / PREDICTIONS).read_text() == (local_demo / PREDICTIONS).read_text()
+    assert (workdir / PREDICTIONS).read_text() == (demo_run / PREDICTIONS).read_text()
