@@ -61,7 +61,11 @@ def run_seed(seed, overrides, work_dir, splits, threads):
 
     from medclassify.training import train_stage
 
-    cache_path, splits_path = prepare_breastmnist(Path(work_dir) / "data")
+    from medclassify.config import config_hash
+
+    data_options = {k: overrides[k] for k in ("preprocess", "io") if k in overrides}
+    data_dir = Path(work_dir) / (f"data-{config_hash(data_options)}" if data_options else "data")
+    cache_path, splits_path = prepare_breastmnist(data_dir, overrides=data_options)
     options = options_for(seed, overrides)
     run_dir = Path(work_dir) / f"seed_{seed}"
     started = time.perf_counter()
@@ -70,8 +74,9 @@ def run_seed(seed, overrides, work_dir, splits, threads):
                         init_model=head, threads=threads)
     minutes = (time.perf_counter() - started) / 60
     meta = json.loads((run_dir / "finetune" / "model.json").read_text())
-    return {"seed": seed, "minutes": round(minutes, 2), "best_epoch": meta["best_epoch"],
-            "epochs_trained": meta["epochs_trained"], **split_scores(final, cache_path, splits_path, splits)}
+    members = meta.get("ensemble") or {"best_epoch": [meta["best_epoch"]], "epochs_trained": [meta["epochs_trained"]]}
+    return {"seed": seed, "minutes": round(minutes, 2), "best_epoch": members["best_epoch"],
+            "epochs_trained": members["epochs_trained"], **split_scores(final, cache_path, splits_path, splits)}
 
 
 def summary(results, split):
@@ -101,12 +106,13 @@ def main(argv=None):
             result = run_seed(seed, overrides, work, splits, args.threads)
             results.append(result)
             print(json.dumps(result), flush=True)
-    header = f"{'seed':>4} {'minutes':>8} {'best ep':>7} " + " ".join(f"{s + ' ' + m:>9}" for s in splits for m in ("AUC", "ACC"))
+    header = f"{'seed':>4} {'minutes':>8} {'best epochs':>11} " + " ".join(f"{s + ' ' + m:>9}" for s in splits for m in ("AUC", "ACC"))
     print("\nBreastMNIST 28x28, official split; ACC: class-1 probability > 0.5")
     print(header)
     for r in results:
         cells = " ".join(f"{r[s][m]:>9.4f}" for s in splits for m in ("auc", "acc"))
-        print(f"{r['seed']:>4} {r['minutes']:>8.2f} {r['best_epoch'] or 0:>7} {cells}")
+        best = "/".join(str(e or 0) for e in r["best_epoch"])
+        print(f"{r['seed']:>4} {r['minutes']:>8.2f} {best:>11} {cells}")
     report = {"dataset": "breastmnist", "size": 28, "overrides": overrides, "seeds": results,
               "summary": {s: summary(results, s) for s in splits},
               "max_minutes": max(r["minutes"] for r in results)}

@@ -24,13 +24,16 @@ NPZ = ROOT.parent / "shared" / "data" / "breastmnist.npz"
 CLASSES = ["0", "1"]  # 0 = malignant, 1 = normal or benign (MedMNIST's label indices)
 
 
-def prepare_breastmnist(out_dir, npz=NPZ):
-    """Write images, cache.h5 and splits.csv for BreastMNIST under ``out_dir``; return their paths."""
+def prepare_breastmnist(out_dir, npz=NPZ, overrides=None):
+    """Write images, cache.h5 and splits.csv for BreastMNIST under ``out_dir``; return their paths.
+
+    ``overrides``: config overrides (only ``preprocess`` and ``io`` matter here).
+    """
     out_dir = Path(out_dir)
     cache_path, splits_path = out_dir / "cache.h5", out_dir / "splits.csv"
     if cache_path.exists() and splits_path.exists():
         return cache_path, splits_path
-    config = load_config(ROOT / "config" / "breastmnist.yaml")
+    config = load_config(ROOT / "config" / "breastmnist.yaml", overrides or {})
     io_options = config["io"]
     preprocess = copy.deepcopy(config["preprocess"])
     data = np.load(npz)

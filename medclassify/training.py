@@ -31,12 +31,17 @@ from .data import (ImageSource, class_weights, evaluation_dataset, fits_in_memor
                    training_dataset, zscore_statistics)
 from .errors import InputError
 from .gpu import configure_devices
-from .models import backbone_of, build_classifier, set_backbone_inference_mode, set_trainable_blocks
+from .models import (backbone_of, build_classifier, build_ensemble, set_backbone_inference_mode,
+                     set_trainable_blocks)
 from .models.weights import imagenet_weights_path
 
 STAGES = ("head", "finetune")
 HISTORY_COLUMNS = ("epoch", "loss", "auc", "val_loss", "val_auc", "val_accuracy", "lr")
 STATE_VERSION = 1
+# Member k of an ensemble trains with seed + k * MEMBER_SEED_STRIDE: runs with seeds 0, 1, 2 then
+# get disjoint members (with seed + k, the ensembles of seeds 0 and 1 would share two models).
+MEMBER_SEED_STRIDE = 1000
+VALIDATION_CHUNK = 1024  # images read from the cache at a time when scoring an ensemble
 
 
 # --- options ------------------------------------------------------------------------------------
@@ -305,13 +310,15 @@ class TensorBoardScalars(keras.callbacks.Callback):
 
 
 # --- outputs ------------------------------------------------------------------------------------------
-def write_history(path, history):
-    """history.csv: one row per epoch, columns epoch, loss, auc, val_loss, val_auc, val_accuracy, lr."""
+def write_history(path, history, member_column=False):
+    """history.csv: one row per epoch, columns epoch, loss, auc, val_loss, val_auc, val_accuracy, lr
+    (after a first column ``member`` for an ensemble's members)."""
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=HISTORY_COLUMNS, extrasaction="ignore")
+    columns = ("member",) + HISTORY_COLUMNS if member_column else HISTORY_COLUMNS
+    writer = csv.DictWriter(buffer, fieldnames=columns, extrasaction="ignore")
     writer.writeheader()
     for row in history:
-        writer.writerow({k: row.get(k, "") for k in HISTORY_COLUMNS})
+        writer.writerow({k: row.get(k, "") for k in columns})
     atomic_write_text(path, buffer.getvalue())
 
 
@@ -356,11 +363,22 @@ def train_stage(stage, cache_path, splits_path, out_dir, *, options, fold=None, 
     ``stage``: ``head`` (frozen backbone, new head) or ``finetune`` (from ``init_model``, the head
     stage's model.keras; None builds a new model). ``options``: ``run_config(config, run)``.
     With 0 epochs the stage writes its initial model, so that the workflow's DAG stays uniform.
+    With ``train.ensemble`` > 1 the fine-tune stage trains that many members (see
+    :func:`train_ensemble`) and model.keras averages them.
     """
-    from .cache import open_cache
-
     if stage not in STAGES:
         raise InputError(f"unknown stage {stage!r}", [f"stage must be one of {', '.join(STAGES)}"])
+    n_members = int(options["train"].get("ensemble", 1)) if stage == "finetune" else 1
+    if n_members > 1:
+        return train_ensemble(n_members, cache_path, splits_path, out_dir, options=options, fold=fold,
+                              init_model=init_model, threads=threads)
+    return _train_model(stage, cache_path, splits_path, out_dir, options=options, fold=fold, init_model=init_model,
+                        threads=threads)
+
+
+def _train_model(stage, cache_path, splits_path, out_dir, *, options, fold=None, init_model=None, threads=None):
+    from .cache import open_cache
+
     out_dir = Path(out_dir)
     train_options = options["train"]
     settings = stage_options(options, stage)
@@ -447,3 +465,114 @@ def _file_identity(path):
         return None
     stat = Path(path).stat()
     return [str(path), stat.st_size, stat.st_mtime_ns]
+
+
+# --- ensembles --------------------------------------------------------------------------------------
+def member_seeds(seed, n_members):
+    """The training seeds of an ensemble's members: ``seed``, ``seed + 1000``, …"""
+    return [int(seed) + k * MEMBER_SEED_STRIDE for k in range(n_members)]
+
+
+def member_options(options, seed):
+    """``options`` with the training seed replaced (one ensemble member's run)."""
+    return {**options, "train": {**options["train"], "seed": int(seed)}}
+
+
+def untrained_initial_model(init_model):
+    """Whether ``init_model`` is a head stage's random initial model (0 epochs, no pretrained weights).
+
+    Ensemble members then draw their own initial weights from their seeds: starting every
+    member from the same random weights would throw away most of the ensemble's diversity.
+    """
+    if init_model is None:
+        return True
+    meta_path = Path(init_model).with_name("model.json")
+    if not meta_path.exists():
+        return False
+    meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    return meta.get("epochs_trained") == 0 and not meta.get("pretrained", False)
+
+
+def train_ensemble(n_members, cache_path, splits_path, out_dir, *, options, fold=None, init_model=None, threads=None):
+    """Fine-tune ``n_members`` models with seeds :func:`member_seeds` and save their average.
+
+    Each member is a complete fine-tune stage in ``members/member_<k>/`` (its own early stopping,
+    checkpoints and history). ``checkpoints/ensemble.json`` records the finished members, so a
+    killed stage resumes with the member it was training instead of starting over. Writes
+    model.keras (the ensemble, see :func:`medclassify.models.build_ensemble`), model.json (the
+    first member's record plus an ``ensemble`` entry and the ensemble's validation AUC) and
+    history.csv (every member's epochs, with a ``member`` column).
+    """
+    out_dir = Path(out_dir)
+    seed = int(options["train"].get("seed", 0))
+    seeds = member_seeds(seed, n_members)
+    state_path = out_dir / "checkpoints" / "ensemble.json"
+    fingerprint = config_hash({"options": options, "fold": fold, "members": n_members,
+                               "init_model": _file_identity(init_model), "cache": _file_identity(cache_path),
+                               "splits": _file_identity(splits_path)})
+    state = json.loads(state_path.read_text(encoding="utf-8")) if state_path.exists() else {}
+    if state.get("fingerprint") != fingerprint or state.get("complete"):
+        state = {"version": STATE_VERSION, "fingerprint": fingerprint, "members_done": [], "complete": False}
+    member_init = None if untrained_initial_model(init_model) else init_model
+    member_paths = []
+    for k in range(n_members):
+        member_dir = out_dir / "members" / f"member_{k}"
+        path = member_dir / "model.keras"
+        if k in state["members_done"] and path.exists():
+            print(f"[finetune] ensemble member {k + 1}/{n_members} already trained ({member_dir})", flush=True)
+        else:
+            print(f"[finetune] ensemble member {k + 1}/{n_members} (seed {seeds[k]})", flush=True)
+            _train_model("finetune", cache_path, splits_path, member_dir, options=member_options(options, seeds[k]),
+                         fold=fold, init_model=member_init, threads=threads)
+            state["members_done"] = sorted(set(state["members_done"]) | {k})
+            atomic_write_json(state_path, state)
+        member_paths.append(path)
+
+    members = [keras.models.load_model(p, safe_mode=True, compile=False) for p in member_paths]
+    ensemble = build_ensemble(members)
+    member_meta = [json.loads(p.with_name("model.json").read_text(encoding="utf-8")) for p in member_paths]
+    metadata = dict(member_meta[0])
+    metadata["train_options"] = options["train"]
+    metadata["seed"] = seed
+    metadata["best_val_auc"] = _validation_auc(ensemble, cache_path, splits_path, fold, options)
+    metadata["ensemble"] = {
+        "members": n_members,
+        "seeds": seeds,
+        "models": [str(p.relative_to(out_dir)) for p in member_paths],
+        "best_epoch": [m["best_epoch"] for m in member_meta],
+        "epochs_trained": [m["epochs_trained"] for m in member_meta],
+        "best_val_auc": [m["best_val_auc"] for m in member_meta],
+        "initial_weights": "each member's own seed" if member_init is None else str(init_model),
+    }
+    metadata["best_epoch"] = None
+    metadata["epochs_trained"] = max(m["epochs_trained"] for m in member_meta)
+    with atomic_path(out_dir / "model.keras", suffix=".partial.keras") as tmp:
+        ensemble.save(tmp)
+    history = [{"member": k, **row}
+               for k, path in enumerate(member_paths) for row in _read_history_rows(path.with_name("history.csv"))]
+    write_history(out_dir / "history.csv", history, member_column=True)
+    atomic_write_json(out_dir / "model.json", metadata)
+    state["complete"] = True
+    atomic_write_json(state_path, state)
+    return out_dir / "model.keras"
+
+
+def _validation_auc(model, cache_path, splits_path, fold, options):
+    """AUC of ``model`` on the validation split, as the stages compute it."""
+    from .cache import open_cache
+
+    with open_cache(cache_path) as cache:
+        indices = split_indices(cache.sample_ids, splits_path, fold)["val"]
+        labels = np.asarray(cache.labels, dtype="int64")[indices]
+        batch_size = int(options["train"].get("batch_size", 64))
+        probabilities = np.zeros((len(indices), len(cache.classes)))
+        for start in range(0, len(indices), VALIDATION_CHUNK):
+            chunk = cache.read(indices[start:start + VALIDATION_CHUNK])
+            probabilities[start:start + len(chunk)] = model.predict(chunk, batch_size=batch_size, verbose=0)
+    value = classification_auc(labels, probabilities)
+    return None if math.isnan(value) else value
+
+
+def _read_history_rows(path):
+    with open(path, newline="", encoding="utf-8") as handle:
+        return list(csv.DictReader(handle))

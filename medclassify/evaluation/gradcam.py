@@ -11,6 +11,8 @@ import tensorflow as tf
 
 import keras
 
+from ..models.ensemble import ensemble_members
+
 
 def _inner_model(layer):
     """The model a layer is or wraps (a nested backbone, or a Wrapper around one), else None."""
@@ -78,12 +80,25 @@ def _feature_and_output_fn(chain):
     return run
 
 
+def explained_model(model):
+    """The model whose feature map Grad-CAM uses: ``model``, or an ensemble's first member."""
+    members = ensemble_members(model)
+    return members[0] if members else model
+
+
 def gradcam_heatmaps(model, images, class_indices):
     """Grad-CAM heat maps (n, h, w) in [0, 1] at the feature map's resolution.
 
     ``images`` are the model's inputs (float32, n×H×W×C); ``class_indices`` the class explained
-    for each image. A map whose gradients vanish (a saturated prediction) is all zeros.
+    for each image. A map whose gradients vanish (a saturated prediction) is all zeros. For an
+    ensemble (:func:`medclassify.models.build_ensemble`) the members' maps are averaged: the
+    ensemble's output is the mean of theirs, and their feature maps are not shared.
     """
+    members = ensemble_members(model)
+    if members:
+        cam = np.mean([gradcam_heatmaps(member, images, class_indices) for member in members], axis=0)
+        peak = cam.reshape(len(cam), -1).max(axis=1)
+        return cam / np.where(peak > 0, peak, 1.0)[:, None, None]
     chain = find_last_conv_layer(model)
     forward = _feature_and_output_fn(chain)
     images = tf.convert_to_tensor(np.asarray(images, dtype=np.float32))

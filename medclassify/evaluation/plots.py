@@ -193,7 +193,8 @@ def plot_training_curves(histories):
     """Loss and AUC of every stage on one figure, epochs numbered continuously across stages.
 
     ``histories`` is ``{stage: DataFrame}`` in stage order; empty or missing frames (a skipped
-    stage) are left out, and missing columns are skipped.
+    stage) are left out, and missing columns are skipped. An ensemble's history (a ``member``
+    column) draws one thinner line per member over the same epochs.
     """
     with plot_style():
         fig, axes = plt.subplots(1, 2, figsize=(9, 3.6), layout="constrained")
@@ -202,18 +203,23 @@ def plot_training_curves(histories):
         for s, (stage, frame) in enumerate(histories.items()):
             if frame is None or len(frame) == 0:
                 continue
-            epochs = np.arange(1, len(frame) + 1) + offset
-            for ax, metric in zip(axes, ("loss", "auc")):
-                for column, ls in ((metric, "-"), (f"val_{metric}", "--")):
-                    if column in frame.columns:
-                        values = np.asarray(frame[column], dtype=float)
-                        ax.plot(epochs, values, ls=ls, color=COLORS[s % 10], marker="." if len(frame) < 30 else None,
-                                label=f"{stage} {'val' if column.startswith('val_') else 'train'}")
-                        drawn = True
+            runs = [group for _, group in frame.groupby("member", sort=True)] if "member" in frame.columns else [frame]
+            longest = max(len(run) for run in runs)
+            for m, run in enumerate(runs):
+                epochs = np.arange(1, len(run) + 1) + offset
+                for ax, metric in zip(axes, ("loss", "auc")):
+                    for column, ls in ((metric, "-"), (f"val_{metric}", "--")):
+                        if column in run.columns:
+                            values = np.asarray(run[column], dtype=float)
+                            name = f"{stage}{' (each member)' if len(runs) > 1 else ''}"
+                            ax.plot(epochs, values, ls=ls, color=COLORS[s % 10], lw=None if len(runs) == 1 else 0.9,
+                                    marker="." if longest < 30 else None,
+                                    label=None if m else f"{name} {'val' if column.startswith('val_') else 'train'}")
+                            drawn = True
             if offset:
                 for ax in axes:
                     ax.axvline(offset + 0.5, color="grey", lw=0.8, ls=":")
-            offset += len(frame)
+            offset += longest
         if not drawn:
             for ax in axes:
                 _message(ax, "No training history recorded")

@@ -264,9 +264,13 @@ def _gradcam_figure(model, read_test, y_true, y_pred, y_prob, classes, per_class
     chosen = np.array(chosen)
     images = read_test(chosen)
     try:
-        layer = gradcam.find_last_conv_layer(model)
+        explained = gradcam.explained_model(model)
+        layer = gradcam.find_last_conv_layer(explained)
         heatmaps = gradcam.upsample(gradcam.gradcam_heatmaps(model, images, y_pred[chosen]), images.shape[1:3])
         info["layer"] = "/".join(part.name for part in layer[1:])
+        if explained is not model:
+            info["ensemble_members"] = len(gradcam.ensemble_members(model))
+            info["layer"] += f", mean of {info['ensemble_members']} members"
     except ValueError as error:  # a model without a spatial feature map cannot be explained this way
         info["error"] = str(error)
         return plots.plot_image_grid([], [], title="Grad-CAM", empty_message=f"Grad-CAM unavailable: {error}"), info

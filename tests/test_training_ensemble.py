@@ -1,0 +1,107 @@
+"""train.ensemble: the fine-tune stage trains several members and saves the model averaging them."""
+
+import json
+
+import keras
+import numpy as np
+import pandas as pd
+import pytest
+
+from medclassify.cache import open_cache
+from medclassify.evaluation import gradcam
+from medclassify.evaluation.plots import plot_training_curves
+from medclassify.models import ensemble_members
+from medclassify.training import train_stage
+from training_fixtures import make_training_cache, tiny_options
+
+
+@pytest.fixture(scope="module")
+def tiny_cache(tmp_path_factory):
+    return make_training_cache(tmp_path_factory.mktemp("cache"), n=48, n_classes=2)
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_cache, tmp_path_factory):
+    """A head stage of 0 epochs, a single fine-tuned model and a 2-member ensemble from it."""
+    cache_path, splits_path = tiny_cache
+    root = tmp_path_factory.mktemp("runs")
+    options = tiny_options()
+    options["head"]["epochs"], options["finetune"]["epochs"] = 0, 2
+    head = train_stage("head", cache_path, splits_path, root / "head", options=options, threads=1)
+    single = train_stage("finetune", cache_path, splits_path, root / "single", options=options, init_model=head,
+                         threads=1)
+    options["train"]["ensemble"] = 2
+    ensemble = train_stage("finetune", cache_path, splits_path, root / "ensemble", options=options,
+                           init_model=head, threads=1)
+    return {"root": root, "head": head, "single": single, "ensemble": ensemble, "options": options}
+
+
+def test_the_ensemble_averages_its_members(trained, tiny_cache):
+    out = trained["root"] / "ensemble"
+    model = keras.models.load_model(trained["ensemble"], safe_mode=True)
+    members = [keras.models.load_model(out / "members" / f"member_{k}" / "model.keras", safe_mode=True)
+               for k in range(2)]
+    with open_cache(tiny_cache[0]) as cache:
+        images = cache.read(np.arange(8))
+    probabilities = model.predict(images, verbose=0)
+    each = [m.predict(images, verbose=0) for m in members]
+    np.testing.assert_allclose(probabilities, np.mean(each, axis=0), atol=1e-6)
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=1e-5)
+    # Own seeds, own initial weights: the members are different models.
+    assert np.abs(each[0] - each[1]).max() > 1e-4
+    assert len(ensemble_members(model)) == 2
+
+
+def test_the_first_member_is_the_single_model_of_the_same_seed(trained):
+    single = pd.read_csv(trained["root"] / "single" / "history.csv")
+    member = pd.read_csv(trained["root"] / "ensemble" / "members" / "member_0" / "history.csv")
+    pd.testing.assert_frame_equal(member, single, check_exact=False, rtol=1e-6, atol=1e-7)
+
+
+def test_ensemble_records_its_members(trained):
+    out = trained["root"] / "ensemble"
+    meta = json.loads((out / "model.json").read_text())
+    assert meta["ensemble"]["members"] == 2 and meta["ensemble"]["seeds"] == [0, 1000]
+    assert meta["ensemble"]["models"] == ["members/member_0/model.keras", "members/member_1/model.keras"]
+    assert meta["ensemble"]["initial_weights"] == "each member's own seed"
+    assert meta["classes"] and meta["params_hash"] and meta["train_options"]["ensemble"] == 2
+    assert meta["best_val_auc"] is None or 0 <= meta["best_val_auc"] <= 1
+    history = pd.read_csv(out / "history.csv")
+    assert list(history.columns) == ["member", "epoch", "loss", "auc", "val_loss", "val_auc", "val_accuracy", "lr"]
+    assert history["member"].tolist() == [0, 0, 1, 1] and history["epoch"].tolist() == [1, 2, 1, 2]
+    fig = plot_training_curves({"finetune": history})
+    assert len(fig.axes[0].lines) == 4  # train and val loss of each member
+    assert len(fig.axes[0].get_legend().get_texts()) == 2
+
+
+def test_gradcam_of_an_ensemble_is_the_mean_of_its_members(trained, tiny_cache):
+    model = keras.models.load_model(trained["ensemble"], safe_mode=True)
+    with open_cache(tiny_cache[0]) as cache:
+        images = cache.read(np.arange(4))
+    classes = np.array([0, 1, 0, 1])
+    maps = gradcam.gradcam_heatmaps(model, images, classes)
+    mean = np.mean([gradcam.gradcam_heatmaps(m, images, classes) for m in ensemble_members(model)], axis=0)
+    peak = mean.reshape(4, -1).max(axis=1)
+    np.testing.assert_allclose(maps, mean / np.where(peak > 0, peak, 1)[:, None, None], atol=1e-6)
+    assert gradcam.explained_model(model) is ensemble_members(model)[0]
+
+
+def test_a_killed_ensemble_resumes_with_the_unfinished_member(trained, tiny_cache, capsys):
+    out = trained["root"] / "ensemble"
+    first = pd.read_csv(out / "history.csv")
+    state_path = out / "checkpoints" / "ensemble.json"
+    state = json.loads(state_path.read_text())
+    # As if killed while training member 1: member 0 finished, nothing of member 1 kept.
+    state.update(complete=False, members_done=[0])
+    state_path.write_text(json.dumps(state))
+    for name in ("model.keras", "model.json", "history.csv"):
+        (out / name).unlink()
+    member_1 = out / "members" / "member_1"
+    for path in sorted(member_1.rglob("*"), reverse=True):
+        path.unlink() if path.is_file() else path.rmdir()
+    capsys.readouterr()
+    train_stage("finetune", *tiny_cache, out, options=trained["options"], init_model=trained["head"], threads=1)
+    log = capsys.readouterr().out
+    assert "ensemble member 1/2 already trained" in log and "ensemble member 2/2 (seed 1000)" in log
+    pd.testing.assert_frame_equal(pd.read_csv(out / "history.csv"), first, check_exact=False, rtol=1e-5, atol=1e-6)
+    assert json.loads(state_path.read_text())["complete"] is True
