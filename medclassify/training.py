@@ -2,10 +2,12 @@
 
 ``train_stage`` is what rules ``train_head`` and ``finetune`` (and ``medclassify train``) call.
 
-Resume: after every epoch the stage writes ``checkpoints/last.keras`` (weights, optimizer state
-with its step counter), ``checkpoints/best.weights.h5`` (best validation AUC so far) and
-``checkpoints/state.json`` (completed epochs, history, early-stopping state, the options the run
-was started with). A rerun after SIGKILL loads them and continues with the next epoch. Randomness
+Resume: after every epoch the stage writes ``checkpoints/epoch-<n>.keras`` (weights, optimizer
+state with its step counter), ``checkpoints/best.weights.h5`` (best validation AUC so far) and then
+``checkpoints/state.json`` (completed epochs, the model file of the last one, history,
+early-stopping state, the options the run was started with). A rerun after SIGKILL loads them and
+continues with the next epoch; a kill before the state is written leaves the previous epoch's
+state and model file, which still belong together. Randomness
 needs no saved state: each epoch's data order, augmentation and dropout seeds are derived from
 ``(seed, epoch)`` (see :mod:`medclassify.data`), so the resumed run continues exactly as the
 uninterrupted one would have.
@@ -37,7 +39,7 @@ from .models.weights import imagenet_weights_path
 
 STAGES = ("head", "finetune")
 HISTORY_COLUMNS = ("epoch", "loss", "auc", "val_loss", "val_auc", "val_accuracy", "lr")
-STATE_VERSION = 1
+STATE_VERSION = 2
 # Member k of an ensemble trains with seed + k * MEMBER_SEED_STRIDE: runs with seeds 0, 1, 2 then
 # get disjoint members (with seed + k, the ensembles of seeds 0 and 1 would share two models).
 MEMBER_SEED_STRIDE = 1000
@@ -212,21 +214,23 @@ class StageCheckpoint:
     def __init__(self, out_dir):
         self.dir = Path(out_dir) / "checkpoints"
         self.state_path = self.dir / "state.json"
-        self.model_path = self.dir / "last.keras"
+        self.model_path = None  # the model file that state.json names, once loaded or saved
         self.best_path = self.dir / "best.weights.h5"
 
     def load_state(self, fingerprint):
         """The saved state when it belongs to a run with the same ``fingerprint``; else None."""
-        if not (self.state_path.exists() and self.model_path.exists()):
+        if not self.state_path.exists():
             return None
         state = json.loads(self.state_path.read_text(encoding="utf-8"))
-        if state.get("version") != STATE_VERSION or state.get("fingerprint") != fingerprint:
+        model_path = self.dir / str(state.get("model_file", ""))
+        if state.get("version") != STATE_VERSION or state.get("fingerprint") != fingerprint or not model_path.is_file():
             print(f"checkpoint in {self.dir} is from other options or data; starting over", flush=True)
             return None
         if state.get("complete"):
             # A finished stage that runs again was forced or its code changed: train anew.
             print(f"checkpoint in {self.dir} is of a finished run; starting over", flush=True)
             return None
+        self.model_path = model_path
         return state
 
     def mark_complete(self, state):
@@ -236,12 +240,23 @@ class StageCheckpoint:
             atomic_write_json(self.state_path, state)
 
     def save(self, model, state, best_improved):
-        """Write the epoch's model, best weights and state; the state last, as the commit point."""
+        """Write the epoch's model, best weights and state; the state last, as the commit point.
+
+        Each epoch's model gets its own file, named in the state, so that a kill at any moment
+        leaves a state and a model of the same epoch; the older file goes once the state is written.
+        (Best weights written before a kill are rewritten when the resumed run redoes that epoch.)
+        """
         self.dir.mkdir(parents=True, exist_ok=True)
-        _save_keras(model, self.model_path)
+        model_path = self.dir / f"epoch-{state['epoch']:04d}.keras"
+        _save_keras(model, model_path)
         if best_improved:
             _save_weights(model, self.best_path)
+        state["model_file"] = model_path.name
         atomic_write_json(self.state_path, state)
+        for stale in self.dir.glob("epoch-*.keras"):
+            if stale != model_path:
+                stale.unlink()
+        self.model_path = model_path
 
     def clear(self):
         shutil.rmtree(self.dir, ignore_errors=True)

@@ -184,3 +184,35 @@ def test_sigkill_then_rerun_resumes_and_matches_an_uninterrupted_run(tiny_cache,
     resumed, uninterrupted = read_history(killed_dir), read_history(tmp_path / "uninterrupted")
     assert resumed["epoch"].tolist() == list(range(1, epochs + 1))
     pd.testing.assert_frame_equal(resumed, uninterrupted, check_exact=False, rtol=1e-5, atol=1e-6)
+
+
+class Killed(Exception):
+    """Stands in for SIGKILL at one chosen moment."""
+
+
+@pytest.mark.slow
+def test_a_kill_after_the_model_file_before_the_state_resumes_from_the_state(tiny_cache, tmp_path, monkeypatch):
+    from medclassify import training
+
+    cache_path, splits_path = tiny_cache
+    options = tiny_options()
+    train_stage("finetune", cache_path, splits_path, tmp_path / "uninterrupted", options=options, threads=1)
+    write_json = training.atomic_write_json
+
+    def killed_before_the_second_state(path, value):
+        if Path(path).name == "state.json" and value.get("epoch") == 2 and not value.get("complete"):
+            raise Killed
+        write_json(path, value)
+
+    monkeypatch.setattr(training, "atomic_write_json", killed_before_the_second_state)
+    out = tmp_path / "killed"
+    with pytest.raises(Killed):
+        train_stage("finetune", cache_path, splits_path, out, options=options, threads=1)
+    state = json.loads((out / "checkpoints" / "state.json").read_text())
+    assert state["epoch"] == 1 and state["model_file"] == "epoch-0001.keras"
+    assert (out / "checkpoints" / "epoch-0002.keras").exists()  # written, but no state names it
+    monkeypatch.setattr(training, "atomic_write_json", write_json)
+    train_stage("finetune", cache_path, splits_path, out, options=options, threads=1)
+    assert sorted(p.name for p in (out / "checkpoints").glob("epoch-*.keras")) == ["epoch-0002.keras"]
+    pd.testing.assert_frame_equal(read_history(out), read_history(tmp_path / "uninterrupted"),
+                                  check_exact=False, rtol=1e-5, atol=1e-6)
