@@ -95,10 +95,11 @@ def test_changing_an_evaluation_option_plans_only_evaluation_and_comparison(work
         assert planned_jobs(workdir) == {"evaluate": 1, "compare": 1}
 
 
-def test_changing_a_finetune_option_plans_finetune_and_what_follows(workdir):
+@pytest.mark.parametrize("section, key, value", [("finetune", "learning_rate", 0.0005), ("train", "ensemble", 2)])
+def test_changing_a_finetune_option_plans_finetune_and_what_follows(workdir, section, key, value):
     config = workdir / FAST_CONFIG_NAME
     with restored_afterwards(config):
-        edit_config(workdir, "finetune", "learning_rate", 0.0005)
+        edit_config(workdir, section, key, value)
         assert planned_jobs(workdir) == {"finetune": 1, "evaluate": 1, "compare": 1}
 
 

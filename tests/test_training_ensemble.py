@@ -11,6 +11,7 @@ from medclassify.cache import open_cache
 from medclassify.evaluation import gradcam
 from medclassify.evaluation.plots import plot_training_curves
 from medclassify.models import ensemble_members
+from medclassify.predict import predict_files
 from medclassify.training import train_stage
 from training_fixtures import make_training_cache, tiny_options
 
@@ -105,3 +106,16 @@ def test_a_killed_ensemble_resumes_with_the_unfinished_member(trained, tiny_cach
     assert "ensemble member 1/2 already trained" in log and "ensemble member 2/2 (seed 1000)" in log
     pd.testing.assert_frame_equal(pd.read_csv(out / "history.csv"), first, check_exact=False, rtol=1e-5, atol=1e-6)
     assert json.loads(state_path.read_text())["complete"] is True
+
+
+def test_predict_reads_an_ensemble_like_any_model(trained, tiny_cache, tmp_path):
+    cache_path = tiny_cache[0]
+    images = sorted((cache_path.parent / "img").glob("*.png"))[:4]
+    with pytest.warns(UserWarning, match="deciding by arg-max"):  # no evaluation ran for this model
+        table = predict_files(trained["ensemble"], images, tmp_path / "predictions.csv")
+    assert (table["status"] == "ok").all()
+    model = keras.models.load_model(trained["ensemble"], safe_mode=True)
+    with open_cache(cache_path) as cache:
+        rows = [cache.sample_ids.index(f"img/{path.name}") for path in images]
+        expected = model.predict(cache.read(rows), verbose=0)
+    np.testing.assert_allclose(table[["prob_class_0", "prob_class_1"]].to_numpy(), expected, atol=1e-5)

@@ -69,8 +69,9 @@ def make_training_cache(root, *, n=96, n_classes=2, size=16, seed=0, intensity="
 
 
 def tiny_options(**train_overrides):
-    """run_config-shaped options for a small, fast model (ResNet-18 at width 8)."""
-    config = load_config(overrides={"train": {"resnet_width": 8, "batch_size": 16, **train_overrides},
+    """run_config-shaped options for a small, fast model (ResNet-18 at width 8, one model)."""
+    train = {"resnet_width": 8, "batch_size": 16, "ensemble": 1, **train_overrides}
+    config = load_config(overrides={"train": train,
                                     "head": {"epochs": 1}, "finetune": {"epochs": 2, "warmup_epochs": 0.5}})
     from medclassify.config import run_config
 

@@ -52,6 +52,13 @@ def run_options(wildcards):
     return run_config(config, name)
 
 
+def head_options(wildcards):
+    """What train_head reads: the train options (less the fine-tune ensemble size) and head."""
+    options = run_options(wildcards)
+    train = {key: value for key, value in options["train"].items() if key != "ensemble"}
+    return {"train": train, "head": options["head"]}
+
+
 def fold_of(wildcards):
     """Fold of the run wildcard, or None outside k-fold cross-validation."""
     return parse_run(wildcards.run)[1]

@@ -22,10 +22,8 @@ rule train_head:
         runtime=240,
     params:
         # Only the options this stage reads, so that changing a fine-tune or evaluation
-        # option does not retrain the head.
-        options=lambda wildcards: {
-            key: run_options(wildcards)[key] for key in ("train", "head")
-        },
+        # option (or the ensemble size) does not retrain the head.
+        options=lambda wildcards: head_options(wildcards),
         fold=fold_of,
     script:
         "../scripts/train.py"
