@@ -36,8 +36,10 @@ dry-run: $(STAMP)
 	$(SNAKEMAKE) -n --quiet
 	$(SNAKEMAKE) -n --quiet --configfile config/breastmnist.yaml
 
+# loadscope hands each worker whole modules: a module's fixtures (trained models, caches) are built
+# once, not again whenever the worker returns to the module after tests of another one.
 unit: $(STAMP)
-	$(BIN)/python -m pytest -q -n 2 -m "not slow and not cluster"
+	$(BIN)/python -m pytest -q -n 2 --dist loadscope -m "not slow and not cluster"
 
 # Debian packages the tests drive: Chromium (the HTML report is opened in a real browser).
 system-deps:
