@@ -223,7 +223,9 @@ class StageCheckpoint:
             return None
         state = json.loads(self.state_path.read_text(encoding="utf-8"))
         model_path = self.dir / str(state.get("model_file", ""))
-        if state.get("version") != STATE_VERSION or state.get("fingerprint") != fingerprint or not model_path.is_file():
+        if not model_path.is_file():
+            return None
+        if state.get("version") != STATE_VERSION or state.get("fingerprint") != fingerprint:
             print(f"checkpoint in {self.dir} is from other options or data; starting over", flush=True)
             return None
         if state.get("complete"):
@@ -526,7 +528,7 @@ def train_ensemble(n_members, cache_path, splits_path, out_dir, *, options, fold
                                "init_model": _file_identity(init_model), "cache": _file_identity(cache_path),
                                "splits": _file_identity(splits_path)})
     state = json.loads(state_path.read_text(encoding="utf-8")) if state_path.exists() else {}
-    if state.get("fingerprint") != fingerprint or state.get("complete"):
+    if state.get("version") != STATE_VERSION or state.get("fingerprint") != fingerprint or state.get("complete"):
         state = {"version": STATE_VERSION, "fingerprint": fingerprint, "members_done": [], "complete": False}
     member_init = None if untrained_initial_model(init_model) else init_model
     member_paths = []

@@ -205,14 +205,14 @@ def plot_training_curves(histories):
                 continue
             runs = [group for _, group in frame.groupby("member", sort=True)] if "member" in frame.columns else [frame]
             longest = max(len(run) for run in runs)
+            name, width = (stage, None) if len(runs) == 1 else (f"{stage} (each member)", 0.9)
             for m, run in enumerate(runs):
                 epochs = np.arange(1, len(run) + 1) + offset
                 for ax, metric in zip(axes, ("loss", "auc")):
                     for column, ls in ((metric, "-"), (f"val_{metric}", "--")):
                         if column in run.columns:
                             values = np.asarray(run[column], dtype=float)
-                            name = f"{stage}{' (each member)' if len(runs) > 1 else ''}"
-                            ax.plot(epochs, values, ls=ls, color=COLORS[s % 10], lw=None if len(runs) == 1 else 0.9,
+                            ax.plot(epochs, values, ls=ls, color=COLORS[s % 10], lw=width,
                                     marker="." if longest < 30 else None,
                                     label=None if m else f"{name} {'val' if column.startswith('val_') else 'train'}")
                             drawn = True
