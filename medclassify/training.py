@@ -386,6 +386,8 @@ def train_stage(stage, cache_path, splits_path, out_dir, *, options, fold=None, 
     if stage not in STAGES:
         raise InputError(f"unknown stage {stage!r}", [f"stage must be one of {', '.join(STAGES)}"])
     n_members = int(options["train"].get("ensemble", 1)) if stage == "finetune" else 1
+    if stage == "finetune":
+        remove_surplus_members(out_dir, n_members)
     if n_members > 1:
         return train_ensemble(n_members, cache_path, splits_path, out_dir, options=options, fold=fold,
                               init_model=init_model, threads=threads)
@@ -485,6 +487,24 @@ def _file_identity(path):
 
 
 # --- ensembles --------------------------------------------------------------------------------------
+def remove_surplus_members(out_dir, n_members):
+    """Delete ensemble members numbered ``n_members`` and up, left by a run with a larger ensemble.
+
+    A stage dir then holds only what its model.json describes; with one model (no ensemble) the
+    ``members/`` folder and ``checkpoints/ensemble.json`` go too.
+    """
+    out_dir = Path(out_dir)
+    members = out_dir / "members"
+    if n_members <= 1:
+        shutil.rmtree(members, ignore_errors=True)
+        (out_dir / "checkpoints" / "ensemble.json").unlink(missing_ok=True)
+        return
+    for member_dir in sorted(members.glob("member_*")) if members.is_dir() else []:
+        number = member_dir.name.removeprefix("member_")
+        if number.isdigit() and int(number) >= n_members:
+            shutil.rmtree(member_dir, ignore_errors=True)
+
+
 def member_seeds(seed, n_members):
     """The training seeds of an ensemble's members: ``seed``, ``seed + 1000``, …"""
     return [int(seed) + k * MEMBER_SEED_STRIDE for k in range(n_members)]

@@ -1,6 +1,7 @@
 """train.ensemble: the fine-tune stage trains several members and saves the model averaging them."""
 
 import json
+import shutil
 
 import keras
 import numpy as np
@@ -12,7 +13,7 @@ from medclassify.evaluation import gradcam
 from medclassify.evaluation.plots import plot_training_curves
 from medclassify.models import ensemble_members
 from medclassify.predict import predict_files
-from medclassify.training import train_stage
+from medclassify.training import remove_surplus_members, train_stage
 from training_fixtures import make_training_cache, tiny_options
 
 
@@ -119,3 +120,28 @@ def test_predict_reads_an_ensemble_like_any_model(trained, tiny_cache, tmp_path)
         rows = [cache.sample_ids.index(f"img/{path.name}") for path in images]
         expected = model.predict(cache.read(rows), verbose=0)
     np.testing.assert_allclose(table[["prob_class_0", "prob_class_1"]].to_numpy(), expected, atol=1e-5)
+
+
+def test_a_smaller_ensemble_removes_the_surplus_members(tmp_path):
+    for k in range(3):
+        (tmp_path / "members" / f"member_{k}").mkdir(parents=True)
+        (tmp_path / "members" / f"member_{k}" / "model.keras").write_bytes(b"x")
+    (tmp_path / "members" / "notes.txt").write_text("kept")
+    remove_surplus_members(tmp_path, 2)
+    assert sorted(p.name for p in (tmp_path / "members").iterdir()) == ["member_0", "member_1", "notes.txt"]
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "checkpoints" / "ensemble.json").write_text("{}")
+    remove_surplus_members(tmp_path, 1)
+    assert not (tmp_path / "members").exists() and not (tmp_path / "checkpoints" / "ensemble.json").exists()
+    remove_surplus_members(tmp_path / "missing", 3)  # nothing to remove is fine
+
+
+def test_a_single_model_after_an_ensemble_leaves_no_members_behind(trained, tiny_cache, tmp_path):
+    out = tmp_path / "finetune"
+    shutil.copytree(trained["root"] / "ensemble", out)
+    options = tiny_options()
+    options["head"]["epochs"], options["finetune"]["epochs"] = 0, 0
+    train_stage("finetune", *tiny_cache, out, options=options, init_model=trained["head"], threads=1)
+    assert not (out / "members").exists()
+    meta = json.loads((out / "model.json").read_text())
+    assert "ensemble" not in meta and "member" not in pd.read_csv(out / "history.csv").columns
