@@ -159,7 +159,8 @@ def initial_model(stage, *, init_model, input_shape, class_counts, train_options
                                  class_counts=class_counts, dropout=settings.get("dropout", 0.2),
                                  small_input=train_options.get("small_input", "resize"), weights_path=weights_path,
                                  zscore=zscore, resnet_width=int(train_options.get("resnet_width", 64)),
-                                 seed=int(train_options.get("seed", 0)))
+                                 seed=int(train_options.get("seed", 0)),
+                                 min_size=int(train_options.get("min_input_size", 0)))
     backbone = backbone_of(model)
     if stage == "head":
         backbone.trainable = False

@@ -100,6 +100,18 @@ def test_resize_keeps_the_aspect_ratio_up_to_the_minimum_size():
     assert model.get_layer("fit_size").compute_output_shape((None, 16, 24, 1)) == (None, 32, 48, 1)
 
 
+def test_min_input_size_upsamples_small_images_inside_the_model():
+    model = build_classifier((14, 21, 1), 2, backbone="resnet18", class_counts=[1, 1], resnet_width=4, min_size=28)
+    assert model.get_layer("fit_size").compute_output_shape((None, 14, 21, 1)) == (None, 28, 42, 1)
+    constant = np.full((1, 14, 21, 1), 0.25, dtype="float32")
+    np.testing.assert_allclose(np.asarray(model.get_layer("fit_size")(constant)), 0.25, atol=1e-6)
+    # The built-in ResNet takes any size: without min_size, nothing is inserted.
+    plain = build_classifier((14, 21, 1), 2, backbone="resnet18", class_counts=[1, 1], resnet_width=4)
+    assert "fit_size" not in [layer.name for layer in plain.layers]
+    at_least = build_classifier((32, 32, 1), 2, backbone="resnet18", class_counts=[1, 1], resnet_width=4, min_size=28)
+    assert "fit_size" not in [layer.name for layer in at_least.layers]
+
+
 @pytest.mark.parametrize("backbone, module", [("ResNet50", "resnet"), ("ResNet50V2", "resnet_v2"),
                                               ("DenseNet121", "densenet"), ("VGG16", "vgg16")])
 def test_imagenet_normalisation_matches_keras_preprocess_input(backbone, module):

@@ -74,6 +74,18 @@ def test_zero_head_epochs_save_the_initial_model(tiny_cache, tmp_path):
     np.testing.assert_allclose(probabilities, [[0.5, 0.5], [0.5, 0.5]], atol=1e-6)  # the training priors
 
 
+def test_min_input_size_reaches_the_model(tiny_cache, tmp_path):
+    cache_path, splits_path = tiny_cache
+    options = tiny_options()
+    options["head"]["epochs"] = 0
+    with open_cache(cache_path) as cache:
+        height, width = cache.image_shape[:2]
+    options["train"]["min_input_size"] = 2 * height
+    path = train_stage("head", cache_path, splits_path, tmp_path, options=options, threads=1)
+    fit = keras.models.load_model(path, safe_mode=True).get_layer("fit_size")
+    assert fit.compute_output_shape((None, height, width, 1))[1:3] == (2 * height, 2 * width)
+
+
 def test_zscore_statistics_come_from_the_training_split(tmp_path):
     cache_path, splits_path = make_training_cache(tmp_path / "data", n=24, intensity="zscore")
     options = tiny_options()

@@ -28,8 +28,12 @@ def log_prior_bias(class_counts):
     return np.log(priors).astype("float32")
 
 
-def input_layers(input_shape, backbone, *, pretrained, small_input, zscore=None):
-    """Layers mapping a [0, 1] image of ``input_shape`` to what ``backbone`` expects, in order."""
+def input_layers(input_shape, backbone, *, pretrained, small_input, zscore=None, min_size=0):
+    """Layers mapping a [0, 1] image of ``input_shape`` to what ``backbone`` expects, in order.
+
+    Images smaller than the backbone's minimum input, or than ``min_size`` (``train.min_input_size``),
+    are resized (bilinear, keeping the aspect ratio) or padded up to it, per ``small_input``.
+    """
     height, width, channels = input_shape
     result = []
     if zscore is not None:
@@ -37,7 +41,7 @@ def input_layers(input_shape, backbone, *, pretrained, small_input, zscore=None)
         result.append(keras.layers.Normalization(mean=mean, variance=std ** 2, name="zscore"))
     if pretrained and channels == 1:
         result.append(RepeatChannels(3, name="to_rgb"))
-    min_size = min_input_size(backbone)
+    min_size = max(min_input_size(backbone), int(min_size))
     if min(height, width) < min_size:
         target_h, target_w = max(height, min_size), max(width, min_size)
         if small_input == "pad":
@@ -84,7 +88,7 @@ def head_layers(n_classes, *, dropout, class_counts, seed):
 
 
 def build_classifier(input_shape, n_classes, *, backbone, class_counts, dropout=0.2, small_input="resize",
-                     weights_path=None, zscore=None, resnet_width=64, seed=0):
+                     weights_path=None, zscore=None, resnet_width=64, seed=0, min_size=0):
     """Build the full classifier with a new head; the backbone runs in inference mode.
 
     ``weights_path``: backbone weights to load (ImageNet or a user file), or None for random.
@@ -93,7 +97,8 @@ def build_classifier(input_shape, n_classes, *, backbone, class_counts, dropout=
     from .backbones import load_backbone_weights
 
     pretrained = weights_path is not None
-    pre = input_layers(input_shape, backbone, pretrained=pretrained, small_input=small_input, zscore=zscore)
+    pre = input_layers(input_shape, backbone, pretrained=pretrained, small_input=small_input, zscore=zscore,
+                       min_size=min_size)
     net = build_backbone(backbone, backbone_input_shape(input_shape, pre), width=resnet_width)
     if weights_path is not None:
         load_backbone_weights(net, weights_path)
