@@ -41,25 +41,34 @@ def options_for(seed, overrides):
     return run_config(config, next(iter(config["runs"])))
 
 
-def split_scores(model_path, cache_path, splits_path, splits):
-    """AUC and ACC of the saved model on each named split, computed from its predictions."""
+def split_predictions(model_path, cache_path, splits_path, splits, fold=None):
+    """{split: (labels, class probabilities)} of the saved model on each named split."""
     import keras
-    import numpy as np
 
     from medclassify.cache import open_cache
     from medclassify.data import split_indices
-    from medclassify.training import classification_auc
 
     model = keras.models.load_model(model_path, safe_mode=True)
-    scores = {}
     with open_cache(cache_path) as cache:
-        indices = split_indices(cache.sample_ids, splits_path)
-        for name in splits:
-            probabilities = model.predict(cache.read(indices[name]), batch_size=256, verbose=0)
-            labels = cache.labels[indices[name]]
-            scores[name] = {"auc": classification_auc(labels, probabilities),
-                            "acc": float(np.mean((probabilities[:, 1] > 0.5) == (labels == 1))), "n": int(len(labels))}
-    return scores
+        indices = split_indices(cache.sample_ids, splits_path, fold)
+        return {name: (cache.labels[indices[name]], model.predict(cache.read(indices[name]), batch_size=256, verbose=0))
+                for name in splits}
+
+
+def scores(labels, probabilities):
+    """AUC (class 1) and ACC (class-1 probability > 0.5) of predictions."""
+    import numpy as np
+
+    from medclassify.training import classification_auc
+
+    return {"auc": classification_auc(labels, probabilities),
+            "acc": float(np.mean((probabilities[:, 1] > 0.5) == (labels == 1))), "n": int(len(labels))}
+
+
+def split_scores(model_path, cache_path, splits_path, splits):
+    """AUC and ACC of the saved model on each named split, computed from its predictions."""
+    return {name: scores(*predicted)
+            for name, predicted in split_predictions(model_path, cache_path, splits_path, splits).items()}
 
 
 def run_seed(seed, overrides, work_dir, splits, threads):
@@ -116,15 +125,12 @@ def _official_labels(splits_path):
 
 def run_seed_cv(seed, overrides, work_dir, folds, threads):
     """Train each of ``folds`` folds for one seed; return per-fold and out-of-fold val AUC."""
-    import keras
     import numpy as np
 
     from breastmnist_data import prepare_breastmnist
 
-    from medclassify.cache import open_cache
     from medclassify.config import config_hash
-    from medclassify.data import split_indices
-    from medclassify.training import classification_auc, train_stage
+    from medclassify.training import train_stage
 
     data_options = {k: overrides[k] for k in ("preprocess", "io") if k in overrides}
     data_dir = Path(work_dir) / (f"data-{config_hash(data_options)}" if data_options else "data")
@@ -139,19 +145,14 @@ def run_seed_cv(seed, overrides, work_dir, folds, threads):
                            threads=threads)
         final = train_stage("finetune", cache_path, splits_path, run_dir / "finetune", options=options,
                             init_model=head, fold=fold, threads=threads)
-        model = keras.models.load_model(final, safe_mode=True)
-        with open_cache(cache_path) as cache:
-            val = split_indices(cache.sample_ids, splits_path, fold)["val"]
-            fold_labels = cache.labels[val]
-            fold_probabilities = model.predict(cache.read(val), batch_size=256, verbose=0)
-        fold_auc.append(classification_auc(fold_labels, fold_probabilities))
+        fold_labels, fold_probabilities = split_predictions(final, cache_path, splits_path, ["val"], fold)["val"]
+        fold_auc.append(scores(fold_labels, fold_probabilities)["auc"])
         labels.append(fold_labels)
         probabilities.append(fold_probabilities)
         print(f"[cv] seed {seed} fold {fold}: val AUC {fold_auc[-1]:.4f}", flush=True)
     labels, probabilities = np.concatenate(labels), np.concatenate(probabilities)
     return {"seed": seed, "minutes": round((time.perf_counter() - started) / 60, 2), "fold_auc": fold_auc,
-            "oof": {"auc": classification_auc(labels, probabilities),
-                    "acc": float(np.mean((probabilities[:, 1] > 0.5) == (labels == 1))), "n": int(len(labels))}}
+            "oof": scores(labels, probabilities)}
 
 
 def summary(results, split):
