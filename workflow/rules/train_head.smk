@@ -23,7 +23,7 @@ rule train_head:
     params:
         # Only the options this stage reads, so that changing a fine-tune or evaluation
         # option (or the ensemble size) does not retrain the head.
-        options=lambda wildcards: head_options(wildcards),
+        options=head_options,
         fold=fold_of,
     script:
         "../scripts/train.py"
