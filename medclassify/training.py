@@ -33,17 +33,19 @@ from .data import (ImageSource, class_weights, evaluation_dataset, fits_in_memor
                    training_dataset, zscore_statistics)
 from .errors import InputError
 from .gpu import configure_devices
+from .inference import cache_reader, predict_probabilities
 from .models import (backbone_of, build_classifier, build_ensemble, set_backbone_inference_mode,
                      set_trainable_blocks)
+from .models.ensemble import MEMBER_PREFIX
 from .models.weights import imagenet_weights_path
 
 STAGES = ("head", "finetune")
+MEMBERS_DIRNAME = "members"  # an ensemble's members: members/member_<k>/ in the fine-tune stage
 HISTORY_COLUMNS = ("epoch", "loss", "auc", "val_loss", "val_auc", "val_accuracy", "lr")
 STATE_VERSION = 2
 # Member k of an ensemble trains with seed + k * MEMBER_SEED_STRIDE: runs with seeds 0, 1, 2 then
 # get disjoint members (with seed + k, the ensembles of seeds 0 and 1 would share two models).
 MEMBER_SEED_STRIDE = 1000
-VALIDATION_CHUNK = 1024  # images read from the cache at a time when scoring an ensemble
 
 
 # --- options ------------------------------------------------------------------------------------
@@ -495,15 +497,20 @@ def remove_surplus_members(out_dir, n_members):
     ``members/`` folder and ``checkpoints/ensemble.json`` go too.
     """
     out_dir = Path(out_dir)
-    members = out_dir / "members"
+    members = out_dir / MEMBERS_DIRNAME
     if n_members <= 1:
         shutil.rmtree(members, ignore_errors=True)
         (out_dir / "checkpoints" / "ensemble.json").unlink(missing_ok=True)
         return
-    for member_dir in sorted(members.glob("member_*")) if members.is_dir() else []:
-        number = member_dir.name.removeprefix("member_")
+    for folder in sorted(members.glob(f"{MEMBER_PREFIX}*")) if members.is_dir() else []:
+        number = folder.name.removeprefix(MEMBER_PREFIX)
         if number.isdigit() and int(number) >= n_members:
-            shutil.rmtree(member_dir, ignore_errors=True)
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def member_dir(out_dir, k):
+    """The folder of ensemble member ``k`` in a fine-tune stage's ``out_dir``: ``members/member_<k>``."""
+    return Path(out_dir) / MEMBERS_DIRNAME / f"{MEMBER_PREFIX}{k}"
 
 
 def member_seeds(seed, n_members):
@@ -554,13 +561,13 @@ def train_ensemble(n_members, cache_path, splits_path, out_dir, *, options, fold
     member_init = None if untrained_initial_model(init_model) else init_model
     member_paths = []
     for k in range(n_members):
-        member_dir = out_dir / "members" / f"member_{k}"
-        path = member_dir / "model.keras"
+        folder = member_dir(out_dir, k)
+        path = folder / "model.keras"
         if k in state["members_done"] and path.exists():
-            print(f"[finetune] ensemble member {k + 1}/{n_members} already trained ({member_dir})", flush=True)
+            print(f"[finetune] ensemble member {k + 1}/{n_members} already trained ({folder})", flush=True)
         else:
             print(f"[finetune] ensemble member {k + 1}/{n_members} (seed {seeds[k]})", flush=True)
-            _train_model("finetune", cache_path, splits_path, member_dir, options=member_options(options, seeds[k]),
+            _train_model("finetune", cache_path, splits_path, folder, options=member_options(options, seeds[k]),
                          fold=fold, init_model=member_init, threads=threads)
             state["members_done"] = sorted(set(state["members_done"]) | {k})
             atomic_write_json(state_path, state)
@@ -602,11 +609,8 @@ def _validation_auc(model, cache_path, splits_path, fold, options):
     with open_cache(cache_path) as cache:
         indices = split_indices(cache.sample_ids, splits_path, fold)["val"]
         labels = np.asarray(cache.labels, dtype="int64")[indices]
-        batch_size = int(options["train"].get("batch_size", 64))
-        probabilities = np.zeros((len(indices), len(cache.classes)))
-        for start in range(0, len(indices), VALIDATION_CHUNK):
-            chunk = cache.read(indices[start:start + VALIDATION_CHUNK])
-            probabilities[start:start + len(chunk)] = model.predict(chunk, batch_size=batch_size, verbose=0)
+        probabilities = predict_probabilities(model, cache_reader(cache, indices), len(indices),
+                                              batch_size=int(options["train"].get("batch_size", 64)))
     value = classification_auc(labels, probabilities)
     return None if math.isnan(value) else value
 

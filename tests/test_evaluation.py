@@ -243,7 +243,8 @@ def test_first_class_as_positive_class(binary_run, tmp_path):
 
 
 def test_tta_uses_only_the_flips_that_training_allowed(tmp_path):
-    from medclassify.evaluation.run import flip_views, read_model_info, tta_flips
+    from medclassify.evaluation.run import read_model_info, tta_flips
+    from medclassify.inference import flip_views
 
     model_path = tmp_path / "model.keras"
     assert tta_flips(read_model_info(model_path)) == ["horizontal_flip", "vertical_flip"]  # no model.json: both

@@ -9,6 +9,7 @@ import pandas as pd
 
 from ..atomic import atomic_path, atomic_write_json
 from ..errors import InputError
+from ..inference import cache_reader, predict_probabilities
 from . import plots
 from .bootstrap import bootstrap_ci, bootstrap_indices
 from .calibration import reliability_curve
@@ -19,7 +20,6 @@ from .threshold import apply_threshold, choose_threshold
 
 FLIPS = ("horizontal_flip", "vertical_flip")
 ROC_GRID = np.linspace(0.0, 1.0, 101)
-PREDICT_CHUNK = 512  # images read from the cache at once; bounds memory on large test sets
 
 
 def evaluation_sample_ids(splits, fold=None):
@@ -78,49 +78,6 @@ def tta_flips(model_info):
     if not isinstance(augment, dict):
         return list(FLIPS)
     return [flip for flip in FLIPS if augment.get(flip)]
-
-
-def flip_views(images, flips):
-    """The images and each requested flip of them (NHWC)."""
-    views = [images]
-    if "horizontal_flip" in flips:
-        views.append(images[:, :, ::-1, :])
-    if "vertical_flip" in flips:
-        views.append(images[:, ::-1, :, :])
-    return views
-
-
-def predict_probabilities(model, read_images, n, *, flips=(), batch_size=64):
-    """Softmax probabilities (n, n_classes) of the images ``read_images(chunk_positions)`` returns.
-
-    With ``flips`` (test-time augmentation) the probabilities are averaged over the image and
-    its flipped copies.
-    """
-    outputs = []
-    for start in range(0, n, PREDICT_CHUNK):
-        positions = np.arange(start, min(n, start + PREDICT_CHUNK))
-        images = np.asarray(read_images(positions), dtype=np.float32)
-        views = flip_views(images, flips)
-        probs = [np.asarray(model.predict(np.ascontiguousarray(v), batch_size=batch_size, verbose=0), dtype=np.float64)
-                 for v in views]
-        outputs.append(np.mean(probs, axis=0))
-    if not outputs:
-        return np.empty((0, model.output_shape[-1]))
-    return np.concatenate(outputs)
-
-
-def _cache_reader(cache, indices):
-    indices = np.asarray(indices, dtype=int)
-
-    def read(positions):
-        wanted = indices[positions]
-        order = np.argsort(wanted)  # HDF5 reads need increasing indices; restore order after
-        images = cache.read(wanted[order])
-        restored = np.empty_like(images)
-        restored[order] = images
-        return restored
-
-    return read
 
 
 def positive_index(classes, positive_class, where):
@@ -376,8 +333,8 @@ def run_evaluation(model_path, cache_path, splits_path, manifest_path, out_dir, 
         y_val, y_test = labels[val_idx], labels[test_idx]
 
         model = load_model(model_path)
-        read_test = _cache_reader(cache, test_idx)
-        prob_val = predict_probabilities(model, _cache_reader(cache, val_idx), len(val_idx), flips=flips)
+        read_test = cache_reader(cache, test_idx)
+        prob_val = predict_probabilities(model, cache_reader(cache, val_idx), len(val_idx), flips=flips)
         prob_test = predict_probabilities(model, read_test, len(test_idx), flips=flips)
         if prob_test.shape[1] != len(classes):
             raise InputError(f"{model_path}: model outputs {prob_test.shape[1]} classes",
