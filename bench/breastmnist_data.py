@@ -16,7 +16,7 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from medclassify.cache import build_cache_part  # noqa: E402
+from medclassify.cache import build_cache_part, default_blocks_dir, merge_cache_parts  # noqa: E402
 from medclassify.config import load_config  # noqa: E402
 from medclassify.io import content_hash, read_sample  # noqa: E402
 
@@ -51,7 +51,10 @@ def prepare_breastmnist(out_dir, npz=NPZ, overrides=None):
                          "split": split})
     table = pd.DataFrame(rows)
     table.to_csv(out_dir / "manifest.validated.csv", index=False)
-    build_cache_part(out_dir / "manifest.validated.csv", out_dir, cache_path, preprocess_options=preprocess,
-                     io_options=io_options, classes=CLASSES)
+    # The workflow's layout: one part, its pixels in a block, merged into cache.h5.
+    part = out_dir / "cache" / "part-0-of-1.h5"
+    build_cache_part(out_dir / "manifest.validated.csv", out_dir, part, preprocess_options=preprocess,
+                     io_options=io_options, classes=CLASSES, blocks=default_blocks_dir(part))
+    merge_cache_parts([part], cache_path, out_dir / "fingerprint.json", blocks=default_blocks_dir(part))
     table[["sample_id", "split"]].to_csv(splits_path, index=False)
     return cache_path, splits_path

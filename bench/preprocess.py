@@ -140,18 +140,17 @@ def _cpu_seconds():
 
 
 def measure_stage(args):
-    from medclassify.cache import build_cache_part, merge_cache_parts
+    from medclassify.cache import build_cache_part, default_blocks_dir, merge_cache_parts
     preprocess = {**CONFIG["preprocess"], **json.loads(args.preprocess)}
     work = Path(args.work)
     part = work / "cache" / "part-0-of-1.h5"
     cpu = _cpu_seconds()
     started = time.perf_counter()
+    blocks = default_blocks_dir(part)
     summary = build_cache_part(args.manifest, args.root, part, preprocess_options=preprocess,
-                               io_options=CONFIG["io"], classes=CLASSES, threads=args.threads,
-                               previous=args.previous or None)
+                               io_options=CONFIG["io"], classes=CLASSES, threads=args.threads, blocks=blocks)
     built = time.perf_counter()
-    merge_cache_parts([part], work / "cache.h5", work / "fingerprint.json", reuse_pool=work / "cache" / ".previous",
-                      layout=args.layout)
+    merge_cache_parts([part], work / "cache.h5", work / "fingerprint.json", blocks=blocks, layout=args.layout)
     done = time.perf_counter()
     return {"seconds": done - started, "build_seconds": built - started, "merge_seconds": done - built,
             "cpu_seconds": _cpu_seconds() - cpu, "summary": summary, "rss": _peak_rss_mb()}
@@ -210,8 +209,8 @@ def measure_reads(args):
     rng = np.random.default_rng(0)
     result = {"file_mb": Path(args.cache).stat().st_size / 2 ** 20}
     with open_cache(args.cache) as cache:
-        parts = {f.filename for f, _ in cache.sources}
-        result["file_mb"] = sum(Path(p).stat().st_size for p in parts) / 2 ** 20
+        stored = {images.file.filename for images, *_ in cache.sources}  # the blocks (or parts) holding images
+        result["file_mb"] = sum(Path(p).stat().st_size for p in stored) / 2 ** 20
         n = len(cache)
         singles = rng.integers(0, n, 500)
         started = time.perf_counter()
@@ -269,14 +268,12 @@ def bench_format(kind, n, size, threads, base, repeat):
             run = run_measure(name, work=where, **common)
             if result.get(key) is None or run["seconds"] < result[key]["seconds"]:
                 result[key] = run
-    # Incremental: 1% new images appended; Snakemake has deleted the outputs, the pool remains.
+    # Incremental: 1% new images appended; Snakemake has deleted the outputs, the blocks remain.
     extra = generate(root, kind, n, max(1, n // 100), size, threads, record=base / f"{kind}.extra-{n}.csv")
     grown = write_manifest(rows + extra, base / f"{kind}.grown.csv")
-    pool = work / "cache" / ".previous"
     incremental_work = base / f"{kind}-incremental"
-    shutil.copytree(pool, incremental_work / "cache" / ".previous")
-    result["incremental"] = run_measure("stage", work=incremental_work, previous=incremental_work / "cache" / ".previous",
-                                        **{**common, "manifest": grown})
+    shutil.copytree(work / "cache" / "blocks", incremental_work / "cache" / "blocks")
+    result["incremental"] = run_measure("stage", work=incremental_work, **{**common, "manifest": grown})
     try:
         result["validate"] = run_measure("validate", work=base, **common)
     except RuntimeError as error:
@@ -291,8 +288,8 @@ def bench_format(kind, n, size, threads, base, repeat):
 
 
 def bench_storage(manifest, root, work, base, threads):
-    """Re-encode the cache with each filter (from the reuse pool: same values) and read it back."""
-    pool = work / "cache" / ".previous"
+    """Re-encode the cache with each filter (from the blocks: same values) and read it back."""
+    blocks = work / "cache" / "blocks"
     variants = {"lzf": {"compression": "lzf"}, "none": {"compression": "none"},
                 "gzip-1": {"compression": "gzip", "compression_level": 1},
                 "gzip-4": {"compression": "gzip", "compression_level": 4},
@@ -300,17 +297,17 @@ def bench_storage(manifest, root, work, base, threads):
     results = {}
     for name, change in variants.items():
         target = base / f"storage-{name}"
-        shutil.copytree(pool, target / "cache" / ".previous")
+        shutil.copytree(blocks, target / "cache" / "blocks")
         build = run_measure("stage", work=target, manifest=manifest, root=root, threads=threads,
-                            previous=target / "cache" / ".previous", preprocess=json.dumps(change))
+                            preprocess=json.dumps(change))
         results[name] = {"reencode_s": build["build_seconds"], **run_measure("reads", cache=target / "cache.h5")}
-    copy = run_measure("stage", work=base / "merge-copy", manifest=manifest, root=root, threads=threads,
-                       previous=pool, layout="copy")
-    virtual = run_measure("stage", work=base / "merge-virtual", manifest=manifest, root=root, threads=threads,
-                          previous=pool, layout="virtual")
-    merge = {"virtual_merge_s": virtual["merge_seconds"], "copy_merge_s": copy["merge_seconds"],
-             "virtual_reads": run_measure("reads", cache=base / "merge-virtual" / "cache.h5"),
-             "copy_reads": run_measure("reads", cache=base / "merge-copy" / "cache.h5")}
+    merge = {}
+    for layout in ("copy", "virtual"):
+        target = base / f"merge-{layout}"
+        shutil.copytree(blocks, target / "cache" / "blocks")
+        built = run_measure("stage", work=target, manifest=manifest, root=root, threads=threads, layout=layout)
+        merge[f"{layout}_merge_s"] = built["merge_seconds"]
+        merge[f"{layout}_reads"] = run_measure("reads", cache=target / "cache.h5")
     return results, merge
 
 
@@ -370,7 +367,7 @@ def main():
     parser.add_argument("--workdir", type=Path, help="keep generated data here (default: a temporary folder)")
     # internal: one measurement in this subprocess
     parser.add_argument("--measure", choices=sorted(MEASURES), help=argparse.SUPPRESS)
-    for name in ("manifest", "root", "work", "previous", "cache"):
+    for name in ("manifest", "root", "work", "cache"):
         parser.add_argument(f"--{name}", default="", help=argparse.SUPPRESS)
     parser.add_argument("--layout", default="virtual", help=argparse.SUPPRESS)
     parser.add_argument("--preprocess", default="{}", help=argparse.SUPPRESS)

@@ -1,10 +1,10 @@
 """The HDF5 preprocessing cache: build it in shards, merge the shards, read it back safely.
 
 Layout (see docs/architecture.md): every part file ``cache/part-{i}-of-{n}.h5`` and the merged
-``cache.h5`` hold ``images`` (N, H, W, C) uint8 or float16, ``labels``, and the strings
-``sample_id``, ``patient``, ``content_hash``, ``modality``, in validated-manifest order, plus the
-attributes ``params_hash``, ``params``, ``classes``, ``library_version``, ``manifest_hash``,
-``created``. Part files also keep ``source_shape``, ``source_spacing`` and ``source_intensity``
+``cache.h5`` hold ``images`` (N, H, W, C) uint8 or float16 (its pixels stored in image blocks,
+below, or in a self-contained part), ``labels``, and the strings ``sample_id``, ``patient``,
+``content_hash``, ``modality``, in validated-manifest order, plus the attributes ``params_hash``,
+``params``, ``classes``, ``library_version``, ``manifest_hash``, ``created``. Part files also keep ``source_shape``, ``source_spacing`` and ``source_intensity``
 (64 evenly spaced raw pixel values per image) from which the merge computes ``fingerprint.json``
 without decoding anything again.
 
@@ -12,35 +12,46 @@ Sharding
     Shard ``i`` of ``n`` takes a contiguous block of manifest rows, so the parts concatenate in
     manifest order. ``preprocess.shards`` does not enter the parameter hash: resharding changes
     no image. ``merge_cache_parts`` writes ``cache.h5`` whose ``images`` is an HDF5 virtual
-    dataset over the parts (relative source paths, so ``results/`` can move), and copies the
-    small per-row datasets. The merge is O(rows), never O(pixels): the benchmark measured it
-    against a full copy (``layout="copy"``, also available for a self-contained file).
-    ``open_cache`` never trusts the virtual dataset blindly (HDF5 silently fills missing
-    sources with zeros): it checks every part's presence, row count and digest, and reads
-    images from the parts directly.
+    dataset (relative source paths, so ``results/`` can move), and copies the small per-row
+    datasets. The merge is O(rows), never O(pixels): the benchmark measured it against a full
+    copy (``layout="copy"``, also available for a self-contained file). ``open_cache`` never
+    trusts a virtual dataset blindly (HDF5 silently fills missing sources with zeros): it
+    checks every part's and block's presence, row count and digest, and reads the stored
+    images directly.
 
-Incremental builds (the reuse pool)
-    Snakemake deletes a rule's outputs before it reruns the rule, so the previous cache cannot be
-    read from the outputs themselves. After a successful merge, ``merge_cache_parts(...,
-    reuse_pool=DIR)`` hard-links every part into ``DIR`` (``results/{dataset}/cache/.previous/``,
-    not a declared output; a copy where hard links are impossible) and removes older entries.
-    ``build_cache_part(..., previous=DIR)`` indexes the pool by ``content_hash`` (computed by
-    validation from the decoded pixels and already in the validated manifest) among pool files
-    whose ``values_hash`` equals its own, and copies those stored images in runs of
-    consecutive rows (a checksum-verified read, then the compressed chunks verbatim). Only new or changed images are
-    decoded. ``values_hash`` is the parameter hash without the storage-only options
-    (compression), so changing the filter re-encodes without decoding. A pool file that cannot
-    be opened is ignored; one whose chunks fail their checksum stops the build with a clear
-    error (delete the pool). Resharding keeps every image reusable.
+Image blocks and incremental builds
+    Snakemake deletes a rule's outputs before it reruns the rule, so pixels that should outlive a
+    rerun cannot live in the outputs. With ``blocks=DIR`` (the workflow passes
+    ``results/{dataset}/cache/blocks/``, which is no rule's output), the pixels go to image
+    blocks there: immutable files ``block-<id>.h5`` holding ``images``, ``content_hash`` and the
+    fingerprint datasets of the rows they were written for, ``<id>`` a digest of the value
+    parameters, storage options and content hashes. A part then holds only its rows' metadata;
+    its ``images`` is a virtual dataset over blocks, and ``image_runs`` (row, block, block row,
+    length) with the attribute ``blocks`` records the mapping that ``open_cache`` reads.
+    ``build_cache_part`` indexes the blocks by ``content_hash`` (computed by validation from the
+    decoded pixels and already in the validated manifest) among blocks whose ``values_hash``
+    equals its own. An image found in a block that stores images as configured is referenced
+    where it is, without reading a pixel, so a build's cost grows with the images that changed,
+    not with the dataset. The others are decoded (or, found in a block with other compression,
+    re-encoded) into one new block. ``values_hash`` is the parameter hash without the
+    storage-only options (compression), so changing the filter re-encodes without decoding.
+    A part points into at most ``MAX_BLOCKS_PER_PART`` blocks: beyond that, the build gathers
+    the images of the blocks it uses least into its new block (re-encoded, not decoded), so a
+    reader keeps a bounded number of files open however many incremental builds there were.
+    After a successful merge, blocks that no part references are deleted. A block file that
+    cannot be opened is ignored (and deleted by the merge); a corrupted chunk fails its
+    Fletcher-32 checksum when read, naming the block. Resharding keeps every image referenced.
 
 Determinism
     Decoding runs in ``threads`` worker processes; one writer in the calling process writes rows
-    in manifest order, in blocks whose boundaries do not depend on ``threads``. Object
+    in manifest order, in batches whose boundaries do not depend on ``threads``. Object
     timestamps are off (``track_times=False``, and ``obj_track_times`` for the root group and
     the virtual dataset) and HDF5's chunk cache is off (chunks land in the file in write order),
-    so the bytes of a part depend only on its inputs, and an incremental build equals a full one
-    (tested). Each decoded image is checked against the manifest's ``content_hash``, so a file
-    changed after validation stops the build instead of entering the pool under a stale key. The
+    so the bytes of parts and blocks depend only on their inputs (tested). An incremental build
+    reads the same images, labels and fingerprint as a full one (tested); its parts differ in
+    which blocks they point to. Each decoded image is checked against the manifest's
+    ``content_hash``, so a file changed after validation stops the build instead of entering a
+    block under a stale key. The
     one exception is the ``created`` attribute (fixed-length ISO 8601 UTC): it is the current
     time unless the environment sets ``SOURCE_DATE_EPOCH`` (the reproducible-builds convention),
     which makes the files byte-for-byte reproducible.
@@ -88,6 +99,12 @@ TASKS_IN_FLIGHT_PER_WORKER = 3
 STORAGE_ONLY_OPTIONS = ("shards", "compression", "compression_level")
 COPY_BLOCK = 256  # rows per read/write when copying images between files
 ATTRIBUTES = ("params_hash", "params", "classes", "library_version", "manifest_hash", "created")
+BLOCKS_DIRNAME = "blocks"
+BLOCK_PREFIX = "block-"
+LEGACY_POOL_DIRNAME = ".previous"  # the copy-based reuse pool of earlier versions, removed on merge
+# A reader opens every block its parts point into; beyond this many per part, a build gathers
+# the images of the least-used blocks into its new block (see _referenced_rows).
+MAX_BLOCKS_PER_PART = 16
 
 
 # --------------------------------------------------------------------------- parameters
@@ -285,7 +302,7 @@ def _create_h5(path):
     # v1.10 format: needed for virtual datasets; fixed so the bytes do not follow the library.
     fapl.set_libver_bounds(h5py.h5f.LIBVER_V110, h5py.h5f.LIBVER_V110)
     # No raw-data chunk cache: each chunk reaches the file when written, so chunks lie in row
-    # order whether they were encoded here or copied raw from the reuse pool.
+    # order and the bytes do not depend on the cache's eviction.
     fapl.set_cache(0, 0, 0, 0.0)
     fid = h5py.h5f.create(os.fsencode(str(path)), h5py.h5f.ACC_TRUNC, fapl=fapl, fcpl=fcpl)
     return h5py.File(fid)
@@ -323,103 +340,104 @@ def _part_digest(params_hash_, content_hashes, sample_ids):
     return digest.hexdigest()[:32]
 
 
-class _ReusePool:
-    """Stored images of earlier builds, found by content hash (see the module docstring)."""
+class _BlockStore:
+    """The image blocks of a cache folder, found by content hash (see the module docstring)."""
 
     FINGERPRINT_DATASETS = ("source_shape", "source_spacing", "source_intensity")
 
-    def __init__(self, previous, wanted_hashes, values_hash_, image_shape, storage_dtype):
+    def __init__(self, folder, wanted_hashes, decoding):
+        self.folder = Path(folder)
+        self.image_options = decoding.image_options
         self.files = []
+        self.names = []
         self.where = {}
-        for path in _pool_files(previous):
+        self._stores_like = {}
+        paths = sorted(self.folder.glob(f"{BLOCK_PREFIX}*.h5")) if self.folder.is_dir() and wanted_hashes else []
+        for path in paths:
+            f = None
             try:
                 f = h5py.File(path, "r")
-            except OSError as error:
-                print(f"medclassify: ignoring unreadable reuse-pool file {path}: {error}", file=sys.stderr)
-                continue
-            images = f.get("images")
-            if (_plain(f.attrs.get("values_hash")) != values_hash_ or images is None or images.is_virtual
-                    or images.shape[1:] != image_shape or images.dtype != storage_dtype
-                    or any(name not in f for name in self.FINGERPRINT_DATASETS)):
-                f.close()
-                continue
-            try:
-                hashes = f["content_hash"].asstr()[:]
+                images = f.get("images")
+                usable = (_plain(f.attrs.get("values_hash")) == decoding.values_hash and images is not None
+                          and _plain(f.attrs.get("block_id")) == _block_id_of(path.name)
+                          and images.shape[1:] == decoding.shape and images.dtype == decoding.storage_dtype
+                          and all(name in f for name in self.FINGERPRINT_DATASETS))
+                hashes = f["content_hash"].asstr()[:] if usable else []
             except (OSError, KeyError) as error:
-                print(f"medclassify: ignoring unreadable reuse-pool file {path}: {error}", file=sys.stderr)
+                print(f"medclassify: ignoring unreadable cache block {path}: {error}", file=sys.stderr)
+                if f is not None:
+                    f.close()
+                continue
+            if not usable:
                 f.close()
                 continue
             file_index = len(self.files)
             self.files.append((f, images) + tuple(f[name] for name in self.FINGERPRINT_DATASETS))
+            self.names.append(path.name)
             for row, content in enumerate(hashes):
                 if content in wanted_hashes and content not in self.where:
                     self.where[content] = (file_index, row)
 
     def lookup(self, content_hash):
-        """(pool file index, row) holding the image with ``content_hash``, or None."""
+        """(block index, row) holding the image with ``content_hash``, or None."""
         return self.where.get(content_hash)
 
-    def copy_run(self, file_index, source_row, n, images, row, fingerprint):
-        """Copy ``n`` consecutive pooled rows into ``images[row:row + n]`` and ``fingerprint``.
+    def stores_like(self, file_index):
+        """Whether block ``file_index`` encodes images as configured (then they can be referenced)."""
+        if file_index not in self._stores_like:
+            images, options = self.files[file_index][1], self.image_options
+            compression = options.get("compression")
+            self._stores_like[file_index] = bool(
+                images.compression == compression and images.fletcher32
+                and (compression != "gzip" or images.compression_opts == options["compression_opts"]))
+        return self._stores_like[file_index]
 
-        Works in blocks of ``COPY_BLOCK`` rows (bounded memory). Each block is first read through
-        HDF5, which decompresses it and checks the Fletcher-32 checksums, so a corrupted pool
-        file is never propagated. When both files store images alike, the compressed chunks are
-        then copied verbatim (no re-compression: these are the bytes a fresh build writes);
-        otherwise the block is re-encoded.
+    def read_fingerprint(self, file_index, source_row, n):
+        """The fingerprint rows ``source_row .. source_row + n - 1`` of a block."""
+        return [dataset[source_row:source_row + n] for dataset in self.files[file_index][2:]]
+
+    def copy_run(self, file_index, source_row, n, images, row, fingerprint):
+        """Copy ``n`` consecutive rows of a block into ``images[row:row + n]`` and ``fingerprint``.
+
+        For a new block: images stored with other compression, or gathered from a little-used
+        block. Works in runs of ``COPY_BLOCK`` rows (bounded memory), each read through HDF5,
+        which checks the Fletcher-32 checksums, so a corrupted block is never propagated.
         """
-        f, source, *source_fingerprint = self.files[file_index]
-        raw = _same_storage(source, images)
-        zeros = (0,) * (source.ndim - 1)
-        read_chunk, write_chunk = source.id.read_direct_chunk, images.id.write_direct_chunk
+        f, source = self.files[file_index][:2]
         try:
             for start in range(0, n, COPY_BLOCK):
                 stop = min(n, start + COPY_BLOCK)
-                block = source[source_row + start:source_row + stop]
-                if raw:
-                    for k in range(start, stop):
-                        mask, chunk = read_chunk((source_row + k,) + zeros)
-                        write_chunk((row + k,) + zeros, chunk, mask)
-                else:
-                    images[row + start:row + stop] = block
-            for target, dataset in zip(fingerprint, source_fingerprint):
-                target[row:row + n] = dataset[source_row:source_row + n]
+                images[row + start:row + stop] = source[source_row + start:source_row + stop]
+            for target, values in zip(fingerprint, self.read_fingerprint(file_index, source_row, n)):
+                target[row:row + n] = values
         except OSError as error:
-            raise InputError(f"{f.filename}: corrupted file in the reuse pool",
-                             [str(error), f"delete {Path(f.filename).parent} and rerun"]) from None
+            raise InputError(f"{f.filename}: corrupted cache block",
+                             [str(error), f"delete {f.filename} and rerun the preprocess stage"]) from None
 
     def close(self):
         for f, *_ in self.files:
             f.close()
 
 
-def _pool_files(previous):
-    if previous is None:
-        return []
-    if isinstance(previous, (str, os.PathLike)):
-        folder = Path(previous)
-        if folder.is_dir():
-            return sorted(p for p in folder.glob("*.h5") if not p.name.startswith("."))
-        return [folder] if folder.is_file() else []
-    return [Path(p) for p in previous if Path(p).is_file()]
-
-
-def _same_storage(a, b):
-    """Whether two image datasets encode chunks identically (so raw chunks can be copied)."""
-    return (a.chunks == b.chunks and a.dtype == b.dtype and a.compression == b.compression
-            and a.compression_opts == b.compression_opts and a.fletcher32 == b.fletcher32
-            and a.shuffle == b.shuffle and a.scaleoffset == b.scaleoffset)
+def _block_id(values_hash_, image_options, content_hashes):
+    digest = hashlib.sha256(f"{values_hash_}|{json.dumps(image_options, sort_keys=True)}".encode())
+    for content in content_hashes:
+        digest.update(f"\x00{content}".encode("ascii"))
+    return digest.hexdigest()[:32]
 
 
 def build_cache_part(validated_manifest, root, out_part, *, preprocess_options, io_options, classes,
-                     shard=0, n_shards=1, threads=1, previous=None):
+                     shard=0, n_shards=1, threads=1, blocks=None, reuse=True):
     """Preprocess shard ``shard`` of ``n_shards`` of the validated manifest into ``out_part``.
 
-    The shard is a contiguous block of manifest rows. Images found in ``previous`` (a reuse-pool
-    folder or a list of earlier part/cache files) by content hash, with equal value parameters,
-    are copied; the others are read with ``medclassify.io.read_sample`` and preprocessed in
-    ``threads`` processes. Raises InputError listing every image that fails (the part is then
-    not written). Returns a summary dict: rows, decoded, reused, seconds.
+    The shard is a contiguous block of manifest rows. Without ``blocks`` the part stores its
+    images itself. With ``blocks`` (a folder, see :func:`default_blocks_dir`) the images that
+    a block there already holds (same content hash, same value parameters) are referenced
+    where they are, unless ``reuse`` is false; the others are read with
+    ``medclassify.io.read_sample``, preprocessed in ``threads`` processes and written to one new
+    block; the part's ``images`` is then a virtual dataset over the blocks. Raises InputError
+    listing every image that fails (the part is then not written). Returns a summary dict:
+    rows, decoded, reused, seconds.
     """
     started = time.perf_counter()
     check_preprocess_options(preprocess_options)
@@ -428,40 +446,173 @@ def build_cache_part(validated_manifest, root, out_part, *, preprocess_options, 
     start, stop = shard_bounds(len(table), shard, n_shards)
     rows = table.iloc[start:stop].reset_index(drop=True)
     labels = _label_indices(rows, classes, name, start)
-    storage_dtype = np.dtype(preprocess_options.get("dtype", "uint8"))
-    channels = _probe_channels(rows, root, io_options)
     height, width = preprocess_options["size"]
-    shape = (int(height), int(width), channels)
+    shape = (int(height), int(width), _probe_channels(rows, root, io_options))
+    decoding = _Decoding(str(root), io_options, preprocess_options, np.dtype(preprocess_options.get("dtype", "uint8")),
+                         shape, max(1, int(threads)), name, _image_dataset_options(preprocess_options),
+                         values_hash(preprocess_options, io_options))
     p_hash = params_hash(preprocess_options, io_options)
-    v_hash = values_hash(preprocess_options, io_options)
     content = [str(c) for c in rows["content_hash"].tolist()]
-    pool = _ReusePool(previous, set(content), v_hash, shape, storage_dtype)
-    try:
-        reused = [pool.lookup(c) for c in content]
-        with atomic_path(out_part) as tmp:
-            with _create_h5(tmp) as f:
-                _write_row_datasets(f, labels, rows)
-                images = f.create_dataset("images", shape=(len(rows),) + shape, dtype=storage_dtype,
-                                          chunks=(1,) + shape, maxshape=_max_shape(len(rows), shape),
-                                          **_image_dataset_options(preprocess_options))
-                fingerprint = _fill_images(images, rows, reused, pool, root, io_options, preprocess_options,
-                                           storage_dtype, shape, threads, name, start)
-                for dataset, values in zip(("source_shape", "source_spacing", "source_intensity"), fingerprint):
-                    f.create_dataset(dataset, data=values, track_times=False)
-                f.attrs.update({
-                    "params_hash": p_hash, "values_hash": v_hash,
-                    "params": json.dumps(params_record(preprocess_options, io_options), sort_keys=True),
-                    "classes": json.dumps(classes), "library_version": __version__,
-                    "manifest_hash": manifest_hash, "created": _created_timestamp(),
-                    "cache_format": CACHE_FORMAT_VERSION, "layout": "part", "shard": shard, "n_shards": n_shards,
-                    "row_start": start, "row_stop": stop, "manifest_rows": len(table),
-                    "part_digest": _part_digest(p_hash, content, rows["sample_id"].tolist()),
-                })
-    finally:
-        pool.close()
-    n_reused = sum(r is not None for r in reused)
-    return {"rows": len(rows), "decoded": len(rows) - n_reused, "reused": n_reused,
+    attrs = {
+        "params_hash": p_hash, "values_hash": decoding.values_hash,
+        "params": json.dumps(params_record(preprocess_options, io_options), sort_keys=True),
+        "classes": json.dumps(classes), "library_version": __version__,
+        "manifest_hash": manifest_hash, "created": _created_timestamp(),
+        "cache_format": CACHE_FORMAT_VERSION, "layout": "part", "shard": shard, "n_shards": n_shards,
+        "row_start": start, "row_stop": stop, "manifest_rows": len(table),
+        "part_digest": _part_digest(p_hash, content, rows["sample_id"].tolist()),
+    }
+    row_numbers = np.arange(start + 1, stop + 1)
+    if blocks is None or not len(rows):
+        reused = _write_self_contained_part(out_part, rows, labels, attrs, row_numbers, decoding)
+    else:
+        reused = _write_block_backed_part(out_part, rows, labels, attrs, row_numbers, decoding, Path(blocks), reuse)
+    return {"rows": len(rows), "decoded": len(rows) - reused, "reused": reused,
             "seconds": round(time.perf_counter() - started, 3)}
+
+
+# What the decoding and writing of one part needs, besides its rows.
+_Decoding = collections.namedtuple(
+    "_Decoding", "root io_options preprocess_options storage_dtype shape threads name image_options values_hash")
+
+
+def _write_self_contained_part(out_part, rows, labels, attrs, row_numbers, decoding):
+    """A part that stores its images itself, all decoded. Returns 0 (images reused)."""
+    with atomic_path(out_part) as tmp:
+        with _create_h5(tmp) as f:
+            _write_row_datasets(f, labels, rows)
+            images = f.create_dataset("images", shape=(len(rows),) + decoding.shape, dtype=decoding.storage_dtype,
+                                      chunks=(1,) + decoding.shape, maxshape=_max_shape(len(rows), decoding.shape),
+                                      **decoding.image_options)
+            fingerprint = _fill_images(images, rows, [None] * len(rows), None, row_numbers, decoding)
+            _write_fingerprint(f, fingerprint)
+            f.attrs.update(attrs)
+    return 0
+
+
+def _write_block_backed_part(out_part, rows, labels, attrs, row_numbers, decoding, blocks, reuse):
+    """A part whose images live in ``blocks``: found ones referenced, the rest in one new block.
+
+    Returns the number of images not decoded (referenced, or re-encoded from another block).
+    """
+    content = [str(c) for c in rows["content_hash"].tolist()]
+    store = _BlockStore(blocks, set(content) if reuse else set(), decoding)
+    try:
+        found = [store.lookup(c) for c in content]
+        referenced = _referenced_rows(store, found)
+        new_rows = [i for i, hit in enumerate(referenced) if hit is None]
+        new_block = None
+        if new_rows:
+            new_block = _write_block(store, rows.iloc[new_rows].reset_index(drop=True), [found[i] for i in new_rows],
+                                     row_numbers[new_rows], decoding)
+        used = sorted({hit[0] for hit in referenced if hit is not None})
+        records = {store.names[k]: store.files[k][1].shape[0] for k in used}
+        if new_block:
+            records[new_block.name] = len(new_rows)
+        names = sorted(records)
+        location = np.zeros((len(rows), 2), dtype=np.int64)  # (block, row in the block) of each row
+        position_of_file = {k: names.index(store.names[k]) for k in used}
+        for i, hit in enumerate(referenced):
+            if hit is not None:
+                location[i] = position_of_file[hit[0]], hit[1]
+        if new_block:
+            location[new_rows] = np.column_stack([np.full(len(new_rows), names.index(new_block.name)),
+                                                  np.arange(len(new_rows))])
+        fingerprint = _gather_fingerprint(store, referenced, new_rows, new_block, len(rows))
+    finally:
+        store.close()
+    runs = _block_runs(location)
+    folder = os.path.relpath(blocks.resolve(), Path(out_part).resolve().parent)
+    block_records = [{"file": os.path.join(folder, block), "block_id": _block_id_of(block), "rows": int(records[block])}
+                     for block in names]
+    with atomic_path(out_part) as tmp:
+        with _create_h5(tmp) as f:
+            _write_row_datasets(f, labels, rows)
+            _write_fingerprint(f, fingerprint)
+            f.create_dataset("image_runs", data=runs, dtype=np.int64, track_times=False)
+            _create_virtual_images(f, (len(rows),) + decoding.shape, decoding.storage_dtype,
+                                   [(block_records[b]["file"], row, block_row, n, block_records[b]["rows"])
+                                    for row, b, block_row, n in runs.tolist()])
+            f.attrs.update(attrs)
+            f.attrs["blocks"] = json.dumps(block_records)
+    return len(rows) - len(new_rows) + (new_block.reencoded if new_block else 0)
+
+
+def _referenced_rows(store, found):
+    """``found`` without the hits that must be copied into the new block rather than referenced.
+
+    Those are the hits in blocks that store images otherwise (another compression), and, when
+    a part would point into more than ``MAX_BLOCKS_PER_PART`` blocks, the hits in the blocks it
+    uses least: after many incremental builds a part's images are thus gathered again, so that a
+    reader never holds more than that many blocks open per part.
+    """
+    referenced = [hit if hit is not None and store.stores_like(hit[0]) else None for hit in found]
+    counts = collections.Counter(hit[0] for hit in referenced if hit is not None)
+    if len(counts) + any(hit is None for hit in referenced) > MAX_BLOCKS_PER_PART:
+        # what stays referenced, plus the new block that takes the rest, fits the limit
+        n_gathered = len(counts) + 1 - MAX_BLOCKS_PER_PART
+        gathered = {k for k, _ in sorted(counts.items(), key=lambda item: (item[1], item[0]))[:n_gathered]}
+        referenced = [None if hit is not None and hit[0] in gathered else hit for hit in referenced]
+    return referenced
+
+
+def _block_id_of(file_name):
+    return file_name.removeprefix(BLOCK_PREFIX).removesuffix(".h5")
+
+
+_NewBlock = collections.namedtuple("_NewBlock", "name reencoded fingerprint")
+
+
+def _write_block(store, rows, found, row_numbers, decoding):
+    """Write the images of ``rows`` (decoded, or re-encoded from ``found`` blocks) to a new block."""
+    content = [str(c) for c in rows["content_hash"].tolist()]
+    block_id = _block_id(decoding.values_hash, decoding.image_options, content)
+    path = store.folder / f"{BLOCK_PREFIX}{block_id}.h5"
+    store.folder.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        with _create_h5(tmp) as f:
+            text = h5py.string_dtype("utf-8")
+            f.create_dataset("content_hash", data=np.array(content, dtype=object), shape=(len(content),), dtype=text,
+                             track_times=False)
+            images = f.create_dataset("images", shape=(len(rows),) + decoding.shape, dtype=decoding.storage_dtype,
+                                      chunks=(1,) + decoding.shape, **decoding.image_options)
+            fingerprint = _fill_images(images, rows, found, store, row_numbers, decoding)
+            _write_fingerprint(f, fingerprint)
+            f.attrs.update({"values_hash": decoding.values_hash, "block_id": block_id,
+                            "cache_format": CACHE_FORMAT_VERSION, "layout": "block", "library_version": __version__})
+    return _NewBlock(path.name, sum(hit is not None for hit in found), fingerprint)
+
+
+def _write_fingerprint(f, fingerprint):
+    for dataset, values in zip(_BlockStore.FINGERPRINT_DATASETS, fingerprint):
+        f.create_dataset(dataset, data=values, track_times=False)
+
+
+def _gather_fingerprint(store, referenced, new_rows, new_block, n):
+    """The part's fingerprint rows: read from the referenced blocks, taken from the new one."""
+    fingerprint = _empty_fingerprint(n)
+    for row, file_index, source_row, length in _reuse_runs(referenced):
+        for target, values in zip(fingerprint, store.read_fingerprint(file_index, source_row, length)):
+            target[row:row + length] = values
+    if new_block:
+        for target, values in zip(fingerprint, new_block.fingerprint):
+            target[new_rows] = values
+    return fingerprint
+
+
+def _empty_fingerprint(n):
+    return (np.zeros((n, 3), dtype=np.int32), np.full((n, 2), np.nan, dtype=np.float64),
+            np.full((n, INTENSITY_SAMPLES), np.nan, dtype=np.float32))
+
+
+def _block_runs(location):
+    """Runs (row, block, block row, length) of consecutive rows stored consecutively in one block."""
+    n = len(location)
+    starts = np.ones(n, dtype=bool)
+    starts[1:] = (location[1:, 0] != location[:-1, 0]) | (location[1:, 1] != location[:-1, 1] + 1)
+    first = np.flatnonzero(starts)
+    lengths = np.diff(np.append(first, n))
+    return np.column_stack([first, location[first, 0], location[first, 1], lengths]).astype(np.int64)
 
 
 def _probe_channels(rows, root, io_options):
@@ -481,17 +632,18 @@ def _probe_channels(rows, root, io_options):
     return 1
 
 
-def _fill_images(images, rows, reused, pool, root, io_options, preprocess_options, storage_dtype, shape,
-                 threads, name, row_offset):
-    """Write every row's image in manifest order: reused chunks copied, the rest decoded."""
+def _fill_images(images, rows, reused, store, row_numbers, decoding):
+    """Write every row's image in order: re-encoded from ``reused`` blocks, or decoded.
+
+    ``row_numbers`` are the rows' 1-based manifest rows, for error messages. Returns the
+    fingerprint arrays (source shape, spacing, intensity samples) of the rows.
+    """
     n = len(rows)
-    source_shape = np.zeros((n, 3), dtype=np.int32)
-    spacing = np.full((n, 2), np.nan, dtype=np.float64)
-    intensity = np.full((n, INTENSITY_SAMPLES), np.nan, dtype=np.float32)
-    fingerprint = (source_shape, spacing, intensity)
+    fingerprint = _empty_fingerprint(n)
+    source_shape, spacing, intensity = fingerprint
     reused_runs = _reuse_runs(reused)
     to_decode = [i for i in range(n) if reused[i] is None]
-    job = (str(root), io_options, preprocess_options, storage_dtype, shape)
+    job = (decoding.root, decoding.io_options, decoding.preprocess_options, decoding.storage_dtype, decoding.shape)
     batches = [to_decode[s:s + DECODE_BATCH] for s in range(0, len(to_decode), DECODE_BATCH)]
     items = list(zip(range(n), rows["path"].tolist(), rows["index"].tolist(), rows["content_hash"].tolist()))
     tasks = ((job, [items[i] for i in batch]) for batch in batches)
@@ -502,10 +654,10 @@ def _fill_images(images, rows, reused, pool, root, io_options, preprocess_option
         nonlocal next_run
         while next_run < len(reused_runs) and reused_runs[next_run][0] < limit:
             row, file_index, source_row, length = reused_runs[next_run]
-            pool.copy_run(file_index, source_row, length, images, row, fingerprint)
+            store.copy_run(file_index, source_row, length, images, row, fingerprint)
             next_run += 1
 
-    for batch, result in zip(batches, _ordered_map(_decode_batch, tasks, max(1, int(threads)))):
+    for batch, result in zip(batches, _ordered_map(_decode_batch, tasks, decoding.threads)):
         batch_images, batch_shape, batch_spacing, batch_intensity, batch_problems = result
         problems += batch_problems
         source_shape[batch], spacing[batch], intensity[batch] = batch_shape, batch_spacing, batch_intensity
@@ -515,13 +667,13 @@ def _fill_images(images, rows, reused, pool, root, io_options, preprocess_option
     copy_reused_before(n + 1)
     if problems:
         problems.sort()
-        raise InputError(f"{name}: {len(problems)} image(s) could not be preprocessed",
-                         [f"row {row_offset + i + 1} ({path}): {code}: {message}" for i, path, code, message in problems])
-    return source_shape, spacing, intensity
+        raise InputError(f"{decoding.name}: {len(problems)} image(s) could not be preprocessed",
+                         [f"row {row_numbers[i]} ({path}): {code}: {message}" for i, path, code, message in problems])
+    return fingerprint
 
 
 def _reuse_runs(reused):
-    """Runs (row, pool file, pool row, length) of consecutive rows found consecutively in one pool file."""
+    """Runs (row, block, block row, length) of consecutive rows found consecutively in one block."""
     runs = []
     for row, location in enumerate(reused):
         if location is None:
@@ -547,13 +699,13 @@ def _contiguous_runs(positions):
 
 # --------------------------------------------------------------------------- merging
 
-def merge_cache_parts(parts, out_cache, fingerprint_out, *, reuse_pool=None, layout="virtual"):
+def merge_cache_parts(parts, out_cache, fingerprint_out, *, blocks=None, layout="virtual"):
     """Join part files into ``out_cache`` (one readable dataset) and write ``fingerprint.json``.
 
-    ``layout="virtual"`` maps the parts' images through an HDF5 virtual dataset with source
-    paths relative to ``out_cache`` (the parts must stay beside it); ``"copy"`` copies the
-    compressed chunks into a self-contained file. With ``reuse_pool``, the parts are then
-    hard-linked into that folder for the next incremental build. Returns the fingerprint.
+    ``layout="virtual"`` maps the stored images through an HDF5 virtual dataset with source
+    paths relative to ``out_cache`` (the parts and blocks must stay beside it); ``"copy"``
+    copies the images into a self-contained file. With ``blocks`` (the parts' block folder),
+    blocks that no part references any more are then deleted. Returns the fingerprint.
     """
     if layout not in ("virtual", "copy"):
         raise ValueError(f"layout must be 'virtual' or 'copy', not {layout!r}")
@@ -570,8 +722,8 @@ def merge_cache_parts(parts, out_cache, fingerprint_out, *, reuse_pool=None, lay
         for cache in opened:
             cache.close()
     atomic_write_json(fingerprint_out, fingerprint)
-    if reuse_pool is not None:
-        update_reuse_pool(parts, reuse_pool)
+    if blocks is not None:
+        remove_unused_blocks(parts, blocks)
     return fingerprint
 
 
@@ -602,8 +754,8 @@ def _check_parts_agree(parts, opened):
 
 def _write_merged(f, parts, opened, out_cache, layout):
     total = sum(len(c) for c in opened)
-    first_images = opened[0].sources[0][0]["images"]
-    shape = (total,) + first_images.shape[1:]
+    first = opened[0]
+    shape = (total,) + tuple(first.image_shape)
     labels = np.concatenate([c.labels for c in opened])
     f.create_dataset("labels", data=labels, dtype=np.int64, track_times=False)
     text = h5py.string_dtype("utf-8")
@@ -611,84 +763,84 @@ def _write_merged(f, parts, opened, out_cache, layout):
         values = np.array([v for c in opened for v in getattr(c, attribute)], dtype=object)
         f.create_dataset(name, data=values, shape=(total,), dtype=text, track_times=False)
     part_records = []
+    for path, cache in zip(parts, opened):
+        relative = os.path.relpath(path.resolve(), out_cache.resolve().parent)
+        part_records.append({"path": relative, "rows": len(cache), "part_digest": cache.attrs["part_digest"]})
+    offset = 0
     if layout == "virtual":
-        offset = 0
         mappings = []
-        for path, cache in zip(parts, opened):
-            relative = os.path.relpath(path.resolve(), out_cache.resolve().parent)
-            n = len(cache)
-            if n:
-                mappings.append((relative, offset, n))
-            part_records.append({"path": relative, "rows": n, "part_digest": cache.attrs["part_digest"]})
-            offset += n
-        _create_virtual_images(f, shape, first_images.dtype, mappings)
-    else:
-        images = f.create_dataset("images", shape=shape, dtype=first_images.dtype, chunks=first_images.chunks,
-                                  maxshape=_max_shape(total, shape[1:]),
-                                  compression=first_images.compression,
-                                  compression_opts=first_images.compression_opts,
-                                  fletcher32=first_images.fletcher32, track_times=False)
-        offset = 0
         for cache in opened:
-            source = cache.sources[0][0]["images"]
+            for dataset, start, source_row, n in cache.sources:
+                source = os.path.relpath(Path(dataset.file.filename).resolve(), out_cache.resolve().parent)
+                mappings.append((source, offset + start, source_row, n, dataset.shape[0]))
+            offset += len(cache)
+        _create_virtual_images(f, shape, first.storage_dtype, mappings)
+    else:
+        stored = first.sources[0][0] if first.sources else first.handle["images"]
+        images = f.create_dataset("images", shape=shape, dtype=first.storage_dtype, chunks=(1,) + shape[1:],
+                                  maxshape=_max_shape(total, shape[1:]), compression=stored.compression,
+                                  compression_opts=stored.compression_opts, fletcher32=stored.fletcher32,
+                                  track_times=False)
+        for cache in opened:
             for start in range(0, len(cache), COPY_BLOCK):
                 stop = min(len(cache), start + COPY_BLOCK)
-                images[offset + start:offset + stop] = source[start:stop]  # checksum-verified read
+                images[offset + start:offset + stop] = cache.read_stored(np.arange(start, stop))
             offset += len(cache)
-    first = opened[0].attrs
+    attrs = first.attrs
     f.attrs.update({
-        "params_hash": first["params_hash"], "values_hash": first["values_hash"], "params": first["params"],
-        "classes": first["classes"], "library_version": __version__, "manifest_hash": first["manifest_hash"],
+        "params_hash": attrs["params_hash"], "values_hash": attrs["values_hash"], "params": attrs["params"],
+        "classes": attrs["classes"], "library_version": __version__, "manifest_hash": attrs["manifest_hash"],
         "created": _created_timestamp(), "cache_format": CACHE_FORMAT_VERSION, "layout": layout,
         "parts": json.dumps(part_records), "manifest_rows": total,
-        "part_digest": _part_digest(first["params_hash"], [h for c in opened for h in c.content_hashes],
+        "part_digest": _part_digest(attrs["params_hash"], [h for c in opened for h in c.content_hashes],
                                     [s for c in opened for s in c.sample_ids]),
     })
 
 
 def _create_virtual_images(f, shape, dtype, mappings):
-    """``images`` as a virtual dataset over ``mappings`` [(relative part path, first row, rows)].
+    """``images`` as a virtual dataset over ``mappings``.
 
-    Built with the low-level API because h5py's ``create_virtual_dataset`` records object
-    timestamps, which would make the merged file's bytes depend on the clock.
+    Each mapping is (relative source file, first row here, first row there, rows, the source
+    dataset's rows): rows of the source file's ``images``. Built with the low-level API because
+    h5py's ``create_virtual_dataset`` records object timestamps, which would make the file's
+    bytes depend on the clock.
     """
     dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
     dcpl.set_obj_track_times(False)
     dcpl.set_fill_value(np.zeros(1, dtype=dtype))
-    for relative, offset, n in mappings:
+    zeros = (0,) * (len(shape) - 1)
+    for relative, row, source_row, n, source_rows in mappings:
         virtual = h5py.h5s.create_simple(shape)
-        virtual.select_hyperslab((offset,) + (0,) * (len(shape) - 1), (n,) + tuple(shape[1:]))
-        source = h5py.h5s.create_simple((n,) + tuple(shape[1:]))
+        virtual.select_hyperslab((row,) + zeros, (n,) + tuple(shape[1:]))
+        source = h5py.h5s.create_simple((source_rows,) + tuple(shape[1:]))
+        source.select_hyperslab((source_row,) + zeros, (n,) + tuple(shape[1:]))
         dcpl.set_virtual(virtual, os.fsencode(relative), b"images", source)
     h5py.h5d.create(f.id, b"images", h5py.h5t.py_create(np.dtype(dtype)), h5py.h5s.create_simple(shape), dcpl=dcpl)
 
 
-REUSE_POOL_DIRNAME = ".previous"
+def default_blocks_dir(part):
+    """The block folder beside the part files: ``results/{dataset}/cache/blocks``."""
+    return Path(part).parent / BLOCKS_DIRNAME
 
 
-def default_reuse_pool(part):
-    """The reuse pool beside the part files: ``results/{dataset}/cache/.previous``."""
-    return Path(part).parent / REUSE_POOL_DIRNAME
+def referenced_blocks(part):
+    """Names of the block files that a part's images live in (none for a self-contained part)."""
+    with h5py.File(part, "r") as f:
+        return {Path(record["file"]).name for record in json.loads(_plain(f.attrs.get("blocks", "[]")))}
 
 
-def update_reuse_pool(parts, reuse_pool):
-    """Make ``reuse_pool`` hold exactly (hard links to) ``parts``; older entries are removed."""
-    pool = Path(reuse_pool)
-    pool.mkdir(parents=True, exist_ok=True)
-    keep = set()
-    for part in parts:
-        part = Path(part)
-        target = pool / part.name
-        with atomic_path(target) as tmp:
-            tmp.unlink()
-            try:
-                os.link(part, tmp)
-            except OSError:  # another file system, or no hard links: fall back to a copy
-                shutil.copyfile(part, tmp)
-        keep.add(target.name)
-    for entry in list(pool.glob("*.h5")) + list(pool.glob(".*.tmp")):  # older parts, killed updates
-        if entry.name not in keep:
-            entry.unlink()
+def remove_unused_blocks(parts, blocks):
+    """Delete the blocks in ``blocks`` that none of ``parts`` references, and killed writes.
+
+    Also removes the reuse pool of earlier versions (``cache/.previous``), which nothing reads now.
+    """
+    folder = Path(blocks)
+    keep = set().union(*(referenced_blocks(p) for p in parts))
+    if folder.is_dir():
+        for entry in list(folder.glob(f"{BLOCK_PREFIX}*.h5")) + list(folder.glob(".*.tmp")):
+            if entry.name not in keep:
+                entry.unlink()
+    shutil.rmtree(folder.parent / LEGACY_POOL_DIRNAME, ignore_errors=True)
 
 
 def compute_fingerprint(opened):
@@ -697,8 +849,8 @@ def compute_fingerprint(opened):
     labels = np.concatenate([c.labels for c in opened])
     patients = {p for c in opened for p in c.patients}
     modalities = np.array([m for c in opened for m in c.modalities], dtype=object)
-    shapes = np.concatenate([c.sources[0][0]["source_shape"][:] for c in opened]).reshape(-1, 3)
-    spacings = np.concatenate([c.sources[0][0]["source_spacing"][:] for c in opened]).reshape(-1, 2)
+    shapes = np.concatenate([c.handle["source_shape"][:] for c in opened]).reshape(-1, 3)
+    spacings = np.concatenate([c.handle["source_spacing"][:] for c in opened]).reshape(-1, 2)
     counts = np.bincount(labels, minlength=len(classes)) if len(labels) else np.zeros(len(classes), int)
     fingerprint = {
         "n_samples": int(len(labels)),
@@ -753,7 +905,7 @@ def _intensity_summary(opened, modalities):
         first = (-offset) % step  # every step-th row of the whole dataset
         rows = np.arange(first, n, step)
         if len(rows):
-            values = cache.sources[0][0]["source_intensity"][first::step]  # a strided slice, not a fancy read
+            values = cache.handle["source_intensity"][first::step]  # a strided slice, not a fancy read
             row_modalities = modalities[offset + rows].astype(str)
             for modality in np.unique(row_modalities):
                 pooled[str(modality)].append(values[row_modalities == modality].ravel())
@@ -779,22 +931,26 @@ class Cache:
     """An opened, checked cache (merged file or one part). Use :func:`open_cache`.
 
     Attributes: ``classes``, ``labels``, ``sample_ids``, ``patients``, ``content_hashes``,
-    ``modalities``, ``image_shape`` (H, W, C), ``params`` (dict), ``params_hash``, ``attrs``.
+    ``modalities``, ``image_shape`` (H, W, C), ``params`` (dict), ``params_hash``, ``attrs``,
+    ``handle`` (the open file), ``sources``: where the images are stored, as runs
+    (images dataset, first row here, first row there, rows) read directly, never via a
+    virtual dataset.
     """
 
-    def __init__(self, path, handle, sources, attrs, labels, strings):
+    def __init__(self, path, handle, sources, files, attrs, labels, strings):
         self.path = Path(path)
-        self._handle = handle
-        self.sources = sources  # [(h5py.File, first row)], read directly (never via the VDS)
+        self.handle = handle
+        self.sources = sources
+        self._files = files  # the parts and blocks opened besides ``handle``
         self.attrs = attrs
         self.classes = json.loads(attrs["classes"])
         self.params = json.loads(attrs["params"])
         self.params_hash = attrs["params_hash"]
         self.labels = labels
         self.sample_ids, self.patients, self.content_hashes, self.modalities = strings
-        self.image_shape = tuple(int(s) for s in sources[0][0]["images"].shape[1:]) if sources else None
-        self.storage_dtype = sources[0][0]["images"].dtype
-        self._offsets = np.array([start for _, start in sources] + [len(labels)], dtype=np.int64)
+        self.image_shape = tuple(int(s) for s in handle["images"].shape[1:])
+        self.storage_dtype = handle["images"].dtype
+        self._starts = np.array([start for _, start, _, _ in sources], dtype=np.int64)
 
     def __len__(self):
         return len(self.labels)
@@ -806,14 +962,10 @@ class Cache:
         self.close()
 
     def close(self):
-        """Close the file and its parts."""
-        seen = set()
-        for f, _ in self.sources:
-            if id(f) not in seen and f.id.valid:
-                seen.add(id(f))
+        """Close the file, its parts and blocks."""
+        for f in self._files + [self.handle]:
+            if f.id.valid:
                 f.close()
-        if self._handle.id.valid:
-            self._handle.close()
 
     def read(self, indices):
         """Images at ``indices`` (any order, repeats allowed): float32 (n, H, W, C) in [0, 1].
@@ -823,31 +975,35 @@ class Cache:
         hyperslab selection of 64 scattered rows costs ~40 ms in HDF5: measured.)
         """
         indices = np.asarray(indices, dtype=np.int64).reshape(-1)
-        if indices.size and (indices.min() < 0 or indices.max() >= len(self)):
-            raise IndexError(f"{self.path}: indices outside 0..{len(self) - 1}")
         unique = np.unique(indices)
-        stored = np.empty((len(unique),) + self.image_shape, dtype=self.storage_dtype)
-        part_of = np.searchsorted(self._offsets, unique, side="right") - 1
-        for k in np.unique(part_of):
-            f, start = self.sources[k]
-            mask = part_of == k
-            local = unique[mask] - start
+        return from_storage(self.read_stored(unique))[np.searchsorted(unique, indices)]
+
+    def read_stored(self, rows):
+        """The stored images (uint8 or float16) at the increasing, distinct ``rows``."""
+        rows = np.asarray(rows, dtype=np.int64).reshape(-1)
+        if rows.size and (rows.min() < 0 or rows.max() >= len(self)):
+            raise IndexError(f"{self.path}: indices outside 0..{len(self) - 1}")
+        stored = np.empty((len(rows),) + self.image_shape, dtype=self.storage_dtype)
+        source_of = np.searchsorted(self._starts, rows, side="right") - 1
+        for k in np.unique(source_of):
+            images, start, source_row, _ = self.sources[k]
+            mask = source_of == k
+            local = rows[mask] - start + source_row
             target = np.flatnonzero(mask)
-            images = f["images"]
             try:
                 for run_start, run_stop in _contiguous_runs(local):
                     first, last = local[run_start], local[run_stop - 1]
                     stored[target[run_start]:target[run_stop - 1] + 1] = images[first:last + 1]
             except (OSError, RuntimeError) as error:
-                raise InputError(f"{f.filename}: corrupted cache, images cannot be read",
+                raise InputError(f"{images.file.filename}: corrupted cache, images cannot be read",
                                  [f"rows {local.min()}..{local.max()}: {error}",
-                                  "delete the cache and rerun the preprocess stage"]) from None
-        return from_storage(stored)[np.searchsorted(unique, indices)]
+                                  "delete the cache (and its blocks folder) and rerun the preprocess stage"]) from None
+        return stored
 
     def verify(self, batch=256):
         """Read every stored image (checking each chunk's checksum); raise InputError if any fails."""
         for start in range(0, len(self), batch):
-            self.read(np.arange(start, min(start + batch, len(self))))
+            self.read_stored(np.arange(start, min(start + batch, len(self))))
         return True
 
 
@@ -856,7 +1012,7 @@ def open_cache(path, expected_params_hash=None):
 
     Raises InputError naming the file and the problem when the file is missing, truncated or
     corrupted, lacks a dataset or attribute, has inconsistent lengths, misses or mismatches a
-    part, or when its parameter hash differs from ``expected_params_hash``.
+    part or a block, or when its parameter hash differs from ``expected_params_hash``.
     """
     path = Path(path)
     if not path.is_file():
@@ -866,17 +1022,20 @@ def open_cache(path, expected_params_hash=None):
     except OSError as error:
         raise InputError(f"{path}: not a readable HDF5 cache (truncated or corrupted)",
                          [str(error), "delete it and rerun the preprocess stage"]) from None
+    files = []
     try:
         attrs, labels, strings = _read_checked_metadata(path, handle, expected_params_hash)
-        sources = _open_sources(path, handle, attrs, len(labels))
+        sources = _open_sources(path, handle, attrs, len(labels), files)
     except InputError:
-        handle.close()
+        for f in files + [handle]:
+            f.close()
         raise
     except (OSError, KeyError, ValueError, RuntimeError, TypeError) as error:
-        handle.close()
+        for f in files + [handle]:
+            f.close()
         raise InputError(f"{path}: corrupted cache", [f"{type(error).__name__}: {error}",
                                                       "delete it and rerun the preprocess stage"]) from None
-    return Cache(path, handle, sources, attrs, labels, strings)
+    return Cache(path, handle, sources, files, attrs, labels, strings)
 
 
 def _read_checked_metadata(path, handle, expected_params_hash):
@@ -920,32 +1079,78 @@ def _plain(value):
     return value
 
 
-def _open_sources(path, handle, attrs, n_rows):
+def _open_sources(path, handle, attrs, n_rows, files):
+    """The runs where a cache's images are stored (see :class:`Cache`); opened files go to ``files``."""
+    problems, sources, opened = [], [], {}
     if attrs.get("layout") != "virtual":
-        return [(handle, 0)]
-    problems, sources, offset = [], [], 0
-    for record in json.loads(attrs["parts"]):
-        part_path = path.parent / record["path"]
-        if record["rows"] == 0:
-            continue
-        try:
-            part = h5py.File(part_path, "r")
-        except (OSError, FileNotFoundError) as error:
-            problems.append(f"part {part_path}: {'missing' if not part_path.exists() else error}")
-            continue
-        if (_plain(part.attrs.get("part_digest")) != record["part_digest"] or "images" not in part
-                or part["images"].shape[0] != record["rows"]):
-            problems.append(f"part {part_path}: is not the part this cache was merged from (rebuilt or replaced)")
-            part.close()
-            continue
-        sources.append((part, offset))
-        offset += record["rows"]
-    if not problems and offset != n_rows:
-        problems.append(f"the parts hold {offset} rows, the cache {n_rows}")
+        sources = _stored_runs(path, handle, 0, problems, opened)
+    else:
+        offset = 0
+        for record in json.loads(attrs["parts"]):
+            part_path = path.parent / record["path"]
+            if record["rows"] == 0:
+                continue
+            try:
+                part = h5py.File(part_path, "r")
+            except (OSError, FileNotFoundError) as error:
+                problems.append(f"part {part_path}: {'missing' if not part_path.exists() else error}")
+                continue
+            opened[str(part_path.resolve())] = part
+            if (_plain(part.attrs.get("part_digest")) != record["part_digest"] or "images" not in part
+                    or part["images"].shape[0] != record["rows"]):
+                problems.append(f"part {part_path}: is not the part this cache was merged from (rebuilt or replaced)")
+                continue
+            sources += _stored_runs(part_path, part, offset, problems, opened)
+            offset += record["rows"]
+        if not problems and offset != n_rows:
+            problems.append(f"the parts hold {offset} rows, the cache {n_rows}")
+    files += list(opened.values())
     if problems:
-        for part, _ in sources:
-            part.close()
-        raise InputError(f"{path}: incomplete cache", problems + ["rerun the preprocess stage"])
-    if not sources:  # an empty cache: read from the file itself
-        sources = [(handle, 0)]
+        raise InputError(f"{path}: incomplete cache",
+                         problems + ["delete it and the part files beside it, and rerun the preprocess stage"])
+    return sources
+
+
+def _stored_runs(path, f, offset, problems, opened):
+    """Runs (images, first row, first source row, rows) of part or cache file ``f``, shifted by ``offset``.
+
+    A self-contained file stores its images itself; a block-backed part names its blocks
+    (attribute ``blocks``) and maps its rows onto them (dataset ``image_runs``).
+    """
+    images = f["images"]
+    if "image_runs" not in f:
+        return [(images, offset, 0, images.shape[0])] if images.shape[0] else []
+    blocks = []
+    for record in json.loads(_plain(f.attrs["blocks"])):
+        block_path = (Path(path).parent / record["file"]).resolve()
+        block = opened.get(str(block_path))
+        if block is None:
+            try:
+                block = opened[str(block_path)] = h5py.File(block_path, "r")
+            except (OSError, FileNotFoundError) as error:
+                problems.append(f"block {block_path}: {'missing' if not block_path.exists() else error}")
+                blocks.append(None)
+                continue
+        if (_plain(block.attrs.get("block_id")) != record["block_id"] or "images" not in block
+                or block["images"].shape[0] != record["rows"]):
+            problems.append(f"block {block_path}: is not the block {path} was built with (rebuilt or replaced)")
+            blocks.append(None)
+            continue
+        blocks.append(block["images"])
+    runs = f["image_runs"][:]
+    expected_row = 0
+    sources = []
+    for row, block, source_row, n in runs.tolist():
+        if row != expected_row or not 0 <= block < len(blocks) or n < 1:
+            problems.append(f"{path}: corrupted image_runs at row {row}")
+            break
+        expected_row = row + n
+        if blocks[block] is None:
+            continue
+        if source_row + n > blocks[block].shape[0]:
+            problems.append(f"{path}: rows {row}..{row + n - 1} lie outside block {block}")
+            continue
+        sources.append((blocks[block], offset + row, source_row, n))
+    if expected_row != images.shape[0] and not problems:
+        problems.append(f"{path}: image_runs cover {expected_row} of {images.shape[0]} rows")
     return sources

@@ -98,7 +98,7 @@ def _add_preprocess(sub):
     p.add_argument("--threads", type=int, default=1, help="decoding processes")
     p.add_argument("--shards", type=int, help="part files to write one after another (default: preprocess.shards)")
     p.add_argument("--no-reuse", action="store_true",
-                   help="decode every image instead of reusing unchanged ones from the previous build's parts")
+                   help="decode every image instead of reusing unchanged ones from the cache's blocks")
     _add_config_options(p, per_dataset=True)
     p.set_defaults(func=_cmd_preprocess)
 
@@ -106,7 +106,7 @@ def _add_preprocess(sub):
 def _cmd_preprocess(args):
     import pandas as pd
 
-    from .cache import build_cache_part, default_reuse_pool, merge_cache_parts
+    from .cache import build_cache_part, default_blocks_dir, merge_cache_parts
 
     options = _dataset_options(args)
     table = pd.read_csv(args.manifest, dtype=str, keep_default_na=False)
@@ -117,13 +117,13 @@ def _cmd_preprocess(args):
     n_shards = args.shards or options["preprocess"]["shards"]
     # Same layout as the workflow: results/x/cache.h5 has its parts in results/x/cache/.
     parts = [args.out.parent / args.out.stem / f"part-{i}-of-{n_shards}.h5" for i in range(n_shards)]
-    pool = default_reuse_pool(parts[0])
+    blocks = default_blocks_dir(parts[0])
     for shard, part in enumerate(parts):
         summary = build_cache_part(args.manifest, args.root, part, preprocess_options=options["preprocess"],
                                    io_options=options["io"], classes=classes, shard=shard, n_shards=n_shards,
-                                   threads=args.threads, previous=None if args.no_reuse else pool)
+                                   threads=args.threads, blocks=blocks, reuse=not args.no_reuse)
         print(f"{part}: {summary['rows']} images, {summary['decoded']} decoded, {summary['reused']} reused")
-    merge_cache_parts(parts, args.out, args.fingerprint, reuse_pool=pool)
+    merge_cache_parts(parts, args.out, args.fingerprint, blocks=blocks)
     for stale in set(parts[0].parent.glob("part-*-of-*.h5")) - set(parts):  # from another shard count
         stale.unlink()
     print(f"wrote {args.out} and {args.fingerprint}")

@@ -15,8 +15,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from medclassify.cache import (build_cache_part, merge_cache_parts, open_cache, params_hash, shard_bounds,
-                               values_hash)
+import medclassify.cache as cache_module
+from medclassify.cache import (build_cache_part, merge_cache_parts, open_cache, params_hash, referenced_blocks,
+                               shard_bounds, values_hash)
 from medclassify.errors import InputError
 from medclassify.io import read_sample
 from medclassify.preprocessing import preprocess_image, to_storage
@@ -39,19 +40,23 @@ def dataset(tmp_path_factory):
     return root, rows
 
 
-def build(manifest, root, results, *, n_shards=1, threads=1, previous=None, layout="virtual", **overrides):
-    """Build every shard and merge, like the workflow does; return (cache path, summaries)."""
+def build(manifest, root, results, *, n_shards=1, threads=1, blocks=True, reuse=True, layout="virtual", **overrides):
+    """Build every shard and merge, like the workflow does; return (cache path, summaries).
+
+    Images go to blocks in ``results/cache/blocks`` (the workflow's layout) unless ``blocks`` is
+    false (self-contained parts).
+    """
     preprocess, io = options(**overrides)
+    blocks = Path(results) / "cache" / "blocks" if blocks else None
     parts, summaries = [], []
     for shard in range(n_shards):
         part = Path(results) / "cache" / f"part-{shard}-of-{n_shards}.h5"
         summaries.append(build_cache_part(manifest, root, part, preprocess_options=preprocess, io_options=io,
                                           classes=CLASSES, shard=shard, n_shards=n_shards, threads=threads,
-                                          previous=previous))
+                                          blocks=blocks, reuse=reuse))
         parts.append(part)
     cache = Path(results) / "cache.h5"
-    merge_cache_parts(parts, cache, Path(results) / "fingerprint.json",
-                      reuse_pool=Path(results) / "cache" / ".previous", layout=layout)
+    merge_cache_parts(parts, cache, Path(results) / "fingerprint.json", blocks=blocks, layout=layout)
     return cache, summaries
 
 
@@ -144,7 +149,9 @@ def test_output_bytes_do_not_depend_on_thread_count(dataset, tmp_path):
     manifest = write_manifest(rows, tmp_path / "m.csv")
     one, _ = build(manifest, root, tmp_path / "t1", n_shards=2, threads=1)
     two, _ = build(manifest, root, tmp_path / "t2", n_shards=2, threads=2)
-    for name in ("cache/part-0-of-2.h5", "cache/part-1-of-2.h5", "cache.h5", "fingerprint.json"):
+    blocks = sorted(p.relative_to(tmp_path / "t1") for p in (tmp_path / "t1" / "cache" / "blocks").iterdir())
+    assert len(blocks) == 2
+    for name in ["cache/part-0-of-2.h5", "cache/part-1-of-2.h5", "cache.h5", "fingerprint.json"] + blocks:
         assert (tmp_path / "t1" / name).read_bytes() == (tmp_path / "t2" / name).read_bytes(), name
 
 
@@ -152,9 +159,10 @@ def test_incremental_build_decodes_only_new_and_changed_images(dataset, tmp_path
     root, rows = dataset
     root = Path(shutil.copytree(root, tmp_path / "data"))
     results = tmp_path / "results"
-    pool = results / "cache" / ".previous"
+    blocks = results / "cache" / "blocks"
     build(write_manifest(rows, results / "manifest.validated.csv"), root, results, n_shards=2)
-    assert sorted(p.name for p in pool.iterdir()) == ["part-0-of-2.h5", "part-1-of-2.h5"]
+    first_blocks = {p.name: p.read_bytes() for p in blocks.iterdir()}
+    assert len(first_blocks) == 2 and all(name.startswith("block-") for name in first_blocks)
 
     # the manifest gains two images, loses one, and one image changes on disk
     grown = make_dataset(root, 2, start=100)
@@ -163,22 +171,38 @@ def test_incremental_build_decodes_only_new_and_changed_images(dataset, tmp_path
     changed = manifest_row(root, rows[5]["path"], rows[5]["label"], rows[5]["patient"])
     new_rows = rows[:5] + [changed] + rows[6:20] + grown + rows[21:]
     manifest = write_manifest(new_rows, results / "manifest.validated.csv")
-    # Snakemake deletes the outputs before rerunning: only the pool remains
+    # Snakemake deletes the outputs before rerunning: only the blocks folder remains
     for part in (results / "cache").glob("part-*.h5"):
         part.unlink()
     (results / "cache.h5").unlink()
-    _, summaries = build(manifest, root, results, n_shards=2, previous=pool)
+    _, summaries = build(manifest, root, results, n_shards=2)
     assert sum(s["decoded"] for s in summaries) == 3
     assert sum(s["reused"] for s in summaries) == len(new_rows) - 3
+    # the unchanged images stay where they were, untouched; each shard wrote one new block
+    now = {p.name: p for p in blocks.iterdir()}
+    assert len(now) == 4 and all(now[name].read_bytes() == data for name, data in first_blocks.items())
 
-    # identical, byte for byte, to a full build from scratch
+    # reads like a full build from scratch
     full = tmp_path / "full"
     build(manifest, root, full, n_shards=2)
-    for name in ("cache/part-0-of-2.h5", "cache/part-1-of-2.h5", "cache.h5", "fingerprint.json"):
-        assert (results / name).read_bytes() == (full / name).read_bytes(), name
-    with open_cache(results / "cache.h5") as cache:
-        np.testing.assert_array_equal(np.rint(cache.read(range(len(cache))) * 255).astype(np.uint8),
-                                      expected_images(root, new_rows))
+    assert (results / "fingerprint.json").read_bytes() == (full / "fingerprint.json").read_bytes()
+    with open_cache(results / "cache.h5") as cache, open_cache(full / "cache.h5") as scratch:
+        np.testing.assert_array_equal(cache.read_stored(range(len(cache))), expected_images(root, new_rows))
+        np.testing.assert_array_equal(cache.read_stored(range(len(cache))), scratch.read_stored(range(len(scratch))))
+        assert (cache.sample_ids, cache.content_hashes, cache.patients) == (
+            scratch.sample_ids, scratch.content_hashes, scratch.patients)
+        np.testing.assert_array_equal(cache.labels, scratch.labels)
+    with h5py.File(results / "cache.h5") as f:  # the merged file maps the blocks for any HDF5 reader
+        np.testing.assert_array_equal(f["images"][:], expected_images(root, new_rows))
+
+    # dropping the two new images again: the merge deletes the block that only they were in
+    for part in (results / "cache").glob("part-*.h5"):
+        part.unlink()
+    _, summaries = build(write_manifest(new_rows[:20] + new_rows[22:], results / "m2.csv"), root, results, n_shards=2)
+    assert sum(s["decoded"] for s in summaries) == 0
+    kept = {p.name for p in blocks.iterdir()}
+    assert kept == set().union(*(referenced_blocks(p) for p in (results / "cache").glob("part-*.h5")))
+    assert len(kept) == 3 and set(first_blocks) < kept
 
 
 def test_resharding_reuses_every_image(dataset, tmp_path):
@@ -186,22 +210,50 @@ def test_resharding_reuses_every_image(dataset, tmp_path):
     results = tmp_path / "results"
     manifest = write_manifest(rows, tmp_path / "m.csv")
     build(manifest, root, results, n_shards=2)
-    _, summaries = build(manifest, root, tmp_path / "again", n_shards=3, previous=results / "cache" / ".previous")
+    _, summaries = build(manifest, root, results, n_shards=3)
     assert sum(s["decoded"] for s in summaries) == 0
+    with open_cache(results / "cache.h5") as cache:
+        np.testing.assert_array_equal(cache.read_stored(range(len(cache))), expected_images(root, rows))
 
 
 def test_reuse_needs_equal_values_but_not_equal_compression(dataset, tmp_path):
     root, rows = dataset
     manifest = write_manifest(rows, tmp_path / "m.csv")
     build(manifest, root, tmp_path / "lzf")
-    pool = tmp_path / "lzf" / "cache" / ".previous"
-    _, resized = build(manifest, root, tmp_path / "small", previous=pool, size=[32, 32])
+    for name in ("small", "gzip"):
+        shutil.copytree(tmp_path / "lzf" / "cache" / "blocks", tmp_path / name / "cache" / "blocks")
+    _, resized = build(manifest, root, tmp_path / "small", size=[32, 32])
     assert resized[0]["decoded"] == len(rows)
-    gzip_cache, recompressed = build(manifest, root, tmp_path / "gzip", previous=pool, compression="gzip")
-    assert recompressed[0]["decoded"] == 0
+    gzip_cache, recompressed = build(manifest, root, tmp_path / "gzip", compression="gzip")
+    assert recompressed[0]["decoded"] == 0 and recompressed[0]["reused"] == len(rows)
     with open_cache(gzip_cache) as a, open_cache(tmp_path / "lzf" / "cache.h5") as b:
-        assert a.sources[0][0]["images"].compression == "gzip"
+        assert a.sources[0][0].compression == "gzip"  # re-encoded into a block of its own
         np.testing.assert_array_equal(a.read(range(len(a))), b.read(range(len(b))))
+    # the lzf block, no longer referenced there, is gone
+    assert len(list((tmp_path / "gzip" / "cache" / "blocks").iterdir())) == 1
+
+
+def test_a_part_points_into_a_bounded_number_of_blocks(dataset, tmp_path, monkeypatch):
+    monkeypatch.setattr(cache_module, "MAX_BLOCKS_PER_PART", 2)
+    root, rows = dataset
+    results = tmp_path / "r"
+    part = results / "cache" / "part-0-of-1.h5"
+    for n in (20, 22, 24):  # each build adds two images: a new block each time
+        _, summaries = build(write_manifest(rows[:n], tmp_path / "m.csv"), root, results)
+        assert summaries[0]["decoded"] == (20 if n == 20 else 2)
+    # the third build gathered the smaller earlier block's two images into its own block
+    assert summaries[0]["reused"] == 22
+    assert len(referenced_blocks(part)) == 2
+    with open_cache(results / "cache.h5") as cache:
+        np.testing.assert_array_equal(cache.read_stored(range(len(cache))), expected_images(root, rows))
+
+
+def test_no_reuse_decodes_every_image(dataset, tmp_path):
+    root, rows = dataset
+    manifest = write_manifest(rows, tmp_path / "m.csv")
+    build(manifest, root, tmp_path / "r")
+    _, summaries = build(manifest, root, tmp_path / "r", reuse=False)
+    assert summaries[0]["decoded"] == len(rows)
 
 
 def test_copy_layout_is_self_contained(dataset, tmp_path):
@@ -271,21 +323,23 @@ def test_refuses_missing_truncated_and_garbage_files(dataset, tmp_path):
     assert "'labels' is missing" in str(caught.value) and "'params_hash' is missing" in str(caught.value)
 
 
-def test_detects_a_corrupted_image_chunk(dataset, tmp_path):
+@pytest.mark.parametrize("blocks", [True, False], ids=["in a block", "in a self-contained part"])
+def test_detects_a_corrupted_image_chunk(dataset, tmp_path, blocks):
     root, rows = dataset
-    cache_path, _ = build(write_manifest(rows, tmp_path / "m.csv"), root, tmp_path / "r")
-    part = tmp_path / "r" / "cache" / "part-0-of-1.h5"
-    with h5py.File(part) as f:
+    cache_path, _ = build(write_manifest(rows, tmp_path / "m.csv"), root, tmp_path / "r", blocks=blocks)
+    stored = (next((tmp_path / "r" / "cache" / "blocks").iterdir()) if blocks
+              else tmp_path / "r" / "cache" / "part-0-of-1.h5")
+    with h5py.File(stored) as f:
         info = f["images"].id.get_chunk_info(7)
-    data = bytearray(part.read_bytes())
+    data = bytearray(stored.read_bytes())
     for k in range(info.byte_offset + 10, info.byte_offset + 20):
         data[k] ^= 0xFF
-    part.write_bytes(bytes(data))
+    stored.write_bytes(bytes(data))
     with open_cache(cache_path) as cache:
         cache.read([0, 6, 8])  # intact rows still read
         with pytest.raises(InputError, match="corrupted cache") as caught:
             cache.read([3, 7])
-        assert "part-0-of-1.h5" in str(caught.value)
+        assert stored.name in str(caught.value)
         with pytest.raises(InputError, match="corrupted cache"):
             cache.verify()
 
@@ -437,7 +491,7 @@ def test_float16_storage(dataset, tmp_path):
     expected = np.stack([preprocess_image(read_sample(Path(root) / r["path"], None, io).pixels, preprocess)
                          for r in rows[:6]])
     with open_cache(cache_path) as cache:
-        assert cache.sources[0][0]["images"].dtype == np.float16
+        assert cache.sources[0][0].dtype == np.float16
         images = cache.read(range(6))
         assert images.dtype == np.float32
         np.testing.assert_allclose(images, expected, atol=1e-3)
@@ -460,18 +514,34 @@ def test_threads_replace_processes_when_forking_is_unsafe(dataset, tmp_path):
         assert (tmp_path / "processes" / name).read_bytes() == (tmp_path / "threads" / name).read_bytes()
 
 
-def test_a_corrupted_reuse_pool_stops_the_build(dataset, tmp_path):
+def test_refuses_a_part_whose_block_is_missing_or_replaced(dataset, tmp_path):
     root, rows = dataset
     manifest = write_manifest(rows, tmp_path / "m.csv")
-    build(manifest, root, tmp_path / "r")
-    pooled = tmp_path / "r" / "cache" / ".previous" / "part-0-of-1.h5"
-    with h5py.File(pooled) as f:
-        offset = f["images"].id.get_chunk_info(4).byte_offset
-    data = bytearray(pooled.read_bytes())
-    data[offset + 8:offset + 16] = bytes(8)
-    pooled.write_bytes(bytes(data))
-    preprocess, io = options()
-    with pytest.raises(InputError, match="corrupted file in the reuse pool"):
-        build_cache_part(manifest, root, tmp_path / "again.h5", preprocess_options=preprocess, io_options=io,
-                         classes=CLASSES, previous=pooled.parent)
-    assert not (tmp_path / "again.h5").exists()
+    cache_path, _ = build(manifest, root, tmp_path / "r", n_shards=2)
+    part = tmp_path / "r" / "cache" / "part-1-of-2.h5"
+    block = tmp_path / "r" / "cache" / "blocks" / next(iter(referenced_blocks(part)))
+    saved = block.read_bytes()
+    block.unlink()
+    for path in (cache_path, part):
+        with pytest.raises(InputError, match="incomplete cache") as caught:
+            open_cache(path)
+        assert f"{block.name}: missing" in str(caught.value)
+    # another block under the same name (e.g. copied from elsewhere) is not silently mixed in
+    other = next(p for p in block.parent.iterdir())
+    shutil.copyfile(other, block)
+    with pytest.raises(InputError, match="is not the block"):
+        open_cache(cache_path)
+    block.write_bytes(saved)
+    open_cache(cache_path).close()
+
+
+def test_a_killed_block_write_is_ignored_and_removed(dataset, tmp_path):
+    root, rows = dataset
+    manifest = write_manifest(rows, tmp_path / "m.csv")
+    blocks = tmp_path / "r" / "cache" / "blocks"
+    blocks.mkdir(parents=True)
+    (blocks / ".block-0123.h5.tmp").write_bytes(b"half a block")
+    (blocks / "block-0123.h5").write_bytes(b"not hdf5")  # e.g. truncated by a full disk
+    _, summaries = build(manifest, root, tmp_path / "r")
+    assert summaries[0]["decoded"] == len(rows)
+    assert [p.name for p in blocks.iterdir()] == list(referenced_blocks(tmp_path / "r" / "cache" / "part-0-of-1.h5"))

@@ -6,12 +6,12 @@ from pathlib import Path
 sys.path.insert(0, str(Path(snakemake.scriptdir).parents[1]))  # the library, at the repository root
 
 from medclassify.runlog import log_output
-from medclassify.cache import default_reuse_pool, merge_cache_parts
+from medclassify.cache import default_blocks_dir, merge_cache_parts
 
 with log_output(snakemake.log[0]):
     merge_cache_parts(
         snakemake.input.parts,
         snakemake.output.cache,
         snakemake.output.fingerprint,
-        reuse_pool=default_reuse_pool(snakemake.input.parts[0]),
+        blocks=default_blocks_dir(snakemake.input.parts[0]),
     )
