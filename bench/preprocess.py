@@ -183,6 +183,9 @@ def measure_decode(args):
     rows = pd.read_csv(args.manifest, dtype=str, keep_default_na=False)
     paths = list(rows["path"])
     batches = [(args.root, paths[s:s + 32]) for s in range(0, len(paths), 32)]
+    # Like the stage (which probes the first image before it forks its workers), load the reader
+    # first: otherwise every worker imports it (pydicom: ~0.3 s of CPU each) inside the timed part.
+    _decode_only((args.root, paths[:1]))
     cpu = _cpu_seconds()
     started = time.perf_counter()
     with concurrent.futures.ProcessPoolExecutor(args.threads) as pool:
@@ -272,8 +275,12 @@ def bench_format(kind, n, size, threads, base, repeat):
     extra = generate(root, kind, n, max(1, n // 100), size, threads, record=base / f"{kind}.extra-{n}.csv")
     grown = write_manifest(rows + extra, base / f"{kind}.grown.csv")
     incremental_work = base / f"{kind}-incremental"
-    shutil.copytree(work / "cache" / "blocks", incremental_work / "cache" / "blocks")
-    result["incremental"] = run_measure("stage", work=incremental_work, **{**common, "manifest": grown})
+    for _ in range(repeat):  # the fastest of as many runs as (a), from the full build's blocks each time
+        shutil.rmtree(incremental_work, ignore_errors=True)
+        shutil.copytree(work / "cache" / "blocks", incremental_work / "cache" / "blocks")
+        run = run_measure("stage", work=incremental_work, **{**common, "manifest": grown})
+        if result.get("incremental") is None or run["seconds"] < result["incremental"]["seconds"]:
+            result["incremental"] = run
     try:
         result["validate"] = run_measure("validate", work=base, **common)
     except RuntimeError as error:
