@@ -69,6 +69,7 @@ import concurrent.futures
 import datetime
 import hashlib
 import io as _stringio
+import itertools
 import json
 import multiprocessing
 import os
@@ -98,6 +99,7 @@ DECODE_BATCH = 32
 TASKS_IN_FLIGHT_PER_WORKER = 3
 STORAGE_ONLY_OPTIONS = ("shards", "compression", "compression_level")
 COPY_BLOCK = 256  # rows per read/write when copying images between files
+DIGEST_ROWS_PER_UPDATE = 65536
 ATTRIBUTES = ("params_hash", "params", "classes", "library_version", "manifest_hash", "created")
 BLOCKS_DIRNAME = "blocks"
 BLOCK_PREFIX = "block-"
@@ -173,14 +175,19 @@ def load_validated_manifest(validated_manifest):
         raise InputError(f"{name}: not a validated manifest", [f"missing column {c!r}" for c in missing])
     table = table.reset_index(drop=True)
     # object dtype: a list of None and ints would otherwise become float with NaN.
-    table["index"] = pd.Series([_parse_index(v) for v in table["index"]], dtype=object)
+    table["index"] = _parse_indices(table["index"])
     return table, digest, name
 
 
-def _parse_index(value):
-    if value is None or (isinstance(value, float) and np.isnan(value)) or str(value).strip() in ("", "<NA>", "nan"):
-        return None
-    return int(float(value))
+def _parse_indices(column):
+    """The ``index`` column as Python ints, None where empty (a 2D file)."""
+    text = column.astype("string").str.strip()
+    blank = (text.isna() | text.isin(["", "<NA>", "nan"])).to_numpy()
+    indices = pd.Series([None] * len(column), dtype=object)
+    if not blank.all():  # only multi-sample files (DICOM frames, NIfTI slices) have an index
+        numbers = pd.to_numeric(text[~blank].to_numpy(dtype=object)).astype(np.float64).astype(np.int64)
+        indices[~blank] = [int(number) for number in numbers]
+    return indices
 
 
 def _label_indices(table, classes, name, row_offset):
@@ -327,16 +334,38 @@ def _max_shape(n_rows, image_shape):
 
 def _write_row_datasets(f, labels, table):
     f.create_dataset("labels", data=labels, dtype=np.int64, track_times=False)
-    text = h5py.string_dtype("utf-8")
     for name in STRING_DATASETS:
-        values = np.array([str(v) for v in table[name].tolist()], dtype=object)
-        f.create_dataset(name, data=values, shape=(len(values),), dtype=text, track_times=False)
+        _write_strings(f, name, [str(v) for v in table[name].tolist()])
+
+
+def _write_strings(f, name, values):
+    """A dataset of UTF-8 strings, fixed-length (as long as the longest value).
+
+    Fixed-length strings write and read about three times faster than variable-length ones
+    (which HDF5 stores on its heap one by one), and the per-row strings are a good part of what
+    an incremental build costs. Readers use ``.asstr()``, which reads either kind. Validation
+    refuses control characters, so no value has a NUL (which fixed-length strings would drop).
+    """
+    encoded = [value.encode("utf-8") for value in values]
+    bad = [value for value in values if "\x00" in value]
+    if bad:
+        raise InputError(f"cannot store {name!r} values with a NUL character", [repr(v) for v in bad])
+    length = max(1, max(map(len, encoded), default=1))
+    dataset = f.create_dataset(name, shape=(len(encoded),), dtype=h5py.string_dtype("utf-8", length),
+                               track_times=False)
+    if encoded:
+        # h5py has no conversion from NumPy bytes to a UTF-8 file type; the bytes are UTF-8 already.
+        dataset.id.write(h5py.h5s.ALL, h5py.h5s.ALL, np.array(encoded, dtype=f"S{length}"),
+                         mtype=dataset.id.get_type())
 
 
 def _part_digest(params_hash_, content_hashes, sample_ids):
     digest = hashlib.sha256(params_hash_.encode())
-    for sample_id, content in zip(sample_ids, content_hashes):
-        digest.update(f"\x00{sample_id}\x01{content}".encode("utf-8"))
+    rows = iter(zip(sample_ids, content_hashes))
+    # One update per many rows (the same bytes as one per row): the digest is computed three
+    # times per build, and per-row calls were a visible part of an incremental build.
+    while chunk := list(itertools.islice(rows, DIGEST_ROWS_PER_UPDATE)):
+        digest.update("".join(f"\x00{sample_id}\x01{content}" for sample_id, content in chunk).encode("utf-8"))
     return digest.hexdigest()[:32]
 
 
@@ -571,9 +600,7 @@ def _write_block(store, rows, found, row_numbers, decoding):
     store.folder.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp:
         with _create_h5(tmp) as f:
-            text = h5py.string_dtype("utf-8")
-            f.create_dataset("content_hash", data=np.array(content, dtype=object), shape=(len(content),), dtype=text,
-                             track_times=False)
+            _write_strings(f, "content_hash", content)
             images = f.create_dataset("images", shape=(len(rows),) + decoding.shape, dtype=decoding.storage_dtype,
                                       chunks=(1,) + decoding.shape, **decoding.image_options)
             fingerprint = _fill_images(images, rows, found, store, row_numbers, decoding)
@@ -758,10 +785,8 @@ def _write_merged(f, parts, opened, out_cache, layout):
     shape = (total,) + tuple(first.image_shape)
     labels = np.concatenate([c.labels for c in opened])
     f.create_dataset("labels", data=labels, dtype=np.int64, track_times=False)
-    text = h5py.string_dtype("utf-8")
     for name, attribute in zip(STRING_DATASETS, ("sample_ids", "patients", "content_hashes", "modalities")):
-        values = np.array([v for c in opened for v in getattr(c, attribute)], dtype=object)
-        f.create_dataset(name, data=values, shape=(total,), dtype=text, track_times=False)
+        _write_strings(f, name, [v for c in opened for v in getattr(c, attribute)])
     part_records = []
     for path, cache in zip(parts, opened):
         relative = os.path.relpath(path.resolve(), out_cache.resolve().parent)
@@ -848,7 +873,9 @@ def compute_fingerprint(opened):
     classes = opened[0].classes
     labels = np.concatenate([c.labels for c in opened])
     patients = {p for c in opened for p in c.patients}
-    modalities = np.array([m for c in opened for m in c.modalities], dtype=object)
+    # Modalities as codes into their sorted names: one hashing pass instead of string sorts.
+    modality_codes, modality_names = pd.factorize(pd.Series([m for c in opened for m in c.modalities], dtype=object),
+                                                  sort=True)
     shapes = np.concatenate([c.handle["source_shape"][:] for c in opened]).reshape(-1, 3)
     spacings = np.concatenate([c.handle["source_spacing"][:] for c in opened]).reshape(-1, 2)
     counts = np.bincount(labels, minlength=len(classes)) if len(labels) else np.zeros(len(classes), int)
@@ -858,8 +885,9 @@ def compute_fingerprint(opened):
         "class_counts": {name: int(n) for name, n in zip(classes, counts)},
         "sizes": _size_summary(shapes),
         "spacings": _spacing_summary(spacings),
-        "intensity_percentiles": _intensity_summary(opened, modalities),
-        "modalities": {str(m): int(n) for m, n in zip(*np.unique(modalities.astype(str), return_counts=True))} if len(modalities) else {},
+        "intensity_percentiles": _intensity_summary(opened, modality_codes, modality_names),
+        "modalities": {str(m): int(n) for m, n in zip(modality_names, np.bincount(modality_codes,
+                                                                                 minlength=len(modality_names)))},
         "params_hash": opened[0].attrs["params_hash"],
         "params": json.loads(opened[0].attrs["params"]),
         "image_shape": list(opened[0].image_shape),
@@ -892,9 +920,9 @@ def _spacing_summary(spacings):
 MAX_INTENSITY_VALUES = 4_000_000
 
 
-def _intensity_summary(opened, modalities):
+def _intensity_summary(opened, modality_codes, modality_names):
     summary = {}
-    n_total = len(modalities)
+    n_total = len(modality_codes)
     if n_total == 0:
         return summary
     step = max(1, (n_total * INTENSITY_SAMPLES) // MAX_INTENSITY_VALUES)
@@ -906,9 +934,9 @@ def _intensity_summary(opened, modalities):
         rows = np.arange(first, n, step)
         if len(rows):
             values = cache.handle["source_intensity"][first::step]  # a strided slice, not a fancy read
-            row_modalities = modalities[offset + rows].astype(str)
-            for modality in np.unique(row_modalities):
-                pooled[str(modality)].append(values[row_modalities == modality].ravel())
+            row_codes = modality_codes[offset + rows]
+            for code in np.unique(row_codes):
+                pooled[str(modality_names[code])].append(values[row_codes == code].ravel())
         offset += n
     levels = (0.5, 1, 5, 25, 50, 75, 95, 99, 99.5)
     for modality, chunks in sorted(pooled.items()):

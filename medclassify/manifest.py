@@ -53,7 +53,7 @@ PROBLEM_CODES = {
     "duplicate_column": "error", "missing_column": "error", "reserved_column": "error",
     "too_few_images": "error", "too_few_classes": "error",
     # one row
-    "malformed_row": "error", "empty_field": "error", "whitespace_in_field": "warning",
+    "malformed_row": "error", "empty_field": "error", "control_character": "error", "whitespace_in_field": "warning",
     "unknown_label": "error", "invalid_split": "error", "missing_split": "warning",
     "path_outside_root": "error", "missing_file": "error", "not_a_file": "error", "unreadable_file": "error",
     "duplicate_row": "error", "duplicate_path": "error",
@@ -449,6 +449,11 @@ def _check_fields(rows, labels, salt, problems, root_real):
                              f"row {number}: {column} is {shown}")
                 values[column] = None
                 continue
+            if _has_control_character(value):
+                problems.add(number, path_text or None, "control_character", "error",
+                             f"row {number}: {column} {value!r} contains a control character")
+                values[column] = None
+                continue
             if column != "path" and value != value.strip():
                 problems.add(number, path_text, "whitespace_in_field", "warning",
                              f"row {number}: {column} {value.strip()!r} has leading/trailing spaces; they were removed")
@@ -481,6 +486,11 @@ def _check_fields(rows, labels, salt, problems, root_real):
                          f"row {number}: the split column is empty here but not in other rows "
                          "(split.method: predefined needs every row's split)")
     return records
+
+
+def _has_control_character(value):
+    # Tabs and newlines inside a quoted CSV field included: they break every report table.
+    return any(ord(character) < 32 or ord(character) == 127 for character in value.strip())
 
 
 def _label_hint(label, allowed):

@@ -124,6 +124,19 @@ def test_quoted_fields_and_whitespace(tmp_path):
     assert result.table["label"].tolist() == ["x", "x", "y", "y"]
 
 
+def test_control_characters_in_fields_are_errors(tmp_path):
+    root = tmp_path / "data"
+    for name in "abcd":
+        write_png(root / f"{name}.png", seed=ord(name))
+    manifest = root / "m.csv"
+    manifest.write_text('path,label,patient,modality\na.png,x,p1,"X\x00R"\nb.png,x,"p\t2",XR\n'
+                        'c.png,y,p3,XR\nd.png,y,p4,XR\n')
+    result = validate(manifest, root, min_images_per_class=1)
+    assert not result.ok
+    problems = [(p.row, p.code) for p in result.problems if p.code == "control_character"]
+    assert problems == [(1, "control_character"), (2, "control_character")]
+
+
 def test_mixed_label_patient_policies(tmp_path):
     root = tmp_path / "data"
     manifest = make_dataset(root)
