@@ -108,6 +108,34 @@ def test_cache_holds_preprocessed_images_and_metadata_in_manifest_order(dataset,
             assert json.loads(f.attrs["params"])["preprocess"]["intensity"] == "percentile"
 
 
+def test_strings_of_any_length_and_script_round_trip(dataset, tmp_path):
+    root, rows = dataset
+    modalities = ["US", "échographie", "超音波", "M" * 70]
+    rows = [dict(r, sample_id=f"{r['sample_id']}-{'ü' * i}", modality=modalities[i % 4]) for i, r in enumerate(rows)]
+    cache_path, _ = build(write_manifest(rows, tmp_path / "manifest.validated.csv"), root, tmp_path / "results")
+    with open_cache(cache_path) as cache:
+        assert cache.sample_ids == [r["sample_id"] for r in rows]
+        assert cache.modalities == [r["modality"] for r in rows]
+    fingerprint = json.loads((tmp_path / "results" / "fingerprint.json").read_text())
+    assert fingerprint["modalities"] == {m: len(rows) // 4 for m in sorted(modalities)}
+
+
+def test_reads_a_cache_with_variable_length_strings(dataset, tmp_path):
+    # Caches written before the strings became fixed-length hold them variable-length.
+    root, rows = dataset
+    cache_path, _ = build(write_manifest(rows, tmp_path / "manifest.validated.csv"), root, tmp_path / "results")
+    for path in [cache_path, tmp_path / "results" / "cache" / "part-0-of-1.h5"]:
+        with h5py.File(path, "r+") as f:
+            for name in cache_module.STRING_DATASETS:
+                values = f[name].asstr()[:]
+                assert f[name].dtype.kind == "S"  # written fixed-length
+                del f[name]
+                f.create_dataset(name, data=values, dtype=h5py.string_dtype("utf-8"))
+    with open_cache(cache_path) as cache:
+        assert cache.sample_ids == [r["sample_id"] for r in rows]
+        assert cache.content_hashes == [r["content_hash"] for r in rows]
+
+
 def test_read_any_order_with_repeats(dataset, tmp_path):
     root, rows = dataset
     cache_path, _ = build(write_manifest(rows, tmp_path / "m.csv"), root, tmp_path / "r", n_shards=3)
