@@ -38,9 +38,12 @@ Image blocks and incremental builds
     A part points into at most ``MAX_BLOCKS_PER_PART`` blocks: beyond that, the build gathers
     the images of the blocks it uses least into its new block (re-encoded, not decoded), so a
     reader keeps a bounded number of files open however many incremental builds there were.
+    It also gathers its images from any block of which it uses less than ``MIN_BLOCK_USE``
+    (half): so every block still referenced is at least half used by one part, and the blocks
+    hold at most twice the images the cache uses, whatever was removed from the manifest.
     After a successful merge, blocks that no part references are deleted. A block file that
     cannot be opened is ignored (and deleted by the merge); a corrupted chunk fails its
-    Fletcher-32 checksum when read, naming the block. Resharding keeps every image referenced.
+    Fletcher-32 checksum when read, naming the block. Resharding decodes no image.
 
 Determinism
     Decoding runs in ``threads`` worker processes; one writer in the calling process writes rows
@@ -107,6 +110,9 @@ LEGACY_POOL_DIRNAME = ".previous"  # the copy-based reuse pool of earlier versio
 # A reader opens every block its parts point into; beyond this many per part, a build gathers
 # the images of the least-used blocks into its new block (see _referenced_rows).
 MAX_BLOCKS_PER_PART = 16
+# A part gathers the images it uses from a block of which it uses less than this fraction, so
+# that images dropped from the manifest cannot pile up in blocks kept alive by a few others.
+MIN_BLOCK_USE = 0.5
 
 
 # --------------------------------------------------------------------------- parameters
@@ -411,6 +417,10 @@ class _BlockStore:
         """(block index, row) holding the image with ``content_hash``, or None."""
         return self.where.get(content_hash)
 
+    def rows(self, file_index):
+        """Number of images in block ``file_index``."""
+        return self.files[file_index][1].shape[0]
+
     def stores_like(self, file_index):
         """Whether block ``file_index`` encodes images as configured (then they can be referenced)."""
         if file_index not in self._stores_like:
@@ -535,7 +545,7 @@ def _write_block_backed_part(out_part, rows, labels, attrs, row_numbers, decodin
             new_block = _write_block(store, rows.iloc[new_rows].reset_index(drop=True), [found[i] for i in new_rows],
                                      row_numbers[new_rows], decoding)
         used = sorted({hit[0] for hit in referenced if hit is not None})
-        records = {store.names[k]: store.files[k][1].shape[0] for k in used}
+        records = {store.names[k]: store.rows(k) for k in used}
         if new_block:
             records[new_block.name] = len(new_rows)
         names = sorted(records)
@@ -570,13 +580,18 @@ def _write_block_backed_part(out_part, rows, labels, attrs, row_numbers, decodin
 def _referenced_rows(store, found):
     """``found`` without the hits that must be copied into the new block rather than referenced.
 
-    Those are the hits in blocks that store images otherwise (another compression), and, when
-    a part would point into more than ``MAX_BLOCKS_PER_PART`` blocks, the hits in the blocks it
-    uses least: after many incremental builds a part's images are thus gathered again, so that a
-    reader never holds more than that many blocks open per part.
+    Those are the hits in blocks that store images otherwise (another compression), in blocks
+    the part uses less than ``MIN_BLOCK_USE`` of (bounded disk use), and, when a part would
+    point into more than ``MAX_BLOCKS_PER_PART`` blocks, in the blocks it uses least: after many
+    incremental builds a part's images are thus gathered again, so that a reader never holds
+    more than that many blocks open per part.
     """
     referenced = [hit if hit is not None and store.stores_like(hit[0]) else None for hit in found]
     counts = collections.Counter(hit[0] for hit in referenced if hit is not None)
+    sparse = {k for k, n in counts.items() if n < MIN_BLOCK_USE * store.rows(k)}
+    if sparse:
+        referenced = [None if hit is not None and hit[0] in sparse else hit for hit in referenced]
+        counts = collections.Counter({k: n for k, n in counts.items() if k not in sparse})
     if len(counts) + any(hit is None for hit in referenced) > MAX_BLOCKS_PER_PART:
         # what stays referenced, plus the new block that takes the rest, fits the limit
         n_gathered = len(counts) + 1 - MAX_BLOCKS_PER_PART

@@ -209,6 +209,7 @@ def test_incremental_build_decodes_only_new_and_changed_images(dataset, tmp_path
     # the unchanged images stay where they were, untouched; each shard wrote one new block
     now = {p.name: p for p in blocks.iterdir()}
     assert len(now) == 4 and all(now[name].read_bytes() == data for name, data in first_blocks.items())
+    grown_block = next(name for name, path in now.items() if block_hashes(path) == [r["content_hash"] for r in grown])
 
     # reads like a full build from scratch
     full = tmp_path / "full"
@@ -230,7 +231,31 @@ def test_incremental_build_decodes_only_new_and_changed_images(dataset, tmp_path
     assert sum(s["decoded"] for s in summaries) == 0
     kept = {p.name for p in blocks.iterdir()}
     assert kept == set().union(*(referenced_blocks(p) for p in (results / "cache").glob("part-*.h5")))
-    assert len(kept) == 3 and set(first_blocks) < kept
+    assert grown_block not in kept and set(first_blocks) < kept
+
+
+def block_hashes(path):
+    with h5py.File(path, "r") as f:
+        return f["content_hash"].asstr()[:].tolist()
+
+
+def test_images_are_gathered_out_of_a_block_used_less_than_half(dataset, tmp_path):
+    root, rows = dataset
+    results = tmp_path / "results"
+    blocks = results / "cache" / "blocks"
+    build(write_manifest(rows, tmp_path / "m.csv"), root, results)
+    (first,) = blocks.iterdir()
+    # half of the block is still used: referenced where it is
+    _, summaries = build(write_manifest(rows[:12], tmp_path / "m.csv"), root, results)
+    assert summaries[0]["decoded"] == 0 and [p.name for p in blocks.iterdir()] == [first.name]
+    # a third: the eight images move to a block of their own (re-encoded, not decoded) and the
+    # old block, holding sixteen unused images, is deleted
+    _, summaries = build(write_manifest(rows[:8], tmp_path / "m.csv"), root, results)
+    assert summaries[0] == dict(summaries[0], rows=8, decoded=0, reused=8)
+    (second,) = blocks.iterdir()
+    assert second.name != first.name and block_hashes(second) == [r["content_hash"] for r in rows[:8]]
+    with open_cache(results / "cache.h5") as cache:
+        np.testing.assert_array_equal(cache.read_stored(range(len(cache))), expected_images(root, rows[:8]))
 
 
 def test_resharding_reuses_every_image(dataset, tmp_path):
