@@ -588,7 +588,8 @@ def _referenced_rows(store, found):
     """
     referenced = [hit if hit is not None and store.stores_like(hit[0]) else None for hit in found]
     counts = collections.Counter(hit[0] for hit in referenced if hit is not None)
-    sparse = {k for k, n in counts.items() if n < MIN_BLOCK_USE * store.rows(k)}
+    distinct_rows = collections.Counter(k for k, _ in {hit for hit in referenced if hit is not None})
+    sparse = {k for k, n in distinct_rows.items() if n < MIN_BLOCK_USE * store.rows(k)}
     if sparse:
         referenced = [None if hit is not None and hit[0] in sparse else hit for hit in referenced]
         counts = collections.Counter({k: n for k, n in counts.items() if k not in sparse})
