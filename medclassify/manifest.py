@@ -451,12 +451,13 @@ def _check_fields(rows, labels, salt, problems, root_real):
                 continue
             if _has_control_character(value):
                 problems.add(number, path_text or None, "control_character", "error",
-                             f"row {number}: {column} {value!r} contains a control character")
+                             f"row {number}: {_field(column, value)} contains a control character")
                 values[column] = None
                 continue
             if column != "path" and value != value.strip():
                 problems.add(number, path_text, "whitespace_in_field", "warning",
-                             f"row {number}: {column} {value.strip()!r} has leading/trailing spaces; they were removed")
+                             f"row {number}: {_field(column, value.strip())} has leading/trailing spaces; "
+                             "they were removed")
             values[column] = value if column == "path" else value.strip()
         record["label"], record["modality"] = values["label"], values["modality"]
         if values["patient"] is not None:
@@ -486,6 +487,11 @@ def _check_fields(rows, labels, salt, problems, root_real):
                          f"row {number}: the split column is empty here but not in other rows "
                          "(split.method: predefined needs every row's split)")
     return records
+
+
+def _field(column, value):
+    """How a message names a field: with its value, except a patient id, which never appears."""
+    return "the patient id" if column == "patient" else f"{column} {value!r}"
 
 
 def _has_control_character(value):

@@ -137,6 +137,19 @@ def test_control_characters_in_fields_are_errors(tmp_path):
     assert problems == [(1, "control_character"), (2, "control_character")]
 
 
+def test_messages_about_a_patient_field_never_show_the_id(tmp_path):
+    root = tmp_path / "data"
+    for name in "abcd":
+        write_png(root / f"{name}.png", seed=ord(name))
+    manifest = root / "m.csv"
+    manifest.write_text('path,label,patient,modality\na.png,x,Jane Doe ,XR\nb.png,x,"John\tRoe",XR\n'
+                        'c.png,y,p3,XR\nd.png,y,p4,XR\n')
+    result = validate(manifest, root, min_images_per_class=1)
+    assert sorted(p.code for p in result.problems) == ["control_character", "whitespace_in_field"]
+    text = "\n".join(str(p) for p in result.problems)
+    assert "the patient id" in text and "Jane" not in text and "John" not in text
+
+
 def test_mixed_label_patient_policies(tmp_path):
     root = tmp_path / "data"
     manifest = make_dataset(root)
