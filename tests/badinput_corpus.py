@@ -195,6 +195,11 @@ def _empty_patient(root, rows, case):
     _bad(root, rows, "nopatient.png", patient="")
 
 
+def _control_character(root, rows, case):
+    write_png(root / "nul.png", seed=8)
+    _bad(root, rows, "nul.png", modality="X\x00R")  # csv.writer quotes it; the field holds a NUL
+
+
 def _duplicate_row(root, rows, case):
     rows.append(dict(rows[0]))
 
@@ -305,6 +310,7 @@ CASES = {
     "label_typo": (_label_typo, "unknown_label", "error", BAD_ROW, False),
     "nan_label": (_nan_label, "empty_field", "error", BAD_ROW, False),
     "empty_patient": (_empty_patient, "empty_field", "error", BAD_ROW, False),
+    "control_character_in_field": (_control_character, "control_character", "error", BAD_ROW, False),
     "duplicate_row": (_duplicate_row, "duplicate_row", "error", BAD_ROW, False),
     "same_pixels_two_labels": (_same_pixels_two_labels, "duplicate_content_conflicting_labels", "error", BAD_ROW, False),
     "same_pixels_two_patients": (_same_pixels_two_patients, "duplicate_content_across_patients", "warning", BAD_ROW, True),
