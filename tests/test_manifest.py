@@ -124,27 +124,27 @@ def test_quoted_fields_and_whitespace(tmp_path):
     assert result.table["label"].tolist() == ["x", "x", "y", "y"]
 
 
-def test_control_characters_in_fields_are_errors(tmp_path):
+def validate_four_images(tmp_path, rows):
+    """Validate a manifest with ``rows`` (CSV lines after the header) over four PNGs a–d.png."""
     root = tmp_path / "data"
     for name in "abcd":
         write_png(root / f"{name}.png", seed=ord(name))
     manifest = root / "m.csv"
-    manifest.write_text('path,label,patient,modality\na.png,x,p1,"X\x00R"\nb.png,x,"p\t2",XR\n'
-                        'c.png,y,p3,XR\nd.png,y,p4,XR\n')
-    result = validate(manifest, root, min_images_per_class=1)
+    manifest.write_text("path,label,patient,modality\n" + rows)
+    return validate(manifest, root, min_images_per_class=1)
+
+
+def test_control_characters_in_fields_are_errors(tmp_path):
+    result = validate_four_images(tmp_path, 'a.png,x,p1,"X\x00R"\nb.png,x,"p\t2",XR\n'
+                                            'c.png,y,p3,XR\nd.png,y,p4,XR\n')
     assert not result.ok
     problems = [(p.row, p.code) for p in result.problems if p.code == "control_character"]
     assert problems == [(1, "control_character"), (2, "control_character")]
 
 
 def test_messages_about_a_patient_field_never_show_the_id(tmp_path):
-    root = tmp_path / "data"
-    for name in "abcd":
-        write_png(root / f"{name}.png", seed=ord(name))
-    manifest = root / "m.csv"
-    manifest.write_text('path,label,patient,modality\na.png,x,Jane Doe ,XR\nb.png,x,"John\tRoe",XR\n'
-                        'c.png,y,p3,XR\nd.png,y,p4,XR\n')
-    result = validate(manifest, root, min_images_per_class=1)
+    result = validate_four_images(tmp_path, 'a.png,x,Jane Doe ,XR\nb.png,x,"John\tRoe",XR\n'
+                                            'c.png,y,p3,XR\nd.png,y,p4,XR\n')
     assert sorted(p.code for p in result.problems) == ["control_character", "whitespace_in_field"]
     text = "\n".join(str(p) for p in result.problems)
     assert "the patient id" in text and "Jane" not in text and "John" not in text
