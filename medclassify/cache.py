@@ -587,12 +587,10 @@ def _referenced_rows(store, found):
     more than that many blocks open per part.
     """
     referenced = [hit if hit is not None and store.stores_like(hit[0]) else None for hit in found]
-    counts = collections.Counter(hit[0] for hit in referenced if hit is not None)
     distinct_rows = collections.Counter(k for k, _ in {hit for hit in referenced if hit is not None})
     sparse = {k for k, n in distinct_rows.items() if n < MIN_BLOCK_USE * store.rows(k)}
-    if sparse:
-        referenced = [None if hit is not None and hit[0] in sparse else hit for hit in referenced]
-        counts = collections.Counter({k: n for k, n in counts.items() if k not in sparse})
+    referenced = [None if hit is not None and hit[0] in sparse else hit for hit in referenced]
+    counts = collections.Counter(hit[0] for hit in referenced if hit is not None)
     if len(counts) + any(hit is None for hit in referenced) > MAX_BLOCKS_PER_PART:
         # what stays referenced, plus the new block that takes the rest, fits the limit
         n_gathered = len(counts) + 1 - MAX_BLOCKS_PER_PART
