@@ -14,6 +14,8 @@ uninterrupted one would have.
 """
 
 import csv
+import functools
+import hashlib
 import io
 import json
 import math
@@ -28,6 +30,7 @@ from tensorflow.core.framework import summary_pb2
 
 from . import __version__
 from .atomic import atomic_path, atomic_write_json, atomic_write_text
+from .codedeps import module_closure
 from .config import config_hash
 from .data import (ImageSource, class_weights, evaluation_dataset, fits_in_memory, split_indices,
                    training_dataset, zscore_statistics)
@@ -519,8 +522,26 @@ def member_seeds(seed, n_members):
 
 
 def member_options(options, seed):
-    """``options`` with the training seed replaced (one ensemble member's run)."""
-    return {**options, "train": {**options["train"], "seed": int(seed)}}
+    """``options`` for one ensemble member: a single model (``ensemble`` 1) trained with ``seed``."""
+    return {**options, "train": {**options["train"], "seed": int(seed), "ensemble": 1}}
+
+
+@functools.lru_cache(maxsize=1)
+def training_code_digest():
+    """sha256 of the library files that training runs (this module and all it imports) and of the
+    TensorFlow, Keras and NumPy versions: a member trained by other code is not reused."""
+    digest = hashlib.sha256(f"tf {tf.__version__} keras {keras.__version__} numpy {np.__version__}".encode())
+    for path in module_closure("training"):
+        digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()
+
+
+def member_fingerprint(options, seed, *, fold, init_model, cache_path, splits_path):
+    """What decides an ensemble member's model: its options and seed, the data, the initial model and
+    the code; not the size of the ensemble, so members survive a change of ``train.ensemble``."""
+    return config_hash({"options": member_options(options, seed), "fold": fold,
+                        "init_model": _file_identity(init_model), "cache": _file_identity(cache_path),
+                        "splits": _file_identity(splits_path), "code": training_code_digest()})
 
 
 def untrained_initial_model(init_model):
@@ -552,25 +573,25 @@ def train_ensemble(n_members, cache_path, splits_path, out_dir, *, options, fold
     seed = int(options["train"].get("seed", 0))
     seeds = member_seeds(seed, n_members)
     state_path = out_dir / "checkpoints" / "ensemble.json"
-    fingerprint = config_hash({"options": options, "fold": fold, "members": n_members,
-                               "init_model": _file_identity(init_model), "cache": _file_identity(cache_path),
-                               "splits": _file_identity(splits_path)})
     state = json.loads(state_path.read_text(encoding="utf-8")) if state_path.exists() else {}
-    if state.get("version") != STATE_VERSION or state.get("fingerprint") != fingerprint or state.get("complete"):
-        state = {"version": STATE_VERSION, "fingerprint": fingerprint, "members_done": [], "complete": False}
+    finished = state.get("members", {}) if state.get("version") == STATE_VERSION else {}
     member_init = None if untrained_initial_model(init_model) else init_model
     member_paths = []
     for k in range(n_members):
         folder = member_dir(out_dir, k)
         path = folder / "model.keras"
-        if k in state["members_done"] and path.exists():
+        fingerprint = member_fingerprint(options, seeds[k], fold=fold, init_model=init_model, cache_path=cache_path,
+                                         splits_path=splits_path)
+        if finished.get(str(k)) == fingerprint and path.exists():
             print(f"[finetune] ensemble member {k + 1}/{n_members} already trained ({folder})", flush=True)
         else:
             print(f"[finetune] ensemble member {k + 1}/{n_members} (seed {seeds[k]})", flush=True)
+            finished.pop(str(k), None)
+            atomic_write_json(state_path, {"version": STATE_VERSION, "members": finished})
             _train_model("finetune", cache_path, splits_path, folder, options=member_options(options, seeds[k]),
                          fold=fold, init_model=member_init, threads=threads)
-            state["members_done"] = sorted(set(state["members_done"]) | {k})
-            atomic_write_json(state_path, state)
+            finished[str(k)] = fingerprint
+            atomic_write_json(state_path, {"version": STATE_VERSION, "members": finished})
         member_paths.append(path)
 
     members = [keras.models.load_model(p, safe_mode=True, compile=False) for p in member_paths]
@@ -597,8 +618,6 @@ def train_ensemble(n_members, cache_path, splits_path, out_dir, *, options, fold
                for k, path in enumerate(member_paths) for row in _read_history_rows(path.with_name("history.csv"))]
     write_history(out_dir / "history.csv", history, member_column=True)
     atomic_write_json(out_dir / "model.json", metadata)
-    state["complete"] = True
-    atomic_write_json(state_path, state)
     return out_dir / "model.keras"
 
 

@@ -13,6 +13,7 @@ from medclassify.evaluation import gradcam
 from medclassify.evaluation.plots import plot_training_curves
 from medclassify.models import ensemble_members
 from medclassify.predict import predict_files
+from medclassify import training
 from medclassify.training import remove_surplus_members, train_stage
 from training_fixtures import make_training_cache, tiny_options
 
@@ -94,7 +95,7 @@ def test_a_killed_ensemble_resumes_with_the_unfinished_member(trained, tiny_cach
     state_path = out / "checkpoints" / "ensemble.json"
     state = json.loads(state_path.read_text())
     # As if killed while training member 1: member 0 finished, nothing of member 1 kept.
-    state.update(complete=False, members_done=[0])
+    del state["members"]["1"]
     state_path.write_text(json.dumps(state))
     for name in ("model.keras", "model.json", "history.csv"):
         (out / name).unlink()
@@ -106,7 +107,48 @@ def test_a_killed_ensemble_resumes_with_the_unfinished_member(trained, tiny_cach
     log = capsys.readouterr().out
     assert "ensemble member 1/2 already trained" in log and "ensemble member 2/2 (seed 1000)" in log
     pd.testing.assert_frame_equal(pd.read_csv(out / "history.csv"), first, check_exact=False, rtol=1e-5, atol=1e-6)
-    assert json.loads(state_path.read_text())["complete"] is True
+    assert sorted(json.loads(state_path.read_text())["members"]) == ["0", "1"]
+
+
+def _refit(trained, tiny_cache, out, capsys, **changes):
+    """Run the fine-tune stage in ``out`` again with ``changes`` ({section: {key: value}}); its log."""
+    options = {section: dict(values) for section, values in trained["options"].items()}
+    for section, values in changes.items():
+        options[section].update(values)
+    capsys.readouterr()
+    train_stage("finetune", *tiny_cache, out, options=options, init_model=trained["head"], threads=1)
+    return capsys.readouterr().out
+
+
+def test_a_larger_or_smaller_ensemble_keeps_the_members_it_shares(trained, tiny_cache, tmp_path, capsys):
+    out = tmp_path / "finetune"
+    shutil.copytree(trained["root"] / "ensemble", out)
+    member_0 = (out / "members" / "member_0" / "model.keras").read_bytes()
+
+    log = _refit(trained, tiny_cache, out, capsys, train={"ensemble": 3})
+    assert "member 1/3 already trained" in log and "member 2/3 already trained" in log
+    assert "ensemble member 3/3 (seed 2000)" in log
+    assert (out / "members" / "member_0" / "model.keras").read_bytes() == member_0
+    assert json.loads((out / "model.json").read_text())["ensemble"]["seeds"] == [0, 1000, 2000]
+
+    log = _refit(trained, tiny_cache, out, capsys, train={"ensemble": 2})
+    assert "member 1/2 already trained" in log and "member 2/2 already trained" in log and "(seed " not in log
+    assert not (out / "members" / "member_2").exists()
+    original = pd.read_csv(trained["root"] / "ensemble" / "history.csv")
+    pd.testing.assert_frame_equal(pd.read_csv(out / "history.csv"), original)
+
+
+@pytest.mark.parametrize("change", ["options", "code"])
+def test_members_of_other_options_or_code_are_trained_anew(trained, tiny_cache, tmp_path, capsys, monkeypatch, change):
+    out = tmp_path / "finetune"
+    shutil.copytree(trained["root"] / "ensemble", out)
+    if change == "code":
+        monkeypatch.setattr(training, "training_code_digest", lambda: "another version of the code")
+        log = _refit(trained, tiny_cache, out, capsys)
+    else:
+        log = _refit(trained, tiny_cache, out, capsys, finetune={"learning_rate": 0.0003})
+    assert "already trained" not in log
+    assert "ensemble member 1/2 (seed 0)" in log and "ensemble member 2/2 (seed 1000)" in log
 
 
 def test_predict_reads_an_ensemble_like_any_model(trained, tiny_cache, tmp_path):
