@@ -8,12 +8,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from medclassify import training
 from medclassify.cache import open_cache
 from medclassify.evaluation import gradcam
 from medclassify.evaluation.plots import plot_training_curves
 from medclassify.models import ensemble_members
 from medclassify.predict import predict_files
-from medclassify import training
 from medclassify.training import remove_surplus_members, train_stage
 from training_fixtures import make_training_cache, tiny_options
 
