@@ -5,10 +5,10 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
-from pydicom.pixels import apply_modality_lut, apply_voi_lut
+from pydicom.pixels import apply_modality_lut, apply_voi_lut, apply_windowing
 
 from medclassify.io import ReadError, read_file_samples, read_sample, sample_indices
-from medclassify.io.dicom import WINDOW_PRESETS
+from medclassify.io.dicom import WINDOW_PRESETS, _apply_window
 from medclassify.manifest import validate_manifest, write_validation_outputs
 from medclassify.privacy import IDENTIFYING_DICOM_KEYWORDS
 from tests.badinput_corpus import DICOM_SECRETS, write_identified_dicom_dataset
@@ -72,6 +72,45 @@ def test_explicit_window():
     hu = apply_modality_lut(ds.pixel_array, ds)
     sample = read_sample(shipped("CT_small.dcm"), io_options={"dicom_window": {"center": 100, "width": 700}})
     np.testing.assert_allclose(sample.pixels[:, :, 0], linear_window(hu, 100, 700), atol=1e-6)
+
+
+def _pydicom_window(values, center, width, function):
+    unit = pydicom.Dataset()
+    unit.PhotometricInterpretation, unit.BitsStored, unit.PixelRepresentation = "MONOCHROME2", 1, 0
+    unit.WindowCenter, unit.WindowWidth, unit.VOILUTFunction = center, width, function
+    return apply_windowing(values, unit)
+
+
+@pytest.mark.parametrize("function", ["LINEAR", "LINEAR_EXACT", "SIGMOID"])
+@pytest.mark.parametrize("center, width", [(40.0, 400.0), (-600.0, 1500.0), (0.5, 1.0), (100.0, 2.0), (7.25, 0.5)])
+def test_window_is_bit_for_bit_pydicom(function, center, width):
+    # The values straddle each window's thresholds: the edges of LINEAR and LINEAR_EXACT, exactly.
+    rng = np.random.default_rng(0)
+    edges = [center + k * width / 2 + offset for k in (-1, 0, 1) for offset in (-1.0, -0.5, 0.0, 0.5, 1.0)]
+    values = np.concatenate([rng.normal(center, width, 5000), edges, np.round(rng.normal(center, width, 500))])
+    if width < 1 and function == "LINEAR":
+        with pytest.raises(ReadError, match="width of at least 1"):
+            _apply_window(values, center, width, function)
+        return
+    np.testing.assert_array_equal(_apply_window(values.copy(), center, width, function),
+                                  _pydicom_window(values.copy(), center, width, function))
+
+
+def test_window_leaves_its_input_unchanged():
+    values = np.linspace(-1000.0, 1000.0, 101)
+    _apply_window(values, 40.0, 400.0, "LINEAR")
+    np.testing.assert_array_equal(values, np.linspace(-1000.0, 1000.0, 101))
+
+
+def test_single_frame_file_is_parsed_once(monkeypatch):
+    import medclassify.io.dicom as dicom_reader
+    calls = []
+    parse = dicom_reader._dcmread
+    monkeypatch.setattr(dicom_reader, "_dcmread", lambda path, stop_before_pixels: calls.append(path) or
+                        parse(path, stop_before_pixels))
+    read_sample(shipped("CT_small.dcm"))
+    read_file_samples(shipped("MR_small.dcm"))
+    assert len(calls) == 2
 
 
 def test_monochrome1_is_inverted(tmp_path):

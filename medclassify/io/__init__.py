@@ -127,10 +127,10 @@ def read_sample(path, index=None, io_options=None):
     options = resolve_io_options(io_options)
     fmt, mismatch = detect_format(path)
     if index is None and fmt in ("dicom", "nifti"):
-        chosen = sample_indices(path, options)
-        if len(chosen) != 1:
-            raise ValueError(f"{path}: the io options select {len(chosen)} samples; pass index=")
-        index = chosen[0]
+        _, samples = _read_selected(path, fmt, mismatch, options)
+        if len(samples) != 1:
+            raise ValueError(f"{path}: the io options select {len(samples)} samples; pass index=")
+        return samples[0]
     return _read(path, fmt, mismatch, [index], options)[0]
 
 
@@ -141,14 +141,21 @@ def read_file_samples(path, io_options=None):
     """
     options = resolve_io_options(io_options)
     fmt, mismatch = detect_format(path)
-    indices = [None]
+    return list(zip(*_read_selected(path, fmt, mismatch, options)))
+
+
+def _read_selected(path, fmt, mismatch, options):
+    """``(indices, samples)`` for the samples that the io options select."""
     if fmt == "dicom":
-        from . import dicom
-        indices = dicom.sample_indices(path, options)
-    elif fmt == "nifti":
+        # One parse: a DICOM header costs as much as its pixels, and a second dcmread doubled it.
+        from .dicom import read_dicom_selected
+        indices, decoded = read_dicom_selected(path, options)
+        return indices, _samples(decoded, mismatch, options)
+    indices = [None]
+    if fmt == "nifti":
         from . import nifti
         indices = nifti.sample_indices(path, options)
-    return list(zip(indices, _read(path, fmt, mismatch, indices, options)))
+    return indices, _read(path, fmt, mismatch, indices, options)
 
 
 def _read(path, fmt, mismatch, indices, options):
@@ -169,6 +176,11 @@ def _read(path, fmt, mismatch, indices, options):
         decoded = read_nifti(path, indices, options)
     else:  # pragma: no cover - detect_format returns only the formats above
         raise ReadError("unsupported_format", f"no reader for format {fmt}")
+    return _samples(decoded, mismatch, options)
+
+
+def _samples(decoded, mismatch, options):
+    """Samples from a reader's ``[(array, meta), ...]``: channel policy applied, content facts added."""
     samples = []
     for array, meta in decoded:
         try:
