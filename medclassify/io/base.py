@@ -109,7 +109,7 @@ def content_hash(pixels):
     array = np.ascontiguousarray(pixels)
     digest = hashlib.sha256()
     digest.update(f"{array.dtype.str}|{array.shape}|".encode("ascii"))
-    digest.update(array.tobytes())
+    digest.update(array.reshape(-1).view(np.uint8) if array.size else b"")  # the bytes, without a copy
     return digest.hexdigest()[:32]
 
 
