@@ -178,7 +178,7 @@ def intensity_percentiles(values, percentiles):
         cumulative = list(itertools.accumulate(Image.fromarray(flat.reshape(1, -1)).histogram()))
     elif flat.dtype == np.uint16:
         cumulative = np.cumsum(np.bincount(flat)).tolist()
-    elif np.issubdtype(flat.dtype, np.floating) and n and _finite_span(flat):
+    elif np.issubdtype(flat.dtype, np.floating) and n:
         return _float_percentiles(flat, percentiles)
     else:
         return tuple(float(v) for v in np.percentile(flat, percentiles))
@@ -195,19 +195,24 @@ def intensity_percentiles(values, percentiles):
 
 
 def _float_percentiles(flat, percentiles):
-    """``np.percentile(flat, percentiles)`` (linear) of finite floats, bit for bit, without its full partition.
+    """``np.percentile(flat, percentiles)`` (linear) of floats, bit for bit, without its full partition.
 
     The few order statistics needed come from :func:`_order_statistics`; they are then combined
     with NumPy's own interpolation arithmetic (``numpy.lib._function_base_impl._lerp``, in the
-    same dtypes), which tests compare against ``np.percentile`` for equality.
+    same dtypes), which tests compare against ``np.percentile`` for equality. NaN, infinities and
+    spans beyond the dtype's range go to ``np.percentile`` itself.
     """
+    low, high = flat.min(), flat.max()
+    with np.errstate(over="ignore", invalid="ignore"):
+        if not np.isfinite(high - low):
+            return tuple(float(v) for v in np.percentile(flat, percentiles))
     n = flat.size
     virtual = (n - 1) * np.true_divide(np.asarray(percentiles, dtype=np.float64), 100)
     previous = np.floor(virtual)
     gamma = virtual - previous
     previous = np.minimum(previous.astype(np.intp), n - 1)
     following = np.minimum(previous + 1, n - 1)
-    stats = _order_statistics(flat, sorted(set(previous.tolist()) | set(following.tolist())))
+    stats = _order_statistics(flat, sorted(set(previous.tolist()) | set(following.tolist())), low, high)
     a = np.array([stats[k] for k in previous.tolist()], dtype=flat.dtype)
     b = np.array([stats[k] for k in following.tolist()], dtype=flat.dtype)
     difference = b - a
@@ -217,20 +222,16 @@ def _float_percentiles(flat, percentiles):
     return tuple(float(v) for v in result)
 
 
-def _finite_span(flat):
-    with np.errstate(over="ignore"):
-        return bool(np.isfinite(flat.max() - flat.min()))
-
-
-def _order_statistics(flat, ranks, buckets=1024):
+def _order_statistics(flat, ranks, low, high, buckets=1024):
     """``{k: the k-th smallest value of flat}`` for each rank k, exactly, in a few linear passes.
+
+    ``low`` and ``high`` are the minimum and maximum of ``flat``, whose difference is finite.
 
     The values are binned by a monotone map onto ``buckets`` bins, so the k-th smallest lies in
     the bin where the cumulative count passes k, and only that bin is partitioned. The minimum
     and the maximum are settled first: a windowed CT slice holds most of its pixels there.
     """
     n = flat.size
-    low, high = flat.min(), flat.max()
     n_low, n_high = int(np.count_nonzero(flat == low)), int(np.count_nonzero(flat == high))
     stats = {k: low for k in ranks if k < n_low}
     stats.update({k: high for k in ranks if k >= n - n_high})

@@ -88,6 +88,13 @@ def test_float_percentiles_of_a_saturated_window_and_of_noise():
             assert intensity_percentiles(values, q) == tuple(float(v) for v in np.percentile(values, q))
 
 
+def test_float_percentiles_of_nan_inf_and_of_a_span_beyond_float32_follow_numpy():
+    wide = np.float32([-3e38, 3e38, 0, 1, 2])  # max - min overflows float32
+    for values in (wide, np.float32([np.inf, 0, 1, 2]), np.array([np.nan, 0.0, 1.0, 2.0])):
+        for q in ([0.5, 99.5], [0, 100], [50, 1 / 3]):
+            np.testing.assert_array_equal(intensity_percentiles(values, q), np.percentile(values, q))
+
+
 def test_window_maps_hounsfield_units():
     hu = np.array([[-2000.0, -160.0], [40.0, 3000.0]], dtype=np.float32)
     out = normalize_intensity(hu[:, :, None], opts(intensity="window", window={"center": 40, "width": 400}))
