@@ -32,8 +32,8 @@ from . import __version__
 from .atomic import atomic_path, atomic_write_json, atomic_write_text
 from .codedeps import module_closure
 from .config import config_hash
-from .data import (ImageSource, class_weights, evaluation_dataset, fits_in_memory, split_indices,
-                   training_dataset, zscore_statistics)
+from .data import (ImageSource, TrainingBatches, class_weights, evaluation_dataset, fits_in_memory, split_indices,
+                   zscore_statistics)
 from .errors import InputError
 from .gpu import configure_devices
 from .inference import cache_reader, predict_probabilities
@@ -453,6 +453,9 @@ def _train_model(stage, cache_path, splits_path, out_dir, *, options, fold=None,
         per_class = class_weights(train_labels, n_classes) if imbalance == "class_weight" else None
         augment = train_options.get("augment", {})
         val_dataset = evaluation_dataset(val_source, batch_size)
+        train_batches = TrainingBatches(train_source, train_labels, n_classes=n_classes, batch_size=batch_size,
+                                        seed=seed, augment=augment, mixup=float(train_options.get("mixup", 0.0)),
+                                        balanced=imbalance == "balanced_sampling", weights_per_class=per_class)
         callbacks = [ValidationMetrics(val_dataset, val_labels, n_classes, make_loss(train_options)),
                      EpochEnd(checkpoint, state, settings["patience"]),
                      TensorBoardScalars(out_dir / "tensorboard")]
@@ -462,11 +465,8 @@ def _train_model(stage, cache_path, splits_path, out_dir, *, options, fold=None,
                 break
             print(f"[{stage}] epoch {epoch + 1}/{settings['epochs']}", flush=True)
             reset_layer_seeds(model, seed, epoch)
-            dataset = training_dataset(train_source, train_labels, epoch, n_classes=n_classes, batch_size=batch_size,
-                                       seed=seed, augment=augment, mixup=float(train_options.get("mixup", 0.0)),
-                                       balanced=imbalance == "balanced_sampling", weights_per_class=per_class)
             # The dataset is already shuffled per epoch (seeded); Keras must not try to.
-            model.fit(dataset, epochs=epoch + 1, initial_epoch=epoch, callbacks=callbacks, verbose=2, shuffle=False)
+            model.fit(train_batches.for_epoch(epoch), epochs=epoch + 1, initial_epoch=epoch, callbacks=callbacks, verbose=2, shuffle=False)
         if state["stopped"]:
             print(f"early stopping after epoch {state['epoch']}: no better val_auc for {settings['patience']} epochs",
                   flush=True)

@@ -1,14 +1,19 @@
 """tf.data input: splits, per-epoch order, augmentation, mixup, in-memory and from-disk sources."""
 
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
 import tensorflow as tf
 
 from medclassify.cache import open_cache
-from medclassify.data import (ImageSource, augment_batch, class_weights, epoch_order, evaluation_dataset,
-                              fits_in_memory, mixup_batch, split_indices, split_sample_ids, training_dataset,
-                              zscore_statistics)
+from medclassify.data import (ImageSource, TrainingBatches, augment_batch, class_weights, epoch_order,
+                              evaluation_dataset, fits_in_memory, mixup_batch, split_indices, split_sample_ids,
+                              training_dataset, zscore_statistics)
 from medclassify.errors import InputError
 from training_fixtures import make_training_cache
 
@@ -114,6 +119,61 @@ def test_in_memory_and_from_disk_sources_give_identical_batches(tiny_cache):
         assert sorted(map(bytes, seen)) == sorted(map(bytes, expected))
         ordered = np.concatenate(list(evaluation_dataset(disk, 6).as_numpy_iterator()))
         np.testing.assert_array_equal(ordered, expected)
+
+
+@pytest.mark.parametrize("in_memory", [True, False])
+def test_one_pipeline_serves_every_epoch_as_a_fresh_one_would(tiny_cache, in_memory):
+    cache_path, splits_path = tiny_cache
+    with open_cache(cache_path) as cache:
+        indices = split_indices(cache.sample_ids, splits_path)["train"]
+        labels = cache.labels[indices]
+        source = ImageSource(cache, indices, in_memory=in_memory)
+        kwargs = dict(n_classes=2, batch_size=5, seed=3, augment=AUGMENT, mixup=0.2, balanced=True)
+        batches = TrainingBatches(source, labels, **kwargs)
+        with pytest.raises(tf.errors.UnknownError, match="call for_epoch"):  # TensorFlow wraps the RuntimeError
+            list(batches.dataset.as_numpy_iterator())
+        for epoch in (2, 0, 2, 5):  # out of order and repeated, as a resumed run may ask
+            reused = list(batches.for_epoch(epoch).as_numpy_iterator())
+            fresh = list(training_dataset(source, labels, epoch, **kwargs).as_numpy_iterator())
+            assert len(reused) == len(fresh) == batches.dataset.cardinality() == int(np.ceil(len(indices) / 5))
+            for a, b in zip(reused, fresh):
+                for x, y in zip(a, b):
+                    np.testing.assert_array_equal(x, y)
+        epoch_2, epoch_5 = (np.concatenate([x for x, _, _ in batches.for_epoch(e).as_numpy_iterator()]) for e in (2, 5))
+        assert not np.array_equal(epoch_2, epoch_5)
+
+
+def test_training_batches_feed_a_mirrored_strategy(tiny_cache):
+    # Two logical CPUs stand in for two GPUs; they must be set before TensorFlow starts, so in a
+    # subprocess. Keras rebatches the generator-fed pipeline across the replicas.
+    cache_path, splits_path = tiny_cache
+    script = textwrap.dedent(f"""
+        import numpy as np, tensorflow as tf
+        cpu = tf.config.list_physical_devices("CPU")[0]
+        tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+        import keras
+        from medclassify.cache import open_cache
+        from medclassify.data import ImageSource, TrainingBatches, split_indices
+        strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+        assert strategy.num_replicas_in_sync == 2
+        with open_cache({str(cache_path)!r}) as cache:
+            indices = split_indices(cache.sample_ids, {str(splits_path)!r})["train"]
+            for in_memory in (True, False):
+                source = ImageSource(cache, indices, in_memory=in_memory)
+                batches = TrainingBatches(source, cache.labels[indices], n_classes=2, batch_size=8, seed=0,
+                                          augment={{"rotation_degrees": 10}})
+                with strategy.scope():
+                    model = keras.Sequential([keras.Input(source.image_shape), keras.layers.Flatten(),
+                                              keras.layers.Dense(2, activation="softmax")])
+                    model.compile("adam", "categorical_crossentropy")
+                for epoch in range(2):
+                    history = model.fit(batches.for_epoch(epoch), epochs=epoch + 1, initial_epoch=epoch, verbose=0)
+                    assert np.isfinite(history.history["loss"][-1])
+        print("mirrored ok")
+    """)
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run([sys.executable, "-c", script], cwd=root, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and "mirrored ok" in done.stdout, done.stderr[-3000:]
 
 
 def test_source_reads_repeated_and_unsorted_positions(tiny_cache):
