@@ -4,11 +4,15 @@
 
 Same model (the default ResNet-18), same batch size, same process. Three feeds:
   tensors  tf.data.Dataset.from_tensor_slices over NumPy arrays already in memory (the baseline)
-  memory   medclassify.data.training_dataset with the cache's images held in memory
-  disk     medclassify.data.training_dataset reading every batch from the HDF5 file
+  memory   medclassify.data.TrainingBatches with the cache's images held in memory
+  disk     medclassify.data.TrainingBatches reading every batch from the HDF5 file
 Augmentation is off in all three so that only the input path differs. The feeds are measured in
-alternation, ``rounds`` times, and the median images/s of each is reported, which keeps the
-comparison fair on a machine whose load changes. Goal: memory/tensors and disk/tensors >= 0.95.
+alternation, ``rounds`` times, and the fastest round of each is compared. On this shared 2-core
+machine some rounds run at half speed, whatever the feed (one core taken away for a while), and
+a median of a few rounds then compares how often each feed was hit, not the feeds: a stored run
+gave a "ratio" of 1.30 that way. Outside load only ever slows a round, so the fastest round is
+each feed's own speed (as ``timeit`` advises). Medians and images per CPU second are printed too.
+Goal: memory/tensors and disk/tensors >= 0.95.
 Data: BreastMNIST's 546 training images (28x28) as the real preprocessing stage caches them.
 """
 
@@ -30,7 +34,7 @@ NO_AUGMENT = {"horizontal_flip": False, "vertical_flip": False, "rotation_degree
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rounds", type=int, default=6, help="alternations of the three feeds")
+    parser.add_argument("--rounds", type=int, default=10, help="alternations of the three feeds")
     parser.add_argument("--epochs", type=int, default=1, help="epochs per measurement")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "train_input.json")
@@ -46,7 +50,7 @@ def main(argv=None):
     from medclassify.atomic import atomic_write_json
     from medclassify.cache import open_cache
     from medclassify.config import load_config, run_config
-    from medclassify.data import ImageSource, split_indices, training_dataset
+    from medclassify.data import ImageSource, TrainingBatches, split_indices
     from medclassify.training import compile_model, initial_model, seed_everything, stage_options
 
     options = run_config(load_config(ROOT / "config" / "breastmnist.yaml"), "baseline")
@@ -71,9 +75,10 @@ def main(argv=None):
                 order = np.random.default_rng(epoch).permutation(len(images))
                 return tf.data.Dataset.from_tensor_slices((images[order], targets[order])).batch(batch_size).prefetch(2)
 
-            def cache_feed(source):
-                return lambda epoch: training_dataset(source, labels, epoch, n_classes=n_classes, batch_size=batch_size,
-                                                      seed=0, augment=NO_AUGMENT)
+            def cache_feed(source):  # built once, like the training stage's
+                batches = TrainingBatches(source, labels, n_classes=n_classes, batch_size=batch_size, seed=0,
+                                          augment=NO_AUGMENT)
+                return batches.for_epoch
 
             feeds = {"tensors": tensors_feed, "memory": cache_feed(memory), "disk": cache_feed(disk)}
             for feed in feeds.values():  # trace each input signature once before timing
@@ -91,22 +96,26 @@ def main(argv=None):
                     rates[name].append(n_images / (time.perf_counter() - started))
                     cpu_rates[name].append(n_images / (time.process_time() - cpu_started))
 
+    fastest = {name: max(values) for name, values in rates.items()}
     median = {name: statistics.median(values) for name, values in rates.items()}
     cpu_median = {name: statistics.median(values) for name, values in cpu_rates.items()}
-    ratios = {name: median[name] / median["tensors"] for name in ("memory", "disk")}
+    ratios = {name: fastest[name] / fastest["tensors"] for name in ("memory", "disk")}
     print(f"\nResNet-18 (width {options['train']['resnet_width']}), batch {batch_size}, {len(train)} images "
-          f"28x28x1, {args.threads} threads, median of {args.rounds} rounds x {args.epochs} epochs")
-    print("images/s: wall clock (the goal); per CPU second of this process (insensitive to other load)")
-    print(f"{'feed':<8} {'images/s':>9} {'ratio':>6} {'per CPU s':>10} {'ratio':>6}  wall images/s per round")
+          f"28x28x1, {args.threads} threads, {args.rounds} rounds x {args.epochs} epochs")
+    print("images/s, wall clock: the fastest round (the goal) and the median; per CPU second of this process: median")
+    print(f"{'feed':<8} {'fastest':>8} {'ratio':>6} {'median':>7} {'ratio':>6} {'per CPU s':>10} {'ratio':>6}"
+          "  wall images/s per round")
     for name in feeds:
-        ratio, cpu_ratio = median[name] / median["tensors"], cpu_median[name] / cpu_median["tensors"]
-        print(f"{name:<8} {median[name]:>9.1f} {ratio:>6.3f} {cpu_median[name]:>10.1f} {cpu_ratio:>6.3f}  "
+        print(f"{name:<8} {fastest[name]:>8.1f} {fastest[name] / fastest['tensors']:>6.3f} "
+              f"{median[name]:>7.1f} {median[name] / median['tensors']:>6.3f} "
+              f"{cpu_median[name]:>10.1f} {cpu_median[name] / cpu_median['tensors']:>6.3f}  "
               f"{' '.join(f'{r:.0f}' for r in rates[name])}")
     met = all(r >= GOAL_RATIO for r in ratios.values())
     print(f"goal (memory and disk >= {GOAL_RATIO} x tensors): {'met' if met else 'NOT met'}")
     atomic_write_json(args.out, {"model": f"resnet18 width {options['train']['resnet_width']}", "batch_size": batch_size,
                                  "images": len(train), "threads": args.threads, "rounds": args.rounds,
-                                 "epochs_per_round": args.epochs, "images_per_second": rates, "median": median,
+                                 "epochs_per_round": args.epochs, "images_per_second": rates, "fastest": fastest,
+                                 "median": median,
                                  "images_per_cpu_second": cpu_rates, "cpu_median": cpu_median,
                                  "ratio": ratios, "goal": GOAL_RATIO, "met": met})
 
