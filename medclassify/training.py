@@ -466,7 +466,8 @@ def _train_model(stage, cache_path, splits_path, out_dir, *, options, fold=None,
             print(f"[{stage}] epoch {epoch + 1}/{settings['epochs']}", flush=True)
             reset_layer_seeds(model, seed, epoch)
             # The dataset is already shuffled per epoch (seeded); Keras must not try to.
-            model.fit(train_batches.for_epoch(epoch), epochs=epoch + 1, initial_epoch=epoch, callbacks=callbacks, verbose=2, shuffle=False)
+            model.fit(train_batches.for_epoch(epoch), epochs=epoch + 1, initial_epoch=epoch, callbacks=callbacks,
+                      verbose=2, shuffle=False)
         if state["stopped"]:
             print(f"early stopping after epoch {state['epoch']}: no better val_auc for {settings['patience']} epochs",
                   flush=True)

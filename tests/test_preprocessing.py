@@ -71,7 +71,8 @@ def test_histogram_percentiles_equal_numpy(values, low, high):
 
 @settings(max_examples=200, deadline=None)
 @given(hnp.arrays(st.sampled_from([np.float32, np.float64]), st.integers(1, 400),
-                  elements=st.floats(-2.0 ** 100, 2.0 ** 100, width=32, allow_subnormal=False) | st.sampled_from([0.0, 1.0, -2.5])),
+                  elements=(st.floats(-2.0 ** 100, 2.0 ** 100, width=32, allow_subnormal=False)
+                            | st.sampled_from([0.0, 1.0, -2.5]))),
        st.lists(st.floats(0, 100), min_size=1, max_size=4))
 def test_float_percentiles_equal_numpy_bit_for_bit(values, percentiles):
     # Ties, values only at the ends (a windowed CT slice) and spans of 60 orders of magnitude.
