@@ -258,7 +258,7 @@ class TrainingBatches:
 
     def __init__(self, source, labels, *, n_classes, batch_size, seed, augment=None, mixup=0.0, balanced=False,
                  weights_per_class=None):
-        self.source, self.labels = source, np.asarray(labels, dtype="int64")
+        self.labels = np.asarray(labels, dtype="int64")
         self.batch_size, self.seed, self.balanced = int(batch_size), int(seed), balanced
         self.epoch = None
         one_hot = tf.constant(np.eye(n_classes, dtype="float32")[self.labels])
