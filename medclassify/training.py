@@ -66,6 +66,7 @@ def stage_options(options, stage):
             "patience": int(section.get("early_stopping_patience", 5)),
             "unfreeze": section.get("unfreeze", "all"),
             "freeze_batchnorm": bool(section.get("freeze_batchnorm", True)),
+            "average_epochs": float(section.get("average_epochs", 0)),
             "batch_size": int(train.get("batch_size", 64))}
 
 
@@ -213,6 +214,69 @@ def current_learning_rate(optimizer):
     return float(keras.ops.convert_to_numpy(rate))
 
 
+# --- weight averaging ----------------------------------------------------------------------------
+class WeightAverage(keras.callbacks.Callback):
+    """Exponential moving average of the model's weights, the model that validation and saving see.
+
+    Updated after every training step with decay ``1 - 1 / (epochs * steps_per_epoch)``, so that
+    the average spans about ``epochs`` epochs whatever the dataset's size; during the first steps
+    the decay is held at ``(1 + t) / (10 + t)``, so that the initial weights fade out quickly.
+    BatchNorm's moving statistics are averaged with the weights they belong to.
+
+    At each epoch end the average is swapped into the model, so that validation, early stopping,
+    the best checkpoint and the saved model all use it; the training weights wait in
+    :attr:`averages` and are swapped back when the next epoch begins. Keras's own ``use_ema`` does
+    not fit a loop of one ``fit`` call per epoch: each call ends by overwriting the training
+    weights with the average.
+    """
+
+    def __init__(self, model, epochs, steps_per_epoch, updates=0):
+        super().__init__()
+        self.decay = 1.0 - 1.0 / max(1.0, float(epochs) * steps_per_epoch)
+        self.updates = int(updates)
+        self.swapped = False
+        self.variables = [v for v in model.weights if "float" in str(v.dtype)]
+        self.averages = [tf.Variable(keras.ops.convert_to_numpy(v.value), trainable=False) for v in self.variables]
+
+    def restore(self, training_weights, updates):
+        """Resume: the model holds a saved average, ``training_weights`` the training weights then."""
+        for average, value in zip(self.averages, training_weights, strict=True):
+            average.assign(value)
+        self.updates, self.swapped = int(updates), True
+
+    def training_weights(self):
+        """The training weights (as NumPy arrays) while the average is swapped in."""
+        if not self.swapped:
+            return [keras.ops.convert_to_numpy(v.value) for v in self.variables]
+        return [average.numpy() for average in self.averages]
+
+    def swap(self):
+        """Exchange the model's weights and the averages."""
+        for average, variable in zip(self.averages, self.variables):
+            held = tf.identity(variable.value)
+            variable.assign(average)
+            average.assign(held)
+        self.swapped = not self.swapped
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if self.swapped:
+            self.swap()
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.updates += 1
+        decay = min(self.decay, (1.0 + self.updates) / (10.0 + self.updates))
+        self._update(tf.constant(decay, tf.float32))
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.swap()
+
+    @tf.function
+    def _update(self, decay):
+        for average, variable in zip(self.averages, self.variables):
+            value = tf.cast(variable.value, average.dtype)
+            average.assign(average + (1.0 - tf.cast(decay, average.dtype)) * (value - average))
+
+
 # --- checkpoints ------------------------------------------------------------------------------------
 class StageCheckpoint:
     """The files in ``checkpoints/`` that let a killed stage resume where it stopped."""
@@ -231,6 +295,8 @@ class StageCheckpoint:
         model_path = self.dir / str(state.get("model_file", ""))
         if not model_path.is_file():
             return None
+        if state.get("training_weights_file") and not (self.dir / state["training_weights_file"]).is_file():
+            return None
         if state.get("version") != STATE_VERSION or state.get("fingerprint") != fingerprint:
             print(f"checkpoint in {self.dir} is from other options or data; starting over", flush=True)
             return None
@@ -247,12 +313,14 @@ class StageCheckpoint:
         if self.dir.exists():
             atomic_write_json(self.state_path, state)
 
-    def save(self, model, state, best_improved):
+    def save(self, model, state, best_improved, training_weights=None):
         """Write the epoch's model, best weights and state; the state last, as the commit point.
 
         Each epoch's model gets its own file, named in the state, so that a kill at any moment
         leaves a state and a model of the same epoch; the older file goes once the state is written.
         (Best weights written before a kill are rewritten when the resumed run redoes that epoch.)
+        With weight averaging the model holds the average, and ``training_weights`` (the weights
+        that training continues from) go to ``epoch-<n>.training.npz``, also named in the state.
         """
         self.dir.mkdir(parents=True, exist_ok=True)
         model_path = self.dir / f"epoch-{state['epoch']:04d}.keras"
@@ -260,11 +328,23 @@ class StageCheckpoint:
         if best_improved:
             _save_weights(model, self.best_path)
         state["model_file"] = model_path.name
+        kept = {model_path}
+        if training_weights is not None:
+            weights_path = self.dir / f"epoch-{state['epoch']:04d}.training.npz"
+            with atomic_path(weights_path, suffix=".partial.npz") as tmp:
+                np.savez(tmp, *training_weights)
+            state["training_weights_file"] = weights_path.name
+            kept.add(weights_path)
         atomic_write_json(self.state_path, state)
-        for stale in self.dir.glob("epoch-*.keras"):
-            if stale != model_path:
+        for stale in self.dir.glob("epoch-*"):
+            if stale not in kept and stale.suffix in (".keras", ".npz"):
                 stale.unlink()
         self.model_path = model_path
+
+    def training_weights(self, state):
+        """The training weights saved with the state's epoch (weight averaging), as a list of arrays."""
+        with np.load(self.dir / state["training_weights_file"]) as saved:
+            return [saved[f"arr_{k}"] for k in range(len(saved.files))]
 
     def clear(self):
         shutil.rmtree(self.dir, ignore_errors=True)
@@ -288,9 +368,9 @@ def _save_weights(model, path):
 class EpochEnd(keras.callbacks.Callback):
     """Tracks the best validation AUC and early stopping, and checkpoints after every epoch."""
 
-    def __init__(self, checkpoint, state, patience):
+    def __init__(self, checkpoint, state, patience, average=None):
         super().__init__()
-        self.checkpoint, self.state, self.patience = checkpoint, state, patience
+        self.checkpoint, self.state, self.patience, self.average = checkpoint, state, patience, average
 
     def on_epoch_end(self, epoch, logs=None):
         logs = dict(logs or {})
@@ -306,7 +386,11 @@ class EpochEnd(keras.callbacks.Callback):
         state["epoch"] = epoch + 1
         if self.patience > 0 and state["wait"] >= self.patience:
             state["stopped"] = True
-        self.checkpoint.save(self.model, state, improved)
+        training_weights = None
+        if self.average is not None:
+            state["average_updates"] = self.average.updates
+            training_weights = self.average.training_weights()
+        self.checkpoint.save(self.model, state, improved, training_weights)
 
 
 class TensorBoardScalars(keras.callbacks.Callback):
@@ -456,8 +540,15 @@ def _train_model(stage, cache_path, splits_path, out_dir, *, options, fold=None,
         train_batches = TrainingBatches(train_source, train_labels, n_classes=n_classes, batch_size=batch_size,
                                         seed=seed, augment=augment, mixup=float(train_options.get("mixup", 0.0)),
                                         balanced=imbalance == "balanced_sampling", weights_per_class=per_class)
-        callbacks = [ValidationMetrics(val_dataset, val_labels, n_classes, make_loss(train_options)),
-                     EpochEnd(checkpoint, state, settings["patience"]),
+        average = None
+        if settings.get("average_epochs", 0) > 0:
+            average = WeightAverage(model, settings["average_epochs"], steps_per_epoch)
+            if state.get("training_weights_file"):
+                average.restore(checkpoint.training_weights(state), state["average_updates"])
+        # The average (when on) is swapped in first, so that validation and checkpoints see it.
+        callbacks = [*([average] if average is not None else []),
+                     ValidationMetrics(val_dataset, val_labels, n_classes, make_loss(train_options)),
+                     EpochEnd(checkpoint, state, settings["patience"], average),
                      TensorBoardScalars(out_dir / "tensorboard")]
 
         for epoch in range(state["epoch"], settings["epochs"]):

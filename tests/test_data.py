@@ -154,6 +154,7 @@ def test_training_batches_feed_a_mirrored_strategy(tiny_cache):
         import keras
         from medclassify.cache import open_cache
         from medclassify.data import ImageSource, TrainingBatches, split_indices
+        from medclassify.training import WeightAverage
         strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
         assert strategy.num_replicas_in_sync == 2
         with open_cache({str(cache_path)!r}) as cache:
@@ -164,11 +165,19 @@ def test_training_batches_feed_a_mirrored_strategy(tiny_cache):
                                           augment={{"rotation_degrees": 10}})
                 with strategy.scope():
                     model = keras.Sequential([keras.Input(source.image_shape), keras.layers.Flatten(),
+                                              keras.layers.BatchNormalization(),
                                               keras.layers.Dense(2, activation="softmax")])
                     model.compile("adam", "categorical_crossentropy")
+                # Weight averaging reads and swaps the replicas' variables from its callback.
+                average = WeightAverage(model, 2, len(batches.for_epoch(0)))
                 for epoch in range(2):
-                    history = model.fit(batches.for_epoch(epoch), epochs=epoch + 1, initial_epoch=epoch, verbose=0)
+                    history = model.fit(batches.for_epoch(epoch), epochs=epoch + 1, initial_epoch=epoch, verbose=0,
+                                        callbacks=[average])
                     assert np.isfinite(history.history["loss"][-1])
+                assert average.swapped and average.updates == 2 * len(batches.for_epoch(0))
+                averaged = [v.numpy() for v in model.weights]
+                assert not all(np.array_equal(a, t) for a, t in zip(averaged, average.training_weights()))
+                assert np.isfinite(model.predict(source.read(np.arange(4)), verbose=0)).all()
         print("mirrored ok")
     """)
     root = Path(__file__).resolve().parents[1]

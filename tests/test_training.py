@@ -203,11 +203,14 @@ class Killed(Exception):
 
 
 @pytest.mark.slow
-def test_a_kill_after_the_model_file_before_the_state_resumes_from_the_state(tiny_cache, tmp_path, monkeypatch):
+@pytest.mark.parametrize("average_epochs", [0, 1])
+def test_a_kill_after_the_model_file_before_the_state_resumes_from_the_state(tiny_cache, tmp_path, monkeypatch,
+                                                                              average_epochs):
     from medclassify import training
 
     cache_path, splits_path = tiny_cache
     options = tiny_options()
+    options["finetune"]["average_epochs"] = average_epochs
     train_stage("finetune", cache_path, splits_path, tmp_path / "uninterrupted", options=options, threads=1)
     write_json = training.atomic_write_json
 
@@ -228,3 +231,7 @@ def test_a_kill_after_the_model_file_before_the_state_resumes_from_the_state(tin
     assert sorted(p.name for p in (out / "checkpoints").glob("epoch-*.keras")) == ["epoch-0002.keras"]
     pd.testing.assert_frame_equal(read_history(out), read_history(tmp_path / "uninterrupted"),
                                   check_exact=False, rtol=1e-5, atol=1e-6)
+    resumed, uninterrupted = (keras.models.load_model(d / "model.keras", safe_mode=True)
+                              for d in (out, tmp_path / "uninterrupted"))
+    for got, want in zip(resumed.get_weights(), uninterrupted.get_weights(), strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
