@@ -218,9 +218,12 @@ def current_learning_rate(optimizer):
 class WeightAverage(keras.callbacks.Callback):
     """Exponential moving average of the model's weights, the model that validation and saving see.
 
-    Updated after every training step with decay ``1 - 1 / (epochs * steps_per_epoch)``, so that
-    the average spans about ``epochs`` epochs whatever the dataset's size; during the first steps
-    the decay is held at ``(1 + t) / (10 + t)``, so that the initial weights fade out quickly.
+    Updated after every training step with decay ``d = 1 - 1 / (epochs * steps_per_epoch)``, so
+    that the average spans about ``epochs`` epochs whatever the dataset's size. The average is
+    bias-corrected as Adam's moments are: step ``t`` uses ``d * (1 - d**(t-1)) / (1 - d**t)``, which
+    makes it the exponentially weighted mean of the weights after steps 1..t, with no weight left
+    on the initial model (TensorFlow's ``(1 + t) / (10 + t)`` warm-up instead keeps the horizon
+    near ``t / 9`` steps for hundreds of steps: most of a small dataset's training).
     BatchNorm's moving statistics are averaged with the weights they belong to.
 
     At each epoch end the average is swapped into the model, so that validation, early stopping,
@@ -264,8 +267,8 @@ class WeightAverage(keras.callbacks.Callback):
 
     def on_train_batch_end(self, batch, logs=None):
         self.updates += 1
-        decay = min(self.decay, (1.0 + self.updates) / (10.0 + self.updates))
-        self._update(tf.constant(decay, tf.float32))
+        d, t = self.decay, self.updates
+        self._update(tf.constant(d * (1.0 - d ** (t - 1)) / (1.0 - d ** t), tf.float32))
 
     def on_epoch_end(self, epoch, logs=None):
         self.swap()

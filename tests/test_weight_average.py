@@ -30,7 +30,7 @@ def set_float_weights(model, values):
         variable.assign(value)
 
 
-def test_the_average_follows_the_decay_with_its_warm_up_and_includes_batchnorm_statistics():
+def test_the_average_is_the_bias_corrected_exponential_mean_and_includes_batchnorm_statistics():
     model = small_model()
     average = WeightAverage(model, epochs=2, steps_per_epoch=5)
     assert average.decay == pytest.approx(0.9)
@@ -38,23 +38,25 @@ def test_the_average_follows_the_decay_with_its_warm_up_and_includes_batchnorm_s
     assert any("moving_mean" in n for n in names) and any("moving_variance" in n for n in names)
     assert all("seed" not in n for n in names), "the dropout's integer seed state is not averaged"
     rng = np.random.default_rng(0)
-    expected = float_weights(model)
-    for step in range(1, 31):
-        values = [rng.normal(size=w.shape).astype("float32") for w in expected]
-        set_float_weights(model, values)
+    seen = []
+    for step in range(30):
+        seen.append([rng.normal(size=w.shape).astype("float32") for w in float_weights(model)])
+        set_float_weights(model, seen[-1])
         average.on_train_batch_end(step)
-        decay = min(0.9, (1 + step) / (10 + step))
-        expected = [decay * e + (1 - decay) * v for e, v in zip(expected, values)]
     assert average.updates == 30
-    for got, want in zip(average.averages, expected):
+    # Weight 0.9 ** age for the weights after each step, normalised; none for the initial model.
+    ages = 0.9 ** np.arange(29, -1, -1)
+    for k, got in enumerate(average.averages):
+        want = sum(a * values[k] for a, values in zip(ages, seen)) / ages.sum()
         np.testing.assert_allclose(got.numpy(), want, rtol=1e-5, atol=1e-6)
 
 
 def test_epoch_end_swaps_the_average_in_and_the_next_epoch_swaps_it_out():
     model = small_model()
     average = WeightAverage(model, epochs=2, steps_per_epoch=5)
-    set_float_weights(model, [w + 1.0 for w in float_weights(model)])
     average.on_train_batch_end(0)
+    set_float_weights(model, [w + 1.0 for w in float_weights(model)])
+    average.on_train_batch_end(1)
     training, averaged = float_weights(model), [a.numpy() for a in average.averages]
     assert not all(np.array_equal(t, a) for t, a in zip(training, averaged))
     average.on_epoch_end(0)
