@@ -233,10 +233,10 @@ class WeightAverage(keras.callbacks.Callback):
     weights with the average.
     """
 
-    def __init__(self, model, epochs, steps_per_epoch, updates=0):
+    def __init__(self, model, epochs, steps_per_epoch):
         super().__init__()
         self.decay = 1.0 - 1.0 / max(1.0, float(epochs) * steps_per_epoch)
-        self.updates = int(updates)
+        self.updates = 0
         self.swapped = False
         self.variables = [v for v in model.weights if "float" in str(v.dtype)]
         self.averages = [tf.Variable(keras.ops.convert_to_numpy(v.value), trainable=False) for v in self.variables]

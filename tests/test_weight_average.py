@@ -9,7 +9,7 @@ import pytest
 
 from medclassify.cache import open_cache
 from medclassify.data import split_indices
-from medclassify.training import WeightAverage, classification_auc, train_stage
+from medclassify.training import StageCheckpoint, WeightAverage, classification_auc, train_stage
 from training_fixtures import make_training_cache, tiny_options
 
 
@@ -21,12 +21,16 @@ def small_model():
     return keras.Model(inputs, keras.layers.Dense(2)(hidden))
 
 
+def float_variables(model):
+    return [v for v in model.weights if "float" in str(v.dtype)]
+
+
 def float_weights(model):
-    return [keras.ops.convert_to_numpy(v.value) for v in model.weights if "float" in str(v.dtype)]
+    return [keras.ops.convert_to_numpy(v.value) for v in float_variables(model)]
 
 
 def set_float_weights(model, values):
-    for variable, value in zip([v for v in model.weights if "float" in str(v.dtype)], values, strict=True):
+    for variable, value in zip(float_variables(model), values, strict=True):
         variable.assign(value)
 
 
@@ -87,8 +91,7 @@ def test_validation_and_the_saved_model_use_the_average(small_cache, tmp_path):
     assert sorted(p.name for p in checkpoints.glob("epoch-*")) == ["epoch-0002.keras", "epoch-0002.training.npz"]
     # The checkpoint's model holds the average; training continues from other weights.
     last = keras.models.load_model(checkpoints / "epoch-0002.keras", safe_mode=True, compile=False)
-    with np.load(checkpoints / "epoch-0002.training.npz") as saved:
-        training = [saved[f"arr_{k}"] for k in range(len(saved.files))]
+    training = StageCheckpoint(tmp_path).training_weights(state)
     assert len(training) == len(float_weights(last))
     assert not all(np.array_equal(a, t) for a, t in zip(float_weights(last), training))
     # The saved model is the best epoch's average: its validation AUC is the one the history shows.
