@@ -112,7 +112,13 @@ def cv_splits(splits_path, folds, seed):
         rows = np.flatnonzero(((table["split"] != "test") & (labels == label)).to_numpy())
         table.loc[rng.permutation(rows), "fold"] = np.arange(len(rows)) % folds
     out = Path(splits_path).with_name(f"splits-cv{folds}-seed{seed}.csv")
-    table.to_csv(out, index=False)
+    text = table.to_csv(index=False)
+    # Rewriting the same folds would change the file's time, which finished ensemble members
+    # record: a resumed search would then retrain them.
+    if not out.exists() or out.read_text(encoding="utf-8") != text:
+        from medclassify.atomic import atomic_write_text
+
+        atomic_write_text(out, text)
     return out
 
 
@@ -130,29 +136,58 @@ def run_seed_cv(seed, overrides, work_dir, folds, threads):
     from breastmnist_data import prepare_breastmnist
 
     from medclassify.config import config_hash
-    from medclassify.training import train_stage
 
     data_options = {k: overrides[k] for k in ("preprocess", "io") if k in overrides}
     data_dir = Path(work_dir) / (f"data-{config_hash(data_options)}" if data_options else "data")
     cache_path, base_splits = prepare_breastmnist(data_dir, overrides=data_options)
     splits_path = cv_splits(base_splits, folds, seed)
     options = options_for(seed, overrides)
-    started = time.perf_counter()
-    fold_auc, labels, probabilities = [], [], []
+    fold_auc, labels, probabilities, minutes = [], [], [], 0.0
     for fold in range(folds):
         run_dir = Path(work_dir) / f"seed_{seed}" / f"fold_{fold}"
-        head = train_stage("head", cache_path, splits_path, run_dir / "head", options=options, fold=fold,
-                           threads=threads)
-        final = train_stage("finetune", cache_path, splits_path, run_dir / "finetune", options=options,
-                            init_model=head, fold=fold, threads=threads)
-        fold_labels, fold_probabilities = split_predictions(final, cache_path, splits_path, ["val"], fold)["val"]
+        record = fold_record(run_dir, fold, cache_path, splits_path, options, threads)
+        fold_labels, fold_probabilities = np.asarray(record["labels"]), np.asarray(record["probabilities"])
         fold_auc.append(scores(fold_labels, fold_probabilities)["auc"])
         labels.append(fold_labels)
         probabilities.append(fold_probabilities)
+        minutes += record["minutes"]
         print(f"[cv] seed {seed} fold {fold}: val AUC {fold_auc[-1]:.4f}", flush=True)
     labels, probabilities = np.concatenate(labels), np.concatenate(probabilities)
-    return {"seed": seed, "minutes": round((time.perf_counter() - started) / 60, 2), "fold_auc": fold_auc,
-            "oof": scores(labels, probabilities)}
+    return {"seed": seed, "minutes": round(minutes, 2), "fold_auc": fold_auc, "oof": scores(labels, probabilities)}
+
+
+def fold_record(run_dir, fold, cache_path, splits_path, options, threads):
+    """Train fold ``fold`` and return its validation labels, probabilities and training minutes.
+
+    The record is kept in ``run_dir/val_predictions.json`` with a key of everything that decides
+    it (options, fold, the folds file's content, the cache file, the training code), so that a
+    search stopped between folds (a 5-fold gate takes hours on a slow machine) resumes where it
+    stopped; a record with another key is retrained.
+    """
+    import hashlib
+
+    from medclassify.atomic import atomic_write_json
+    from medclassify.config import config_hash
+    from medclassify.training import _file_identity, train_stage, training_code_digest
+
+    key = config_hash({"options": options, "fold": fold, "cache": _file_identity(cache_path),
+                       "splits": hashlib.sha256(Path(splits_path).read_bytes()).hexdigest(),
+                       "code": training_code_digest()})
+    saved = Path(run_dir) / "val_predictions.json"
+    if saved.exists():
+        record = json.loads(saved.read_text(encoding="utf-8"))
+        if record.get("key") == key:
+            print(f"[cv] fold {fold}: trained before, reusing {saved}", flush=True)
+            return record
+    started = time.perf_counter()
+    head = train_stage("head", cache_path, splits_path, run_dir / "head", options=options, fold=fold, threads=threads)
+    final = train_stage("finetune", cache_path, splits_path, run_dir / "finetune", options=options,
+                        init_model=head, fold=fold, threads=threads)
+    labels, probabilities = split_predictions(final, cache_path, splits_path, ["val"], fold)["val"]
+    record = {"key": key, "minutes": (time.perf_counter() - started) / 60, "labels": labels.tolist(),
+              "probabilities": probabilities.tolist()}
+    atomic_write_json(saved, record)
+    return record
 
 
 def summary(results, split):

@@ -633,7 +633,10 @@ def training_code_digest():
 
 def member_fingerprint(options, seed, *, fold, init_model, cache_path, splits_path):
     """What decides an ensemble member's model: its options and seed, the data, the initial model and
-    the code; not the size of the ensemble, so members survive a change of ``train.ensemble``."""
+    the code; not the size of the ensemble, so members survive a change of ``train.ensemble``.
+
+    ``init_model`` is the model the member starts from: None when it draws its own initial
+    weights, so that saving an untrained head again (a rerun) does not retrain the members."""
     return config_hash({"options": member_options(options, seed), "fold": fold,
                         "init_model": _file_identity(init_model), "cache": _file_identity(cache_path),
                         "splits": _file_identity(splits_path), "code": training_code_digest()})
@@ -675,7 +678,7 @@ def train_ensemble(n_members, cache_path, splits_path, out_dir, *, options, fold
     for k in range(n_members):
         folder = member_dir(out_dir, k)
         path = folder / "model.keras"
-        fingerprint = member_fingerprint(options, seeds[k], fold=fold, init_model=init_model, cache_path=cache_path,
+        fingerprint = member_fingerprint(options, seeds[k], fold=fold, init_model=member_init, cache_path=cache_path,
                                          splits_path=splits_path)
         if finished.get(str(k)) == fingerprint and path.exists():
             print(f"[finetune] ensemble member {k + 1}/{n_members} already trained ({folder})", flush=True)
