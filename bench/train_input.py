@@ -40,9 +40,9 @@ def main(argv=None):
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "train_input.json")
     args = parser.parse_args(argv)
 
-    from medclassify.gpu import set_threads
+    from medclassify.gpu import configure_inference
 
-    set_threads(args.threads)
+    configure_inference(args.threads)  # threads and malloc as the training stage sets them
     import numpy as np
     import tensorflow as tf
 

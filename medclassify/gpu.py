@@ -1,4 +1,5 @@
-"""Device policy for training: threads, mixed precision, XLA, GPU memory growth, multi-GPU.
+"""Device policy for training: threads, memory allocator, mixed precision, XLA, GPU memory growth,
+multi-GPU.
 
 The decisions are pure functions of the config values and the visible devices, so they are
 tested on CPU; :func:`configure_devices` applies them. TensorFlow sees only the GPUs in
@@ -6,9 +7,16 @@ tested on CPU; :func:`configure_devices` applies them. TensorFlow sees only the 
 GPUs it was not given; nothing here widens that set.
 """
 
+import ctypes
 import os
 
 import tensorflow as tf
+
+# glibc's mallopt parameter number for M_TOP_PAD (malloc.h).
+M_TOP_PAD = -2
+# Fine-tuning ResNet-18 on BreastMNIST, 2-core KVM machine: a median step took 1.6-1.8 s with
+# glibc's default, 1.25 s with 64 MiB and 1.05-1.16 s with 256 MiB; peak RSS grew by 45 MB.
+MALLOC_TOP_PAD_BYTES = 256 << 20
 
 
 def mixed_precision_policy(setting, n_gpus):
@@ -52,13 +60,32 @@ def set_threads(threads):
         pass
 
 
+def keep_freed_memory(pad_bytes=MALLOC_TOP_PAD_BYTES):
+    """Let glibc's malloc keep up to ``pad_bytes`` of freed memory at the top of each heap.
+
+    TensorFlow on CPU frees its activations after every step and allocates them again for the
+    next. By default glibc hands the freed top of a heap back to the kernel at once, and takes it
+    back with fresh zeroed pages a moment later. On a 2-core KVM machine a 4-epoch fine-tune of
+    BreastMNIST spent 51 s of its 140 s of CPU in the kernel; with the pad 27 s of 110 s, and it
+    finished in 79 s instead of 103 s with the same history. Returns whether the setting took
+    (False where the C library has no ``mallopt``, e.g. musl or macOS, which need nothing here).
+    """
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return False
+    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    return bool(mallopt(M_TOP_PAD, int(pad_bytes)))
+
+
 def configure_inference(threads=None):
-    """Device policy for evaluation and prediction: CPU threads, GPU memory on demand.
+    """Device policy for evaluation and prediction: CPU threads, malloc, GPU memory on demand.
 
     Without memory growth TensorFlow claims the whole memory of every visible GPU, which would
     starve a training job that Snakemake runs beside an evaluation. Returns the visible GPUs.
     """
     set_threads(threads)
+    keep_freed_memory()
     gpus = tf.config.list_physical_devices("GPU")
     for gpu in gpus:
         try:

@@ -1,6 +1,10 @@
 """Models: ResNet-18 stems and blocks, the classifier's input handling, saving, weights, GPU policy."""
 
 import hashlib
+import platform
+import subprocess
+import sys
+import textwrap
 import urllib.error
 
 import keras
@@ -8,7 +12,8 @@ import numpy as np
 import pytest
 
 from medclassify.errors import InputError
-from medclassify.gpu import mixed_precision_policy, strategy_kind, use_jit, visible_gpu_ids
+from medclassify import gpu
+from medclassify.gpu import keep_freed_memory, mixed_precision_policy, strategy_kind, use_jit, visible_gpu_ids
 from medclassify.models import (ImageNetNormalization, backbone_blocks, backbone_of, build_backbone,
                                 build_classifier, build_resnet18, log_prior_bias, set_trainable_blocks)
 from medclassify.models import weights as weights_module
@@ -172,3 +177,38 @@ def test_gpu_policy_decisions():
     assert visible_gpu_ids({}) is None
     assert visible_gpu_ids({"CUDA_VISIBLE_DEVICES": "2, 3"}) == ["2", "3"]
     assert visible_gpu_ids({"CUDA_VISIBLE_DEVICES": "-1"}) == []
+
+
+# Frees 32 MiB of small blocks from the top of the main heap; prints how much glibc keeps (MiB).
+KEPT_AFTER_FREE = textwrap.dedent("""
+    import ctypes, sys
+    from medclassify.gpu import keep_freed_memory
+
+    class MallInfo2(ctypes.Structure):
+        _fields_ = [(name, ctypes.c_size_t) for name in ("arena", "ordblks", "smblks", "hblks", "hblkhd",
+                    "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")]
+
+    libc = ctypes.CDLL(None)
+    libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
+    libc.free.argtypes = [ctypes.c_void_p]
+    libc.mallinfo2.restype = MallInfo2
+    if sys.argv[1] == "keep":
+        assert keep_freed_memory(64 << 20)
+    blocks = [libc.malloc(64 << 10) for _ in range(512)]
+    for block in reversed(blocks):
+        libc.free(block)
+    print(libc.mallinfo2().keepcost >> 20)
+""")
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="mallopt's top pad is glibc's")
+def test_keep_freed_memory_makes_glibc_keep_the_freed_top_of_the_heap():
+    kept = {mode: int(subprocess.run([sys.executable, "-c", KEPT_AFTER_FREE, mode], capture_output=True, text=True,
+                                     check=True, timeout=120).stdout)
+            for mode in ("default", "keep")}
+    assert kept["default"] < 16 and kept["keep"] >= 32, kept
+
+
+def test_keep_freed_memory_does_nothing_without_mallopt(monkeypatch):
+    monkeypatch.setattr(gpu.ctypes, "CDLL", lambda name: object())
+    assert keep_freed_memory() is False
