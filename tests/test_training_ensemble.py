@@ -110,7 +110,6 @@ def test_a_killed_ensemble_resumes_with_the_unfinished_member(trained, tiny_cach
     assert sorted(json.loads(state_path.read_text())["members"]) == ["0", "1"]
 
 
-
 def test_members_that_do_not_start_from_the_head_model_survive_a_new_head_file(trained, tiny_cache, tmp_path, capsys):
     # The fixture's head has 0 epochs and no pretrained weights: members draw their own initial
     # weights, so a head stage saved again (a rerun: another file time) must not retrain them.
@@ -121,6 +120,7 @@ def test_members_that_do_not_start_from_the_head_model_survive_a_new_head_file(t
     train_stage("finetune", *tiny_cache, out, options=trained["options"], init_model=head, threads=1)
     log = capsys.readouterr().out
     assert "member 1/2 already trained" in log and "member 2/2 already trained" in log
+
 
 def _refit(trained, tiny_cache, out, capsys, **changes):
     """Run the fine-tune stage in ``out`` again with ``changes`` ({section: {key: value}}); its log."""
