@@ -1,0 +1,216 @@
+"""Mixed-precision benchmark: the default classifier trained in float32 and in mixed_float16.
+
+    .venv/bin/python bench/mixed_precision.py [--epochs 30] [--npz ../shared/data/breastmnist.npz]
+    .venv/bin/python bench/mixed_precision.py --epochs 6 --set '{"train": {"min_input_size": 224}}'
+
+``mixed_precision: auto`` turns on Keras's ``mixed_float16`` policy on a GPU. This checks, on
+whatever device and Keras backend it runs under, that the classifier ``medclassify.models``
+builds for ``config/breastmnist.yaml`` trains under that policy as it does in float32:
+  - layers compute in float16 and keep float32 variables; the probabilities stay float32;
+  - compile wraps the optimizer in a LossScaleOptimizer (float16 gradients underflow without it);
+  - losses and final weights are finite;
+  - the same float32-trained weights give the same probabilities in float16, within 0.02;
+and reports training images/s and validation AUC of each. ``--set`` overrides the config as JSON
+(a bigger backbone, or ``min_input_size`` to train at the sizes where float16 pays). Both runs train the whole network
+from the same seed with the fine-tune stage's optimizer (AdamW, warm-up, cosine decay) and no
+augmentation, on BreastMNIST's official training split; AUC is on its validation split.
+It imports no TensorFlow itself, so it also runs under ``KERAS_BACKEND=jax`` (XLA always on).
+"""
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+DEFAULT_NPZ = ROOT.parent / "shared" / "data" / "breastmnist.npz"
+PROBABILITY_TOLERANCE = 0.02
+
+
+def load_split(npz, split):
+    """Images scaled to [0, 1] as (N, H, W, 1) float32, and integer labels."""
+    import numpy as np
+
+    with np.load(npz) as data:
+        images = data[f"{split}_images"].astype("float32") / 255.0
+        labels = data[f"{split}_labels"].reshape(-1).astype("int64")
+    return images[..., None], labels
+
+
+def device_name():
+    """The device the backend computes on, in words."""
+    import keras
+
+    backend = keras.backend.backend()
+    if backend == "jax":
+        import jax
+
+        device = jax.devices()[0]
+        return f"{device.platform}: {getattr(device, 'device_kind', device)}"
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        gpus = tf.config.list_physical_devices("GPU")
+        return f"gpu: {len(gpus)}" if gpus else "cpu"
+    return backend
+
+
+def build(options, input_shape, class_counts, policy):
+    """The classifier as the fine-tune stage starts it without a head model, under ``policy``."""
+    import keras
+
+    from medclassify.models import build_classifier, set_backbone_inference_mode
+
+    keras.mixed_precision.set_global_policy(policy)
+    keras.utils.set_random_seed(int(options["train"]["seed"]))
+    train, finetune = options["train"], options["finetune"]
+    model = build_classifier(input_shape, len(class_counts), backbone=train["backbone"], class_counts=class_counts,
+                             dropout=options["head"]["dropout"], small_input=train["small_input"],
+                             zscore=None, resnet_width=int(train["resnet_width"]), seed=int(train["seed"]),
+                             min_size=int(train["min_input_size"]))
+    set_backbone_inference_mode(model, False)
+    assert finetune["unfreeze"] == "all" and train["weights"] == "none", "the bench trains the whole network"
+    return model
+
+
+def compile_for_finetune(model, options, steps_per_epoch, epochs):
+    import keras
+
+    finetune = options["finetune"]
+    total = steps_per_epoch * epochs
+    warmup = min(steps_per_epoch * int(finetune["warmup_epochs"]), total - 1)
+    schedule = keras.optimizers.schedules.CosineDecay(
+        0.0, decay_steps=total - warmup, warmup_target=float(finetune["learning_rate"]), warmup_steps=warmup)
+    optimizer = keras.optimizers.AdamW(learning_rate=schedule, weight_decay=float(finetune["weight_decay"]))
+    model.compile(optimizer=optimizer, loss="sparse_categorical_crossentropy", jit_compile=True)
+
+
+def dtype_report(model):
+    """Compute and variable dtypes of the backbone's convolutions, and the output dtype."""
+    from medclassify.models import backbone_of
+
+    convs = [layer for layer in backbone_of(model).layers if type(layer).__name__ == "Conv2D"]
+    return {
+        "conv_compute_dtypes": sorted({layer.compute_dtype for layer in convs}),
+        "conv_variable_dtypes": sorted({layer.variable_dtype for layer in convs}),
+        "output_dtype": str(model.outputs[0].dtype),
+    }
+
+
+def all_finite(arrays):
+    import numpy as np
+
+    return bool(all(np.all(np.isfinite(np.asarray(a, dtype="float64"))) for a in arrays))
+
+
+def train_one(options, policy, train, val, epochs, batch_size):
+    """Train under ``policy``; return the model, its validation probabilities and a record."""
+    import keras
+    import numpy as np
+    from sklearn.metrics import roc_auc_score
+
+    images, labels = train
+    class_counts = np.bincount(labels, minlength=2).tolist()
+    model = build(options, images.shape[1:], class_counts, policy)
+    steps = int(np.ceil(len(images) / batch_size))
+    compile_for_finetune(model, options, steps, epochs)
+    epoch_seconds = []
+
+    class EpochTimer(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            self.start = time.perf_counter()
+
+        def on_epoch_end(self, epoch, logs=None):
+            epoch_seconds.append(time.perf_counter() - self.start)
+
+    history = model.fit(images, labels, batch_size=batch_size, epochs=epochs, shuffle=True, verbose=0,
+                        callbacks=[EpochTimer()])
+    probabilities = model.predict(val[0], batch_size=256, verbose=0)
+    # The first epoch compiles the step; the rest are the training speed.
+    steady = epoch_seconds[1:] or epoch_seconds
+    record = {
+        "policy": policy,
+        **dtype_report(model),
+        "loss_scale_optimizer": isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer),
+        "losses_finite": all_finite([history.history["loss"]]),
+        "weights_finite": all_finite(model.get_weights()),
+        "first_loss": float(history.history["loss"][0]),
+        "last_loss": float(history.history["loss"][-1]),
+        "first_epoch_s": round(epoch_seconds[0], 2),
+        "train_images_per_s": round(len(images) / float(np.median(steady)), 1),
+        "val_auc": float(roc_auc_score(val[1], probabilities[:, 1])),
+    }
+    return model, probabilities, record
+
+
+def same_weights_difference(options, float32_model, val):
+    """Largest |p_float32 - p_float16| when the float32-trained weights run under mixed_float16."""
+    import numpy as np
+
+    reference = float32_model.predict(val[0], batch_size=256, verbose=0)
+    mixed = build(options, val[0].shape[1:], [1, 1], "mixed_float16")
+    mixed.set_weights(float32_model.get_weights())
+    probabilities = mixed.predict(val[0], batch_size=256, verbose=0)
+    return float(np.max(np.abs(probabilities.astype("float64") - reference.astype("float64"))))
+
+
+def verdicts(mixed, difference):
+    return {
+        "float16 compute, float32 variables": mixed["conv_compute_dtypes"] == ["float16"]
+        and mixed["conv_variable_dtypes"] == ["float32"],
+        "float32 probabilities": mixed["output_dtype"] == "float32",
+        "loss scaling": mixed["loss_scale_optimizer"],
+        "finite losses and weights": mixed["losses_finite"] and mixed["weights_finite"],
+        f"same weights agree within {PROBABILITY_TOLERANCE}": difference <= PROBABILITY_TOLERANCE,
+    }
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--epochs", type=int, default=30)
+    parser.add_argument("--npz", type=Path, default=Path(os.environ.get("MEDCLASSIFY_BREASTMNIST_NPZ", DEFAULT_NPZ)))
+    parser.add_argument("--set", default="{}", help="config overrides as JSON")
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "mixed_precision.json")
+    args = parser.parse_args(argv)
+
+    import keras
+
+    from medclassify.atomic import atomic_write_json
+    from medclassify.config import load_config, run_config
+
+    options = run_config(load_config(ROOT / "config" / "breastmnist.yaml", json.loads(args.set)), "baseline")
+    batch_size = int(options["train"]["batch_size"])
+    train, val = load_split(args.npz, "train"), load_split(args.npz, "val")
+    records = {}
+    models = {}
+    for policy in ("float32", "mixed_float16"):
+        start = time.perf_counter()
+        models[policy], _, records[policy] = train_one(options, policy, train, val, args.epochs, batch_size)
+        records[policy]["wall_s"] = round(time.perf_counter() - start, 1)
+    difference = same_weights_difference(options, models["float32"], val)
+    checks = verdicts(records["mixed_float16"], difference)
+
+    result = {"backend": keras.backend.backend(), "keras": keras.__version__, "device": device_name(),
+              "overrides": json.loads(args.set), "epochs": args.epochs, "batch_size": batch_size, "runs": list(records.values()),
+              "max_probability_difference_same_weights": difference, "checks": checks,
+              "passed": all(checks.values())}
+    print(f"backend {result['backend']} (Keras {result['keras']}) on {result['device']}; {args.set}; "
+          f"{args.epochs} epochs, batch {batch_size}, BreastMNIST train {len(train[1])} / val {len(val[1])}")
+    print(f"{'policy':<15} {'img/s':>8} {'1st epoch s':>11} {'loss first→last':>17} {'val AUC':>8} {'wall s':>7}")
+    for record in records.values():
+        print(f"{record['policy']:<15} {record['train_images_per_s']:>8.1f} {record['first_epoch_s']:>11.2f} "
+              f"{record['first_loss']:>8.4f}→{record['last_loss']:<8.4f} {record['val_auc']:>8.4f} {record['wall_s']:>7.1f}")
+    print(f"same float32 weights under mixed_float16: max |Δp| = {difference:.2e}")
+    for name, ok in checks.items():
+        print(f"  {'ok  ' if ok else 'FAIL'} {name}")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(args.out, result)
+    return 0 if result["passed"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
