@@ -36,6 +36,45 @@ def _parsed_schema():
         return yaml.safe_load(f)
 
 
+@functools.cache
+def _switch_names():
+    """Names of the keys whose schema allows the strings ``"on"`` and ``"off"``."""
+    names = set()
+
+    def collect(node):
+        if isinstance(node, dict):
+            for name, sub in node.get("properties", {}).items():
+                if isinstance(sub, dict) and {"on", "off"} <= set(sub.get("enum", [])):
+                    names.add(name)
+            for value in node.values():
+                collect(value)
+        elif isinstance(node, list):
+            for value in node:
+                collect(value)
+
+    collect(_parsed_schema())
+    return frozenset(names)
+
+
+def switches_as_strings(config):
+    """Turn the booleans YAML made of an unquoted ``on`` or ``off`` back into strings, in place.
+
+    PyYAML and Snakemake read YAML 1.1, where ``mixed_precision: off`` means false; without this
+    the schema would reject it as "False is not of type 'string'". Only keys whose schema allows
+    ``"on"`` and ``"off"`` are changed.
+    """
+    if isinstance(config, dict):
+        for key, value in config.items():
+            if key in _switch_names() and isinstance(value, bool):
+                config[key] = "on" if value else "off"
+            else:
+                switches_as_strings(value)
+    elif isinstance(config, list):
+        for value in config:
+            switches_as_strings(value)
+    return config
+
+
 def _validator_filling_defaults(schema):
     base = jsonschema.Draft202012Validator
 
@@ -53,6 +92,7 @@ def _validator_filling_defaults(schema):
 def validate_config(config, schema=None):
     """Validate ``config`` in place, filling defaults; raise InputError listing every problem."""
     schema = schema or _parsed_schema()
+    switches_as_strings(config)
     validator = _validator_filling_defaults(schema)
     errors = sorted(validator.iter_errors(config), key=lambda e: list(e.absolute_path))
     if errors:
@@ -98,6 +138,7 @@ def _section_validator(section):
 
 
 def _validate_section(section, value, where):
+    switches_as_strings(value)
     errors = list(_section_validator(section).iter_errors(value))
     if errors:
         problems = [f"{where}.{'.'.join(map(str, e.absolute_path))}: {e.message}" for e in errors]

@@ -108,3 +108,14 @@ def test_resolved_options_do_not_depend_on_the_key_order_of_the_config():
         validate_config(options)
     assert repr(run_config(config, "baseline")) == repr(run_config(reordered, "baseline"))
     assert repr(dataset_config(config, "demo")) == repr(dataset_config(reordered, "demo"))
+
+
+def test_unquoted_on_and_off_are_read_as_the_switch_strings(tmp_path):
+    path = tmp_path / "config.yaml"
+    path.write_text("train:\n  mixed_precision: off\n  jit_compile: on\n  deterministic: false\n"
+                    "runs:\n  fast:\n    train:\n      mixed_precision: on\n")
+    config = load_config(path)
+    assert run_config(config, "fast")["train"]["mixed_precision"] == "on"
+    train = config["train"]
+    assert (train["mixed_precision"], train["jit_compile"]) == ("off", "on")
+    assert train["deterministic"] is False, "only keys whose schema allows on/off are changed"

@@ -7,9 +7,10 @@ from snakemake.utils import validate
 sys.path.insert(0, workflow.basedir)
 
 from medclassify.codedeps import module_closure
-from medclassify.config import dataset_config, run_config
+from medclassify.config import dataset_config, run_config, switches_as_strings
 from medclassify.workflow_paths import parse_run, run_ids
 
+switches_as_strings(config)
 validate(config, schema="../schemas/config.schema.yaml", set_default=True)
 
 # Every evaluation plot, written as PNG and PDF by medclassify.evaluation.
