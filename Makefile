@@ -47,8 +47,12 @@ system-deps:
 	  $(SUDO) apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium chromium-driver; }
 
+# loadgroup: the slow tests that share a workflow run stay on one worker (see tests/conftest.py);
+# the workflow runs spend much of their time starting Python and TensorFlow on one core.
+E2E_PYTEST := $(BIN)/python -m pytest -q -n 2 --dist loadgroup
+
 e2e: $(STAMP) system-deps
-	$(BIN)/python -m pytest -q -m "slow"
+	$(E2E_PYTEST) -m "slow"
 
 # The cluster tests against a private one-node Slurm: start-slurm.sh installs slurm-wlm and munge
 # when missing (as root) and starts the daemons; they are stopped, by their PIDs, whatever the
@@ -65,7 +69,7 @@ test-cluster: $(STAMP)
 
 # End to end and cluster in one session: one local demo run serves both.
 e2e-and-cluster: $(STAMP) system-deps
-	$(call with_slurm,$(BIN)/python -m pytest -q -m "slow or cluster")
+	$(call with_slurm,$(E2E_PYTEST) -m "slow or cluster")
 
 test: lint dry-run unit e2e-and-cluster
 

@@ -19,6 +19,24 @@ FAST_DEMO_ARGS = ["--configfile", FAST_CONFIG_NAME]
 DEMO_RUN_TIMEOUT_S = 1200
 
 
+def pytest_collection_modifyitems(config, items):
+    """Keep slow tests that share a costly fixture on one xdist worker (``--dist loadgroup``).
+
+    A session or module fixture is built once per worker: the demo run, or test_rerun's own
+    run, split over two workers would be made twice. The Slurm tests join the demo run's group
+    too: they compare with it, and they read the one test cluster's queue, so they run one after
+    another.
+    """
+    for item in items:
+        if item.get_closest_marker("slow") is None and item.get_closest_marker("cluster") is None:
+            continue
+        if "demo_run" in item.fixturenames or item.get_closest_marker("cluster") is not None:
+            group = "demo_run"
+        else:
+            group = item.module.__name__
+        item.add_marker(pytest.mark.xdist_group(group))
+
+
 @pytest.fixture(scope="session")
 def shared_npz():
     if not SHARED_NPZ.exists():
