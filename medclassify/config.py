@@ -138,7 +138,6 @@ def _section_validator(section):
 
 
 def _validate_section(section, value, where):
-    switches_as_strings(value)
     errors = list(_section_validator(section).iter_errors(value))
     if errors:
         problems = [f"{where}.{'.'.join(map(str, e.absolute_path))}: {e.message}" for e in errors]
