@@ -11,9 +11,10 @@ builds for ``config/breastmnist.yaml`` trains under that policy as it does in fl
   - losses and final weights are finite;
   - the same float32-trained weights give the same probabilities in float16, within 0.02;
 and reports training images/s and validation AUC of each. ``--set`` overrides the config as JSON
-(a bigger backbone, or ``min_input_size`` to train at the sizes where float16 pays). Both runs train the whole network
-from the same seed with the fine-tune stage's optimizer (AdamW, warm-up, cosine decay) and no
-augmentation, on BreastMNIST's official training split; AUC is on its validation split.
+(a bigger backbone, or ``min_input_size`` to train at the sizes where float16 pays). Both runs
+train the whole network from the same seed with the fine-tune stage's optimizer (AdamW, warm-up,
+cosine decay) and no augmentation, on BreastMNIST's official training split; AUC is on its
+validation split.
 It imports no TensorFlow itself, so it also runs under ``KERAS_BACKEND=jax`` (XLA always on).
 """
 
@@ -31,14 +32,12 @@ DEFAULT_NPZ = ROOT.parent / "shared" / "data" / "breastmnist.npz"
 PROBABILITY_TOLERANCE = 0.02
 
 
-def load_split(npz, split):
-    """Images scaled to [0, 1] as (N, H, W, 1) float32, and integer labels."""
-    import numpy as np
+def load_splits(npz):
+    """``{split: (images scaled to [0, 1] as (N, H, W, 1) float32, integer labels)}``."""
+    from medclassify.datasets.medmnist import read_medmnist_npz
 
-    with np.load(npz) as data:
-        images = data[f"{split}_images"].astype("float32") / 255.0
-        labels = data[f"{split}_labels"].reshape(-1).astype("int64")
-    return images[..., None], labels
+    return {split: (images.astype("float32")[..., None] / 255.0, labels)
+            for split, (images, labels) in read_medmnist_npz(npz, "breastmnist", 28).items()}
 
 
 def device_name():
@@ -80,11 +79,10 @@ def build(options, input_shape, class_counts, policy):
 def compile_for_finetune(model, options, steps_per_epoch, epochs):
     import keras
 
-    finetune = options["finetune"]
-    total = steps_per_epoch * epochs
-    warmup = min(steps_per_epoch * int(finetune["warmup_epochs"]), total - 1)
-    schedule = keras.optimizers.schedules.CosineDecay(
-        0.0, decay_steps=total - warmup, warmup_target=float(finetune["learning_rate"]), warmup_steps=warmup)
+    from medclassify.schedules import learning_rate_schedule
+
+    finetune = {**options["finetune"], "epochs": epochs}
+    schedule = learning_rate_schedule("finetune", finetune, steps_per_epoch)
     optimizer = keras.optimizers.AdamW(learning_rate=schedule, weight_decay=float(finetune["weight_decay"]))
     model.compile(optimizer=optimizer, loss="sparse_categorical_crossentropy", jit_compile=True)
 
@@ -182,9 +180,11 @@ def main(argv=None):
     from medclassify.atomic import atomic_write_json
     from medclassify.config import load_config, run_config
 
-    options = run_config(load_config(ROOT / "config" / "breastmnist.yaml", json.loads(args.set)), "baseline")
+    overrides = json.loads(args.set)
+    options = run_config(load_config(ROOT / "config" / "breastmnist.yaml", overrides), "baseline")
     batch_size = int(options["train"]["batch_size"])
-    train, val = load_split(args.npz, "train"), load_split(args.npz, "val")
+    splits = load_splits(args.npz)
+    train, val = splits["train"], splits["val"]
     records = {}
     models = {}
     for policy in ("float32", "mixed_float16"):
@@ -195,9 +195,9 @@ def main(argv=None):
     checks = verdicts(records["mixed_float16"], difference)
 
     result = {"backend": keras.backend.backend(), "keras": keras.__version__, "device": device_name(),
-              "overrides": json.loads(args.set), "epochs": args.epochs, "batch_size": batch_size, "runs": list(records.values()),
-              "max_probability_difference_same_weights": difference, "checks": checks,
-              "passed": all(checks.values())}
+              "overrides": overrides, "epochs": args.epochs, "batch_size": batch_size,
+              "runs": list(records.values()), "max_probability_difference_same_weights": difference,
+              "checks": checks, "passed": all(checks.values())}
     print(f"backend {result['backend']} (Keras {result['keras']}) on {result['device']}; {args.set}; "
           f"{args.epochs} epochs, batch {batch_size}, BreastMNIST train {len(train[1])} / val {len(val[1])}")
     print(f"{'policy':<15} {'img/s':>8} {'1st epoch s':>11} {'loss first→last':>17} {'val AUC':>8} {'wall s':>7}")

@@ -41,6 +41,7 @@ from .models import (backbone_of, build_classifier, build_ensemble, set_backbone
                      set_trainable_blocks)
 from .models.ensemble import MEMBER_PREFIX
 from .models.weights import imagenet_weights_path
+from .schedules import learning_rate_schedule
 
 STAGES = ("head", "finetune")
 MEMBERS_DIRNAME = "members"  # an ensemble's members: members/member_<k>/ in the fine-tune stage
@@ -114,18 +115,6 @@ def reset_layer_seeds(model, seed, epoch):
 
 
 # --- model ----------------------------------------------------------------------------------------
-def learning_rate_schedule(stage, settings, steps_per_epoch):
-    """Constant rate for the head; linear warm-up then cosine decay to 0 for fine-tuning."""
-    if stage == "head":
-        return settings["learning_rate"]
-    total = max(1, settings["epochs"] * steps_per_epoch)
-    warmup = min(int(round(settings["warmup_epochs"] * steps_per_epoch)), total - 1)
-    if warmup == 0:
-        return keras.optimizers.schedules.CosineDecay(settings["learning_rate"], decay_steps=total)
-    return keras.optimizers.schedules.CosineDecay(0.0, decay_steps=total - warmup, warmup_target=settings["learning_rate"],
-                                                  warmup_steps=warmup)
-
-
 def make_loss(train_options):
     """Cross-entropy on one-hot targets (label smoothing), or focal loss for imbalance: focal_loss."""
     smoothing = float(train_options.get("label_smoothing", 0.0))
