@@ -237,3 +237,24 @@ def test_a_kill_after_the_model_file_before_the_state_resumes_from_the_state(tin
                               for d in (out, tmp_path / "uninterrupted"))
     for got, want in zip(resumed.get_weights(), uninterrupted.get_weights(), strict=True):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("stage", ["head", "finetune"])
+def test_the_train_step_is_traced_once(stage):
+    # An optimizer built inside the first tracing makes TensorFlow trace the step again; that
+    # second tracing was a fifth of a short fine-tuning run.
+    from medclassify.training import compile_model, stage_options
+
+    inputs = keras.Input((4, 4, 1))
+    x = keras.layers.Conv2D(2, 3, padding="same")(inputs)
+    outputs = keras.layers.Dense(2, activation="softmax")(keras.layers.GlobalAveragePooling2D()(x))
+    model = keras.Model(inputs, outputs)
+    settings = stage_options(tiny_options(), stage)
+    compile_model(model, stage, settings, {}, steps_per_epoch=2, jit_compile=False)
+    traced = []
+    train_step = model.train_step
+    model.train_step = lambda data: traced.append(1) or train_step(data)
+    rng = np.random.default_rng(0)
+    model.fit(rng.random((12, 4, 4, 1), "float32"), np.eye(2)[rng.integers(0, 2, 12)], batch_size=8, epochs=2,
+              verbose=0)
+    assert model.optimizer.built and len(traced) == 1
