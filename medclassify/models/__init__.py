@@ -6,10 +6,6 @@ from .heads import backbone_of, build_classifier, log_prior_bias, set_backbone_i
 from .layers import BackboneRunner, ImageNetNormalization, PadToSize, RepeatChannels
 from .resnet import build_resnet18
 
-# Registers the fine-tuning schedule that a saved model's compile config names, so that wherever
-# these layers load, load_model can also restore the optimizer (compile=True).
-from ..schedules import WarmupCosineDecay  # noqa: E402,F401
-
 __all__ = [
     "BackboneRunner", "ImageNetNormalization", "PadToSize", "RepeatChannels", "available_backbones",
     "backbone_blocks", "backbone_of", "build_backbone", "build_classifier", "build_ensemble", "build_resnet18",
