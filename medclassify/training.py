@@ -507,7 +507,7 @@ def _train_model(stage, cache_path, splits_path, out_dir, *, options, fold=None,
         batch_size = settings["batch_size"]
         steps_per_epoch = math.ceil(len(train_labels) / batch_size)
         fingerprint = config_hash({"stage": stage, "train": train_options, "stage_options": settings, "fold": fold,
-                                   "params_hash": _params_hash(cache), "init_model": _file_identity(init_model),
+                                   "params_hash": _params_hash(cache), "init_model": file_identity(init_model),
                                    "train_ids": config_hash(train_source.indices.tolist()),
                                    "val_ids": config_hash(val_source.indices.tolist())})
         checkpoint = StageCheckpoint(out_dir)
@@ -572,7 +572,7 @@ def _train_model(stage, cache_path, splits_path, out_dir, *, options, fold=None,
     return out_dir / "model.keras"
 
 
-def _file_identity(path):
+def file_identity(path):
     """Size and modification time of a file (None for None): a changed head model restarts fine-tuning."""
     if path is None:
         return None
@@ -631,8 +631,8 @@ def member_fingerprint(options, seed, *, fold, init_model, cache_path, splits_pa
     ``init_model`` is the model the member starts from: None when it draws its own initial
     weights, so that saving an untrained head again (a rerun) does not retrain the members."""
     return config_hash({"options": member_options(options, seed), "fold": fold,
-                        "init_model": _file_identity(init_model), "cache": _file_identity(cache_path),
-                        "splits": _file_identity(splits_path), "code": training_code_digest()})
+                        "init_model": file_identity(init_model), "cache": file_identity(cache_path),
+                        "splits": file_identity(splits_path), "code": training_code_digest()})
 
 
 def untrained_initial_model(init_model):
