@@ -347,10 +347,6 @@ class StageCheckpoint:
 
 
 def _save_keras(model, path):
-    # An optimizer that never stepped (0 epochs) is unbuilt; building it makes the file's optimizer
-    # state match what loading builds, so load_model restores it without a mismatch warning.
-    if model.optimizer is not None and not model.optimizer.built:
-        model.optimizer.build(model.trainable_variables)
     # Keras picks the format from the suffix, so the temporary name must end in .keras too.
     with atomic_path(path, suffix=".partial.keras") as tmp:
         model.save(tmp)
