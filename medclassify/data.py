@@ -219,54 +219,78 @@ def mixup_batch(images, targets, weights, seed, alpha):
 
 
 # --- datasets -------------------------------------------------------------------------------------
-def _image_batches(source, batches, n_batches, extra_signature=()):
-    """Dataset of ``(images, positions, *extras)`` for each ``(positions, *extras)`` that the
-    generator function ``batches`` yields (``n_batches`` of them): images gathered in memory, or
-    read from disk."""
-    signature = (tf.TensorSpec((None,), tf.int64), *extra_signature)
-    # A generator's length is unknown to tf.data; stated, Keras knows the steps of an epoch.
-    known_length = tf.data.experimental.assert_cardinality(n_batches)
+def _image_reader(source):
+    """A traced function from positions (into the source) to their float32 images.
+
+    In memory: a gather inside the graph. From disk: one sorted read of the HDF5 file per batch
+    (``ImageSource.read``), the only step that needs Python and its GIL.
+    """
+    positions_spec = tf.TensorSpec((None,), tf.int64)
     if source.images is not None:
-        images = tf.constant(source.images)
+        images = tf.constant(source.images)  # once per run, not per epoch
 
-        @plain_graph
-        def gather(positions, *extras):
-            return (tf.gather(images, positions), positions, *extras)
+        @tf.function(input_signature=[positions_spec], autograph=False)
+        def read(positions):
+            return tf.gather(images, positions)
+        return read
 
-        positions = tf.data.Dataset.from_generator(batches, output_signature=signature).apply(known_length)
-        return positions.map(gather, num_parallel_calls=AUTOTUNE, deterministic=True)
+    @tf.function(input_signature=[positions_spec], autograph=False)
+    def read(positions):
+        batch = tf.numpy_function(source.read, [positions], tf.float32)
+        batch.set_shape((None, *source.image_shape))
+        return batch
+    return read
 
-    def read():
-        for positions, *extras in batches():
-            yield (source.read(positions), positions, *extras)
 
-    image_spec = tf.TensorSpec((None, *source.image_shape), tf.float32)
-    return tf.data.Dataset.from_generator(read, output_signature=(image_spec, *signature)).apply(known_length)
+def _without_autotune(dataset):
+    """``dataset`` with tf.data's autotuning off: parallel maps use one call per core.
+
+    Ending a pass waits for the autotuning thread; on a 2-core machine that held up 3 of 5
+    BreastMNIST epochs by 2-4 s each (7-8 s of training). There is nothing here to tune: the
+    batches are gathered in memory or read one at a time.
+    """
+    options = tf.data.Options()
+    options.autotune.enabled = False
+    return dataset.with_options(options)
+
+
+def _batched_positions(order, batch_size):
+    """Dataset of consecutive slices of ``order`` of ``batch_size`` (the last may be shorter)."""
+    return tf.data.Dataset.from_tensor_slices(np.asarray(order, dtype="int64")).batch(batch_size)
 
 
 class TrainingBatches:
-    """The training batches of every epoch, from one tf.data pipeline built (and traced) once.
+    """The training batches of every epoch: (images, one-hot targets, sample weights), prefetched.
 
-    ``for_epoch(k)`` returns that pipeline set to epoch k, for one pass: (images, one-hot targets,
-    sample weights), prefetched. ``labels`` are the class indices of the source's images; mixup
-    makes the targets soft; sample weights are ``weights_per_class`` of each label (1 without).
+    ``for_epoch(k)`` returns epoch k's pipeline for one pass. ``labels`` are the class indices of
+    the source's images; mixup makes the targets soft; sample weights are ``weights_per_class`` of
+    each label (1 without).
 
-    The epoch's order and seeds enter through a generator that reads them when a pass starts, so
-    the map functions are traced once per training run. Building a pipeline per epoch cost ~60 ms
-    of tracing and a copy of every in-memory image each epoch: 4% of a BreastMNIST epoch.
+    The per-batch work (read or gather, augmentation, mixup) is traced once per run; an epoch's
+    pipeline only slices that epoch's order, computed in NumPy, into batches and maps those traced
+    functions over them. The order enters as a tensor, not through a Python generator: a
+    ``from_generator`` pipeline slowed BreastMNIST training steps by about a fifth on 2 cores (its
+    generator runs on a tf.data thread and takes the GIL), though iterating it alone cost 35 ms
+    an epoch.
     """
 
     def __init__(self, source, labels, *, n_classes, batch_size, seed, augment=None, mixup=0.0, balanced=False,
                  weights_per_class=None):
         self.labels = np.asarray(labels, dtype="int64")
         self.batch_size, self.seed, self.balanced = int(batch_size), int(seed), balanced
-        self.epoch = None
         one_hot = tf.constant(np.eye(n_classes, dtype="float32")[self.labels])
         per_class = tf.constant(weights_per_class if weights_per_class is not None
                                 else np.ones(n_classes, dtype="float32"))
         label_tensor = tf.constant(self.labels)
+        read = _image_reader(source)
+        positions_spec, scalar = tf.TensorSpec((None,), tf.int64), tf.TensorSpec((), tf.int64)
 
-        @plain_graph
+        @tf.function(input_signature=[positions_spec, scalar, scalar], autograph=False)
+        def with_images(positions, batch_index, epoch_seed):
+            return read(positions), positions, batch_index, epoch_seed
+
+        @tf.function(input_signature=[tf.TensorSpec((None, *source.image_shape), tf.float32),
+                                      positions_spec, scalar, scalar], autograph=False)
         def prepare(images, positions, batch_index, epoch_seed):
             batch_seed = tf.stack([epoch_seed, batch_index])
             targets = tf.gather(one_hot, positions)
@@ -277,24 +301,24 @@ class TrainingBatches:
                 images, targets, weights = mixup_batch(images, targets, weights, batch_seed, float(mixup))
             return images, targets, weights
 
-        scalar = tf.TensorSpec((), tf.int64)
-        n_batches = math.ceil(len(self.labels) / self.batch_size)  # balanced sampling draws as many
-        self.dataset = _image_batches(source, self._positions, n_batches, (scalar, scalar)) \
-            .map(prepare, num_parallel_calls=AUTOTUNE, deterministic=True).prefetch(AUTOTUNE)
+        self._with_images, self._prepare = with_images, prepare
+
+    def __len__(self):
+        """Batches per epoch (balanced sampling draws as many samples as there are)."""
+        return math.ceil(len(self.labels) / self.batch_size)
 
     def for_epoch(self, epoch):
-        """The dataset, set to ``epoch`` for the next pass over it."""
-        self.epoch = int(epoch)
-        return self.dataset
-
-    def _positions(self):
-        epoch = self.epoch  # read once, when a pass starts
-        if epoch is None:
-            raise RuntimeError("TrainingBatches: call for_epoch(epoch) before iterating")
+        """The dataset of ``epoch``'s batches, for one pass."""
         order = epoch_order(self.labels, epoch, seed=self.seed, balanced=self.balanced)
-        epoch_seed = np.int64(self.seed * 1_000_003 + epoch)
-        for index, start in enumerate(range(0, len(order), self.batch_size)):
-            yield order[start:start + self.batch_size], np.int64(index), epoch_seed
+        epoch_seed = np.int64(self.seed * 1_000_003 + int(epoch))
+        n_batches = len(self)
+        positions = _batched_positions(order, self.batch_size)
+        extras = (tf.data.Dataset.range(n_batches), tf.data.Dataset.from_tensors(epoch_seed).repeat(n_batches))
+        # Reads stay in order on one thread (one HDF5 handle); augmentation runs in parallel.
+        return (tf.data.Dataset.zip(positions, *extras)
+                .map(self._with_images)
+                .map(self._prepare, num_parallel_calls=AUTOTUNE, deterministic=True).prefetch(AUTOTUNE)
+                .apply(_without_autotune))
 
 
 def training_dataset(source, labels, epoch, **options):
@@ -304,14 +328,6 @@ def training_dataset(source, labels, epoch, **options):
 
 def evaluation_dataset(source, batch_size):
     """The source's images in order, batched and prefetched (validation and prediction)."""
-    def batches():
-        for start in range(0, len(source), batch_size):
-            yield (np.arange(start, min(start + batch_size, len(source)), dtype="int64"),)
-
-    n_batches = math.ceil(len(source) / batch_size)
-    return _image_batches(source, batches, n_batches).map(_images_only).prefetch(AUTOTUNE)
-
-
-@plain_graph
-def _images_only(images, positions):
-    return images
+    read = _image_reader(source)
+    positions = _batched_positions(np.arange(len(source)), batch_size)
+    return positions.map(read).prefetch(AUTOTUNE).apply(_without_autotune)
