@@ -6,12 +6,12 @@ Same model (the default ResNet-18), same batch size, same process. Three feeds:
   tensors  tf.data.Dataset.from_tensor_slices over NumPy arrays already in memory (the baseline)
   memory   medclassify.data.TrainingBatches with the cache's images held in memory
   disk     medclassify.data.TrainingBatches reading every batch from the HDF5 file
-Augmentation is off in all three so that only the input path differs. The feeds are measured in
-alternation, ``rounds`` times, and the fastest round of each is compared. On this shared 2-core
-machine some rounds run at half speed, whatever the feed (one core taken away for a while), and
-a median of a few rounds then compares how often each feed was hit, not the feeds: a stored run
-gave a "ratio" of 1.30 that way. Outside load only ever slows a round, so the fastest round is
-each feed's own speed (as ``timeit`` advises). Medians and images per CPU second are printed too.
+Augmentation is off in all three so that only the input path differs, and tf.data's autotuning is
+off in all three, as the training stage sets it: ending a pass waits for the autotuning thread,
+which on a 2-core machine added 2-4 s to some passes at random, whatever the feed. The feeds are
+measured in alternation, ``rounds`` times, and the fastest round of each is compared: outside
+load only ever slows a round, so the fastest round is each feed's own speed (as ``timeit``
+advises). Medians and images per CPU second are printed too.
 Goal: memory/tensors and disk/tensors >= 0.95.
 Data: BreastMNIST's 546 training images (28x28) as the real preprocessing stage caches them.
 """
@@ -71,9 +71,13 @@ def main(argv=None):
                                      train_options=options["train"], settings=settings, zscore=None)
             compile_model(model, "finetune", settings, options["train"], int(np.ceil(len(train) / batch_size)), False)
 
+            no_autotune = tf.data.Options()
+            no_autotune.autotune.enabled = False
+
             def tensors_feed(epoch):
                 order = np.random.default_rng(epoch).permutation(len(images))
-                return tf.data.Dataset.from_tensor_slices((images[order], targets[order])).batch(batch_size).prefetch(2)
+                feed = tf.data.Dataset.from_tensor_slices((images[order], targets[order])).batch(batch_size).prefetch(2)
+                return feed.with_options(no_autotune)
 
             def cache_feed(source):  # built once, like the training stage's
                 batches = TrainingBatches(source, labels, n_classes=n_classes, batch_size=batch_size, seed=0,
