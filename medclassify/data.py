@@ -219,22 +219,25 @@ def mixup_batch(images, targets, weights, seed, alpha):
 
 
 # --- datasets -------------------------------------------------------------------------------------
+_POSITIONS = tf.TensorSpec((None,), tf.int64)  # a batch's positions into its source
+_SCALAR = tf.TensorSpec((), tf.int64)
+
+
 def _image_reader(source):
     """A traced function from positions (into the source) to their float32 images.
 
     In memory: a gather inside the graph. From disk: one sorted read of the HDF5 file per batch
     (``ImageSource.read``), the only step that needs Python and its GIL.
     """
-    positions_spec = tf.TensorSpec((None,), tf.int64)
     if source.images is not None:
         images = tf.constant(source.images)  # once per run, not per epoch
 
-        @tf.function(input_signature=[positions_spec], autograph=False)
+        @tf.function(input_signature=[_POSITIONS], autograph=False)
         def read(positions):
             return tf.gather(images, positions)
         return read
 
-    @tf.function(input_signature=[positions_spec], autograph=False)
+    @tf.function(input_signature=[_POSITIONS], autograph=False)
     def read(positions):
         batch = tf.numpy_function(source.read, [positions], tf.float32)
         batch.set_shape((None, *source.image_shape))
@@ -283,14 +286,13 @@ class TrainingBatches:
                                 else np.ones(n_classes, dtype="float32"))
         label_tensor = tf.constant(self.labels)
         read = _image_reader(source)
-        positions_spec, scalar = tf.TensorSpec((None,), tf.int64), tf.TensorSpec((), tf.int64)
 
-        @tf.function(input_signature=[positions_spec, scalar, scalar], autograph=False)
+        @tf.function(input_signature=[_POSITIONS, _SCALAR, _SCALAR], autograph=False)
         def with_images(positions, batch_index, epoch_seed):
             return read(positions), positions, batch_index, epoch_seed
 
         @tf.function(input_signature=[tf.TensorSpec((None, *source.image_shape), tf.float32),
-                                      positions_spec, scalar, scalar], autograph=False)
+                                      _POSITIONS, _SCALAR, _SCALAR], autograph=False)
         def prepare(images, positions, batch_index, epoch_seed):
             batch_seed = tf.stack([epoch_seed, batch_index])
             targets = tf.gather(one_hot, positions)
