@@ -161,7 +161,7 @@ def test_in_memory_batches_need_no_python_and_no_autotuning(tiny_cache):
 
 def test_training_batches_feed_a_mirrored_strategy(tiny_cache):
     # Two logical CPUs stand in for two GPUs; they must be set before TensorFlow starts, so in a
-    # subprocess. Keras rebatches the generator-fed pipeline across the replicas.
+    # subprocess. Keras rebatches the pipeline across the replicas.
     cache_path, splits_path = tiny_cache
     script = textwrap.dedent(f"""
         import numpy as np, tensorflow as tf
