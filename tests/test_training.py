@@ -224,13 +224,11 @@ def test_a_kill_after_the_model_file_before_the_state_resumes_from_the_state(tin
     with pytest.raises(Killed):
         train_stage("finetune", cache_path, splits_path, out, options=options, threads=1)
     state = json.loads((out / "checkpoints" / "state.json").read_text())
-    assert state["epoch"] == 1 and state["model_file"] == "epoch-0001.keras"
-    assert state["training_weights_file"] == "epoch-0001.training.npz"
-    assert (out / "checkpoints" / "epoch-0002.keras").exists()  # written, but no state names it
+    assert state["epoch"] == 1 and state["checkpoint_file"] == "epoch-0001.npz"
+    assert (out / "checkpoints" / "epoch-0002.npz").exists()  # written, but no state names it
     monkeypatch.setattr(training, "atomic_write_json", write_json)
     train_stage("finetune", cache_path, splits_path, out, options=options, threads=1)
-    assert sorted(p.name for p in (out / "checkpoints").glob("epoch-*")) == ["epoch-0002.keras",
-                                                                         "epoch-0002.training.npz"]
+    assert sorted(p.name for p in (out / "checkpoints").glob("epoch-*")) == ["epoch-0002.npz"]
     pd.testing.assert_frame_equal(read_history(out), read_history(tmp_path / "uninterrupted"),
                                   check_exact=False, rtol=1e-5, atol=1e-6)
     resumed, uninterrupted = (keras.models.load_model(d / "model.keras", safe_mode=True)
@@ -258,3 +256,48 @@ def test_the_train_step_is_traced_once(stage):
     model.fit(rng.random((12, 4, 4, 1), "float32"), np.eye(2)[rng.integers(0, 2, 12)], batch_size=8, epochs=2,
               verbose=0)
     assert model.optimizer.built and len(traced) == 1
+
+
+def _compiled_model(filters):
+    from medclassify.training import compile_model, stage_options
+
+    inputs = keras.Input((4, 4, 1))
+    x = keras.layers.BatchNormalization()(keras.layers.Conv2D(filters, 3, padding="same")(inputs))
+    outputs = keras.layers.Dense(2, activation="softmax")(keras.layers.GlobalAveragePooling2D()(x))
+    model = keras.Model(inputs, outputs)
+    compile_model(model, "finetune", stage_options(tiny_options(), "finetune"), {}, steps_per_epoch=2,
+                  jit_compile=False)
+    return model
+
+
+def test_a_checkpoint_restores_weights_and_optimizer_state_into_the_same_model_only(tmp_path):
+    from medclassify.training import StageCheckpoint
+
+    keras.utils.set_random_seed(0)
+    trained = _compiled_model(filters=2)
+    rng = np.random.default_rng(0)
+    trained.fit(rng.random((12, 4, 4, 1), "float32"), np.eye(2)[rng.integers(0, 2, 12)], batch_size=8, epochs=1,
+                verbose=0)
+    checkpoint = StageCheckpoint(tmp_path)
+    state = {"epoch": 3}
+    checkpoint.save(trained, state, best_improved=True)
+    assert state["checkpoint_file"] == "epoch-0003.npz"
+    assert {p.name for p in (tmp_path / "checkpoints").iterdir()} == {"epoch-0003.npz", "best.npz", "state.json"}
+
+    fresh = _compiled_model(filters=2)
+    assert checkpoint.restore(fresh, state) == []
+    for got, want in zip([*fresh.weights, *fresh.optimizer.variables],
+                         [*trained.weights, *trained.optimizer.variables], strict=True):
+        np.testing.assert_array_equal(keras.ops.convert_to_numpy(got), keras.ops.convert_to_numpy(want))
+    assert int(keras.ops.convert_to_numpy(fresh.optimizer.iterations)) == 2
+
+    other = _compiled_model(filters=3)
+    before = [keras.ops.convert_to_numpy(v) for v in [*other.weights, *other.optimizer.variables]]
+    assert checkpoint.restore(other, state) is False
+    for got, want in zip([*other.weights, *other.optimizer.variables], before, strict=True):
+        np.testing.assert_array_equal(keras.ops.convert_to_numpy(got), want)
+
+    best = _compiled_model(filters=2)
+    checkpoint.restore_best(best)
+    for got, want in zip(best.get_weights(), trained.get_weights(), strict=True):
+        np.testing.assert_array_equal(got, want)
