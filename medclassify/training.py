@@ -281,9 +281,10 @@ class StageCheckpoint:
     and, with weight averaging, the training weights; ``best.npz`` the model's variables at the
     best validation AUC; ``state.json``, written last, names the epoch file. The arrays go back
     into the model that the resumed stage builds and compiles as the first run did (the state's
-    fingerprint holds every option that decides it), so they need no model file: writing them
-    takes about a fifth of the time of ``model.save`` and ``save_weights``, which for a small
-    model on a GPU would be longer than an epoch.
+    fingerprint holds every option that decides it), so they need no model file. Writing them
+    took 0.13-0.18 s an epoch for the BreastMNIST ResNet-18 on 2 CPU cores, against 0.42-0.98 s
+    for ``model.save`` and ``save_weights``: a tenth of an epoch there, and several whole epochs
+    on an H100, which trains the 546 images at about 10,000 images/s (bench/mixed_precision.py).
     """
 
     def __init__(self, out_dir):
