@@ -159,7 +159,7 @@ def test_in_memory_batches_need_no_python_and_no_autotuning(tiny_cache):
             assert dataset.options().autotune.enabled is False
 
 
-def test_training_batches_feed_a_mirrored_strategy(tiny_cache):
+def test_training_batches_and_checkpoints_work_under_a_mirrored_strategy(tiny_cache, tmp_path):
     # Two logical CPUs stand in for two GPUs; they must be set before TensorFlow starts, so in a
     # subprocess. Keras rebatches the pipeline across the replicas.
     cache_path, splits_path = tiny_cache
@@ -170,7 +170,7 @@ def test_training_batches_feed_a_mirrored_strategy(tiny_cache):
         import keras
         from medclassify.cache import open_cache
         from medclassify.data import ImageSource, TrainingBatches, split_indices
-        from medclassify.training import WeightAverage
+        from medclassify.training import StageCheckpoint, WeightAverage
         strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
         assert strategy.num_replicas_in_sync == 2
         with open_cache({str(cache_path)!r}) as cache:
@@ -194,6 +194,19 @@ def test_training_batches_feed_a_mirrored_strategy(tiny_cache):
                 averaged = [v.numpy() for v in model.weights]
                 assert not all(np.array_equal(a, t) for a, t in zip(averaged, average.training_weights()))
                 assert np.isfinite(model.predict(source.read(np.arange(4)), verbose=0)).all()
+                # A checkpoint of the replicas' variables goes back into a new mirrored model.
+                checkpoint, state = StageCheckpoint({str(tmp_path)!r} + f"/{{in_memory}}"), {{"epoch": 2}}
+                checkpoint.save(model, state, best_improved=False)
+                with strategy.scope():
+                    fresh = keras.Sequential([keras.Input(source.image_shape), keras.layers.Flatten(),
+                                              keras.layers.BatchNormalization(),
+                                              keras.layers.Dense(2, activation="softmax")])
+                    fresh.compile("adam", "categorical_crossentropy")
+                    fresh.optimizer.build(fresh.trainable_variables)
+                assert checkpoint.restore(fresh, state) == []
+                for got, want in zip([*fresh.weights, *fresh.optimizer.variables],
+                                     [*model.weights, *model.optimizer.variables], strict=True):
+                    assert np.array_equal(np.asarray(got.numpy()), np.asarray(want.numpy()))
         print("mirrored ok")
     """)
     root = Path(__file__).resolve().parents[1]
