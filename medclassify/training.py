@@ -297,9 +297,13 @@ class StageCheckpoint:
         if not self.state_path.exists():
             return None
         state = json.loads(self.state_path.read_text(encoding="utf-8"))
+        if state.get("version") != STATE_VERSION:
+            print(f"checkpoint in {self.dir} is of another checkpoint format (version {state.get('version')}, "
+                  f"now {STATE_VERSION}); starting over", flush=True)
+            return None
         if not (self.dir / str(state.get("checkpoint_file", ""))).is_file():
             return None
-        if state.get("version") != STATE_VERSION or state.get("fingerprint") != fingerprint:
+        if state.get("fingerprint") != fingerprint:
             print(f"checkpoint in {self.dir} is from other options or data; starting over", flush=True)
             return None
         if state.get("complete"):

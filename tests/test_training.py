@@ -301,3 +301,23 @@ def test_a_checkpoint_restores_weights_and_optimizer_state_into_the_same_model_o
     checkpoint.restore_best(best)
     for got, want in zip(best.get_weights(), trained.get_weights(), strict=True):
         np.testing.assert_array_equal(got, want)
+
+
+def test_a_checkpoint_state_resumes_only_its_own_format_options_and_unfinished_run(tmp_path, capsys):
+    from medclassify.training import STATE_VERSION, StageCheckpoint
+
+    checkpoint = StageCheckpoint(tmp_path)
+    checkpoint.dir.mkdir()
+    (checkpoint.dir / "epoch-0002.npz").write_bytes(b"")
+    good = {"version": STATE_VERSION, "fingerprint": "f", "epoch": 2, "checkpoint_file": "epoch-0002.npz"}
+
+    def load(**changes):
+        checkpoint.state_path.write_text(json.dumps({**good, **changes}))
+        return checkpoint.load_state("f")
+
+    assert load() == good
+    assert load(version=2, model_file="epoch-0002.keras") is None
+    assert f"another checkpoint format (version 2, now {STATE_VERSION})" in capsys.readouterr().out
+    assert load(fingerprint="g") is None and "from other options or data" in capsys.readouterr().out
+    assert load(complete=True) is None and "of a finished run" in capsys.readouterr().out
+    assert load(checkpoint_file="epoch-0001.npz") is None  # the file it names is gone
