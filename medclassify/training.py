@@ -341,7 +341,7 @@ class StageCheckpoint:
                 stale.unlink()
 
     def restore(self, model, state):
-        """Put the state's epoch into ``model`` (built and compiled); False if the arrays do not fit it.
+        """Put the state's epoch into ``model`` (built and compiled); None if the arrays do not fit it.
 
         Returns the saved training weights (weight averaging) as a list, [] without them.
         """
@@ -350,7 +350,7 @@ class StageCheckpoint:
         # Both checked before either is assigned, so that a misfit leaves the new model as built.
         if len(weights) != len(model.weights) or not _assign([*model.weights, *model.optimizer.variables],
                                                              weights + optimizer):
-            return False
+            return None
         return training
 
     def restore_best(self, model):
@@ -551,12 +551,14 @@ def _train_model(stage, cache_path, splits_path, out_dir, *, options, fold=None,
                                               class_counts=class_counts, train_options=train_options,
                                               settings=settings, zscore=zscore)
             compile_model(model, stage, settings, train_options, steps_per_epoch, jit_compile)
-            saved_training_weights = checkpoint.restore(model, state) if state is not None else []
-            if saved_training_weights is False:
-                print(f"checkpoint in {checkpoint.dir} does not fit the model built now; starting over", flush=True)
-                state = None
-            elif state is not None:
-                print(f"resuming {stage} after epoch {state['epoch']} from {checkpoint.dir}", flush=True)
+            saved_training_weights = []
+            if state is not None:
+                saved_training_weights = checkpoint.restore(model, state)
+                if saved_training_weights is None:
+                    print(f"checkpoint in {checkpoint.dir} does not fit the model built now; starting over", flush=True)
+                    state = None
+                else:
+                    print(f"resuming {stage} after epoch {state['epoch']} from {checkpoint.dir}", flush=True)
         if state is None:
             checkpoint.clear()
             state = {"version": STATE_VERSION, "fingerprint": fingerprint, "epoch": 0, "history": [],

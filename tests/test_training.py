@@ -237,6 +237,25 @@ def test_a_kill_after_the_model_file_before_the_state_resumes_from_the_state(tin
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow
+def test_a_checkpoint_that_does_not_fit_the_model_starts_over(tiny_cache, tmp_path, capsys):
+    cache_path, splits_path = tiny_cache
+    options = tiny_options()
+    train_stage("finetune", cache_path, splits_path, tmp_path, options=options, threads=1)
+    first = read_history(tmp_path)
+    # An unfinished state whose arrays are of another model (as after a code change mid-run).
+    checkpoints = tmp_path / "checkpoints"
+    state = json.loads((checkpoints / "state.json").read_text())
+    state.update(complete=False, epoch=1, history=state["history"][:1])
+    (checkpoints / "state.json").write_text(json.dumps(state))
+    np.savez(checkpoints / state["checkpoint_file"], model_00000=np.zeros(3), optimizer_00000=np.zeros(1))
+    capsys.readouterr()
+    train_stage("finetune", cache_path, splits_path, tmp_path, options=options, threads=1)
+    out = capsys.readouterr().out
+    assert "does not fit the model built now; starting over" in out and "resuming" not in out
+    pd.testing.assert_frame_equal(read_history(tmp_path), first, check_exact=True)
+
+
 @pytest.mark.parametrize("stage", ["head", "finetune"])
 def test_the_train_step_is_traced_once(stage):
     # An optimizer built inside the first tracing makes TensorFlow trace the step again; that
@@ -293,7 +312,7 @@ def test_a_checkpoint_restores_weights_and_optimizer_state_into_the_same_model_o
 
     other = _compiled_model(filters=3)
     before = [keras.ops.convert_to_numpy(v) for v in [*other.weights, *other.optimizer.variables]]
-    assert checkpoint.restore(other, state) is False
+    assert checkpoint.restore(other, state) is None
     for got, want in zip([*other.weights, *other.optimizer.variables], before, strict=True):
         np.testing.assert_array_equal(keras.ops.convert_to_numpy(got), want)
 
