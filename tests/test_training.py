@@ -256,18 +256,22 @@ def test_a_checkpoint_that_does_not_fit_the_model_starts_over(tiny_cache, tmp_pa
     pd.testing.assert_frame_equal(read_history(tmp_path), first, check_exact=True)
 
 
+def _compiled_model(filters, stage="finetune"):
+    from medclassify.training import compile_model, stage_options
+
+    inputs = keras.Input((4, 4, 1))
+    x = keras.layers.BatchNormalization()(keras.layers.Conv2D(filters, 3, padding="same")(inputs))
+    outputs = keras.layers.Dense(2, activation="softmax")(keras.layers.GlobalAveragePooling2D()(x))
+    model = keras.Model(inputs, outputs)
+    compile_model(model, stage, stage_options(tiny_options(), stage), {}, steps_per_epoch=2, jit_compile=False)
+    return model
+
+
 @pytest.mark.parametrize("stage", ["head", "finetune"])
 def test_the_train_step_is_traced_once(stage):
     # An optimizer built inside the first tracing makes TensorFlow trace the step again; that
     # second tracing was 8 of the 21 s of a short fine-tuning run (see compile_model).
-    from medclassify.training import compile_model, stage_options
-
-    inputs = keras.Input((4, 4, 1))
-    x = keras.layers.Conv2D(2, 3, padding="same")(inputs)
-    outputs = keras.layers.Dense(2, activation="softmax")(keras.layers.GlobalAveragePooling2D()(x))
-    model = keras.Model(inputs, outputs)
-    settings = stage_options(tiny_options(), stage)
-    compile_model(model, stage, settings, {}, steps_per_epoch=2, jit_compile=False)
+    model = _compiled_model(filters=2, stage=stage)
     traced = []
     train_step = model.train_step
     model.train_step = lambda data: traced.append(1) or train_step(data)
@@ -275,18 +279,6 @@ def test_the_train_step_is_traced_once(stage):
     model.fit(rng.random((12, 4, 4, 1), "float32"), np.eye(2)[rng.integers(0, 2, 12)], batch_size=8, epochs=2,
               verbose=0)
     assert model.optimizer.built and len(traced) == 1
-
-
-def _compiled_model(filters):
-    from medclassify.training import compile_model, stage_options
-
-    inputs = keras.Input((4, 4, 1))
-    x = keras.layers.BatchNormalization()(keras.layers.Conv2D(filters, 3, padding="same")(inputs))
-    outputs = keras.layers.Dense(2, activation="softmax")(keras.layers.GlobalAveragePooling2D()(x))
-    model = keras.Model(inputs, outputs)
-    compile_model(model, "finetune", stage_options(tiny_options(), "finetune"), {}, steps_per_epoch=2,
-                  jit_compile=False)
-    return model
 
 
 def test_a_checkpoint_restores_weights_and_optimizer_state_into_the_same_model_only(tmp_path):
