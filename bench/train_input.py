@@ -50,7 +50,7 @@ def main(argv=None):
     from medclassify.atomic import atomic_write_json
     from medclassify.cache import open_cache
     from medclassify.config import load_config, run_config
-    from medclassify.data import ImageSource, TrainingBatches, split_indices
+    from medclassify.data import ImageSource, TrainingBatches, split_indices, without_autotune
     from medclassify.training import compile_model, initial_model, seed_everything, stage_options
 
     options = run_config(load_config(ROOT / "config" / "breastmnist.yaml"), "baseline")
@@ -71,13 +71,10 @@ def main(argv=None):
                                      train_options=options["train"], settings=settings, zscore=None)
             compile_model(model, "finetune", settings, options["train"], int(np.ceil(len(train) / batch_size)), False)
 
-            no_autotune = tf.data.Options()
-            no_autotune.autotune.enabled = False
-
             def tensors_feed(epoch):
                 order = np.random.default_rng(epoch).permutation(len(images))
                 feed = tf.data.Dataset.from_tensor_slices((images[order], targets[order])).batch(batch_size).prefetch(2)
-                return feed.with_options(no_autotune)
+                return without_autotune(feed)
 
             def cache_feed(source):  # built once, like the training stage's
                 batches = TrainingBatches(source, labels, n_classes=n_classes, batch_size=batch_size, seed=0,

@@ -245,7 +245,7 @@ def _image_reader(source):
     return read
 
 
-def _without_autotune(dataset):
+def without_autotune(dataset):
     """``dataset`` with tf.data's autotuning off: parallel maps use one call per core.
 
     Ending a pass waits for the autotuning thread; on a 2-core machine that held up 3 of 5
@@ -320,7 +320,7 @@ class TrainingBatches:
         return (tf.data.Dataset.zip(positions, *extras)
                 .map(self._with_images)
                 .map(self._prepare, num_parallel_calls=AUTOTUNE, deterministic=True).prefetch(AUTOTUNE)
-                .apply(_without_autotune))
+                .apply(without_autotune))
 
 
 def training_dataset(source, labels, epoch, **options):
@@ -332,4 +332,4 @@ def evaluation_dataset(source, batch_size):
     """The source's images in order, batched and prefetched (validation and prediction)."""
     read = _image_reader(source)
     positions = _batched_positions(np.arange(len(source)), batch_size)
-    return positions.map(read).prefetch(AUTOTUNE).apply(_without_autotune)
+    return positions.map(read).prefetch(AUTOTUNE).apply(without_autotune)
