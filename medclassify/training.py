@@ -135,7 +135,9 @@ def compile_model(model, stage, settings, train_options, steps_per_epoch, jit_co
     # Built here, the optimizer's variables exist before fit traces the train step. Keras defers
     # the build into that tracing when no distribution strategy was set, and TensorFlow then
     # traces the step a second time: 8 of the 21 s that a 2-epoch fine-tuning of a small ResNet-18 took.
-    optimizer.build(model.trainable_variables)
+    # model.optimizer, not optimizer: under mixed_float16 compile wraps it in a LossScaleOptimizer,
+    # whose loss scale a checkpoint must find in the model that a resumed stage builds.
+    model.optimizer.build(model.trainable_variables)
 
 
 def initial_model(stage, *, init_model, input_shape, class_counts, train_options, settings, zscore):

@@ -256,6 +256,14 @@ def test_a_checkpoint_that_does_not_fit_the_model_starts_over(tiny_cache, tmp_pa
     pd.testing.assert_frame_equal(read_history(tmp_path), first, check_exact=True)
 
 
+@pytest.fixture(params=["float32", "mixed_float16"])
+def dtype_policy(request):
+    """Each test twice: in float32 and under the mixed_float16 policy that a GPU run gets."""
+    keras.mixed_precision.set_global_policy(request.param)
+    yield request.param
+    keras.mixed_precision.set_global_policy("float32")
+
+
 def _compiled_model(filters, stage="finetune"):
     from medclassify.training import compile_model, stage_options
 
@@ -268,9 +276,10 @@ def _compiled_model(filters, stage="finetune"):
 
 
 @pytest.mark.parametrize("stage", ["head", "finetune"])
-def test_the_train_step_is_traced_once(stage):
+def test_the_train_step_is_traced_once(stage, dtype_policy):
     # An optimizer built inside the first tracing makes TensorFlow trace the step again; that
-    # second tracing was 8 of the 21 s of a short fine-tuning run (see compile_model).
+    # second tracing was 8 of the 21 s of a short fine-tuning run (see compile_model). Under
+    # mixed_float16 the optimizer to build is the LossScaleOptimizer that compile wraps around it.
     model = _compiled_model(filters=2, stage=stage)
     traced = []
     train_step = model.train_step
@@ -281,7 +290,7 @@ def test_the_train_step_is_traced_once(stage):
     assert model.optimizer.built and len(traced) == 1
 
 
-def test_a_checkpoint_restores_weights_and_optimizer_state_into_the_same_model_only(tmp_path):
+def test_a_checkpoint_restores_weights_and_optimizer_state_into_the_same_model_only(tmp_path, dtype_policy):
     from medclassify.training import StageCheckpoint
 
     keras.utils.set_random_seed(0)
@@ -289,6 +298,9 @@ def test_a_checkpoint_restores_weights_and_optimizer_state_into_the_same_model_o
     rng = np.random.default_rng(0)
     trained.fit(rng.random((12, 4, 4, 1), "float32"), np.eye(2)[rng.integers(0, 2, 12)], batch_size=8, epochs=1,
                 verbose=0)
+    if dtype_policy == "mixed_float16":
+        # A loss scale that overflows have lowered, which a resumed run must continue with.
+        trained.optimizer.dynamic_scale.assign(1024.0)
     checkpoint = StageCheckpoint(tmp_path)
     state = {"epoch": 3}
     checkpoint.save(trained, state, best_improved=True)
@@ -301,6 +313,8 @@ def test_a_checkpoint_restores_weights_and_optimizer_state_into_the_same_model_o
                          [*trained.weights, *trained.optimizer.variables], strict=True):
         np.testing.assert_array_equal(keras.ops.convert_to_numpy(got), keras.ops.convert_to_numpy(want))
     assert int(keras.ops.convert_to_numpy(fresh.optimizer.iterations)) == 2
+    if dtype_policy == "mixed_float16":
+        assert float(keras.ops.convert_to_numpy(fresh.optimizer.dynamic_scale)) == 1024.0
 
     other = _compiled_model(filters=3)
     before = [keras.ops.convert_to_numpy(v) for v in [*other.weights, *other.optimizer.variables]]
