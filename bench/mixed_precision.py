@@ -10,11 +10,14 @@ builds for ``config/breastmnist.yaml`` trains under that policy as it does in fl
   - compile wraps the optimizer in a LossScaleOptimizer (float16 gradients underflow without it);
   - losses and final weights are finite;
   - the same float32-trained weights give the same probabilities in float16, within 0.02;
+  - a checkpoint written halfway through a short mixed_float16 run (``medclassify.checkpoints``,
+    as the stages write it) restores every variable, loss scale included, into a newly built
+    model, and the resumed run ends within 0.02 of the uninterrupted one;
 and reports training images/s and validation AUC of each. ``--set`` overrides the config as JSON
 (a bigger backbone, or ``min_input_size`` to train at the sizes where float16 pays). Both runs
-train the whole network from the same seed with the fine-tune stage's optimizer (AdamW, warm-up,
-cosine decay) and no augmentation, on BreastMNIST's official training split; AUC is on its
-validation split.
+train the whole network from the same seed, compiled by the fine-tune stage's own
+``compile_model`` (AdamW, warm-up, cosine decay), with no augmentation, on BreastMNIST's
+official training split; AUC is on its validation split.
 It imports no TensorFlow itself, so it also runs under ``KERAS_BACKEND=jax`` (XLA always on).
 """
 
@@ -76,15 +79,12 @@ def build(options, input_shape, class_counts, policy):
     return model
 
 
-def compile_for_finetune(model, options, steps_per_epoch, epochs):
-    import keras
+def compile_like_finetune(model, options, steps_per_epoch, epochs):
+    """Compile as the fine-tune stage does (medclassify.fitting), with XLA and ``epochs`` in the schedule."""
+    from medclassify.fitting import compile_model, stage_options
 
-    from medclassify.schedules import learning_rate_schedule
-
-    finetune = {**options["finetune"], "epochs": epochs}
-    schedule = learning_rate_schedule("finetune", finetune, steps_per_epoch)
-    optimizer = keras.optimizers.AdamW(learning_rate=schedule, weight_decay=float(finetune["weight_decay"]))
-    model.compile(optimizer=optimizer, loss="sparse_categorical_crossentropy", jit_compile=True)
+    settings = {**stage_options(options, "finetune"), "epochs": epochs}
+    compile_model(model, "finetune", settings, options["train"], steps_per_epoch, jit_compile=True)
 
 
 def dtype_report(model):
@@ -115,7 +115,7 @@ def train_one(options, policy, train, val, epochs, batch_size):
     class_counts = np.bincount(labels, minlength=2).tolist()
     model = build(options, images.shape[1:], class_counts, policy)
     steps = int(np.ceil(len(images) / batch_size))
-    compile_for_finetune(model, options, steps, epochs)
+    compile_like_finetune(model, options, steps, epochs)
     epoch_seconds = []
 
     class EpochTimer(keras.callbacks.Callback):
@@ -125,7 +125,7 @@ def train_one(options, policy, train, val, epochs, batch_size):
         def on_epoch_end(self, epoch, logs=None):
             epoch_seconds.append(time.perf_counter() - self.start)
 
-    history = model.fit(images, labels, batch_size=batch_size, epochs=epochs, shuffle=True, verbose=0,
+    history = model.fit(images, np.eye(2)[labels], batch_size=batch_size, epochs=epochs, shuffle=True, verbose=0,
                         callbacks=[EpochTimer()])
     probabilities = model.predict(val[0], batch_size=256, verbose=0)
     # The first epoch compiles the step; the rest are the training speed.
@@ -145,6 +145,59 @@ def train_one(options, policy, train, val, epochs, batch_size):
     return model, record
 
 
+def resume_check(options, policy, train, val, batch_size, epochs=4):
+    """Checkpoint a run halfway (medclassify.checkpoints, as the stages do) and resume it in a new model.
+
+    Returns whether the arrays fitted the new model, whether every weight and optimizer variable
+    (the loss scale under mixed_float16) came back exactly, and the largest difference between
+    the validation probabilities of the resumed and the uninterrupted run after the second half.
+    """
+    import tempfile
+
+    import keras
+    import numpy as np
+
+    from medclassify.checkpoints import StageCheckpoint
+    from medclassify.fitting import reset_layer_seeds
+
+    images, labels = train
+    targets = np.eye(2)[labels]
+    class_counts = np.bincount(labels, minlength=2).tolist()
+    steps = int(np.ceil(len(images) / batch_size))
+    seed = int(options["train"]["seed"])
+    half = epochs // 2
+
+    def new_model():
+        model = build(options, images.shape[1:], class_counts, policy)
+        compile_like_finetune(model, options, steps, epochs)
+        return model
+
+    def fit(model, first, last):
+        for epoch in range(first, last):
+            reset_layer_seeds(model, seed, epoch)
+            model.fit(images, targets, batch_size=batch_size, epochs=epoch + 1, initial_epoch=epoch, shuffle=False,
+                      verbose=0)
+
+    def variables(model):
+        return [keras.ops.convert_to_numpy(v) for v in (*model.weights, *model.optimizer.variables)]
+
+    uninterrupted = new_model()
+    fit(uninterrupted, 0, half)
+    with tempfile.TemporaryDirectory() as tmp:
+        checkpoint = StageCheckpoint(tmp)
+        state = {"epoch": half}
+        checkpoint.save(uninterrupted, state, best_improved=False)
+        resumed = new_model()
+        fits = checkpoint.restore(resumed, state) is not None
+    exact = fits and all(np.array_equal(a, b) for a, b in zip(variables(resumed), variables(uninterrupted)))
+    fit(uninterrupted, half, epochs)
+    fit(resumed, half, epochs)
+    difference = float(np.max(np.abs(resumed.predict(val[0], batch_size=256, verbose=0).astype("float64")
+                                      - uninterrupted.predict(val[0], batch_size=256, verbose=0).astype("float64"))))
+    return {"policy": policy, "epochs": epochs, "checkpoint_fits": fits, "restored_exactly": exact,
+            "max_probability_difference": difference}
+
+
 def same_weights_difference(options, float32_model, val):
     """Largest |p_float32 - p_float16| when the float32-trained weights run under mixed_float16."""
     import numpy as np
@@ -156,7 +209,7 @@ def same_weights_difference(options, float32_model, val):
     return float(np.max(np.abs(probabilities.astype("float64") - reference.astype("float64"))))
 
 
-def verdicts(mixed, difference):
+def verdicts(mixed, difference, resumed):
     return {
         "float16 compute, float32 variables": mixed["conv_compute_dtypes"] == ["float16"]
         and mixed["conv_variable_dtypes"] == ["float32"],
@@ -164,6 +217,9 @@ def verdicts(mixed, difference):
         "loss scaling": mixed["loss_scale_optimizer"],
         "finite losses and weights": mixed["losses_finite"] and mixed["weights_finite"],
         f"same weights agree within {PROBABILITY_TOLERANCE}": difference <= PROBABILITY_TOLERANCE,
+        "checkpoint restores every variable, loss scale included": resumed["restored_exactly"],
+        f"resumed run agrees with the uninterrupted one within {PROBABILITY_TOLERANCE}":
+            resumed["max_probability_difference"] <= PROBABILITY_TOLERANCE,
     }
 
 
@@ -192,11 +248,13 @@ def main(argv=None):
         models[policy], records[policy] = train_one(options, policy, train, val, args.epochs, batch_size)
         records[policy]["wall_s"] = round(time.perf_counter() - start, 1)
     difference = same_weights_difference(options, models["float32"], val)
-    checks = verdicts(records["mixed_float16"], difference)
+    resumed = resume_check(options, "mixed_float16", train, val, batch_size)
+    checks = verdicts(records["mixed_float16"], difference, resumed)
 
     result = {"backend": keras.backend.backend(), "keras": keras.__version__, "device": device_name(),
               "overrides": overrides, "epochs": args.epochs, "batch_size": batch_size,
               "runs": list(records.values()), "max_probability_difference_same_weights": difference,
+              "resume": resumed,
               "checks": checks, "passed": all(checks.values())}
     print(f"backend {result['backend']} (Keras {result['keras']}) on {result['device']}; {args.set}; "
           f"{args.epochs} epochs, batch {batch_size}, BreastMNIST train {len(train[1])} / val {len(val[1])}")
@@ -205,6 +263,9 @@ def main(argv=None):
         print(f"{record['policy']:<15} {record['train_images_per_s']:>8.1f} {record['first_epoch_s']:>11.2f} "
               f"{record['first_loss']:>8.4f}→{record['last_loss']:<8.4f} {record['val_auc']:>8.4f} {record['wall_s']:>7.1f}")
     print(f"same float32 weights under mixed_float16: max |Δp| = {difference:.2e}")
+    print(f"mixed_float16 checkpointed after epoch {resumed['epochs'] // 2} of {resumed['epochs']} and resumed: "
+          f"fits {resumed['checkpoint_fits']}, restored exactly {resumed['restored_exactly']}, "
+          f"max |Δp| at the end = {resumed['max_probability_difference']:.2e}")
     for name, ok in checks.items():
         print(f"  {'ok  ' if ok else 'FAIL'} {name}")
     args.out.parent.mkdir(parents=True, exist_ok=True)

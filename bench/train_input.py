@@ -51,7 +51,8 @@ def main(argv=None):
     from medclassify.cache import open_cache
     from medclassify.config import load_config, run_config
     from medclassify.data import ImageSource, TrainingBatches, split_indices, without_autotune
-    from medclassify.training import compile_model, initial_model, seed_everything, stage_options
+    from medclassify.fitting import compile_model, stage_options
+    from medclassify.training import initial_model, seed_everything
 
     options = run_config(load_config(ROOT / "config" / "breastmnist.yaml"), "baseline")
     settings = stage_options(options, "finetune")

@@ -30,47 +30,29 @@ from tensorflow.core.framework import summary_pb2
 
 from . import __version__
 from .atomic import atomic_path, atomic_write_json, atomic_write_text
+from .checkpoints import STATE_VERSION, StageCheckpoint
 from .codedeps import module_closure
 from .config import config_hash
 from .data import (ImageSource, TrainingBatches, class_weights, evaluation_dataset, fits_in_memory, split_indices,
                    zscore_statistics)
 from .errors import InputError
+from .fitting import compile_model, make_loss, reset_layer_seeds, stage_options
 from .gpu import configure_devices
 from .inference import cache_reader, predict_probabilities
 from .models import (backbone_of, build_classifier, build_ensemble, set_backbone_inference_mode,
                      set_trainable_blocks)
 from .models.ensemble import MEMBER_PREFIX
 from .models.weights import imagenet_weights_path
-from .schedules import learning_rate_schedule
 
 STAGES = ("head", "finetune")
 MEMBERS_DIRNAME = "members"  # an ensemble's members: members/member_<k>/ in the fine-tune stage
 HISTORY_COLUMNS = ("epoch", "loss", "auc", "val_loss", "val_auc", "val_accuracy", "lr")
-STATE_VERSION = 3
 # Member k of an ensemble trains with seed + k * MEMBER_SEED_STRIDE: runs with seeds 0, 1, 2 then
 # get disjoint members (with seed + k, the ensembles of seeds 0 and 1 would share two models).
 MEMBER_SEED_STRIDE = 1000
 
 
 # --- options ------------------------------------------------------------------------------------
-def stage_options(options, stage):
-    """The settings one stage trains with: epochs, optimiser, early stopping, as a flat dict."""
-    train = options["train"]
-    section = options.get(stage, {})
-    if stage == "head":
-        return {"epochs": int(section.get("epochs", 5)), "learning_rate": float(section.get("learning_rate", 1e-3)),
-                "weight_decay": 0.0, "warmup_epochs": 0.0, "patience": 0,
-                "dropout": float(section.get("dropout", 0.2)), "batch_size": int(train.get("batch_size", 64))}
-    return {"epochs": int(section.get("epochs", 10)), "learning_rate": float(section.get("learning_rate", 1e-4)),
-            "weight_decay": float(section.get("weight_decay", 1e-4)),
-            "warmup_epochs": float(section.get("warmup_epochs", 1)),
-            "patience": int(section.get("early_stopping_patience", 5)),
-            "unfreeze": section.get("unfreeze", "all"),
-            "freeze_batchnorm": bool(section.get("freeze_batchnorm", True)),
-            "average_epochs": float(section.get("average_epochs", 0)),
-            "batch_size": int(train.get("batch_size", 64))}
-
-
 def resolve_weights(train_options):
     """Backbone weights file for ``train.weights`` (imagenet, none or a path), or None."""
     weights = train_options.get("weights", "none")
@@ -99,47 +81,7 @@ def seed_everything(seed, deterministic):
         tf.config.experimental.enable_op_determinism()
 
 
-def reset_layer_seeds(model, seed, epoch):
-    """Set every layer's random state (dropout) to a value derived from (seed, epoch).
-
-    Keras keeps dropout's random state in SeedGenerator variables that model checkpoints do
-    not hold; deriving it per epoch makes a resumed epoch draw the same masks as an
-    uninterrupted one.
-    """
-    index = 0
-    for layer in model._flatten_layers(include_self=True, recursive=True):
-        for generator in getattr(layer, "_seed_generators", []):
-            value = np.array([(int(seed) * 7919 + int(epoch) * 104729 + index) % (2 ** 31 - 1), 0])
-            generator.state.assign(value.astype(generator.state.dtype))
-            index += 1
-
-
 # --- model ----------------------------------------------------------------------------------------
-def make_loss(train_options):
-    """Cross-entropy on one-hot targets (label smoothing), or focal loss for imbalance: focal_loss."""
-    smoothing = float(train_options.get("label_smoothing", 0.0))
-    if train_options.get("imbalance") == "focal_loss":
-        return keras.losses.CategoricalFocalCrossentropy(alpha=0.25, gamma=2.0, label_smoothing=smoothing)
-    return keras.losses.CategoricalCrossentropy(label_smoothing=smoothing)
-
-
-def compile_model(model, stage, settings, train_options, steps_per_epoch, jit_compile):
-    """Compile with Adam (head) or AdamW with warm-up and cosine decay (fine-tune)."""
-    schedule = learning_rate_schedule(stage, settings, steps_per_epoch)
-    if stage == "head":
-        optimizer = keras.optimizers.Adam(learning_rate=schedule)
-    else:
-        optimizer = keras.optimizers.AdamW(learning_rate=schedule, weight_decay=settings["weight_decay"])
-    model.compile(optimizer=optimizer, loss=make_loss(train_options),
-                  metrics=[keras.metrics.AUC(name="auc")], jit_compile=jit_compile)
-    # Built here, the optimizer's variables exist before fit traces the train step. Keras defers
-    # the build into that tracing when no distribution strategy was set, and TensorFlow then
-    # traces the step a second time: 8 of the 21 s that a 2-epoch fine-tuning of a small ResNet-18 took.
-    # model.optimizer, not optimizer: under mixed_float16 compile wraps it in a LossScaleOptimizer,
-    # whose loss scale a checkpoint must find in the model that a resumed stage builds.
-    model.optimizer.build(model.trainable_variables)
-
-
 def initial_model(stage, *, init_model, input_shape, class_counts, train_options, settings, zscore):
     """The model a stage starts from, and whether its backbone holds pretrained weights.
 
@@ -275,121 +217,7 @@ class WeightAverage(keras.callbacks.Callback):
             average.assign(average + (1.0 - tf.cast(decay, average.dtype)) * (value - average))
 
 
-# --- checkpoints ------------------------------------------------------------------------------------
-class StageCheckpoint:
-    """The files in ``checkpoints/`` that let a killed stage resume where it stopped.
-
-    ``epoch-<n>.npz`` holds the model's variables, the optimizer's (its step counter included)
-    and, with weight averaging, the training weights; ``best.npz`` the model's variables at the
-    best validation AUC; ``state.json``, written last, names the epoch file. The arrays go back
-    into the model that the resumed stage builds and compiles as the first run did (the state's
-    fingerprint holds every option that decides it), so they need no model file. Writing them
-    took 0.13-0.18 s an epoch for the BreastMNIST ResNet-18 on 2 CPU cores, against 0.42-0.98 s
-    for ``model.save`` and ``save_weights``: a tenth of an epoch there, and several whole epochs
-    on an H100, which trains the 546 images at about 10,000 images/s (bench/mixed_precision.py).
-    """
-
-    def __init__(self, out_dir):
-        self.dir = Path(out_dir) / "checkpoints"
-        self.state_path = self.dir / "state.json"
-        self.best_path = self.dir / "best.npz"
-
-    def load_state(self, fingerprint):
-        """The saved state when it belongs to a run with the same ``fingerprint``; else None."""
-        if not self.state_path.exists():
-            return None
-        state = json.loads(self.state_path.read_text(encoding="utf-8"))
-        if state.get("version") != STATE_VERSION:
-            print(f"checkpoint in {self.dir} is of another checkpoint format (version {state.get('version')}, "
-                  f"now {STATE_VERSION}); starting over", flush=True)
-            return None
-        if not (self.dir / str(state.get("checkpoint_file", ""))).is_file():
-            return None
-        if state.get("fingerprint") != fingerprint:
-            print(f"checkpoint in {self.dir} is from other options or data; starting over", flush=True)
-            return None
-        if state.get("complete"):
-            # A finished stage that runs again was forced or its code changed: train anew.
-            print(f"checkpoint in {self.dir} is of a finished run; starting over", flush=True)
-            return None
-        return state
-
-    def mark_complete(self, state):
-        """Record that the stage finished, so that a later run trains anew instead of resuming."""
-        state["complete"] = True
-        if self.dir.exists():
-            atomic_write_json(self.state_path, state)
-
-    def save(self, model, state, best_improved, training_weights=None):
-        """Write the epoch's arrays, the best weights and the state; the state last, as the commit point.
-
-        Each epoch gets its own file, named in the state, so that a kill at any moment leaves a
-        state and arrays of the same epoch; the older file goes once the state is written.
-        (Best weights written before a kill are rewritten when the resumed run redoes that epoch.)
-        With weight averaging the model holds the average, and ``training_weights`` are the
-        weights that training continues from.
-        """
-        path = self.dir / f"epoch-{state['epoch']:04d}.npz"
-        arrays = {**_named("model", model.weights), **_named("optimizer", model.optimizer.variables)}
-        if training_weights is not None:
-            arrays.update(_named("training", training_weights))
-        _save_arrays(path, arrays)
-        if best_improved:
-            _save_arrays(self.best_path, _named("model", model.weights))
-        state["checkpoint_file"] = path.name
-        atomic_write_json(self.state_path, state)
-        for stale in self.dir.glob("epoch-*"):
-            if stale != path:
-                stale.unlink()
-
-    def restore(self, model, state):
-        """Put the state's epoch into ``model`` (built and compiled); None if the arrays do not fit it.
-
-        Returns the saved training weights (weight averaging) as a list, [] without them.
-        """
-        with np.load(self.dir / state["checkpoint_file"]) as saved:
-            weights, optimizer, training = (_unnamed(saved, part) for part in ("model", "optimizer", "training"))
-        # Both checked before either is assigned, so that a misfit leaves the new model as built.
-        if len(weights) != len(model.weights) or not _assign([*model.weights, *model.optimizer.variables],
-                                                             weights + optimizer):
-            return None
-        return training
-
-    def restore_best(self, model):
-        """Put the best epoch's weights into ``model``."""
-        with np.load(self.best_path) as saved:
-            if not _assign(model.weights, _unnamed(saved, "model")):
-                raise RuntimeError(f"{self.best_path} does not fit the model it was saved from")
-
-    def clear(self):
-        shutil.rmtree(self.dir, ignore_errors=True)
-
-
-def _named(prefix, values):
-    # Zero-padded, so that the names sort in the variables' order.
-    return {f"{prefix}_{k:05d}": keras.ops.convert_to_numpy(v) for k, v in enumerate(values)}
-
-
-def _unnamed(saved, prefix):
-    return [saved[name] for name in sorted(saved.files) if name.startswith(f"{prefix}_")]
-
-
-def _assign(variables, arrays):
-    """Assign ``arrays`` to ``variables`` if they match one to one in shape; report whether they did."""
-    variables = list(variables)
-    if len(variables) != len(arrays) or any(tuple(v.shape) != a.shape for v, a in zip(variables, arrays)):
-        return False
-    for variable, value in zip(variables, arrays):
-        variable.assign(value)
-    return True
-
-
-def _save_arrays(path, arrays):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(path, suffix=".partial.npz") as tmp:
-        np.savez(tmp, **arrays)
-
-
+# --- saving after each epoch ---------------------------------------------------------------------
 def _save_keras(model, path):
     # Keras picks the format from the suffix, so the temporary name must end in .keras too.
     with atomic_path(path, suffix=".partial.keras") as tmp:

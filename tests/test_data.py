@@ -170,7 +170,8 @@ def test_training_batches_and_checkpoints_work_under_a_mirrored_strategy(tiny_ca
         import keras
         from medclassify.cache import open_cache
         from medclassify.data import ImageSource, TrainingBatches, split_indices
-        from medclassify.training import StageCheckpoint, WeightAverage
+        from medclassify.checkpoints import StageCheckpoint
+        from medclassify.training import WeightAverage
         strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
         assert strategy.num_replicas_in_sync == 2
         with open_cache({str(cache_path)!r}) as cache:

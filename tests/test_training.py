@@ -206,27 +206,27 @@ class Killed(Exception):
 def test_a_kill_after_the_model_file_before_the_state_resumes_from_the_state(tiny_cache, tmp_path, monkeypatch):
     # With weight averaging, so that the training-weights file is part of what must stay consistent;
     # the SIGKILL test above covers resuming without it.
-    from medclassify import training
+    from medclassify import checkpoints
 
     cache_path, splits_path = tiny_cache
     options = tiny_options()
     options["finetune"]["average_epochs"] = 1
     train_stage("finetune", cache_path, splits_path, tmp_path / "uninterrupted", options=options, threads=1)
-    write_json = training.atomic_write_json
+    write_json = checkpoints.atomic_write_json
 
     def killed_before_the_second_state(path, value):
         if Path(path).name == "state.json" and value.get("epoch") == 2 and not value.get("complete"):
             raise Killed
         write_json(path, value)
 
-    monkeypatch.setattr(training, "atomic_write_json", killed_before_the_second_state)
+    monkeypatch.setattr(checkpoints, "atomic_write_json", killed_before_the_second_state)
     out = tmp_path / "killed"
     with pytest.raises(Killed):
         train_stage("finetune", cache_path, splits_path, out, options=options, threads=1)
     state = json.loads((out / "checkpoints" / "state.json").read_text())
     assert state["epoch"] == 1 and state["checkpoint_file"] == "epoch-0001.npz"
     assert (out / "checkpoints" / "epoch-0002.npz").exists()  # written, but no state names it
-    monkeypatch.setattr(training, "atomic_write_json", write_json)
+    monkeypatch.setattr(checkpoints, "atomic_write_json", write_json)
     train_stage("finetune", cache_path, splits_path, out, options=options, threads=1)
     assert sorted(p.name for p in (out / "checkpoints").glob("epoch-*")) == ["epoch-0002.npz"]
     pd.testing.assert_frame_equal(read_history(out), read_history(tmp_path / "uninterrupted"),
@@ -265,7 +265,7 @@ def dtype_policy(request):
 
 
 def _compiled_model(filters, stage="finetune"):
-    from medclassify.training import compile_model, stage_options
+    from medclassify.fitting import compile_model, stage_options
 
     inputs = keras.Input((4, 4, 1))
     x = keras.layers.BatchNormalization()(keras.layers.Conv2D(filters, 3, padding="same")(inputs))
@@ -291,7 +291,7 @@ def test_the_train_step_is_traced_once(stage, dtype_policy):
 
 
 def test_a_checkpoint_restores_weights_and_optimizer_state_into_the_same_model_only(tmp_path, dtype_policy):
-    from medclassify.training import StageCheckpoint
+    from medclassify.checkpoints import StageCheckpoint
 
     keras.utils.set_random_seed(0)
     trained = _compiled_model(filters=2)
@@ -329,7 +329,7 @@ def test_a_checkpoint_restores_weights_and_optimizer_state_into_the_same_model_o
 
 
 def test_a_checkpoint_state_resumes_only_its_own_format_options_and_unfinished_run(tmp_path, capsys):
-    from medclassify.training import STATE_VERSION, StageCheckpoint
+    from medclassify.checkpoints import STATE_VERSION, StageCheckpoint
 
     checkpoint = StageCheckpoint(tmp_path)
     checkpoint.dir.mkdir()

@@ -1,0 +1,69 @@
+"""What a Keras ``fit`` of the classifier needs besides its data: stage settings, loss, compile, dropout seeds.
+
+Keras and NumPy only, no TensorFlow, like :mod:`medclassify.schedules`: bench/mixed_precision.py
+compiles and checkpoints its models with these functions under any Keras backend, so that a GPU
+without TensorFlow still checks the code the stages run.
+"""
+
+import keras
+import numpy as np
+
+from .schedules import learning_rate_schedule
+
+
+def stage_options(options, stage):
+    """The settings one stage trains with: epochs, optimiser, early stopping, as a flat dict."""
+    train = options["train"]
+    section = options.get(stage, {})
+    if stage == "head":
+        return {"epochs": int(section.get("epochs", 5)), "learning_rate": float(section.get("learning_rate", 1e-3)),
+                "weight_decay": 0.0, "warmup_epochs": 0.0, "patience": 0,
+                "dropout": float(section.get("dropout", 0.2)), "batch_size": int(train.get("batch_size", 64))}
+    return {"epochs": int(section.get("epochs", 10)), "learning_rate": float(section.get("learning_rate", 1e-4)),
+            "weight_decay": float(section.get("weight_decay", 1e-4)),
+            "warmup_epochs": float(section.get("warmup_epochs", 1)),
+            "patience": int(section.get("early_stopping_patience", 5)),
+            "unfreeze": section.get("unfreeze", "all"),
+            "freeze_batchnorm": bool(section.get("freeze_batchnorm", True)),
+            "average_epochs": float(section.get("average_epochs", 0)),
+            "batch_size": int(train.get("batch_size", 64))}
+
+
+def make_loss(train_options):
+    """Cross-entropy on one-hot targets (label smoothing), or focal loss for imbalance: focal_loss."""
+    smoothing = float(train_options.get("label_smoothing", 0.0))
+    if train_options.get("imbalance") == "focal_loss":
+        return keras.losses.CategoricalFocalCrossentropy(alpha=0.25, gamma=2.0, label_smoothing=smoothing)
+    return keras.losses.CategoricalCrossentropy(label_smoothing=smoothing)
+
+
+def compile_model(model, stage, settings, train_options, steps_per_epoch, jit_compile):
+    """Compile with Adam (head) or AdamW with warm-up and cosine decay (fine-tune)."""
+    schedule = learning_rate_schedule(stage, settings, steps_per_epoch)
+    if stage == "head":
+        optimizer = keras.optimizers.Adam(learning_rate=schedule)
+    else:
+        optimizer = keras.optimizers.AdamW(learning_rate=schedule, weight_decay=settings["weight_decay"])
+    model.compile(optimizer=optimizer, loss=make_loss(train_options),
+                  metrics=[keras.metrics.AUC(name="auc")], jit_compile=jit_compile)
+    # Built here, the optimizer's variables exist before fit traces the train step. Keras defers
+    # the build into that tracing when no distribution strategy was set, and TensorFlow then
+    # traces the step a second time: 8 of the 21 s that a 2-epoch fine-tuning of a small ResNet-18 took.
+    # model.optimizer, not optimizer: under mixed_float16 compile wraps it in a LossScaleOptimizer,
+    # whose loss scale a checkpoint must find in the model that a resumed stage builds.
+    model.optimizer.build(model.trainable_variables)
+
+
+def reset_layer_seeds(model, seed, epoch):
+    """Set every layer's random state (dropout) to a value derived from (seed, epoch).
+
+    Keras keeps dropout's random state in SeedGenerator variables that model checkpoints do
+    not hold; deriving it per epoch makes a resumed epoch draw the same masks as an
+    uninterrupted one.
+    """
+    index = 0
+    for layer in model._flatten_layers(include_self=True, recursive=True):
+        for generator in getattr(layer, "_seed_generators", []):
+            value = np.array([(int(seed) * 7919 + int(epoch) * 104729 + index) % (2 ** 31 - 1), 0])
+            generator.state.assign(value.astype(generator.state.dtype))
+            index += 1
