@@ -13,7 +13,7 @@ import numpy as np
 
 from .atomic import atomic_path, atomic_write_json
 
-STATE_VERSION = 3
+STATE_VERSION = 4
 
 
 class StageCheckpoint:
@@ -21,7 +21,7 @@ class StageCheckpoint:
 
     ``epoch-<n>.npz`` holds the model's variables, the optimizer's (its step counter included)
     and, with weight averaging, the training weights; ``best.npz`` the model's variables at the
-    best validation AUC; ``state.json``, written last, names the epoch file. The arrays go back
+    epoch the stage will keep so far (``select_epoch``: best validation AUC or lowest loss); ``state.json``, written last, names the epoch file. The arrays go back
     into the model that the resumed stage builds and compiles as the first run did (the state's
     fingerprint holds every option that decides it), so they need no model file. Writing them
     took 0.13-0.18 s an epoch for the BreastMNIST ResNet-18 on 2 CPU cores, against 0.42-0.98 s
@@ -61,7 +61,7 @@ class StageCheckpoint:
             atomic_write_json(self.state_path, state)
 
     def save(self, model, state, best_improved, training_weights=None):
-        """Write the epoch's arrays, the best weights and the state; the state last, as the commit point.
+        """Write the epoch's arrays, the best weights (when ``best_improved``) and the state, last, as the commit point.
 
         Each epoch gets its own file, named in the state, so that a kill at any moment leaves a
         state and arrays of the same epoch; the older file goes once the state is written.

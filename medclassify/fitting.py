@@ -17,12 +17,14 @@ def stage_options(options, stage):
     section = options.get(stage, {})
     if stage == "head":
         return {"epochs": int(section.get("epochs", 5)), "learning_rate": float(section.get("learning_rate", 1e-3)),
-                "weight_decay": 0.0, "warmup_epochs": 0.0, "patience": 0,
-                "dropout": float(section.get("dropout", 0.2)), "batch_size": int(train.get("batch_size", 64))}
+                "weight_decay": 0.0, "warmup_epochs": 0.0, "patience": 0, "select_epoch": "best_auc",
+                "record_val_predictions": False, "dropout": float(section.get("dropout", 0.2)), "batch_size": int(train.get("batch_size", 64))}
     return {"epochs": int(section.get("epochs", 10)), "learning_rate": float(section.get("learning_rate", 1e-4)),
             "weight_decay": float(section.get("weight_decay", 1e-4)),
             "warmup_epochs": float(section.get("warmup_epochs", 1)),
             "patience": int(section.get("early_stopping_patience", 5)),
+            "select_epoch": str(section.get("select_epoch", "best_auc")),
+            "record_val_predictions": bool(section.get("record_val_predictions", False)),
             "unfreeze": section.get("unfreeze", "all"),
             "freeze_batchnorm": bool(section.get("freeze_batchnorm", True)),
             "average_epochs": float(section.get("average_epochs", 0)),

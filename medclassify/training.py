@@ -35,6 +35,7 @@ from .codedeps import module_closure
 from .config import config_hash
 from .data import (ImageSource, TrainingBatches, class_weights, evaluation_dataset, fits_in_memory, split_indices,
                    zscore_statistics)
+from .epoch_selection import SELECT_EPOCH_RULES
 from .errors import InputError
 from .fitting import compile_model, make_loss, reset_layer_seeds, stage_options
 from .gpu import configure_devices
@@ -129,15 +130,26 @@ def classification_auc(labels, probabilities):
 
 
 class ValidationMetrics(keras.callbacks.Callback):
-    """Adds val_loss, val_auc (scikit-learn, exact), val_accuracy and lr to each epoch's logs."""
+    """Adds val_loss, val_auc (scikit-learn, exact), val_accuracy and lr to each epoch's logs.
 
-    def __init__(self, dataset, labels, n_classes, loss):
+    With ``record_dir``, each epoch's validation probabilities are also kept there
+    (``epoch_<n>.npy``, validation order, beside ``labels.npy``), so that rules for choosing the
+    epoch can be compared afterwards on the very trajectories the stage trained
+    (bench/epoch_selection.py).
+    """
+
+    def __init__(self, dataset, labels, n_classes, loss, record_dir=None):
         super().__init__()
         self.dataset, self.labels, self.n_classes, self.loss = dataset, np.asarray(labels), n_classes, loss
+        self.record_dir = None if record_dir is None else Path(record_dir)
+        if self.record_dir is not None:
+            _save_array(self.record_dir / "labels.npy", self.labels)
 
     def on_epoch_end(self, epoch, logs=None):
         logs = logs if logs is not None else {}
         probabilities = self.model.predict(self.dataset, verbose=0).astype("float64")
+        if self.record_dir is not None:
+            _save_array(self.record_dir / f"epoch_{epoch + 1:03d}.npy", probabilities)
         targets = np.eye(self.n_classes)[self.labels]
         logs["val_loss"] = float(keras.ops.convert_to_numpy(self.loss(targets, probabilities)))
         logs["val_auc"] = classification_auc(self.labels, probabilities)
@@ -218,6 +230,11 @@ class WeightAverage(keras.callbacks.Callback):
 
 
 # --- saving after each epoch ---------------------------------------------------------------------
+def _save_array(path, array):
+    with atomic_path(path, suffix=".partial.npy") as tmp:
+        np.save(tmp, array)
+
+
 def _save_keras(model, path):
     # Keras picks the format from the suffix, so the temporary name must end in .keras too.
     with atomic_path(path, suffix=".partial.keras") as tmp:
@@ -225,11 +242,19 @@ def _save_keras(model, path):
 
 
 class EpochEnd(keras.callbacks.Callback):
-    """Tracks the best validation AUC and early stopping, and checkpoints after every epoch."""
+    """Tracks early stopping (on validation AUC) and the epoch to keep, and checkpoints after every epoch.
 
-    def __init__(self, checkpoint, state, patience, average=None):
+    ``select_epoch`` names the epoch whose weights the stage saves: ``best_auc`` (highest
+    validation AUC), ``lowest_val_loss``, or ``last`` (the last epoch trained). Stopping waits for a
+    better validation AUC under each of them.
+    """
+
+    def __init__(self, checkpoint, state, patience, select_epoch="best_auc", average=None):
         super().__init__()
+        if select_epoch not in SELECT_EPOCH_RULES:
+            raise ValueError(f"select_epoch must be one of {', '.join(SELECT_EPOCH_RULES)}, not {select_epoch!r}")
         self.checkpoint, self.state, self.patience, self.average = checkpoint, state, patience, average
+        self.select_epoch = select_epoch
 
     def on_epoch_end(self, epoch, logs=None):
         logs = dict(logs or {})
@@ -245,11 +270,19 @@ class EpochEnd(keras.callbacks.Callback):
         state["epoch"] = epoch + 1
         if self.patience > 0 and state["wait"] >= self.patience:
             state["stopped"] = True
+        loss = row.get("val_loss", float("nan"))
+        lower_loss = not math.isnan(loss) and (state["best_loss"] is None or loss < state["best_loss"])
+        if lower_loss:
+            state["best_loss"] = loss
+        keep = {"best_auc": improved, "lowest_val_loss": lower_loss, "last": True}[self.select_epoch]
+        if keep:
+            state["selected_epoch"] = epoch + 1
         training_weights = None
         if self.average is not None:
             state["average_updates"] = self.average.updates
             training_weights = self.average.training_weights()
-        self.checkpoint.save(self.model, state, improved, training_weights)
+        # The last epoch's weights are the model itself: no best.npz to write or restore.
+        self.checkpoint.save(self.model, state, keep and self.select_epoch != "last", training_weights)
 
 
 class TensorBoardScalars(keras.callbacks.Callback):
@@ -308,6 +341,7 @@ def model_metadata(*, stage, cache, input_shape, train_options, settings, pretra
         "epochs_trained": state["epoch"],
         "best_epoch": state["best_epoch"],
         "best_val_auc": state["best_auc"],
+        "selected_epoch": state["selected_epoch"],
         "stopped_early": state["stopped"],
         "n_train": n_train,
         "n_val": n_val,
@@ -389,10 +423,14 @@ def _train_model(stage, cache_path, splits_path, out_dir, *, options, fold=None,
                     state = None
                 else:
                     print(f"resuming {stage} after epoch {state['epoch']} from {checkpoint.dir}", flush=True)
+        record_dir = out_dir / "val_predictions" if settings.get("record_val_predictions") else None
         if state is None:
             checkpoint.clear()
+            if record_dir is not None:
+                shutil.rmtree(record_dir, ignore_errors=True)
             state = {"version": STATE_VERSION, "fingerprint": fingerprint, "epoch": 0, "history": [],
                      "best_auc": None, "best_epoch": None, "wait": 0, "stopped": False,
+                     "best_loss": None, "selected_epoch": None,
                      "rng": f"derived per epoch from seed {seed} (data order, augmentation, mixup, dropout)",
                      "pretrained": pretrained}
         pretrained = state.get("pretrained", pretrained)
@@ -411,8 +449,9 @@ def _train_model(stage, cache_path, splits_path, out_dir, *, options, fold=None,
                 average.restore(saved_training_weights, state["average_updates"])
         # The average (when on) is swapped in first, so that validation and checkpoints see it.
         callbacks = [*([average] if average is not None else []),
-                     ValidationMetrics(val_dataset, val_labels, n_classes, make_loss(train_options)),
-                     EpochEnd(checkpoint, state, settings["patience"], average),
+                     ValidationMetrics(val_dataset, val_labels, n_classes, make_loss(train_options), record_dir),
+                     EpochEnd(checkpoint, state, settings["patience"], settings.get("select_epoch", "best_auc"),
+                              average),
                      TensorBoardScalars(out_dir / "tensorboard")]
 
         for epoch in range(state["epoch"], settings["epochs"]):
@@ -426,8 +465,12 @@ def _train_model(stage, cache_path, splits_path, out_dir, *, options, fold=None,
         if state["stopped"]:
             print(f"early stopping after epoch {state['epoch']}: no better val_auc for {settings['patience']} epochs",
                   flush=True)
-        if state["best_epoch"] is not None and checkpoint.best_path.exists():
-            print(f"restoring the weights of epoch {state['best_epoch']} (val_auc {state['best_auc']:.4f})", flush=True)
+        selected = state["selected_epoch"]
+        if selected is not None and selected != state["epoch"] and checkpoint.best_path.exists():
+            rule = settings.get("select_epoch", "best_auc")
+            print(f"restoring the weights of epoch {selected} ({rule}: val_auc "
+                  f"{state['history'][selected - 1].get('val_auc', float('nan')):.4f}, val_loss "
+                  f"{state['history'][selected - 1].get('val_loss', float('nan')):.4f})", flush=True)
             checkpoint.restore_best(model)
 
         metadata = model_metadata(stage=stage, cache=cache, input_shape=input_shape, train_options=train_options,
@@ -565,11 +608,13 @@ def train_ensemble(n_members, cache_path, splits_path, out_dir, *, options, fold
         "seeds": seeds,
         "models": [str(p.relative_to(out_dir)) for p in member_paths],
         "best_epoch": [m["best_epoch"] for m in member_meta],
+        "selected_epoch": [m["selected_epoch"] for m in member_meta],
         "epochs_trained": [m["epochs_trained"] for m in member_meta],
         "best_val_auc": [m["best_val_auc"] for m in member_meta],
         "initial_weights": "each member's own seed" if member_init is None else str(init_model),
     }
     metadata["best_epoch"] = None
+    metadata["selected_epoch"] = None
     metadata["epochs_trained"] = max(m["epochs_trained"] for m in member_meta)
     with atomic_path(out_dir / "model.keras", suffix=".partial.keras") as tmp:
         ensemble.save(tmp)
