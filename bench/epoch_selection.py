@@ -1,7 +1,7 @@
 """Which epoch should a fine-tuned model keep? Rules compared by cross-fitting on BreastMNIST.
 
     .venv/bin/python bench/epoch_selection.py --seed 1 --work /tmp/es    # about 2 h on 2 cores
-    .venv/bin/python bench/epoch_selection.py --seed 1 --work /tmp/es    # again: replays, trains nothing
+    .venv/bin/python bench/epoch_selection.py --seed 1 --work /tmp/es    # again, same code: replays only
 
 Trains the default recipe (config/breastmnist.yaml) in K-fold cross-validation on the official
 train+val images, as ``bench/accuracy.py --cv K`` does, but with every member trained for all its
@@ -55,8 +55,8 @@ def member_recordings(finetune_dir):
 
     from medclassify.training import member_dir
 
-    folders = sorted(Path(finetune_dir).glob("members/member_*"), key=lambda p: int(p.name.rsplit("_", 1)[1]))
-    folders = [member_dir(finetune_dir, k) for k in range(len(folders))] or [Path(finetune_dir)]
+    n_members = len(list(Path(finetune_dir).glob("members/member_*")))
+    folders = [member_dir(finetune_dir, k) for k in range(n_members)] or [Path(finetune_dir)]
     recordings = []
     for folder in folders:
         record = folder / "val_predictions"

@@ -16,6 +16,12 @@ SELECT_EPOCH_RULES = ("best_auc", "lowest_val_loss", "last")
 _EPSILON = 1e-7
 
 
+def check_rule(rule):
+    """Raise ValueError unless ``rule`` is one of :data:`SELECT_EPOCH_RULES`."""
+    if rule not in SELECT_EPOCH_RULES:
+        raise ValueError(f"select_epoch must be one of {', '.join(SELECT_EPOCH_RULES)}, not {rule!r}")
+
+
 def stopping_epoch(val_auc, patience):
     """The last epoch (from 1) a stage trains: the first at which ``patience`` epochs in a row
     brought no strictly higher validation AUC (NaN never improves), or the last one given.
@@ -34,8 +40,7 @@ def stopping_epoch(val_auc, patience):
 def selected_epoch(rule, val_auc, val_loss, patience):
     """The epoch (from 1) whose weights a stage with ``rule`` and ``patience`` saves, or None when
     no epoch had a score to choose by (the stage then keeps the last one)."""
-    if rule not in SELECT_EPOCH_RULES:
-        raise ValueError(f"select_epoch must be one of {', '.join(SELECT_EPOCH_RULES)}, not {rule!r}")
+    check_rule(rule)
     last = stopping_epoch(val_auc, patience)
     if rule == "last":
         return last

@@ -18,7 +18,8 @@ def stage_options(options, stage):
     if stage == "head":
         return {"epochs": int(section.get("epochs", 5)), "learning_rate": float(section.get("learning_rate", 1e-3)),
                 "weight_decay": 0.0, "warmup_epochs": 0.0, "patience": 0, "select_epoch": "best_auc",
-                "record_val_predictions": False, "dropout": float(section.get("dropout", 0.2)), "batch_size": int(train.get("batch_size", 64))}
+                "record_val_predictions": False, "dropout": float(section.get("dropout", 0.2)),
+                "batch_size": int(train.get("batch_size", 64))}
     return {"epochs": int(section.get("epochs", 10)), "learning_rate": float(section.get("learning_rate", 1e-4)),
             "weight_decay": float(section.get("weight_decay", 1e-4)),
             "warmup_epochs": float(section.get("warmup_epochs", 1)),

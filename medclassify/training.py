@@ -35,7 +35,7 @@ from .codedeps import module_closure
 from .config import config_hash
 from .data import (ImageSource, TrainingBatches, class_weights, evaluation_dataset, fits_in_memory, split_indices,
                    zscore_statistics)
-from .epoch_selection import SELECT_EPOCH_RULES
+from .epoch_selection import check_rule
 from .errors import InputError
 from .fitting import compile_model, make_loss, reset_layer_seeds, stage_options
 from .gpu import configure_devices
@@ -251,8 +251,7 @@ class EpochEnd(keras.callbacks.Callback):
 
     def __init__(self, checkpoint, state, patience, select_epoch="best_auc", average=None):
         super().__init__()
-        if select_epoch not in SELECT_EPOCH_RULES:
-            raise ValueError(f"select_epoch must be one of {', '.join(SELECT_EPOCH_RULES)}, not {select_epoch!r}")
+        check_rule(select_epoch)
         self.checkpoint, self.state, self.patience, self.average = checkpoint, state, patience, average
         self.select_epoch = select_epoch
 
@@ -423,7 +422,7 @@ def _train_model(stage, cache_path, splits_path, out_dir, *, options, fold=None,
                     state = None
                 else:
                     print(f"resuming {stage} after epoch {state['epoch']} from {checkpoint.dir}", flush=True)
-        record_dir = out_dir / "val_predictions" if settings.get("record_val_predictions") else None
+        record_dir = out_dir / "val_predictions" if settings["record_val_predictions"] else None
         if state is None:
             checkpoint.clear()
             if record_dir is not None:
@@ -450,8 +449,7 @@ def _train_model(stage, cache_path, splits_path, out_dir, *, options, fold=None,
         # The average (when on) is swapped in first, so that validation and checkpoints see it.
         callbacks = [*([average] if average is not None else []),
                      ValidationMetrics(val_dataset, val_labels, n_classes, make_loss(train_options), record_dir),
-                     EpochEnd(checkpoint, state, settings["patience"], settings.get("select_epoch", "best_auc"),
-                              average),
+                     EpochEnd(checkpoint, state, settings["patience"], settings["select_epoch"], average),
                      TensorBoardScalars(out_dir / "tensorboard")]
 
         for epoch in range(state["epoch"], settings["epochs"]):
@@ -467,8 +465,7 @@ def _train_model(stage, cache_path, splits_path, out_dir, *, options, fold=None,
                   flush=True)
         selected = state["selected_epoch"]
         if selected is not None and selected != state["epoch"] and checkpoint.best_path.exists():
-            rule = settings.get("select_epoch", "best_auc")
-            print(f"restoring the weights of epoch {selected} ({rule}: val_auc "
+            print(f"restoring the weights of epoch {selected} ({settings['select_epoch']}: val_auc "
                   f"{state['history'][selected - 1].get('val_auc', float('nan')):.4f}, val_loss "
                   f"{state['history'][selected - 1].get('val_loss', float('nan')):.4f})", flush=True)
             checkpoint.restore_best(model)
