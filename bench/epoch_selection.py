@@ -74,8 +74,9 @@ def chosen_epochs(rule, patience, labels, trajectory):
 
     aucs = [classification_auc(labels, p) for p in trajectory]
     losses = [crossentropy(labels, p) for p in trajectory]
-    chosen = selected_epoch(rule, aucs, losses, patience)
-    return (chosen or len(trajectory)), stopping_epoch(aucs, patience)
+    stop = stopping_epoch(aucs, patience)
+    # With no score to choose by, the stage keeps the model it has: the last epoch it trained.
+    return (selected_epoch(rule, aucs, losses, patience) or stop), stop
 
 
 def stratified_halves(labels, seed):
