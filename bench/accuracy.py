@@ -93,9 +93,10 @@ def run_seed(seed, overrides, work_dir, splits, threads):
                         init_model=head, threads=threads)
     minutes = (time.perf_counter() - started) / 60
     meta = json.loads((run_dir / "finetune" / "model.json").read_text())
-    members = meta.get("ensemble") or {"best_epoch": [meta["best_epoch"]], "epochs_trained": [meta["epochs_trained"]]}
+    members = meta.get("ensemble") or {key: [meta[key]] for key in ("best_epoch", "selected_epoch", "epochs_trained")}
     return {"seed": seed, "minutes": round(minutes, 2), "best_epoch": members["best_epoch"],
-            "epochs_trained": members["epochs_trained"], **split_scores(final, cache_path, splits_path, splits)}
+            "selected_epoch": members["selected_epoch"], "epochs_trained": members["epochs_trained"],
+            **split_scores(final, cache_path, splits_path, splits)}
 
 
 def cv_splits(splits_path, folds, seed):
@@ -225,13 +226,13 @@ def main(argv=None):
             result = run_seed(seed, overrides, work, splits, args.threads)
             results.append(result)
             print(json.dumps(result), flush=True)
-    header = f"{'seed':>4} {'minutes':>8} {'best epochs':>11} " + " ".join(f"{s + ' ' + m:>9}" for s in splits for m in ("AUC", "ACC"))
+    header = f"{'seed':>4} {'minutes':>8} {'kept epochs':>11} " + " ".join(f"{s + ' ' + m:>9}" for s in splits for m in ("AUC", "ACC"))
     print("\nBreastMNIST 28x28, official split; ACC: class-1 probability > 0.5")
     print(header)
     for r in results:
         cells = " ".join(f"{r[s][m]:>9.4f}" for s in splits for m in ("auc", "acc"))
-        best = "/".join(str(e or 0) for e in r["best_epoch"])
-        print(f"{r['seed']:>4} {r['minutes']:>8.2f} {best:>11} {cells}")
+        kept = "/".join(str(e or 0) for e in r["selected_epoch"])
+        print(f"{r['seed']:>4} {r['minutes']:>8.2f} {kept:>11} {cells}")
     report = {"dataset": "breastmnist", "size": 28, "overrides": overrides, "seeds": results,
               "summary": {s: summary(results, s) for s in splits},
               "max_minutes": max(r["minutes"] for r in results)}

@@ -96,7 +96,7 @@ def test_validation_and_the_saved_model_use_the_average(small_cache, tmp_path):
     averaged = [a for a in averaged if a.dtype.kind == "f"]
     assert len(training) == len(averaged) > 0
     assert not all(np.array_equal(a, t) for a, t in zip(averaged, training))
-    # The saved model is the best epoch's average: its validation AUC is the one the history shows.
+    # The saved model is the kept epoch's average: its validation AUC is the one the history shows.
     model = keras.models.load_model(tmp_path / "model.keras", safe_mode=True)
     meta = json.loads((tmp_path / "model.json").read_text())
     with open_cache(cache_path) as cache:
@@ -104,5 +104,5 @@ def test_validation_and_the_saved_model_use_the_average(small_cache, tmp_path):
         probabilities = model.predict(cache.read(indices), verbose=0)
         auc = classification_auc(np.asarray(cache.labels)[indices], probabilities)
     history = pd.read_csv(tmp_path / "history.csv")
-    assert auc == pytest.approx(history["val_auc"][meta["best_epoch"] - 1], abs=1e-9)
+    assert auc == pytest.approx(history["val_auc"][meta["selected_epoch"] - 1], abs=1e-9)
     assert meta["settings"]["average_epochs"] == 1.0
