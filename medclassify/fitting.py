@@ -12,24 +12,29 @@ from .schedules import learning_rate_schedule
 
 
 def stage_options(options, stage):
-    """The settings one stage trains with: epochs, optimiser, early stopping, as a flat dict."""
-    train = options["train"]
-    section = options.get(stage, {})
+    """The settings one stage trains with: epochs, optimiser, early stopping, as a flat dict.
+
+    options is a run's config with the schema's defaults filled in (medclassify.config.run_config):
+    the defaults live in the schema only. The head stage always keeps its best-AUC epoch and
+    never stops early.
+    """
+    section = options[stage]
+    batch_size = int(options["train"]["batch_size"])
     if stage == "head":
-        return {"epochs": int(section.get("epochs", 5)), "learning_rate": float(section.get("learning_rate", 1e-3)),
+        return {"epochs": int(section["epochs"]), "learning_rate": float(section["learning_rate"]),
                 "weight_decay": 0.0, "warmup_epochs": 0.0, "patience": 0, "select_epoch": "best_auc",
-                "record_val_predictions": False, "dropout": float(section.get("dropout", 0.2)),
-                "batch_size": int(train.get("batch_size", 64))}
-    return {"epochs": int(section.get("epochs", 10)), "learning_rate": float(section.get("learning_rate", 1e-4)),
-            "weight_decay": float(section.get("weight_decay", 1e-4)),
-            "warmup_epochs": float(section.get("warmup_epochs", 1)),
-            "patience": int(section.get("early_stopping_patience", 5)),
-            "select_epoch": str(section.get("select_epoch", "best_auc")),
-            "record_val_predictions": bool(section.get("record_val_predictions", False)),
-            "unfreeze": section.get("unfreeze", "all"),
-            "freeze_batchnorm": bool(section.get("freeze_batchnorm", True)),
-            "average_epochs": float(section.get("average_epochs", 0)),
-            "batch_size": int(train.get("batch_size", 64))}
+                "record_val_predictions": False, "dropout": float(section["dropout"]),
+                "batch_size": batch_size}
+    return {"epochs": int(section["epochs"]), "learning_rate": float(section["learning_rate"]),
+            "weight_decay": float(section["weight_decay"]),
+            "warmup_epochs": float(section["warmup_epochs"]),
+            "patience": int(section["early_stopping_patience"]),
+            "select_epoch": str(section["select_epoch"]),
+            "record_val_predictions": bool(section["record_val_predictions"]),
+            "unfreeze": section["unfreeze"],
+            "freeze_batchnorm": bool(section["freeze_batchnorm"]),
+            "average_epochs": float(section["average_epochs"]),
+            "batch_size": batch_size}
 
 
 def make_loss(train_options):
