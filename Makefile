@@ -47,8 +47,9 @@ system-deps:
 	  $(SUDO) apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium chromium-driver; }
 
-# loadgroup: the slow tests that share a workflow run stay on one worker (see tests/conftest.py).
-# Two workers on a 2-core machine: 509 s for the slow and cluster tests instead of 852 s.
+# loadgroup: the slow tests that share a workflow run stay on one worker (see tests/conftest.py;
+# tests/test_xdist_grouping.py checks that the grouping holds). Two workers on a 2-core machine;
+# a third made the session slower (529 s against 514 s), its training processes contending for the cores.
 E2E_PYTEST := $(BIN)/python -m pytest -q -n 2 --dist loadgroup
 
 e2e: $(STAMP) system-deps

@@ -19,22 +19,21 @@ FAST_DEMO_ARGS = ["--configfile", FAST_CONFIG_NAME]
 DEMO_RUN_TIMEOUT_S = 1200
 
 
+# tryfirst: pytest-xdist reads the xdist_group marks in its own pytest_collection_modifyitems,
+# which would otherwise run before this one and see none (tests/test_xdist_grouping.py).
+@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config, items):
-    """Keep slow tests that share a costly fixture on one xdist worker (``--dist loadgroup``).
+    """Keep the tests of the demo run on one xdist worker (``--dist loadgroup``).
 
-    A session or module fixture is built once per worker: the demo run, or test_rerun's own
-    run, split over two workers would be made twice. The Slurm tests join the demo run's group
-    too: they compare with it, and they read the one test cluster's queue, so they run one after
-    another.
+    A session fixture is built once per worker: the demo run, with its tests split over two
+    workers, would be made twice. The Slurm tests join its group: the demo workflow's test
+    compares with it, and both read the one test cluster's queue, so they run one after another.
+    A module whose tests share a costly module fixture of its own (test_rerun.py) names its
+    group in its ``pytestmark``; every other test goes to whichever worker is free.
     """
     for item in items:
-        if item.get_closest_marker("slow") is None and item.get_closest_marker("cluster") is None:
-            continue
         if "demo_run" in item.fixturenames or item.get_closest_marker("cluster") is not None:
-            group = "demo_run"
-        else:
-            group = item.module.__name__
-        item.add_marker(pytest.mark.xdist_group(group))
+            item.add_marker(pytest.mark.xdist_group("demo_run"))
 
 
 @pytest.fixture(scope="session")

@@ -96,15 +96,23 @@ def copy_repository(dest):
     return dest
 
 
-def run_snakemake(args, cwd, *, timeout_s, env=None, log_path=None):
-    """Run ``snakemake ARGS`` in cwd with this interpreter, killing it after timeout_s seconds.
+@dataclass
+class StartedSnakemake:
+    """A Snakemake subprocess started by start_snakemake and not yet waited for."""
 
-    The process gets its own session; on timeout the whole group (Snakemake, its job processes)
-    gets SIGKILL and the run is reported with returncode -9 and what it printed so far.
+    command: list
+    process: subprocess.Popen
+    log_path: Path
+    started: float
+
+
+def start_snakemake(args, cwd, *, env=None, log_path=None):
+    """Start ``snakemake ARGS`` in cwd with this interpreter, in a session of its own.
+
+    Its output goes to log_path (a new file in cwd by default); finish it with wait_snakemake.
     """
     command = [sys.executable, "-m", "snakemake", *args]
     log_path = Path(log_path or Path(cwd) / f"snakemake-{time.time_ns()}.log")
-    started = time.monotonic()
     with open(log_path, "wb") as log:
         process = subprocess.Popen(
             command,
@@ -115,16 +123,42 @@ def run_snakemake(args, cwd, *, timeout_s, env=None, log_path=None):
             env={**os.environ, **(env or {})},
             start_new_session=True,
         )
-        try:
-            returncode = process.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
-            returncode = -signal.SIGKILL
-    output = log_path.read_text(errors="replace")
+    return StartedSnakemake(command, process, log_path, time.monotonic())
+
+
+def wait_snakemake(started, *, timeout_s):
+    """Wait until the run ends or timeout_s seconds after its start, then kill its process group.
+
+    A run that was killed is reported with returncode -9 and what it printed so far.
+    """
+    remaining_s = max(0.0, timeout_s - (time.monotonic() - started.started))
+    try:
+        returncode = started.process.wait(timeout=remaining_s)
+    except subprocess.TimeoutExpired:
+        kill_snakemake(started)
+        returncode = -signal.SIGKILL
+    output = started.log_path.read_text(errors="replace")
     if returncode == -signal.SIGKILL:
         output += f"\n[killed with SIGKILL after {timeout_s} s]"
-    return SnakemakeRun(command, returncode, output, time.monotonic() - started)
+    return SnakemakeRun(started.command, returncode, output, time.monotonic() - started.started)
+
+
+def kill_snakemake(started):
+    """SIGKILL to the run's whole process group (Snakemake and its job processes)."""
+    try:
+        os.killpg(started.process.pid, signal.SIGKILL)
+    except ProcessLookupError:  # the group has ended already
+        pass
+    started.process.wait()
+
+
+def run_snakemake(args, cwd, *, timeout_s, env=None, log_path=None):
+    """Run ``snakemake ARGS`` in cwd with this interpreter, killing it after timeout_s seconds.
+
+    The process gets its own session; on timeout the whole group (Snakemake, its job processes)
+    gets SIGKILL and the run is reported with returncode -9 and what it printed so far.
+    """
+    return wait_snakemake(start_snakemake(args, cwd, env=env, log_path=log_path), timeout_s=timeout_s)
 
 
 _JOB_STATS_ROW = re.compile(r"^(?P<rule>[A-Za-z_][A-Za-z0-9_]*)\s+(?P<count>\d+)\s*$")

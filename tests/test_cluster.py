@@ -13,7 +13,6 @@ cluster that does not answer is a failure, not a skip.
 import json
 import os
 import re
-import shutil
 import subprocess
 import threading
 from pathlib import Path
@@ -22,7 +21,11 @@ import pytest
 
 from snakemake_fixtures import (
     REPO,
+    copy_repository,
+    kill_snakemake,
     run_snakemake,
+    start_snakemake,
+    wait_snakemake,
     write_fast_config,
     write_test_profile,
 )
@@ -146,22 +149,22 @@ GPU_RULES = ("train_head", "finetune", "evaluate")
 CPU_RULES = ("make_demo_data", "validate_manifest", "preprocess", "merge_cache", "split")
 
 
-def test_demo_workflow_through_the_slurm_profile_matches_a_local_run(tmp_path, test_node, demo_run):
-    # demo_run is the fast demo made locally (two cores, the workstation profile) by conftest.
-    # Its copy of the working tree without what it ran: the same code and config, whatever has
-    # changed in the checkout since.
-    workdir = tmp_path / "repo"
-    shutil.copytree(
-        demo_run, workdir, symlinks=True, ignore=shutil.ignore_patterns("results", ".snakemake", "snakemake-*.log")
-    )
+def test_demo_workflow_through_the_slurm_profile_matches_a_local_run(tmp_path, test_node, request):
+    # The same fast demo as conftest's demo_run (two cores, the workstation profile), in a copy
+    # of the working tree of its own. The Slurm run starts first and the local one is made (or
+    # found) while it runs: the Slurm run spends most of its time waiting for the plugin's status
+    # checks, and the local run fills that time instead of coming before it.
+    workdir = copy_repository(tmp_path / "repo")
     profile = write_test_profile(tmp_path / "profile", **test_node)
 
     with SlurmJobRecorder() as recorder:
-        run = run_snakemake(
-            [*slurm_args(profile), *write_fast_config(workdir)],
-            workdir,
-            timeout_s=DEMO_TIMEOUT_S,
-        )
+        started = start_snakemake([*slurm_args(profile), *write_fast_config(workdir)], workdir)
+        try:
+            demo_run = request.getfixturevalue("demo_run")
+        except BaseException:
+            kill_snakemake(started)
+            raise
+        run = wait_snakemake(started, timeout_s=DEMO_TIMEOUT_S)
 
     assert run.returncode == 0, run.tail()
     for rule in GPU_RULES:

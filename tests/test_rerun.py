@@ -23,7 +23,8 @@ from snakemake_fixtures import (
     write_fast_config,
 )
 
-pytestmark = pytest.mark.slow
+# One worker builds the module's workflow run and runs every test on it (see conftest.py).
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("test_rerun")]
 
 RUN_TIMEOUT_S = 1200
 DRY_RUN_TIMEOUT_S = 300

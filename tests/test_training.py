@@ -1,11 +1,14 @@
 """Training stages: outputs, the saved model's contract, resume after SIGKILL, determinism.
 
 The resume, determinism and option tests train in several processes (each traces the model
-anew) and are marked slow: about 20-60 s each on an idle 2-core machine.
+anew) and are marked slow: about 20-60 s each on an idle 2-core machine. Most of that is each
+training's start (TensorFlow, building and tracing the model), not its epochs, so the slow tests
+share their uninterrupted reference runs through module fixtures, and keep to one worker.
 """
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -23,6 +26,10 @@ from medclassify.training import classification_auc, train_stage
 from training_fixtures import make_training_cache, tiny_options
 
 REPO = Path(__file__).resolve().parents[1]
+RESUME_EPOCHS = 4
+
+# --dist loadgroup (the slow tests): the module fixtures below are built once, on one worker.
+pytestmark = pytest.mark.xdist_group("test_training")
 
 
 @pytest.fixture(scope="module")
@@ -167,19 +174,25 @@ def completed_epochs(out_dir):
         return 0
 
 
-@pytest.mark.slow
-def test_two_runs_with_the_same_seed_are_identical(tiny_cache, tmp_path):
-    script = worker_script(tmp_path, *tiny_cache, epochs=2)
-    run_worker(script, tmp_path / "a")
-    run_worker(script, tmp_path / "b")
-    pd.testing.assert_frame_equal(read_history(tmp_path / "a"), read_history(tmp_path / "b"), check_exact=True)
+@pytest.fixture(scope="module")
+def uninterrupted_worker_run(tiny_cache, tmp_path_factory):
+    """(worker script, output folder) of a RESUME_EPOCHS-epoch fine-tuning in its own process."""
+    folder = tmp_path_factory.mktemp("uninterrupted")
+    script = worker_script(folder, *tiny_cache, epochs=RESUME_EPOCHS)
+    run_worker(script, folder / "out")
+    return script, folder / "out"
 
 
 @pytest.mark.slow
-def test_sigkill_then_rerun_resumes_and_matches_an_uninterrupted_run(tiny_cache, tmp_path):
-    epochs = 4
-    script = worker_script(tmp_path, *tiny_cache, epochs=epochs)
-    run_worker(script, tmp_path / "uninterrupted")
+def test_two_runs_with_the_same_seed_are_identical(uninterrupted_worker_run, tmp_path):
+    script, first = uninterrupted_worker_run
+    run_worker(script, tmp_path / "second")
+    pd.testing.assert_frame_equal(read_history(first), read_history(tmp_path / "second"), check_exact=True)
+
+
+@pytest.mark.slow
+def test_sigkill_then_rerun_resumes_and_matches_an_uninterrupted_run(uninterrupted_worker_run, tmp_path):
+    script, uninterrupted = uninterrupted_worker_run
     killed_dir = tmp_path / "killed"
     process = subprocess.Popen([sys.executable, str(script), str(killed_dir)], stdout=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL)
@@ -189,29 +202,43 @@ def test_sigkill_then_rerun_resumes_and_matches_an_uninterrupted_run(tiny_cache,
     os.kill(process.pid, signal.SIGKILL)
     process.wait()
     done = completed_epochs(killed_dir)
-    assert 1 <= done < epochs, f"the kill came after {done} epochs"
+    assert 1 <= done < RESUME_EPOCHS, f"the kill came after {done} epochs"
     assert not (killed_dir / "model.keras").exists()
     stdout = run_worker(script, killed_dir)
     assert f"resuming finetune after epoch {done}" in stdout
-    resumed, uninterrupted = read_history(killed_dir), read_history(tmp_path / "uninterrupted")
-    assert resumed["epoch"].tolist() == list(range(1, epochs + 1))
-    pd.testing.assert_frame_equal(resumed, uninterrupted, check_exact=False, rtol=1e-5, atol=1e-6)
+    resumed = read_history(killed_dir)
+    assert resumed["epoch"].tolist() == list(range(1, RESUME_EPOCHS + 1))
+    pd.testing.assert_frame_equal(resumed, read_history(uninterrupted), check_exact=False, rtol=1e-5, atol=1e-6)
 
 
 class Killed(Exception):
     """Stands in for SIGKILL at one chosen moment."""
 
 
+def averaged_options():
+    options = tiny_options()
+    options["finetune"]["average_epochs"] = 1
+    return options
+
+
+@pytest.fixture(scope="module")
+def averaged_run(tiny_cache, tmp_path_factory):
+    """Output folder of a fine-tuning with weight averaging, trained in this process start to end."""
+    out = tmp_path_factory.mktemp("averaged") / "out"
+    train_stage("finetune", *tiny_cache, out, options=averaged_options(), threads=1)
+    return out
+
+
 @pytest.mark.slow
-def test_a_kill_after_the_model_file_before_the_state_resumes_from_the_state(tiny_cache, tmp_path, monkeypatch):
+def test_a_kill_after_the_model_file_before_the_state_resumes_from_the_state(
+    tiny_cache, averaged_run, tmp_path, monkeypatch
+):
     # With weight averaging, so that the training-weights file is part of what must stay consistent;
     # the SIGKILL test above covers resuming without it.
     from medclassify import checkpoints
 
     cache_path, splits_path = tiny_cache
-    options = tiny_options()
-    options["finetune"]["average_epochs"] = 1
-    train_stage("finetune", cache_path, splits_path, tmp_path / "uninterrupted", options=options, threads=1)
+    options = averaged_options()
     write_json = checkpoints.atomic_write_json
 
     def killed_before_the_second_state(path, value):
@@ -229,19 +256,18 @@ def test_a_kill_after_the_model_file_before_the_state_resumes_from_the_state(tin
     monkeypatch.setattr(checkpoints, "atomic_write_json", write_json)
     train_stage("finetune", cache_path, splits_path, out, options=options, threads=1)
     assert sorted(p.name for p in (out / "checkpoints").glob("epoch-*")) == ["epoch-0002.npz"]
-    pd.testing.assert_frame_equal(read_history(out), read_history(tmp_path / "uninterrupted"),
+    pd.testing.assert_frame_equal(read_history(out), read_history(averaged_run),
                                   check_exact=False, rtol=1e-5, atol=1e-6)
     resumed, uninterrupted = (keras.models.load_model(d / "model.keras", safe_mode=True)
-                              for d in (out, tmp_path / "uninterrupted"))
+                              for d in (out, averaged_run))
     for got, want in zip(resumed.get_weights(), uninterrupted.get_weights(), strict=True):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.slow
-def test_a_checkpoint_that_does_not_fit_the_model_starts_over(tiny_cache, tmp_path, capsys):
+def test_a_checkpoint_that_does_not_fit_the_model_starts_over(tiny_cache, averaged_run, tmp_path, capsys):
     cache_path, splits_path = tiny_cache
-    options = tiny_options()
-    train_stage("finetune", cache_path, splits_path, tmp_path, options=options, threads=1)
+    shutil.copytree(averaged_run, tmp_path, dirs_exist_ok=True)
     first = read_history(tmp_path)
     # An unfinished state whose arrays are of another model (as after a code change mid-run).
     checkpoints = tmp_path / "checkpoints"
@@ -250,7 +276,7 @@ def test_a_checkpoint_that_does_not_fit_the_model_starts_over(tiny_cache, tmp_pa
     (checkpoints / "state.json").write_text(json.dumps(state))
     np.savez(checkpoints / state["checkpoint_file"], model_00000=np.zeros(3), optimizer_00000=np.zeros(1))
     capsys.readouterr()
-    train_stage("finetune", cache_path, splits_path, tmp_path, options=options, threads=1)
+    train_stage("finetune", cache_path, splits_path, tmp_path, options=averaged_options(), threads=1)
     out = capsys.readouterr().out
     assert "does not fit the model built now; starting over" in out and "resuming" not in out
     pd.testing.assert_frame_equal(read_history(tmp_path), first, check_exact=True)
