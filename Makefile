@@ -47,9 +47,10 @@ system-deps:
 	  $(SUDO) apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium chromium-driver; }
 
-# loadgroup: the slow tests that share a workflow run stay on one worker (see tests/conftest.py;
-# tests/test_xdist_grouping.py checks that the grouping holds). Two workers on a 2-core machine;
-# a third made the session slower (529 s against 514 s), its training processes contending for the cores.
+# loadgroup: the tests that share a workflow run or a module fixture stay on one worker (see
+# tests/conftest.py; tests/test_xdist_grouping.py checks that the grouping holds). Two workers
+# on a 2-core machine: a third made the slow session slower (529 s against 514 s), its training
+# processes contending for the cores.
 E2E_PYTEST := $(BIN)/python -m pytest -q -n 2 --dist loadgroup
 
 e2e: $(STAMP) system-deps
@@ -72,7 +73,11 @@ test-cluster: $(STAMP)
 e2e-and-cluster: $(STAMP) system-deps
 	$(call with_slurm,$(E2E_PYTEST) -m "slow or cluster")
 
-test: lint dry-run unit e2e-and-cluster
+# Every test in one session: the unit tests fill the time in which the Slurm demo test waits
+# on status checks. Groups go out in conftest.py's order (demo run and longest modules first).
+# 12 min 59 s on an idle 2-core machine, against 14 min 53 s for `unit` then `e2e-and-cluster`.
+test: lint dry-run $(STAMP) system-deps
+	$(call with_slurm,$(E2E_PYTEST) --no-loadscope-reorder)
 
 bench: $(STAMP)
 	@for script in bench/*.py; do echo "== $$script"; $(BIN)/python $$script || exit 1; done

@@ -19,21 +19,34 @@ FAST_DEMO_ARGS = ["--configfile", FAST_CONFIG_NAME]
 DEMO_RUN_TIMEOUT_S = 1200
 
 
+# Seconds of each module on an idle 2-core machine, in make test (test_training with its slow
+# tests); the rest take under 60 s each.
+LONGEST_MODULES = ("test_training", "test_training_ensemble", "test_rerun")  # ~290, 200, 180 s
+
+
 # tryfirst: pytest-xdist reads the xdist_group marks in its own pytest_collection_modifyitems,
 # which would otherwise run before this one and see none (tests/test_xdist_grouping.py).
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config, items):
-    """Keep the tests of the demo run on one xdist worker (``--dist loadgroup``).
+    """Give every test an xdist group, for ``--dist loadgroup``, and the longest groups first.
 
-    A session fixture is built once per worker: the demo run, with its tests split over two
-    workers, would be made twice. The Slurm tests join its group: the demo workflow's test
-    compares with it, and both read the one test cluster's queue, so they run one after another.
-    A module whose tests share a costly module fixture of its own (test_rerun.py) names its
-    group in its ``pytestmark``; every other test goes to whichever worker is free.
+    A session or module fixture is built once per worker, so a module's tests stay together
+    (as ``--dist loadscope`` would keep them), and so do the demo run's tests, wherever their
+    module: split over two workers, the demo run would be made twice. The Slurm tests join its
+    group: the demo workflow's test compares with it, and both read the one test cluster's queue.
+    With ``--no-loadscope-reorder`` pytest-xdist hands the groups out in this order: the demo
+    run's first (the Slurm demo test waits on status checks most of its time), then the modules
+    of LONGEST_MODULES, so that none of them starts last and runs alone at the end.
     """
+    groups = {}
     for item in items:
         if "demo_run" in item.fixturenames or item.get_closest_marker("cluster") is not None:
-            item.add_marker(pytest.mark.xdist_group("demo_run"))
+            groups[item] = "demo_run"
+        else:
+            groups[item] = item.module.__name__
+        item.add_marker(pytest.mark.xdist_group(groups[item]))
+    order = ["demo_run", *LONGEST_MODULES]
+    items.sort(key=lambda item: order.index(groups[item]) if groups[item] in order else len(order))
 
 
 @pytest.fixture(scope="session")

@@ -23,8 +23,7 @@ from snakemake_fixtures import (
     write_fast_config,
 )
 
-# One worker builds the module's workflow run and runs every test on it (see conftest.py).
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("test_rerun")]
+pytestmark = pytest.mark.slow
 
 RUN_TIMEOUT_S = 1200
 DRY_RUN_TIMEOUT_S = 300

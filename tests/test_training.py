@@ -28,9 +28,6 @@ from training_fixtures import make_training_cache, tiny_options
 REPO = Path(__file__).resolve().parents[1]
 RESUME_EPOCHS = 4
 
-# --dist loadgroup (the slow tests): the module fixtures below are built once, on one worker.
-pytestmark = pytest.mark.xdist_group("test_training")
-
 
 @pytest.fixture(scope="module")
 def tiny_cache(tmp_path_factory):

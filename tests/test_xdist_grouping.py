@@ -3,9 +3,9 @@
 Two things have silently broken it: pytest-xdist reads the xdist_group marks before a conftest
 hook without ``tryfirst`` adds them, and pytest 9.2 ignores the node-id rewrite by which
 pytest-xdist 3.8 passes a group on (pytest-dev/pytest-xdist#1386). Either way the tests are
-spread over the workers as if unmarked and every worker builds the demo run again; nothing
-fails, so this test runs conftest.py's own hook in a small pytest session and checks where
-each test ran.
+spread over the workers as if unmarked and every worker builds the demo run and the module
+fixtures again; nothing fails, so this test runs conftest.py's own hook in a small pytest
+session and checks where each test ran.
 """
 
 import inspect
@@ -28,29 +28,25 @@ def pytest_configure(config):
 def demo_run():
     return None
 
+LONGEST_MODULES = ()
+
 {inspect.getsource(conftest.pytest_collection_modifyitems)}
 '''
 
-# Module a names a group in pytestmark, as test_rerun.py does; module b has tests that join the
-# demo run's group (by fixture or by the cluster mark) and tests that may go anywhere. pytest-xdist
-# hands out its first tests in turn, one to each worker: each group's first two tests are
-# neighbours there, so that without the grouping they would go to different workers.
+# Module a's tests form the module's group, as test_rerun.py's do; module b has tests that join
+# the demo run's group (by fixture or by the cluster mark) among tests of its own group.
+# pytest-xdist hands out its first tests in turn, one to each worker: each group's first two
+# tests are neighbours there, so that without the grouping they would go to different workers.
 MODULES = {
-    "a": (
-        'pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("own_run")]',
-        [("", f"test_a_own{i}()", "own_run") for i in range(3)],
-    ),
-    "b": (
-        "",
-        [
-            ("@pytest.mark.slow", "test_b_demo0(demo_run)", "demo_run"),
-            ("@pytest.mark.cluster", "test_b_demo1()", "demo_run"),
-            ("", "test_b_free0()", None),
-            ("@pytest.mark.slow", "test_b_free1()", None),
-            ("@pytest.mark.slow", "test_b_demo2(demo_run)", "demo_run"),
-            ("", "test_b_free2()", None),
-        ],
-    ),
+    "a": [("@pytest.mark.slow", f"test_a_{i}()", "test_a") for i in range(3)],
+    "b": [
+        ("@pytest.mark.slow", "test_b_demo0(demo_run)", "demo_run"),
+        ("@pytest.mark.cluster", "test_b_demo1()", "demo_run"),
+        ("", "test_b_own0()", "test_b"),
+        ("@pytest.mark.slow", "test_b_own1()", "test_b"),
+        ("@pytest.mark.slow", "test_b_demo2(demo_run)", "demo_run"),
+        ("", "test_b_own2()", "test_b"),
+    ],
 }
 
 
@@ -58,8 +54,8 @@ def write_session(folder):
     """The session's files; returns {test name: its group, or None}."""
     (folder / "conftest.py").write_text(CONFTEST)
     groups = {}
-    for module, (header, tests) in MODULES.items():
-        source = ["import time", "import pytest", header]
+    for module, tests in MODULES.items():
+        source = ["import time", "import pytest"]
         for mark, signature, group in tests:
             source.append(f"{mark}\ndef {signature}:\n    time.sleep(0.2)\n")
             groups[signature.split("(")[0]] = group
@@ -67,12 +63,13 @@ def write_session(folder):
     return groups
 
 
-def test_loadgroup_keeps_each_group_of_slow_tests_on_one_worker(tmp_path):
+def test_loadgroup_keeps_each_group_on_one_worker(tmp_path):
     groups = write_session(tmp_path)
     # The inner session gets its own basetemp: pytest's default one would prune the outer
     # session's temporary folders. The outer worker's xdist variables are not passed on.
     env = {key: value for key, value in os.environ.items() if not key.startswith(("PYTEST_XDIST", "PYTEST_ADDOPTS"))}
-    command = [sys.executable, "-m", "pytest", "-n", "2", "--dist", "loadgroup", "-v", "-p", "no:cacheprovider"]
+    command = [sys.executable, "-m", "pytest", "-n", "2", "--dist", "loadgroup", "--no-loadscope-reorder", "-v",
+               "-p", "no:cacheprovider"]
     run = subprocess.run(
         [*command, "--basetemp", str(tmp_path / "basetemp")],
         cwd=tmp_path,
@@ -89,6 +86,6 @@ def test_loadgroup_keeps_each_group_of_slow_tests_on_one_worker(tmp_path):
     for worker, name in placed:
         if groups[name] is not None:
             workers[groups[name]].add(worker)
-    assert set(workers) == {"demo_run", "own_run"}
+    assert set(workers) == {"demo_run", "test_a", "test_b"}
     split = {group: sorted(ran_on) for group, ran_on in workers.items() if len(ran_on) > 1}
     assert not split, f"groups ran on more than one worker: {split}\n{run.stdout}"
