@@ -127,7 +127,7 @@ def start_snakemake(args, cwd, *, env=None, log_path=None):
 
 
 def wait_snakemake(started, *, timeout_s):
-    """Wait until the run ends or timeout_s seconds after its start, then kill its process group.
+    """Wait for the run to end; timeout_s seconds after its start, kill its process group.
 
     A run that was killed is reported with returncode -9 and what it printed so far.
     """
