@@ -1,4 +1,4 @@
-"""The slow tests rely on ``--dist loadgroup`` keeping a group on one worker (see conftest.py).
+"""make test relies on ``--dist loadgroup`` keeping a group on one worker (see conftest.py).
 
 Two things have silently broken it: pytest-xdist reads the xdist_group marks before a conftest
 hook without ``tryfirst`` adds them, and pytest 9.2 ignores the node-id rewrite by which
@@ -51,7 +51,7 @@ MODULES = {
 
 
 def write_session(folder):
-    """The session's files; returns {test name: its group, or None}."""
+    """The session's files; returns {test name: its group}."""
     (folder / "conftest.py").write_text(CONFTEST)
     groups = {}
     for module, tests in MODULES.items():
@@ -84,8 +84,7 @@ def test_loadgroup_keeps_each_group_on_one_worker(tmp_path):
     assert sorted(name for _, name in placed) == sorted(groups), run.stdout
     workers = defaultdict(set)
     for worker, name in placed:
-        if groups[name] is not None:
-            workers[groups[name]].add(worker)
+        workers[groups[name]].add(worker)
     assert set(workers) == {"demo_run", "test_a", "test_b"}
     split = {group: sorted(ran_on) for group, ran_on in workers.items() if len(ran_on) > 1}
     assert not split, f"groups ran on more than one worker: {split}\n{run.stdout}"
