@@ -1,10 +1,12 @@
 """Raster (PNG, JPEG, BMP, TIFF) and NumPy readers, the channel policy and the content hash."""
 
+import shutil
 import struct
 import zlib
 from pathlib import Path
 
 import numpy as np
+import pydicom
 import pytest
 import tifffile
 from PIL import Image
@@ -164,6 +166,35 @@ def test_format_is_recognised_by_content(tmp_path):
     (tmp_path / "x.png").write_text("hello")
     with pytest.raises(ReadError, match="not a PNG image"):
         detect_format(tmp_path / "x.png")
+
+
+@pytest.mark.parametrize("save", [
+    lambda path: Image.fromarray(RNG.integers(0, 256, (9, 7), dtype=np.uint8)).save(path.with_suffix(".png")),
+    lambda path: Image.fromarray(RNG.integers(0, 256, (9, 7, 3), dtype=np.uint8)).save(path.with_suffix(".jpg")),
+    lambda path: Image.fromarray(RNG.integers(0, 256, (9, 7, 3), dtype=np.uint8)).save(path.with_suffix(".bmp")),
+    lambda path: write_png16(path.with_suffix(".png"), RNG.integers(0, 65536, (5, 4, 3), dtype=np.uint16), 2),
+    lambda path: tifffile.imwrite(path.with_suffix(".tif"), RNG.integers(0, 65536, (6, 5), dtype=np.uint16)),
+    lambda path: shutil.copy(Path(pydicom.__file__).parent / "data" / "test_files" / "CT_small.dcm", path.with_suffix(".dcm")),
+], ids=["png", "jpeg", "bmp", "png16_rgb", "tiff", "dicom"])
+def test_images_are_opened_once(tmp_path, monkeypatch, save):
+    # Format detection, the PNG header and the decoder share one open file: on NFS or Lustre
+    # each open is a round trip to the server.
+    save(tmp_path / "image")
+    path = next(tmp_path.iterdir())
+    expected = read_sample(path).pixels
+    opened, builtin_open = [], open
+
+    def counting_open(file, *args, **kwargs):
+        if str(file) == str(path):
+            opened.append(file)
+        return builtin_open(file, *args, **kwargs)
+
+    monkeypatch.setattr("builtins.open", counting_open)
+    np.testing.assert_array_equal(read_sample(path).pixels, expected)
+    assert len(opened) == 1
+    np.testing.assert_array_equal(read_file_samples(path)[0][1].pixels, expected)
+    assert len(opened) == 2
+    assert sample_indices(path) == [None] and len(opened) == 3
 
 
 def test_two_dimensional_files_give_one_sample(tmp_path):

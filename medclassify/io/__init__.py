@@ -12,6 +12,7 @@ a file whose name promises one format but whose content is another format is rea
 content, and ``meta["extension_mismatch"]`` says so.
 """
 
+import contextlib
 import os
 
 from .base import (DEFAULT_IO_OPTIONS, READ_ERROR_CODES, ReadError, Sample, content_hash,
@@ -71,14 +72,40 @@ def detect_format(path):
 
     format is one of png, jpeg, bmp, tiff, dicom, nifti, npy.
     """
+    with _opened(path) as (fmt, mismatch, _):
+        return fmt, mismatch
+
+
+@contextlib.contextmanager
+def _opened(path):
+    """Open ``path``, recognise its format and yield ``(format, extension_mismatch, file)``.
+
+    The file is positioned at its start. Raises ReadError for a folder, an unreadable file, an
+    empty file or an unrecognised format.
+
+    The PNG, JPEG, BMP, TIFF and DICOM readers decode from this file, so that each image is
+    opened once, not two or three times (detection, the PNG header check, the decoder): on a
+    network file system (NFS, Lustre) every open is a round trip to the server, and images are
+    many and small. NIfTI (nibabel tells .nii.gz by its name) and .npy (memory-mapped) open by path.
+    """
     path = os.fspath(path)
+    file = None
     try:
-        with open(path, "rb") as f:
-            head = f.read(352)
+        file = open(path, "rb")
+        head = file.read(352)
     except IsADirectoryError:
         raise ReadError("undecodable", "is a folder, not a file") from None
     except OSError as error:
+        if file is not None:
+            file.close()
         raise ReadError("undecodable", f"cannot be opened ({error.strerror})") from None
+    with file:
+        fmt, mismatch = _format_of(path, head)
+        file.seek(0)
+        yield fmt, mismatch, file
+
+
+def _format_of(path, head):
     if not head:
         raise ReadError("empty_file", "file is empty (0 bytes)")
     by_name = _format_from_name(path)
@@ -108,10 +135,10 @@ def sample_indices(path, io_options=None):
     NIfTI slice, every index for ``"all"``.
     """
     options = resolve_io_options(io_options)
-    fmt, _ = detect_format(path)
-    if fmt == "dicom":
-        from . import dicom
-        return dicom.sample_indices(path, options)
+    with _opened(path) as (fmt, _, file):
+        if fmt == "dicom":
+            from . import dicom
+            return dicom.sample_indices(file, options)
     if fmt == "nifti":
         from . import nifti
         return nifti.sample_indices(path, options)
@@ -125,13 +152,13 @@ def read_sample(path, index=None, io_options=None):
     options choose; if they choose ``"all"``, an explicit index is required.
     """
     options = resolve_io_options(io_options)
-    fmt, mismatch = detect_format(path)
-    if index is None and fmt in ("dicom", "nifti"):
-        _, samples = _read_selected(path, fmt, mismatch, options)
-        if len(samples) != 1:
-            raise ValueError(f"{path}: the io options select {len(samples)} samples; pass index=")
-        return samples[0]
-    return _read(path, fmt, mismatch, [index], options)[0]
+    with _opened(path) as (fmt, mismatch, file):
+        if index is None and fmt in ("dicom", "nifti"):
+            _, samples = _read_selected(path, file, fmt, mismatch, options)
+            if len(samples) != 1:
+                raise ValueError(f"{path}: the io options select {len(samples)} samples; pass index=")
+            return samples[0]
+        return _read(path, file, fmt, mismatch, [index], options)[0]
 
 
 def read_file_samples(path, io_options=None):
@@ -140,37 +167,38 @@ def read_file_samples(path, io_options=None):
     Returns a list of ``(index, Sample)``.
     """
     options = resolve_io_options(io_options)
-    fmt, mismatch = detect_format(path)
-    return list(zip(*_read_selected(path, fmt, mismatch, options)))
+    with _opened(path) as (fmt, mismatch, file):
+        return list(zip(*_read_selected(path, file, fmt, mismatch, options)))
 
 
-def _read_selected(path, fmt, mismatch, options):
+def _read_selected(path, file, fmt, mismatch, options):
     """``(indices, samples)`` for the samples that the io options select."""
     if fmt == "dicom":
         # One parse: a DICOM header costs as much as its pixels, and a second dcmread doubled it.
         from .dicom import read_dicom_selected
-        indices, decoded = read_dicom_selected(path, options)
+        indices, decoded = read_dicom_selected(file, options)
         return indices, _samples(decoded, mismatch, options)
     indices = [None]
     if fmt == "nifti":
         from . import nifti
         indices = nifti.sample_indices(path, options)
-    return indices, _read(path, fmt, mismatch, indices, options)
+    return indices, _read(path, file, fmt, mismatch, indices, options)
 
 
-def _read(path, fmt, mismatch, indices, options):
+def _read(path, file, fmt, mismatch, indices, options):
+    """Decode ``indices`` of ``path``, from ``file`` (its open handle) where the reader takes one."""
     if fmt in ("png", "jpeg", "bmp"):
         from .raster import read_pillow
-        decoded = [read_pillow(path, fmt, options["max_pixels"])]
+        decoded = [read_pillow(file, fmt, options["max_pixels"])]
     elif fmt == "tiff":
         from .raster import read_tiff
-        decoded = [read_tiff(path, options["max_pixels"])]
+        decoded = [read_tiff(file, options["max_pixels"])]
     elif fmt == "npy":
         from .numpy_reader import read_npy
         decoded = [read_npy(path, options["max_pixels"])]
     elif fmt == "dicom":
         from .dicom import read_dicom
-        decoded = read_dicom(path, indices, options)
+        decoded = read_dicom(file, indices, options)
     elif fmt == "nifti":
         from .nifti import read_nifti
         decoded = read_nifti(path, indices, options)

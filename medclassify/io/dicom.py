@@ -31,14 +31,14 @@ _LUT_KEYWORDS = ("Modality", "PhotometricInterpretation", "BitsStored", "BitsAll
                  "VOILUTSequence", "WindowCenter", "WindowWidth", "VOILUTFunction")
 
 
-def _dcmread(path, stop_before_pixels):
+def _dcmread(source, stop_before_pixels):
     import pydicom
     from pydicom.errors import InvalidDicomError
 
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            return pydicom.dcmread(path, stop_before_pixels=stop_before_pixels)
+            return pydicom.dcmread(source, stop_before_pixels=stop_before_pixels)
     except InvalidDicomError:
         raise ReadError("undecodable", "not a DICOM file (no 'DICM' prefix / file meta information)") from None
     except Exception as error:
@@ -53,9 +53,12 @@ def frame_count(ds):
         return 1
 
 
-def sample_indices(path, io_options):
-    """``[None]`` for a single-frame file, otherwise the frames that ``dicom_frame`` selects."""
-    return _selected_frames(_dcmread(path, stop_before_pixels=True), io_options)
+def sample_indices(source, io_options):
+    """``[None]`` for a single-frame file, otherwise the frames that ``dicom_frame`` selects.
+
+    ``source``, here and below, is a path or a binary file at its start.
+    """
+    return _selected_frames(_dcmread(source, stop_before_pixels=True), io_options)
 
 
 def _selected_frames(ds, io_options):
@@ -65,14 +68,14 @@ def _selected_frames(ds, io_options):
     return choose_index(io_options["dicom_frame"], count, "frames", "io.dicom_frame")
 
 
-def read_dicom(path, indices, io_options):
+def read_dicom(source, indices, io_options):
     """Decode the frames ``indices`` (None = the single frame); return [(array, meta), ...]."""
-    return _decode(_dcmread(path, stop_before_pixels=False), indices, io_options)
+    return _decode(_dcmread(source, stop_before_pixels=False), indices, io_options)
 
 
-def read_dicom_selected(path, io_options):
+def read_dicom_selected(source, io_options):
     """The frames that ``dicom_frame`` selects, parsing the file once: ``(indices, [(array, meta), ...])``."""
-    ds = _dcmread(path, stop_before_pixels=False)
+    ds = _dcmread(source, stop_before_pixels=False)
     indices = _selected_frames(ds, io_options)
     return indices, _decode(ds, indices, io_options)
 

@@ -40,10 +40,16 @@ def read_png_chunks(data):
     return header, b"".join(idat)
 
 
-def decode_png16(path):
-    """Decode a 16-bit, non-interlaced PNG of any colour type into a native uint16 array."""
-    with open(path, "rb") as f:
-        data = f.read()
+def decode_png16(source):
+    """Decode a 16-bit, non-interlaced PNG of any colour type into a native uint16 array.
+
+    ``source`` is a path or a binary file at its start.
+    """
+    if hasattr(source, "read"):
+        data = source.read()
+    else:
+        with open(source, "rb") as f:
+            data = f.read()
     (width, height, bit_depth, colour_type, _, _, interlace), compressed = read_png_chunks(data)
     if bit_depth != 16 or colour_type not in _CHANNELS:
         raise ReadError("unsupported_image", f"decode_png16 reads 16-bit PNGs, not bit depth {bit_depth}")

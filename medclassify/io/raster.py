@@ -18,20 +18,34 @@ _NATIVE_MODES = {"L": np.uint8, "I;16": np.uint16, "I;16L": np.uint16, "I;16B": 
 _PILLOW_FORMATS = {"png": "PNG", "jpeg": "JPEG", "bmp": "BMP"}
 
 
-def png_header(path):
-    """(width, height, bit_depth, colour_type) from a PNG's IHDR chunk, or None if malformed."""
-    with open(path, "rb") as f:
-        head = f.read(33)
+def png_header(source):
+    """(width, height, bit_depth, colour_type) from a PNG's IHDR chunk, or None if malformed.
+
+    ``source`` is a path or a binary file, which is left where it was.
+    """
+    head = read_start(source, 33)
     if len(head) < 29 or head[12:16] != b"IHDR":
         return None
     width, height, bit_depth, colour_type = struct.unpack(">IIBB", head[16:26])
     return width, height, bit_depth, colour_type
 
 
-def read_pillow(path, fmt, max_pixels):
-    """Decode a PNG, JPEG or BMP file; return (array (H, W[, C]), meta)."""
+def read_start(source, n_bytes):
+    """The first ``n_bytes`` of ``source``: a path, or a binary file, which is left where it was."""
+    if not hasattr(source, "read"):
+        with open(source, "rb") as f:
+            return f.read(n_bytes)
+    position = source.tell()
+    source.seek(0)
+    head = source.read(n_bytes)
+    source.seek(position)
+    return head
+
+
+def read_pillow(source, fmt, max_pixels):
+    """Decode a PNG, JPEG or BMP file (a path, or a binary file at its start); return (array (H, W[, C]), meta)."""
     if fmt == "png":
-        header = png_header(path)
+        header = png_header(source)
         if header is None:
             raise ReadError("undecodable", "PNG signature without a valid IHDR header")
         width, height, bit_depth, colour_type = header
@@ -40,7 +54,7 @@ def read_pillow(path, fmt, max_pixels):
             # Pillow reduces 16-bit colour and grey+alpha PNG to 8 bits; decode those ourselves.
             from .png16 import decode_png16
 
-            array = decode_png16(path)
+            array = decode_png16(source)
             photometric = {2: "rgb", 4: "grey", 6: "rgba"}[colour_type]
             meta = {"format": "png", "bits": 16, "photometric": photometric, "original_shape": list(array.shape)}
             return array, meta
@@ -48,7 +62,7 @@ def read_pillow(path, fmt, max_pixels):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             # Naming the format skips Pillow's probing of every other plugin.
-            with Image.open(path, formats=[_PILLOW_FORMATS[fmt]]) as image:
+            with Image.open(source, formats=[_PILLOW_FORMATS[fmt]]) as image:
                 width, height = image.size
                 check_pixel_count(height, width, max_pixels)
                 image.load()
@@ -92,12 +106,12 @@ def _bits_of(array):
     return array.dtype.itemsize * 8
 
 
-def read_tiff(path, max_pixels):
-    """Decode the first page of a TIFF file; return (array (H, W[, C]), meta)."""
+def read_tiff(source, max_pixels):
+    """Decode the first page of a TIFF file (a path, or a binary file); return (array (H, W[, C]), meta)."""
     import tifffile
 
     try:
-        with tifffile.TiffFile(path) as tif:
+        with tifffile.TiffFile(source) as tif:
             if not tif.pages:
                 raise ReadError("undecodable", "TIFF without image pages")
             page = tif.pages[0]
