@@ -99,22 +99,35 @@ def run_seed(seed, overrides, work_dir, splits, threads):
             **split_scores(final, cache_path, splits_path, splits)}
 
 
+def deal_folds(labels, folds, seed):
+    """The fold (0 to ``folds`` - 1) of each of ``labels``: each class shuffled (seeded) and dealt round-robin.
+
+    So every fold holds its share of each class (the halves of ``bench/epoch_selection.py`` are
+    its two folds).
+    """
+    import numpy as np
+
+    labels = np.asarray(labels)
+    rng = np.random.default_rng(seed)
+    fold = np.empty(len(labels), dtype="int64")
+    for label in np.unique(labels):
+        rows = np.flatnonzero(labels == label)
+        fold[rng.permutation(rows)] = np.arange(len(rows)) % folds
+    return fold
+
+
 def cv_splits(splits_path, folds, seed):
     """splits.csv with a ``fold`` column: the official train+val rows in ``folds`` stratified folds.
 
-    Each class is shuffled (seeded) and dealt round-robin, so every fold holds its share of each
-    class; test rows keep fold -1 and are never used.
+    The folds are dealt by :func:`deal_folds`; test rows keep fold -1 and are never used.
     """
-    import numpy as np
     import pandas as pd
 
     table = pd.read_csv(splits_path, dtype={"sample_id": str})
     labels = table["sample_id"].map(_official_labels(splits_path))
+    in_cv = (table["split"] != "test").to_numpy()
     table["fold"] = -1
-    rng = np.random.default_rng(seed)
-    for label in sorted(labels[table["split"] != "test"].unique()):
-        rows = np.flatnonzero(((table["split"] != "test") & (labels == label)).to_numpy())
-        table.loc[rng.permutation(rows), "fold"] = np.arange(len(rows)) % folds
+    table.loc[in_cv, "fold"] = deal_folds(labels[in_cv].to_numpy(), folds, seed)
     out = Path(splits_path).with_name(f"splits-cv{folds}-seed{seed}.csv")
     text = table.to_csv(index=False)
     # Rewriting the same folds would change the file's time, which finished ensemble members

@@ -83,13 +83,10 @@ def stratified_halves(labels, seed):
     """Two index arrays splitting ``labels`` in halves with each class shared out evenly."""
     import numpy as np
 
-    rng = np.random.default_rng(seed)
-    halves = ([], [])
-    for label in np.unique(labels):
-        rows = rng.permutation(np.flatnonzero(labels == label))
-        halves[0].extend(rows[0::2])
-        halves[1].extend(rows[1::2])
-    return tuple(np.sort(np.asarray(h, dtype="int64")) for h in halves)
+    from accuracy import deal_folds
+
+    fold = deal_folds(labels, 2, seed)
+    return np.flatnonzero(fold == 0), np.flatnonzero(fold == 1)
 
 
 def replay(fold_recordings, seed):
