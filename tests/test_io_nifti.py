@@ -22,6 +22,17 @@ def expected_slice(path, axis, index, volume=None):
     return np.flipud(np.take(data, index, axis=axis).T)
 
 
+def test_file_is_loaded_once_per_read(monkeypatch):
+    # nibabel opens the file again for each load; choosing the slices and decoding them share one.
+    import medclassify.io.nifti as nifti_reader
+    calls = []
+    load = nifti_reader._load
+    monkeypatch.setattr(nifti_reader, "_load", lambda path: calls.append(path) or load(path))
+    read_sample(ANATOMICAL)
+    read_file_samples(EXAMPLE_4D, {"nifti_volume": 0, "nifti_slice": "all"})
+    assert len(calls) == 2
+
+
 @pytest.mark.parametrize("axis", [0, 1, 2])
 def test_anatomical_middle_slice_along_each_axis(axis):
     canonical_shape = nib.as_closest_canonical(nib.load(ANATOMICAL)).shape

@@ -173,16 +173,17 @@ def read_file_samples(path, io_options=None):
 
 def _read_selected(path, file, fmt, mismatch, options):
     """``(indices, samples)`` for the samples that the io options select."""
+    # One parse for choosing the samples and decoding them: a DICOM header costs as much as its
+    # pixels, and a second dcmread doubled it; nibabel reopens the file for each load.
     if fmt == "dicom":
-        # One parse: a DICOM header costs as much as its pixels, and a second dcmread doubled it.
         from .dicom import read_dicom_selected
         indices, decoded = read_dicom_selected(file, options)
         return indices, _samples(decoded, mismatch, options)
-    indices = [None]
     if fmt == "nifti":
-        from . import nifti
-        indices = nifti.sample_indices(path, options)
-    return indices, _read(path, file, fmt, mismatch, indices, options)
+        from .nifti import read_nifti_selected
+        indices, decoded = read_nifti_selected(path, options)
+        return indices, _samples(decoded, mismatch, options)
+    return [None], _read(path, file, fmt, mismatch, [None], options)
 
 
 def _read(path, file, fmt, mismatch, indices, options):

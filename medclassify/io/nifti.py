@@ -43,7 +43,10 @@ def _volume_shape(image, io_options):
 
 def sample_indices(path, io_options):
     """``[None]`` for a 2D image, otherwise the slices that ``nifti_slice`` selects."""
-    image = _load(path)
+    return _selected_slices(_load(path), io_options)
+
+
+def _selected_slices(image, io_options):
     shape = _volume_shape(image, io_options)
     if len(shape) < 3:
         return [None]
@@ -70,9 +73,19 @@ def _canonical_shape(image, shape):
 
 def read_nifti(path, indices, io_options):
     """Decode slices ``indices`` (None = the only slice); return [(array float32 (H, W), meta), ...]."""
+    return _decode(_load(path), indices, io_options)
+
+
+def read_nifti_selected(path, io_options):
+    """The slices that ``nifti_slice`` selects, loading the file once: ``(indices, [(array, meta), ...])``."""
+    image = _load(path)
+    indices = _selected_slices(image, io_options)
+    return indices, _decode(image, indices, io_options)
+
+
+def _decode(image, indices, io_options):
     import nibabel as nib
 
-    image = _load(path)
     shape = _volume_shape(image, io_options)
     axis = io_options["nifti_axis"]
     try:
