@@ -113,6 +113,21 @@ def content_hash(pixels):
     return digest.hexdigest()[:32]
 
 
+def read_bytes(source, n_bytes=-1):
+    """The first ``n_bytes`` of ``source`` (all of it by default).
+
+    ``source`` is a path, or a binary file, which is read from its start and left where it was.
+    """
+    if not hasattr(source, "read"):
+        with open(source, "rb") as f:
+            return f.read(n_bytes)
+    position = source.tell()
+    source.seek(0)
+    data = source.read(n_bytes)
+    source.seek(position)
+    return data
+
+
 def check_pixel_count(height, width, max_pixels, what="image"):
     """Raise ``too_many_pixels`` when ``height * width`` exceeds ``max_pixels`` (before decoding)."""
     count = int(height) * int(width)

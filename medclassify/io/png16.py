@@ -12,7 +12,7 @@ import zlib
 
 import numpy as np
 
-from .base import ReadError
+from .base import ReadError, read_bytes
 
 _SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _CHANNELS = {0: 1, 2: 3, 4: 2, 6: 4}  # PNG colour type -> samples per pixel
@@ -43,13 +43,9 @@ def read_png_chunks(data):
 def decode_png16(source):
     """Decode a 16-bit, non-interlaced PNG of any colour type into a native uint16 array.
 
-    ``source`` is a path or a binary file at its start.
+    ``source`` is a path or a binary file (see :func:`medclassify.io.base.read_bytes`).
     """
-    if hasattr(source, "read"):
-        data = source.read()
-    else:
-        with open(source, "rb") as f:
-            data = f.read()
+    data = read_bytes(source)
     (width, height, bit_depth, colour_type, _, _, interlace), compressed = read_png_chunks(data)
     if bit_depth != 16 or colour_type not in _CHANNELS:
         raise ReadError("unsupported_image", f"decode_png16 reads 16-bit PNGs, not bit depth {bit_depth}")

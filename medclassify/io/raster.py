@@ -6,7 +6,7 @@ import warnings
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from .base import ReadError, check_pixel_count
+from .base import ReadError, check_pixel_count, read_bytes
 from .channels import is_grey
 
 # Pillow modes and the NumPy dtype they decode to without losing depth.
@@ -23,23 +23,11 @@ def png_header(source):
 
     ``source`` is a path or a binary file, which is left where it was.
     """
-    head = read_start(source, 33)
+    head = read_bytes(source, 33)
     if len(head) < 29 or head[12:16] != b"IHDR":
         return None
     width, height, bit_depth, colour_type = struct.unpack(">IIBB", head[16:26])
     return width, height, bit_depth, colour_type
-
-
-def read_start(source, n_bytes):
-    """The first ``n_bytes`` of ``source``: a path, or a binary file, which is left where it was."""
-    if not hasattr(source, "read"):
-        with open(source, "rb") as f:
-            return f.read(n_bytes)
-    position = source.tell()
-    source.seek(0)
-    head = source.read(n_bytes)
-    source.seek(position)
-    return head
 
 
 def read_pillow(source, fmt, max_pixels):
