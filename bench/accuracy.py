@@ -44,17 +44,24 @@ def options_for(seed, overrides):
     return run_config(config, next(iter(config["runs"])))
 
 
-def split_predictions(model_path, cache_path, splits_path, splits, fold=None):
-    """{split: (labels, class probabilities)} of the saved model on each named split."""
-    import keras
+def split_predictions(model_path, cache_path, splits_path, splits, evaluate, fold=None):
+    """{split: (labels, class probabilities)} of the saved model on each named split.
 
+    Averaged over the test-time views that evaluation would use with ``evaluate`` (the run's
+    ``evaluate`` options), as the workflow's evaluate stage predicts.
+    """
     from medclassify.cache import open_cache
     from medclassify.data import split_indices
+    from medclassify.evaluation.run import load_model, read_model_info, tta_views
+    from medclassify.inference import cache_reader, predict_probabilities
 
-    model = keras.models.load_model(model_path, safe_mode=True)
+    views, _ = tta_views(read_model_info(model_path), evaluate)
+    model = load_model(model_path)
     with open_cache(cache_path) as cache:
         indices = split_indices(cache.sample_ids, splits_path, fold)
-        return {name: (cache.labels[indices[name]], model.predict(cache.read(indices[name]), batch_size=256, verbose=0))
+        return {name: (cache.labels[indices[name]],
+                       predict_probabilities(model, cache_reader(cache, indices[name]), len(indices[name]),
+                                             views=views, batch_size=256))
                 for name in splits}
 
 
@@ -68,10 +75,10 @@ def scores(labels, probabilities):
             "acc": float(np.mean((probabilities[:, 1] > 0.5) == (labels == 1))), "n": int(len(labels))}
 
 
-def split_scores(model_path, cache_path, splits_path, splits):
+def split_scores(model_path, cache_path, splits_path, splits, evaluate):
     """AUC and ACC of the saved model on each named split, computed from its predictions."""
     return {name: scores(*predicted)
-            for name, predicted in split_predictions(model_path, cache_path, splits_path, splits).items()}
+            for name, predicted in split_predictions(model_path, cache_path, splits_path, splits, evaluate).items()}
 
 
 def run_seed(seed, overrides, work_dir, splits, threads):
@@ -96,7 +103,7 @@ def run_seed(seed, overrides, work_dir, splits, threads):
     members = meta.get("ensemble") or {key: [meta[key]] for key in ("best_epoch", "selected_epoch", "epochs_trained")}
     return {"seed": seed, "minutes": round(minutes, 2), "best_epoch": members["best_epoch"],
             "selected_epoch": members["selected_epoch"], "epochs_trained": members["epochs_trained"],
-            **split_scores(final, cache_path, splits_path, splits)}
+            **split_scores(final, cache_path, splits_path, splits, options["evaluate"])}
 
 
 def deal_folds(labels, folds, seed):
@@ -200,7 +207,7 @@ def fold_record(run_dir, fold, cache_path, splits_path, options, threads):
     head = train_stage("head", cache_path, splits_path, run_dir / "head", options=options, fold=fold, threads=threads)
     final = train_stage("finetune", cache_path, splits_path, run_dir / "finetune", options=options,
                         init_model=head, fold=fold, threads=threads)
-    labels, probabilities = split_predictions(final, cache_path, splits_path, ["val"], fold)["val"]
+    labels, probabilities = split_predictions(final, cache_path, splits_path, ["val"], options["evaluate"], fold)["val"]
     record = {"key": key, "minutes": (time.perf_counter() - started) / 60, "labels": labels.tolist(),
               "probabilities": probabilities.tolist()}
     atomic_write_json(saved, record)

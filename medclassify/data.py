@@ -151,19 +151,53 @@ def _uniform(shape, seed, low, high):
     return tf.random.stateless_uniform(shape, seed=seed, minval=low, maxval=high)
 
 
-def _affine_transforms(batch, height, width, seeds, rotation_degrees, zoom, translate):
-    """Projective transforms (output -> input coordinates) for random rotation, zoom, shift."""
-    angle = _uniform([batch], seeds[0], -1.0, 1.0) * (rotation_degrees * math.pi / 180.0)
-    scale = _uniform([batch], seeds[1], 1.0 - zoom, 1.0 + zoom)
-    shift_x = _uniform([batch], seeds[2], -translate, translate) * width
-    shift_y = _uniform([batch], seeds[3], -translate, translate) * height
+def affine_matrices(angle, scale, shift_x, shift_y, height, width):
+    """Projective transforms (output -> input coordinates) of ImageProjectiveTransformV3, one row
+    per image: rotation by ``angle`` (radians) and zoom by ``scale`` about the centre, then a shift
+    of ``shift_x``, ``shift_y`` pixels. All four are float32 tensors of shape (batch,)."""
     cos, sin = tf.cos(angle) / scale, tf.sin(angle) / scale
     cx, cy = (width - 1) / 2.0, (height - 1) / 2.0
     a0, a1, b0, b1 = cos, -sin, sin, cos
     a2 = cx - a0 * cx - a1 * cy + shift_x
     b2 = cy - b0 * cx - b1 * cy + shift_y
-    zeros = tf.zeros([batch])
+    zeros = tf.zeros_like(angle)
     return tf.stack([a0, a1, a2, b0, b1, b2, zeros, zeros], axis=1)
+
+
+def _affine_transforms(batch, height, width, seeds, rotation_degrees, zoom, translate):
+    """Random rotation, zoom and shift of each image of a batch, drawn from ``seeds``."""
+    angle = _uniform([batch], seeds[0], -1.0, 1.0) * (rotation_degrees * math.pi / 180.0)
+    scale = _uniform([batch], seeds[1], 1.0 - zoom, 1.0 + zoom)
+    shift_x = _uniform([batch], seeds[2], -translate, translate) * width
+    shift_y = _uniform([batch], seeds[3], -translate, translate) * height
+    return affine_matrices(angle, scale, shift_x, shift_y, height, width)
+
+
+def _warp(images, transforms):
+    """Bilinear warp with reflected borders, as training augmentation does."""
+    height, width = images.shape[1], images.shape[2]
+    return tf.raw_ops.ImageProjectiveTransformV3(
+        images=images, transforms=transforms, output_shape=tf.constant([height, width], dtype=tf.int32),
+        fill_value=0.0, interpolation="BILINEAR", fill_mode="REFLECT")
+
+
+def affine_view(images, *, rotation_degrees=0.0, scale=1.0, shift_x=0.0, shift_y=0.0):
+    """Every image of ``images`` (b, H, W, C), float32, warped by one fixed affine transform.
+
+    The transform is training augmentation's (rotation and zoom about the centre, bilinear, with
+    reflected borders); ``shift_x`` and ``shift_y`` are fractions of the width and height. Used
+    for test-time augmentation: the same view of every image, so a prediction does not depend on
+    which images share its batch.
+    """
+    images = tf.convert_to_tensor(np.asarray(images, dtype=np.float32))
+    batch, height, width = int(images.shape[0]), images.shape[1], images.shape[2]
+
+    def repeated(value):
+        return tf.fill([batch], tf.constant(value, tf.float32))
+
+    transforms = affine_matrices(repeated(rotation_degrees * math.pi / 180.0), repeated(scale),
+                                 repeated(shift_x * width), repeated(shift_y * height), height, width)
+    return _warp(images, transforms).numpy()
 
 
 @plain_graph
@@ -186,9 +220,7 @@ def augment_batch(images, seed, options):
     rotation, zoom, translate = (float(options.get(k, 0.0)) for k in ("rotation_degrees", "zoom", "translate"))
     if rotation > 0 or zoom > 0 or translate > 0:
         transforms = _affine_transforms(batch, height, width, seeds[2:6], rotation, zoom, translate)
-        x = tf.raw_ops.ImageProjectiveTransformV3(
-            images=x, transforms=transforms, output_shape=tf.constant([height, width], dtype=tf.int32),
-            fill_value=0.0, interpolation="BILINEAR", fill_mode="REFLECT")
+        x = _warp(x, transforms)
     brightness, contrast, noise = (float(options.get(k, 0.0)) for k in ("brightness", "contrast", "noise_std"))
     if contrast > 0:
         factor = _uniform([batch, 1, 1, 1], seeds[6], 1.0 - contrast, 1.0 + contrast)

@@ -20,6 +20,7 @@ import pandas as pd
 
 from .atomic import atomic_path
 from .errors import InputError
+from .inference import IDENTITY, mean_probabilities, view_of
 
 BATCH = 256  # images preprocessed and predicted at once; bounds memory on large folders
 STATUS_OK = "ok"
@@ -50,25 +51,40 @@ def load_model_info(model_path):
 
 
 def load_decision(model_path, classes):
-    """The decision rule: ``{"method", "threshold", "positive"}`` from the run's evaluation.
+    """The decision rule: ``{"method", "threshold", "positive", "source", "views"}`` from the run's evaluation.
 
     Binary models use the threshold recorded in ``<run>/evaluation/metrics.json`` (chosen on the
     validation split) when that file exists; otherwise, and for several classes, the arg-max.
+    ``views`` are the test-time augmentation views that evaluation averaged over (just the image
+    without a metrics.json): the threshold was chosen on probabilities computed that way.
     """
     metrics_path = Path(model_path).resolve().parent.parent / "evaluation" / "metrics.json"
-    if len(classes) != 2:
-        return {"method": "argmax", "threshold": None, "positive": None, "source": None}
+    argmax = {"method": "argmax", "threshold": None, "positive": None, "source": None, "views": [IDENTITY]}
     if not metrics_path.exists():
-        warnings.warn(f"{metrics_path} not found: deciding by arg-max (threshold 0.5), not by a threshold "
-                      "chosen on validation", stacklevel=2)
-        return {"method": "argmax", "threshold": None, "positive": None, "source": None}
+        if len(classes) == 2:
+            warnings.warn(f"{metrics_path} not found: deciding by arg-max (threshold 0.5), not by a threshold "
+                          "chosen on validation", stacklevel=2)
+        return argmax
     metrics = json.loads(metrics_path.read_text(encoding="utf-8"))
+    recorded = {**argmax, "source": str(metrics_path), "views": _recorded_views(metrics, metrics_path)}
+    if len(classes) != 2:
+        return recorded
     threshold = (metrics.get("threshold") or {}).get("value")
     positive_class = metrics.get("positive_class") or classes[1]
     if threshold is None or positive_class not in classes:
-        return {"method": "argmax", "threshold": None, "positive": None, "source": str(metrics_path)}
-    return {"method": f"threshold ({metrics['threshold'].get('method')}, chosen on val)",
-            "threshold": float(threshold), "positive": classes.index(positive_class), "source": str(metrics_path)}
+        return recorded
+    return {**recorded, "method": f"threshold ({metrics['threshold'].get('method')}, chosen on val)",
+            "threshold": float(threshold), "positive": classes.index(positive_class)}
+
+
+def _recorded_views(metrics, metrics_path):
+    views = (metrics.get("tta") or {}).get("views") or [IDENTITY]
+    try:
+        for view in views:
+            view_of(np.zeros((1, 4, 4, 1), np.float32), view)
+    except (TypeError, ValueError) as error:
+        raise InputError(f"{metrics_path}: unreadable test-time augmentation views", [str(error)]) from error
+    return views
 
 
 def _is_hidden(path):
@@ -183,7 +199,7 @@ def predict_files(model_path, inputs, out_csv, *, threads=None):
     def flush():
         if not batch_images:
             return
-        probs = np.asarray(model.predict(np.stack(batch_images), batch_size=64, verbose=0), dtype=float)
+        probs = mean_probabilities(model, np.stack(batch_images).astype(np.float32), decision["views"])
         for record, prob in zip(batch_records, probs):
             record.update({f"prob_{c}": float(p) for c, p in zip(classes, prob)})
             record["predicted"] = classes[_decide(prob, decision)]

@@ -232,3 +232,16 @@ def test_memory_budget_and_zscore_statistics(tiny_cache):
         images = cache.read(np.arange(len(cache)))
     assert stats["mean"] == pytest.approx(images.mean(), rel=1e-5)
     assert stats["std"] == pytest.approx(images.std(), rel=1e-4)
+
+
+def test_affine_view_is_trainings_warp_with_one_transform_for_every_image():
+    from medclassify.data import affine_view
+
+    images = np.random.default_rng(0).random((3, 12, 10, 1), dtype=np.float32)
+    assert np.allclose(affine_view(images), images, atol=1e-6)
+    shifted = affine_view(images, shift_x=1 / 10, shift_y=-2 / 12)
+    # Output pixel (y, x) samples input (y - 2, x + 1); the borders are reflected.
+    assert np.allclose(shifted[:, 2:, :-1], images[:, :-2, 1:], atol=1e-6)
+    square = images[:, :10]
+    assert np.allclose(affine_view(square, rotation_degrees=90.0), np.rot90(square, k=1, axes=(1, 2)), atol=1e-5)
+    assert affine_view(images, scale=1.1).dtype == np.float32

@@ -1,6 +1,7 @@
 """run_evaluation end to end on a tiny dataset and model; Grad-CAM; compare_runs."""
 
 import json
+import warnings
 
 import numpy as np
 import pandas as pd
@@ -244,7 +245,7 @@ def test_first_class_as_positive_class(binary_run, tmp_path):
 
 def test_tta_uses_only_the_flips_that_training_allowed(tmp_path):
     from medclassify.evaluation.run import read_model_info, tta_flips
-    from medclassify.inference import flip_views
+    from medclassify.inference import view_of
 
     model_path = tmp_path / "model.keras"
     assert tta_flips(read_model_info(model_path)) == ["horizontal_flip", "vertical_flip"]  # no model.json: both
@@ -252,9 +253,48 @@ def test_tta_uses_only_the_flips_that_training_allowed(tmp_path):
         {"train_options": {"augment": {"horizontal_flip": True, "vertical_flip": False}}}))
     assert tta_flips(read_model_info(model_path)) == ["horizontal_flip"]
     images = np.arange(8, dtype=np.float32).reshape(1, 2, 4, 1)
-    views = flip_views(images, ["horizontal_flip", "vertical_flip"])
-    assert np.array_equal(views[1][0, :, :, 0], images[0, :, ::-1, 0])
-    assert np.array_equal(views[2][0, :, :, 0], images[0, ::-1, :, 0])
+    assert np.array_equal(view_of(images, "horizontal_flip")[0, :, :, 0], images[0, :, ::-1, 0])
+    assert np.array_equal(view_of(images, "vertical_flip")[0, :, :, 0], images[0, ::-1, :, 0])
+
+
+def test_affine_views_are_drawn_from_the_training_ranges_and_nest():
+    from medclassify.inference import affine_views
+
+    augment = {"rotation_degrees": 10, "zoom": 0.1, "translate": 0.05}
+    views = affine_views(augment, 16)
+    assert views == affine_views(augment, 16) and views[:4] == affine_views(augment, 4)
+    params = pd.DataFrame([view["affine"] for view in views])
+    assert params["rotation_degrees"].abs().max() <= 10 and params["rotation_degrees"].abs().max() > 5
+    assert params["scale"].between(0.9, 1.1).all() and params[["shift_x", "shift_y"]].abs().max().max() <= 0.05
+    assert len({tuple(view["affine"].values()) for view in views}) == 16
+    assert affine_views({"rotation_degrees": 0, "zoom": 0, "translate": 0, "horizontal_flip": True}, 8) == []
+    assert affine_views(augment, 0) == []
+
+
+def test_tta_views_are_recorded_and_change_the_probabilities(binary_run, tmp_path):
+    folder, out, _ = binary_run
+    (tmp_path / "model.keras").symlink_to(folder / "model.keras")
+    (tmp_path / "model.json").write_text(json.dumps(
+        {"train_options": {"augment": {"rotation_degrees": 10, "zoom": 0.1, "translate": 0.1}}}))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # both kinds of views are available: no note
+        metrics = run_evaluation(tmp_path / "model.keras", folder / "cache.h5", folder / "splits.csv",
+                                 folder / "manifest.validated.csv", tmp_path / "evaluation",
+                                 options=_options(tta_views=3, bootstrap=0, gradcam_per_class=0, misclassified=0),
+                                 histories={})
+    views = metrics["tta"]["views"]
+    assert metrics["tta"]["enabled"] and views[0] == "identity" and len(views) == 4
+    assert all(set(view) == {"affine"} for view in views[1:])
+    plain = pd.read_csv(out / "predictions.csv")["prob_malignant"]
+    assert not np.allclose(pd.read_csv(tmp_path / "evaluation" / "predictions.csv")["prob_malignant"], plain, atol=1e-4)
+    with pytest.warns(UserWarning, match="training augmented no rotation, zoom or shift"):
+        (tmp_path / "model.json").write_text(json.dumps({"train_options": {"augment": {"translate": 0}}}))
+        again = run_evaluation(tmp_path / "model.keras", folder / "cache.h5", folder / "splits.csv",
+                               folder / "manifest.validated.csv", tmp_path / "again",
+                               options=_options(tta_views=3, bootstrap=0, gradcam_per_class=0, misclassified=0),
+                               histories={})
+    assert again["tta"]["views"] == ["identity"] and not again["tta"]["enabled"]
+    assert np.allclose(pd.read_csv(tmp_path / "again" / "predictions.csv")["prob_malignant"], plain, atol=1e-6)
 
 
 def test_single_class_val_and_test_give_nulls_and_a_recorded_fallback(tmp_path):

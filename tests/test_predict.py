@@ -85,6 +85,36 @@ def test_uses_the_threshold_chosen_on_validation(saved_run, tmp_path):
     assert (argmax["predicted"] == np.array(CLASSES)[argmax[["prob_benign", "prob_malignant"]].to_numpy().argmax(1)]).all()
 
 
+def test_applies_the_test_time_views_that_evaluation_used(saved_run, tmp_path):
+    """The threshold was chosen on view-averaged probabilities, so predict must average the same views."""
+    from medclassify.evaluation.run import load_model
+    from medclassify.inference import view_of
+
+    root, model_path, images, config = saved_run
+    views = ["identity", "horizontal_flip", {"affine": {"rotation_degrees": 7.0, "scale": 1.05,
+                                                         "shift_x": 0.1, "shift_y": -0.05}}]
+    evaluation = root / "run" / "evaluation"
+    evaluation.mkdir(exist_ok=True)
+    try:
+        (evaluation / "metrics.json").write_text(json.dumps(
+            {"positive_class": "malignant", "threshold": {"method": "youden", "value": 0.5},
+             "tta": {"enabled": True, "views": views}}))
+        table = predict_files(model_path, [images / "img0.png"], tmp_path / "tta.csv")
+        (evaluation / "metrics.json").write_text(json.dumps({"tta": {"views": ["identity", "sideways"]}}))
+        with pytest.raises(InputError, match="unreadable test-time augmentation views"):
+            predict_files(model_path, [images / "img0.png"], tmp_path / "bad.csv")
+    finally:
+        (evaluation / "metrics.json").unlink()
+    image = preprocess_image(read_sample(images / "img0.png", None, config["io"]).pixels, config["preprocess"])
+    image = from_storage(to_storage(image, config["preprocess"]["dtype"]))[None].astype(np.float32)
+    model = load_model(model_path)
+    expected = np.mean([model.predict(view_of(image, view), verbose=0)[0] for view in views], axis=0)
+    plain = model.predict(image, verbose=0)[0]
+    assert not np.allclose(expected, plain, atol=1e-4)  # the views change the prediction of this model
+    assert table.loc[0, ["prob_benign", "prob_malignant"]].to_numpy(float) == pytest.approx(expected, abs=1e-6)
+    assert not (tmp_path / "bad.csv").exists()
+
+
 def test_manifest_input_keeps_labels_and_reports_missing_files(saved_run, tmp_path):
     root, model_path, images, _ = saved_run
     manifest = tmp_path / "new.csv"

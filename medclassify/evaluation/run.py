@@ -9,7 +9,7 @@ import pandas as pd
 
 from ..atomic import atomic_path, atomic_write_json
 from ..errors import InputError
-from ..inference import cache_reader, predict_probabilities
+from ..inference import FLIPS, IDENTITY, affine_views, cache_reader, predict_probabilities
 from . import plots
 from .bootstrap import bootstrap_ci, bootstrap_indices
 from .calibration import reliability_curve
@@ -18,7 +18,6 @@ from .metrics import (calibration_target, classification_metrics, confusion_coun
 from .subgroups import subgroup_metrics
 from .threshold import apply_threshold, choose_threshold
 
-FLIPS = ("horizontal_flip", "vertical_flip")
 ROC_GRID = np.linspace(0.0, 1.0, 101)
 
 
@@ -78,6 +77,27 @@ def tta_flips(model_info):
     if not isinstance(augment, dict):
         return list(FLIPS)
     return [flip for flip in FLIPS if augment.get(flip)]
+
+
+def tta_views(model_info, evaluate):
+    """The views evaluation averages the probabilities over, and a note when one was asked for in vain.
+
+    Always the image itself; with ``evaluate.tta`` the flips that training allowed; with
+    ``evaluate.tta_views`` N, N affine views drawn (seed 0) from training's rotation, zoom and
+    shift ranges (:func:`medclassify.inference.affine_views`).
+    """
+    train_options = model_info.get("train_options") or {}
+    augment = train_options.get("augment") if isinstance(train_options, dict) else None
+    flips = tta_flips(model_info) if evaluate.get("tta") else []
+    n_affine = int(evaluate.get("tta_views") or 0)
+    affine = affine_views(augment if isinstance(augment, dict) else {}, n_affine)
+    notes = []
+    if evaluate.get("tta") and not flips:
+        notes.append("evaluate.tta is on, but training allowed no flip (train.augment horizontal_flip/vertical_flip)")
+    if n_affine and not affine:
+        notes.append(f"evaluate.tta_views is {n_affine}, but training augmented no rotation, zoom or shift "
+                     "(train.augment rotation_degrees/zoom/translate)")
+    return [IDENTITY, *flips, *affine], "; ".join(notes)
 
 
 def positive_index(classes, positive_class, where):
@@ -308,9 +328,9 @@ def run_evaluation(model_path, cache_path, splits_path, manifest_path, out_dir, 
     evaluate = options["evaluate"]
     # Only the evaluate section reaches this stage (docs/architecture.md); an older run config
     # with train.tta is still honoured.
-    tta = bool(evaluate.get("tta", options.get("train", {}).get("tta", False)))
+    evaluate = {**evaluate, "tta": bool(evaluate.get("tta", options.get("train", {}).get("tta", False)))}
     model_info = read_model_info(model_path)
-    flips = tta_flips(model_info) if tta else []
+    views, views_note = tta_views(model_info, evaluate)
     subgroup_columns = list(dict.fromkeys(["modality", *evaluate.get("subgroups", [])]))
 
     splits = pd.read_csv(splits_path, dtype={"sample_id": str, "split": str})
@@ -334,8 +354,8 @@ def run_evaluation(model_path, cache_path, splits_path, manifest_path, out_dir, 
 
         model = load_model(model_path)
         read_test = cache_reader(cache, test_idx)
-        prob_val = predict_probabilities(model, cache_reader(cache, val_idx), len(val_idx), flips=flips)
-        prob_test = predict_probabilities(model, read_test, len(test_idx), flips=flips)
+        prob_val = predict_probabilities(model, cache_reader(cache, val_idx), len(val_idx), views=views)
+        prob_test = predict_probabilities(model, read_test, len(test_idx), views=views)
         if prob_test.shape[1] != len(classes):
             raise InputError(f"{model_path}: model outputs {prob_test.shape[1]} classes",
                              [f"the cache {cache_path} has {len(classes)}: {classes}"])
@@ -350,10 +370,9 @@ def run_evaluation(model_path, cache_path, splits_path, manifest_path, out_dir, 
                                                 manifest.loc[test_ids, subgroup_columns], classes, positive, evaluate)
         metrics.update(test_part)
         metrics["threshold"] = threshold
-        metrics["tta"] = {"enabled": tta, "views": ["identity", *flips]}
-        if tta and not flips:
-            metrics["tta"]["note"] = ("evaluate.tta is on, but training allowed no flip (train.augment "
-                                      "horizontal_flip/vertical_flip): predictions use the image only")
+        metrics["tta"] = {"enabled": len(views) > 1, "views": views}
+        if views_note:
+            metrics["tta"]["note"] = f"{views_note}: those views are not used"
             warnings.warn(metrics["tta"]["note"], stacklevel=2)
         metrics["val"] = classification_metrics(y_val, prob_val, pred_val, classes, positive=positive,
                                                 calibration_bins=evaluate["calibration_bins"])
