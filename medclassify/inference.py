@@ -17,19 +17,33 @@ IDENTITY = "identity"
 FLIPS = ("horizontal_flip", "vertical_flip")
 
 
+AFFINE_PARAMETERS = ("rotation_degrees", "scale", "shift_x", "shift_y")
+
+
+def is_view(view):
+    """Whether ``view`` is a test-time view that :func:`view_of` knows."""
+    if isinstance(view, str):
+        return view in (IDENTITY, *FLIPS)
+    if not (isinstance(view, dict) and set(view) == {"affine"} and isinstance(view["affine"], dict)):
+        return False
+    parameters = view["affine"]
+    return set(parameters) <= set(AFFINE_PARAMETERS) and all(
+        isinstance(value, (int, float)) and not isinstance(value, bool) for value in parameters.values())
+
+
 def view_of(images, view):
     """``images`` (NHWC) seen through one test-time ``view``."""
+    if not is_view(view):
+        raise ValueError(f"unknown test-time view {view!r}")
     if view == IDENTITY:
         return images
     if view == "horizontal_flip":
         return images[:, :, ::-1, :]
     if view == "vertical_flip":
         return images[:, ::-1, :, :]
-    if isinstance(view, dict) and set(view) == {"affine"}:
-        from .data import affine_view
+    from .data import affine_view
 
-        return affine_view(images, **view["affine"])
-    raise ValueError(f"unknown test-time view {view!r}")
+    return affine_view(images, **view["affine"])
 
 
 def flip_views(images, flips):

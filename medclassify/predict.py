@@ -20,7 +20,7 @@ import pandas as pd
 
 from .atomic import atomic_path
 from .errors import InputError
-from .inference import IDENTITY, mean_probabilities, view_of
+from .inference import IDENTITY, is_view, mean_probabilities
 
 BATCH = 256  # images preprocessed and predicted at once; bounds memory on large folders
 STATUS_OK = "ok"
@@ -79,11 +79,9 @@ def load_decision(model_path, classes):
 
 def _recorded_views(metrics, metrics_path):
     views = (metrics.get("tta") or {}).get("views") or [IDENTITY]
-    try:
-        for view in views:
-            view_of(np.zeros((1, 4, 4, 1), np.float32), view)
-    except (TypeError, ValueError) as error:
-        raise InputError(f"{metrics_path}: unreadable test-time augmentation views", [str(error)]) from error
+    unknown = [f"unknown view {view!r}" for view in views if not is_view(view)]
+    if unknown:
+        raise InputError(f"{metrics_path}: unreadable test-time augmentation views", unknown)
     return views
 
 

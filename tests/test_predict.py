@@ -100,9 +100,11 @@ def test_applies_the_test_time_views_that_evaluation_used(saved_run, tmp_path):
             {"positive_class": "malignant", "threshold": {"method": "youden", "value": 0.5},
              "tta": {"enabled": True, "views": views}}))
         table = predict_files(model_path, [images / "img0.png"], tmp_path / "tta.csv")
-        (evaluation / "metrics.json").write_text(json.dumps({"tta": {"views": ["identity", "sideways"]}}))
-        with pytest.raises(InputError, match="unreadable test-time augmentation views"):
+        (evaluation / "metrics.json").write_text(json.dumps(
+            {"tta": {"views": ["identity", "sideways", {"affine": {"rotation_degrees": "7"}}]}}))
+        with pytest.raises(InputError, match="unreadable test-time augmentation views") as error:
             predict_files(model_path, [images / "img0.png"], tmp_path / "bad.csv")
+        assert len(error.value.problems) == 2
     finally:
         (evaluation / "metrics.json").unlink()
     image = preprocess_image(read_sample(images / "img0.png", None, config["io"]).pixels, config["preprocess"])
