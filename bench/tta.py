@@ -37,11 +37,10 @@ def fold_view_probabilities(model_path, cache_path, splits_path, fold, n_views):
 
     from medclassify.cache import open_cache
     from medclassify.data import split_indices
-    from medclassify.evaluation.run import load_model, read_model_info
-    from medclassify.inference import IDENTITY, affine_views, cache_reader, predict_probabilities
+    from medclassify.evaluation.run import load_model, read_model_info, tta_views
+    from medclassify.inference import cache_reader, predict_probabilities
 
-    augment = read_model_info(model_path)["train_options"]["augment"]
-    views = [IDENTITY, *affine_views(augment, n_views)]
+    views, _ = tta_views(read_model_info(model_path), {"tta_views": n_views})
     model = load_model(model_path)
     with open_cache(cache_path) as cache:
         indices = split_indices(cache.sample_ids, splits_path, fold)["val"]

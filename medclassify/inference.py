@@ -15,9 +15,7 @@ import numpy as np
 PREDICT_CHUNK = 512  # images read from the cache at once; bounds memory on large test sets
 IDENTITY = "identity"
 FLIPS = ("horizontal_flip", "vertical_flip")
-
-
-AFFINE_PARAMETERS = ("rotation_degrees", "scale", "shift_x", "shift_y")
+AFFINE_PARAMETERS = ("rotation_degrees", "scale", "shift_x", "shift_y")  # of data.affine_view
 
 
 def is_view(view):
@@ -44,11 +42,6 @@ def view_of(images, view):
     from .data import affine_view
 
     return affine_view(images, **view["affine"])
-
-
-def flip_views(images, flips):
-    """The images and each requested flip of them (NHWC)."""
-    return [view_of(images, view) for view in [IDENTITY, *(f for f in FLIPS if f in flips)]]
 
 
 def affine_views(augment, n_views, seed=0):

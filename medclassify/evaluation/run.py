@@ -72,11 +72,17 @@ def tta_flips(model_info):
     They are read from the ``augment`` options recorded in ``model.json`` (under
     ``train_options``, as the training stage writes it); without that record both flips are used.
     """
-    train_options = model_info.get("train_options") or {}
-    augment = train_options.get("augment") if isinstance(train_options, dict) else None
-    if not isinstance(augment, dict):
+    augment = trained_augment(model_info)
+    if augment is None:
         return list(FLIPS)
     return [flip for flip in FLIPS if augment.get(flip)]
+
+
+def trained_augment(model_info):
+    """The ``train.augment`` options recorded in ``model.json`` (under ``train_options``), or None."""
+    train_options = model_info.get("train_options") or {}
+    augment = train_options.get("augment") if isinstance(train_options, dict) else None
+    return augment if isinstance(augment, dict) else None
 
 
 def tta_views(model_info, evaluate):
@@ -86,11 +92,9 @@ def tta_views(model_info, evaluate):
     ``evaluate.tta_views`` N, N affine views drawn (seed 0) from training's rotation, zoom and
     shift ranges (:func:`medclassify.inference.affine_views`).
     """
-    train_options = model_info.get("train_options") or {}
-    augment = train_options.get("augment") if isinstance(train_options, dict) else None
     flips = tta_flips(model_info) if evaluate.get("tta") else []
     n_affine = int(evaluate.get("tta_views") or 0)
-    affine = affine_views(augment if isinstance(augment, dict) else {}, n_affine)
+    affine = affine_views(trained_augment(model_info) or {}, n_affine)
     notes = []
     if evaluate.get("tta") and not flips:
         notes.append("evaluate.tta is on, but training allowed no flip (train.augment horizontal_flip/vertical_flip)")
