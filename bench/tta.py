@@ -38,16 +38,16 @@ def fold_view_probabilities(model_path, cache_path, splits_path, fold, n_views):
     from medclassify.cache import open_cache
     from medclassify.data import split_indices
     from medclassify.evaluation.run import load_model, read_model_info, tta_views
-    from medclassify.inference import cache_reader, predict_probabilities
+    from medclassify.inference import mean_probabilities
 
     views, _ = tta_views(read_model_info(model_path), {"tta_views": n_views})
     model = load_model(model_path)
     with open_cache(cache_path) as cache:
         indices = split_indices(cache.sample_ids, splits_path, fold)["val"]
-        read = cache_reader(cache, indices)
-        per_view = np.stack([predict_probabilities(model, read, len(indices), views=[view], batch_size=256)
-                             for view in views])
-        return np.asarray(cache.labels)[indices], per_view
+        labels, images = np.asarray(cache.labels)[indices], np.asarray(cache.read(indices), dtype=np.float32)
+    # A fold's held-out images (about 125) are read once and seen through every view.
+    per_view = np.stack([mean_probabilities(model, images, [view], batch_size=256) for view in views])
+    return labels, per_view
 
 
 def score_seed(work, seed, folds):
