@@ -159,13 +159,32 @@ def dataset_config(config, name):
 
 
 def run_config(config, run):
-    """Options of one run: the top-level train/head/finetune/evaluate with the run's overrides."""
+    """Options of one run: the top-level train/head/finetune/evaluate with the run's overrides.
+
+    Raises InputError listing every schema problem, or else every combination of options that
+    cannot take effect together (:func:`run_problems`).
+    """
     overrides = config["runs"][run]
     resolved = {}
     for section in RUN_SECTIONS:
         merged = deep_merge(config.get(section, {}), overrides.get(section, {}))
         resolved[section] = _validate_section(section, merged, f"runs.{run}.{section}")
+    problems = run_problems(resolved)
+    if problems:
+        raise InputError("invalid configuration", [f"runs.{run}: {problem}" for problem in problems])
     return sorted_keys(resolved)
+
+
+def run_problems(options):
+    """Combinations of a run's resolved options that cannot take effect together, in words."""
+    train = options["train"]
+    problems = []
+    if train["jit_compile"] == "on" and train["deterministic"]:
+        # keras.src.trainers.trainer.model_supports_jit: under op determinism compile drops XLA.
+        problems.append("train.jit_compile 'on' cannot take effect with train.deterministic true: Keras compiles "
+                        "without XLA while TensorFlow's op determinism is on. Set train.deterministic: false to "
+                        "train with XLA, or train.jit_compile: auto")
+    return problems
 
 
 def sorted_keys(value):

@@ -26,9 +26,15 @@ def mixed_precision_policy(setting, n_gpus):
     return "float32"
 
 
-def use_jit(setting, n_gpus):
-    """Whether to compile the train step with XLA: ``on``, or ``auto`` with a GPU."""
-    return setting == "on" or (setting == "auto" and n_gpus > 0)
+def use_jit(setting, n_gpus, deterministic):
+    """Whether to compile the train step with XLA: ``on``, or ``auto`` with a GPU and no op determinism.
+
+    Keras compiles nothing with XLA while TensorFlow's op determinism is on: ``Model.compile`` turns
+    ``jit_compile`` back off (``keras.src.trainers.trainer.model_supports_jit``). So ``auto`` asks
+    for XLA only where it can happen, and :func:`medclassify.config.run_config` refuses ``on``
+    together with ``train.deterministic``.
+    """
+    return setting == "on" or (setting == "auto" and n_gpus > 0 and not deterministic)
 
 
 def strategy_kind(n_gpus):
@@ -102,7 +108,7 @@ def configure_devices(train_options, threads=None):
     gpus = configure_inference(threads)
     policy = mixed_precision_policy(train_options.get("mixed_precision", "auto"), len(gpus))
     keras.mixed_precision.set_global_policy(policy)
-    jit = use_jit(train_options.get("jit_compile", "auto"), len(gpus))
+    jit = use_jit(train_options.get("jit_compile", "auto"), len(gpus), bool(train_options.get("deterministic", True)))
     if strategy_kind(len(gpus)) == "mirrored":
         strategy = tf.distribute.MirroredStrategy()
     else:

@@ -76,10 +76,20 @@ def cache_intensity(params):
 
 # --- reproducibility ----------------------------------------------------------------------------
 def seed_everything(seed, deterministic):
-    """One seed for Python, NumPy and TensorFlow; op determinism when ``deterministic``."""
+    """One seed for Python, NumPy and TensorFlow; op determinism on exactly when ``deterministic``.
+
+    Op determinism is a process-wide switch, so it is also turned off: a run without it that
+    follows one with it in the same process (tests, benchmarks) must not inherit it, not least
+    because Keras then silently compiles without XLA.
+    """
     keras.utils.set_random_seed(int(seed))
     if deterministic:
         tf.config.experimental.enable_op_determinism()
+    else:
+        # TensorFlow exports enable_op_determinism but not its inverse.
+        from tensorflow.python.framework.config import disable_op_determinism
+
+        disable_op_determinism()
 
 
 # --- model ----------------------------------------------------------------------------------------
@@ -321,7 +331,7 @@ def write_history(path, history, member_column=False):
 
 
 def model_metadata(*, stage, cache, input_shape, train_options, settings, pretrained, zscore, state, n_train, n_val,
-                   in_memory, policy):
+                   in_memory, policy, jit_compile):
     """model.json: everything predict needs besides the model, and what produced it."""
     return {
         "stage": stage,
@@ -346,6 +356,8 @@ def model_metadata(*, stage, cache, input_shape, train_options, settings, pretra
         "n_val": n_val,
         "images_in_memory": in_memory,
         "dtype_policy": policy,
+        # What Keras compiled with, which train.jit_compile alone does not decide (medclassify.gpu.use_jit).
+        "jit_compile": jit_compile,
         "library_version": __version__,
     }
 
@@ -383,7 +395,7 @@ def _train_model(stage, cache_path, splits_path, out_dir, *, options, fold=None,
     out_dir = Path(out_dir)
     train_options = options["train"]
     settings = stage_options(options, stage)
-    strategy, jit_compile, policy, _ = configure_devices(train_options, threads)
+    strategy, jit_compile, policy, n_gpus = configure_devices(train_options, threads)
     seed = int(train_options.get("seed", 0))
     seed_everything(seed, bool(train_options.get("deterministic", True)))
 
@@ -414,6 +426,8 @@ def _train_model(stage, cache_path, splits_path, out_dir, *, options, fold=None,
                                               class_counts=class_counts, train_options=train_options,
                                               settings=settings, zscore=zscore)
             compile_model(model, stage, settings, train_options, steps_per_epoch, jit_compile)
+            print(f"[{stage}] {n_gpus} GPU(s), {strategy.num_replicas_in_sync} replica(s), dtype policy {policy}, "
+                  f"XLA {'on' if model.jit_compile else 'off'}", flush=True)
             saved_training_weights = []
             if state is not None:
                 saved_training_weights = checkpoint.restore(model, state)
@@ -472,7 +486,8 @@ def _train_model(stage, cache_path, splits_path, out_dir, *, options, fold=None,
 
         metadata = model_metadata(stage=stage, cache=cache, input_shape=input_shape, train_options=train_options,
                                   settings=settings, pretrained=pretrained, zscore=zscore, state=state,
-                                  n_train=len(train_labels), n_val=len(val_labels), in_memory=in_memory, policy=policy)
+                                  n_train=len(train_labels), n_val=len(val_labels), in_memory=in_memory, policy=policy,
+                                  jit_compile=bool(model.jit_compile))
     _save_keras(model, out_dir / "model.keras")
     write_history(out_dir / "history.csv", state["history"])
     atomic_write_json(out_dir / "model.json", metadata)

@@ -119,3 +119,14 @@ def test_unquoted_on_and_off_are_read_as_the_switch_strings(tmp_path):
     train = config["train"]
     assert (train["mixed_precision"], train["jit_compile"]) == ("off", "on")
     assert train["deterministic"] is False, "only keys whose schema allows on/off are changed"
+
+
+def test_xla_asked_for_under_op_determinism_is_refused_with_the_way_out():
+    config = validate_config({"datasets": {"demo": {"demo": True}}, "train": {"jit_compile": "on"},
+                              "runs": {"baseline": {}, "fast": {"train": {"deterministic": False}}}})
+    with pytest.raises(InputError) as error:
+        run_config(config, "baseline")
+    [problem] = error.value.problems
+    assert problem.startswith("runs.baseline: train.jit_compile 'on' cannot take effect with train.deterministic true")
+    assert "train.deterministic: false" in problem
+    assert run_config(config, "fast")["train"]["jit_compile"] == "on"

@@ -57,6 +57,7 @@ def test_head_then_finetune_write_every_output(tiny_cache, tmp_path):
         assert meta["params"] == cache.params and meta["input_shape"] == list(cache.image_shape)
         images = cache.read(np.arange(6))
     assert meta["backbone"] == "resnet18" and meta["seed"] == 0 and meta["zscore"] is None
+    assert meta["dtype_policy"] == "float32" and meta["jit_compile"] is False  # auto on a CPU
     model = keras.models.load_model(final, safe_mode=True)
     probabilities = model.predict(images, verbose=0)
     assert probabilities.dtype == np.float32 and probabilities.shape == (6, 2)
@@ -65,6 +66,19 @@ def test_head_then_finetune_write_every_output(tiny_cache, tmp_path):
     head_model = keras.models.load_model(head, safe_mode=True)
     assert not head_model.get_layer("backbone_runner").layer.trainable
     assert model.get_layer("backbone_runner").layer.get_layer("stem_conv").trainable
+
+
+def test_xla_is_used_when_asked_for_without_op_determinism_and_the_switch_does_not_leak(tiny_cache, tmp_path):
+    cache_path, splits_path = tiny_cache
+    for name, deterministic in (("before", True), ("xla", False), ("after", True)):
+        options = tiny_options(jit_compile="on" if name == "xla" else "off", deterministic=deterministic)
+        options["finetune"]["epochs"] = 1
+        train_stage("finetune", cache_path, splits_path, tmp_path / name, options=options, threads=1)
+    used = {name: json.loads((tmp_path / name / "model.json").read_text())["jit_compile"]
+            for name in ("before", "xla", "after")}
+    # "xla" follows a run with op determinism in the same process: it must not inherit the switch,
+    # under which Keras would have compiled without XLA.
+    assert used == {"before": False, "xla": True, "after": False}
 
 
 def test_zero_head_epochs_save_the_initial_model(tiny_cache, tmp_path):
