@@ -172,7 +172,23 @@ def run_config(config, run):
     problems = run_problems(resolved)
     if problems:
         raise InputError("invalid configuration", [f"runs.{run}: {problem}" for problem in problems])
-    return sorted_keys(resolved)
+    return sorted_keys(resolve_automatic(resolved))
+
+
+# Values of the options that default to "auto": (training from scratch, from pretrained weights).
+# From scratch: the BreastMNIST recipe (no head stage; 0.002). Pretrained: Keras's transfer-learning
+# recipe, a few epochs of head training on the frozen backbone and then a learning rate low enough
+# to keep the pretrained features (not measured here: no pretrained weights can be downloaded).
+AUTOMATIC = {("head", "epochs"): (0, 5), ("finetune", "learning_rate"): (0.002, 0.0001)}
+
+
+def resolve_automatic(options):
+    """Replace each "auto" value of a run's options by its value for the run's ``train.weights``."""
+    pretrained = options["train"]["weights"] != "none"
+    for (section, key), (scratch, with_weights) in AUTOMATIC.items():
+        if options[section][key] == "auto":
+            options[section][key] = with_weights if pretrained else scratch
+    return options
 
 
 def run_problems(options):

@@ -130,3 +130,17 @@ def test_xla_asked_for_under_op_determinism_is_refused_with_the_way_out():
     assert problem.startswith("runs.baseline: train.jit_compile 'on' cannot take effect with train.deterministic true")
     assert "train.deterministic: false" in problem
     assert run_config(config, "fast")["train"]["jit_compile"] == "on"
+
+
+def test_auto_head_epochs_and_learning_rate_follow_the_weights():
+    config = validate_config({"datasets": {"demo": {"demo": True}}, "runs": {
+        "scratch": {}, "imagenet": {"train": {"weights": "imagenet"}},
+        "file": {"train": {"weights": "/weights/resnet50.weights.h5"}},
+        "chosen": {"train": {"weights": "imagenet"}, "head": {"epochs": 2}, "finetune": {"learning_rate": 0.01}}}})
+    assert config["head"]["epochs"] == "auto" and config["finetune"]["learning_rate"] == "auto"
+    resolved = {run: (options["head"]["epochs"], options["finetune"]["learning_rate"])
+                for run in config["runs"] for options in [run_config(config, run)]}
+    assert resolved == {"scratch": (0, 0.002), "imagenet": (5, 0.0001), "file": (5, 0.0001), "chosen": (2, 0.01)}
+    with pytest.raises(InputError) as error:
+        validate_config({"head": {"epochs": "many"}})
+    assert [problem.split(":")[0] for problem in error.value.problems] == ["head.epochs"]
