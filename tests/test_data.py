@@ -87,6 +87,20 @@ def test_rotation_turns_an_image_about_its_centre():
     assert abs(np.hypot(y - 8, x - 8) - 4) <= 1.0
 
 
+def test_warp_probability_leaves_some_images_unwarped():
+    images = tf.constant(np.random.default_rng(1).random((64, 16, 16, 1), dtype="float32"))
+    seed = tf.constant([4, 2], tf.int64)
+    warp_only = {**NO_AUGMENT, "rotation_degrees": 10, "zoom": 0.1, "translate": 0.1}
+    always = augment_batch(images, seed, warp_only).numpy()
+    # 1.0 is the former behaviour, bit for bit; 0 warps nothing.
+    np.testing.assert_array_equal(always, augment_batch(images, seed, {**warp_only, "warp_probability": 1.0}).numpy())
+    np.testing.assert_allclose(augment_batch(images, seed, {**warp_only, "warp_probability": 0.0}).numpy(),
+                               images.numpy(), atol=1e-6)
+    half = augment_batch(images, seed, {**warp_only, "warp_probability": 0.5}).numpy()
+    kept = np.all(np.abs(half - images.numpy()) < 1e-6, axis=(1, 2, 3))
+    warped = np.all(half == always, axis=(1, 2, 3))
+    assert np.all(kept | warped) and 16 <= kept.sum() <= 48
+
 def test_mixup_blends_images_and_targets_alike():
     images = tf.constant(np.stack([np.zeros((4, 4, 1)), np.ones((4, 4, 1))]).astype("float32"))
     targets = tf.constant([[1.0, 0.0], [0.0, 1.0]])
