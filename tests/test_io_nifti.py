@@ -23,7 +23,7 @@ def expected_slice(path, axis, index, volume=None):
 
 
 def test_file_is_loaded_once_per_read(monkeypatch):
-    # nibabel opens the file again for each load; choosing the slices and decoding them share one.
+    # Choosing the slices and decoding them share one parse of the header.
     import medclassify.io.nifti as nifti_reader
     calls = []
     load = nifti_reader._load
@@ -98,3 +98,28 @@ def test_truncated_gzip_is_undecodable(tmp_path):
     with pytest.raises(ReadError) as error:
         read_sample(tmp_path / "cut.nii.gz")
     assert error.value.code == "undecodable"
+
+
+def test_nifti2_and_compression_are_told_by_content(tmp_path):
+    # NIfTI-2 by its 540-byte header, gzip by its magic bytes, whatever the name says.
+    nifti2 = Path(data_path) / "example_nifti2.nii.gz"
+    assert nib.load(nifti2).header.sizeof_hdr == 540
+    middle = nib.as_closest_canonical(nib.load(nifti2)).shape[2] // 2
+    np.testing.assert_allclose(read_sample(nifti2, io_options={"nifti_volume": 1}).pixels[:, :, 0],
+                               expected_slice(nifti2, 2, middle, volume=1), rtol=1e-6)
+    misnamed = tmp_path / "compressed.nii"
+    misnamed.write_bytes(gzip.compress(ANATOMICAL.read_bytes()))
+    np.testing.assert_array_equal(read_sample(misnamed, 5).pixels, read_sample(ANATOMICAL, 5).pixels)
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda data: data[:200], "NIfTI"),
+    (lambda data: (999).to_bytes(4, "little") + data[4:], "header size field is 999"),
+    (lambda data: data[: len(data) // 2], "NIfTI"),
+], ids=["short_header", "bad_header_size", "truncated_voxels"])
+def test_damaged_uncompressed_file_is_undecodable(tmp_path, damage, message):
+    path = tmp_path / "damaged.nii"
+    path.write_bytes(damage(ANATOMICAL.read_bytes()))
+    with pytest.raises(ReadError) as error:
+        read_sample(path)
+    assert error.value.code == "undecodable" and message in error.value.message

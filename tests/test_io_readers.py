@@ -1,7 +1,10 @@
 """Raster (PNG, JPEG, BMP, TIFF) and NumPy readers, the channel policy and the content hash."""
 
+import contextlib
+import gzip
 import shutil
 import struct
+import sys
 import zlib
 from pathlib import Path
 
@@ -9,6 +12,7 @@ import numpy as np
 import pydicom
 import pytest
 import tifffile
+from nibabel.testing import data_path as nibabel_data
 from PIL import Image
 
 from medclassify.config import load_schema
@@ -148,6 +152,30 @@ def test_npy_volume_is_refused(tmp_path):
     assert error.value.code == "unsupported_image"
 
 
+def test_npy_layouts_and_damage(tmp_path):
+    pixels = RNG.integers(0, 60000, (7, 5), dtype=np.uint16)
+    np.save(tmp_path / "fortran.npy", np.asfortranarray(pixels))
+    np.save(tmp_path / "big_endian.npy", pixels.astype(">u2"))
+    for name in ("fortran.npy", "big_endian.npy"):
+        sample = read_sample(tmp_path / name)
+        assert sample.pixels.dtype.isnative
+        np.testing.assert_array_equal(sample.pixels[:, :, 0], pixels)
+    data = (tmp_path / "fortran.npy").read_bytes()
+    (tmp_path / "cut.npy").write_bytes(data[:-10])
+    (tmp_path / "no_header.npy").write_bytes(b"\x93NUMPY" + b"\x09\x00" + data[8:])
+    np.save(tmp_path / "objects.npy", np.array([[1, "a"]], dtype=object), allow_pickle=True)
+    for name, code in [("cut.npy", "undecodable"), ("no_header.npy", "undecodable"),
+                       ("objects.npy", "unsupported_image")]:
+        with pytest.raises(ReadError) as error:
+            read_sample(tmp_path / name)
+        assert error.value.code == code, name
+    # The pixel limit is checked on the header, before the pixels are read.
+    np.save(tmp_path / "large.npy", np.zeros((30, 30), np.uint8))
+    with pytest.raises(ReadError) as error:
+        read_sample(tmp_path / "large.npy", io_options={"max_pixels": 899})
+    assert error.value.code == "too_many_pixels"
+
+
 def test_pixel_limit_is_checked_before_decoding(tmp_path):
     png_claiming_size(tmp_path / "bomb.png", 100000, 100000)
     with pytest.raises(ReadError) as error:
@@ -175,26 +203,44 @@ def test_format_is_recognised_by_content(tmp_path):
     lambda path: write_png16(path.with_suffix(".png"), RNG.integers(0, 65536, (5, 4, 3), dtype=np.uint16), 2),
     lambda path: tifffile.imwrite(path.with_suffix(".tif"), RNG.integers(0, 65536, (6, 5), dtype=np.uint16)),
     lambda path: shutil.copy(Path(pydicom.__file__).parent / "data" / "test_files" / "CT_small.dcm", path.with_suffix(".dcm")),
-], ids=["png", "jpeg", "bmp", "png16_rgb", "tiff", "dicom"])
-def test_images_are_opened_once(tmp_path, monkeypatch, save):
-    # Format detection, the PNG header and the decoder share one open file: on NFS or Lustre
-    # each open is a round trip to the server.
+    lambda path: shutil.copy(Path(nibabel_data) / "anatomical.nii", path.with_suffix(".nii")),
+    lambda path: path.with_suffix(".nii.gz").write_bytes(gzip.compress((Path(nibabel_data) / "anatomical.nii").read_bytes())),
+    lambda path: np.save(path.with_suffix(".npy"), RNG.integers(0, 65536, (6, 5), dtype=np.uint16)),
+], ids=["png", "jpeg", "bmp", "png16_rgb", "tiff", "dicom", "nifti", "nifti_gz", "npy"])
+def test_images_are_opened_once(tmp_path, save):
+    # Format detection, the PNG header and the decoder share one open file (nibabel's own load
+    # would open a NIfTI three more times): on NFS or Lustre each open is a round trip to the server.
     save(tmp_path / "image")
     path = next(tmp_path.iterdir())
     expected = read_sample(path).pixels
-    opened, builtin_open = [], open
+    with opens_of(path) as opened:
+        np.testing.assert_array_equal(read_sample(path).pixels, expected)
+        assert len(opened) == 1
+        np.testing.assert_array_equal(read_file_samples(path)[0][1].pixels, expected)
+        assert len(opened) == 2
+        assert len(sample_indices(path)) == 1 and len(opened) == 3
 
-    def counting_open(file, *args, **kwargs):
-        if str(file) == str(path):
-            opened.append(file)
-        return builtin_open(file, *args, **kwargs)
 
-    monkeypatch.setattr("builtins.open", counting_open)
-    np.testing.assert_array_equal(read_sample(path).pixels, expected)
-    assert len(opened) == 1
-    np.testing.assert_array_equal(read_file_samples(path)[0][1].pixels, expected)
-    assert len(opened) == 2
-    assert sample_indices(path) == [None] and len(opened) == 3
+_WATCHED_OPENS = {}  # path -> the modes it was opened with, while a test watches it
+_AUDIT_HOOK = []
+
+
+def _record_open(event, args):
+    if event == "open" and isinstance(args[0], str) and args[0] in _WATCHED_OPENS:
+        _WATCHED_OPENS[args[0]].append(args[1])
+
+
+@contextlib.contextmanager
+def opens_of(path):
+    """Record every open of ``path`` by any code, C extensions included (Python's "open" audit event)."""
+    if not _AUDIT_HOOK:
+        sys.addaudithook(_record_open)  # an audit hook cannot be removed: install one, once
+        _AUDIT_HOOK.append(_record_open)
+    opened = _WATCHED_OPENS[str(path)] = []
+    try:
+        yield opened
+    finally:
+        del _WATCHED_OPENS[str(path)]
 
 
 def test_two_dimensional_files_give_one_sample(tmp_path):

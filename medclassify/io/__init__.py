@@ -83,10 +83,10 @@ def _opened(path):
     The file is positioned at its start. Raises ReadError for a folder, an unreadable file, an
     empty file or an unrecognised format.
 
-    The PNG, JPEG, BMP, TIFF and DICOM readers decode from this file, so that each image is
-    opened once, not two or three times (detection, the PNG header check, the decoder): on a
-    network file system (NFS, Lustre) every open is a round trip to the server, and images are
-    many and small. NIfTI (nibabel tells .nii.gz by its name) and .npy (memory-mapped) open by path.
+    Every reader decodes from this file, so that each image is opened once, not two to four
+    times (detection, a header check, the decoder; nibabel and NumPy's memory map open by name):
+    on a network file system (NFS, Lustre) every open is a round trip to the server, and images
+    are many and small.
     """
     path = os.fspath(path)
     file = None
@@ -139,9 +139,9 @@ def sample_indices(path, io_options=None):
         if fmt == "dicom":
             from . import dicom
             return dicom.sample_indices(file, options)
-    if fmt == "nifti":
-        from . import nifti
-        return nifti.sample_indices(path, options)
+        if fmt == "nifti":
+            from . import nifti
+            return nifti.sample_indices(file, options)
     return [None]
 
 
@@ -174,14 +174,14 @@ def read_file_samples(path, io_options=None):
 def _read_selected(path, file, fmt, mismatch, options):
     """``(indices, samples)`` for the samples that the io options select."""
     # One parse for choosing the samples and decoding them: a DICOM header costs as much as its
-    # pixels, and a second dcmread doubled it; nibabel reopens the file for each load.
+    # pixels, and a second dcmread doubled it.
     if fmt == "dicom":
         from .dicom import read_dicom_selected
         indices, decoded = read_dicom_selected(file, options)
         return indices, _samples(decoded, mismatch, options)
     if fmt == "nifti":
         from .nifti import read_nifti_selected
-        indices, decoded = read_nifti_selected(path, options)
+        indices, decoded = read_nifti_selected(file, options)
         return indices, _samples(decoded, mismatch, options)
     return [None], _read(path, file, fmt, mismatch, [None], options)
 
@@ -196,13 +196,13 @@ def _read(path, file, fmt, mismatch, indices, options):
         decoded = [read_tiff(file, options["max_pixels"])]
     elif fmt == "npy":
         from .numpy_reader import read_npy
-        decoded = [read_npy(path, options["max_pixels"])]
+        decoded = [read_npy(file, options["max_pixels"])]
     elif fmt == "dicom":
         from .dicom import read_dicom
         decoded = read_dicom(file, indices, options)
     elif fmt == "nifti":
         from .nifti import read_nifti
-        decoded = read_nifti(path, indices, options)
+        decoded = read_nifti(file, indices, options)
     else:  # pragma: no cover - detect_format returns only the formats above
         raise ReadError("unsupported_format", f"no reader for format {fmt}")
     return _samples(decoded, mismatch, options)

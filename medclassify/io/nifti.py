@@ -7,17 +7,40 @@ direction (anterior or superior) at the top, and columns along the first. 4D vol
 ``io.nifti_volume``; a 4D file with a single volume is treated as 3D.
 """
 
+import gzip
+
 import numpy as np
 
 from .base import ReadError, check_pixel_count, choose_index
 
 
-def _load(path):
+_GZIP_MAGIC = b"\x1f\x8b"
+_HEADER_SIZES = {348: "Nifti1Image", 540: "Nifti2Image"}
+
+
+def _load(file):
+    """The NIfTI image in ``file`` (an open binary file at its start), read through that handle.
+
+    ``nib.load(path)`` would open the file three more times (to sniff the format, for the header,
+    for the voxels): on a network file system each open is a round trip. Compression is told by
+    the gzip magic bytes, not the name, and the header's size tells NIfTI-1 from NIfTI-2.
+    """
     import nibabel as nib
 
     try:
-        return nib.load(str(path))
-    except Exception as error:  # nibabel raises ImageFileError, OSError, EOFError, zlib errors…
+        compressed = file.read(2) == _GZIP_MAGIC
+        file.seek(0)
+        stream = gzip.GzipFile(fileobj=file, mode="rb") if compressed else file
+        sizeof_hdr = stream.read(4)
+        stream.seek(0)
+        if len(sizeof_hdr) < 4:
+            raise ValueError("shorter than a NIfTI header")
+        sizes = {int.from_bytes(sizeof_hdr, "little"), int.from_bytes(sizeof_hdr, "big")}
+        kinds = [_HEADER_SIZES[size] for size in sizes if size in _HEADER_SIZES]
+        if not kinds:
+            raise ValueError(f"header size field is {min(sizes)}, not 348 (NIfTI-1) or 540 (NIfTI-2)")
+        return getattr(nib, kinds[0]).from_stream(stream)
+    except Exception as error:  # nibabel raises HeaderDataError, OSError, EOFError, zlib errors…
         raise ReadError("undecodable", f"not a readable NIfTI file ({type(error).__name__}: {error})") from None
 
 
@@ -41,9 +64,9 @@ def _volume_shape(image, io_options):
     return shape
 
 
-def sample_indices(path, io_options):
+def sample_indices(file, io_options):
     """``[None]`` for a 2D image, otherwise the slices that ``nifti_slice`` selects."""
-    return _selected_slices(_load(path), io_options)
+    return _selected_slices(_load(file), io_options)
 
 
 def _selected_slices(image, io_options):
@@ -71,14 +94,14 @@ def _canonical_shape(image, shape):
     return tuple(canonical)
 
 
-def read_nifti(path, indices, io_options):
+def read_nifti(file, indices, io_options):
     """Decode slices ``indices`` (None = the only slice); return [(array float32 (H, W), meta), ...]."""
-    return _decode(_load(path), indices, io_options)
+    return _decode(_load(file), indices, io_options)
 
 
-def read_nifti_selected(path, io_options):
+def read_nifti_selected(file, io_options):
     """The slices that ``nifti_slice`` selects, loading the file once: ``(indices, [(array, meta), ...])``."""
-    image = _load(path)
+    image = _load(file)
     indices = _selected_slices(image, io_options)
     return indices, _decode(image, indices, io_options)
 

@@ -5,23 +5,23 @@ import numpy as np
 from .base import ReadError, check_pixel_count
 
 
-def read_npy(path, max_pixels):
-    """Load a ``.npy`` image (no pickles); return (array, meta)."""
+def read_npy(file, max_pixels):
+    """Load a ``.npy`` image (no pickles) from ``file``, an open binary file at its start; return (array, meta)."""
     try:
-        # mmap reads the header only, so the shape is checked before any pixel is loaded.
-        mapped = np.load(path, mmap_mode="r", allow_pickle=False)
-    except ValueError as error:
+        # The header first, so the shape is checked before any pixel is read.
+        dtype, shape = _header(file)
+    except (ValueError, OSError) as error:
         raise ReadError("undecodable", f"not a loadable .npy array ({error})") from None
-    except OSError as error:
-        raise ReadError("undecodable", f"not a loadable .npy array ({error})") from None
-    if mapped.dtype.kind not in "biuf":
-        raise ReadError("unsupported_image", f".npy of dtype {mapped.dtype} is not a numeric image")
-    shape = mapped.shape
+    if dtype.kind not in "biuf":
+        raise ReadError("unsupported_image", f".npy of dtype {dtype} is not a numeric image")
     if len(shape) not in (2, 3) or (len(shape) == 3 and not 1 <= shape[2] <= 4):
         raise ReadError("unsupported_image", f".npy of shape {shape} is not an (H, W) or (H, W, C<=4) image")
     check_pixel_count(shape[0], shape[1], max_pixels)
-    array = np.array(mapped)
-    del mapped
+    try:
+        file.seek(0)
+        array = np.lib.format.read_array(file, allow_pickle=False)
+    except (ValueError, OSError) as error:  # e.g. the file ends before its pixels do
+        raise ReadError("undecodable", f"not a loadable .npy array ({error})") from None
     if array.dtype.kind == "b":
         array = array.astype(np.uint8)
     if not array.dtype.isnative:
@@ -29,3 +29,14 @@ def read_npy(path, max_pixels):
     meta = {"format": "npy", "bits": array.dtype.itemsize * 8, "photometric": None,
             "original_shape": list(array.shape)}
     return array, meta
+
+
+def _header(file):
+    """``(dtype, shape)`` from a ``.npy`` header. Version 3.0 only adds UTF-8 field names of
+    structured dtypes, which are not images."""
+    version = np.lib.format.read_magic(file)
+    readers = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
+    if version not in readers:
+        raise ValueError(f"format version {version[0]}.{version[1]}, not 1.0 or 2.0")
+    shape, _, dtype = readers[version](file)
+    return dtype, shape
