@@ -169,10 +169,13 @@ def test_npy_layouts_and_damage(tmp_path):
         with pytest.raises(ReadError) as error:
             read_sample(tmp_path / name)
         assert error.value.code == code, name
-    # The pixel limit is checked on the header, before the pixels are read.
-    np.save(tmp_path / "large.npy", np.zeros((30, 30), np.uint8))
+    # The pixel limit is checked on the header, before any pixel is read: this header claims
+    # 10^10 pixels that the file does not hold, and the error is about the size, not the data.
+    with open(tmp_path / "bomb.npy", "wb") as bomb:
+        np.lib.format.write_array_header_1_0(bomb, {"descr": "|u1", "fortran_order": False,
+                                                    "shape": (100000, 100000)})
     with pytest.raises(ReadError) as error:
-        read_sample(tmp_path / "large.npy", io_options={"max_pixels": 899})
+        read_sample(tmp_path / "bomb.npy")
     assert error.value.code == "too_many_pixels"
 
 
