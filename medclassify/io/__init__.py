@@ -154,11 +154,11 @@ def read_sample(path, index=None, io_options=None):
     options = resolve_io_options(io_options)
     with _opened(path) as (fmt, mismatch, file):
         if index is None and fmt in ("dicom", "nifti"):
-            _, samples = _read_selected(path, file, fmt, mismatch, options)
+            _, samples = _read_selected(file, fmt, mismatch, options)
             if len(samples) != 1:
                 raise ValueError(f"{path}: the io options select {len(samples)} samples; pass index=")
             return samples[0]
-        return _read(path, file, fmt, mismatch, [index], options)[0]
+        return _read(file, fmt, mismatch, [index], options)[0]
 
 
 def read_file_samples(path, io_options=None):
@@ -168,10 +168,10 @@ def read_file_samples(path, io_options=None):
     """
     options = resolve_io_options(io_options)
     with _opened(path) as (fmt, mismatch, file):
-        return list(zip(*_read_selected(path, file, fmt, mismatch, options)))
+        return list(zip(*_read_selected(file, fmt, mismatch, options)))
 
 
-def _read_selected(path, file, fmt, mismatch, options):
+def _read_selected(file, fmt, mismatch, options):
     """``(indices, samples)`` for the samples that the io options select."""
     # One parse for choosing the samples and decoding them: a DICOM header costs as much as its
     # pixels, and a second dcmread doubled it.
@@ -183,11 +183,11 @@ def _read_selected(path, file, fmt, mismatch, options):
         from .nifti import read_nifti_selected
         indices, decoded = read_nifti_selected(file, options)
         return indices, _samples(decoded, mismatch, options)
-    return [None], _read(path, file, fmt, mismatch, [None], options)
+    return [None], _read(file, fmt, mismatch, [None], options)
 
 
-def _read(path, file, fmt, mismatch, indices, options):
-    """Decode ``indices`` of ``path``, from ``file`` (its open handle) where the reader takes one."""
+def _read(file, fmt, mismatch, indices, options):
+    """Decode ``indices`` of the image in ``file`` (its open handle, at its start)."""
     if fmt in ("png", "jpeg", "bmp"):
         from .raster import read_pillow
         decoded = [read_pillow(file, fmt, options["max_pixels"])]
