@@ -2,6 +2,7 @@
 
 import contextlib
 import gzip
+import io
 import shutil
 import struct
 import sys
@@ -13,11 +14,12 @@ import pydicom
 import pytest
 import tifffile
 from nibabel.testing import data_path as nibabel_data
-from PIL import Image
+from PIL import Image, PngImagePlugin
 
 from medclassify.config import load_schema
 from medclassify.io import (DEFAULT_IO_OPTIONS, ReadError, content_hash, detect_format, read_file_samples,
                             read_sample, sample_indices)
+from medclassify.io import png_inflate
 from medclassify.io.channels import apply_channel_policy
 from tests.badinput_corpus import png_claiming_size
 
@@ -49,11 +51,19 @@ def _paeth(left, up, upper_left):
     return np.where((d_left <= d_up) & (d_left <= d_ul), left, np.where(d_up <= d_ul, up, upper_left))
 
 
-def write_png16(path, pixels, colour_type):
-    """Encode a 16-bit PNG, cycling through the five row filters (an independent encoder)."""
+def png_chunk(kind, body):
+    return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF)
+
+
+def encode_png(pixels, bit_depth, colour_type, *, extra_chunks=(), interlace=0, split_idat=False):
+    """Encode a PNG, cycling through the five row filters (an encoder independent of Pillow's).
+
+    ``extra_chunks`` [(kind, body)] go between IHDR and the image data.
+    """
     height, width = pixels.shape[:2]
-    data = pixels.astype(">u2").reshape(height, -1).view(np.uint8).astype(np.int64)
-    bpp = 2 * (pixels.shape[2] if pixels.ndim == 3 else 1)
+    dtype = ">u2" if bit_depth == 16 else np.uint8
+    data = pixels.astype(dtype).reshape(height, -1).view(np.uint8).astype(np.int64)
+    bpp = (bit_depth // 8) * (pixels.shape[2] if pixels.ndim == 3 else 1)
     lines = []
     for y in range(height):
         x = data[y]
@@ -63,13 +73,17 @@ def write_png16(path, pixels, colour_type):
         kind = y % 5
         predictor = [0 * x, left, up, (left + up) // 2, _paeth(left, up, upper_left)][kind]
         lines.append(bytes([kind]) + ((x - predictor) % 256).astype(np.uint8).tobytes())
+    header = struct.pack(">IIBBBBB", width, height, bit_depth, colour_type, 0, 0, interlace)
+    compressed = zlib.compress(b"".join(lines))
+    idat = ([png_chunk(b"IDAT", compressed[:10]), png_chunk(b"tEXt", b"a\0b"), png_chunk(b"IDAT", compressed[10:])]
+            if split_idat else [png_chunk(b"IDAT", compressed)])
+    return (b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", header) + b"".join(png_chunk(k, b) for k, b in extra_chunks)
+            + b"".join(idat) + png_chunk(b"IEND", b""))
 
-    def chunk(kind, body):
-        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF)
 
-    header = struct.pack(">IIBBBBB", width, height, 16, colour_type, 0, 0, 0)
-    Path(path).write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header)
-                           + chunk(b"IDAT", zlib.compress(b"".join(lines))) + chunk(b"IEND", b""))
+def write_png16(path, pixels, colour_type):
+    """Encode a 16-bit PNG, cycling through the five row filters."""
+    Path(path).write_bytes(encode_png(pixels, 16, colour_type))
 
 
 @pytest.mark.parametrize("channels, colour_type", [(3, 2), (4, 6), (2, 4)])
@@ -102,6 +116,100 @@ def test_truncated_16_bit_png_is_undecodable(tmp_path):
     with pytest.raises(ReadError) as error:
         read_sample(tmp_path / "cut.png")
     assert error.value.code == "undecodable"
+
+
+# --- the ISA-L inflate path for plain PNGs (medclassify/io/png_inflate.py) ---------------------------
+
+PLAIN_LAYOUTS = [((13, 11), 8, 0), ((13, 11), 16, 0), ((13, 11, 3), 8, 2), ((13, 11, 2), 8, 4), ((13, 11, 4), 8, 6)]
+
+
+def _pillow_decoding(data):
+    with Image.open(io.BytesIO(data)) as image:
+        image.load()
+        return image.mode, image.size, np.asarray(image)
+
+
+@pytest.mark.parametrize("shape, bit_depth, colour_type", PLAIN_LAYOUTS, ids=["L", "I;16", "RGB", "LA", "RGBA"])
+def test_plain_png_inflate_path_equals_pillow_on_every_row_filter(shape, bit_depth, colour_type):
+    pixels = RNG.integers(0, 2 ** bit_depth, shape)
+    data = encode_png(pixels, bit_depth, colour_type)
+    image = png_inflate.decode_png(data)
+    assert image is not None
+    mode, size, expected = _pillow_decoding(data)
+    assert (image.mode, image.size) == (mode, size)
+    np.testing.assert_array_equal(np.asarray(image), expected)
+
+
+@pytest.mark.parametrize("mode", ["L", "I;16", "RGB", "RGBA", "LA"])
+def test_pillow_written_pngs_take_the_inflate_path_and_read_the_same(tmp_path, monkeypatch, mode):
+    yy, xx = np.mgrid[0:64, 0:48]
+    smooth = xx * 3 + yy * 2 + RNG.integers(0, 4, (64, 48))
+    if mode == "I;16":
+        image = Image.fromarray((smooth * 200).astype(np.uint16))
+    else:
+        image = Image.fromarray(np.dstack([(smooth + 40 * k) % 256 for k in range(4)]).astype(np.uint8)).convert(mode)
+    pnginfo = PngImagePlugin.PngInfo()
+    pnginfo.add_text("Software", "a test")
+    image.save(tmp_path / "a.png", pnginfo=pnginfo, dpi=(72, 72))
+    assert png_inflate.decode_png((tmp_path / "a.png").read_bytes()) is not None
+    fast = read_sample(tmp_path / "a.png")
+    monkeypatch.setattr(png_inflate, "_isal_decompress", None)  # Pillow alone, as without isal
+    assert not png_inflate.available()
+    slow = read_sample(tmp_path / "a.png")
+    np.testing.assert_array_equal(fast.pixels, slow.pixels)
+    assert fast.pixels.dtype == slow.pixels.dtype and fast.meta == slow.meta
+
+
+def _pillow_png(picture):
+    buffer = io.BytesIO()
+    (picture if isinstance(picture, Image.Image) else Image.fromarray(picture)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _damaged(data, position, value):
+    return data[:position] + bytes([value]) + data[position + 1:]
+
+
+def test_unusual_or_damaged_pngs_are_left_to_pillow(tmp_path):
+    pixels = RNG.integers(0, 256, (9, 7)).astype(np.uint8)
+    plain = encode_png(pixels, 8, 0)
+    header_at = 8 + 8  # IHDR payload
+    idat_at = plain.index(b"IDAT") + 4
+    cases = {
+        "palette": _pillow_png(Image.fromarray(pixels).convert("P")),
+        "one_bit": _pillow_png(pixels > 128),
+        "interlaced": encode_png(pixels, 8, 0, interlace=1),
+        "transparency": encode_png(pixels, 8, 0, extra_chunks=[(b"tRNS", b"\x00\x00")]),
+        "animation": encode_png(pixels, 8, 0, extra_chunks=[(b"acTL", b"\x00\x00\x00\x01\x00\x00\x00\x00")]),
+        "unknown_chunk": encode_png(pixels, 8, 0, extra_chunks=[(b"abCd", b"x")]),
+        "short_pHYs": encode_png(pixels, 8, 0, extra_chunks=[(b"pHYs", b"\x00")]),
+        "split_image_data": encode_png(pixels, 8, 0, split_idat=True),
+        "bad_header_crc": _damaged(plain, header_at + 13, plain[header_at + 13] ^ 1),
+        "corrupt_image_data": _damaged(plain, idat_at + 6, plain[idat_at + 6] ^ 0xFF),
+        "truncated": plain[: len(plain) - 30],
+        # every row claims filter type 7, which does not exist
+        "unknown_row_filter": plain[:idat_at - 8] + png_chunk(b"IDAT", zlib.compress((b"\x07" + bytes(7)) * 9))
+        + png_chunk(b"IEND", b""),
+    }
+    for name, data in cases.items():
+        assert png_inflate.decode_png(data) is None, name
+    # Pillow then decodes them, and reports the damage as before.
+    for name in ("bad_header_crc", "corrupt_image_data", "truncated", "unknown_row_filter"):
+        (tmp_path / f"{name}.png").write_bytes(cases[name])
+        with pytest.raises(ReadError) as error:
+            read_sample(tmp_path / f"{name}.png")
+        assert error.value.code == "undecodable", name
+
+
+def test_plain_png_is_decoded_without_pillow_opening_it(tmp_path, monkeypatch):
+    pixels = RNG.integers(0, 256, (9, 7)).astype(np.uint8)
+    (tmp_path / "a.png").write_bytes(encode_png(pixels, 8, 0))
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("Image.open was called")
+
+    monkeypatch.setattr(Image, "open", refuse)
+    np.testing.assert_array_equal(read_sample(tmp_path / "a.png").pixels[:, :, 0], pixels)
 
 
 def test_palette_png_of_greys_stays_grey(tmp_path):

@@ -7,6 +7,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from .base import ReadError, check_pixel_count, read_bytes
+from . import png_inflate
 from .channels import is_grey
 
 # Pillow modes and the NumPy dtype they decode to without losing depth.
@@ -46,6 +47,10 @@ def read_pillow(source, fmt, max_pixels):
             photometric = {2: "rgb", 4: "grey", 6: "rgba"}[colour_type]
             meta = {"format": "png", "bits": 16, "photometric": photometric, "original_shape": list(array.shape)}
             return array, meta
+        if png_inflate.available():
+            image = png_inflate.decode_png(read_bytes(source))
+            if image is not None:
+                return _array_and_meta(image, fmt)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
@@ -54,14 +59,18 @@ def read_pillow(source, fmt, max_pixels):
                 width, height = image.size
                 check_pixel_count(height, width, max_pixels)
                 image.load()
-                array, photometric = _pillow_to_array(image)
-                bits = image.info.get("bits") or _bits_of(array)
+                return _array_and_meta(image, fmt)
     except Image.DecompressionBombError as error:
         raise ReadError("too_many_pixels", f"Pillow refused the image size: {error}") from None
     except UnidentifiedImageError:
         raise ReadError("undecodable", f"not a decodable {fmt.upper()} image") from None
     except (OSError, SyntaxError, ValueError, struct.error) as error:
         raise ReadError("undecodable", f"{fmt.upper()} decoding failed: {error}") from None
+
+
+def _array_and_meta(image, fmt):
+    array, photometric = _pillow_to_array(image)
+    bits = image.info.get("bits") or _bits_of(array)
     meta = {"format": fmt, "bits": int(bits), "photometric": photometric,
             "original_shape": list(array.shape)}
     return array, meta
