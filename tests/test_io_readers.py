@@ -137,6 +137,31 @@ def test_planar_rgb_tiff_becomes_channels_last(tmp_path):
     np.testing.assert_array_equal(read_sample(tmp_path / "planar.tif").pixels, np.moveaxis(pixels, 0, -1))
 
 
+def test_palette_tiff_is_expanded_through_its_colour_map_like_pillow(tmp_path):
+    indices = RNG.integers(0, 4, (16, 16), dtype=np.uint8)
+    colormap = np.zeros((3, 256), np.uint16)
+    colormap[:, :4] = np.array([[0, 0, 0], [65535, 0, 0], [0, 65535, 0], [0, 0, 65535]]).T
+    tifffile.imwrite(tmp_path / "rgb.tif", indices, photometric="palette", colormap=colormap)
+    sample = read_sample(tmp_path / "rgb.tif")
+    np.testing.assert_array_equal(sample.pixels, np.asarray(Image.open(tmp_path / "rgb.tif").convert("RGB")))
+    assert sample.pixels.dtype == np.uint8 and sample.meta["photometric"] == "palette_rgb" and sample.meta["colour"]
+    # A palette of greys stays grey, as in a palette PNG.
+    greys = np.repeat(np.arange(256, dtype=np.uint16)[::-1] * 257, 3).reshape(256, 3).T
+    tifffile.imwrite(tmp_path / "grey.tif", indices, photometric="palette", colormap=greys)
+    sample = read_sample(tmp_path / "grey.tif")
+    np.testing.assert_array_equal(sample.pixels[:, :, 0], 255 - indices)
+    assert sample.meta["photometric"] == "palette_grey" and not sample.meta["colour"]
+
+
+def test_palette_tiff_with_an_8_bit_colour_map_is_not_black(tmp_path):
+    # Old writers stored the colour map as 0..255; libtiff reads such a map as 8-bit, so do we.
+    indices = RNG.integers(0, 4, (16, 16), dtype=np.uint8)
+    colormap = np.zeros((3, 256), np.uint16)
+    colormap[:, :4] = np.array([[0, 0, 0], [255, 0, 0], [0, 255, 0], [10, 20, 30]]).T
+    tifffile.imwrite(tmp_path / "old.tif", indices, photometric="palette", colormap=colormap)
+    np.testing.assert_array_equal(read_sample(tmp_path / "old.tif").pixels, colormap.T[indices])
+
+
 @pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.float32, bool])
 def test_npy(tmp_path, dtype):
     pixels = RNG.integers(0, 2 if dtype is bool else 200, (9, 11)).astype(dtype)
