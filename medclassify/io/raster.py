@@ -97,7 +97,8 @@ def _bits_of(array):
 def read_tiff(source, max_pixels):
     """Decode the first page of a TIFF file (a path, or a binary file); return (array (H, W[, C]), meta).
 
-    A palette image is expanded through its colour map (photometric ``palette_rgb`` or ``palette_grey``).
+    A palette image is expanded through its colour map (photometric ``palette_rgb`` or ``palette_grey``);
+    a MINISWHITE one is inverted (photometric ``grey``).
     """
     import tifffile
 
@@ -129,6 +130,9 @@ def read_tiff(source, max_pixels):
         array = array.astype(array.dtype.newbyteorder("="))
     if photometric == "palette":
         array, photometric = _expand_palette(array, colormap)
+    elif photometric == "miniswhite":
+        # Inverted, the pixels mean what MINISBLACK ones mean: plain grey, brighter is higher.
+        array, photometric = _invert_miniswhite(array, bits), "grey"
     meta = {"format": "tiff", "bits": bits, "photometric": photometric,
             "original_shape": list(array.shape), "pages": n_pages}
     return np.ascontiguousarray(array), meta
@@ -156,3 +160,23 @@ def _expand_palette(indices, colormap):
     if is_grey(rgb):
         return rgb[:, :, 0], "palette_grey"
     return rgb, "palette_rgb"
+
+
+def _invert_miniswhite(array, bits):
+    """Mirror MINISWHITE values within their stored range, like DICOM MONOCHROME1: 0 (white) becomes the maximum.
+
+    Only the grey channel is inverted; an extra sample (alpha) keeps its meaning.
+    """
+    if array.dtype.kind == "f":
+        # Floats have no stored range to mirror within, and no convention says what white is.
+        raise ReadError("unsupported_image", "MINISWHITE TIFF with floating-point pixels (no range to invert them within)")
+    grey = array if array.ndim == 2 else array[:, :, 0]
+    if array.dtype.kind == "i":
+        inverted = ~grey  # -1 - value mirrors the signed range -2**(bits-1) .. 2**(bits-1) - 1
+    else:
+        inverted = np.asarray(2 ** bits - 1, array.dtype) - grey  # within 0 .. 2**bits - 1, same dtype
+    if array.ndim == 2:
+        return inverted
+    array = array.copy()
+    array[:, :, 0] = inverted
+    return array
