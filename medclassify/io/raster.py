@@ -98,7 +98,8 @@ def read_tiff(source, max_pixels):
     """Decode the first page of a TIFF file (a path, or a binary file); return (array (H, W[, C]), meta).
 
     A palette image is expanded through its colour map (photometric ``palette_rgb`` or ``palette_grey``);
-    a MINISWHITE one is inverted (photometric ``grey``).
+    a MINISWHITE one is inverted (photometric ``grey``). ``meta["pages"]`` counts the pages, for
+    validation's ``unread_tiff_pages`` warning.
     """
     import tifffile
 
