@@ -60,7 +60,7 @@ PROBLEM_CODES = {
     "duplicate_content_conflicting_labels": "error", "duplicate_content_across_patients": "warning",
     "duplicate_content": "warning", "mixed_label_patient": "policy",
     "extension_mismatch": "warning", "modality_mismatch": "warning", "implausible_dimensions": "warning",
-    "implausible_channels": "warning", "constant_image": "warning",
+    "implausible_channels": "warning", "constant_image": "warning", "unread_tiff_pages": "warning",
     # decoding (medclassify.io.READ_ERROR_CODES)
     **{code: "error" for code in READ_ERROR_CODES},
 }
@@ -280,7 +280,7 @@ def inspect_image_file(path, io_options):
     """Decode every configured sample of one file; return a small picklable summary.
 
     ``{"ok": True, "samples": [{index, content_hash, shape, dtype, format, modality, colour,
-    constant, extension_mismatch, original_shape}]}`` or ``{"ok": False, "code", "message"}``.
+    constant, extension_mismatch, original_shape, pages}]}`` or ``{"ok": False, "code", "message"}``.
     """
     try:
         samples = read_file_samples(path, io_options)
@@ -304,6 +304,7 @@ def inspect_image_file(path, io_options):
             "constant": meta.get("constant", False),
             "extension_mismatch": meta.get("extension_mismatch", False),
             "original_shape": meta.get("original_shape"),
+            "pages": meta.get("pages"),  # TIFF only: the reader reads the first page of these
         })
     return {"ok": True, "samples": summaries}
 
@@ -335,7 +336,7 @@ def decode_files(paths, io_options, threads=1):
 
 
 # Bump when inspect_image_file's output or a reader's decoding changes: old caches are ignored.
-DECODE_CACHE_VERSION = 1
+DECODE_CACHE_VERSION = 4
 
 
 def _file_key(path):
@@ -546,6 +547,11 @@ def _check_images(records, decoded, problems):
         record["samples"] = result["samples"]
         modality = (record["modality"] or "").upper()
         first = result["samples"][0]
+        if (first["pages"] or 1) > 1:
+            # TIFF pages are not selectable samples like DICOM frames: say that the others were not read.
+            problems.add(number, path, "unread_tiff_pages", "warning",
+                         f"row {number}: the TIFF holds {first['pages']} pages; only the first was read "
+                         "(save each page you need as its own file and list it in the manifest)")
         if first["extension_mismatch"]:
             problems.add(number, path, "extension_mismatch", "warning",
                          f"row {number}: the file is a {first['format'].upper()} image despite its name; it was read as such")

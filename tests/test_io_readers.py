@@ -21,6 +21,7 @@ from medclassify.io import (DEFAULT_IO_OPTIONS, ReadError, content_hash, detect_
                             read_sample, sample_indices)
 from medclassify.io import png_inflate
 from medclassify.io.channels import apply_channel_policy
+from medclassify.io.raster import read_tiff
 from tests.badinput_corpus import png_claiming_size
 
 RNG = np.random.default_rng(0)
@@ -243,6 +244,67 @@ def test_planar_rgb_tiff_becomes_channels_last(tmp_path):
     pixels = RNG.integers(0, 255, (3, 10, 12), dtype=np.uint8)
     tifffile.imwrite(tmp_path / "planar.tif", pixels, photometric="rgb", planarconfig="separate")
     np.testing.assert_array_equal(read_sample(tmp_path / "planar.tif").pixels, np.moveaxis(pixels, 0, -1))
+
+
+def test_palette_tiff_is_expanded_through_its_colour_map_like_pillow(tmp_path):
+    indices = RNG.integers(0, 4, (16, 16), dtype=np.uint8)
+    colormap = np.zeros((3, 256), np.uint16)
+    colormap[:, :4] = np.array([[0, 0, 0], [65535, 0, 0], [0, 65535, 0], [0, 0, 65535]]).T
+    tifffile.imwrite(tmp_path / "rgb.tif", indices, photometric="palette", colormap=colormap)
+    sample = read_sample(tmp_path / "rgb.tif")
+    np.testing.assert_array_equal(sample.pixels, np.asarray(Image.open(tmp_path / "rgb.tif").convert("RGB")))
+    assert sample.pixels.dtype == np.uint8 and sample.meta["photometric"] == "palette_rgb" and sample.meta["colour"]
+    # A palette of greys stays grey, as in a palette PNG.
+    greys = np.repeat(np.arange(256, dtype=np.uint16)[::-1] * 257, 3).reshape(256, 3).T
+    tifffile.imwrite(tmp_path / "grey.tif", indices, photometric="palette", colormap=greys)
+    sample = read_sample(tmp_path / "grey.tif")
+    np.testing.assert_array_equal(sample.pixels[:, :, 0], 255 - indices)
+    assert sample.meta["photometric"] == "palette_grey" and not sample.meta["colour"]
+
+
+def test_palette_tiff_with_an_8_bit_colour_map_is_not_black(tmp_path):
+    # Old writers stored the colour map as 0..255; libtiff reads such a map as 8-bit, so do we.
+    indices = RNG.integers(0, 4, (16, 16), dtype=np.uint8)
+    colormap = np.zeros((3, 256), np.uint16)
+    colormap[:, :4] = np.array([[0, 0, 0], [255, 0, 0], [0, 255, 0], [10, 20, 30]]).T
+    tifffile.imwrite(tmp_path / "old.tif", indices, photometric="palette", colormap=colormap)
+    np.testing.assert_array_equal(read_sample(tmp_path / "old.tif").pixels, colormap.T[indices])
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, bool])
+def test_miniswhite_tiff_is_inverted_like_pillow(tmp_path, dtype):
+    pixels = RNG.integers(0, 256, (16, 16)).astype(dtype) if dtype is np.uint8 else RNG.random((16, 16)) > 0.5
+    tifffile.imwrite(tmp_path / "white.tif", pixels, photometric="miniswhite")
+    sample = read_sample(tmp_path / "white.tif")
+    pillow = np.asarray(Image.open(tmp_path / "white.tif"))  # bilevel: Pillow's bools, our 0/1 uint8
+    np.testing.assert_array_equal(sample.pixels[:, :, 0], pillow.astype(np.uint8))
+    assert sample.pixels.dtype == np.uint8 and sample.meta["photometric"] == "grey"
+
+
+def test_miniswhite_tiff_is_inverted_within_its_stored_range(tmp_path):
+    # Pillow leaves 16-bit MINISWHITE as stored and cannot open signed ones; DICOM MONOCHROME1 is
+    # the convention: mirror within the range the bits allow, keeping the dtype.
+    unsigned = RNG.integers(0, 65536, (8, 8)).astype(np.uint16)
+    signed = RNG.integers(-32768, 32768, (8, 8)).astype(np.int16)
+    for pixels, expected in [(unsigned, 65535 - unsigned), (signed, -1 - signed)]:
+        tifffile.imwrite(tmp_path / "white.tif", pixels, photometric="miniswhite")
+        sample = read_sample(tmp_path / "white.tif")
+        assert sample.pixels.dtype == pixels.dtype
+        np.testing.assert_array_equal(sample.pixels[:, :, 0], expected)
+    # An extra sample (alpha) is not a grey value: it stays as stored.
+    grey_alpha = RNG.integers(0, 256, (8, 8, 2)).astype(np.uint8)
+    tifffile.imwrite(tmp_path / "alpha.tif", grey_alpha, photometric="miniswhite", extrasamples=["unassalpha"])
+    with tifffile.TiffFile(tmp_path / "alpha.tif") as tif:
+        assert tif.pages[0].extrasamples  # the file does hold the alpha
+    decoded, _ = read_tiff(tmp_path / "alpha.tif", max_pixels=10**6)  # read_sample would drop the alpha
+    np.testing.assert_array_equal(decoded, np.stack([255 - grey_alpha[:, :, 0], grey_alpha[:, :, 1]], axis=2))
+
+
+def test_floating_point_miniswhite_tiff_is_refused(tmp_path):
+    tifffile.imwrite(tmp_path / "white.tif", RNG.random((8, 8)).astype(np.float32), photometric="miniswhite")
+    with pytest.raises(ReadError) as error:
+        read_sample(tmp_path / "white.tif")
+    assert error.value.code == "unsupported_image" and "MINISWHITE" in error.value.message
 
 
 @pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.float32, bool])

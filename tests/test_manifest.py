@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 import pydicom
 import pytest
+import tifffile
 from PIL import Image
 
 from medclassify.cli import main as cli_main
@@ -177,6 +178,21 @@ def test_image_plausibility_warnings(tmp_path):
     assert found == {(7, "constant_image", "warning"), (8, "implausible_dimensions", "warning"),
                      (9, "implausible_channels", "warning"), (10, "modality_mismatch", "warning")}
     assert result.ok
+
+
+def test_multi_page_tiff_warns_that_only_its_first_page_was_read(tmp_path):
+    root = tmp_path / "data"
+    manifest = make_dataset(root)
+    pages = np.random.default_rng(3).integers(0, 255, (3, 32, 32), dtype=np.uint8)
+    tifffile.imwrite(root / "pages.tif", pages, photometric="minisblack")  # three pages of 32x32
+    tifffile.imwrite(root / "single.tif", pages[1], photometric="minisblack")  # not page 0: a duplicate
+    with open(manifest, "a") as f:
+        f.write("pages.tif,a,q1,XR,s\nsingle.tif,b,q2,XR,s\n")
+    result = validate(manifest, root)
+    assert [(p.row, p.path, p.code, p.severity) for p in result.problems] == [
+        (7, "pages.tif", "unread_tiff_pages", "warning")]
+    assert "3 pages; only the first was read" in result.problems[0].message
+    assert result.ok and len(result.table) == 8
 
 
 def test_backslash_path_gets_a_hint(tmp_path):

@@ -104,7 +104,12 @@ def _bits_of(array):
 
 
 def read_tiff(source, max_pixels):
-    """Decode the first page of a TIFF file (a path, or a binary file); return (array (H, W[, C]), meta)."""
+    """Decode the first page of a TIFF file (a path, or a binary file); return (array (H, W[, C]), meta).
+
+    A palette image is expanded through its colour map (photometric ``palette_rgb`` or ``palette_grey``);
+    a MINISWHITE one is inverted (photometric ``grey``). ``meta["pages"]`` counts the pages, for
+    validation's ``unread_tiff_pages`` warning.
+    """
     import tifffile
 
     try:
@@ -119,6 +124,7 @@ def read_tiff(source, max_pixels):
             n_pages = len(tif.pages)
             bits = int(page.bitspersample)
             photometric = page.photometric.name.lower() if page.photometric is not None else None
+            colormap = page.colormap
     except ReadError:
         raise
     except Exception as error:  # tifffile raises many types (TiffFileError, ValueError, …)
@@ -132,6 +138,55 @@ def read_tiff(source, max_pixels):
         array = array.astype(np.uint8)  # bilevel TIFF
     if not array.dtype.isnative:
         array = array.astype(array.dtype.newbyteorder("="))
+    if photometric == "palette":
+        array, photometric = _expand_palette(array, colormap)
+    elif photometric == "miniswhite":
+        # Inverted, the pixels mean what MINISBLACK ones mean: plain grey, brighter is higher.
+        array, photometric = _invert_miniswhite(array, bits), "grey"
     meta = {"format": "tiff", "bits": bits, "photometric": photometric,
             "original_shape": list(array.shape), "pages": n_pages}
     return np.ascontiguousarray(array), meta
+
+
+def _expand_palette(indices, colormap):
+    """Palette indices through the TIFF colour map: (H, W, 3) uint8, or (H, W) when every colour is grey.
+
+    Like a palette PNG (``_pillow_to_array``): the indices alone are not the picture.
+    """
+    if indices.ndim != 2 or indices.dtype.kind != "u":
+        raise ReadError("unsupported_image", f"palette TIFF with pixels of shape {indices.shape} "
+                                             f"and type {indices.dtype} (one unsigned index per pixel expected)")
+    if colormap is None or np.ndim(colormap) != 2 or len(colormap) != 3:
+        raise ReadError("undecodable", "palette TIFF without a valid colour map (ColorMap tag)")
+    colormap = np.asarray(colormap)
+    if indices.size and int(indices.max()) >= colormap.shape[1]:
+        raise ReadError("undecodable", f"palette index {int(indices.max())} beyond the "
+                                       f"{colormap.shape[1]} colours of the colour map")
+    # The TIFF colour map is 16-bit: keep its top 8 bits, as Pillow does. Some old writers stored
+    # 8-bit values, which the top 8 bits would turn black: a map with every value under 256 is read
+    # as 8-bit, as libtiff's RGBA interface (TIFFReadRGBAImage, tiff2rgba) does.
+    colours = colormap if colormap.max(initial=0) < 256 else colormap >> 8
+    rgb = colours.astype(np.uint8).T[indices]
+    if is_grey(rgb):
+        return rgb[:, :, 0], "palette_grey"
+    return rgb, "palette_rgb"
+
+
+def _invert_miniswhite(array, bits):
+    """Mirror MINISWHITE values within their stored range, like DICOM MONOCHROME1: 0 (white) becomes the maximum.
+
+    Only the grey channel is inverted; an extra sample (alpha) keeps its meaning.
+    """
+    if array.dtype.kind == "f":
+        # Floats have no stored range to mirror within, and no convention says what white is.
+        raise ReadError("unsupported_image", "MINISWHITE TIFF with floating-point pixels (no range to invert them within)")
+    grey = array if array.ndim == 2 else array[:, :, 0]
+    if array.dtype.kind == "i":
+        inverted = ~grey  # -1 - value mirrors the signed range -2**(bits-1) .. 2**(bits-1) - 1
+    else:
+        inverted = np.asarray(2 ** bits - 1, array.dtype) - grey  # within 0 .. 2**bits - 1, same dtype
+    if array.ndim == 2:
+        return inverted
+    array = array.copy()
+    array[:, :, 0] = inverted
+    return array
