@@ -313,3 +313,16 @@ def test_rescale_attribute_that_is_not_a_number_is_an_error_naming_it(tmp_path, 
     assert error.value.message == f"invalid {keyword} value 'xyzabc': not a finite number"
     # Validation reports that message, not "unexpected TypeError while decoding".
     assert inspect_image_file(path, {})["message"] == error.value.message
+
+
+@pytest.mark.parametrize("keyword, placeholder, text", [("WindowCenter", "40.25", "40,25"),
+                                                        ("WindowWidth", "400.5", "400,5")])
+def test_window_stored_as_invalid_text_is_an_error_naming_it(tmp_path, keyword, placeholder, text):
+    # A decimal comma: pydicom keeps the text, whose first character is a valid number.
+    path = ct_small_with(tmp_path / "w.dcm", stored={keyword: (placeholder, text)},
+                         **{"WindowCenter": 40, "WindowWidth": 400})
+    assert pydicom.dcmread(path)[keyword].value == text
+    with pytest.raises(ReadError) as error:
+        read_sample(path)
+    assert error.value.code == "undecodable"
+    assert error.value.message == f"invalid {keyword} value {text!r}: not a finite number"

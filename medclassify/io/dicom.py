@@ -272,6 +272,13 @@ def _window_number(view, keyword):
 
 
 def _first(value):
+    """The first of several values (a window may list alternatives), or the single value.
+
+    pydicom keeps a value it cannot read as a number as text ('40,25'): that is one value, to be
+    rejected whole, not indexed into its first character ('4').
+    """
+    if isinstance(value, str):
+        return value
     try:
         return value[0]
     except (TypeError, IndexError):
