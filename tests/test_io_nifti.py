@@ -76,6 +76,15 @@ def test_4d_needs_a_volume_choice():
     assert error.value.code == "index_out_of_range"
 
 
+def test_volume_of_5d_file_with_trailing_singleton_axis(tmp_path):
+    # Shape (6, 5, 4, 3, 1): the volumes are the 4th axis, the 5th is a singleton to drop.
+    data = np.arange(6 * 5 * 4 * 3, dtype=np.float32).reshape(6, 5, 4, 3, 1)
+    nib.save(nib.Nifti1Image(data, np.eye(4)), tmp_path / "five.nii")
+    for volume in range(3):
+        sample = read_sample(tmp_path / "five.nii", io_options={"nifti_volume": volume})
+        np.testing.assert_array_equal(sample.pixels[:, :, 0], np.flipud(data[:, :, 2, volume, 0].T))
+
+
 def test_two_dimensional_nifti(tmp_path):
     plane = np.arange(30, dtype=np.int16).reshape(5, 6)
     nib.save(nib.Nifti1Image(plane, np.eye(4)), tmp_path / "plane.nii.gz")

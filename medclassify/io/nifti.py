@@ -157,6 +157,9 @@ def _as_3d(image, shape, io_options):
     if len(shape) == 3:  # trailing singleton axes
         data = np.asarray(image.dataobj, dtype=np.float32).reshape(shape)
     else:
+        # The volume axis is the 4th: a 5D file's trailing singleton axes (dropped from ``shape``)
+        # are indexed at 0, where ``[..., volume]`` would pick from the last of them.
         volume = io_options["nifti_volume"]
-        data = np.asarray(image.dataobj[..., volume], dtype=np.float32)
+        index = (slice(None),) * 3 + (volume,) + (0,) * (len(image.shape) - 4)
+        data = np.asarray(image.dataobj[index], dtype=np.float32)
     return nib.Nifti1Image(data, image.affine)
