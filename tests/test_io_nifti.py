@@ -92,6 +92,18 @@ def test_two_dimensional_nifti(tmp_path):
     np.testing.assert_array_equal(read_sample(tmp_path / "plane.nii.gz").pixels[:, :, 0], np.flipud(plane.T))
 
 
+def test_two_dimensional_nifti_is_reoriented_like_a_volume_of_one_slice(tmp_path):
+    # LAS, the common radiological storage order, with a row spacing of 3 and a column spacing of 2.
+    plane = np.arange(12 * 10, dtype=np.float32).reshape(12, 10)
+    affine = np.diag([-2.0, 3.0, 1.0, 1.0])
+    nib.save(nib.Nifti1Image(plane, affine), tmp_path / "plane.nii")
+    nib.save(nib.Nifti1Image(plane[:, :, None], affine), tmp_path / "slice.nii")
+    flat, volume = read_sample(tmp_path / "plane.nii"), read_sample(tmp_path / "slice.nii")
+    np.testing.assert_array_equal(flat.pixels, volume.pixels)
+    np.testing.assert_array_equal(flat.pixels[:, :, 0], np.flipud(plane[::-1, :].T))  # canonical: x flipped
+    assert flat.meta["spacing"] == volume.meta["spacing"] == [3.0, 2.0]
+
+
 def test_scaling_is_applied(tmp_path):
     volume = np.arange(2 * 3 * 4, dtype=np.int16).reshape(2, 3, 4)
     image = nib.Nifti1Image(volume, np.eye(4))
