@@ -104,6 +104,15 @@ def test_two_dimensional_nifti_is_reoriented_like_a_volume_of_one_slice(tmp_path
     assert flat.meta["spacing"] == volume.meta["spacing"] == [3.0, 2.0]
 
 
+@pytest.mark.parametrize("shape, axis", [((16, 16, 0), 2), ((0, 16, 16), 0), ((16, 0), 1), ((16, 0, 16, 2, 1), 1)])
+def test_zero_length_axis_is_an_error(tmp_path, shape, axis):
+    nib.save(nib.Nifti1Image(np.zeros(shape, np.float32), np.eye(4)), tmp_path / "empty.nii")
+    with pytest.raises(ReadError) as error:
+        read_file_samples(tmp_path / "empty.nii", {"nifti_slice": "all", "nifti_volume": 0})
+    assert error.value.code == "unsupported_image"
+    assert error.value.message == f"NIfTI of shape {shape[:4]} holds no image: axis {axis} has 0 slices"
+
+
 def test_scaling_is_applied(tmp_path):
     volume = np.arange(2 * 3 * 4, dtype=np.int16).reshape(2, 3, 4)
     image = nib.Nifti1Image(volume, np.eye(4))

@@ -50,6 +50,11 @@ def _volume_shape(image, io_options):
     shape = tuple(int(n) for n in image.shape)
     while len(shape) > 3 and shape[-1] == 1:
         shape = shape[:-1]
+    if 0 in shape[:3]:
+        # Else "all" slices selects none (and validation had no sample to look at), or every
+        # slice is an empty image.
+        raise ReadError("unsupported_image",
+                        f"NIfTI of shape {shape} holds no image: axis {shape.index(0)} has 0 slices")
     if len(shape) > 4:
         raise ReadError("unsupported_image", f"NIfTI of shape {shape}: only 2D, 3D and 4D volumes are read")
     if len(shape) == 4:
