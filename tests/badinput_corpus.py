@@ -134,6 +134,14 @@ def _nifti_slice_out_of_range(root, rows, case):
     _bad(root, rows, "anat.nii", modality="MR")
 
 
+def _nifti_without_slices(root, rows, case):
+    import nibabel as nib
+
+    nib.save(nib.Nifti1Image(np.zeros((16, 16, 0), np.float32), np.eye(4)), root / "empty.nii")
+    case.io_options = {"nifti_slice": "all"}  # selected no slice, and validation crashed on it
+    _bad(root, rows, "empty.nii", modality="MR")
+
+
 def _png_bomb(root, rows, case):
     png_claiming_size(root / "bomb.png", 100000, 100000)
     _bad(root, rows, "bomb.png")
@@ -300,6 +308,7 @@ CASES = {
     "dicom_compressed_unsupported": (_compressed_unsupported, "compressed_unsupported", "error", BAD_ROW, False),
     "nifti_4d_without_slice_choice": (_nifti_4d_without_choice, "needs_slice_choice", "error", BAD_ROW, False),
     "nifti_slice_out_of_range": (_nifti_slice_out_of_range, "index_out_of_range", "error", BAD_ROW, False),
+    "nifti_without_slices": (_nifti_without_slices, "unsupported_image", "error", BAD_ROW, False),
     "png_header_100000x100000": (_png_bomb, "too_many_pixels", "error", BAD_ROW, False),
     "unsupported_format": (_unsupported_format, "unsupported_format", "error", BAD_ROW, False),
     "missing_file": (_missing_file, "missing_file", "error", BAD_ROW, False),

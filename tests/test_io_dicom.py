@@ -9,7 +9,7 @@ from pydicom.pixels import apply_modality_lut, apply_voi_lut, apply_windowing
 
 from medclassify.io import ReadError, read_file_samples, read_sample, sample_indices
 from medclassify.io.dicom import WINDOW_PRESETS, _apply_window
-from medclassify.manifest import validate_manifest, write_validation_outputs
+from medclassify.manifest import inspect_image_file, validate_manifest, write_validation_outputs
 from medclassify.privacy import IDENTIFYING_DICOM_KEYWORDS
 from tests.badinput_corpus import DICOM_SECRETS, write_identified_dicom_dataset
 
@@ -252,3 +252,77 @@ def test_per_frame_rescale_of_enhanced_multi_frame(tmp_path):
     for k in (0, 5, 14):
         sample = read_sample(tmp_path / "enhanced.dcm", k, {"dicom_window": "none"})
         np.testing.assert_allclose(sample.pixels[:, :, 0], frames[k] * (k + 1) - k, rtol=1e-6)
+
+
+def ct_small_with(path, stored=None, **values):
+    """CT_small.dcm saved to ``path`` with attributes set to ``values`` (None: present, empty).
+
+    ``stored`` maps a keyword to (placeholder, text): for a value pydicom refuses to set, the
+    keyword gets the valid placeholder, whose bytes the saved file then has replaced by ``text``.
+    """
+    ds = pydicom.dcmread(shipped("CT_small.dcm"))
+    for keyword, value in values.items():
+        setattr(ds, keyword, value)
+    for keyword, (placeholder, _) in (stored or {}).items():
+        setattr(ds, keyword, placeholder)
+    ds.save_as(path)
+    data = Path(path).read_bytes()
+    for placeholder, text in (stored or {}).values():
+        assert len(placeholder) == len(text) and data.count(placeholder.encode()) == 1
+        data = data.replace(placeholder.encode(), text.encode())
+    Path(path).write_bytes(data)
+    return path
+
+
+@pytest.mark.parametrize("empty", ["WindowCenter", "WindowWidth"])
+def test_empty_window_attribute_reads_as_no_window(tmp_path, empty):
+    path = ct_small_with(tmp_path / "w.dcm", **dict({"WindowCenter": 40, "WindowWidth": 400}, **{empty: None}))
+    reread = pydicom.dcmread(path)
+    hu = apply_modality_lut(reread.pixel_array, reread)
+    np.testing.assert_array_equal(apply_voi_lut(hu, reread), hu)  # pydicom skips the window too
+    sample = read_sample(path)
+    assert sample.meta["window"] is None and sample.meta["units"] == "HU"
+    np.testing.assert_array_equal(sample.pixels, read_sample(shipped("CT_small.dcm")).pixels)
+
+
+def test_malformed_pixel_spacing_leaves_spacing_unknown(tmp_path):
+    path = ct_small_with(tmp_path / "s.dcm", stored={"PixelSpacing": ("0.5\\0.77", "0.5\\abcd")})
+    sample = read_sample(path)
+    assert sample.meta["spacing"] is None
+    np.testing.assert_array_equal(sample.pixels, read_sample(shipped("CT_small.dcm")).pixels)
+
+
+def test_empty_rescale_attribute_is_its_identity_value(tmp_path):
+    # An empty slope is 1, so CT_small's intercept of -1024 still gives Hounsfield units.
+    ds = pydicom.dcmread(shipped("CT_small.dcm"))
+    assert (ds.RescaleSlope, ds.RescaleIntercept) == (1, -1024)
+    no_slope = read_sample(ct_small_with(tmp_path / "slope.dcm", RescaleSlope=None), io_options={"dicom_window": "none"})
+    np.testing.assert_array_equal(no_slope.pixels[:, :, 0], ds.pixel_array.astype(np.float32) - 1024)
+    # An empty intercept is 0, and the slope still applies.
+    no_intercept = read_sample(ct_small_with(tmp_path / "intercept.dcm", RescaleSlope=2, RescaleIntercept=None),
+                               io_options={"dicom_window": "none"})
+    np.testing.assert_array_equal(no_intercept.pixels[:, :, 0], ds.pixel_array.astype(np.float32) * 2)
+
+
+@pytest.mark.parametrize("keyword", ["RescaleSlope", "RescaleIntercept"])
+def test_rescale_attribute_that_is_not_a_number_is_an_error_naming_it(tmp_path, keyword):
+    path = ct_small_with(tmp_path / "r.dcm", stored={keyword: ("1.2345", "xyzabc")})
+    with pytest.raises(ReadError) as error:
+        read_sample(path, io_options={"dicom_window": "none"})
+    assert error.value.code == "undecodable"
+    assert error.value.message == f"invalid {keyword} value 'xyzabc': not a finite number"
+    # Validation reports that message, not "unexpected TypeError while decoding".
+    assert inspect_image_file(path, {})["message"] == error.value.message
+
+
+@pytest.mark.parametrize("keyword, placeholder, text", [("WindowCenter", "40.25", "40,25"),
+                                                        ("WindowWidth", "400.5", "400,5")])
+def test_window_stored_as_invalid_text_is_an_error_naming_it(tmp_path, keyword, placeholder, text):
+    # A decimal comma: pydicom keeps the text, whose first character is a valid number.
+    path = ct_small_with(tmp_path / "w.dcm", stored={keyword: (placeholder, text)},
+                         **{"WindowCenter": 40, "WindowWidth": 400})
+    assert pydicom.dcmread(path)[keyword].value == text
+    with pytest.raises(ReadError) as error:
+        read_sample(path)
+    assert error.value.code == "undecodable"
+    assert error.value.message == f"invalid {keyword} value {text!r}: not a finite number"

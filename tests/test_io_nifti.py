@@ -76,11 +76,41 @@ def test_4d_needs_a_volume_choice():
     assert error.value.code == "index_out_of_range"
 
 
+def test_volume_of_5d_file_with_trailing_singleton_axis(tmp_path):
+    # Shape (6, 5, 4, 3, 1): the volumes are the 4th axis, the 5th is a singleton to drop.
+    data = np.arange(6 * 5 * 4 * 3, dtype=np.float32).reshape(6, 5, 4, 3, 1)
+    nib.save(nib.Nifti1Image(data, np.eye(4)), tmp_path / "five.nii")
+    for volume in range(3):
+        sample = read_sample(tmp_path / "five.nii", io_options={"nifti_volume": volume})
+        np.testing.assert_array_equal(sample.pixels[:, :, 0], np.flipud(data[:, :, 2, volume, 0].T))
+
+
 def test_two_dimensional_nifti(tmp_path):
     plane = np.arange(30, dtype=np.int16).reshape(5, 6)
     nib.save(nib.Nifti1Image(plane, np.eye(4)), tmp_path / "plane.nii.gz")
     assert sample_indices(tmp_path / "plane.nii.gz", {}) == [None]
     np.testing.assert_array_equal(read_sample(tmp_path / "plane.nii.gz").pixels[:, :, 0], np.flipud(plane.T))
+
+
+def test_two_dimensional_nifti_is_reoriented_like_a_volume_of_one_slice(tmp_path):
+    # LAS, the common radiological storage order, with a row spacing of 3 and a column spacing of 2.
+    plane = np.arange(12 * 10, dtype=np.float32).reshape(12, 10)
+    affine = np.diag([-2.0, 3.0, 1.0, 1.0])
+    nib.save(nib.Nifti1Image(plane, affine), tmp_path / "plane.nii")
+    nib.save(nib.Nifti1Image(plane[:, :, None], affine), tmp_path / "slice.nii")
+    flat, volume = read_sample(tmp_path / "plane.nii"), read_sample(tmp_path / "slice.nii")
+    np.testing.assert_array_equal(flat.pixels, volume.pixels)
+    np.testing.assert_array_equal(flat.pixels[:, :, 0], np.flipud(plane[::-1, :].T))  # canonical: x flipped
+    assert flat.meta["spacing"] == volume.meta["spacing"] == [3.0, 2.0]
+
+
+@pytest.mark.parametrize("shape, axis", [((16, 16, 0), 2), ((0, 16, 16), 0), ((16, 0), 1), ((16, 0, 16, 2, 1), 1)])
+def test_zero_length_axis_is_an_error(tmp_path, shape, axis):
+    nib.save(nib.Nifti1Image(np.zeros(shape, np.float32), np.eye(4)), tmp_path / "empty.nii")
+    with pytest.raises(ReadError) as error:
+        read_file_samples(tmp_path / "empty.nii", {"nifti_slice": "all", "nifti_volume": 0})
+    assert error.value.code == "unsupported_image"
+    assert error.value.message == f"NIfTI of shape {shape[:4]} holds no image: axis {axis} has 0 slices"
 
 
 def test_scaling_is_applied(tmp_path):

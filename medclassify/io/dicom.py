@@ -6,6 +6,8 @@ No identifying attribute (medclassify.privacy.IDENTIFYING_DICOM_KEYWORDS) is eve
 metadata or a message.
 """
 
+import collections.abc
+import math
 import warnings
 
 import numpy as np
@@ -181,6 +183,7 @@ def _to_float(raw, ds, view, window_option):
     if raw.ndim == 3:  # RGB, or YBR that pydicom already converted to RGB
         bits = int(view.get("BitsStored", raw.dtype.itemsize * 8))
         return raw.astype(np.float32) / float(2 ** bits - 1), details
+    _check_rescale(view)
     modality_values = apply_modality_lut(raw, view)
     values = modality_values.astype(np.float64)
     low, high = _output_range(view)
@@ -203,6 +206,22 @@ def _to_float(raw, ds, view, window_option):
         # MONOCHROME1 shows the lowest value as white: mirror the values within their range.
         values = low + high - values
     return values.astype(np.float32), details
+
+
+def _check_rescale(view):
+    """Make Rescale Slope and Intercept numbers before pydicom multiplies by them as stored.
+
+    An empty one (DICOM lets an exporter write an attribute with no value) is taken as not given:
+    its identity value, 1 or 0, which _output_range already assumed, so the other still applies.
+    One that is not a number is an error naming it, not a numpy TypeError. ``view`` is our own
+    parse of the file (or a copy of its attributes), so setting the value changes nothing outside.
+    """
+    if view.get("ModalityLUTSequence"):
+        return  # pydicom applies the LUT and ignores the rescale attributes
+    for keyword, identity in (("RescaleSlope", 1.0), ("RescaleIntercept", 0.0)):
+        if keyword in view:
+            number = _number(view[keyword].value, keyword)
+            setattr(view, keyword, identity if number is None else number)
 
 
 def _output_range(view):
@@ -232,22 +251,62 @@ def _window(view, option):
         return center, width, "LINEAR"
     if option != "file":
         raise ValueError(f"unknown dicom_window {option!r}")
-    if view.get("VOILUTSequence") and "WindowCenter" not in view:
+    center = _window_number(view, "WindowCenter")
+    if center is None and view.get("VOILUTSequence"):
         return "lut"
-    if "WindowCenter" in view and "WindowWidth" in view:
-        center, width = _first(view.WindowCenter), _first(view.WindowWidth)
+    width = _window_number(view, "WindowWidth") if center is not None else None
+    if center is not None and width is not None:
         function = str(view.get("VOILUTFunction", "LINEAR") or "LINEAR").upper()
-        return float(center), float(width), function
+        return center, width, function
     if view.get("VOILUTSequence"):
         return "lut"
     return None
 
 
+def _window_number(view, keyword):
+    """The (first) value of WindowCenter or WindowWidth; None where absent or empty.
+
+    pydicom's apply_voi_lut skips a window whose value is empty, and so do we.
+    """
+    return _number(_first(view.get(keyword)), keyword)
+
+
 def _first(value):
+    """The first of several values (a window may list alternatives), or the single value.
+
+    pydicom keeps a value it cannot read as a number as text ('40,25'): that is one value, to be
+    rejected whole, not indexed into its first character ('4').
+    """
+    if isinstance(value, str):
+        return value
     try:
         return value[0]
     except (TypeError, IndexError):
         return value
+
+
+def _number(value, keyword):
+    """``value`` of attribute ``keyword`` as a float; None where it is empty.
+
+    pydicom keeps a value it cannot read as a number as text: that is an error naming the
+    attribute (its value too, as no identifying attribute passes here).
+    """
+    if _is_empty(value):
+        return None
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = math.nan
+    if not math.isfinite(number):
+        raise ReadError("undecodable", f"invalid {keyword} value {str(value)[:40]!r}: not a finite number")
+    return number
+
+
+def _is_empty(value):
+    """Present without a value: pydicom reads a zero-length number as None, text as ''."""
+    if isinstance(value, str):
+        return not value.strip()
+    return value is None or (isinstance(value, collections.abc.Sequence) and len(value) == 0)
 
 
 def _apply_window(values, center, width, function):
@@ -283,20 +342,32 @@ def _window_error(center, width, problem):
 
 
 def _meta(ds, raw, count, details):
-    spacing = ds.get("PixelSpacing") or ds.get("ImagerPixelSpacing")
     syntax = ds.file_meta.get("TransferSyntaxUID")
     return {
         "format": "dicom",
         "modality": str(ds.get("Modality", "") or "") or None,
         "bits": int(ds.get("BitsStored", raw.dtype.itemsize * 8)),
         "photometric": details["photometric"],
-        "spacing": [float(v) for v in spacing] if spacing else None,
+        "spacing": _spacing(ds),
         "original_shape": list(raw.shape),
         "frames": count,
         "transfer_syntax": syntax.name if syntax is not None else None,
         "window": details["window"],
         "units": details["units"],
     }
+
+
+def _spacing(ds):
+    """Pixel (or Imager Pixel) Spacing as floats; None where absent or not numbers.
+
+    Spacing is metadata that nothing here needs to decode the image: a malformed value
+    ('0.5\\abcd') leaves it unknown rather than costing a readable image.
+    """
+    spacing = ds.get("PixelSpacing") or ds.get("ImagerPixelSpacing")
+    try:
+        return [float(v) for v in spacing] if spacing else None
+    except (TypeError, ValueError):  # text pydicom could not parse, or a single value
+        return None
 
 
 def _scrub(message, ds):

@@ -3,8 +3,9 @@
 The volume is first reoriented with ``nibabel.as_closest_canonical``. A slice keeps the two
 remaining axes in RAS order; it is returned transposed and flipped up-down
 (``np.flipud(slice.T)``) so that rows run along the second remaining axis with its positive
-direction (anterior or superior) at the top, and columns along the first. 4D volumes need
-``io.nifti_volume``; a 4D file with a single volume is treated as 3D.
+direction (anterior or superior) at the top, and columns along the first. A 2D image is
+reoriented as a volume of one slice. 4D volumes need ``io.nifti_volume``; a 4D file with a
+single volume is treated as 3D.
 """
 
 import gzip
@@ -49,6 +50,11 @@ def _volume_shape(image, io_options):
     shape = tuple(int(n) for n in image.shape)
     while len(shape) > 3 and shape[-1] == 1:
         shape = shape[:-1]
+    if 0 in shape[:3]:
+        # Else "all" slices selects none (and validation had no sample to look at), or every
+        # slice is an empty image.
+        raise ReadError("unsupported_image",
+                        f"NIfTI of shape {shape} holds no image: axis {shape.index(0)} has 0 slices")
     if len(shape) > 4:
         raise ReadError("unsupported_image", f"NIfTI of shape {shape}: only 2D, 3D and 4D volumes are read")
     if len(shape) == 4:
@@ -110,35 +116,31 @@ def _decode(image, indices, io_options):
     import nibabel as nib
 
     shape = _volume_shape(image, io_options)
-    axis = io_options["nifti_axis"]
+    if len(shape) == 2:
+        # On the header, before _as_3d reads the pixels.
+        check_pixel_count(shape[0], shape[1], io_options["max_pixels"], what="NIfTI image")
+    axis = _plane_axis(image) if len(shape) == 2 else io_options["nifti_axis"]
     try:
-        if len(shape) == 2:
-            check_pixel_count(shape[0], shape[1], io_options["max_pixels"], what="NIfTI image")
-            data = np.asarray(image.dataobj, dtype=np.float32).reshape(shape[:2])
-            slices = [np.flipud(data.T)] * len(indices)
-            spacing = [float(z) for z in image.header.get_zooms()[:2]]
-            original = list(shape)
-        else:
-            canonical = nib.as_closest_canonical(_as_3d(image, shape, io_options))
-            canonical_shape = canonical.shape[:3]
-            in_plane = [a for a in range(3) if a != axis]
-            check_pixel_count(canonical_shape[in_plane[0]], canonical_shape[in_plane[1]],
-                              io_options["max_pixels"], what="NIfTI slice")
-            # Several slices: read the volume once (a .nii.gz proxy would decompress per slice).
-            volume = np.asarray(canonical.dataobj, dtype=np.float32) if len(indices) > 1 else canonical.dataobj
-            slices = []
-            for index in indices:
-                position = 0 if index is None else index
-                if not 0 <= position < canonical_shape[axis]:
-                    raise ReadError("index_out_of_range",
-                                    f"slice {position} requested, axis {axis} has {canonical_shape[axis]} slices")
-                slicer = [slice(None)] * 3
-                slicer[axis] = position
-                plane = np.asarray(volume[tuple(slicer)], dtype=np.float32)
-                slices.append(np.ascontiguousarray(np.flipud(plane.T)))
-            zooms = canonical.header.get_zooms()
-            spacing = [float(zooms[in_plane[1]]), float(zooms[in_plane[0]])]  # (row, column) spacing
-            original = list(shape)
+        canonical = nib.as_closest_canonical(_as_3d(image, shape, io_options))
+        canonical_shape = canonical.shape[:3]
+        in_plane = [a for a in range(3) if a != axis]
+        check_pixel_count(canonical_shape[in_plane[0]], canonical_shape[in_plane[1]],
+                          io_options["max_pixels"], what="NIfTI slice")
+        # Several slices: read the volume once (a .nii.gz proxy would decompress per slice).
+        volume = np.asarray(canonical.dataobj, dtype=np.float32) if len(indices) > 1 else canonical.dataobj
+        slices = []
+        for index in indices:
+            position = 0 if index is None else index
+            if not 0 <= position < canonical_shape[axis]:
+                raise ReadError("index_out_of_range",
+                                f"slice {position} requested, axis {axis} has {canonical_shape[axis]} slices")
+            slicer = [slice(None)] * 3
+            slicer[axis] = position
+            plane = np.asarray(volume[tuple(slicer)], dtype=np.float32)
+            slices.append(np.ascontiguousarray(np.flipud(plane.T)))
+        zooms = canonical.header.get_zooms()
+        spacing = [float(zooms[in_plane[1]]), float(zooms[in_plane[0]])]  # (row, column) spacing
+        original = list(shape)
     except ReadError:
         raise
     except Exception as error:  # truncated data, bad gzip stream, unsupported dtype…
@@ -148,15 +150,33 @@ def _decode(image, indices, io_options):
     return [(plane, dict(meta)) for plane in slices]
 
 
+def _plane_axis(image):
+    """The canonical axis that a 2D image's (missing) third voxel axis becomes.
+
+    A 2D image is read as a volume of one slice, reoriented like any other so that the same
+    pixels and affine give the same picture whether stored (X, Y) or (X, Y, 1); its one slice
+    lies across this axis, whatever io.nifti_axis says.
+    """
+    import nibabel as nib
+
+    orientation = nib.orientations.io_orientation(image.affine)
+    return 2 if np.isnan(orientation[2, 0]) else int(orientation[2, 0])
+
+
 def _as_3d(image, shape, io_options):
-    """The 3D image to slice: the chosen volume of a 4D file, or the file itself."""
+    """The 3D image to slice: the chosen volume of a 4D file, a 2D image as one slice, or the file itself."""
     import nibabel as nib
 
     if len(shape) == 3 and len(image.shape) == 3:
         return image
-    if len(shape) == 3:  # trailing singleton axes
+    if len(shape) == 2:
+        data = np.asarray(image.dataobj, dtype=np.float32).reshape(shape + (1,))
+    elif len(shape) == 3:  # trailing singleton axes
         data = np.asarray(image.dataobj, dtype=np.float32).reshape(shape)
     else:
+        # The volume axis is the 4th: a 5D file's trailing singleton axes (dropped from ``shape``)
+        # are indexed at 0, where ``[..., volume]`` would pick from the last of them.
         volume = io_options["nifti_volume"]
-        data = np.asarray(image.dataobj[..., volume], dtype=np.float32)
+        index = (slice(None),) * 3 + (volume,) + (0,) * (len(image.shape) - 4)
+        data = np.asarray(image.dataobj[index], dtype=np.float32)
     return nib.Nifti1Image(data, image.affine)
