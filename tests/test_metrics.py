@@ -266,6 +266,29 @@ def test_fast_forms_equal_scikit_learn(rows):
         assert fpr == pytest.approx(sk_fpr) and tpr == pytest.approx(sk_tpr)
 
 
+def _float32_softmax(n, n_classes, scale, seed):
+    # A Keras model's output: float32 softmax of confident logits, so that many scores saturate
+    # to exactly tied values (1.0, or the same tiny number) and rows sum to 1 only within float32.
+    rng = np.random.default_rng(seed)
+    y_true = np.arange(n) % n_classes
+    logits = ((rng.normal(size=(n, n_classes)) + 2.0 * np.eye(n_classes)[y_true]) * scale).astype(np.float32)
+    e = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return y_true, (e / e.sum(axis=1, keepdims=True)).astype(float)
+
+
+def test_multiclass_auc_keeps_tied_scores_tied_as_scikit_learn_does():
+    y_true, prob = _float32_softmax(300, 3, scale=15, seed=0)
+    assert any(len(np.unique(prob[:, c])) < len(prob) for c in range(3))  # the case under test
+    expected = skm.roc_auc_score(y_true, prob, multi_class="ovr", average="macro")
+    assert roc_auc(y_true, prob, 3) == pytest.approx(expected, rel=1e-12)
+    assert fast_roc_auc(y_true, prob, 3) == pytest.approx(expected, rel=1e-12)
+    # Rows summing to 1 in float64, where dividing by the sum made 0.2 and 0.2000...04 of column 0.
+    prob = np.array([[.1, .2, .7], [.1, .7, .2], [.2, .1, .7], [.2, .7, .1], [.7, .2, .1], [.7, .1, .2]])
+    y_true = np.array([0, 1, 2, 0, 1, 2])
+    expected = skm.roc_auc_score(y_true, prob, multi_class="ovr")  # 7/12
+    assert roc_auc(y_true, prob, 3) == pytest.approx(expected, rel=1e-12)
+    assert fast_roc_auc(y_true, prob, 3) == pytest.approx(expected, rel=1e-12)
+
 def test_average_specificity_by_hand():
     y_true = np.array([0, 0, 0, 1, 1, 2])
     y_pred = np.array([0, 1, 0, 1, 2, 2])
