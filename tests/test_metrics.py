@@ -1,5 +1,7 @@
 """Metric functions: every number against scikit-learn, the rest against hand-computed values."""
 
+from fractions import Fraction
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -151,6 +153,26 @@ def test_youden_threshold_maximises_sensitivity_plus_specificity():
     assert np.mean(predicted[is_pos]) + np.mean(~predicted[~is_pos]) - 1 == pytest.approx(best)
     assert threshold == pytest.approx(0.4)
 
+
+def test_youden_threshold_is_the_highest_of_exactly_tied_ones():
+    # J = 1/3 at 0.9 (1/3 - 0/3), 0.7 (2/3 - 1/3) and 0.5 (3/3 - 2/3); in floating point the
+    # last two are larger than the first, and argmax took 0.5.
+    is_pos = np.array([1, 0, 1, 0, 1, 0], dtype=bool)
+    score = np.array([0.9, 0.8, 0.7, 0.6, 0.5, 0.4])
+    assert choose_threshold(is_pos, score, "youden") == (0.9, None)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.booleans(), st.integers(0, 6)), min_size=2, max_size=30))
+def test_youden_threshold_matches_exact_fractions(rows):
+    is_pos = np.array([r[0] for r in rows])
+    score = np.array([r[1] / 6 for r in rows])  # a coarse grid, so that scores and J values tie
+    if is_pos.all() or not is_pos.any():
+        return
+    youden = {t: Fraction(int((score[is_pos] >= t).sum()), int(is_pos.sum()))
+              - Fraction(int((score[~is_pos] >= t).sum()), int((~is_pos).sum())) for t in set(score)}
+    best = max(youden.values())
+    assert choose_threshold(is_pos, score, "youden")[0] == max(t for t, j in youden.items() if j == best)
 
 def test_target_sensitivity_threshold_reaches_the_target_with_the_highest_threshold():
     is_pos = np.array([1, 1, 1, 1, 1, 0, 0, 0, 0, 0], dtype=bool)
