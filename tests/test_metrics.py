@@ -131,6 +131,15 @@ def test_ece_is_zero_for_perfectly_calibrated_bins_and_one_is_counted():
     assert reliability_curve(outcome, prob, 10)["count"][-1] == 2
 
 
+@pytest.mark.parametrize("n_bins", [50, 100])
+def test_a_probability_on_a_bin_edge_falls_in_the_bin_that_edge_opens(n_bins):
+    edges = np.linspace(0.0, 1.0, n_bins + 1)
+    curve = reliability_curve(np.zeros(n_bins + 1), edges, n_bins)
+    assert curve["edges"].tolist() == edges.tolist()
+    # int(0.58 * 50) is 28 and int(0.29 * 100) is 28: those edges used to land one bin low.
+    assert curve["count"].tolist() == [1] * (n_bins - 1) + [2]  # the last bin also holds 1.0
+
+
 def test_binary_ece_uses_positive_probability_and_multiclass_the_top_label():
     y_true = np.array([0, 1, 1, 0])
     prob = np.array([[0.8, 0.2], [0.3, 0.7], [0.6, 0.4], [0.9, 0.1]])
