@@ -1,5 +1,7 @@
 """Metric functions: every number against scikit-learn, the rest against hand-computed values."""
 
+from fractions import Fraction
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -129,6 +131,15 @@ def test_ece_is_zero_for_perfectly_calibrated_bins_and_one_is_counted():
     assert reliability_curve(outcome, prob, 10)["count"][-1] == 2
 
 
+@pytest.mark.parametrize("n_bins", [50, 100])
+def test_a_probability_on_a_bin_edge_falls_in_the_bin_that_edge_opens(n_bins):
+    edges = np.linspace(0.0, 1.0, n_bins + 1)
+    curve = reliability_curve(np.zeros(n_bins + 1), edges, n_bins)
+    assert curve["edges"].tolist() == edges.tolist()
+    # int(0.58 * 50) is 28 and int(0.29 * 100) is 28: those edges used to land one bin low.
+    assert curve["count"].tolist() == [1] * (n_bins - 1) + [2]  # the last bin also holds 1.0
+
+
 def test_binary_ece_uses_positive_probability_and_multiclass_the_top_label():
     y_true = np.array([0, 1, 1, 0])
     prob = np.array([[0.8, 0.2], [0.3, 0.7], [0.6, 0.4], [0.9, 0.1]])
@@ -151,6 +162,26 @@ def test_youden_threshold_maximises_sensitivity_plus_specificity():
     assert np.mean(predicted[is_pos]) + np.mean(~predicted[~is_pos]) - 1 == pytest.approx(best)
     assert threshold == pytest.approx(0.4)
 
+
+def test_youden_threshold_is_the_highest_of_exactly_tied_ones():
+    # J = 1/3 at 0.9 (1/3 - 0/3), 0.7 (2/3 - 1/3) and 0.5 (3/3 - 2/3); in floating point the
+    # last two are larger than the first, and argmax took 0.5.
+    is_pos = np.array([1, 0, 1, 0, 1, 0], dtype=bool)
+    score = np.array([0.9, 0.8, 0.7, 0.6, 0.5, 0.4])
+    assert choose_threshold(is_pos, score, "youden") == (0.9, None)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.booleans(), st.integers(0, 6)), min_size=2, max_size=30))
+def test_youden_threshold_matches_exact_fractions(rows):
+    is_pos = np.array([r[0] for r in rows])
+    score = np.array([r[1] / 6 for r in rows])  # a coarse grid, so that scores and J values tie
+    if is_pos.all() or not is_pos.any():
+        return
+    youden = {t: Fraction(int((score[is_pos] >= t).sum()), int(is_pos.sum()))
+              - Fraction(int((score[~is_pos] >= t).sum()), int((~is_pos).sum())) for t in set(score)}
+    best = max(youden.values())
+    assert choose_threshold(is_pos, score, "youden")[0] == max(t for t, j in youden.items() if j == best)
 
 def test_target_sensitivity_threshold_reaches_the_target_with_the_highest_threshold():
     is_pos = np.array([1, 1, 1, 1, 1, 0, 0, 0, 0, 0], dtype=bool)
@@ -265,6 +296,29 @@ def test_fast_forms_equal_scikit_learn(rows):
         sk_fpr, sk_tpr, _ = skm.roc_curve(is_pos, prob[:, 1], drop_intermediate=False)
         assert fpr == pytest.approx(sk_fpr) and tpr == pytest.approx(sk_tpr)
 
+
+def _float32_softmax(n, n_classes, scale, seed):
+    # A Keras model's output: float32 softmax of confident logits, so that many scores saturate
+    # to exactly tied values (1.0, or the same tiny number) and rows sum to 1 only within float32.
+    rng = np.random.default_rng(seed)
+    y_true = np.arange(n) % n_classes
+    logits = ((rng.normal(size=(n, n_classes)) + 2.0 * np.eye(n_classes)[y_true]) * scale).astype(np.float32)
+    e = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return y_true, (e / e.sum(axis=1, keepdims=True)).astype(float)
+
+
+def test_multiclass_auc_keeps_tied_scores_tied_as_scikit_learn_does():
+    y_true, prob = _float32_softmax(300, 3, scale=15, seed=0)
+    assert any(len(np.unique(prob[:, c])) < len(prob) for c in range(3))  # the case under test
+    expected = skm.roc_auc_score(y_true, prob, multi_class="ovr", average="macro")
+    assert roc_auc(y_true, prob, 3) == pytest.approx(expected, rel=1e-12)
+    assert fast_roc_auc(y_true, prob, 3) == pytest.approx(expected, rel=1e-12)
+    # Rows summing to 1 in float64, where dividing by the sum made 0.2 and 0.2000...04 of column 0.
+    prob = np.array([[.1, .2, .7], [.1, .7, .2], [.2, .1, .7], [.2, .7, .1], [.7, .2, .1], [.7, .1, .2]])
+    y_true = np.array([0, 1, 2, 0, 1, 2])
+    expected = skm.roc_auc_score(y_true, prob, multi_class="ovr")  # 7/12
+    assert roc_auc(y_true, prob, 3) == pytest.approx(expected, rel=1e-12)
+    assert fast_roc_auc(y_true, prob, 3) == pytest.approx(expected, rel=1e-12)
 
 def test_average_specificity_by_hand():
     y_true = np.array([0, 0, 0, 1, 1, 2])

@@ -7,10 +7,18 @@ closed on the right so that a probability of exactly 1 is counted.
 import numpy as np
 
 
+def bin_edges(n_bins):
+    """The n_bins + 1 edges of equal-width bins on [0, 1]."""
+    return np.linspace(0.0, 1.0, n_bins + 1)
+
+
 def bin_index(probability, n_bins):
-    """Bin (0..n_bins-1) of each probability for equal-width bins on [0, 1]."""
-    probability = np.clip(np.asarray(probability, dtype=float), 0.0, 1.0)
-    return np.minimum((probability * n_bins).astype(int), n_bins - 1)
+    """Bin (0..n_bins-1) of each probability: bin k holds ``edges[k] <= p < edges[k+1]``."""
+    # Placed against the reported edges rather than by int(p * n_bins): 0.58 * 50 is 28.999...,
+    # which put a probability lying on edge 29 in bin 28.
+    edges = bin_edges(n_bins)
+    bins = np.searchsorted(edges, np.asarray(probability, dtype=float), side="right") - 1
+    return np.clip(bins, 0, n_bins - 1)  # p == 1 (and anything outside [0, 1]) in an end bin
 
 
 def reliability_curve(outcome, probability, n_bins=10):
@@ -31,7 +39,7 @@ def reliability_curve(outcome, probability, n_bins=10):
         mean_predicted = np.where(count > 0, prob_sum / count, np.nan)
         observed = np.where(count > 0, outcome_sum / count, np.nan)
     return {
-        "edges": np.linspace(0.0, 1.0, n_bins + 1),
+        "edges": bin_edges(n_bins),
         "mean_predicted": mean_predicted,
         "observed": observed,
         "count": count,

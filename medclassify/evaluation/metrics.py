@@ -57,10 +57,11 @@ def roc_auc(y_true, y_prob, n_classes, positive=1):
         return float(skm.roc_auc_score(target, y_prob[:, positive]))
     if len(np.unique(y_true)) < n_classes:
         return float("nan")
-    # roc_auc_score insists that each row sums to 1 within its tolerance; renormalise float32
-    # softmax rounding so that it never rejects a model's output.
-    return float(skm.roc_auc_score(y_true, _normalised(y_prob), multi_class="ovr", average="macro",
-                                   labels=list(range(n_classes))))
+    # Macro one-vs-rest as roc_auc_score(multi_class="ovr") defines it: the mean over classes of
+    # the binary AUC of the raw column. Called per class, it has no sum-to-1 check for float32
+    # softmax rounding to fail, so rows need no renormalising, which would move exactly tied
+    # scores apart in the last bit and change the AUC.
+    return float(np.mean([skm.roc_auc_score(y_true == c, y_prob[:, c]) for c in range(n_classes)]))
 
 
 def average_precision(y_true, y_prob, n_classes, positive=1):
@@ -183,7 +184,7 @@ def fast_roc_auc(y_true, y_prob, n_classes, positive=1):
         return binary_auc(y_true == positive, y_prob[:, positive])
     if len(np.unique(y_true)) < n_classes:
         return float("nan")
-    y_prob = _normalised(y_prob)
+    # Raw columns, not renormalised rows, for the reason given in roc_auc.
     return float(np.mean([binary_auc(y_true == c, y_prob[:, c]) for c in range(n_classes)]))
 
 

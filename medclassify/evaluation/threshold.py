@@ -31,15 +31,29 @@ def choose_threshold(is_positive, score, method="youden", *, fixed=0.5, target_s
     if is_positive.all() or not is_positive.any():
         return float(fixed), (f"validation split holds a single class; {method} threshold undefined, "
                               f"used the fixed threshold {fixed}")
-    fpr, tpr, thresholds = roc_curve(is_positive, score, drop_intermediate=False)
+    _, tpr, thresholds = roc_curve(is_positive, score, drop_intermediate=False)
     # roc_curve's first threshold is +inf (nothing positive); it is never a useful operating point.
-    fpr, tpr, thresholds = fpr[1:], tpr[1:], thresholds[1:]
+    tpr, thresholds = tpr[1:], thresholds[1:]
     if method == "youden":
-        best = int(np.argmax(tpr - fpr))
-        return float(thresholds[best]), None
+        return float(thresholds[_youden_best(is_positive, score, thresholds)]), None
     reaching = np.flatnonzero(tpr >= target_sensitivity)
     # tpr reaches 1 at the last threshold, so ``reaching`` is never empty; thresholds decrease.
     return float(thresholds[reaching[0]]), None
+
+
+def _youden_best(is_positive, score, thresholds):
+    """Index of the first (highest, as ``thresholds`` decrease) threshold of maximal Youden J."""
+    # J = tps/n_pos - fps/n_neg in floating point makes equal values unequal (1 - 2/3 > 1/3), so
+    # that argmax picks a lower threshold; n_pos*n_neg*J = tps*n_neg - fps*n_pos is an exact integer.
+    n_pos, n_neg = int(is_positive.sum()), int((~is_positive).sum())
+    true_pos = _count_at_or_above(score[is_positive], thresholds)
+    false_pos = _count_at_or_above(score[~is_positive], thresholds)
+    return int(np.argmax(true_pos * n_neg - false_pos * n_pos))
+
+
+def _count_at_or_above(values, thresholds):
+    """How many of ``values`` are ``>= t`` for each ``t`` in ``thresholds``."""
+    return len(values) - np.searchsorted(np.sort(values), thresholds, side="left")
 
 
 def apply_threshold(score, threshold, positive=1, negative=0):
