@@ -768,6 +768,15 @@ def merge_cache_parts(parts, out_cache, fingerprint_out, *, blocks=None, layout=
     return fingerprint
 
 
+def _shape_part(opened):
+    """The part whose images give the merged cache its image shape and storage dtype.
+
+    The first part with rows: a part without rows decoded no image, so its channel count
+    (from ``_probe_channels``) is a guess that must not decide the shape of a colour cache.
+    """
+    return next((cache for cache in opened if len(cache)), opened[0])
+
+
 def _check_parts_agree(parts, opened):
     problems = []
     if not parts:
@@ -796,7 +805,8 @@ def _check_parts_agree(parts, opened):
 def _write_merged(f, parts, opened, out_cache, layout):
     total = sum(len(c) for c in opened)
     first = opened[0]
-    shape = (total,) + tuple(first.image_shape)
+    reference = _shape_part(opened)
+    shape = (total,) + tuple(reference.image_shape)
     labels = np.concatenate([c.labels for c in opened])
     f.create_dataset("labels", data=labels, dtype=np.int64, track_times=False)
     for name, attribute in zip(STRING_DATASETS, ("sample_ids", "patients", "content_hashes", "modalities")):
@@ -813,10 +823,10 @@ def _write_merged(f, parts, opened, out_cache, layout):
                 source = os.path.relpath(Path(dataset.file.filename).resolve(), out_cache.resolve().parent)
                 mappings.append((source, offset + start, source_row, n, dataset.shape[0]))
             offset += len(cache)
-        _create_virtual_images(f, shape, first.storage_dtype, mappings)
+        _create_virtual_images(f, shape, reference.storage_dtype, mappings)
     else:
-        stored = first.sources[0][0] if first.sources else first.handle["images"]
-        images = f.create_dataset("images", shape=shape, dtype=first.storage_dtype, chunks=(1,) + shape[1:],
+        stored = reference.sources[0][0] if reference.sources else reference.handle["images"]
+        images = f.create_dataset("images", shape=shape, dtype=reference.storage_dtype, chunks=(1,) + shape[1:],
                                   maxshape=_max_shape(total, shape[1:]), compression=stored.compression,
                                   compression_opts=stored.compression_opts, fletcher32=stored.fletcher32,
                                   track_times=False)
@@ -904,7 +914,7 @@ def compute_fingerprint(opened):
                                                                                  minlength=len(modality_names)))},
         "params_hash": opened[0].attrs["params_hash"],
         "params": json.loads(opened[0].attrs["params"]),
-        "image_shape": list(opened[0].image_shape),
+        "image_shape": list(_shape_part(opened).image_shape),
     }
     return fingerprint
 

@@ -172,6 +172,30 @@ def test_more_shards_than_rows_gives_empty_parts(dataset, tmp_path):
         assert len(cache) == 2 and cache.read([1, 0]).shape == (2, 64, 64, 1)
 
 
+def grey_and_colour_dataset(root, n_grey, n_colour):
+    """``n_grey`` grey PNGs, then ``n_colour`` colour ones; returns their manifest rows."""
+    rng = np.random.default_rng(3)
+    rows = []
+    for i in range(n_grey + n_colour):
+        grey = random_image(rng)
+        relative = f"img/{i:03d}.png"
+        write_png(Path(root) / relative, grey if i < n_grey else np.stack([grey, grey[::-1], 255 - grey], axis=2))
+        rows.append(manifest_row(root, relative, CLASSES[i % 2], f"p{i}"))
+    return rows
+
+
+@pytest.mark.parametrize("layout", ["virtual", "copy"])
+def test_an_empty_part_does_not_decide_the_image_shape(tmp_path, layout):
+    # An empty shard decodes no image, so it cannot know that the images are colour.
+    rows = grey_and_colour_dataset(tmp_path / "data", 0, 2)
+    cache_path, _ = build(write_manifest(rows, tmp_path / "m.csv"), tmp_path / "data", tmp_path / "r", n_shards=3,
+                          layout=layout)
+    with open_cache(cache_path) as cache:
+        assert cache.image_shape == (64, 64, 3)
+        np.testing.assert_array_equal(cache.read_stored([0, 1]), expected_images(tmp_path / "data", rows))
+    assert json.loads((tmp_path / "r" / "fingerprint.json").read_text())["image_shape"] == [64, 64, 3]
+
+
 def test_output_bytes_do_not_depend_on_thread_count(dataset, tmp_path):
     root, rows = dataset
     manifest = write_manifest(rows, tmp_path / "m.csv")
