@@ -798,8 +798,28 @@ def _check_parts_agree(parts, opened):
         expected_start = int(attrs.get("row_stop", expected_start))
     if not problems and expected_start != int(first.get("manifest_rows", expected_start)):
         problems.append(f"the parts cover {expected_start} rows of {first.get('manifest_rows')}")
+    problems += _image_layout_problems(parts, opened)
     if problems:
         raise InputError("cache parts do not form one cache", problems)
+
+
+def _image_layout_problems(parts, opened):
+    """Parts with rows whose images differ in shape or storage dtype from the first such part.
+
+    Same parameters do not imply the same shape: with ``io.channels: keep_grey`` each shard
+    takes its channel count from its own first image, so grey and colour shards can meet here.
+    """
+    reference = _shape_part(opened)
+    reference_path = parts[opened.index(reference)]
+    expected = (reference.image_shape, reference.storage_dtype)
+    problems = [f"{path}: images {cache.image_shape} {cache.storage_dtype}, "
+                f"{reference_path}'s are {reference.image_shape} {reference.storage_dtype}"
+                for path, cache in zip(parts, opened)
+                if len(cache) and (cache.image_shape, cache.storage_dtype) != expected]
+    if problems:
+        problems.append("the images differ in channels: set io.channels to rgb_to_grey or grey_to_rgb so that "
+                        "all images agree, and rerun the preprocess stage")
+    return problems
 
 
 def _write_merged(f, parts, opened, out_cache, layout):

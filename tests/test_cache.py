@@ -469,6 +469,17 @@ def test_merge_refuses_parts_that_do_not_belong_together(dataset, tmp_path):
     assert not (tmp_path / "x.h5").exists() and not (tmp_path / "x.json").exists()
 
 
+def test_merge_refuses_parts_whose_images_differ_in_channels(tmp_path):
+    # io.channels keep_grey: the grey shard stores 1 channel, the colour shard 3
+    rows = grey_and_colour_dataset(tmp_path / "data", 4, 4)
+    with pytest.raises(InputError, match="do not form one cache") as caught:
+        build(write_manifest(rows, tmp_path / "m.csv"), tmp_path / "data", tmp_path / "r", n_shards=2)
+    text = str(caught.value)
+    assert "part-1-of-2.h5: images (64, 64, 3) uint8, " in text and "part-0-of-2.h5's are (64, 64, 1)" in text
+    assert "io.channels" in text
+    assert not (tmp_path / "r" / "cache.h5").exists()
+
+
 def test_labels_outside_classes_are_listed_with_rows(dataset, tmp_path):
     root, rows = dataset
     bad = [dict(r) for r in rows[:4]]
