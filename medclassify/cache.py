@@ -14,10 +14,13 @@ Sharding
     no image. ``merge_cache_parts`` writes ``cache.h5`` whose ``images`` is an HDF5 virtual
     dataset (relative source paths, so ``results/`` can move), and copies the small per-row
     datasets. The merge is O(rows), never O(pixels): the benchmark measured it against a full
-    copy (``layout="copy"``, also available for a self-contained file). ``open_cache`` never
+    copy (``layout="copy"``, also available for a self-contained file). Each shard takes its
+    channel count from its own first image (``io.channels: keep_grey``), so the merge refuses
+    parts with rows whose image shape or storage dtype differ; a part without rows has none
+    to tell, and the first part with rows sets the merged shape. ``open_cache`` never
     trusts a virtual dataset blindly (HDF5 silently fills missing sources with zeros): it
-    checks every part's and block's presence, row count and digest, and reads the stored
-    images directly.
+    checks every part's and block's presence, row count and digest, that their images have
+    the cache's shape and dtype, and reads the stored images directly.
 
 Image blocks and incremental builds
     Snakemake deletes a rule's outputs before it reruns the rule, so pixels that should outlive a
@@ -1098,6 +1101,7 @@ def open_cache(path, expected_params_hash=None):
     try:
         attrs, labels, strings = _read_checked_metadata(path, handle, expected_params_hash)
         sources = _open_sources(path, handle, attrs, len(labels), files)
+        _check_source_layouts(path, handle, sources)
     except InputError:
         for f in files + [handle]:
             f.close()
@@ -1181,6 +1185,23 @@ def _open_sources(path, handle, attrs, n_rows, files):
         raise InputError(f"{path}: incomplete cache",
                          problems + ["delete it and the part files beside it, and rerun the preprocess stage"])
     return sources
+
+
+def _check_source_layouts(path, handle, sources):
+    """Refuse stored images whose shape or dtype differs from the cache's ``images``.
+
+    ``Cache.read_stored`` copies them into an array of that shape and dtype, which would fail
+    inside NumPy (or h5py, or later TensorFlow) at the first read, naming no file. A merge
+    refuses such parts; this catches files merged by an earlier version or put together by hand.
+    """
+    shape, dtype = handle["images"].shape[1:], handle["images"].dtype
+    problems = list(dict.fromkeys(  # one line per file, not per run
+        f"{dataset.file.filename}: images {dataset.shape[1:]} {dataset.dtype}, the cache's are {shape} {dtype}"
+        for dataset, *_ in sources if (dataset.shape[1:], dataset.dtype) != (shape, dtype)))
+    if problems:
+        raise InputError(f"{path}: inconsistent cache", problems + [
+            "its images differ in channels: set io.channels to rgb_to_grey or grey_to_rgb so that all images "
+            "agree, delete the cache and rerun the preprocess stage"])
 
 
 def _stored_runs(path, f, offset, problems, opened):

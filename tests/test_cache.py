@@ -480,6 +480,18 @@ def test_merge_refuses_parts_whose_images_differ_in_channels(tmp_path):
     assert not (tmp_path / "r" / "cache.h5").exists()
 
 
+def test_open_cache_refuses_images_of_another_shape(tmp_path, monkeypatch):
+    # e.g. a cache merged by a version that did not compare the parts' image shapes
+    rows = grey_and_colour_dataset(tmp_path / "data", 4, 4)
+    monkeypatch.setattr(cache_module, "_check_parts_agree", lambda parts, opened: None)
+    cache_path, _ = build(write_manifest(rows, tmp_path / "m.csv"), tmp_path / "data", tmp_path / "r", n_shards=2)
+    with pytest.raises(InputError, match="inconsistent cache") as caught:
+        open_cache(cache_path)
+    text = str(caught.value)
+    assert "block-" in text and "images (64, 64, 3) uint8, the cache's are (64, 64, 1) uint8" in text
+    assert "io.channels" in text
+
+
 def test_labels_outside_classes_are_listed_with_rows(dataset, tmp_path):
     root, rows = dataset
     bad = [dict(r) for r in rows[:4]]
