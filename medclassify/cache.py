@@ -66,7 +66,9 @@ Faults
     Every file is written under a temporary name and renamed (``medclassify.atomic``), so a
     SIGKILL leaves only ``.*.tmp`` files, which nothing reads. Images carry the Fletcher-32
     checksum filter; a truncated file fails to open, and a corrupted chunk fails to read. Both
-    surface as ``InputError`` naming the file, never as a crash inside TensorFlow.
+    surface as ``InputError`` naming the file, never as a crash inside TensorFlow. The row
+    metadata (labels and the string datasets) is covered by the attribute ``part_digest``,
+    recomputed on open, so a changed label or patient id is refused too.
     ``Cache.verify()`` reads every chunk.
 """
 
@@ -95,7 +97,12 @@ from .config import config_hash
 from .errors import InputError
 from .preprocessing import PREPROCESSING_VERSION, check_preprocess_options, from_storage, preprocess_image, to_storage
 
-CACHE_FORMAT_VERSION = 1
+# Format 2: the part digest covers every row's label, patient and modality too. A file of an
+# older format is refused with "rerun the preprocess stage" (its digest would read as corruption).
+CACHE_FORMAT_VERSION = 2
+# Blocks are unchanged by format 2: they keep their own version, which enters the values hash,
+# so the images of blocks written before format 2 are still referenced, not decoded again.
+BLOCK_FORMAT_VERSION = 1
 STRING_DATASETS = ("sample_id", "patient", "content_hash", "modality")
 REQUIRED_COLUMNS = ("sample_id", "path", "index", "label", "patient", "modality", "content_hash")
 INTENSITY_SAMPLES = 64
@@ -140,6 +147,7 @@ def values_hash(preprocess_options, io_options):
     """Hash of the parameters that determine the stored values (compression left out)."""
     record = params_record(preprocess_options, io_options)
     record["preprocess"] = {k: v for k, v in record["preprocess"].items() if k not in STORAGE_ONLY_OPTIONS}
+    record["cache_format"] = BLOCK_FORMAT_VERSION  # a new part format leaves the blocks' values alone
     return config_hash(record)
 
 
@@ -341,10 +349,15 @@ def _max_shape(n_rows, image_shape):
     return None if n_rows else (1,) + tuple(image_shape)
 
 
+def _row_strings(table):
+    """The ``STRING_DATASETS`` columns of ``table`` as lists of str, in that order."""
+    return tuple([str(v) for v in table[name].tolist()] for name in STRING_DATASETS)
+
+
 def _write_row_datasets(f, labels, table):
     f.create_dataset("labels", data=labels, dtype=np.int64, track_times=False)
-    for name in STRING_DATASETS:
-        _write_strings(f, name, [str(v) for v in table[name].tolist()])
+    for name, values in zip(STRING_DATASETS, _row_strings(table)):
+        _write_strings(f, name, values)
 
 
 def _write_strings(f, name, values):
@@ -368,13 +381,20 @@ def _write_strings(f, name, values):
                          mtype=dataset.id.get_type())
 
 
-def _part_digest(params_hash_, content_hashes, sample_ids):
+def _part_digest(params_hash_, labels, strings):
+    """Digest of the row metadata: each row's label and ``strings`` (the ``STRING_DATASETS``).
+
+    Labels and strings carry no checksum filter: ``open_cache`` recomputes this digest so that
+    a label, patient, modality, sample id or content hash changed in the file is refused.
+    """
     digest = hashlib.sha256(params_hash_.encode())
-    rows = iter(zip(sample_ids, content_hashes))
+    rows = iter(zip(np.asarray(labels).tolist(), *strings))
     # One update per many rows (the same bytes as one per row): the digest is computed three
     # times per build, and per-row calls were a visible part of an incremental build.
+    # Validation refuses control characters, so the separators cannot occur in a value.
     while chunk := list(itertools.islice(rows, DIGEST_ROWS_PER_UPDATE)):
-        digest.update("".join(f"\x00{sample_id}\x01{content}" for sample_id, content in chunk).encode("utf-8"))
+        digest.update("".join(f"\x00{label}\x01{sample_id}\x01{patient}\x01{content}\x01{modality}"
+                              for label, sample_id, patient, content, modality in chunk).encode("utf-8"))
     return digest.hexdigest()[:32]
 
 
@@ -494,7 +514,6 @@ def build_cache_part(validated_manifest, root, out_part, *, preprocess_options, 
                          shape, max(1, int(threads)), name, _image_dataset_options(preprocess_options),
                          values_hash(preprocess_options, io_options))
     p_hash = params_hash(preprocess_options, io_options)
-    content = [str(c) for c in rows["content_hash"].tolist()]
     attrs = {
         "params_hash": p_hash, "values_hash": decoding.values_hash,
         "params": json.dumps(params_record(preprocess_options, io_options), sort_keys=True),
@@ -502,7 +521,7 @@ def build_cache_part(validated_manifest, root, out_part, *, preprocess_options, 
         "manifest_hash": manifest_hash, "created": _created_timestamp(),
         "cache_format": CACHE_FORMAT_VERSION, "layout": "part", "shard": shard, "n_shards": n_shards,
         "row_start": start, "row_stop": stop, "manifest_rows": len(table),
-        "part_digest": _part_digest(p_hash, content, rows["sample_id"].tolist()),
+        "part_digest": _part_digest(p_hash, labels, _row_strings(rows)),
     }
     row_numbers = np.arange(start + 1, stop + 1)
     if blocks is None or not len(rows):
@@ -623,7 +642,7 @@ def _write_block(store, rows, found, row_numbers, decoding):
             fingerprint = _fill_images(images, rows, found, store, row_numbers, decoding)
             _write_fingerprint(f, fingerprint)
             f.attrs.update({"values_hash": decoding.values_hash, "block_id": block_id,
-                            "cache_format": CACHE_FORMAT_VERSION, "layout": "block", "library_version": __version__})
+                            "cache_format": BLOCK_FORMAT_VERSION, "layout": "block", "library_version": __version__})
     return _NewBlock(path.name, sum(hit is not None for hit in found), fingerprint)
 
 
@@ -832,8 +851,10 @@ def _write_merged(f, parts, opened, out_cache, layout):
     shape = (total,) + tuple(reference.image_shape)
     labels = np.concatenate([c.labels for c in opened])
     f.create_dataset("labels", data=labels, dtype=np.int64, track_times=False)
-    for name, attribute in zip(STRING_DATASETS, ("sample_ids", "patients", "content_hashes", "modalities")):
-        _write_strings(f, name, [v for c in opened for v in getattr(c, attribute)])
+    strings = tuple([v for c in opened for v in getattr(c, attribute)]
+                    for attribute in ("sample_ids", "patients", "content_hashes", "modalities"))
+    for name, values in zip(STRING_DATASETS, strings):
+        _write_strings(f, name, values)
     part_records = []
     for path, cache in zip(parts, opened):
         relative = os.path.relpath(path.resolve(), out_cache.resolve().parent)
@@ -864,8 +885,7 @@ def _write_merged(f, parts, opened, out_cache, layout):
         "classes": attrs["classes"], "library_version": __version__, "manifest_hash": attrs["manifest_hash"],
         "created": _created_timestamp(), "cache_format": CACHE_FORMAT_VERSION, "layout": layout,
         "parts": json.dumps(part_records), "manifest_rows": total,
-        "part_digest": _part_digest(attrs["params_hash"], [h for c in opened for h in c.content_hashes],
-                                    [s for c in opened for s in c.sample_ids]),
+        "part_digest": _part_digest(attrs["params_hash"], labels, strings),
     })
 
 
@@ -1141,7 +1161,7 @@ def _read_checked_metadata(path, handle, expected_params_hash):
     if labels.size and (labels.min() < 0 or labels.max() >= n_classes):
         raise InputError(f"{path}: corrupted cache", [f"labels outside 0..{n_classes - 1}"])
     strings = tuple(list(handle[name].asstr()[:]) for name in STRING_DATASETS)
-    digest = _part_digest(attrs["params_hash"], strings[2], strings[0])
+    digest = _part_digest(attrs["params_hash"], labels, strings)
     if attrs.get("part_digest") != digest:
         raise InputError(f"{path}: corrupted cache", ["row metadata does not match the recorded digest"])
     return attrs, labels, strings

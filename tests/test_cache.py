@@ -421,15 +421,38 @@ def test_detects_a_corrupted_image_chunk(dataset, tmp_path, blocks):
             cache.verify()
 
 
-def test_detects_corrupted_row_metadata(dataset, tmp_path):
+@pytest.mark.parametrize("name", ["labels", "patient", "modality", "sample_id", "content_hash"])
+def test_detects_changed_row_metadata(dataset, tmp_path, name):
+    # Each on its own: labels and strings carry no checksum, only the digest covers them.
     root, rows = dataset
-    build(write_manifest(rows, tmp_path / "m.csv"), root, tmp_path / "r")
-    part = tmp_path / "r" / "cache" / "part-0-of-1.h5"
-    with h5py.File(part, "a") as f:
-        f["labels"][3] = 1 - f["labels"][3]
-        f["content_hash"][2] = "0" * 32
-    with pytest.raises(InputError, match="corrupted cache"):
-        open_cache(part)
+    cache_path, _ = build(write_manifest(rows, tmp_path / "m.csv"), root, tmp_path / "r")
+    for path in (tmp_path / "r" / "cache" / "part-0-of-1.h5", cache_path):
+        with h5py.File(path, "a") as f:
+            values = f[name][:]
+            changed = b"MG" if name == "modality" else values[5]  # every modality is US
+            assert changed != values[0]
+            f[name][0] = changed
+        with pytest.raises(InputError, match="corrupted cache") as caught:
+            open_cache(path)
+        assert "row metadata does not match" in str(caught.value)
+
+
+def test_refuses_an_older_cache_format_and_reuses_its_blocks(dataset, tmp_path, monkeypatch):
+    # A change of format (here: what the digest covers) must read as "rebuild", not "corrupted";
+    # the blocks' images do not change with it, so the rebuild decodes none.
+    root, rows = dataset
+    manifest = write_manifest(rows, tmp_path / "m.csv")
+    older = cache_module.CACHE_FORMAT_VERSION - 1
+    with monkeypatch.context() as patch:
+        patch.setattr(cache_module, "CACHE_FORMAT_VERSION", older)
+        cache_path, _ = build(manifest, root, tmp_path / "r")
+    for path in (tmp_path / "r" / "cache" / "part-0-of-1.h5", cache_path):
+        with pytest.raises(InputError, match=f"cache format {older}, this library reads") as caught:
+            open_cache(path)
+        assert "rerun the preprocess stage" in str(caught.value)
+    _, summaries = build(manifest, root, tmp_path / "r")
+    assert summaries[0]["decoded"] == 0
+    open_cache(cache_path).close()
 
 
 def test_refuses_a_virtual_cache_with_missing_or_replaced_parts(dataset, tmp_path):
