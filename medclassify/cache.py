@@ -14,10 +14,13 @@ Sharding
     no image. ``merge_cache_parts`` writes ``cache.h5`` whose ``images`` is an HDF5 virtual
     dataset (relative source paths, so ``results/`` can move), and copies the small per-row
     datasets. The merge is O(rows), never O(pixels): the benchmark measured it against a full
-    copy (``layout="copy"``, also available for a self-contained file). ``open_cache`` never
+    copy (``layout="copy"``, also available for a self-contained file). Each shard takes its
+    channel count from its own first image (``io.channels: keep_grey``), so the merge refuses
+    parts with rows whose image shape or storage dtype differ; a part without rows has none
+    to tell, and the first part with rows sets the merged shape. ``open_cache`` never
     trusts a virtual dataset blindly (HDF5 silently fills missing sources with zeros): it
-    checks every part's and block's presence, row count and digest, and reads the stored
-    images directly.
+    checks every part's and block's presence, row count and digest, that their images have
+    the cache's shape and dtype, and reads the stored images directly.
 
 Image blocks and incremental builds
     Snakemake deletes a rule's outputs before it reruns the rule, so pixels that should outlive a
@@ -63,7 +66,9 @@ Faults
     Every file is written under a temporary name and renamed (``medclassify.atomic``), so a
     SIGKILL leaves only ``.*.tmp`` files, which nothing reads. Images carry the Fletcher-32
     checksum filter; a truncated file fails to open, and a corrupted chunk fails to read. Both
-    surface as ``InputError`` naming the file, never as a crash inside TensorFlow.
+    surface as ``InputError`` naming the file, never as a crash inside TensorFlow. The row
+    metadata (labels and the string datasets) is covered by the attribute ``part_digest``,
+    recomputed on open, so a changed label or patient id is refused too.
     ``Cache.verify()`` reads every chunk.
 """
 
@@ -92,7 +97,12 @@ from .config import config_hash
 from .errors import InputError
 from .preprocessing import PREPROCESSING_VERSION, check_preprocess_options, from_storage, preprocess_image, to_storage
 
-CACHE_FORMAT_VERSION = 1
+# Format 2: the part digest covers every row's label, patient and modality too. A file of an
+# older format is refused with "rerun the preprocess stage" (its digest would read as corruption).
+CACHE_FORMAT_VERSION = 2
+# Blocks are unchanged by format 2: they keep their own version, which enters the values hash,
+# so the images of blocks written before format 2 are still referenced, not decoded again.
+BLOCK_FORMAT_VERSION = 1
 STRING_DATASETS = ("sample_id", "patient", "content_hash", "modality")
 REQUIRED_COLUMNS = ("sample_id", "path", "index", "label", "patient", "modality", "content_hash")
 INTENSITY_SAMPLES = 64
@@ -137,6 +147,7 @@ def values_hash(preprocess_options, io_options):
     """Hash of the parameters that determine the stored values (compression left out)."""
     record = params_record(preprocess_options, io_options)
     record["preprocess"] = {k: v for k, v in record["preprocess"].items() if k not in STORAGE_ONLY_OPTIONS}
+    record["cache_format"] = BLOCK_FORMAT_VERSION  # a new part format leaves the blocks' values alone
     return config_hash(record)
 
 
@@ -338,10 +349,15 @@ def _max_shape(n_rows, image_shape):
     return None if n_rows else (1,) + tuple(image_shape)
 
 
+def _row_strings(table):
+    """The ``STRING_DATASETS`` columns of ``table`` as lists of str, in that order."""
+    return tuple([str(v) for v in table[name].tolist()] for name in STRING_DATASETS)
+
+
 def _write_row_datasets(f, labels, table):
     f.create_dataset("labels", data=labels, dtype=np.int64, track_times=False)
-    for name in STRING_DATASETS:
-        _write_strings(f, name, [str(v) for v in table[name].tolist()])
+    for name, values in zip(STRING_DATASETS, _row_strings(table)):
+        _write_strings(f, name, values)
 
 
 def _write_strings(f, name, values):
@@ -365,13 +381,20 @@ def _write_strings(f, name, values):
                          mtype=dataset.id.get_type())
 
 
-def _part_digest(params_hash_, content_hashes, sample_ids):
+def _part_digest(params_hash_, labels, strings):
+    """Digest of the row metadata: each row's label and ``strings`` (the ``STRING_DATASETS``).
+
+    Labels and strings carry no checksum filter: ``open_cache`` recomputes this digest so that
+    a label, patient, modality, sample id or content hash changed in the file is refused.
+    """
     digest = hashlib.sha256(params_hash_.encode())
-    rows = iter(zip(sample_ids, content_hashes))
+    rows = iter(zip(np.asarray(labels).tolist(), *strings))
     # One update per many rows (the same bytes as one per row): the digest is computed three
     # times per build, and per-row calls were a visible part of an incremental build.
+    # Validation refuses control characters, so the separators cannot occur in a value.
     while chunk := list(itertools.islice(rows, DIGEST_ROWS_PER_UPDATE)):
-        digest.update("".join(f"\x00{sample_id}\x01{content}" for sample_id, content in chunk).encode("utf-8"))
+        digest.update("".join(f"\x00{label}\x01{sample_id}\x01{patient}\x01{content}\x01{modality}"
+                              for label, sample_id, patient, content, modality in chunk).encode("utf-8"))
     return digest.hexdigest()[:32]
 
 
@@ -491,7 +514,6 @@ def build_cache_part(validated_manifest, root, out_part, *, preprocess_options, 
                          shape, max(1, int(threads)), name, _image_dataset_options(preprocess_options),
                          values_hash(preprocess_options, io_options))
     p_hash = params_hash(preprocess_options, io_options)
-    content = [str(c) for c in rows["content_hash"].tolist()]
     attrs = {
         "params_hash": p_hash, "values_hash": decoding.values_hash,
         "params": json.dumps(params_record(preprocess_options, io_options), sort_keys=True),
@@ -499,7 +521,7 @@ def build_cache_part(validated_manifest, root, out_part, *, preprocess_options, 
         "manifest_hash": manifest_hash, "created": _created_timestamp(),
         "cache_format": CACHE_FORMAT_VERSION, "layout": "part", "shard": shard, "n_shards": n_shards,
         "row_start": start, "row_stop": stop, "manifest_rows": len(table),
-        "part_digest": _part_digest(p_hash, content, rows["sample_id"].tolist()),
+        "part_digest": _part_digest(p_hash, labels, _row_strings(rows)),
     }
     row_numbers = np.arange(start + 1, stop + 1)
     if blocks is None or not len(rows):
@@ -620,7 +642,7 @@ def _write_block(store, rows, found, row_numbers, decoding):
             fingerprint = _fill_images(images, rows, found, store, row_numbers, decoding)
             _write_fingerprint(f, fingerprint)
             f.attrs.update({"values_hash": decoding.values_hash, "block_id": block_id,
-                            "cache_format": CACHE_FORMAT_VERSION, "layout": "block", "library_version": __version__})
+                            "cache_format": BLOCK_FORMAT_VERSION, "layout": "block", "library_version": __version__})
     return _NewBlock(path.name, sum(hit is not None for hit in found), fingerprint)
 
 
@@ -768,6 +790,15 @@ def merge_cache_parts(parts, out_cache, fingerprint_out, *, blocks=None, layout=
     return fingerprint
 
 
+def _shape_part(opened):
+    """The part whose images give the merged cache its image shape and storage dtype.
+
+    The first part with rows: a part without rows decoded no image, so its channel count
+    (from ``_probe_channels``) is a guess that must not decide the shape of a colour cache.
+    """
+    return next((cache for cache in opened if len(cache)), opened[0])
+
+
 def _check_parts_agree(parts, opened):
     problems = []
     if not parts:
@@ -789,18 +820,41 @@ def _check_parts_agree(parts, opened):
         expected_start = int(attrs.get("row_stop", expected_start))
     if not problems and expected_start != int(first.get("manifest_rows", expected_start)):
         problems.append(f"the parts cover {expected_start} rows of {first.get('manifest_rows')}")
+    problems += _image_layout_problems(parts, opened)
     if problems:
         raise InputError("cache parts do not form one cache", problems)
+
+
+def _image_layout_problems(parts, opened):
+    """Parts with rows whose images differ in shape or storage dtype from the first such part.
+
+    Same parameters do not imply the same shape: with ``io.channels: keep_grey`` each shard
+    takes its channel count from its own first image, so grey and colour shards can meet here.
+    """
+    reference = _shape_part(opened)
+    reference_path = parts[opened.index(reference)]
+    expected = (reference.image_shape, reference.storage_dtype)
+    problems = [f"{path}: images {cache.image_shape} {cache.storage_dtype}, "
+                f"{reference_path}'s are {reference.image_shape} {reference.storage_dtype}"
+                for path, cache in zip(parts, opened)
+                if len(cache) and (cache.image_shape, cache.storage_dtype) != expected]
+    if problems:
+        problems.append("the images differ in channels: set io.channels to rgb_to_grey or grey_to_rgb so that "
+                        "all images agree, and rerun the preprocess stage")
+    return problems
 
 
 def _write_merged(f, parts, opened, out_cache, layout):
     total = sum(len(c) for c in opened)
     first = opened[0]
-    shape = (total,) + tuple(first.image_shape)
+    reference = _shape_part(opened)
+    shape = (total,) + tuple(reference.image_shape)
     labels = np.concatenate([c.labels for c in opened])
     f.create_dataset("labels", data=labels, dtype=np.int64, track_times=False)
-    for name, attribute in zip(STRING_DATASETS, ("sample_ids", "patients", "content_hashes", "modalities")):
-        _write_strings(f, name, [v for c in opened for v in getattr(c, attribute)])
+    strings = tuple([v for c in opened for v in getattr(c, attribute)]
+                    for attribute in ("sample_ids", "patients", "content_hashes", "modalities"))
+    for name, values in zip(STRING_DATASETS, strings):
+        _write_strings(f, name, values)
     part_records = []
     for path, cache in zip(parts, opened):
         relative = os.path.relpath(path.resolve(), out_cache.resolve().parent)
@@ -813,10 +867,10 @@ def _write_merged(f, parts, opened, out_cache, layout):
                 source = os.path.relpath(Path(dataset.file.filename).resolve(), out_cache.resolve().parent)
                 mappings.append((source, offset + start, source_row, n, dataset.shape[0]))
             offset += len(cache)
-        _create_virtual_images(f, shape, first.storage_dtype, mappings)
+        _create_virtual_images(f, shape, reference.storage_dtype, mappings)
     else:
-        stored = first.sources[0][0] if first.sources else first.handle["images"]
-        images = f.create_dataset("images", shape=shape, dtype=first.storage_dtype, chunks=(1,) + shape[1:],
+        stored = reference.sources[0][0] if reference.sources else reference.handle["images"]
+        images = f.create_dataset("images", shape=shape, dtype=reference.storage_dtype, chunks=(1,) + shape[1:],
                                   maxshape=_max_shape(total, shape[1:]), compression=stored.compression,
                                   compression_opts=stored.compression_opts, fletcher32=stored.fletcher32,
                                   track_times=False)
@@ -831,8 +885,7 @@ def _write_merged(f, parts, opened, out_cache, layout):
         "classes": attrs["classes"], "library_version": __version__, "manifest_hash": attrs["manifest_hash"],
         "created": _created_timestamp(), "cache_format": CACHE_FORMAT_VERSION, "layout": layout,
         "parts": json.dumps(part_records), "manifest_rows": total,
-        "part_digest": _part_digest(attrs["params_hash"], [h for c in opened for h in c.content_hashes],
-                                    [s for c in opened for s in c.sample_ids]),
+        "part_digest": _part_digest(attrs["params_hash"], labels, strings),
     })
 
 
@@ -904,7 +957,7 @@ def compute_fingerprint(opened):
                                                                                  minlength=len(modality_names)))},
         "params_hash": opened[0].attrs["params_hash"],
         "params": json.loads(opened[0].attrs["params"]),
-        "image_shape": list(opened[0].image_shape),
+        "image_shape": list(_shape_part(opened).image_shape),
     }
     return fingerprint
 
@@ -1068,6 +1121,7 @@ def open_cache(path, expected_params_hash=None):
     try:
         attrs, labels, strings = _read_checked_metadata(path, handle, expected_params_hash)
         sources = _open_sources(path, handle, attrs, len(labels), files)
+        _check_source_layouts(path, handle, sources)
     except InputError:
         for f in files + [handle]:
             f.close()
@@ -1107,7 +1161,7 @@ def _read_checked_metadata(path, handle, expected_params_hash):
     if labels.size and (labels.min() < 0 or labels.max() >= n_classes):
         raise InputError(f"{path}: corrupted cache", [f"labels outside 0..{n_classes - 1}"])
     strings = tuple(list(handle[name].asstr()[:]) for name in STRING_DATASETS)
-    digest = _part_digest(attrs["params_hash"], strings[2], strings[0])
+    digest = _part_digest(attrs["params_hash"], labels, strings)
     if attrs.get("part_digest") != digest:
         raise InputError(f"{path}: corrupted cache", ["row metadata does not match the recorded digest"])
     return attrs, labels, strings
@@ -1151,6 +1205,23 @@ def _open_sources(path, handle, attrs, n_rows, files):
         raise InputError(f"{path}: incomplete cache",
                          problems + ["delete it and the part files beside it, and rerun the preprocess stage"])
     return sources
+
+
+def _check_source_layouts(path, handle, sources):
+    """Refuse stored images whose shape or dtype differs from the cache's ``images``.
+
+    ``Cache.read_stored`` copies them into an array of that shape and dtype, which would fail
+    inside NumPy (or h5py, or later TensorFlow) at the first read, naming no file. A merge
+    refuses such parts; this catches files merged by an earlier version or put together by hand.
+    """
+    shape, dtype = handle["images"].shape[1:], handle["images"].dtype
+    problems = list(dict.fromkeys(  # one line per file, not per run
+        f"{dataset.file.filename}: images {dataset.shape[1:]} {dataset.dtype}, the cache's are {shape} {dtype}"
+        for dataset, *_ in sources if (dataset.shape[1:], dataset.dtype) != (shape, dtype)))
+    if problems:
+        raise InputError(f"{path}: inconsistent cache", problems + [
+            "its images differ in channels: set io.channels to rgb_to_grey or grey_to_rgb so that all images "
+            "agree, delete the cache and rerun the preprocess stage"])
 
 
 def _stored_runs(path, f, offset, problems, opened):

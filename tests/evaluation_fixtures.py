@@ -59,7 +59,8 @@ def _add_integrity_attributes(f, manifest):
     from medclassify import cache
 
     f.attrs["cache_format"] = cache.CACHE_FORMAT_VERSION
-    f.attrs["part_digest"] = cache._part_digest("test", list(manifest["content_hash"]), list(manifest["sample_id"]))
+    f.attrs["part_digest"] = cache._part_digest("test", f["labels"][:],
+                                                [list(manifest[name]) for name in cache.STRING_DATASETS])
 
 
 def write_splits(path, manifest, folds=None):

@@ -172,6 +172,30 @@ def test_more_shards_than_rows_gives_empty_parts(dataset, tmp_path):
         assert len(cache) == 2 and cache.read([1, 0]).shape == (2, 64, 64, 1)
 
 
+def grey_and_colour_dataset(root, n_grey, n_colour):
+    """``n_grey`` grey PNGs, then ``n_colour`` colour ones; returns their manifest rows."""
+    rng = np.random.default_rng(3)
+    rows = []
+    for i in range(n_grey + n_colour):
+        grey = random_image(rng)
+        relative = f"img/{i:03d}.png"
+        write_png(Path(root) / relative, grey if i < n_grey else np.stack([grey, grey[::-1], 255 - grey], axis=2))
+        rows.append(manifest_row(root, relative, CLASSES[i % 2], f"p{i}"))
+    return rows
+
+
+@pytest.mark.parametrize("layout", ["virtual", "copy"])
+def test_an_empty_part_does_not_decide_the_image_shape(tmp_path, layout):
+    # An empty shard decodes no image, so it cannot know that the images are colour.
+    rows = grey_and_colour_dataset(tmp_path / "data", 0, 2)
+    cache_path, _ = build(write_manifest(rows, tmp_path / "m.csv"), tmp_path / "data", tmp_path / "r", n_shards=3,
+                          layout=layout)
+    with open_cache(cache_path) as cache:
+        assert cache.image_shape == (64, 64, 3)
+        np.testing.assert_array_equal(cache.read_stored([0, 1]), expected_images(tmp_path / "data", rows))
+    assert json.loads((tmp_path / "r" / "fingerprint.json").read_text())["image_shape"] == [64, 64, 3]
+
+
 def test_output_bytes_do_not_depend_on_thread_count(dataset, tmp_path):
     root, rows = dataset
     manifest = write_manifest(rows, tmp_path / "m.csv")
@@ -397,15 +421,38 @@ def test_detects_a_corrupted_image_chunk(dataset, tmp_path, blocks):
             cache.verify()
 
 
-def test_detects_corrupted_row_metadata(dataset, tmp_path):
+@pytest.mark.parametrize("name", ["labels", "patient", "modality", "sample_id", "content_hash"])
+def test_detects_changed_row_metadata(dataset, tmp_path, name):
+    # Each on its own: labels and strings carry no checksum, only the digest covers them.
     root, rows = dataset
-    build(write_manifest(rows, tmp_path / "m.csv"), root, tmp_path / "r")
-    part = tmp_path / "r" / "cache" / "part-0-of-1.h5"
-    with h5py.File(part, "a") as f:
-        f["labels"][3] = 1 - f["labels"][3]
-        f["content_hash"][2] = "0" * 32
-    with pytest.raises(InputError, match="corrupted cache"):
-        open_cache(part)
+    cache_path, _ = build(write_manifest(rows, tmp_path / "m.csv"), root, tmp_path / "r")
+    for path in (tmp_path / "r" / "cache" / "part-0-of-1.h5", cache_path):
+        with h5py.File(path, "a") as f:
+            values = f[name][:]
+            changed = b"MG" if name == "modality" else values[5]  # every modality is US
+            assert changed != values[0]
+            f[name][0] = changed
+        with pytest.raises(InputError, match="corrupted cache") as caught:
+            open_cache(path)
+        assert "row metadata does not match" in str(caught.value)
+
+
+def test_refuses_an_older_cache_format_and_reuses_its_blocks(dataset, tmp_path, monkeypatch):
+    # A change of format (here: what the digest covers) must read as "rebuild", not "corrupted";
+    # the blocks' images do not change with it, so the rebuild decodes none.
+    root, rows = dataset
+    manifest = write_manifest(rows, tmp_path / "m.csv")
+    older = cache_module.CACHE_FORMAT_VERSION - 1
+    with monkeypatch.context() as patch:
+        patch.setattr(cache_module, "CACHE_FORMAT_VERSION", older)
+        cache_path, _ = build(manifest, root, tmp_path / "r")
+    for path in (tmp_path / "r" / "cache" / "part-0-of-1.h5", cache_path):
+        with pytest.raises(InputError, match=f"cache format {older}, this library reads") as caught:
+            open_cache(path)
+        assert "rerun the preprocess stage" in str(caught.value)
+    _, summaries = build(manifest, root, tmp_path / "r")
+    assert summaries[0]["decoded"] == 0
+    open_cache(cache_path).close()
 
 
 def test_refuses_a_virtual_cache_with_missing_or_replaced_parts(dataset, tmp_path):
@@ -443,6 +490,29 @@ def test_merge_refuses_parts_that_do_not_belong_together(dataset, tmp_path):
     with pytest.raises(InputError, match="do not form one cache"):
         merge_cache_parts(parts_a[:1], tmp_path / "x.h5", tmp_path / "x.json")
     assert not (tmp_path / "x.h5").exists() and not (tmp_path / "x.json").exists()
+
+
+def test_merge_refuses_parts_whose_images_differ_in_channels(tmp_path):
+    # io.channels keep_grey: the grey shard stores 1 channel, the colour shard 3
+    rows = grey_and_colour_dataset(tmp_path / "data", 4, 4)
+    with pytest.raises(InputError, match="do not form one cache") as caught:
+        build(write_manifest(rows, tmp_path / "m.csv"), tmp_path / "data", tmp_path / "r", n_shards=2)
+    text = str(caught.value)
+    assert "part-1-of-2.h5: images (64, 64, 3) uint8, " in text and "part-0-of-2.h5's are (64, 64, 1)" in text
+    assert "io.channels" in text
+    assert not (tmp_path / "r" / "cache.h5").exists()
+
+
+def test_open_cache_refuses_images_of_another_shape(tmp_path, monkeypatch):
+    # e.g. a cache merged by a version that did not compare the parts' image shapes
+    rows = grey_and_colour_dataset(tmp_path / "data", 4, 4)
+    monkeypatch.setattr(cache_module, "_check_parts_agree", lambda parts, opened: None)
+    cache_path, _ = build(write_manifest(rows, tmp_path / "m.csv"), tmp_path / "data", tmp_path / "r", n_shards=2)
+    with pytest.raises(InputError, match="inconsistent cache") as caught:
+        open_cache(cache_path)
+    text = str(caught.value)
+    assert "block-" in text and "images (64, 64, 3) uint8, the cache's are (64, 64, 1) uint8" in text
+    assert "io.channels" in text
 
 
 def test_labels_outside_classes_are_listed_with_rows(dataset, tmp_path):
