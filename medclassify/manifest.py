@@ -61,6 +61,7 @@ PROBLEM_CODES = {
     "duplicate_content": "warning", "mixed_label_patient": "policy",
     "extension_mismatch": "warning", "modality_mismatch": "warning", "implausible_dimensions": "warning",
     "implausible_channels": "warning", "constant_image": "warning", "unread_tiff_pages": "warning",
+    "non_finite_pixels": "warning",
     # decoding (medclassify.io.READ_ERROR_CODES)
     **{code: "error" for code in READ_ERROR_CODES},
 }
@@ -280,7 +281,7 @@ def inspect_image_file(path, io_options):
     """Decode every configured sample of one file; return a small picklable summary.
 
     ``{"ok": True, "samples": [{index, content_hash, shape, dtype, format, modality, colour,
-    constant, extension_mismatch, original_shape, pages}]}`` or ``{"ok": False, "code", "message"}``.
+    constant, non_finite, n_pixels, extension_mismatch, original_shape, pages}]}`` or ``{"ok": False, "code", "message"}``.
     """
     try:
         samples = read_file_samples(path, io_options)
@@ -302,6 +303,8 @@ def inspect_image_file(path, io_options):
             "modality": meta.get("modality"),
             "colour": meta.get("colour", False),
             "constant": meta.get("constant", False),
+            "non_finite": meta.get("non_finite", 0),
+            "n_pixels": int(sample.pixels.size),
             "extension_mismatch": meta.get("extension_mismatch", False),
             "original_shape": meta.get("original_shape"),
             "pages": meta.get("pages"),  # TIFF only: the reader reads the first page of these
@@ -336,7 +339,7 @@ def decode_files(paths, io_options, threads=1):
 
 
 # Bump when inspect_image_file's output or a reader's decoding changes: old caches are ignored.
-DECODE_CACHE_VERSION = 5
+DECODE_CACHE_VERSION = 6
 
 
 def _file_key(path):
@@ -572,6 +575,11 @@ def _check_images(records, decoded, problems):
         if all(s["constant"] for s in result["samples"]):
             problems.add(number, path, "constant_image", "warning",
                          f"row {number}: every pixel has the same value (a blank or failed export?)")
+        non_finite, n_pixels = (sum(s[key] for s in result["samples"]) for key in ("non_finite", "n_pixels"))
+        if non_finite:
+            problems.add(number, path, "non_finite_pixels", "warning",
+                         f"row {number}: {non_finite} of {n_pixels} pixel values are NaN or infinite; "
+                         "preprocessing replaces them with the image's lowest finite value (0 when none is finite)")
 
 
 def _check_duplicate_content(records, problems):

@@ -171,12 +171,20 @@ def test_image_plausibility_warnings(tmp_path):
     Image.fromarray(np.random.default_rng(1).integers(0, 255, (4, 4), dtype=np.uint8)).save(root / "tiny.png")
     Image.fromarray(np.random.default_rng(2).integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(root / "colour.png")
     shutil.copy(PYDICOM_FILES / "CT_small.dcm", root / "ct.dcm")
+    holes = np.random.default_rng(3).normal(size=(32, 32)).astype(np.float32)
+    holes[0, :5], holes[1, 0] = np.nan, np.inf
+    np.save(root / "holes.npy", holes)
+    np.save(root / "nothing.npy", np.full((32, 32), np.nan, np.float32))
     with open(manifest, "a") as f:
-        f.write("blank.png,a,q1,XR,s\ntiny.png,a,q2,XR,s\ncolour.png,a,q3,CT,s\nct.dcm,a,q4,MR,s\n")
+        f.write("blank.png,a,q1,XR,s\ntiny.png,a,q2,XR,s\ncolour.png,a,q3,CT,s\nct.dcm,a,q4,MR,s\n"
+                "holes.npy,a,q5,MR,s\nnothing.npy,a,q6,MR,s\n")
     result = validate(manifest, root)
     found = {(p.row, p.code, p.severity) for p in result.problems}
     assert found == {(7, "constant_image", "warning"), (8, "implausible_dimensions", "warning"),
-                     (9, "implausible_channels", "warning"), (10, "modality_mismatch", "warning")}
+                     (9, "implausible_channels", "warning"), (10, "modality_mismatch", "warning"),
+                     (11, "non_finite_pixels", "warning"),
+                     (12, "constant_image", "warning"), (12, "non_finite_pixels", "warning")}
+    assert "6 of 1024 pixel values are NaN or infinite" in next(p.message for p in result.problems if p.row == 11)
     assert result.ok
 
 

@@ -15,6 +15,8 @@ content, and ``meta["extension_mismatch"]`` says so.
 import contextlib
 import os
 
+import numpy as np
+
 from .base import (DEFAULT_IO_OPTIONS, READ_ERROR_CODES, ReadError, Sample, content_hash,
                    resolve_io_options)
 from .channels import apply_channel_policy, is_grey
@@ -208,6 +210,13 @@ def _read(file, fmt, mismatch, indices, options):
     return _samples(decoded, mismatch, options)
 
 
+def _non_finite_count(array):
+    """How many values are NaN or infinite (floats only: NIfTI, float TIFF, .npy)."""
+    if not np.issubdtype(array.dtype, np.floating):
+        return 0
+    return int(array.size - np.count_nonzero(np.isfinite(array)))
+
+
 def _samples(decoded, mismatch, options):
     """Samples from a reader's ``[(array, meta), ...]``: channel policy applied, content facts added."""
     samples = []
@@ -219,7 +228,9 @@ def _samples(decoded, mismatch, options):
         meta = dict(meta)
         # Facts about the decoded content that validation checks (before the channel policy).
         meta["colour"] = bool(array.ndim == 3 and array.shape[2] >= 3 and not is_grey(array[:, :, :3]))
-        meta["constant"] = bool(array.size == 0 or array.min() == array.max())
+        meta["non_finite"] = _non_finite_count(array)
+        finite = array if not meta["non_finite"] else array[np.isfinite(array)]
+        meta["constant"] = bool(finite.size == 0 or finite.min() == finite.max())
         meta.setdefault("modality", None)
         meta.setdefault("spacing", None)
         if mismatch:
