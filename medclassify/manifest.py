@@ -245,6 +245,15 @@ def _is_missing(value):
 _WINDOWS_ABSOLUTE = re.compile(r"^[A-Za-z]:[\\/]")
 
 
+def _missing_path_hint(relative, root_real):
+    """Why a path that is not there may have been meant: backslashes, or spaces around it that do match."""
+    if "\\" in relative:
+        return " (the path contains backslashes; use '/' as separator)"
+    if relative != relative.strip() and os.path.exists(os.path.join(root_real, relative.strip())):
+        return f" (it has leading/trailing spaces; {relative.strip()!r} exists)"
+    return ""
+
+
 def resolve_manifest_path(relative, root_real):
     """Return ``(absolute path, None)`` or ``(None, (code, message))`` for a manifest path.
 
@@ -264,8 +273,7 @@ def resolve_manifest_path(relative, root_real):
     try:
         mode = os.stat(candidate).st_mode
     except (FileNotFoundError, NotADirectoryError):
-        hint = " (the path contains backslashes; use '/' as separator)" if "\\" in relative else ""
-        return None, ("missing_file", f"file not found under the dataset root{hint}")
+        return None, ("missing_file", f"file not found under the dataset root{_missing_path_hint(relative, root_real)}")
     except OSError as error:
         return None, ("unreadable_file", f"file cannot be accessed ({error.strerror})")
     if not stat.S_ISREG(mode):

@@ -212,6 +212,15 @@ def test_backslash_path_gets_a_hint(tmp_path):
     assert "backslashes" in problem.message
 
 
+def test_path_with_surrounding_spaces_gets_a_hint(tmp_path):
+    root = tmp_path / "data"
+    manifest = make_dataset(root)
+    with open(manifest, "a") as f:
+        f.write('"img/0.png ",a,z,XR,s\n')
+    problem = next(p for p in validate(manifest, root).problems if p.code == "missing_file")
+    assert "leading/trailing spaces; 'img/0.png' exists" in problem.message
+
+
 def test_symlink_inside_root_is_accepted(tmp_path):
     root = tmp_path / "data"
     manifest = make_dataset(root)
