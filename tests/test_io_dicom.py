@@ -1,5 +1,6 @@
 """DICOM reader against the files pydicom ships: values must equal what pydicom itself computes."""
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -196,6 +197,27 @@ def test_no_identifying_value_reaches_metadata_or_messages(tmp_path):
         read_sample(identified_dicom(tmp_path / "id_truncated.dcm", truncate=True))
     for value in SECRETS.values():
         assert value not in str(error.value)
+
+
+def test_invalid_identifying_values_are_not_echoed_in_warnings(tmp_path):
+    # pydicom checks a value when it is first read and warns with the value in the message
+    # ("Invalid value for VR UI: '1.2.3.SECRETUID'"); the rule's log would keep it.
+    ds = pydicom.dcmread(shipped("CT_small.dcm"))
+    invalid = {"StudyInstanceUID": "1.2.3.SECRETUID", "PatientBirthDate": "SECRETDAY"}
+    for keyword, value in invalid.items():
+        setattr(ds, keyword, value)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ds.save_as(tmp_path / "id.dcm")
+    data = (tmp_path / "id.dcm").read_bytes()
+    (tmp_path / "cut.dcm").write_bytes(data[: len(data) - 500])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        read_sample(tmp_path / "id.dcm")
+        with pytest.raises(ReadError) as error:
+            read_sample(tmp_path / "cut.dcm")
+    said = " ".join(str(w.message) for w in caught) + str(error.value)
+    assert not any(value in said for value in invalid.values()), said
 
 
 def test_validation_outputs_carry_no_identifying_value(tmp_path):

@@ -7,6 +7,7 @@ metadata or a message.
 """
 
 import collections.abc
+import functools
 import math
 import warnings
 
@@ -33,6 +34,21 @@ _LUT_KEYWORDS = ("Modality", "PhotometricInterpretation", "BitsStored", "BitsAll
                  "VOILUTSequence", "WindowCenter", "WindowWidth", "VOILUTFunction")
 
 
+def _silencing_value_warnings(function):
+    """Run ``function`` with warnings ignored.
+
+    pydicom converts an element's value when it is first read, after ``dcmread``, and warns about
+    an invalid one with the value in the message ("Invalid value for VR UI: '1.2.3...'"). Those
+    warnings go to the rule's log, and the values can be identifying (UIDs, names, dates).
+    """
+    @functools.wraps(function)
+    def silenced(*args, **kwargs):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return function(*args, **kwargs)
+    return silenced
+
+
 def _dcmread(source, stop_before_pixels):
     import pydicom
     from pydicom.errors import InvalidDicomError
@@ -55,6 +71,7 @@ def frame_count(ds):
         return 1
 
 
+@_silencing_value_warnings
 def sample_indices(source, io_options):
     """``[None]`` for a single-frame file, otherwise the frames that ``dicom_frame`` selects.
 
@@ -70,11 +87,13 @@ def _selected_frames(ds, io_options):
     return choose_index(io_options["dicom_frame"], count, "frames", "io.dicom_frame")
 
 
+@_silencing_value_warnings
 def read_dicom(source, indices, io_options):
     """Decode the frames ``indices`` (None = the single frame); return [(array, meta), ...]."""
     return _decode(_dcmread(source, stop_before_pixels=False), indices, io_options)
 
 
+@_silencing_value_warnings
 def read_dicom_selected(source, io_options):
     """The frames that ``dicom_frame`` selects, parsing the file once: ``(indices, [(array, meta), ...])``."""
     ds = _dcmread(source, stop_before_pixels=False)
