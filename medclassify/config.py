@@ -90,21 +90,76 @@ def _validator_filling_defaults(schema):
 
 
 def validate_config(config, schema=None):
-    """Validate ``config`` in place, filling defaults; raise InputError listing every problem."""
+    """Validate ``config`` in place, filling defaults; raise InputError listing every problem.
+
+    Every problem at once: the schema's, then those of each dataset and run as resolved (its
+    overrides merged over the top-level sections), so one run of the workflow shows them all.
+    """
     schema = schema or _parsed_schema()
     switches_as_strings(config)
+    written = copy.deepcopy(config)  # before the defaults, to tell where a value came from
     validator = _validator_filling_defaults(schema)
     errors = sorted(validator.iter_errors(config), key=lambda e: list(e.absolute_path))
-    if errors:
-        problems = [f"{'.'.join(map(str, e.absolute_path)) or '<top>'}: {e.message}" for e in errors]
+    problems = [f"{_key_path(e.absolute_path) or '<top>'}: {e.message}" for e in errors]
+    problems += _datasets_problems(config, written) + _runs_problems(config)
+    if problems:
         raise InputError("invalid configuration", problems)
-    fractions = None
-    for name in config.get("datasets", {}):
-        fractions = dataset_config(config, name)["split"]["fractions"]
-        total = sum(fractions.values())
-        if abs(total - 1.0) > 1e-6:
-            raise InputError("invalid configuration", [f"datasets.{name}.split.fractions sum to {total}, not 1"])
     return config
+
+
+def _entries(config, key):
+    """The entries of ``config[key]`` (datasets or runs) that are mappings; the schema reports the rest."""
+    entries = config.get(key)
+    if not isinstance(entries, dict):
+        return {}
+    return {name: entry for name, entry in entries.items() if isinstance(entry, dict)}
+
+
+def _datasets_problems(config, written):
+    problems = []
+    for name, entry in _entries(config, "datasets").items():
+        resolved, section_problems = _resolve_sections(config, entry, DATASET_SECTIONS, f"datasets.{name}",
+                                                       top_level_checked=True)
+        problems += section_problems
+        if "split" in resolved and not section_problems:
+            problems += _fractions_problems(resolved["split"]["fractions"], name, written)
+    return problems
+
+
+def _fractions_problems(fractions, dataset, written):
+    total = sum(fractions.values())
+    if abs(total - 1.0) <= 1e-6:
+        return []
+    # A fraction the user left out comes from the default (test: 0.15 when only train and val are
+    # written), so the message says where each value was set, not only the dataset it ends up in.
+    by_source = {}
+    for key, value in fractions.items():
+        by_source.setdefault(_fraction_source(written, dataset, key), []).append(f"{key} {value:g}")
+    sources = "; ".join(f"{', '.join(values)} from {source}" for source, values in by_source.items())
+    return [f"datasets.{dataset}.split.fractions sum to {total:g}, not 1 ({sources})"]
+
+
+def _fraction_source(written, dataset, key):
+    """Where the user set a dataset's split fraction ``key``: its own entry, the top level, or nowhere."""
+    own = _get(written, "datasets", dataset, "split", "fractions")
+    if key in own:
+        return f"datasets.{dataset}.split.fractions"
+    if key in _get(written, "split", "fractions"):
+        return "split.fractions"
+    return "the default"
+
+
+def _get(mapping, *keys):
+    for key in keys:
+        mapping = mapping.get(key) if isinstance(mapping, dict) else None
+    return mapping if isinstance(mapping, dict) else {}
+
+
+def _runs_problems(config):
+    problems = []
+    for name, overrides in _entries(config, "runs").items():
+        problems += _resolve_run(config, name, overrides, top_level_checked=True)[1]
+    return problems
 
 
 def load_config(path=None, overrides=None):
@@ -137,21 +192,43 @@ def _section_validator(section):
     return _validator_filling_defaults(sub)
 
 
-def _validate_section(section, value, where):
-    errors = list(_section_validator(section).iter_errors(value))
-    if errors:
-        problems = [f"{where}.{'.'.join(map(str, e.absolute_path))}: {e.message}" for e in errors]
-        raise InputError("invalid configuration", problems)
-    return value
+def _section_errors(section, value):
+    """(key path, message) of each schema problem of one section; fills its defaults in place."""
+    return [(_key_path(e.absolute_path), e.message) for e in _section_validator(section).iter_errors(value)]
+
+
+def _key_path(parts):
+    return ".".join(map(str, parts))
+
+
+def _resolve_sections(config, overrides, sections, where, top_level_checked=False):
+    """Each of ``sections``: the top level with ``overrides`` merged and defaults filled, and the problems.
+
+    With ``top_level_checked`` (the schema has already reported the top-level sections' own
+    problems) a problem that the top-level section has by itself is left out, instead of being
+    listed again for every dataset or run that inherits it.
+    """
+    resolved, problems = {}, []
+    for section in sections:
+        top, own = config.get(section, {}), overrides.get(section, {})
+        if not (isinstance(top, dict) and isinstance(own, dict)):
+            continue  # the schema reports a section that is not a mapping
+        resolved[section] = deep_merge(top, own)
+        errors = _section_errors(section, resolved[section])
+        inherited = _section_errors(section, copy.deepcopy(top)) if errors and top_level_checked else []
+        problems += [f"{_key_path([where, section, path] if path else [where, section])}: {message}"
+                     for path, message in errors if (path, message) not in inherited]
+    return resolved, problems
 
 
 def dataset_config(config, name):
     """Options of one dataset: its entry plus the top-level sections with its overrides merged."""
     entry = config["datasets"][name]
+    sections, problems = _resolve_sections(config, entry, DATASET_SECTIONS, f"datasets.{name}")
+    if problems:
+        raise InputError("invalid configuration", problems)
     resolved = {key: value for key, value in entry.items() if key not in DATASET_SECTIONS}
-    for section in DATASET_SECTIONS:
-        merged = deep_merge(config.get(section, {}), entry.get(section, {}))
-        resolved[section] = _validate_section(section, merged, f"datasets.{name}.{section}")
+    resolved.update(sections)
     env_npz = os.environ.get(f"MEDCLASSIFY_{name.upper()}_NPZ")
     if env_npz and resolved.get("medmnist"):
         resolved["npz"] = env_npz
@@ -164,15 +241,18 @@ def run_config(config, run):
     Raises InputError listing every schema problem, or else every combination of options that
     cannot take effect together (:func:`run_problems`).
     """
-    overrides = config["runs"][run]
-    resolved = {}
-    for section in RUN_SECTIONS:
-        merged = deep_merge(config.get(section, {}), overrides.get(section, {}))
-        resolved[section] = _validate_section(section, merged, f"runs.{run}.{section}")
-    problems = run_problems(resolved)
+    resolved, problems = _resolve_run(config, run, config["runs"][run])
     if problems:
-        raise InputError("invalid configuration", [f"runs.{run}: {problem}" for problem in problems])
+        raise InputError("invalid configuration", problems)
     return sorted_keys(resolve_automatic(resolved))
+
+
+def _resolve_run(config, run, overrides, top_level_checked=False):
+    """A run's sections resolved, and its problems: the schema's, or else its combinations of options."""
+    resolved, problems = _resolve_sections(config, overrides, RUN_SECTIONS, f"runs.{run}", top_level_checked)
+    if not problems and len(resolved) == len(RUN_SECTIONS):
+        problems = [f"runs.{run}: {problem}" for problem in run_problems(resolved)]
+    return resolved, problems
 
 
 # Values of the options that default to "auto": (training from scratch, from pretrained weights).

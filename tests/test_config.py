@@ -122,14 +122,16 @@ def test_unquoted_on_and_off_are_read_as_the_switch_strings(tmp_path):
 
 
 def test_xla_asked_for_under_op_determinism_is_refused_with_the_way_out():
-    config = validate_config({"datasets": {"demo": {"demo": True}}, "train": {"jit_compile": "on"},
-                              "runs": {"baseline": {}, "fast": {"train": {"deterministic": False}}}})
+    config = {"datasets": {"demo": {"demo": True}}, "train": {"jit_compile": "on"},
+              "runs": {"baseline": {}, "fast": {"train": {"deterministic": False}}}}
     with pytest.raises(InputError) as error:
-        run_config(config, "baseline")
+        validate_config(config)
     [problem] = error.value.problems
     assert problem.startswith("runs.baseline: train.jit_compile 'on' cannot take effect with train.deterministic true")
     assert "train.deterministic: false" in problem
     assert run_config(config, "fast")["train"]["jit_compile"] == "on"
+    with pytest.raises(InputError, match="runs.baseline: train.jit_compile 'on'"):
+        run_config(config, "baseline")
 
 
 def test_auto_head_epochs_and_learning_rate_follow_the_weights():
@@ -144,3 +146,47 @@ def test_auto_head_epochs_and_learning_rate_follow_the_weights():
     with pytest.raises(InputError) as error:
         validate_config({"head": {"epochs": "many"}})
     assert [problem.split(":")[0] for problem in error.value.problems] == ["head.epochs"]
+
+
+def test_every_dataset_and_section_problem_is_listed_at_once():
+    with pytest.raises(InputError) as error:
+        load_config(overrides={"datasets": {
+            "a": {"manifest": "m.csv", "preprocess": {"dtype": "int7"}, "io": {"channels": "purple"}},
+            "b": {"manifest": "m.csv", "split": {"method": "random"}},
+            "c": {"manifest": "m.csv", "split": {"fractions": {"train": 0.9, "val": 0.2, "test": 0.1}}},
+            "d": {"manifest": "m.csv", "split": {"fractions": {"train": 0.9, "val": 0.3, "test": 0.1}}}}})
+    assert [problem.split(" ")[0].rstrip(":") for problem in error.value.problems] == [
+        "datasets.a.io.channels", "datasets.a.preprocess.dtype", "datasets.b.split.method",
+        "datasets.c.split.fractions", "datasets.d.split.fractions"]
+
+
+def test_top_level_problems_do_not_hide_dataset_problems_nor_repeat_for_each_dataset():
+    with pytest.raises(InputError) as error:
+        load_config(overrides={"preprocess": {"sise": 1},
+                               "datasets": {"a": {"manifest": "m.csv", "preprocess": {"size": [32]}},
+                                            "b": {"manifest": "m.csv"}}})
+    assert [problem.split(":")[0] for problem in error.value.problems] == ["preprocess", "datasets.a.preprocess.size"]
+    assert "'sise' was unexpected" in error.value.problems[0]
+
+
+def test_every_run_is_validated_when_the_config_is_loaded():
+    with pytest.raises(InputError) as error:
+        load_config(overrides={"preprocess": {"dtype": "int7"}, "runs": {
+            "r": {"train": {"batch_size": "big"}, "evaluate": {"threshold": "bogus"}},
+            "s": {"train": {"epochs": 3}}, "ok": {}}})
+    assert [problem.split(":")[0] for problem in error.value.problems] == [
+        "preprocess.dtype", "runs.r.train.batch_size", "runs.r.evaluate.threshold", "runs.s.train"]
+
+
+def test_fractions_that_do_not_sum_to_one_say_where_each_value_was_set():
+    with pytest.raises(InputError) as error:
+        load_config(overrides={"split": {"fractions": {"train": 0.8, "val": 0.1}}})
+    [problem] = error.value.problems
+    assert problem == ("datasets.demo.split.fractions sum to 1.05, not 1 "
+                       "(train 0.8, val 0.1 from split.fractions; test 0.15 from the default)")
+
+
+def test_a_dataset_resolved_on_its_own_reports_what_it_inherits_from_the_top_level():
+    config = {"datasets": {"a": {"manifest": "m.csv"}}, "preprocess": {"dtype": "int7"}}
+    with pytest.raises(InputError, match="datasets.a.preprocess.dtype: 'int7'"):
+        dataset_config(config, "a")
