@@ -1,8 +1,8 @@
 """Load, validate and resolve the workflow configuration.
 
 The schema in ``workflow/schemas/config.schema.yaml`` is the one source of truth: it gives every
-key's description and default. The Snakefile validates with ``snakemake.utils.validate``; the
-command line and tests use :func:`load_config`, which applies the same schema and defaults.
+key's description and default. The Snakefile validates with :func:`validate_config`; the command
+line and tests use :func:`load_config`, which applies it to a file and overrides.
 """
 
 import copy

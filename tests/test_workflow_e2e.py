@@ -131,3 +131,20 @@ def test_bad_manifest_stops_the_workflow_before_preprocessing(tmp_path):
     assert not (workdir / "results" / "bad" / "cache.h5").exists()
     log = (workdir / "results" / "logs" / "bad" / "validate_manifest.log").read_text()
     assert "missing.png" in log
+
+
+def test_bad_config_stops_the_workflow_at_parse_time_with_every_problem(tmp_path):
+    workdir = copy_repository(tmp_path / "repo")
+    (workdir / "bad.yaml").write_text(
+        "preprocess: {sise: 1}\n"
+        "datasets: {a: {manifest: m.csv, preprocess: {size: [32]}}}\n"
+        "runs: {r: {train: {batch_size: big}, evaluate: {threshold: bogus}}}\n")
+
+    result = run_snakemake(["-n", "--configfile", "bad.yaml"], workdir, timeout_s=300)
+
+    assert result.returncode != 0
+    for problem in ("preprocess: Additional properties are not allowed ('sise' was unexpected)",
+                    "datasets.a.preprocess.size: [32] is too short",
+                    "runs.r.train.batch_size: 'big' is not of type 'integer'",
+                    "runs.r.evaluate.threshold: 'bogus' is not one of"):
+        assert f"  - {problem}" in result.output, result.tail()

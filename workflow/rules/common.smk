@@ -1,17 +1,17 @@
 import sys
 from pathlib import Path
 
-from snakemake.utils import validate
-
 # The library lives at the repository root; rule scripts put it on sys.path the same way.
 sys.path.insert(0, workflow.basedir)
 
 from medclassify.codedeps import module_closure
-from medclassify.config import dataset_config, run_config, switches_as_strings
+from medclassify.config import dataset_config, run_config, validate_config
 from medclassify.workflow_paths import parse_run, run_ids
 
-switches_as_strings(config)
-validate(config, schema="../schemas/config.schema.yaml", set_default=True)
+# The library's validation rather than snakemake.utils.validate, which stops at the first problem:
+# this lists every one at once, those of each dataset and run (overrides merged) included, before
+# any job is planned.
+validate_config(config)
 
 # Every evaluation plot, written as PNG and PDF by medclassify.evaluation.
 PLOTS = [
