@@ -1,5 +1,6 @@
 """Report captions: one per plot, and each renders (Jinja as Snakemake does, then reStructuredText)."""
 
+import re
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -42,3 +43,16 @@ def test_workflow_description_renders_with_datasets_and_runs(snakemake):
     html = _render("workflow", snakemake)["html_body"]
     assert "demo" in html and "baseline" in html and "patients" in html
     assert "95%" in html
+
+
+
+def test_workflow_description_gives_each_run_its_own_evaluate_settings():
+    # A run may override evaluate: the main page must not describe it with the top-level values.
+    config = load_config(overrides={"runs": {"baseline": {}, "fixed_half": {"evaluate": {"threshold": "fixed", "bootstrap": 0}}}})
+    html = _render("workflow", SimpleNamespace(config=config))["html_body"]
+    items = {re.sub("<[^>]+>", "", item).split(":")[0]: " ".join(re.sub("<[^>]+>", "", item).split())
+             for item in re.findall(r"<li><tt[^>]*>.*?</li>", html, flags=re.S)}
+    assert items == {
+        "baseline": "baseline: evaluate.threshold: youden; 95% confidence intervals from 1000 bootstrap resamples.",
+        "fixed_half": "fixed_half: evaluate.threshold: fixed (at 0.5); no confidence intervals (evaluate.bootstrap: 0).",
+    }
