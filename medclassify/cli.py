@@ -19,8 +19,32 @@ EXIT_OK, EXIT_INPUT, EXIT_USAGE = 0, 1, 2
 def _load_config(args):
     from .config import load_config
 
-    overrides = json.loads(args.set) if getattr(args, "set", None) else None
+    overrides = _parse_overrides(args.set) if getattr(args, "set", None) else None
     return load_config(args.config, overrides)
+
+
+def _parse_overrides(text):
+    """The ``--set`` JSON object; a UsageError (exit 2) when it is not one."""
+    try:
+        overrides = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise UsageError(f"--set {text!r} is not valid JSON ({error})") from None
+    if not isinstance(overrides, dict):
+        raise UsageError(f"--set {text!r} must be a JSON object such as '{{\"split\": {{\"seed\": 1}}}}', "
+                         f"not a {type(overrides).__name__}")
+    return overrides
+
+
+def _require_files(*paths):
+    """Raise InputError naming every input file that is not there, before any work starts.
+
+    The stages open their inputs with pandas, Keras or json, whose FileNotFoundError would reach
+    the user as a traceback; None stands for an option that was not given.
+    """
+    problems = [f"{path}: {'not a file' if path.exists() else 'not found'}"
+                for path in paths if path is not None and not path.is_file()]
+    if problems:
+        raise InputError("missing input file(s)", problems)
 
 
 def _add_config_options(parser, per_dataset=False):
@@ -108,6 +132,7 @@ def _cmd_preprocess(args):
 
     from .cache import build_cache_part, default_blocks_dir, merge_cache_parts
 
+    _require_files(args.manifest, args.report)
     options = _dataset_options(args)
     table = pd.read_csv(args.manifest, dtype=str, keep_default_na=False)
     if args.report:
@@ -146,6 +171,7 @@ def _cmd_split(args):
 
     from .splits import make_splits, write_split_outputs
 
+    _require_files(args.manifest)
     options = _dataset_options(args)
     table = pd.read_csv(args.manifest, dtype=str, keep_default_na=False)
     splits, report = make_splits(table, options["split"])
@@ -170,6 +196,9 @@ def _add_train(sub):
 
 
 def _cmd_train(args):
+    # Before TensorFlow's import, so that a typo fails in a second; open_cache's own check of the
+    # cache says how to build it.
+    _require_files(args.splits, args.init_model)
     from .config import run_config
     from .training import train_stage
 
@@ -198,6 +227,8 @@ def _add_evaluate(sub):
 
 
 def _cmd_evaluate(args):
+    # As in train: before TensorFlow's import; the cache is checked by open_cache.
+    _require_files(args.model, args.splits, args.manifest, *args.history)
     from .config import run_config
     from .evaluation import run_evaluation
 
@@ -223,6 +254,7 @@ def _add_predict(sub):
 def _cmd_predict(args):
     from .predict import predict_files
 
+    _require_files(args.model)  # missing --input files become error rows of the output
     table = predict_files(args.model, args.input, args.out, threads=args.threads)
     print(f"wrote {len(table)} rows to {args.out}")
 

@@ -164,13 +164,27 @@ def _runs_problems(config):
 
 def load_config(path=None, overrides=None):
     """Read a YAML config (or start empty), merge ``overrides``, validate and fill defaults."""
-    config = {}
-    if path is not None:
-        with open(path, encoding="utf-8") as f:
-            config = yaml.safe_load(f) or {}
+    config = {} if path is None else _read_config_file(path)
     if overrides:
         config = deep_merge(config, overrides)
     return validate_config(config)
+
+
+def _read_config_file(path):
+    """The YAML mapping in ``path``; InputError naming the file when it cannot be read or parsed."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            config = yaml.safe_load(f) or {}
+    except OSError as error:
+        raise InputError(f"{path}: config file cannot be read ({error.strerror})") from None
+    except UnicodeDecodeError:
+        raise InputError(f"{path}: config file is not UTF-8 text") from None
+    except yaml.YAMLError as error:
+        # PyYAML's message says where: 'while parsing … in "<file>", line 1, column 11'.
+        raise InputError(f"{path}: config file is not valid YAML", [" ".join(str(error).split())]) from None
+    if not isinstance(config, dict):
+        raise InputError(f"{path}: config file must hold a mapping of keys, not a {type(config).__name__}")
+    return config
 
 
 def deep_merge(base, override):

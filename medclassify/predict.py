@@ -113,20 +113,52 @@ def expand_inputs(inputs):
 
 
 def _manifest_rows(manifest, problems):
-    table = pd.read_csv(manifest, dtype=str, keep_default_na=False)
-    if "path" not in table.columns:
-        problems.append(f"{manifest}: no 'path' column (columns: {', '.join(table.columns)})")
+    """Rows of a manifest CSV; its problems go to ``problems`` as ``"<file>: row N …"`` lines.
+
+    Read as ``medclassify validate`` reads manifests (:func:`medclassify.manifest.read_manifest_rows`),
+    so both number the rows alike (header row 0, blank lines not counted) and a row with more or
+    fewer fields than the header is an error, never a shifted set of columns. A trailing comma
+    (Excel exports) is such a row too: validate refuses it, and predict must not read a file
+    differently.
+    """
+    from .manifest import _Collector, read_manifest_rows
+
+    found = _Collector()
+    header, records = read_manifest_rows(manifest, found)
+    for problem in found.problems:
+        if problem.severity == "error":
+            problems.append(f"{manifest}: {problem.message}")
+        else:
+            warnings.warn(f"{manifest}: {problem.message}", stacklevel=3)
+    if header is None:
         return []
+    if "path" not in header:
+        problems.append(f"{manifest}: no 'path' column (columns: {', '.join(header)})")
+        return []
+    if not records and not any(problem.severity == "error" for problem in found.problems):
+        problems.append(f"{manifest}: the manifest has a header but no rows")
     rows = []
-    for number, record in enumerate(table.to_dict("records"), start=2):  # header is line 1
-        if not record["path"].strip():
-            problems.append(f"{manifest}, line {number}: empty path")
+    for number, record in records:
+        problem = _manifest_row_problem(record)
+        if problem:
+            problems.append(f"{manifest}: row {number}: {problem}")
             continue
         row = {"input": record["path"], "path": manifest.parent / record["path"]}
-        if "label" in table.columns:
+        if "label" in header:
             row["label"] = record["label"]  # kept to compare; patient ids are deliberately not copied
         rows.append(row)
     return rows
+
+
+def _manifest_row_problem(record):
+    if not record["path"].strip():
+        return "empty path"
+    # The csv module reads an unclosed quote to the end of the file as one value, silently
+    # swallowing the rows after it; no path or label spans lines otherwise.
+    spanning = [name for name in ("path", "label") if "\n" in record.get(name, "") or "\r" in record.get(name, "")]
+    if spanning:
+        return f"the {spanning[0]} value spans several lines (an unclosed quote?)"
+    return None
 
 
 def _read_preprocessed(path, index, info, storage_dtype):

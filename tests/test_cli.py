@@ -63,3 +63,34 @@ def test_dataset_stages_apply_the_overrides_of_the_named_dataset(tmp_path):
     result = run_cli("split", str(manifest), "--out", str(tmp_path / "x.csv"), "--report", str(tmp_path / "x.json"),
                      "--config", str(config), "--dataset", "missing")
     assert result.returncode == 2 and "unknown dataset 'missing'" in result.stderr
+
+
+@pytest.mark.parametrize("overrides, expected", [
+    ("{bad", "is not valid JSON"),
+    ("[1]", "must be a JSON object"),
+])
+def test_set_that_is_not_a_json_object_is_a_usage_error(tmp_path, overrides, expected, capsys):
+    status = main(["split", str(tmp_path / "m.csv"), "--out", str(tmp_path / "s.csv"),
+                   "--report", str(tmp_path / "r.json"), "--set", overrides])
+    assert status == 2 and expected in capsys.readouterr().err
+
+
+def test_missing_config_file_exits_one_naming_it(tmp_path, capsys):
+    config = tmp_path / "nope.yaml"
+    status = main(["split", str(tmp_path / "m.csv"), "--out", str(tmp_path / "s.csv"),
+                   "--report", str(tmp_path / "r.json"), "--config", str(config)])
+    assert status == 1 and f"{config}: config file cannot be read" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", [
+    ["split", "{missing}", "--out", "{tmp}/s.csv", "--report", "{tmp}/r.json"],
+    ["preprocess", "{missing}", "--root", "{tmp}", "--out", "{tmp}/c.h5", "--fingerprint", "{tmp}/f.json"],
+    ["train", "--stage", "head", "--cache", "{tmp}/c.h5", "--splits", "{missing}", "--out", "{tmp}/o"],
+    ["evaluate", "--model", "{missing}", "--cache", "{tmp}/c.h5", "--splits", "{tmp}/s.csv",
+     "--manifest", "{tmp}/m.csv", "--out", "{tmp}/e"],
+    ["predict", "--model", "{missing}", "--input", "{tmp}", "--out", "{tmp}/p.csv"],
+])
+def test_missing_input_file_exits_one_naming_it(tmp_path, command, capsys):
+    missing = tmp_path / "missing.csv"
+    status = main([part.format(missing=missing, tmp=tmp_path) for part in command])
+    assert status == 1 and f"{missing}: not found" in capsys.readouterr().err

@@ -190,3 +190,20 @@ def test_a_dataset_resolved_on_its_own_reports_what_it_inherits_from_the_top_lev
     config = {"datasets": {"a": {"manifest": "m.csv"}}, "preprocess": {"dtype": "int7"}}
     with pytest.raises(InputError, match="datasets.a.preprocess.dtype: 'int7'"):
         dataset_config(config, "a")
+
+
+@pytest.mark.parametrize("content, expected", [
+    (None, "cannot be read (No such file or directory)"),
+    ("preprocess: {size: [32\n", "is not valid YAML"),
+    (b"preprocess: {size: [32, 32]}  # \xe9\n", "is not UTF-8"),
+    ("- preprocess\n", "must hold a mapping of keys, not a list"),
+])
+def test_unreadable_config_file_is_an_input_error_naming_it(tmp_path, content, expected):
+    path = tmp_path / "config.yaml"
+    if isinstance(content, str):
+        path.write_text(content)
+    elif content is not None:
+        path.write_bytes(content)
+    with pytest.raises(InputError) as error:
+        load_config(path, overrides={"split": {"seed": 1}})
+    assert str(error.value).startswith(f"{path}: ") and expected in str(error.value)

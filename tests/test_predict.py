@@ -161,3 +161,25 @@ def test_dicom_and_every_nifti_slice_get_their_own_rows(saved_run, tmp_path):
     assert table.loc[0, "sample_id"] == dicom
     assert list(table["sample_id"][1:]) == [f"{nifti}#{k}" for k in slices]
     assert list(table["index"][1:]) == slices
+
+
+@pytest.mark.parametrize("text, expected", [
+    # A trailing comma once made pandas take the first column as the index: path became 'benign'.
+    ("path,label\nnew/img0.png,benign,\n", "row 1 has 3 fields, the header has 2"),
+    ("path,label\nnew/img0.png,benign\nnew/img1.png,a,b,c\n", "row 2 has 4 fields, the header has 2"),
+    ('path,label\n"new/img0.png,benign\n', "row 1 has 1 fields, the header has 2"),
+    ('path,label\nnew/img0.png,"benign\nnew/img1.png,malignant\n', "row 1: the label value spans several lines"),
+    ("path,label\nnew/img0.png,benign\n,malignant\n", "row 2: empty path"),
+    ("path,label\n", "has a header but no rows"),
+    ("", "the manifest is empty"),
+])
+def test_malformed_manifest_is_an_input_error_naming_file_and_row(saved_run, tmp_path, text, expected):
+    root, model_path, images, _ = saved_run
+    manifest = root / f"{tmp_path.name}.csv"  # beside new/, so that the paths would resolve
+    manifest.write_text(text)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with pytest.raises(InputError) as error:
+            predict_files(model_path, [manifest], tmp_path / "out.csv")
+    assert f"{manifest}: " in str(error.value) and expected in str(error.value)
+    assert not (tmp_path / "out.csv").exists()
