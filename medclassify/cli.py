@@ -94,12 +94,14 @@ def _add_validate(sub):
 
 def _cmd_validate(args):
     from .manifest import raise_if_invalid, validate_manifest, write_validation_outputs
+    from .privacy import resolve_salt
 
     options = _dataset_options(args)
     root = args.root or args.manifest.parent
     result = validate_manifest(args.manifest, root, io_options=options["io"],
                                validation_options=options["validation"], labels=args.labels,
-                               salt=args.loaded_config["salt"], threads=args.threads, decode_cache=args.decode_cache)
+                               salt=resolve_salt(args.loaded_config["salt"]), threads=args.threads,
+                               decode_cache=args.decode_cache)
     out = args.out or args.report.parent / "manifest.validated.csv"
     write_validation_outputs(result, out, args.report, args.report.with_suffix(".md"))
     # Exit 1 listing the first errors (with row, path and code) and the report's path.

@@ -33,7 +33,7 @@ import pandas as pd
 from .atomic import atomic_path, atomic_write_json, atomic_write_text
 from .errors import InputError, UsageError
 from .io import READ_ERROR_CODES, ReadError, content_hash, read_file_samples, resolve_io_options
-from .privacy import hash_patient
+from .privacy import DEFAULT_SALT, SALT_ENVIRONMENT_VARIABLE, hash_patient
 
 REQUIRED_COLUMNS = ("path", "label", "patient", "modality")
 GENERATED_COLUMNS = ("sample_id", "index", "content_hash")
@@ -61,7 +61,7 @@ PROBLEM_CODES = {
     "duplicate_content": "warning", "mixed_label_patient": "policy",
     "extension_mismatch": "warning", "modality_mismatch": "warning", "implausible_dimensions": "warning",
     "implausible_channels": "warning", "constant_image": "warning", "unread_tiff_pages": "warning",
-    "non_finite_pixels": "warning",
+    "non_finite_pixels": "warning", "public_salt": "warning",
     # decoding (medclassify.io.READ_ERROR_CODES)
     **{code: "error" for code in READ_ERROR_CODES},
 }
@@ -429,6 +429,11 @@ def validate_manifest(manifest, root, *, io_options, validation_options, labels=
     extra_columns = (["split"] if "split" in header else []) + [
         name for name in header if name not in REQUIRED_COLUMNS and name != "split"]
 
+    if salt == DEFAULT_SALT:
+        problems.add(None, None, "public_salt", "warning",
+                     f"patient ids were hashed with the public default salt: anyone can recompute the hash of a "
+                     f"guessable id (a medical record number, say); set {SALT_ENVIRONMENT_VARIABLE} (or `salt` in "
+                     "the config) to a secret of this project")
     records = _check_fields(rows, labels, salt, problems, root_real)
     _check_duplicate_paths(records, problems)
     t_decode = time.perf_counter()

@@ -1,6 +1,13 @@
 """Patient pseudonymisation."""
 
 import hashlib
+import os
+
+# Used when neither the config nor the environment sets a salt. It is public (it is in this file),
+# so anyone can recompute the hash of a guessable id such as a medical record number: validation
+# warns when it is used.
+DEFAULT_SALT = "medclassify-default-salt"
+SALT_ENVIRONMENT_VARIABLE = "MEDCLASSIFY_SALT"
 
 # DICOM attributes that identify a person, an institution or a visit. Readers never copy them
 # into metadata, and tests grep results/ for their values.
@@ -18,3 +25,15 @@ def hash_patient(patient_id, salt):
     """Return the salted pseudonym of a patient id: ``"p_"`` and 16 hex characters."""
     digest = hashlib.sha256(f"{salt}\x00{patient_id}".encode("utf-8")).hexdigest()
     return "p_" + digest[:16]
+
+
+def resolve_salt(configured, environ=None):
+    """The salt to hash patient ids with: the config's ``salt``, else ``$MEDCLASSIFY_SALT``, else the public default.
+
+    The environment keeps a secret salt out of config files, whose text ``snakemake --report``
+    copies into the report.
+    """
+    if configured:
+        return configured
+    environ = os.environ if environ is None else environ
+    return environ.get(SALT_ENVIRONMENT_VARIABLE) or DEFAULT_SALT

@@ -325,3 +325,17 @@ def test_split_column(tmp_path):
     manifest.write_text("\n".join(partial) + "\n")
     result = validate(manifest, root)
     assert [(p.row, p.code) for p in result.problems] == [(3, "missing_split")]
+
+
+def test_public_default_salt_gets_a_warning_and_the_environment_can_set_a_secret(tmp_path):
+    from medclassify.privacy import DEFAULT_SALT, resolve_salt
+
+    root = tmp_path / "data"
+    manifest = make_dataset(root)
+    assert codes(validate(manifest, root)) == []
+    public = validate_manifest(manifest, root, io_options={}, validation_options={}, salt=DEFAULT_SALT)
+    assert [(p.row, p.code, p.severity) for p in public.problems] == [(None, "public_salt", "warning")]
+    assert "MEDCLASSIFY_SALT" in public.problems[0].message and public.ok
+    assert resolve_salt(None, {}) == DEFAULT_SALT
+    assert resolve_salt(None, {"MEDCLASSIFY_SALT": "s3cret"}) == "s3cret"
+    assert resolve_salt("configured", {"MEDCLASSIFY_SALT": "s3cret"}) == "configured"

@@ -1,3 +1,6 @@
+from medclassify.privacy import resolve_salt
+
+
 rule validate_manifest:
     input:
         manifest=manifest_of,
@@ -21,7 +24,7 @@ rule validate_manifest:
         io=lambda wildcards: dataset(wildcards)["io"],
         validation=lambda wildcards: dataset(wildcards)["validation"],
         labels=lambda wildcards: dataset(wildcards)["labels"],
-        salt=config["salt"],
+        salt=resolve_salt(config["salt"]),
         decode_cache=lambda wildcards: f"results/{wildcards.dataset}/validation/.decode_cache.json",
     script:
         "../scripts/validate_manifest.py"
