@@ -6,7 +6,7 @@ from snakemake.utils import validate
 # The library lives at the repository root; rule scripts put it on sys.path the same way.
 sys.path.insert(0, workflow.basedir)
 
-from medclassify.codedeps import module_closure
+from medclassify.codedeps import rule_inputs
 from medclassify.config import dataset_config, run_config, switches_as_strings
 from medclassify.workflow_paths import parse_run, run_ids
 
@@ -37,9 +37,10 @@ wildcard_constraints:
 def library_code(*modules):
     """Library files that a rule's script runs: the named modules and all they import.
 
-    Listed among a rule's inputs, so that editing any of them reruns the rule.
+    Listed among a rule's inputs, so that editing any of them reruns the rule; relative to the
+    working directory, so that moving the project does not.
     """
-    return [str(path) for path in module_closure("runlog", *modules)]
+    return rule_inputs("runlog", *modules)
 
 
 def dataset(wildcards):
