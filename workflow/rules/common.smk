@@ -7,7 +7,7 @@ from snakemake.utils import validate
 sys.path.insert(0, workflow.basedir)
 
 from medclassify.codedeps import rule_inputs
-from medclassify.config import dataset_config, run_config, switches_as_strings
+from medclassify.config import dataset_config, run_config, switches_as_strings, without_loading_options
 from medclassify.workflow_paths import parse_run, run_ids
 
 switches_as_strings(config)
@@ -49,9 +49,14 @@ def dataset(wildcards):
 
 
 def run_options(wildcards):
-    """Resolved options of the run named by the wildcards (fold suffix ignored)."""
+    """Resolved options of the run named by the wildcards (fold suffix ignored).
+
+    Less the options that only choose how training reads the images (LOADING_TRAIN_OPTIONS):
+    rules pass these options as params, and a change of params reruns a job. train.py reads
+    those from the config.
+    """
     name, _ = parse_run(wildcards.run)
-    return run_config(config, name)
+    return without_loading_options(run_config(config, name))
 
 
 def head_options(wildcards):
