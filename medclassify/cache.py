@@ -44,7 +44,10 @@ Image blocks and incremental builds
     It also gathers its images from any block of which it uses less than ``MIN_BLOCK_USE``
     (half): so every block still referenced is at least half used by one part, and the blocks
     hold at most twice the images the cache uses, whatever was removed from the manifest.
-    After a successful merge, blocks that no part references are deleted. A block file that
+    After a successful merge, part files of other shard counts beside the parts are deleted
+    (their blocks are about to go, and a stale ``part-0-of-1.h5`` would otherwise be taken as
+    up to date when ``preprocess.shards`` goes back to 1), then blocks that no part references.
+    A block file that
     cannot be opened is ignored (and deleted by the merge); a corrupted chunk fails its
     Fletcher-32 checksum when read, naming the block. Resharding decodes no image.
 
@@ -116,6 +119,7 @@ DIGEST_ROWS_PER_UPDATE = 65536
 ATTRIBUTES = ("params_hash", "params", "classes", "library_version", "manifest_hash", "created")
 BLOCKS_DIRNAME = "blocks"
 BLOCK_PREFIX = "block-"
+PART_PREFIX = "part-"
 LEGACY_POOL_DIRNAME = ".previous"  # the copy-based reuse pool of earlier versions, removed on merge
 # A reader opens every block its parts point into; beyond this many per part, a build gathers
 # the images of the least-used blocks into its new block (see _referenced_rows).
@@ -768,7 +772,8 @@ def merge_cache_parts(parts, out_cache, fingerprint_out, *, blocks=None, layout=
     ``layout="virtual"`` maps the stored images through an HDF5 virtual dataset with source
     paths relative to ``out_cache`` (the parts and blocks must stay beside it); ``"copy"``
     copies the images into a self-contained file. With ``blocks`` (the parts' block folder),
-    blocks that no part references any more are then deleted. Returns the fingerprint.
+    part files of other shard counts and blocks that no part references any more are then
+    deleted. Returns the fingerprint.
     """
     if layout not in ("virtual", "copy"):
         raise ValueError(f"layout must be 'virtual' or 'copy', not {layout!r}")
@@ -786,6 +791,8 @@ def merge_cache_parts(parts, out_cache, fingerprint_out, *, blocks=None, layout=
             cache.close()
     atomic_write_json(fingerprint_out, fingerprint)
     if blocks is not None:
+        # Parts first: a crash in between must not leave a part whose blocks are gone.
+        remove_parts_of_other_shard_counts(parts)
         remove_unused_blocks(parts, blocks)
     return fingerprint
 
@@ -919,6 +926,20 @@ def referenced_blocks(part):
     """Names of the block files that a part's images live in (none for a self-contained part)."""
     with h5py.File(part, "r") as f:
         return {Path(record["file"]).name for record in json.loads(_plain(f.attrs.get("blocks", "[]")))}
+
+
+def remove_parts_of_other_shard_counts(parts):
+    """Delete the part files (``part-*-of-*.h5``) beside ``parts`` that are not among them.
+
+    ``parts`` must be a whole merged set (the merge checks that), so the others are left from
+    another shard count. Deleting them makes Snakemake rebuild a part if that count comes back,
+    instead of taking the old file, whose blocks may be gone, as up to date.
+    """
+    keep = {Path(p).name for p in parts}
+    for folder in {Path(p).parent for p in parts}:
+        for entry in folder.glob(f"{PART_PREFIX}*-of-*.h5"):
+            if entry.name not in keep:
+                entry.unlink()
 
 
 def remove_unused_blocks(parts, blocks):

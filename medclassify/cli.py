@@ -150,9 +150,7 @@ def _cmd_preprocess(args):
                                    io_options=options["io"], classes=classes, shard=shard, n_shards=n_shards,
                                    threads=args.threads, blocks=blocks, reuse=not args.no_reuse)
         print(f"{part}: {summary['rows']} images, {summary['decoded']} decoded, {summary['reused']} reused")
-    merge_cache_parts(parts, args.out, args.fingerprint, blocks=blocks)
-    for stale in set(parts[0].parent.glob("part-*-of-*.h5")) - set(parts):  # from another shard count
-        stale.unlink()
+    merge_cache_parts(parts, args.out, args.fingerprint, blocks=blocks)  # removes other shard counts' parts
     print(f"wrote {args.out} and {args.fingerprint}")
 
 

@@ -5,6 +5,7 @@ Rules list these files among their inputs, so that editing any module a stage re
 """
 
 import ast
+import os
 from pathlib import Path
 
 PACKAGE_DIR = Path(__file__).resolve().parent
@@ -66,3 +67,13 @@ def module_closure(*modules):
         pending += sorted(imported_modules(module) - seen)
     files = {module_file(m) for m in seen} | {PACKAGE_DIR / "__init__.py"}
     return sorted(files)
+
+
+def rule_inputs(*modules):
+    """module_closure's files as paths relative to the current directory, for a rule's inputs.
+
+    Snakemake parses the rules in its working directory and keeps each job's input paths in its
+    metadata: absolute paths would change when the project folder is moved or copied, and every
+    job would rerun ("Set of input files has changed").
+    """
+    return [os.path.relpath(path) for path in module_closure(*modules)]

@@ -297,6 +297,25 @@ def run_problems(options):
     return problems
 
 
+# Train options that choose how the same images reach training (held in memory or read from
+# the HDF5 file, same values in the same order), not what is trained. The workflow keeps them
+# out of its rules' params, on which Snakemake reruns a job, so that changing them retrains
+# nothing; the training script reads them from the config itself (loading_options).
+LOADING_TRAIN_OPTIONS = ("cache_in_memory_max_gb",)
+
+
+def without_loading_options(options):
+    """A run's options (:func:`run_config`) less :data:`LOADING_TRAIN_OPTIONS`."""
+    train = {key: value for key, value in options["train"].items() if key not in LOADING_TRAIN_OPTIONS}
+    return {**options, "train": train}
+
+
+def loading_options(config, run):
+    """The :data:`LOADING_TRAIN_OPTIONS` of run ``run`` (a name, no fold) in the whole config."""
+    train = run_config(config, run)["train"]
+    return {key: train[key] for key in LOADING_TRAIN_OPTIONS}
+
+
 def sorted_keys(value):
     """The value with the keys of every nested dict in sorted order.
 

@@ -3,8 +3,9 @@ multi-GPU.
 
 The decisions are pure functions of the config values and the visible devices, so they are
 tested on CPU; :func:`configure_devices` applies them. TensorFlow sees only the GPUs in
-``CUDA_VISIBLE_DEVICES`` (set by Slurm or by the workstation profile), so a job never touches
-GPUs it was not given; nothing here widens that set.
+``CUDA_VISIBLE_DEVICES`` (set by Slurm, or by the user on a workstation: the workstation
+profile only counts GPUs), so a job never touches GPUs it was not given; nothing here widens
+that set.
 """
 
 import ctypes

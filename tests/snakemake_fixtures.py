@@ -78,6 +78,8 @@ def copy_repository(dest):
     """Copy the working tree's tracked and unignored files (not results, caches, venv) to dest.
 
     Modification times are kept, so that Snakemake sees the copy as it would see the checkout.
+    Symbolic links stay links (profiles/default is one: Snakemake finds the workstation
+    profile through it, as in the checkout).
     """
     listed = subprocess.run(
         ["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
@@ -88,9 +90,13 @@ def copy_repository(dest):
     dest = Path(dest)
     for relative in filter(None, listed.split("\0")):
         source = REPO / relative
+        target = dest / relative
+        if source.is_symlink():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.symlink_to(os.readlink(source))
+            continue
         if not source.is_file():  # deleted in the working tree but still tracked
             continue
-        target = dest / relative
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(source, target)
     return dest

@@ -293,6 +293,26 @@ def test_resharding_reuses_every_image(dataset, tmp_path):
         np.testing.assert_array_equal(cache.read_stored(range(len(cache))), expected_images(root, rows))
 
 
+def part_names(results):
+    return sorted(p.name for p in (Path(results) / "cache").glob("part-*.h5"))
+
+
+def test_merging_removes_the_parts_of_another_shard_count(dataset, tmp_path):
+    # preprocess.shards 1 → 3 → 1: the merge of three parts deletes the blocks that only
+    # part-0-of-1.h5 used, so that part must go too, or Snakemake would take it as up to date.
+    root, rows = dataset
+    results = tmp_path / "results"
+    manifest = write_manifest(rows, tmp_path / "m.csv")
+    build(manifest, root, results, n_shards=1)
+    build(manifest, root, results, n_shards=3)
+    assert part_names(results) == ["part-0-of-3.h5", "part-1-of-3.h5", "part-2-of-3.h5"]
+    build(manifest, root, results, n_shards=1)  # what Snakemake does for the missing part
+    assert part_names(results) == ["part-0-of-1.h5"]
+    with open_cache(results / "cache.h5") as cache:
+        cache.verify()
+        np.testing.assert_array_equal(cache.read_stored(range(len(cache))), expected_images(root, rows))
+
+
 def test_reuse_needs_equal_values_but_not_equal_compression(dataset, tmp_path):
     root, rows = dataset
     manifest = write_manifest(rows, tmp_path / "m.csv")

@@ -1,6 +1,9 @@
 """The library files each stage depends on, found from the imports."""
 
-from medclassify.codedeps import PACKAGE_DIR, imported_modules, module_closure
+import os
+from pathlib import Path
+
+from medclassify.codedeps import PACKAGE_DIR, imported_modules, module_closure, rule_inputs
 
 
 def names(files):
@@ -29,3 +32,13 @@ def test_a_submodule_brings_its_package_init():
 
 def test_imports_outside_the_package_are_ignored():
     assert all(not name.startswith(("numpy", "pandas")) for name in imported_modules("splits"))
+
+
+def test_rule_inputs_are_relative_to_the_working_directory(tmp_path, monkeypatch):
+    # Snakemake keeps a job's input paths: absolute ones would rerun every job of a moved project.
+    for workdir in (PACKAGE_DIR.parent, tmp_path):
+        monkeypatch.chdir(workdir)
+        paths = rule_inputs("training")
+        assert paths and all(not os.path.isabs(path) for path in paths)
+        assert all(os.path.isfile(path) for path in paths)
+        assert {Path(path).resolve() for path in paths} == set(module_closure("training"))

@@ -3,8 +3,8 @@
 import pytest
 
 from medclassify.config import (
-    REPO_ROOT, config_hash, dataset_config, deep_merge, load_config, run_config, schema_reference,
-    validate_config,
+    REPO_ROOT, config_hash, dataset_config, deep_merge, load_config, loading_options, run_config, schema_reference,
+    validate_config, without_loading_options,
 )
 from medclassify.errors import InputError
 
@@ -72,6 +72,14 @@ def test_run_overrides_merge_over_training_sections():
     assert run_config(config, "b")["finetune"]["epochs"] == 3
     assert run_config(config, "a")["finetune"]["epochs"] == config["finetune"]["epochs"]
     assert run_config(config, "b")["train"] == run_config(config, "a")["train"]
+
+
+def test_how_training_reads_the_images_is_kept_apart_from_the_options_rules_rerun_on():
+    config = load_config(overrides={"runs": {"a": {}, "b": {"train": {"cache_in_memory_max_gb": 0}}}})
+    assert without_loading_options(run_config(config, "a")) == without_loading_options(run_config(config, "b"))
+    assert "cache_in_memory_max_gb" not in without_loading_options(run_config(config, "a"))["train"]
+    assert loading_options(config, "a") == {"cache_in_memory_max_gb": 4}
+    assert loading_options(config, "b") == {"cache_in_memory_max_gb": 0}
 
 
 def test_npz_path_can_come_from_the_environment(monkeypatch):

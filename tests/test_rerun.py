@@ -103,6 +103,14 @@ def test_changing_a_finetune_option_plans_finetune_and_what_follows(workdir, sec
         assert planned_jobs(workdir) == {"finetune": 1, "evaluate": 1, "compare": 1}
 
 
+def test_changing_how_training_reads_the_images_plans_nothing(workdir):
+    # In memory or from the HDF5 file, training sees the same values in the same order.
+    config = workdir / FAST_CONFIG_NAME
+    with restored_afterwards(config):
+        edit_config(workdir, "train", "cache_in_memory_max_gb", 0)
+        assert planned_jobs(workdir) == {}
+
+
 def test_adding_images_to_the_manifest_plans_validation_preprocessing_and_what_follows(workdir):
     manifest = workdir / "data/manifest.csv"
     with restored_afterwards(manifest):

@@ -4,8 +4,8 @@ from pathlib import Path
 # The library lives at the repository root; rule scripts put it on sys.path the same way.
 sys.path.insert(0, workflow.basedir)
 
-from medclassify.codedeps import module_closure
-from medclassify.config import dataset_config, run_config, validate_config
+from medclassify.codedeps import rule_inputs
+from medclassify.config import dataset_config, run_config, validate_config, without_loading_options
 from medclassify.workflow_paths import parse_run, run_ids
 
 # The library's validation rather than snakemake.utils.validate, which stops at the first problem:
@@ -37,9 +37,10 @@ wildcard_constraints:
 def library_code(*modules):
     """Library files that a rule's script runs: the named modules and all they import.
 
-    Listed among a rule's inputs, so that editing any of them reruns the rule.
+    Listed among a rule's inputs, so that editing any of them reruns the rule; relative to the
+    working directory, so that moving the project does not.
     """
-    return [str(path) for path in module_closure("runlog", *modules)]
+    return rule_inputs("runlog", *modules)
 
 
 def dataset(wildcards):
@@ -48,9 +49,14 @@ def dataset(wildcards):
 
 
 def run_options(wildcards):
-    """Resolved options of the run named by the wildcards (fold suffix ignored)."""
+    """Resolved options of the run named by the wildcards (fold suffix ignored).
+
+    Less the options that only choose how training reads the images (LOADING_TRAIN_OPTIONS):
+    rules pass these options as params, and a change of params reruns a job. train.py reads
+    those from the config.
+    """
     name, _ = parse_run(wildcards.run)
-    return run_config(config, name)
+    return without_loading_options(run_config(config, name))
 
 
 def head_options(wildcards):

@@ -9,11 +9,16 @@ sys.path.insert(0, str(Path(snakemake.scriptdir).parents[1]))  # the library, at
 
 from medclassify.runlog import log_output
 from medclassify.atomic import atomic_write_json
+from medclassify.config import loading_options
 from medclassify.training import train_stage
+from medclassify.workflow_paths import parse_run
 
 with log_output(snakemake.log[0]):
     stage = "head" if snakemake.rule == "train_head" else "finetune"
     options = copy.deepcopy(snakemake.params.options)
+    # Not among the params, so that changing them retrains nothing (run_options, common.smk).
+    run_name, _ = parse_run(snakemake.wildcards.run)
+    options["train"].update(loading_options(snakemake.config, run_name))
     if options["train"]["weights"] != "none":
         options["train"]["weights"] = str(snakemake.input.weights) if stage == "head" else "none"
     started = time.time()
