@@ -65,9 +65,8 @@ def write_png(path, seed):
     Image.fromarray(pixels).save(path)
 
 
-def write_newer(path, seed):
-    """Rewrite path with other content and a modification time after every recorded output."""
-    write_png(path, seed)
+def made_newer(path):
+    """Give path a modification time after every recorded output."""
     later = time.time_ns() + 60 * 10**9
     os.utime(path, ns=(later, later))
 
@@ -98,7 +97,8 @@ def predict_workdir(request, tmp_path_factory):
 def test_changing_an_image_to_predict_plans_predict(predict_workdir):
     image = predict_workdir / "newimgs/a.png"
     with restored_afterwards(image):
-        write_newer(image, seed=10)
+        write_png(image, seed=10)
+        made_newer(image)
         assert planned_jobs(predict_workdir) == {"predict": 1}
 
 
@@ -114,3 +114,31 @@ def test_adding_an_image_to_predict_plans_predict(predict_workdir):
             assert planned_jobs(predict_workdir) == {"predict": 1}
         finally:
             added.unlink()
+
+
+@pytest.fixture(scope="module")
+def medmnist_workdir(tmp_path_factory):
+    """A recorded run of a MedMNIST dataset imported from a local .npz (never read: no job runs)."""
+    workdir = copy_repository(tmp_path_factory.mktemp("medmnist-inputs") / "repo")
+    (workdir / "data").mkdir()
+    (workdir / "data/breastmnist.npz").write_bytes(b"stands for the file")
+    write_fast_config(workdir)
+    dataset = {"medmnist": "breastmnist", "npz": "data/breastmnist.npz"}
+    set_config(workdir, "datasets", {MEDMNIST_DATASET: dataset})
+    record_complete_run(workdir)
+    return workdir
+
+
+def test_replacing_the_npz_content_plans_the_import_and_what_follows(medmnist_workdir):
+    npz = medmnist_workdir / "data/breastmnist.npz"
+    with restored_afterwards(npz):
+        npz.write_bytes(b"another file at the same path")
+        made_newer(npz)
+        planned = planned_jobs(medmnist_workdir)
+    assert planned.get("import_medmnist") == 1 and planned.get("evaluate") == 1, planned
+
+
+def test_the_same_npz_named_by_the_environment_plans_nothing(medmnist_workdir):
+    # As `make` gives it: an absolute path in MEDCLASSIFY_<NAME>_NPZ, over the config's relative one.
+    npz = (medmnist_workdir / "data/breastmnist.npz").resolve()
+    assert planned_jobs(medmnist_workdir, env={NPZ_VARIABLE: str(npz)}) == {}
