@@ -112,6 +112,24 @@ def expand_inputs(inputs):
     return rows
 
 
+def files_read(inputs):
+    """The existing files that :func:`predict_files` reads for ``inputs``, sorted: manifests and images.
+
+    The workflow declares them as inputs of rule predict, so that adding, removing or changing
+    an image reruns it (``inputs`` itself is a folder or a manifest, whose own time says neither).
+    Missing files are left out, and inputs it cannot expand give what exists of them: predict
+    reports both, as error rows or as its InputError, in its log rather than while Snakemake plans.
+    """
+    if isinstance(inputs, (str, Path)):
+        inputs = [inputs]
+    files = {Path(item) for item in inputs if Path(item).is_file()}
+    try:
+        files |= {row["path"] for row in expand_inputs(inputs) if row["path"].is_file()}
+    except InputError:  # a malformed manifest: predict itself reports it
+        pass
+    return sorted(map(str, files))
+
+
 def _manifest_rows(manifest, problems):
     """Rows of a manifest CSV; its problems go to ``problems`` as ``"<file>: row N …"`` lines.
 

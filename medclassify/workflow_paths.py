@@ -1,6 +1,8 @@
-"""Names shared by the workflow and the library: the run wildcard and its fold."""
+"""Names shared by the workflow and the library: the run wildcard and its fold, input paths."""
 
+import os
 import re
+from pathlib import Path
 
 _RUN = re.compile(r"^(?P<name>[A-Za-z0-9_-]+)(?:/fold_(?P<fold>\d+))?$")
 
@@ -19,3 +21,18 @@ def run_ids(run_names, folds=None):
     if not folds:
         return list(run_names)
     return [f"{name}/fold_{k}" for name in run_names for k in range(folds)]
+
+
+def input_path(path):
+    """``path`` spelled as one rule input: relative inside the working directory, absolute outside
+    it, symlinks resolved; no input (``[]``) for None.
+
+    Snakemake reruns a job whose set of input paths changed, so two spellings of one file (the
+    config's relative path, the Makefile's absolute one) would rerun it and all that follows.
+    """
+    if path is None:
+        return []
+    resolved = Path(os.path.realpath(path))
+    if resolved.is_relative_to(Path.cwd()):
+        return str(resolved.relative_to(Path.cwd()))
+    return str(resolved)

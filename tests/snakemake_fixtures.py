@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -201,6 +202,18 @@ def planned_jobs(workdir, *args, timeout_s=300):
     planned = parse_job_stats(run.output)
     planned.pop("all", None)
     return dict(planned)
+
+
+@contextmanager
+def restored_afterwards(*paths):
+    """Let the body change files; put back their bytes and modification times afterwards."""
+    saved = {Path(p): (Path(p).read_bytes(), os.stat(p).st_mtime_ns) for p in paths}
+    try:
+        yield
+    finally:
+        for path, (content, mtime_ns) in saved.items():
+            path.write_bytes(content)
+            os.utime(path, ns=(mtime_ns, mtime_ns))
 
 
 def fit_profile_to_node(profile, *, cpus, mem_mb, status_check_s):

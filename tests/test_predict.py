@@ -15,7 +15,7 @@ from evaluation_fixtures import tiny_model  # noqa: E402
 from medclassify.config import load_config  # noqa: E402
 from medclassify.errors import InputError  # noqa: E402
 from medclassify.io import read_sample  # noqa: E402
-from medclassify.predict import predict_files  # noqa: E402
+from medclassify.predict import files_read, predict_files  # noqa: E402
 from medclassify.preprocessing import from_storage, preprocess_image, to_storage  # noqa: E402
 
 CLASSES = ["benign", "malignant"]
@@ -183,3 +183,25 @@ def test_malformed_manifest_is_an_input_error_naming_file_and_row(saved_run, tmp
             predict_files(model_path, [manifest], tmp_path / "out.csv")
     assert f"{manifest}: " in str(error.value) and expected in str(error.value)
     assert not (tmp_path / "out.csv").exists()
+
+
+def test_files_read_are_the_existing_files_predict_reads(tmp_path):
+    folder = tmp_path / "new"
+    (folder / "sub").mkdir(parents=True)
+    for name in ["b.png", "sub/a.png", ".hidden.png", "notes.txt"]:
+        (folder / name).write_bytes(b"x")
+    manifest = tmp_path / "list.csv"
+    manifest.write_text("path\nnew/b.png\nnew/missing.png\n")
+
+    # The whole folder but its hidden files, sorted; non-images too (they become error rows).
+    assert files_read(folder) == [str(folder / name) for name in ["b.png", "notes.txt", "sub/a.png"]]
+    assert files_read(manifest) == sorted([str(manifest), str(folder / "b.png")])
+
+
+def test_files_read_leave_problems_to_predict(tmp_path):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "bad.csv").write_text("file\na.png\n")  # no 'path' column
+
+    assert files_read(tmp_path / "empty") == []
+    assert files_read(tmp_path / "bad.csv") == [str(tmp_path / "bad.csv")]
+    assert files_read(tmp_path / "missing") == []

@@ -6,10 +6,7 @@ Snakemake what it would run (``snakemake -n``), and puts the change back, byte f
 with the file's old modification time, so that the next test starts from the same state.
 """
 
-import os
 import shutil
-from contextlib import contextmanager
-from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -19,6 +16,7 @@ from snakemake_fixtures import (
     FAST_CONFIG_NAME,
     copy_repository,
     planned_jobs as shared_planned_jobs,
+    restored_afterwards,
     run_snakemake,
     write_fast_config,
 )
@@ -29,18 +27,6 @@ RUN_TIMEOUT_S = 1200
 DRY_RUN_TIMEOUT_S = 300
 HELD_BACK_PATIENTS = 3
 DATASET = "own"
-
-
-@contextmanager
-def restored_afterwards(*paths):
-    """Let the body change files; put back their bytes and modification times afterwards."""
-    saved = {Path(p): (Path(p).read_bytes(), os.stat(p).st_mtime_ns) for p in paths}
-    try:
-        yield
-    finally:
-        for path, (content, mtime_ns) in saved.items():
-            path.write_bytes(content)
-            os.utime(path, ns=(mtime_ns, mtime_ns))
 
 
 def planned_jobs(workdir):

@@ -1,3 +1,6 @@
+from medclassify.workflow_paths import input_path
+
+
 rule make_demo_data:
     input:
         code=library_code("datasets.demo"),
@@ -19,6 +22,9 @@ rule make_demo_data:
 
 rule import_medmnist:
     input:
+        # The local .npz (config npz: or MEDCLASSIFY_<NAME>_NPZ), an input so that replacing its
+        # content reruns the import; none when the importer downloads it (MD5-checked).
+        npz=lambda wildcards: input_path(dataset(wildcards)["npz"]),
         code=library_code("datasets.medmnist"),
     output:
         manifest="results/{dataset}/medmnist/manifest.csv",
@@ -31,7 +37,6 @@ rule import_medmnist:
     threads: 1
     params:
         name=lambda wildcards: dataset(wildcards)["medmnist"],
-        npz=lambda wildcards: dataset(wildcards)["npz"],
         size=lambda wildcards: dataset(wildcards)["medmnist_size"],
     script:
         "../scripts/import_medmnist.py"

@@ -34,8 +34,11 @@ rule evaluate:
     params:
         options=lambda wildcards: {"evaluate": run_options(wildcards)["evaluate"]},
         fold=fold_of,
-        # Recorded in the run card; every other option here already reruns an upstream stage.
-        dataset_options=dataset,
+        # Recorded in the run card; every other option here already reruns an upstream stage. Less
+        # the local .npz path: where the file lies says nothing of the data (fingerprint.json does).
+        dataset_options=lambda wildcards: {
+            key: value for key, value in dataset(wildcards).items() if key != "npz"
+        },
         run_options=run_options,
     script:
         "../scripts/evaluate.py"

@@ -12,7 +12,7 @@ with log_output(snakemake.log[0]):
     manifest = import_medmnist(
         snakemake.params.name,
         Path(snakemake.output.manifest).parent,
-        npz=snakemake.params.npz,
+        npz=snakemake.input.npz or None,  # no input: download the official file
         size=snakemake.params.size,
     )
     assert Path(manifest) == Path(snakemake.output.manifest), manifest

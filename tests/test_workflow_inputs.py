@@ -1,0 +1,144 @@
+"""Rules declare as inputs the files their jobs read, so that changing one reruns them.
+
+Checked on dry runs (``snakemake -n``) over a recorded run: every output file is created empty and
+``snakemake --touch`` records the metadata a real run would leave, so that no job runs; each test
+then changes one input and puts it back, byte for byte and with its old modification time.
+"""
+
+import os
+import time
+
+import numpy as np
+import pytest
+import yaml
+from PIL import Image
+
+from snakemake_fixtures import (
+    FAST_CONFIG_NAME,
+    copy_repository,
+    restored_afterwards,
+    parse_job_stats,
+    run_snakemake,
+    write_fast_config,
+)
+
+pytestmark = pytest.mark.slow
+
+TIMEOUT_S = 300
+CONFIG_ARGS = ["--configfile", FAST_CONFIG_NAME]
+# Dataset named so that no MEDCLASSIFY_<NAME>_NPZ of the environment (the Makefile exports
+# MEDCLASSIFY_BREASTMNIST_NPZ) reaches it unless a test sets it.
+MEDMNIST_DATASET = "breast"
+NPZ_VARIABLE = f"MEDCLASSIFY_{MEDMNIST_DATASET.upper()}_NPZ"
+
+
+def snakemake(workdir, *args, env=None):
+    run = run_snakemake([*args, *CONFIG_ARGS], workdir, timeout_s=TIMEOUT_S, env={NPZ_VARIABLE: "", **(env or {})})
+    if run.returncode != 0:
+        pytest.fail(f"snakemake {' '.join(args)} failed:\n{run.tail()}")
+    return run
+
+
+def planned_jobs(workdir, env=None):
+    """Jobs per rule that ``snakemake -n`` would run now (the ``all`` target left out)."""
+    planned = parse_job_stats(snakemake(workdir, "-n", "--quiet", "rules", env=env).output)
+    planned.pop("all", None)
+    return dict(planned)
+
+
+def record_complete_run(workdir):
+    """Create every output file of the workflow empty and record their metadata with --touch."""
+    summary = snakemake(workdir, "--summary").output
+    for line in summary.splitlines()[1:]:
+        fields = line.split("\t")
+        if len(fields) > 4 and fields[4] == "missing":
+            path = workdir / fields[0]
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.touch()
+    snakemake(workdir, "--touch", "--cores", "1")
+    if planned_jobs(workdir) != {}:
+        pytest.fail("a recorded run must leave nothing to do")
+
+
+def write_png(path, seed):
+    pixels = np.random.default_rng(seed).integers(0, 255, (16, 16), dtype=np.uint8)
+    Image.fromarray(pixels).save(path)
+
+
+def made_newer(path):
+    """Give path a modification time after every recorded output."""
+    later = time.time_ns() + 60 * 10**9
+    os.utime(path, ns=(later, later))
+
+
+def set_config(workdir, section, value):
+    config_path = workdir / FAST_CONFIG_NAME
+    config = yaml.safe_load(config_path.read_text())
+    config[section] = value
+    config_path.write_text(yaml.safe_dump(config, sort_keys=False))
+
+
+@pytest.fixture(scope="module", params=["folder", "manifest"])
+def predict_workdir(request, tmp_path_factory):
+    """A recorded demo run that predicts newimgs/ (a.png, b.png), as a folder or through newimgs.csv."""
+    workdir = copy_repository(tmp_path_factory.mktemp("predict-inputs") / "repo")
+    images = workdir / "newimgs"
+    images.mkdir()
+    for seed, name in enumerate(["a.png", "b.png"]):
+        write_png(images / name, seed)
+    # Beside the folder, not in it: predict would read it as one more image of the folder.
+    (workdir / "newimgs.csv").write_text("path\nnewimgs/a.png\nnewimgs/b.png\n")
+    source = "newimgs" if request.param == "folder" else "newimgs.csv"
+    write_fast_config(workdir, {"predict": {"input": source}})
+    record_complete_run(workdir)
+    return workdir
+
+
+def test_changing_an_image_to_predict_plans_predict(predict_workdir):
+    image = predict_workdir / "newimgs/a.png"
+    with restored_afterwards(image):
+        write_png(image, seed=10)
+        made_newer(image)
+        assert planned_jobs(predict_workdir) == {"predict": 1}
+
+
+def test_adding_an_image_to_predict_plans_predict(predict_workdir):
+    added = predict_workdir / "newimgs/c.png"
+    manifest = predict_workdir / "newimgs.csv"
+    with restored_afterwards(manifest):
+        write_png(added, seed=11)
+        os.utime(added, ns=(0, 0))  # older than every output: only the set of inputs has changed
+        manifest.write_text(manifest.read_text() + "newimgs/c.png\n")
+        os.utime(manifest, ns=(0, 0))
+        try:
+            assert planned_jobs(predict_workdir) == {"predict": 1}
+        finally:
+            added.unlink()
+
+
+@pytest.fixture(scope="module")
+def medmnist_workdir(tmp_path_factory):
+    """A recorded run of a MedMNIST dataset imported from a local .npz (never read: no job runs)."""
+    workdir = copy_repository(tmp_path_factory.mktemp("medmnist-inputs") / "repo")
+    (workdir / "data").mkdir()
+    (workdir / "data/breastmnist.npz").write_bytes(b"stands for the file")
+    write_fast_config(workdir)
+    dataset = {"medmnist": "breastmnist", "npz": "data/breastmnist.npz"}
+    set_config(workdir, "datasets", {MEDMNIST_DATASET: dataset})
+    record_complete_run(workdir)
+    return workdir
+
+
+def test_replacing_the_npz_content_plans_the_import_and_what_follows(medmnist_workdir):
+    npz = medmnist_workdir / "data/breastmnist.npz"
+    with restored_afterwards(npz):
+        npz.write_bytes(b"another file at the same path")
+        made_newer(npz)
+        planned = planned_jobs(medmnist_workdir)
+    assert planned.get("import_medmnist") == 1 and planned.get("evaluate") == 1, planned
+
+
+def test_the_same_npz_named_by_the_environment_plans_nothing(medmnist_workdir):
+    # As `make` gives it: an absolute path in MEDCLASSIFY_<NAME>_NPZ, over the config's relative one.
+    npz = (medmnist_workdir / "data/breastmnist.npz").resolve()
+    assert planned_jobs(medmnist_workdir, env={NPZ_VARIABLE: str(npz)}) == {}

@@ -1,0 +1,25 @@
+"""workflow_paths: the run wildcard and one spelling per input file."""
+
+import os
+
+from medclassify.workflow_paths import input_path, parse_run
+
+
+def test_parse_run_splits_the_fold_off():
+    assert parse_run("baseline/fold_2") == ("baseline", 2)
+    assert parse_run("baseline") == ("baseline", None)
+
+
+def test_input_path_gives_one_spelling_per_file(tmp_path, monkeypatch):
+    workdir = tmp_path / "repo"
+    (workdir / "data").mkdir(parents=True)
+    (workdir / "data/x.npz").write_bytes(b"x")
+    outside = tmp_path / "shared.npz"
+    outside.write_bytes(b"y")
+    os.symlink(outside, workdir / "data/link.npz")
+    monkeypatch.chdir(workdir)
+
+    # The config's relative spelling and the Makefile's absolute one name the same input.
+    assert input_path("data/x.npz") == input_path(str(workdir / "data/x.npz")) == "data/x.npz"
+    assert input_path("../shared.npz") == input_path("data/link.npz") == str(outside.resolve())
+    assert input_path(None) == []
