@@ -35,9 +35,9 @@ from .codedeps import module_closure
 from .config import config_hash
 from .data import (ImageSource, TrainingBatches, class_weights, evaluation_dataset, fits_in_memory, split_indices,
                    zscore_statistics)
-from .epoch_selection import check_rule
+from .epoch_selection import check_rule, crossentropy
 from .errors import InputError
-from .fitting import compile_model, make_loss, reset_layer_seeds, stage_options
+from .fitting import compile_model, reset_layer_seeds, stage_options
 from .gpu import configure_devices
 from .inference import cache_reader, predict_probabilities
 from .models import (backbone_of, build_classifier, build_ensemble, set_backbone_inference_mode,
@@ -146,11 +146,16 @@ class ValidationMetrics(keras.callbacks.Callback):
     (``epoch_<n>.npy``, validation order, beside ``labels.npy``), so that rules for choosing the
     epoch can be compared afterwards on the very trajectories the stage trained
     (bench/epoch_selection.py).
+
+    ``val_loss`` is the plain categorical cross-entropy of the validation probabilities, whatever
+    the training loss (label smoothing, focal loss): it measures the model, not the training
+    objective, and it is what :mod:`medclassify.epoch_selection` replays, so that
+    ``select_epoch: lowest_val_loss`` picks the same epoch online and offline.
     """
 
-    def __init__(self, dataset, labels, n_classes, loss, record_dir=None):
+    def __init__(self, dataset, labels, record_dir=None):
         super().__init__()
-        self.dataset, self.labels, self.n_classes, self.loss = dataset, np.asarray(labels), n_classes, loss
+        self.dataset, self.labels = dataset, np.asarray(labels)
         self.record_dir = None if record_dir is None else Path(record_dir)
         if self.record_dir is not None:
             _save_array(self.record_dir / "labels.npy", self.labels)
@@ -160,8 +165,7 @@ class ValidationMetrics(keras.callbacks.Callback):
         probabilities = self.model.predict(self.dataset, verbose=0).astype("float64")
         if self.record_dir is not None:
             _save_array(self.record_dir / f"epoch_{epoch + 1:03d}.npy", probabilities)
-        targets = np.eye(self.n_classes)[self.labels]
-        logs["val_loss"] = float(keras.ops.convert_to_numpy(self.loss(targets, probabilities)))
+        logs["val_loss"] = crossentropy(self.labels, probabilities)
         logs["val_auc"] = classification_auc(self.labels, probabilities)
         logs["val_accuracy"] = float(np.mean(probabilities.argmax(axis=1) == self.labels))
         logs["lr"] = current_learning_rate(self.model.optimizer)
@@ -462,7 +466,7 @@ def _train_model(stage, cache_path, splits_path, out_dir, *, options, fold=None,
                 average.restore(saved_training_weights, state["average_updates"])
         # The average (when on) is swapped in first, so that validation and checkpoints see it.
         callbacks = [*([average] if average is not None else []),
-                     ValidationMetrics(val_dataset, val_labels, n_classes, make_loss(train_options), record_dir),
+                     ValidationMetrics(val_dataset, val_labels, record_dir),
                      EpochEnd(checkpoint, state, settings["patience"], settings["select_epoch"], average),
                      TensorBoardScalars(out_dir / "tensorboard")]
 

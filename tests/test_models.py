@@ -17,7 +17,7 @@ from medclassify.gpu import keep_freed_memory, mixed_precision_policy, strategy_
 from medclassify.models import (ImageNetNormalization, backbone_blocks, backbone_of, build_backbone,
                                 build_classifier, build_resnet18, log_prior_bias, set_trainable_blocks)
 from medclassify.models import weights as weights_module
-from medclassify.models.backbones import normalisation_mode
+from medclassify.models.backbones import available_backbones, min_input_size, normalisation_mode
 
 
 def test_resnet18_small_stem_keeps_resolution_for_small_images():
@@ -57,6 +57,57 @@ def test_keras_applications_blocks_are_found_by_name():
     assert names[-1] == "block_16" and "block_1" in names
     # The stem (Conv1 with block 0, named expanded_conv) and blocks 1..16 with the final conv.
     assert names[0] == "Conv1" and len(names) == 17
+
+
+def _parameter_count(variables):
+    return sum(int(np.prod(v.shape)) for v in variables)
+
+
+def _unfreeze_top_block(name):
+    """Build ``name`` at its smallest size, unfreeze its top block; return (backbone, blocks)."""
+    size = max(min_input_size(name), 32)
+    backbone = build_backbone(name, (size, size, 3))
+    blocks = backbone_blocks(backbone)
+    assert set_trainable_blocks(backbone, 1, freeze_batchnorm=False) == [blocks[-1][0]]
+    return backbone, blocks
+
+
+def _assert_top_block_is_a_real_block(backbone, blocks):
+    names = [block for block, _ in blocks]
+    assert len(set(names)) == len(names), f"a block split in two: {names}"
+    trainable = _parameter_count(backbone.trainable_weights)
+    assert 0 < trainable < _parameter_count(backbone.weights)
+    # The backbone's output, which the classifier pools, comes out of the top block.
+    assert backbone.layers[-1] in blocks[-1][1]
+
+
+# Layer names give blocks in each naming scheme: Inception's mixedK (branches auto-named conv2d_N,
+# which once read as a block "conv2"), InceptionResNetV2's block17_N, Xception's blockN,
+# ConvNeXt's <name>_stage_N_block_M, MobileNet's conv_dw_N, MobileNetV3's expanded_conv_N, NASNet's cells.
+@pytest.mark.parametrize("name, n_blocks, top", [
+    ("InceptionV3", 11, "mixed10"), ("InceptionResNetV2", 43, "block8_10"), ("Xception", 14, "block14"),
+    ("ConvNeXtTiny", 19, "stage_3_block_2"), ("MobileNet", 14, "conv_block_13"),
+    ("MobileNetV3Small", 11, "expanded_conv_10"), ("NASNetMobile", 17, "cell_12")])
+def test_unfreezing_one_block_trains_the_top_block_of_each_naming_scheme(name, n_blocks, top):
+    backbone, blocks = _unfreeze_top_block(name)
+    assert len(blocks) == n_blocks and blocks[-1][0] == top
+    _assert_top_block_is_a_real_block(backbone, blocks)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", available_backbones())
+def test_unfreezing_one_block_trains_the_top_block_of_every_backbone(name):
+    _assert_top_block_is_a_real_block(*_unfreeze_top_block(name))
+
+
+def test_a_backbone_without_named_blocks_refuses_a_number_of_blocks():
+    inputs = keras.Input((8, 8, 3))
+    features = keras.layers.Conv2D(4, 3)(keras.layers.Conv2D(4, 3)(inputs))  # auto-named conv2d_<n>
+    backbone = keras.Model(inputs, features)
+    with pytest.raises(InputError, match="blocks of this backbone could not be identified"):
+        set_trainable_blocks(backbone, 1, freeze_batchnorm=False)
+    set_trainable_blocks(backbone, "all", freeze_batchnorm=False)
+    assert len(backbone.trainable_weights) == 4
 
 
 def test_unknown_backbone_is_an_input_error():
