@@ -5,7 +5,12 @@ from pathlib import Path
 sys.path.insert(0, workflow.basedir)
 
 from medclassify.codedeps import rule_inputs
-from medclassify.config import dataset_config, run_config, validate_config, without_loading_options
+from medclassify.config import (
+    dataset_config,
+    run_config,
+    validate_config,
+    without_loading_options,
+)
 from medclassify.workflow_paths import parse_run, run_ids
 
 # The library's validation rather than snakemake.utils.validate, which stops at the first problem:
