@@ -204,10 +204,10 @@ def test_invalid_identifying_values_are_not_echoed_in_warnings(tmp_path):
     # ("Invalid value for VR UI: '1.2.3.SECRETUID'"); the rule's log would keep it.
     ds = pydicom.dcmread(shipped("CT_small.dcm"))
     invalid = {"StudyInstanceUID": "1.2.3.SECRETUID", "PatientBirthDate": "SECRETDAY"}
-    for keyword, value in invalid.items():
-        setattr(ds, keyword, value)
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
+        warnings.simplefilter("ignore")  # pydicom warns, with the value, as it is set
+        for keyword, value in invalid.items():
+            setattr(ds, keyword, value)
         ds.save_as(tmp_path / "id.dcm")
     data = (tmp_path / "id.dcm").read_bytes()
     (tmp_path / "cut.dcm").write_bytes(data[: len(data) - 500])
