@@ -203,22 +203,17 @@ def test_multi_page_tiff_warns_that_only_its_first_page_was_read(tmp_path):
     assert result.ok and len(result.table) == 8
 
 
-def test_backslash_path_gets_a_hint(tmp_path):
+@pytest.mark.parametrize("row, hint", [
+    ("img\\0.png,a,z,XR,s\n", "backslashes"),
+    ('"img/0.png ",a,z,XR,s\n', "leading/trailing spaces; 'img/0.png' exists"),
+])
+def test_missing_path_gets_a_hint_of_what_was_meant(tmp_path, row, hint):
     root = tmp_path / "data"
     manifest = make_dataset(root)
     with open(manifest, "a") as f:
-        f.write("img\\0.png,a,z,XR,s\n")
+        f.write(row)
     problem = next(p for p in validate(manifest, root).problems if p.code == "missing_file")
-    assert "backslashes" in problem.message
-
-
-def test_path_with_surrounding_spaces_gets_a_hint(tmp_path):
-    root = tmp_path / "data"
-    manifest = make_dataset(root)
-    with open(manifest, "a") as f:
-        f.write('"img/0.png ",a,z,XR,s\n')
-    problem = next(p for p in validate(manifest, root).problems if p.code == "missing_file")
-    assert "leading/trailing spaces; 'img/0.png' exists" in problem.message
+    assert hint in problem.message
 
 
 def test_symlink_inside_root_is_accepted(tmp_path):
