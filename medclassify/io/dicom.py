@@ -53,10 +53,8 @@ def _dcmread(source, stop_before_pixels):
     import pydicom
     from pydicom.errors import InvalidDicomError
 
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            return pydicom.dcmread(source, stop_before_pixels=stop_before_pixels)
+    try:  # no catch_warnings here: every caller runs under _silencing_value_warnings
+        return pydicom.dcmread(source, stop_before_pixels=stop_before_pixels)
     except InvalidDicomError:
         raise ReadError("undecodable", "not a DICOM file (no 'DICM' prefix / file meta information)") from None
     except Exception as error:
@@ -148,14 +146,12 @@ def _decode_frames(ds, indices, count):
     from pydicom.pixels import pixel_array
 
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            if count == 1:
-                return [np.asarray(ds.pixel_array)] * len(indices)
-            if len(indices) == 1:
-                return [np.asarray(pixel_array(ds, index=indices[0]))]
-            every = np.asarray(ds.pixel_array)
-            return [every[index] for index in indices]
+        if count == 1:
+            return [np.asarray(ds.pixel_array)] * len(indices)
+        if len(indices) == 1:
+            return [np.asarray(pixel_array(ds, index=indices[0]))]
+        every = np.asarray(ds.pixel_array)
+        return [every[index] for index in indices]
     except Exception as error:  # pydicom and its plugins raise ValueError, RuntimeError, …
         raise ReadError("undecodable", f"DICOM pixel data could not be decoded: {_scrub(str(error), ds)}") from None
 
