@@ -48,7 +48,7 @@ def prepare_breastmnist(out_dir, npz=NPZ, overrides=None):
             # One image per patient: MedMNIST publishes no patient ids.
             rows.append({"sample_id": relative, "path": relative, "index": "", "label": str(int(label)),
                          "patient": f"{split}_{i:04d}", "modality": "US", "content_hash": content_hash(pixels),
-                         "split": split})
+                         "source_spacing": "", "split": split})  # PNG files have no spacing
     table = pd.DataFrame(rows)
     table.to_csv(out_dir / "manifest.validated.csv", index=False)
     # The workflow's layout: one part, its pixels in a block, merged into cache.h5.

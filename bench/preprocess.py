@@ -57,12 +57,12 @@ def _synthetic_image(index, size):
 def _write_png(task):
     from PIL import Image
 
-    from medclassify.io import content_hash, read_sample
+    from medclassify.io import read_sample
     root, index, size = task
     path = Path(root) / f"img/{index // 1000:03d}/{index:06d}.png"
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(np.clip(_synthetic_image(index, size), 0, 255).astype(np.uint8)).save(path)
-    return _row(root, path, index, "US", content_hash(read_sample(path, None, CONFIG["io"]).pixels))
+    return _row(root, path, index, "US", read_sample(path, None, CONFIG["io"]))
 
 
 def _write_dicom(task):
@@ -70,7 +70,7 @@ def _write_dicom(task):
     from pydicom.dataset import FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
-    from medclassify.io import content_hash, read_sample
+    from medclassify.io import read_sample
     root, index, size = task
     path = Path(root) / f"dcm/{index // 1000:03d}/{index:06d}.dcm"
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -90,23 +90,29 @@ def _write_dicom(task):
     ds.PixelSpacing = [0.7, 0.7]
     ds.PixelData = np.clip(hu + 1024, 0, 4095).astype(np.uint16).tobytes()
     ds.save_as(path, enforce_file_format=True)
-    return _row(root, path, index, "CT", content_hash(read_sample(path, None, CONFIG["io"]).pixels))
+    return _row(root, path, index, "CT", read_sample(path, None, CONFIG["io"]))
 
 
-def _row(root, path, index, modality, content):
+def _row(root, path, index, modality, sample):
+    """The validated-manifest row of a generated image, as validation writes it."""
+    from medclassify.io import content_hash
+    from medclassify.manifest import spacing_text
     relative = str(path.relative_to(root))
     return {"sample_id": relative, "path": relative, "index": "", "label": CLASSES[index % 2],
-            "patient": f"p_{index // 4:016x}", "modality": modality, "content_hash": content}
+            "patient": f"p_{index // 4:016x}", "modality": modality, "content_hash": content_hash(sample.pixels),
+            "source_spacing": spacing_text(sample.meta["spacing"])}
 
 
 def generate(root, kind, start, n, size, threads, record=None):
     """Write n images (indices start..start+n-1) and return their validated-manifest rows.
 
-    With ``record``, a CSV of the rows: reused when it already lists n rows (``--workdir``).
+    With ``record``, a CSV of the rows: reused when it already lists n rows in the current
+    validated-manifest format (``--workdir``).
     """
     if record is not None and Path(record).exists():
         rows = pd.read_csv(record, dtype=str, keep_default_na=False).to_dict("records")
-        if len(rows) == n and all((Path(root) / rows[k]["path"]).exists() for k in (0, n - 1)):
+        if (len(rows) == n and "source_spacing" in rows[0]
+                and all((Path(root) / rows[k]["path"]).exists() for k in (0, n - 1))):
             return rows
     rows = _generate(root, kind, start, n, size, threads)
     if record is not None:

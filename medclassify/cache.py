@@ -6,7 +6,9 @@ below, or in a self-contained part), ``labels``, and the strings ``sample_id``, 
 ``content_hash``, ``modality``, in validated-manifest order, plus the attributes ``params_hash``,
 ``params``, ``classes``, ``library_version``, ``manifest_hash``, ``created``. Part files also keep ``source_shape``, ``source_spacing`` and ``source_intensity``
 (64 evenly spaced raw pixel values per image) from which the merge computes ``fingerprint.json``
-without decoding anything again.
+without decoding anything again. The spacing is each row's ``source_spacing`` in the validated
+manifest; shape and intensity follow from the pixels, so a block row, found by content hash,
+gives them for every file with those pixels, but not the spacing, which is the file's own.
 
 Sharding
     Shard ``i`` of ``n`` takes a contiguous block of manifest rows, so the parts concatenate in
@@ -107,7 +109,7 @@ CACHE_FORMAT_VERSION = 2
 # so the images of blocks written before format 2 are still referenced, not decoded again.
 BLOCK_FORMAT_VERSION = 1
 STRING_DATASETS = ("sample_id", "patient", "content_hash", "modality")
-REQUIRED_COLUMNS = ("sample_id", "path", "index", "label", "patient", "modality", "content_hash")
+REQUIRED_COLUMNS = ("sample_id", "path", "index", "label", "patient", "modality", "content_hash", "source_spacing")
 INTENSITY_SAMPLES = 64
 # Images per task sent to a worker: large enough that pickling overhead is small, small enough
 # that a few tasks in flight per worker bound memory.
@@ -193,7 +195,8 @@ def load_validated_manifest(validated_manifest):
         table = pd.read_csv(_stringio.BytesIO(raw), dtype=str, keep_default_na=False)
     missing = [c for c in REQUIRED_COLUMNS if c not in table.columns]
     if missing:
-        raise InputError(f"{name}: not a validated manifest", [f"missing column {c!r}" for c in missing])
+        raise InputError(f"{name}: not a validated manifest", [f"missing column {c!r}" for c in missing]
+                         + ["rerun validation (medclassify validate, or the workflow's validate_manifest stage)"])
     table = table.reset_index(drop=True)
     # object dtype: a list of None and ints would otherwise become float with NaN.
     table["index"] = _parse_indices(table["index"])
@@ -209,6 +212,28 @@ def _parse_indices(column):
         numbers = pd.to_numeric(text[~blank].to_numpy(dtype=object)).astype(np.float64).astype(np.int64)
         indices[~blank] = [int(number) for number in numbers]
     return indices
+
+
+def _source_spacings(table, name, row_offset):
+    """Each row's (row, column) pixel spacing from ``source_spacing``; NaN where it is unknown (empty).
+
+    The spacing is the file's, recorded by validation: an image referenced in a block written
+    for another file with the same pixels must not take that file's spacing.
+    """
+    text = table["source_spacing"].astype(str).str.strip()
+    known = (text != "").to_numpy()
+    spacings = np.full((len(table), 2), np.nan, dtype=np.float64)
+    if known.any():
+        pairs = text[known].str.extract(r"^(\S+)\s+(\S+)$")
+        values = pairs.apply(pd.to_numeric, errors="coerce").to_numpy(dtype=np.float64)
+        malformed = np.flatnonzero(~np.isfinite(values).all(axis=1))
+        if malformed.size:
+            rows = np.flatnonzero(known)[malformed]
+            raise InputError(f"{name}: malformed source_spacing", [
+                f"row {row_offset + i + 1} ({table['path'].iloc[i]}): {text.iloc[i]!r} is not two finite numbers"
+                for i in rows])
+        spacings[known] = values
+    return spacings
 
 
 def _label_indices(table, classes, name, row_offset):
@@ -237,14 +262,14 @@ def _content_hash(pixels):
 def _decode_batch(job, items):
     """Worker: read, check and preprocess ``items`` [(position, path, index, content_hash)].
 
-    Returns stored images (k, H, W, C) plus the fingerprint data and any problems, one per item
-    that failed; failed items get a zero image (the build fails before anything is renamed).
+    Returns stored images (k, H, W, C) plus the fingerprint data that follow from the pixels
+    (source shape, intensity samples) and any problems, one per item that failed; failed items
+    get a zero image (the build fails before anything is renamed).
     """
     root, io_options, preprocess_options, storage_dtype, shape = job
     k = len(items)
     images = np.zeros((k,) + shape, dtype=storage_dtype)
     source_shape = np.zeros((k, 3), dtype=np.int32)
-    spacing = np.full((k, 2), np.nan, dtype=np.float64)
     intensity = np.full((k, INTENSITY_SAMPLES), np.nan, dtype=np.float32)
     problems = []
     for i, (position, rel_path, index, expected_hash) in enumerate(items):
@@ -264,21 +289,11 @@ def _decode_batch(job, items):
             images[i] = to_storage(image, storage_dtype)
             hwc = pixels.shape if pixels.ndim == 3 else pixels.shape + (1,)
             source_shape[i] = hwc[:3]
-            spacing[i] = _spacing(getattr(sample, "meta", None) or {})
             intensity[i] = _intensity_sample(pixels)
         except Exception as error:  # any failure to decode a user's file is reported, not raised
             code = getattr(error, "code", type(error).__name__)
             problems.append((position, rel_path, code, str(error)))
-    return images, source_shape, spacing, intensity, problems
-
-
-def _spacing(meta):
-    value = meta.get("spacing")
-    try:
-        numbers = [float(v) for v in value][:2]
-    except (TypeError, ValueError):
-        return (np.nan, np.nan)
-    return tuple(numbers + [np.nan] * (2 - len(numbers)))
+    return images, source_shape, intensity, problems
 
 
 def _intensity_sample(pixels):
@@ -406,6 +421,8 @@ class _BlockStore:
     """The image blocks of a cache folder, found by content hash (see the module docstring)."""
 
     FINGERPRINT_DATASETS = ("source_shape", "source_spacing", "source_intensity")
+    # What a block row says of every file with its content hash; the spacing is each file's own.
+    PIXEL_FINGERPRINT_DATASETS = ("source_shape", "source_intensity")
 
     def __init__(self, folder, wanted_hashes, decoding):
         self.folder = Path(folder)
@@ -434,7 +451,7 @@ class _BlockStore:
                 f.close()
                 continue
             file_index = len(self.files)
-            self.files.append((f, images) + tuple(f[name] for name in self.FINGERPRINT_DATASETS))
+            self.files.append((f, images) + tuple(f[name] for name in self.PIXEL_FINGERPRINT_DATASETS))
             self.names.append(path.name)
             for row, content in enumerate(hashes):
                 if content in wanted_hashes and content not in self.where:
@@ -458,12 +475,12 @@ class _BlockStore:
                 and (compression != "gzip" or images.compression_opts == options["compression_opts"]))
         return self._stores_like[file_index]
 
-    def read_fingerprint(self, file_index, source_row, n):
-        """The fingerprint rows ``source_row .. source_row + n - 1`` of a block."""
+    def read_pixel_fingerprint(self, file_index, source_row, n):
+        """Source shapes and intensity samples of rows ``source_row .. source_row + n - 1`` of a block."""
         return [dataset[source_row:source_row + n] for dataset in self.files[file_index][2:]]
 
-    def copy_run(self, file_index, source_row, n, images, row, fingerprint):
-        """Copy ``n`` consecutive rows of a block into ``images[row:row + n]`` and ``fingerprint``.
+    def copy_run(self, file_index, source_row, n, images, row, pixel_fingerprint):
+        """Copy ``n`` consecutive rows of a block into ``images[row:row + n]`` and ``pixel_fingerprint``.
 
         For a new block: images stored with other compression, or gathered from a little-used
         block. Works in runs of ``COPY_BLOCK`` rows (bounded memory), each read through HDF5,
@@ -474,7 +491,7 @@ class _BlockStore:
             for start in range(0, n, COPY_BLOCK):
                 stop = min(n, start + COPY_BLOCK)
                 images[row + start:row + stop] = source[source_row + start:source_row + stop]
-            for target, values in zip(fingerprint, self.read_fingerprint(file_index, source_row, n)):
+            for target, values in zip(pixel_fingerprint, self.read_pixel_fingerprint(file_index, source_row, n)):
                 target[row:row + n] = values
         except OSError as error:
             raise InputError(f"{f.filename}: corrupted cache block",
@@ -512,6 +529,7 @@ def build_cache_part(validated_manifest, root, out_part, *, preprocess_options, 
     start, stop = shard_bounds(len(table), shard, n_shards)
     rows = table.iloc[start:stop].reset_index(drop=True)
     labels = _label_indices(rows, classes, name, start)
+    spacings = _source_spacings(rows, name, start)
     height, width = preprocess_options["size"]
     shape = (int(height), int(width), _probe_channels(rows, root, io_options))
     decoding = _Decoding(str(root), io_options, preprocess_options, np.dtype(preprocess_options.get("dtype", "uint8")),
@@ -529,9 +547,10 @@ def build_cache_part(validated_manifest, root, out_part, *, preprocess_options, 
     }
     row_numbers = np.arange(start + 1, stop + 1)
     if blocks is None or not len(rows):
-        reused = _write_self_contained_part(out_part, rows, labels, attrs, row_numbers, decoding)
+        reused = _write_self_contained_part(out_part, rows, labels, spacings, attrs, row_numbers, decoding)
     else:
-        reused = _write_block_backed_part(out_part, rows, labels, attrs, row_numbers, decoding, Path(blocks), reuse)
+        reused = _write_block_backed_part(out_part, rows, labels, spacings, attrs, row_numbers, decoding, Path(blocks),
+                                          reuse)
     return {"rows": len(rows), "decoded": len(rows) - reused, "reused": reused,
             "seconds": round(time.perf_counter() - started, 3)}
 
@@ -541,7 +560,7 @@ _Decoding = collections.namedtuple(
     "_Decoding", "root io_options preprocess_options storage_dtype shape threads name image_options values_hash")
 
 
-def _write_self_contained_part(out_part, rows, labels, attrs, row_numbers, decoding):
+def _write_self_contained_part(out_part, rows, labels, spacings, attrs, row_numbers, decoding):
     """A part that stores its images itself, all decoded. Returns 0 (images reused)."""
     with atomic_path(out_part) as tmp:
         with _create_h5(tmp) as f:
@@ -549,13 +568,13 @@ def _write_self_contained_part(out_part, rows, labels, attrs, row_numbers, decod
             images = f.create_dataset("images", shape=(len(rows),) + decoding.shape, dtype=decoding.storage_dtype,
                                       chunks=(1,) + decoding.shape, maxshape=_max_shape(len(rows), decoding.shape),
                                       **decoding.image_options)
-            fingerprint = _fill_images(images, rows, [None] * len(rows), None, row_numbers, decoding)
-            _write_fingerprint(f, fingerprint)
+            shapes, intensities = _fill_images(images, rows, [None] * len(rows), None, row_numbers, decoding)
+            _write_fingerprint(f, _Fingerprint(shapes, spacings, intensities))
             f.attrs.update(attrs)
     return 0
 
 
-def _write_block_backed_part(out_part, rows, labels, attrs, row_numbers, decoding, blocks, reuse):
+def _write_block_backed_part(out_part, rows, labels, spacings, attrs, row_numbers, decoding, blocks, reuse):
     """A part whose images live in ``blocks``: found ones referenced, the rest in one new block.
 
     Returns the number of images not decoded (referenced, or re-encoded from another block).
@@ -568,8 +587,8 @@ def _write_block_backed_part(out_part, rows, labels, attrs, row_numbers, decodin
         new_rows = [i for i, hit in enumerate(referenced) if hit is None]
         new_block = None
         if new_rows:
-            new_block = _write_block(store, rows.iloc[new_rows].reset_index(drop=True), [found[i] for i in new_rows],
-                                     row_numbers[new_rows], decoding)
+            new_block = _write_block(store, rows.iloc[new_rows].reset_index(drop=True), spacings[new_rows],
+                                     [found[i] for i in new_rows], row_numbers[new_rows], decoding)
         used = sorted({hit[0] for hit in referenced if hit is not None})
         records = {store.names[k]: store.rows(k) for k in used}
         if new_block:
@@ -583,7 +602,7 @@ def _write_block_backed_part(out_part, rows, labels, attrs, row_numbers, decodin
         if new_block:
             location[new_rows] = np.column_stack([np.full(len(new_rows), names.index(new_block.name)),
                                                   np.arange(len(new_rows))])
-        fingerprint = _gather_fingerprint(store, referenced, new_rows, new_block, len(rows))
+        fingerprint = _gather_fingerprint(store, referenced, new_rows, new_block, spacings)
     finally:
         store.close()
     runs = _block_runs(location)
@@ -632,7 +651,7 @@ def _block_id_of(file_name):
 _NewBlock = collections.namedtuple("_NewBlock", "name reencoded fingerprint")
 
 
-def _write_block(store, rows, found, row_numbers, decoding):
+def _write_block(store, rows, spacings, found, row_numbers, decoding):
     """Write the images of ``rows`` (decoded, or re-encoded from ``found`` blocks) to a new block."""
     content = [str(c) for c in rows["content_hash"].tolist()]
     block_id = _block_id(decoding.values_hash, decoding.image_options, content)
@@ -643,7 +662,8 @@ def _write_block(store, rows, found, row_numbers, decoding):
             _write_strings(f, "content_hash", content)
             images = f.create_dataset("images", shape=(len(rows),) + decoding.shape, dtype=decoding.storage_dtype,
                                       chunks=(1,) + decoding.shape, **decoding.image_options)
-            fingerprint = _fill_images(images, rows, found, store, row_numbers, decoding)
+            shapes, intensities = _fill_images(images, rows, found, store, row_numbers, decoding)
+            fingerprint = _Fingerprint(shapes, spacings, intensities)
             _write_fingerprint(f, fingerprint)
             f.attrs.update({"values_hash": decoding.values_hash, "block_id": block_id,
                             "cache_format": BLOCK_FORMAT_VERSION, "layout": "block", "library_version": __version__})
@@ -655,21 +675,25 @@ def _write_fingerprint(f, fingerprint):
         f.create_dataset(dataset, data=values, track_times=False)
 
 
-def _gather_fingerprint(store, referenced, new_rows, new_block, n):
-    """The part's fingerprint rows: read from the referenced blocks, taken from the new one."""
-    fingerprint = _empty_fingerprint(n)
+def _gather_fingerprint(store, referenced, new_rows, new_block, spacings):
+    """The part's fingerprint rows: the manifest's spacings; the rest read from the referenced
+    blocks or taken from the new one."""
+    shapes, intensities = _empty_pixel_fingerprint(len(spacings))
     for row, file_index, source_row, length in _reuse_runs(referenced):
-        for target, values in zip(fingerprint, store.read_fingerprint(file_index, source_row, length)):
+        for target, values in zip((shapes, intensities), store.read_pixel_fingerprint(file_index, source_row, length)):
             target[row:row + length] = values
     if new_block:
-        for target, values in zip(fingerprint, new_block.fingerprint):
-            target[new_rows] = values
-    return fingerprint
+        shapes[new_rows], intensities[new_rows] = new_block.fingerprint.shape, new_block.fingerprint.intensity
+    return _Fingerprint(shapes, spacings, intensities)
 
 
-def _empty_fingerprint(n):
-    return (np.zeros((n, 3), dtype=np.int32), np.full((n, 2), np.nan, dtype=np.float64),
-            np.full((n, INTENSITY_SAMPLES), np.nan, dtype=np.float32))
+# The fingerprint rows of a part or block, in the order of ``_BlockStore.FINGERPRINT_DATASETS``.
+_Fingerprint = collections.namedtuple("_Fingerprint", "shape spacing intensity")
+
+
+def _empty_pixel_fingerprint(n):
+    """Source shapes and intensity samples of ``n`` rows, to be filled."""
+    return np.zeros((n, 3), dtype=np.int32), np.full((n, INTENSITY_SAMPLES), np.nan, dtype=np.float32)
 
 
 def _block_runs(location):
@@ -702,12 +726,12 @@ def _probe_channels(rows, root, io_options):
 def _fill_images(images, rows, reused, store, row_numbers, decoding):
     """Write every row's image in order: re-encoded from ``reused`` blocks, or decoded.
 
-    ``row_numbers`` are the rows' 1-based manifest rows, for error messages. Returns the
-    fingerprint arrays (source shape, spacing, intensity samples) of the rows.
+    ``row_numbers`` are the rows' 1-based manifest rows, for error messages. Returns the rows'
+    source shapes and intensity samples (their spacings come from the manifest, not the pixels).
     """
     n = len(rows)
-    fingerprint = _empty_fingerprint(n)
-    source_shape, spacing, intensity = fingerprint
+    pixel_fingerprint = _empty_pixel_fingerprint(n)
+    source_shape, intensity = pixel_fingerprint
     reused_runs = _reuse_runs(reused)
     to_decode = [i for i in range(n) if reused[i] is None]
     job = (decoding.root, decoding.io_options, decoding.preprocess_options, decoding.storage_dtype, decoding.shape)
@@ -721,13 +745,13 @@ def _fill_images(images, rows, reused, store, row_numbers, decoding):
         nonlocal next_run
         while next_run < len(reused_runs) and reused_runs[next_run][0] < limit:
             row, file_index, source_row, length = reused_runs[next_run]
-            store.copy_run(file_index, source_row, length, images, row, fingerprint)
+            store.copy_run(file_index, source_row, length, images, row, pixel_fingerprint)
             next_run += 1
 
     for batch, result in zip(batches, _ordered_map(_decode_batch, tasks, decoding.threads)):
-        batch_images, batch_shape, batch_spacing, batch_intensity, batch_problems = result
+        batch_images, batch_shape, batch_intensity, batch_problems = result
         problems += batch_problems
-        source_shape[batch], spacing[batch], intensity[batch] = batch_shape, batch_spacing, batch_intensity
+        source_shape[batch], intensity[batch] = batch_shape, batch_intensity
         for run_start, run_stop in _contiguous_runs(batch):
             copy_reused_before(batch[run_start])
             images[batch[run_start]:batch[run_stop - 1] + 1] = batch_images[run_start:run_stop]
@@ -736,7 +760,7 @@ def _fill_images(images, rows, reused, store, row_numbers, decoding):
         problems.sort()
         raise InputError(f"{decoding.name}: {len(problems)} image(s) could not be preprocessed",
                          [f"row {row_numbers[i]} ({path}): {code}: {message}" for i, path, code, message in problems])
-    return fingerprint
+    return pixel_fingerprint
 
 
 def _reuse_runs(reused):

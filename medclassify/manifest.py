@@ -18,6 +18,7 @@ import csv
 import difflib
 import io
 import json
+import math
 import multiprocessing
 import os
 import re
@@ -36,8 +37,8 @@ from .io import READ_ERROR_CODES, ReadError, content_hash, read_file_samples, re
 from .privacy import DEFAULT_SALT, SALT_ENVIRONMENT_VARIABLE, hash_patient
 
 REQUIRED_COLUMNS = ("path", "label", "patient", "modality")
-GENERATED_COLUMNS = ("sample_id", "index", "content_hash")
-VALIDATED_COLUMNS = ("sample_id", "path", "index", "label", "patient", "modality", "content_hash")
+GENERATED_COLUMNS = ("sample_id", "index", "content_hash", "source_spacing")
+VALIDATED_COLUMNS = ("sample_id", "path", "index", "label", "patient", "modality", "content_hash", "source_spacing")
 SPLIT_VALUES = ("train", "val", "test")
 DEFAULT_VALIDATION_OPTIONS = {
     "strict": False, "drop_invalid": False, "min_images_per_class": 2, "min_classes": 2,
@@ -289,7 +290,8 @@ def inspect_image_file(path, io_options):
     """Decode every configured sample of one file; return a small picklable summary.
 
     ``{"ok": True, "samples": [{index, content_hash, shape, dtype, format, modality, colour,
-    constant, non_finite, n_pixels, extension_mismatch, original_shape, pages}]}`` or ``{"ok": False, "code", "message"}``.
+    constant, non_finite, n_pixels, extension_mismatch, original_shape, pages, spacing}]}`` or
+    ``{"ok": False, "code", "message"}``.
     """
     try:
         samples = read_file_samples(path, io_options)
@@ -316,8 +318,24 @@ def inspect_image_file(path, io_options):
             "extension_mismatch": meta.get("extension_mismatch", False),
             "original_shape": meta.get("original_shape"),
             "pages": meta.get("pages"),  # TIFF only: the reader reads the first page of these
+            "spacing": spacing_text(meta.get("spacing")),
         })
     return {"ok": True, "samples": summaries}
+
+
+def spacing_text(spacing):
+    """A reader's pixel spacing as the validated manifest's ``source_spacing``: "row column", or "".
+
+    Empty (unknown) unless the reader gives at least two numbers, both finite; the first two
+    are the spacing between rows and between columns. ``repr`` keeps every float exact.
+    """
+    try:
+        numbers = [float(value) for value in spacing][:2]
+    except (TypeError, ValueError):
+        return ""
+    if len(numbers) < 2 or not all(math.isfinite(number) for number in numbers):
+        return ""
+    return f"{numbers[0]!r} {numbers[1]!r}"
 
 
 def _inspect_task(task):
@@ -347,7 +365,7 @@ def decode_files(paths, io_options, threads=1):
 
 
 # Bump when inspect_image_file's output or a reader's decoding changes: old caches are ignored.
-DECODE_CACHE_VERSION = 6
+DECODE_CACHE_VERSION = 7
 
 
 def _file_key(path):
@@ -725,7 +743,8 @@ def _build_table(records, extra_columns):
             sample_id = f"{record['path']}#{index}" if several else record["path"]
             row = {"sample_id": sample_id, "path": record["path"], "index": index,
                    "label": record["label"], "patient": record["patient_hash"],
-                   "modality": record["modality"], "content_hash": sample["content_hash"]}
+                   "modality": record["modality"], "content_hash": sample["content_hash"],
+                   "source_spacing": sample["spacing"]}
             for column in extra_columns:
                 value = record["fields"][column]
                 row[column] = value.strip() if column == "split" else value

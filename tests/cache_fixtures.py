@@ -1,7 +1,8 @@
 """Small generated datasets for the preprocessing and cache tests (PNG files + validated manifest).
 
 The validated manifest is written as validation writes it: ``content_hash`` comes from
-``medclassify.io.content_hash`` of the pixels that ``medclassify.io.read_sample`` decodes.
+``medclassify.io.content_hash`` of the pixels that ``medclassify.io.read_sample`` decodes, and
+``source_spacing`` from the spacing it reports.
 """
 
 import copy
@@ -13,6 +14,7 @@ from PIL import Image
 
 from medclassify.config import load_config
 from medclassify.io import content_hash, read_sample
+from medclassify.manifest import VALIDATED_COLUMNS, spacing_text
 
 _DEFAULTS = load_config()
 CLASSES = ["benign", "malignant"]
@@ -42,9 +44,10 @@ def random_image(rng, height=40, width=52, dtype=np.uint8):
 
 def manifest_row(root, relative, label, patient, modality="US"):
     """One validated-manifest row for an existing 2D image file."""
-    pixels = read_sample(Path(root) / relative, None, _DEFAULTS["io"]).pixels
-    return {"sample_id": relative, "path": relative, "index": "", "label": label,
-            "patient": patient, "modality": modality, "content_hash": content_hash(pixels)}
+    sample = read_sample(Path(root) / relative, None, _DEFAULTS["io"])
+    return {"sample_id": relative, "path": relative, "index": "", "label": label, "patient": patient,
+            "modality": modality, "content_hash": content_hash(sample.pixels),
+            "source_spacing": spacing_text(sample.meta["spacing"])}
 
 
 def make_dataset(root, n, *, seed=0, start=0, sizes=((40, 52), (48, 48), (30, 60))):
@@ -63,6 +66,5 @@ def write_manifest(rows, path):
     """Write rows as ``manifest.validated.csv``; return the path."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    pd.DataFrame(rows, columns=["sample_id", "path", "index", "label", "patient", "modality",
-                                "content_hash"]).to_csv(path, index=False)
+    pd.DataFrame(rows, columns=list(VALIDATED_COLUMNS)).to_csv(path, index=False)
     return path

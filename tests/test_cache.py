@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import h5py
+import nibabel as nib
 import numpy as np
 import pandas as pd
 import pytest
@@ -20,6 +21,7 @@ from medclassify.cache import (build_cache_part, merge_cache_parts, open_cache, 
                                shard_bounds, values_hash)
 from medclassify.errors import InputError
 from medclassify.io import read_sample
+from medclassify.manifest import validate_manifest, write_validation_outputs
 from medclassify.preprocessing import preprocess_image, to_storage
 
 from cache_fixtures import CLASSES, make_dataset, manifest_row, options, random_image, write_manifest, write_png
@@ -256,6 +258,44 @@ def test_incremental_build_decodes_only_new_and_changed_images(dataset, tmp_path
     kept = {p.name for p in blocks.iterdir()}
     assert kept == set().union(*(referenced_blocks(p) for p in (results / "cache").glob("part-*.h5")))
     assert grown_block not in kept and set(first_blocks) < kept
+
+
+def validated_manifest(root, entries, out):
+    """Validate ``entries`` (path, label, patient) under ``root`` and write the validated manifest to ``out``."""
+    manifest = Path(out).with_suffix(".input.csv")
+    manifest.write_text("path,label,patient,modality\n" + "".join(f"{path},{label},{patient},MR\n"
+                                                                  for path, label, patient in entries))
+    result = validate_manifest(manifest, root, io_options=options()[1], validation_options={"min_images_per_class": 1},
+                               salt="unit-salt")
+    assert result.ok, [str(p) for p in result.problems]
+    write_validation_outputs(result, out, Path(out).with_suffix(".report.json"), Path(out).with_suffix(".report.md"))
+    return Path(out)
+
+
+def test_identical_pixels_at_other_spacings_keep_their_own_spacing_when_reused(tmp_path):
+    # Blocks are found by content hash, which covers the pixels only: a file whose pixels an
+    # earlier build stored for another file at another spacing is referenced, not decoded,
+    # and must not take over that file's spacing.
+    root = tmp_path / "data"
+    root.mkdir()
+    rng = np.random.default_rng(0)
+    same = rng.uniform(0, 100, (40, 40, 1)).astype(np.float32)
+    for name, pixels, spacing in [("other.nii", rng.uniform(0, 100, (40, 40, 1)).astype(np.float32), 1.0),
+                                  ("coarse.nii", same, 2.0), ("fine.nii", same, 0.5)]:
+        nib.save(nib.Nifti1Image(pixels, np.diag([spacing, spacing, 1.0, 1.0])), root / name)
+    entries = [("other.nii", CLASSES[0], "p0"), ("coarse.nii", CLASSES[1], "p1"), ("fine.nii", CLASSES[1], "p2")]
+    results = tmp_path / "results"
+    build(validated_manifest(root, entries[:2], tmp_path / "before.csv"), root, results)
+    for output in [*(results / "cache").glob("part-*.h5"), results / "cache.h5"]:
+        output.unlink()  # as Snakemake does before rerunning
+    manifest = validated_manifest(root, entries, tmp_path / "after.csv")
+    _, summaries = build(manifest, root, results)
+    assert summaries[0]["decoded"] == 0  # fine.nii's image is coarse.nii's
+
+    build(manifest, root, tmp_path / "full")
+    assert (results / "fingerprint.json").read_bytes() == (tmp_path / "full" / "fingerprint.json").read_bytes()
+    spacings = json.loads((results / "fingerprint.json").read_text())["spacings"]
+    assert spacings["row"] == spacings["column"] == {"min": 0.5, "median": 1.0, "max": 2.0, "mean": 3.5 / 3}
 
 
 def block_hashes(path):
@@ -546,6 +586,23 @@ def test_labels_outside_classes_are_listed_with_rows(dataset, tmp_path):
                          preprocess_options=preprocess, io_options=io, classes=CLASSES)
     assert "row 2" in str(caught.value) and "row 4" in str(caught.value) and "'benignn'" in str(caught.value)
     assert not (tmp_path / "p.h5").exists()
+
+
+def test_a_malformed_or_missing_source_spacing_is_refused(dataset, tmp_path):
+    root, rows = dataset
+    preprocess, io = options()
+    broken = [dict(row) for row in rows[:4]]
+    broken[2]["source_spacing"] = "0.5"
+    broken[3]["source_spacing"] = "0.5 abc"
+    with pytest.raises(InputError, match="malformed source_spacing") as caught:
+        build_cache_part(write_manifest(broken, tmp_path / "m.csv"), root, tmp_path / "p.h5",
+                         preprocess_options=preprocess, io_options=io, classes=CLASSES)
+    assert [line.split(":")[0] for line in caught.value.problems] == [
+        f"row 3 ({rows[2]['path']})", f"row 4 ({rows[3]['path']})"]
+    older = pd.DataFrame(rows).drop(columns="source_spacing")  # written before validation recorded it
+    with pytest.raises(InputError, match="not a validated manifest") as caught:
+        build_cache_part(older, root, tmp_path / "p.h5", preprocess_options=preprocess, io_options=io, classes=CLASSES)
+    assert "missing column 'source_spacing'" in caught.value.problems and "rerun validation" in str(caught.value)
 
 
 def test_images_changed_or_broken_since_validation_are_listed(dataset, tmp_path):

@@ -62,6 +62,8 @@ def test_validated_manifest_format(tmp_path):
     assert table["patient"].iloc[0] == hash_patient("patient-0", SALT)
     assert not table["patient"].str.contains("patient-").any()
     assert table["content_hash"].str.len().eq(32).all()
+    assert dose["source_spacing"].eq("10.0 10.0").all()  # PixelSpacing; a PNG has none
+    assert table.loc[table["path"] != "dose.dcm", "source_spacing"].eq("").all()
     assert result.classes == ["a", "b"]
     middle = validate(manifest, root, min_images_per_class=1).table  # one frame: the path is the id
     assert middle[middle["path"] == "dose.dcm"][["sample_id", "index"]].values.tolist() == [["dose.dcm", 7]]
@@ -73,6 +75,7 @@ def test_validated_manifest_format(tmp_path):
                           na_values={"index": [""]})
     assert written["sample_id"].tolist() == table["sample_id"].tolist()
     assert written["content_hash"].tolist() == table["content_hash"].tolist()
+    assert written["source_spacing"].tolist() == table["source_spacing"].tolist()
     report = json.loads((out / "validation" / "report.json").read_text())
     assert {"classes", "counts", "problems", "dropped"} <= set(report)
     assert report["classes"] == ["a", "b"] and report["counts"]["class_counts"] == {"a": 18, "b": 3}

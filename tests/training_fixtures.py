@@ -49,7 +49,8 @@ def make_training_cache(root, *, n=96, n_classes=2, size=16, seed=0, intensity="
         Image.fromarray(quadrant_image(rng, label, size)).save(root / relative)
         pixels = read_sample(root / relative, None, DEFAULTS["io"]).pixels
         rows.append({"sample_id": relative, "path": relative, "index": "", "label": classes[label],
-                     "patient": f"p_{i // 2:016x}", "modality": "US", "content_hash": content_hash(pixels)})
+                     "patient": f"p_{i // 2:016x}", "modality": "US", "content_hash": content_hash(pixels),
+                     "source_spacing": ""})  # PNG files have no spacing
     manifest = root / "manifest.validated.csv"
     pd.DataFrame(rows).to_csv(manifest, index=False)
     preprocess = copy.deepcopy(DEFAULTS["preprocess"])
