@@ -72,8 +72,8 @@ Faults
     SIGKILL leaves only ``.*.tmp`` files, which nothing reads. Images carry the Fletcher-32
     checksum filter; a truncated file fails to open, and a corrupted chunk fails to read. Both
     surface as ``InputError`` naming the file, never as a crash inside TensorFlow. The row
-    metadata (labels and the string datasets) is covered by the attribute ``part_digest``,
-    recomputed on open, so a changed label or patient id is refused too.
+    metadata (the class list, labels and the string datasets) is covered by the attribute
+    ``part_digest``, recomputed on open, so a changed label, patient id or class list is refused too.
     ``Cache.verify()`` reads every chunk.
 """
 
@@ -102,11 +102,12 @@ from .config import config_hash
 from .errors import InputError
 from .preprocessing import PREPROCESSING_VERSION, check_preprocess_options, from_storage, preprocess_image, to_storage
 
-# Format 2: the part digest covers every row's label, patient and modality too. A file of an
-# older format is refused with "rerun the preprocess stage" (its digest would read as corruption).
-CACHE_FORMAT_VERSION = 2
-# Blocks are unchanged by format 2: they keep their own version, which enters the values hash,
-# so the images of blocks written before format 2 are still referenced, not decoded again.
+# Format 2: the part digest covers every row's label, patient and modality too. Format 3: it
+# covers the class list too. A file of an older format is refused with "rerun the preprocess
+# stage" (its digest would read as corruption).
+CACHE_FORMAT_VERSION = 3
+# Blocks are unchanged by formats 2 and 3: they keep their own version, which enters the values
+# hash, so the images of blocks written before are still referenced, not decoded again.
 BLOCK_FORMAT_VERSION = 1
 STRING_DATASETS = ("sample_id", "patient", "content_hash", "modality")
 REQUIRED_COLUMNS = ("sample_id", "path", "index", "label", "patient", "modality", "content_hash", "source_spacing")
@@ -400,13 +401,15 @@ def _write_strings(f, name, values):
                          mtype=dataset.id.get_type())
 
 
-def _part_digest(params_hash_, labels, strings):
-    """Digest of the row metadata: each row's label and ``strings`` (the ``STRING_DATASETS``).
+def _part_digest(params_hash_, classes, labels, strings):
+    """Digest of the row metadata: the class list, each row's label and ``strings`` (the ``STRING_DATASETS``).
 
     Labels and strings carry no checksum filter: ``open_cache`` recomputes this digest so that
-    a label, patient, modality, sample id or content hash changed in the file is refused.
+    a label, patient, modality, sample id or content hash changed in the file is refused. The
+    labels are indices into ``classes``, so a changed class list is refused too.
     """
     digest = hashlib.sha256(params_hash_.encode())
+    digest.update(json.dumps(list(classes)).encode("utf-8"))
     rows = iter(zip(np.asarray(labels).tolist(), *strings))
     # One update per many rows (the same bytes as one per row): the digest is computed three
     # times per build, and per-row calls were a visible part of an incremental build.
@@ -543,7 +546,7 @@ def build_cache_part(validated_manifest, root, out_part, *, preprocess_options, 
         "manifest_hash": manifest_hash, "created": _created_timestamp(),
         "cache_format": CACHE_FORMAT_VERSION, "layout": "part", "shard": shard, "n_shards": n_shards,
         "row_start": start, "row_stop": stop, "manifest_rows": len(table),
-        "part_digest": _part_digest(p_hash, labels, _row_strings(rows)),
+        "part_digest": _part_digest(p_hash, classes, labels, _row_strings(rows)),
     }
     row_numbers = np.arange(start + 1, stop + 1)
     if blocks is None or not len(rows):
@@ -916,7 +919,7 @@ def _write_merged(f, parts, opened, out_cache, layout):
         "classes": attrs["classes"], "library_version": __version__, "manifest_hash": attrs["manifest_hash"],
         "created": _created_timestamp(), "cache_format": CACHE_FORMAT_VERSION, "layout": layout,
         "parts": json.dumps(part_records), "manifest_rows": total,
-        "part_digest": _part_digest(attrs["params_hash"], labels, strings),
+        "part_digest": _part_digest(attrs["params_hash"], first.classes, labels, strings),
     })
 
 
@@ -1202,11 +1205,12 @@ def _read_checked_metadata(path, handle, expected_params_hash):
     if problems:
         raise InputError(f"{path}: inconsistent cache", problems)
     labels = handle["labels"][:].astype(np.int64)
-    n_classes = len(json.loads(attrs["classes"]))
+    classes = json.loads(attrs["classes"])
+    n_classes = len(classes)
     if labels.size and (labels.min() < 0 or labels.max() >= n_classes):
         raise InputError(f"{path}: corrupted cache", [f"labels outside 0..{n_classes - 1}"])
     strings = tuple(list(handle[name].asstr()[:]) for name in STRING_DATASETS)
-    digest = _part_digest(attrs["params_hash"], labels, strings)
+    digest = _part_digest(attrs["params_hash"], classes, labels, strings)
     if attrs.get("part_digest") != digest:
         raise InputError(f"{path}: corrupted cache", ["row metadata does not match the recorded digest"])
     return attrs, labels, strings

@@ -59,7 +59,7 @@ def _add_integrity_attributes(f, manifest):
     from medclassify import cache
 
     f.attrs["cache_format"] = cache.CACHE_FORMAT_VERSION
-    f.attrs["part_digest"] = cache._part_digest("test", f["labels"][:],
+    f.attrs["part_digest"] = cache._part_digest("test", json.loads(f.attrs["classes"]), f["labels"][:],
                                                 [list(manifest[name]) for name in cache.STRING_DATASETS])
 
 

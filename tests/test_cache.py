@@ -497,6 +497,19 @@ def test_detects_changed_row_metadata(dataset, tmp_path, name):
         assert "row metadata does not match" in str(caught.value)
 
 
+def test_detects_a_changed_class_list(dataset, tmp_path):
+    # The labels are indices into ``classes``: a reordered or renamed class list relabels every
+    # row as surely as changed labels do.
+    root, rows = dataset
+    cache_path, _ = build(write_manifest(rows, tmp_path / "m.csv"), root, tmp_path / "r")
+    for path in (tmp_path / "r" / "cache" / "part-0-of-1.h5", cache_path):
+        with h5py.File(path, "a") as f:
+            f.attrs["classes"] = json.dumps(CLASSES[::-1])
+        with pytest.raises(InputError, match="corrupted cache") as caught:
+            open_cache(path)
+        assert "row metadata does not match" in str(caught.value)
+
+
 def test_refuses_an_older_cache_format_and_reuses_its_blocks(dataset, tmp_path, monkeypatch):
     # A change of format (here: what the digest covers) must read as "rebuild", not "corrupted";
     # the blocks' images do not change with it, so the rebuild decodes none.
