@@ -10,8 +10,11 @@ result itself before returning it:
   splitting, because the same image under two patient ids is most often the same person filed
   twice; they then land in the same split and the report lists them. With
   ``drop_duplicates: true`` patients are not linked; a duplicate is removed from the later split
-  (train < val < test, then fold order) and listed in the report. For ``predefined`` splits a
-  duplicate across splits is an error unless ``drop_duplicates`` is set.
+  (train < val < test) and listed in the report. ``kfold`` drops before dealing the folds, so
+  that no fold can lose all its images afterwards: a test copy of a trainval image goes, and of
+  the trainval copies only those of one patient (the one with the first ``sample_id``) stay.
+  For ``predefined`` splits a duplicate across splits is an error unless ``drop_duplicates`` is
+  set.
 
 Determinism: rows are sorted by ``sample_id`` (unique) before anything random happens, and
 every random choice comes from ``split.seed``. The same manifest in any row order and the
@@ -95,6 +98,7 @@ def make_splits(validated_df, options):
     classes = sorted(table["label"].unique())
     method = options["method"]
     linked = []
+    dropped_before_folds = None
     if method == "predefined":
         table["split"] = table["split"].str.strip()
         table["fold"] = -1
@@ -108,9 +112,9 @@ def make_splits(validated_df, options):
             table["split"] = _grouped_stratified(table, classes, options["fractions"], rng)
             table["fold"] = -1
         else:
-            table["split"], table["fold"] = _kfold(table, classes, options, rng)
+            table["split"], table["fold"], dropped_before_folds = _kfold(table, classes, options, rng)
 
-    dropped = _drop_duplicates(table) if options["drop_duplicates"] else []
+    dropped = _drop_duplicates(table, dropped_before_folds) if options["drop_duplicates"] else []
     if dropped:
         table = table[~table["sample_id"].isin({d["sample_id"] for d in dropped})]
     check_no_leakage(table, fold_column="fold" if method == "kfold" else None)
@@ -570,7 +574,11 @@ def _local_search(mask, scorer, keep_outside, rng):
 
 # --- k-fold --------------------------------------------------------------------------------------
 def _kfold(table, classes, options, rng):
-    """``(split, fold)`` per row: a grouped stratified test set, then k folds over the rest."""
+    """``(split, fold, dropped)`` per row: a grouped stratified test set, then k folds over the rest.
+
+    With ``drop_duplicates``, ``dropped`` marks the copies dropped before the folds are dealt
+    (see :func:`_copies_to_drop_before_folds`; their fold is -1); otherwise it is None.
+    """
     k = options["folds"]
     groups, counts = _group_class_counts(table, classes)
     test_fraction = options["fractions"]["test"]
@@ -585,30 +593,72 @@ def _kfold(table, classes, options, rng):
     if test_fraction > 0:
         is_test = _select_groups(counts, np.ones(len(groups), dtype=bool), test_fraction * n_total, target,
                                  n_total, keep_outside=k, rng=rng)
-    # Folds one at a time, each chosen like a split of 1/k of the non-test samples with the
-    # dataset's class proportions; the last fold is what remains, balanced because the others are.
-    n_rest = counts[~is_test].sum()
+    test_rows = table["group"].map(dict(zip(groups, is_test))).to_numpy(dtype=bool)
+    dropped = _copies_to_drop_before_folds(table, test_rows) if options["drop_duplicates"] else None
+    rest = table[~test_rows if dropped is None else ~test_rows & ~dropped]
+    fold_of_group = _deal_folds(rest, classes, k, target, rng, n_dropped=0 if dropped is None else int(dropped.sum()))
+    folds = table["group"].map(fold_of_group).fillna(-1).to_numpy().astype(int)
+    if dropped is not None:
+        folds[dropped] = -1
+    split = np.where(test_rows, "test", "trainval")
+    return split, folds, dropped
+
+
+def _deal_folds(rest, classes, k, target, rng, n_dropped):
+    """``{group: fold}`` over the rows ``rest`` (those outside the test set that remain).
+
+    Folds are chosen one at a time, each like a split of 1/k of these samples with the
+    dataset's class proportions ``target``; the last fold is what remains, balanced because
+    the others are.
+    """
+    groups, counts = _group_class_counts(rest, classes)
+    if len(groups) < k:
+        raise InputError(
+            f"too few patients for {k}-fold cross-validation: {len(groups)} patient group(s) outside the test set "
+            f"after split.drop_duplicates dropped {n_dropped} shared image(s)",
+            [f"need at least {k}, one per fold: set split.drop_duplicates: false to keep patients that share an "
+             "image together instead, or lower split.folds"],
+        )
+    n_rest = counts.sum()
     fold = np.full(len(groups), -1)
-    available = ~is_test
+    available = np.ones(len(groups), dtype=bool)
     for k_index in range(k - 1):
         chosen = _select_groups(counts, available, n_rest / k, target, n_rest, keep_outside=k - 1 - k_index, rng=rng)
         fold[chosen] = k_index
         available &= ~chosen
     fold[available] = k - 1
-    fold_of_group = dict(zip(groups, fold))
-    folds = table["group"].map(fold_of_group).to_numpy().astype(int)
-    split = np.where(folds < 0, "test", "trainval")
-    return split, folds
+    return dict(zip(groups, fold))
 
 
 # --- duplicates ----------------------------------------------------------------------------------
-def _drop_duplicates(table):
-    """Rows to drop: every copy of an image outside the earliest split (then fold) it is in."""
-    split_rank = table["split"].map({"train": 0, "trainval": 0, "val": 1, "test": 2}).to_numpy()
-    folds = table["fold"].to_numpy().astype(int)
-    rank = pd.Series(split_rank * 10_000 + np.maximum(folds, 0), index=table.index)
-    first_rank = rank.groupby(table["content_hash"]).transform("min")
-    later = rank > first_rank
+def _copies_to_drop_before_folds(table, test_rows):
+    """Mask of the k-fold rows that ``drop_duplicates`` drops before the folds are dealt.
+
+    A test copy of an image that trainval holds too, and the trainval copies of other patients
+    than the one whose copy has the first ``sample_id`` (``table`` is in ``sample_id`` order).
+    What remains has no image in two patients outside the test set, so the folds, dealt by
+    patient afterwards, share none, and no fold loses images once dealt.
+    """
+    content = table["content_hash"]
+    in_trainval = set(content[~test_rows])
+    test_copies = test_rows & content.isin(in_trainval).to_numpy()
+    trainval = table[~test_rows]
+    keeper = trainval.groupby("content_hash")["patient"].transform("first")
+    other_patients = pd.Series(False, index=table.index)
+    other_patients[trainval.index] = (trainval["patient"] != keeper).to_numpy()
+    return test_copies | other_patients.to_numpy()
+
+
+def _drop_duplicates(table, later=None):
+    """Report entries of the rows to drop: ``later`` (a mask), by default every copy of an image
+    outside the earliest split (then fold) it is in."""
+    if later is None:
+        split_rank = table["split"].map({"train": 0, "trainval": 0, "val": 1, "test": 2}).to_numpy()
+        folds = table["fold"].to_numpy().astype(int)
+        rank = pd.Series(split_rank * 10_000 + np.maximum(folds, 0), index=table.index)
+        first_rank = rank.groupby(table["content_hash"]).transform("min")
+        later = rank > first_rank
+    later = pd.Series(np.asarray(later, dtype=bool), index=table.index)
     if not later.any():
         return []
     unit = _unit_names(table)

@@ -269,6 +269,36 @@ def test_kfold_with_too_few_patients_is_an_input_error():
         make_splits(manifest, options("kfold", folds=5))
 
 
+def _sharing_images(manifest, copies):
+    """``manifest`` where patient ``target``'s images are patient ``source``'s, for each (target, source) of ``copies``."""
+    shared = manifest.copy()
+    for target, source in copies.items():
+        hashes = shared.loc[shared["patient"] == f"p_{source:016x}", "content_hash"].to_numpy()
+        shared.loc[shared["patient"] == f"p_{target:016x}", "content_hash"] = hashes
+    return shared
+
+
+def test_kfold_with_drop_duplicates_deals_the_folds_after_dropping():
+    # Patients 1 and 3 hold copies of patients 0 and 2's images. Dealt first, the two folds got
+    # {0, 2} and {1, 3}, and dropping the later copies then emptied fold 1.
+    shared = _sharing_images(make_manifest([2, 2, 2, 2], ["a", "a", "b", "b"]), {1: 0, 3: 2})
+    for seed in range(5):
+        splits, report = make_splits(shared, options("kfold", folds=2, train=0.5, val=0.5, test=0.0, seed=seed,
+                                                     drop_duplicates=True))
+        assert [detail["samples"] for detail in report["fold_details"]] == [2, 2]
+        assert sorted(splits["fold"]) == [0, 0, 1, 1]
+        dropped = report["dropped_duplicates"]
+        assert sorted(d["sample_id"] for d in dropped) == shared["sample_id"].iloc[[2, 3, 6, 7]].tolist()
+        assert {d["split"] for d in dropped} == {"trainval"} and {d["kept_in"] for d in dropped} == {"fold 0", "fold 1"}
+
+
+def test_kfold_with_too_few_patients_left_by_drop_duplicates_is_an_input_error():
+    shared = _sharing_images(make_manifest([2, 2, 2], ["a", "a", "b"]), {1: 0})
+    with pytest.raises(InputError, match="too few patients for 3-fold") as caught:
+        make_splits(shared, options("kfold", folds=3, train=0.5, val=0.5, test=0.0, drop_duplicates=True))
+    assert "2 patient group(s)" in str(caught.value) and "drop_duplicates" in str(caught.value)
+
+
 # --- assignment -----------------------------------------------------------------------------------
 def test_assignment_of_a_plain_split():
     table = pd.DataFrame({"sample_id": ["a", "b", "c", "d"], "split": ["train", "test", "val", "train"]})

@@ -4,6 +4,7 @@ import numpy as np
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from medclassify.errors import InputError
 from medclassify.splits import TOLERANCE_POINTS, assignment, make_splits
 from tests.splits_fixtures import make_manifest, options, patients_per_unit, split_of
 
@@ -126,6 +127,29 @@ def test_shared_images_never_cross_splits(manifest, seed, data):
     for _, rows in kept.groupby("content_hash"):
         assert len({where[s] for s in rows["sample_id"]}) == 1
     assert len(dropped_splits) + len(dropped_report["dropped_duplicates"]) == len(manifest)
+
+
+@SETTINGS
+@given(manifest=manifests(min_patients=12), folds=st.integers(2, 6), seed=st.integers(0, 1000), data=st.data())
+def test_kfold_with_drop_duplicates_leaves_no_fold_empty(manifest, folds, seed, data):
+    # Patients whose images are all copies of another patient's: up to all but one of them,
+    # so a fold dealt before dropping may hold copies only.
+    rng = np.random.default_rng(seed)
+    patients = manifest["patient"].unique()
+    originals = manifest[manifest["patient"] == patients[0]]["content_hash"].to_numpy()
+    for patient in rng.permutation(patients[1:])[:data.draw(st.integers(1, len(patients) - 1))]:
+        rows = manifest.index[manifest["patient"] == patient]
+        manifest.loc[rows, "content_hash"] = rng.choice(originals, size=len(rows))
+    try:
+        splits, report = make_splits(manifest, options("kfold", folds=folds, seed=seed, drop_duplicates=True))
+    except InputError as error:
+        assert f"too few patients for {folds}-fold" in str(error)
+        return
+    assert all(detail["samples"] > 0 for detail in report["fold_details"])
+    assert len(splits) + len(report["dropped_duplicates"]) == len(manifest)
+    where = split_of(splits)
+    for _, rows in manifest[manifest["sample_id"].isin(where)].groupby("content_hash"):
+        assert len({where[s] for s in rows["sample_id"]}) == 1
 
 
 @settings(SETTINGS, max_examples=10)
