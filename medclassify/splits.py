@@ -13,6 +13,7 @@ result itself before returning it:
   (train < val < test) and listed in the report. ``kfold`` drops before dealing the folds, so
   that no fold can lose all its images afterwards: a test copy of a trainval image goes, and of
   the trainval copies only those of one patient (the one with the first ``sample_id``) stay.
+  A split (or fold) that dropping would leave empty is an error, never an empty split written.
   For ``predefined`` splits a duplicate across splits is an error unless ``drop_duplicates`` is
   set.
 
@@ -116,7 +117,11 @@ def make_splits(validated_df, options):
 
     dropped = _drop_duplicates(table, dropped_before_folds) if options["drop_duplicates"] else []
     if dropped:
+        # k-fold's trainval rows without a fold are the copies dropped before the folds were
+        # dealt: not a split of their own.
+        units_before = _unit_names(table).value_counts().drop("trainval", errors="ignore")
         table = table[~table["sample_id"].isin({d["sample_id"] for d in dropped})]
+        _check_no_unit_emptied(units_before, _unit_names(table), dropped)
     check_no_leakage(table, fold_column="fold" if method == "kfold" else None)
 
     # Back to the manifest's row order, which is also the cache's order.
@@ -675,6 +680,28 @@ def _drop_duplicates(table, later=None):
         }
         for index in table.index[later]
     ]
+
+
+def _check_no_unit_emptied(units_before, units_after, dropped):
+    """Raise :class:`InputError` if dropping duplicates left a split (or fold) without a sample.
+
+    ``units_before`` counts the samples per split before dropping. Training and evaluation
+    need every split they were given; an empty one is an error here, not at training time.
+    """
+    emptied = sorted(set(units_before.index) - set(units_after), key=_unit_order)
+    if not emptied:
+        return
+    kept_in = {}
+    for entry in dropped:
+        if entry["split"] in emptied:
+            kept_in.setdefault(entry["split"], set()).add(entry["kept_in"])
+    raise InputError(
+        f"split.drop_duplicates would leave the {' and '.join(emptied)} split{'s' if len(emptied) > 1 else ''} empty: "
+        "each image there is also in another split",
+        [f"{name}: all {units_before[name]} image(s) dropped, kept in {', '.join(sorted(kept_in[name], key=_unit_order))}"
+         for name in emptied]
+        + ["set split.drop_duplicates: false to keep patients that share an image in one split instead"],
+    )
 
 
 def _unit_order(name):

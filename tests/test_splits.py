@@ -140,6 +140,26 @@ def test_duplicates_within_one_patient_are_kept():
     assert report["dropped_duplicates"] == []
 
 
+def _sharing_images(manifest, copies):
+    """``manifest`` where patient ``target``'s images are patient ``source``'s, for each (target, source) of ``copies``."""
+    shared = manifest.copy()
+    for target, source in copies.items():
+        hashes = shared.loc[shared["patient"] == f"p_{source:016x}", "content_hash"].to_numpy()
+        shared.loc[shared["patient"] == f"p_{target:016x}", "content_hash"] = hashes
+    return shared
+
+
+@pytest.mark.parametrize("method, emptied", [("grouped_stratified", "val and test"), ("kfold", "test")])
+def test_a_split_that_drop_duplicates_would_empty_is_an_input_error(method, emptied):
+    # In each class every patient's images are copies of the first patient's: every copy
+    # outside the split (or fold) that keeps the first is dropped.
+    shared = _sharing_images(make_manifest([2] * 10, ["a"] * 5 + ["b"] * 5),
+                             {target: 5 * (target // 5) for target in range(10) if target % 5})
+    with pytest.raises(InputError, match=f"would leave the {emptied} splits? empty") as caught:
+        make_splits(shared, options(method, train=0.6, val=0.2, test=0.2, folds=2, drop_duplicates=True))
+    assert "drop_duplicates: false" in str(caught.value)
+
+
 # --- predefined ---------------------------------------------------------------------------------
 def _predefined(manifest, seed=0):
     rng = np.random.default_rng(seed)
@@ -267,15 +287,6 @@ def test_kfold_with_too_few_patients_is_an_input_error():
     manifest = make_manifest([2] * 5, ["a", "b", "a", "b", "a"])
     with pytest.raises(InputError, match="too few patients for 5-fold"):
         make_splits(manifest, options("kfold", folds=5))
-
-
-def _sharing_images(manifest, copies):
-    """``manifest`` where patient ``target``'s images are patient ``source``'s, for each (target, source) of ``copies``."""
-    shared = manifest.copy()
-    for target, source in copies.items():
-        hashes = shared.loc[shared["patient"] == f"p_{source:016x}", "content_hash"].to_numpy()
-        shared.loc[shared["patient"] == f"p_{target:016x}", "content_hash"] = hashes
-    return shared
 
 
 def test_kfold_with_drop_duplicates_deals_the_folds_after_dropping():

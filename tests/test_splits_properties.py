@@ -142,8 +142,8 @@ def test_kfold_with_drop_duplicates_leaves_no_fold_empty(manifest, folds, seed, 
         manifest.loc[rows, "content_hash"] = rng.choice(originals, size=len(rows))
     try:
         splits, report = make_splits(manifest, options("kfold", folds=folds, seed=seed, drop_duplicates=True))
-    except InputError as error:
-        assert f"too few patients for {folds}-fold" in str(error)
+    except InputError as error:  # too few patients left for the folds, or none for the test set
+        assert f"too few patients for {folds}-fold" in str(error) or "would leave the test split empty" in str(error)
         return
     assert all(detail["samples"] > 0 for detail in report["fold_details"])
     assert len(splits) + len(report["dropped_duplicates"]) == len(manifest)
