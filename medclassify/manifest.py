@@ -143,8 +143,12 @@ class ValidationResult:
         return [p for p in self.problems if p.severity == "warning"]
 
 
-class _Collector:
-    """Collects problems in the order found."""
+class ProblemCollector:
+    """Collects problems in the order found.
+
+    Public because :mod:`medclassify.predict` reads its manifests through
+    :func:`read_manifest_rows` too, and needs one to receive their problems.
+    """
 
     def __init__(self):
         self.problems = []
@@ -402,7 +406,7 @@ def validate_manifest(manifest, root, *, io_options, validation_options, labels=
     started = time.perf_counter()
     options = dict(DEFAULT_VALIDATION_OPTIONS, **(validation_options or {}))
     io_options = resolve_io_options(io_options)
-    problems = _Collector()
+    problems = ProblemCollector()
     root_real = Path(os.path.realpath(root))
     header, rows = read_manifest_rows(manifest, problems)
 

@@ -139,9 +139,9 @@ def _manifest_rows(manifest, problems):
     (Excel exports) is such a row too: validate refuses it, and predict must not read a file
     differently.
     """
-    from .manifest import _Collector, read_manifest_rows
+    from .manifest import ProblemCollector, read_manifest_rows
 
-    found = _Collector()
+    found = ProblemCollector()
     header, records = read_manifest_rows(manifest, found)
     for problem in found.problems:
         if problem.severity == "error":
