@@ -64,7 +64,7 @@ def test_predicts_a_folder_and_lists_unreadable_files(saved_run, tmp_path):
     expected = _expected_probabilities(model_path, first["input"], config)
     assert [first["prob_benign"], first["prob_malignant"]] == pytest.approx(expected.tolist(), abs=1e-6)
     on_disk = pd.read_csv(tmp_path / "predictions.csv")
-    assert list(on_disk.columns) == ["input", "sample_id", "index", "status", "error", "predicted",
+    assert list(on_disk.columns) == ["input", "sample_id", "index", "status", "error", "warning", "predicted",
                                      "prob_benign", "prob_malignant"]
 
 
@@ -115,6 +115,24 @@ def test_applies_the_test_time_views_that_evaluation_used(saved_run, tmp_path):
     assert not np.allclose(expected, plain, atol=1e-4)  # the views change the prediction of this model
     assert table.loc[0, ["prob_benign", "prob_malignant"]].to_numpy(float) == pytest.approx(expected, abs=1e-6)
     assert not (tmp_path / "bad.csv").exists()
+
+
+def test_multi_page_tiff_is_predicted_from_its_first_page_with_a_warning(saved_run, tmp_path):
+    """As validation warns (unread_tiff_pages): the other pages are not read, and the output says so."""
+    import tifffile
+
+    _, model_path, _, _ = saved_run
+    pages = np.random.default_rng(4).integers(0, 255, (3, 32, 24), dtype=np.uint8)
+    tifffile.imwrite(tmp_path / "pages.tif", pages, photometric="minisblack")
+    tifffile.imwrite(tmp_path / "first.tif", pages[0], photometric="minisblack")
+    with pytest.warns(UserWarning, match=r"1 of 2 inputs were predicted with a warning .*pages\.tif: unread_tiff_pages"):
+        table = predict_files(model_path, [tmp_path / "pages.tif", tmp_path / "first.tif"], tmp_path / "out.csv")
+    several, single = table.iloc[0], table.iloc[1]
+    assert several["status"] == "ok" and single["status"] == "ok"
+    assert several["warning"].startswith("unread_tiff_pages: the TIFF holds 3 pages; only the first was read")
+    assert single["warning"] == ""
+    assert several["prob_benign"] == pytest.approx(single["prob_benign"], abs=1e-6)  # page 0 was predicted
+    assert "warning" in pd.read_csv(tmp_path / "out.csv").columns
 
 
 def test_manifest_input_keeps_labels_and_reports_missing_files(saved_run, tmp_path):
