@@ -25,6 +25,10 @@ from .errors import InputError
 from .inference import IDENTITY, is_view, mean_probabilities
 
 BATCH = 256  # images preprocessed and predicted at once; bounds memory on large folders
+# The version of a model.json that records none. Training has recorded the cache's
+# preprocessing_version in params since PREPROCESSING_VERSION was introduced at 1, so only a
+# hand-written model.json lacks it; taken as 1, it is refused once preprocessing changes.
+UNRECORDED_PREPROCESSING_VERSION = 1
 STATUS_OK = "ok"
 STATUS_ERROR = "error"
 
@@ -33,7 +37,8 @@ def load_model_info(model_path):
     """``model.json`` beside the model, with ``classes``, ``preprocess`` and ``io`` resolved.
 
     The preprocess and io options may sit at the top level or under ``params`` (the cache's
-    parameter record). Raises InputError naming the file and every missing entry.
+    parameter record). Raises InputError naming the file and every missing entry, or when the
+    model was trained under another preprocessing version (:func:`_check_preprocessing_version`).
     """
     info_path = Path(model_path).with_name("model.json")
     if not info_path.exists():
@@ -48,8 +53,27 @@ def load_model_info(model_path):
     problems = [f"no {key!r}" for key in ("classes", "preprocess") if not resolved[key]]
     if problems:
         raise InputError(f"{info_path}: incomplete model description", problems)
+    _check_preprocessing_version(model_path, info, params)
     resolved["classes"] = [str(c) for c in resolved["classes"]]
     return resolved
+
+
+def _check_preprocessing_version(model_path, info, params):
+    """Refuse a model whose training images went through another version of the preprocessing.
+
+    predict preprocesses with this library's code, so such a model would be fed values unlike
+    those it learnt from, and predict wrongly without any error.
+    """
+    from .preprocessing import PREPROCESSING_VERSION
+
+    recorded = info.get("preprocessing_version", params.get("preprocessing_version", UNRECORDED_PREPROCESSING_VERSION))
+    if recorded == PREPROCESSING_VERSION:
+        return
+    trained_with = f"medclassify {info['library_version']}" if info.get("library_version") else "its medclassify version"
+    raise InputError(
+        f"{model_path}: trained on images of preprocessing version {recorded} (model.json), but this medclassify "
+        f"preprocesses by version {PREPROCESSING_VERSION}",
+        [f"retrain the model with this medclassify (rerun the workflow), or predict with {trained_with}"])
 
 
 def load_decision(model_path, classes):
