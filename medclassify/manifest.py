@@ -144,8 +144,12 @@ class ValidationResult:
         return [p for p in self.problems if p.severity == "warning"]
 
 
-class _Collector:
-    """Collects problems in the order found."""
+class ProblemCollector:
+    """Collects problems in the order found.
+
+    Public because :mod:`medclassify.predict` reads its manifests through
+    :func:`read_manifest_rows` too, and needs one to receive their problems.
+    """
 
     def __init__(self):
         self.problems = []
@@ -420,7 +424,7 @@ def validate_manifest(manifest, root, *, io_options, validation_options, labels=
     started = time.perf_counter()
     options = dict(DEFAULT_VALIDATION_OPTIONS, **(validation_options or {}))
     io_options = resolve_io_options(io_options)
-    problems = _Collector()
+    problems = ProblemCollector()
     root_real = Path(os.path.realpath(root))
     header, rows = read_manifest_rows(manifest, problems)
 
@@ -568,6 +572,18 @@ def _check_duplicate_paths(records, problems):
                              f"rows {numbers} name the same file with different fields (label, patient or other)")
 
 
+def unread_tiff_pages_message(pages):
+    """What the ``unread_tiff_pages`` warning says of a file of ``pages`` pages; None when none went unread.
+
+    TIFF pages are not selectable samples like DICOM frames: the reader reads the first page and
+    counts them all in ``meta["pages"]`` (None for other formats). Validation and predict both warn
+    with this, so that they agree on which files lose pages.
+    """
+    if (pages or 1) <= 1:
+        return None
+    return f"the TIFF holds {pages} pages; only the first was read"
+
+
 def _check_images(records, decoded, problems):
     """Decoding failures and implausible images; attach decoded samples to records."""
     for record in records:
@@ -581,11 +597,10 @@ def _check_images(records, decoded, problems):
         record["samples"] = result["samples"]
         modality = (record["modality"] or "").upper()
         first = result["samples"][0]
-        if (first["pages"] or 1) > 1:
-            # TIFF pages are not selectable samples like DICOM frames: say that the others were not read.
+        unread_pages = unread_tiff_pages_message(first["pages"])
+        if unread_pages:
             problems.add(number, path, "unread_tiff_pages", "warning",
-                         f"row {number}: the TIFF holds {first['pages']} pages; only the first was read "
-                         "(save each page you need as its own file and list it in the manifest)")
+                         f"row {number}: {unread_pages} (save each page you need as its own file and list it in the manifest)")
         if first["extension_mismatch"]:
             problems.add(number, path, "extension_mismatch", "warning",
                          f"row {number}: the file is a {first['format'].upper()} image despite its name; it was read as such")

@@ -8,7 +8,9 @@ threshold chosen on the validation split is read from ``../evaluation/metrics.js
 run was evaluated; otherwise the arg-max decides (and the output says so).
 
 Every input gives at least one row: unreadable files get ``status = error`` and the reason, and a
-warning counts them; nothing is skipped silently.
+warning counts them; nothing is skipped silently. What reading left out of a file that was predicted
+(the pages after the first of a TIFF, as validation's ``unread_tiff_pages`` warns) is in the
+``warning`` column, and a warning counts those rows too.
 """
 
 import json
@@ -23,6 +25,10 @@ from .errors import InputError
 from .inference import IDENTITY, is_view, mean_probabilities
 
 BATCH = 256  # images preprocessed and predicted at once; bounds memory on large folders
+# The version of a model.json that records none. Training has recorded the cache's
+# preprocessing_version in params since PREPROCESSING_VERSION was introduced at 1, so only a
+# hand-written model.json lacks it; taken as 1, it is refused once preprocessing changes.
+UNRECORDED_PREPROCESSING_VERSION = 1
 STATUS_OK = "ok"
 STATUS_ERROR = "error"
 
@@ -31,7 +37,8 @@ def load_model_info(model_path):
     """``model.json`` beside the model, with ``classes``, ``preprocess`` and ``io`` resolved.
 
     The preprocess and io options may sit at the top level or under ``params`` (the cache's
-    parameter record). Raises InputError naming the file and every missing entry.
+    parameter record). Raises InputError naming the file and every missing entry, or when the
+    model was trained under another preprocessing version (:func:`_check_preprocessing_version`).
     """
     info_path = Path(model_path).with_name("model.json")
     if not info_path.exists():
@@ -46,8 +53,27 @@ def load_model_info(model_path):
     problems = [f"no {key!r}" for key in ("classes", "preprocess") if not resolved[key]]
     if problems:
         raise InputError(f"{info_path}: incomplete model description", problems)
+    _check_preprocessing_version(model_path, info, params)
     resolved["classes"] = [str(c) for c in resolved["classes"]]
     return resolved
+
+
+def _check_preprocessing_version(model_path, info, params):
+    """Refuse a model whose training images went through another version of the preprocessing.
+
+    predict preprocesses with this library's code, so such a model would be fed values unlike
+    those it learnt from, and predict wrongly without any error.
+    """
+    from .preprocessing import PREPROCESSING_VERSION
+
+    recorded = info.get("preprocessing_version", params.get("preprocessing_version", UNRECORDED_PREPROCESSING_VERSION))
+    if recorded == PREPROCESSING_VERSION:
+        return
+    trained_with = f"medclassify {info['library_version']}" if info.get("library_version") else "its medclassify version"
+    raise InputError(
+        f"{model_path}: trained on images of preprocessing version {recorded} (model.json), but this medclassify "
+        f"preprocesses by version {PREPROCESSING_VERSION}",
+        [f"retrain the model with this medclassify (rerun the workflow), or predict with {trained_with}"])
 
 
 def load_decision(model_path, classes):
@@ -139,9 +165,9 @@ def _manifest_rows(manifest, problems):
     (Excel exports) is such a row too: validate refuses it, and predict must not read a file
     differently.
     """
-    from .manifest import _Collector, read_manifest_rows
+    from .manifest import ProblemCollector, read_manifest_rows
 
-    found = _Collector()
+    found = ProblemCollector()
     header, records = read_manifest_rows(manifest, found)
     for problem in found.problems:
         if problem.severity == "error":
@@ -180,6 +206,7 @@ def _manifest_row_problem(record):
 
 
 def _read_preprocessed(path, index, info, storage_dtype):
+    """The sample's preprocessed image and its reader's ``meta``."""
     from .io import read_sample
     from .preprocessing import from_storage, preprocess_image, to_storage
 
@@ -187,11 +214,21 @@ def _read_preprocessed(path, index, info, storage_dtype):
     image = preprocess_image(sample.pixels, info["preprocess"])
     # The cache stores images as uint8 or float16; quantise the same way so that the model
     # sees exactly the values it was trained on.
-    return from_storage(to_storage(image, storage_dtype))
+    return from_storage(to_storage(image, storage_dtype)), sample.meta
+
+
+def _reading_warning(meta):
+    """What reading a sample left out, as ``"<code>: <message>"`` like the error column; "" when nothing."""
+    from .manifest import unread_tiff_pages_message
+
+    unread_pages = unread_tiff_pages_message(meta.get("pages"))
+    if not unread_pages:
+        return ""
+    return f"unread_tiff_pages: {unread_pages}, and predicted (save each page you need as its own file)"
 
 
 def _samples(rows, info):
-    """Yield ``(row, sample_id, index, image or None, error or None)`` for every sample of every row."""
+    """Yield ``(row, sample_id, index, image or None, error or None, warning)`` for every sample of every row."""
     from .io import sample_indices
 
     storage_dtype = info["preprocess"].get("dtype", "uint8")
@@ -202,17 +239,17 @@ def _samples(rows, info):
                 raise FileNotFoundError(f"no such file: {path}")
             indices = sample_indices(path, info["io"])
         except Exception as error:  # noqa: BLE001 - any reader failure is reported, not raised
-            yield row, row["input"], None, None, _reason(error)
+            yield row, row["input"], None, None, _reason(error), ""
             continue
         for index in indices:
             # As in the validated manifest: the path for a single-sample file, path#index otherwise.
             sample_id = row["input"] if len(indices) == 1 else f"{row['input']}#{index}"
             try:
-                image = _read_preprocessed(path, index, info, storage_dtype)
+                image, meta = _read_preprocessed(path, index, info, storage_dtype)
             except Exception as error:  # noqa: BLE001
-                yield row, sample_id, index, None, _reason(error)
+                yield row, sample_id, index, None, _reason(error), ""
                 continue
-            yield row, sample_id, index, image, None
+            yield row, sample_id, index, image, None, _reading_warning(meta)
 
 
 def _reason(error):
@@ -226,8 +263,9 @@ def _reason(error):
 def predict_files(model_path, inputs, out_csv, *, threads=None):
     """Predict every image of ``inputs``; write ``out_csv`` and return the table.
 
-    Columns: ``input, sample_id, index, status, error, [label], predicted, prob_<class>…``.
-    ``status`` is ``ok`` or ``error`` (``error`` then says why and the prediction is empty).
+    Columns: ``input, sample_id, index, status, error, warning, [label], predicted, prob_<class>…``.
+    ``status`` is ``ok`` or ``error`` (``error`` then says why and the prediction is empty);
+    ``warning`` says what reading left out of a predicted image.
     ``threads`` caps TensorFlow's CPU threads.
     """
     from .evaluation.run import load_model
@@ -254,9 +292,9 @@ def predict_files(model_path, inputs, out_csv, *, threads=None):
         batch_images.clear()
         batch_records.clear()
 
-    for row, sample_id, index, image, error in _samples(rows, info):
+    for row, sample_id, index, image, error, warning in _samples(rows, info):
         record = {"input": row["input"], "sample_id": sample_id, "index": "" if index is None else index,
-                  "status": STATUS_OK, "error": ""}
+                  "status": STATUS_OK, "error": "", "warning": warning}
         if "label" in row:
             record["label"] = row["label"]
         if image is not None and tuple(image.shape) != expected_shape:
@@ -272,7 +310,7 @@ def predict_files(model_path, inputs, out_csv, *, threads=None):
         records.append(record)
     flush()
 
-    columns = ["input", "sample_id", "index", "status", "error"]
+    columns = ["input", "sample_id", "index", "status", "error", "warning"]
     columns += ["label"] if any("label" in r for r in records) else []
     columns += ["predicted"] + [f"prob_{c}" for c in classes]
     table = pd.DataFrame(records).reindex(columns=columns)
@@ -280,10 +318,17 @@ def predict_files(model_path, inputs, out_csv, *, threads=None):
         table.to_csv(tmp, index=False)
     failed = table[table["status"] == STATUS_ERROR]
     if len(failed):
-        listed = "; ".join(f"{i}: {e}" for i, e in zip(failed["input"][:5], failed["error"][:5]))
         warnings.warn(f"{len(failed)} of {len(table)} inputs could not be predicted (see the status and error "
-                      f"columns of {out_csv}): {listed}", stacklevel=2)
+                      f"columns of {out_csv}): {_first_five(failed, 'error')}", stacklevel=2)
+    warned = table[(table["status"] == STATUS_OK) & (table["warning"] != "")]
+    if len(warned):
+        warnings.warn(f"{len(warned)} of {len(table)} inputs were predicted with a warning (see the warning column "
+                      f"of {out_csv}): {_first_five(warned, 'warning')}", stacklevel=2)
     return table
+
+
+def _first_five(rows, column):
+    return "; ".join(f"{i}: {text}" for i, text in zip(rows["input"][:5], rows[column][:5]))
 
 
 def _decide(prob, decision):

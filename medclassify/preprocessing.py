@@ -23,7 +23,8 @@ that is several times cheaper (the stage's speed is bounded by decoding, see ben
 of its training split at load time, so a new split never forces a new cache.
 
 ``PREPROCESSING_VERSION`` enters the cache's parameter hash: bump it whenever a change here
-alters output values, so that stale caches are rebuilt instead of silently reused.
+alters output values, so that stale caches are rebuilt instead of silently reused, and so that
+``predict`` refuses models trained on the old values (model.json records the version).
 """
 
 import bisect

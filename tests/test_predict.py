@@ -12,11 +12,13 @@ from PIL import Image
 pytest.importorskip("tensorflow")
 
 from evaluation_fixtures import tiny_model  # noqa: E402
+from medclassify import __version__  # noqa: E402
+from medclassify.cache import params_record  # noqa: E402
 from medclassify.config import load_config  # noqa: E402
 from medclassify.errors import InputError  # noqa: E402
 from medclassify.io import read_sample  # noqa: E402
-from medclassify.predict import files_read, predict_files  # noqa: E402
-from medclassify.preprocessing import from_storage, preprocess_image, to_storage  # noqa: E402
+from medclassify.predict import files_read, load_model_info, predict_files  # noqa: E402
+from medclassify.preprocessing import PREPROCESSING_VERSION, from_storage, preprocess_image, to_storage  # noqa: E402
 
 CLASSES = ["benign", "malignant"]
 
@@ -31,8 +33,8 @@ def saved_run(tmp_path_factory):
     model = tiny_model((16, 16, 1), 2, seed=3)
     model.save(stage / "model.keras")
     (stage / "model.json").write_text(json.dumps({
-        "classes": CLASSES, "params": {"preprocess": config["preprocess"], "io": config["io"]},
-        "input_shape": [16, 16, 1]}))
+        "classes": CLASSES, "params": params_record(config["preprocess"], config["io"]),  # as training records it
+        "input_shape": [16, 16, 1], "library_version": __version__}))
     images = root / "new"
     images.mkdir()
     rng = np.random.default_rng(0)
@@ -64,7 +66,7 @@ def test_predicts_a_folder_and_lists_unreadable_files(saved_run, tmp_path):
     expected = _expected_probabilities(model_path, first["input"], config)
     assert [first["prob_benign"], first["prob_malignant"]] == pytest.approx(expected.tolist(), abs=1e-6)
     on_disk = pd.read_csv(tmp_path / "predictions.csv")
-    assert list(on_disk.columns) == ["input", "sample_id", "index", "status", "error", "predicted",
+    assert list(on_disk.columns) == ["input", "sample_id", "index", "status", "error", "warning", "predicted",
                                      "prob_benign", "prob_malignant"]
 
 
@@ -117,6 +119,24 @@ def test_applies_the_test_time_views_that_evaluation_used(saved_run, tmp_path):
     assert not (tmp_path / "bad.csv").exists()
 
 
+def test_multi_page_tiff_is_predicted_from_its_first_page_with_a_warning(saved_run, tmp_path):
+    """As validation warns (unread_tiff_pages): the other pages are not read, and the output says so."""
+    import tifffile
+
+    _, model_path, _, _ = saved_run
+    pages = np.random.default_rng(4).integers(0, 255, (3, 32, 24), dtype=np.uint8)
+    tifffile.imwrite(tmp_path / "pages.tif", pages, photometric="minisblack")
+    tifffile.imwrite(tmp_path / "first.tif", pages[0], photometric="minisblack")
+    with pytest.warns(UserWarning, match=r"1 of 2 inputs were predicted with a warning .*pages\.tif: unread_tiff_pages"):
+        table = predict_files(model_path, [tmp_path / "pages.tif", tmp_path / "first.tif"], tmp_path / "out.csv")
+    several, single = table.iloc[0], table.iloc[1]
+    assert several["status"] == "ok" and single["status"] == "ok"
+    assert several["warning"].startswith("unread_tiff_pages: the TIFF holds 3 pages; only the first was read")
+    assert single["warning"] == ""
+    assert several["prob_benign"] == pytest.approx(single["prob_benign"], abs=1e-6)  # page 0 was predicted
+    assert "warning" in pd.read_csv(tmp_path / "out.csv").columns
+
+
 def test_manifest_input_keeps_labels_and_reports_missing_files(saved_run, tmp_path):
     root, model_path, images, _ = saved_run
     manifest = tmp_path / "new.csv"
@@ -135,6 +155,48 @@ def test_model_without_model_json_is_an_input_error(tmp_path):
     (tmp_path / "model.keras").write_bytes(b"")
     with pytest.raises(InputError, match="model.json"):
         predict_files(tmp_path / "model.keras", [tmp_path], tmp_path / "out.csv")
+
+
+def _copy_of_model(model_path, folder, **info_changes):
+    """A copy of the model in ``folder``/run/finetune, its model.json changed by ``info_changes``."""
+    import shutil
+
+    stage = folder / "run" / "finetune"
+    stage.mkdir(parents=True)
+    shutil.copy(model_path, stage / "model.keras")
+    info = json.loads(model_path.with_name("model.json").read_text())
+    for key, change in info_changes.items():
+        info[key] = change(info[key])
+    (stage / "model.json").write_text(json.dumps(info))
+    return stage / "model.keras"
+
+
+def test_model_trained_under_another_preprocessing_version_is_refused(saved_run, tmp_path):
+    """Its images were preprocessed otherwise: fed this version's images, it would predict from wrong values."""
+    _, model_path, images, _ = saved_run
+    trained_under = PREPROCESSING_VERSION + 1
+    model = _copy_of_model(model_path, tmp_path, params=lambda params: {**params, "preprocessing_version": trained_under},
+                           library_version=lambda _: "9.9.9")
+    with pytest.raises(InputError) as error:
+        predict_files(model, [images], tmp_path / "out.csv")
+    message = str(error.value)
+    assert str(model) in message
+    assert f"preprocessing version {trained_under}" in message and f"version {PREPROCESSING_VERSION}" in message
+    assert "retrain" in message and "medclassify 9.9.9" in message
+    assert not (tmp_path / "out.csv").exists()
+
+
+def test_model_json_without_a_preprocessing_version_counts_as_version_1(saved_run, tmp_path, monkeypatch):
+    """Only a hand-written model.json lacks it: training has recorded it since version 1, the first."""
+    import medclassify.preprocessing
+
+    _, model_path, _, _ = saved_run
+    model = _copy_of_model(model_path, tmp_path, params=lambda params: {
+        key: value for key, value in params.items() if key != "preprocessing_version"})
+    assert load_model_info(model)["classes"] == CLASSES
+    monkeypatch.setattr(medclassify.preprocessing, "PREPROCESSING_VERSION", 2)
+    with pytest.raises(InputError, match="preprocessing version 1"):
+        load_model_info(model)
 
 
 def test_dicom_and_every_nifti_slice_get_their_own_rows(saved_run, tmp_path):

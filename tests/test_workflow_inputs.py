@@ -117,6 +117,31 @@ def test_adding_an_image_to_predict_plans_predict(predict_workdir):
 
 
 @pytest.fixture(scope="module")
+def unrun_workdir(tmp_path_factory):
+    """A copy of the repository with the fast demo config and nothing run yet."""
+    workdir = copy_repository(tmp_path_factory.mktemp("unrun") / "repo")
+    write_fast_config(workdir)
+    return workdir
+
+
+def test_predict_options_left_over_do_not_stop_planning_without_predict_input(unrun_workdir):
+    # A run or dataset renamed or removed since predict.run/dataset named it, with predict off.
+    set_config(unrun_workdir, "predict", {"input": None, "dataset": "retired", "run": "retired"})
+    planned = planned_jobs(unrun_workdir)
+    assert planned.get("evaluate") == 1 and "predict" not in planned, planned
+
+
+@pytest.mark.parametrize("option", ["dataset", "run"])
+def test_unknown_predict_model_is_named_when_predicting(unrun_workdir, option):
+    (unrun_workdir / "newimgs").mkdir(exist_ok=True)
+    set_config(unrun_workdir, "predict", {"input": "newimgs", option: "retired"})
+    run = run_snakemake(["-n", *CONFIG_ARGS], unrun_workdir, timeout_s=TIMEOUT_S)
+    choices = "datasets: demo" if option == "dataset" else "runs: baseline"
+    assert run.returncode != 0 and f"predict.{option}: 'retired' is not in the config ({choices})" in run.output, \
+        run.tail()
+
+
+@pytest.fixture(scope="module")
 def medmnist_workdir(tmp_path_factory):
     """A recorded run of a MedMNIST dataset imported from a local .npz (never read: no job runs)."""
     workdir = copy_repository(tmp_path_factory.mktemp("medmnist-inputs") / "repo")

@@ -51,9 +51,13 @@ def read_history(path):
 
 def load_model(model_path):
     """Load a saved model safely, with medclassify's custom layers registered."""
+    import importlib
+
     import keras
 
-    from .. import models  # noqa: F401  (registers the custom layers for deserialisation)
+    # Imported for its side effect, registering the custom layers for deserialisation; pyflakes
+    # reads `from .. import models` as an unused import whatever its noqa comment says.
+    importlib.import_module("..models", __package__)
 
     return keras.models.load_model(model_path, safe_mode=True, compile=False)
 

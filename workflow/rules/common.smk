@@ -169,8 +169,26 @@ def evaluation_plot(name, extension):
     )
 
 
-def predict_model():
+def predict_model(wildcards):
+    """The fine-tuned model of predict.dataset and predict.run (by default the first of each).
+
+    An input function, which Snakemake calls only when it plans a predict job, so that a name
+    that predict.dataset or predict.run kept after that dataset or run left the config stops
+    nobody who does not predict.
+    """
     name = config["predict"]["dataset"] or next(iter(config["datasets"]))
     run = config["predict"]["run"] or next(iter(config["runs"]))
+    for option, value, section in [("dataset", name, "datasets"), ("run", run, "runs")]:
+        if value not in config[section]:
+            raise ValueError(
+                f"predict.{option}: {value!r} is not in the config ({section}: {', '.join(config[section])})"
+            )
     run_id = runs_of(name)[list(config["runs"]).index(run) * (folds_of(name) or 1)]
     return f"results/{name}/{run_id}/finetune/model.keras"
+
+
+def predict_metrics(wildcards):
+    """The evaluation of predict's model: predict applies its threshold and test-time views."""
+    return predict_model(wildcards).replace(
+        "finetune/model.keras", "evaluation/metrics.json"
+    )

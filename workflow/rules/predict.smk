@@ -3,10 +3,8 @@ from medclassify.predict import files_read
 
 rule predict:
     input:
-        model=predict_model(),
-        metrics=predict_model().replace(
-            "finetune/model.keras", "evaluation/metrics.json"
-        ),
+        model=predict_model,
+        metrics=predict_metrics,
         # Every file predict reads (the folder's, or the manifest and its images): adding or
         # changing an image reruns it, which the path in params alone never did.
         images=lambda wildcards: files_read(config["predict"]["input"]),
