@@ -206,6 +206,14 @@ def _section_validator(section):
     return _validator_filling_defaults(sub)
 
 
+def with_section_defaults(section, options):
+    """A copy of ``options``, the top-level section ``section`` (e.g. "split"), with the schema's
+    default of every key it leaves out; its values are left for the caller to check."""
+    filled = copy.deepcopy(options)
+    _section_errors(section, filled)  # checking fills the defaults in
+    return filled
+
+
 def _section_errors(section, value):
     """(key path, message) of each schema problem of one section; fills its defaults in place."""
     return [(_key_path(e.absolute_path), e.message) for e in _section_validator(section).iter_errors(value)]
