@@ -269,6 +269,26 @@ def run_config(config, run):
     return sorted_keys(resolve_automatic(resolved))
 
 
+def complete_run_options(options):
+    """A run's options as :func:`run_config` returns them, from ``options`` that may leave keys out.
+
+    For callers of the library that build a run's options by hand: every section (train, head,
+    finetune, evaluate) or key they leave out gets the schema's default, exactly as a config
+    file would, and "auto" values are resolved. Options from :func:`run_config` come back equal.
+    Raises InputError listing every problem.
+    """
+    problems = [f"options.{section}: {type(options[section]).__name__} is not a mapping"
+                for section in RUN_SECTIONS if not isinstance(options.get(section, {}), dict)]
+    if problems:
+        raise InputError("invalid options", problems)
+    resolved, problems = _resolve_sections({}, options, RUN_SECTIONS, "options")
+    if not problems:
+        problems = run_problems(resolved)
+    if problems:
+        raise InputError("invalid options", problems)
+    return sorted_keys(resolve_automatic({**options, **resolved}))
+
+
 def _resolve_run(config, run, overrides, top_level_checked=False):
     """A run's sections resolved, and its problems: the schema's, or else its combinations of options."""
     resolved, problems = _resolve_sections(config, overrides, RUN_SECTIONS, f"runs.{run}", top_level_checked)
