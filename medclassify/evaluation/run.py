@@ -51,9 +51,13 @@ def read_history(path):
 
 def load_model(model_path):
     """Load a saved model safely, with medclassify's custom layers registered."""
+    import importlib
+
     import keras
 
-    from .. import models  # noqa: F401  (registers the custom layers for deserialisation)
+    # Importing medclassify.models registers the custom layers for deserialisation; by name, as
+    # pyflakes reads an import that nothing uses as a mistake, whatever its noqa comment.
+    importlib.import_module("..models", __package__)
 
     return keras.models.load_model(model_path, safe_mode=True, compile=False)
 
