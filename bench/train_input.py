@@ -29,7 +29,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 GOAL_RATIO = 0.95
 NO_AUGMENT = {"horizontal_flip": False, "vertical_flip": False, "rotation_degrees": 0, "zoom": 0, "translate": 0,
-              "brightness": 0, "contrast": 0, "noise_std": 0}
+              "warp_probability": 1.0, "brightness": 0, "contrast": 0, "noise_std": 0}
 
 
 def main(argv=None):

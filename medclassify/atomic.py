@@ -1,10 +1,14 @@
 """Atomic file output: write to a temporary name in the same folder, then rename.
 
 A job killed at any moment therefore leaves either the previous file or nothing, never a
-half-written file that a later step would accept.
+half-written file that a later step would accept. The same holds after a power loss or a node
+crash: the file's data reach the disk (fsync) before the rename, and the rename itself (the
+folder, fsync) before the job reports success. Without that a file system may persist the rename
+first, leaving a complete-looking empty or partial file.
 """
 
 import contextlib
+import errno
 import json
 import os
 import tempfile
@@ -26,10 +30,48 @@ def atomic_path(path, suffix=".tmp"):
     tmp = Path(tmp)
     try:
         yield tmp
+        fsync_file(tmp)
         os.replace(tmp, path)
+        fsync_directory(path.parent)
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def fsync_file(path):
+    """Flush the data of the file at ``path`` to the disk."""
+    fd = os.open(path, os.O_RDONLY)  # fsync needs no write access on POSIX systems
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_directory(path):
+    """Flush the entries of the folder ``path`` (a rename into it) to the disk, where the platform can.
+
+    Windows cannot open a folder, and some file systems refuse to sync one; there the rename's
+    durability is the file system's own, as it was before.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError as error:
+        if error.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EBADF):
+            raise
+    finally:
+        os.close(fd)
+
+
+def fsync_tree(folder):
+    """Flush every file and folder under ``folder``, and ``folder`` itself, to the disk."""
+    for parent, _, files in os.walk(folder):
+        for name in files:
+            fsync_file(os.path.join(parent, name))
+        fsync_directory(parent)
 
 
 def _current_umask():

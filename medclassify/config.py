@@ -206,6 +206,14 @@ def _section_validator(section):
     return _validator_filling_defaults(sub)
 
 
+def with_section_defaults(section, options):
+    """A copy of ``options``, the top-level section ``section`` (e.g. "split"), with the schema's
+    default of every key it leaves out; its values are left for the caller to check."""
+    filled = copy.deepcopy(options)
+    _section_errors(section, filled)  # checking fills the defaults in
+    return filled
+
+
 def _section_errors(section, value):
     """(key path, message) of each schema problem of one section; fills its defaults in place."""
     return [(_key_path(e.absolute_path), e.message) for e in _section_validator(section).iter_errors(value)]
@@ -259,6 +267,26 @@ def run_config(config, run):
     if problems:
         raise InputError("invalid configuration", problems)
     return sorted_keys(resolve_automatic(resolved))
+
+
+def complete_run_options(options):
+    """A run's options as :func:`run_config` returns them, from ``options`` that may leave keys out.
+
+    For callers of the library that build a run's options by hand: every section (train, head,
+    finetune, evaluate) or key they leave out gets the schema's default, exactly as a config
+    file would, and "auto" values are resolved. Options from :func:`run_config` come back equal.
+    Raises InputError listing every problem.
+    """
+    problems = [f"options.{section}: {type(options[section]).__name__} is not a mapping"
+                for section in RUN_SECTIONS if not isinstance(options.get(section, {}), dict)]
+    if problems:
+        raise InputError("invalid options", problems)
+    resolved, problems = _resolve_sections({}, options, RUN_SECTIONS, "options")
+    if not problems:
+        problems = run_problems(resolved)
+    if problems:
+        raise InputError("invalid options", problems)
+    return sorted_keys(resolve_automatic({**options, **resolved}))
 
 
 def _resolve_run(config, run, overrides, top_level_checked=False):

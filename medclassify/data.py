@@ -204,32 +204,33 @@ def affine_view(images, *, rotation_degrees=0.0, scale=1.0, shift_x=0.0, shift_y
 def augment_batch(images, seed, options):
     """Randomly augment a batch (b, H, W, C) in [0, 1]; ``seed`` is a (2,) int64 tensor.
 
-    ``options`` is ``train.augment``: flips, rotation, zoom, translation (one affine warp with
-    reflected borders, applied to each image with probability ``warp_probability``), brightness,
-    contrast, Gaussian noise; the result is clipped to [0, 1].
+    ``options`` is ``train.augment`` with every key (the schema's defaults filled in): flips,
+    rotation, zoom, translation (one affine warp with reflected borders, applied to each image
+    with probability ``warp_probability``), brightness, contrast, Gaussian noise; the result is
+    clipped to [0, 1].
     """
     seeds = [tf.stack([seed[0], seed[1] * 16 + k]) for k in range(10)]
     shape = tf.shape(images)
     batch, height, width = shape[0], images.shape[1], images.shape[2]
     x = images
-    if options.get("horizontal_flip"):
+    if options["horizontal_flip"]:
         flip = _uniform([batch, 1, 1, 1], seeds[0], 0.0, 1.0) < 0.5
         x = tf.where(flip, tf.reverse(x, axis=[2]), x)
-    if options.get("vertical_flip"):
+    if options["vertical_flip"]:
         flip = _uniform([batch, 1, 1, 1], seeds[1], 0.0, 1.0) < 0.5
         x = tf.where(flip, tf.reverse(x, axis=[1]), x)
-    rotation, zoom, translate = (float(options.get(k, 0.0)) for k in ("rotation_degrees", "zoom", "translate"))
+    rotation, zoom, translate = (float(options[k]) for k in ("rotation_degrees", "zoom", "translate"))
     if rotation > 0 or zoom > 0 or translate > 0:
         transforms = _affine_transforms(batch, height, width, seeds[2:6], rotation, zoom, translate)
         warped = _warp(x, transforms)
-        probability = float(options.get("warp_probability", 1.0))
+        probability = float(options["warp_probability"])
         if probability < 1:
             # Every warp resamples bilinearly, which blurs a 28-pixel image; images left unwarped
             # keep the sharpness that evaluation images have.
             x = tf.where(_uniform([batch, 1, 1, 1], seeds[9], 0.0, 1.0) < probability, warped, x)
         else:
             x = warped
-    brightness, contrast, noise = (float(options.get(k, 0.0)) for k in ("brightness", "contrast", "noise_std"))
+    brightness, contrast, noise = (float(options[k]) for k in ("brightness", "contrast", "noise_std"))
     if contrast > 0:
         factor = _uniform([batch, 1, 1, 1], seeds[6], 1.0 - contrast, 1.0 + contrast)
         mean = tf.reduce_mean(x, axis=[1, 2, 3], keepdims=True)

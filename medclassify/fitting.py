@@ -16,14 +16,16 @@ def stage_options(options, stage):
 
     options is a run's config with the schema's defaults filled in (medclassify.config.run_config):
     the defaults live in the schema only. The head stage always keeps its best-AUC epoch and
-    never stops early.
+    never stops early, and averages no weights. ``dropout`` is head.dropout in both stages: the
+    fine-tune stage builds its model with it when no head model is given (an ensemble's members,
+    each from its own seed's initial weights).
     """
     section = options[stage]
     batch_size = int(options["train"]["batch_size"])
     if stage == "head":
         return {"epochs": int(section["epochs"]), "learning_rate": float(section["learning_rate"]),
                 "weight_decay": 0.0, "warmup_epochs": 0.0, "patience": 0, "select_epoch": "best_auc",
-                "record_val_predictions": False, "dropout": float(section["dropout"]),
+                "record_val_predictions": False, "dropout": float(section["dropout"]), "average_epochs": 0.0,
                 "batch_size": batch_size}
     return {"epochs": int(section["epochs"]), "learning_rate": float(section["learning_rate"]),
             "weight_decay": float(section["weight_decay"]),
@@ -34,13 +36,14 @@ def stage_options(options, stage):
             "unfreeze": section["unfreeze"],
             "freeze_batchnorm": bool(section["freeze_batchnorm"]),
             "average_epochs": float(section["average_epochs"]),
+            "dropout": float(options["head"]["dropout"]),
             "batch_size": batch_size}
 
 
 def make_loss(train_options):
     """Cross-entropy on one-hot targets (label smoothing), or focal loss for imbalance: focal_loss."""
-    smoothing = float(train_options.get("label_smoothing", 0.0))
-    if train_options.get("imbalance") == "focal_loss":
+    smoothing = float(train_options["label_smoothing"])
+    if train_options["imbalance"] == "focal_loss":
         return keras.losses.CategoricalFocalCrossentropy(alpha=0.25, gamma=2.0, label_smoothing=smoothing)
     return keras.losses.CategoricalCrossentropy(label_smoothing=smoothing)
 

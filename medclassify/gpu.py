@@ -107,9 +107,9 @@ def configure_devices(train_options, threads=None):
     import keras
 
     gpus = configure_inference(threads)
-    policy = mixed_precision_policy(train_options.get("mixed_precision", "auto"), len(gpus))
+    policy = mixed_precision_policy(train_options["mixed_precision"], len(gpus))
     keras.mixed_precision.set_global_policy(policy)
-    jit = use_jit(train_options.get("jit_compile", "auto"), len(gpus), bool(train_options.get("deterministic", True)))
+    jit = use_jit(train_options["jit_compile"], len(gpus), bool(train_options["deterministic"]))
     if strategy_kind(len(gpus)) == "mirrored":
         strategy = tf.distribute.MirroredStrategy()
     else:

@@ -30,6 +30,7 @@ alters output values, so that stale caches are rebuilt instead of silently reuse
 import bisect
 import itertools
 import math
+import numbers
 
 import numpy as np
 from PIL import Image
@@ -87,16 +88,19 @@ def check_preprocess_options(options):
     size = options.get("size")
     if not (isinstance(size, (list, tuple)) and len(size) == 2 and all(int(s) >= 1 for s in size)):
         problems.append(f"preprocess.size: {size!r} is not [height, width]")
-    if options.get("intensity") == "percentile":
-        low, high = options.get("percentiles", (None, None))
-        if low is None or high is None or not 0 <= low < high <= 100:
-            problems.append(f"preprocess.percentiles: {options.get('percentiles')!r} must be [low, high] with 0 <= low < high <= 100")
+    if options.get("intensity") == "percentile" and not _is_percentile_range(options.get("percentiles")):
+        problems.append(f"preprocess.percentiles: {options.get('percentiles')!r} must be [low, high] with 0 <= low < high <= 100")
     if options.get("intensity") == "window":
         window = options.get("window")
         if not window or window.get("width", 0) <= 0:
             problems.append("preprocess.window: intensity 'window' needs a window {center, width} with width > 0")
     if problems:
         raise InputError("invalid preprocess options", problems)
+
+
+def _is_percentile_range(value):
+    return (isinstance(value, (list, tuple)) and len(value) == 2 and all(isinstance(v, numbers.Real) for v in value)
+            and 0 <= value[0] < value[1] <= 100)
 
 
 def _as_hwc(pixels):

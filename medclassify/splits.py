@@ -50,6 +50,7 @@ from matplotlib.figure import Figure
 from sklearn.model_selection import StratifiedGroupKFold
 
 from .atomic import atomic_path, atomic_write_json, atomic_write_text
+from .config import with_section_defaults
 from .errors import InputError
 
 __all__ = [
@@ -296,16 +297,11 @@ def plot_split_report(report):
 
 # --- input checks --------------------------------------------------------------------------------
 def _check_options(options):
-    options = dict(options or {})
+    options = with_section_defaults("split", options or {})
     problems = []
-    options.setdefault("method", "grouped_stratified")
-    options.setdefault("fractions", {"train": 0.7, "val": 0.15, "test": 0.15})
-    options.setdefault("folds", 5)
-    options.setdefault("seed", 42)
-    options.setdefault("drop_duplicates", False)
     if options["method"] not in METHODS:
         problems.append(f"split.method {options['method']!r} is not one of {', '.join(METHODS)}")
-    fractions = {name: float(options["fractions"].get(name, 0.0)) for name in SPLITS}
+    fractions = {name: float(options["fractions"][name]) for name in SPLITS}
     if any(f < 0 or f > 1 for f in fractions.values()):
         problems.append(f"split.fractions must lie in [0, 1], got {fractions}")
     if abs(sum(fractions.values()) - 1) > 1e-6:

@@ -32,7 +32,7 @@ from . import __version__
 from .atomic import atomic_path, atomic_write_json, atomic_write_text
 from .checkpoints import STATE_VERSION, StageCheckpoint
 from .codedeps import module_closure
-from .config import config_hash
+from .config import complete_run_options, config_hash
 from .data import (ImageSource, TrainingBatches, class_weights, evaluation_dataset, fits_in_memory, split_indices,
                    zscore_statistics)
 from .epoch_selection import check_rule, crossentropy
@@ -56,7 +56,7 @@ MEMBER_SEED_STRIDE = 1000
 # --- options ------------------------------------------------------------------------------------
 def resolve_weights(train_options):
     """Backbone weights file for ``train.weights`` (imagenet, none or a path), or None."""
-    weights = train_options.get("weights", "none")
+    weights = train_options["weights"]
     if weights in (None, "none"):
         return None
     if weights == "imagenet":
@@ -109,12 +109,11 @@ def initial_model(stage, *, init_model, input_shape, class_counts, train_options
     else:
         weights_path = resolve_weights(train_options)
         pretrained = weights_path is not None
-        model = build_classifier(input_shape, len(class_counts), backbone=train_options.get("backbone", "resnet18"),
-                                 class_counts=class_counts, dropout=settings.get("dropout", 0.2),
-                                 small_input=train_options.get("small_input", "resize"), weights_path=weights_path,
-                                 zscore=zscore, resnet_width=int(train_options.get("resnet_width", 64)),
-                                 seed=int(train_options.get("seed", 0)),
-                                 min_size=int(train_options.get("min_input_size", 0)))
+        model = build_classifier(input_shape, len(class_counts), backbone=train_options["backbone"],
+                                 class_counts=class_counts, dropout=settings["dropout"],
+                                 small_input=train_options["small_input"], weights_path=weights_path,
+                                 zscore=zscore, resnet_width=int(train_options["resnet_width"]),
+                                 seed=int(train_options["seed"]), min_size=int(train_options["min_input_size"]))
     backbone = backbone_of(model)
     if stage == "head":
         backbone.trainable = False
@@ -344,10 +343,10 @@ def model_metadata(*, stage, cache, input_shape, train_options, settings, pretra
         "params_hash": _params_hash(cache),
         "input_shape": list(input_shape),
         "input": "float32 images in [0, 1] of input_shape; output softmax probabilities in class order",
-        "backbone": train_options.get("backbone", "resnet18"),
-        "weights": str(train_options.get("weights", "none")),
+        "backbone": train_options["backbone"],
+        "weights": str(train_options["weights"]),
         "pretrained": pretrained,
-        "seed": int(train_options.get("seed", 0)),
+        "seed": int(train_options["seed"]),
         "zscore": zscore,
         "settings": settings,
         "train_options": train_options,
@@ -383,7 +382,8 @@ def train_stage(stage, cache_path, splits_path, out_dir, *, options, fold=None, 
     """
     if stage not in STAGES:
         raise InputError(f"unknown stage {stage!r}", [f"stage must be one of {', '.join(STAGES)}"])
-    n_members = int(options["train"].get("ensemble", 1)) if stage == "finetune" else 1
+    options = complete_run_options(options)
+    n_members = int(options["train"]["ensemble"]) if stage == "finetune" else 1
     if stage == "finetune":
         remove_surplus_members(out_dir, n_members)
     if n_members > 1:
@@ -400,8 +400,8 @@ def _train_model(stage, cache_path, splits_path, out_dir, *, options, fold=None,
     train_options = options["train"]
     settings = stage_options(options, stage)
     strategy, jit_compile, policy, n_gpus = configure_devices(train_options, threads)
-    seed = int(train_options.get("seed", 0))
-    seed_everything(seed, bool(train_options.get("deterministic", True)))
+    seed = int(train_options["seed"])
+    seed_everything(seed, bool(train_options["deterministic"]))
 
     with open_cache(cache_path) as cache:
         indices = split_indices(cache.sample_ids, splits_path, fold)
@@ -409,7 +409,7 @@ def _train_model(stage, cache_path, splits_path, out_dir, *, options, fold=None,
         n_classes = len(cache.classes)
         input_shape = tuple(int(d) for d in cache.image_shape)
         n_needed = len(indices["train"]) + len(indices["val"])
-        in_memory = fits_in_memory(n_needed, input_shape, float(train_options.get("cache_in_memory_max_gb", 4)))
+        in_memory = fits_in_memory(n_needed, input_shape, float(train_options["cache_in_memory_max_gb"]))
         train_source = ImageSource(cache, indices["train"], in_memory=in_memory)
         val_source = ImageSource(cache, indices["val"], in_memory=in_memory)
         train_labels, val_labels = labels[indices["train"]], labels[indices["val"]]
@@ -452,15 +452,15 @@ def _train_model(stage, cache_path, splits_path, out_dir, *, options, fold=None,
                      "pretrained": pretrained}
         pretrained = state.get("pretrained", pretrained)
 
-        imbalance = train_options.get("imbalance", "none")
+        imbalance = train_options["imbalance"]
         per_class = class_weights(train_labels, n_classes) if imbalance == "class_weight" else None
-        augment = train_options.get("augment", {})
+        augment = train_options["augment"]
         val_dataset = evaluation_dataset(val_source, batch_size)
         train_batches = TrainingBatches(train_source, train_labels, n_classes=n_classes, batch_size=batch_size,
-                                        seed=seed, augment=augment, mixup=float(train_options.get("mixup", 0.0)),
+                                        seed=seed, augment=augment, mixup=float(train_options["mixup"]),
                                         balanced=imbalance == "balanced_sampling", weights_per_class=per_class)
         average = None
-        if settings.get("average_epochs", 0) > 0:
+        if settings["average_epochs"] > 0:
             average = WeightAverage(model, settings["average_epochs"], steps_per_epoch)
             if saved_training_weights:
                 average.restore(saved_training_weights, state["average_updates"])
@@ -588,7 +588,7 @@ def train_ensemble(n_members, cache_path, splits_path, out_dir, *, options, fold
     history.csv (every member's epochs, with a ``member`` column).
     """
     out_dir = Path(out_dir)
-    seed = int(options["train"].get("seed", 0))
+    seed = int(options["train"]["seed"])
     seeds = member_seeds(seed, n_members)
     state_path = out_dir / "checkpoints" / "ensemble.json"
     state = json.loads(state_path.read_text(encoding="utf-8")) if state_path.exists() else {}
@@ -649,7 +649,7 @@ def _validation_auc(model, cache_path, splits_path, fold, options):
         indices = split_indices(cache.sample_ids, splits_path, fold)["val"]
         labels = np.asarray(cache.labels, dtype="int64")[indices]
         probabilities = predict_probabilities(model, cache_reader(cache, indices), len(indices),
-                                              batch_size=int(options["train"].get("batch_size", 64)))
+                                              batch_size=int(options["train"]["batch_size"]))
     value = classification_auc(labels, probabilities)
     return None if math.isnan(value) else value
 

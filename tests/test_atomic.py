@@ -28,3 +28,74 @@ def test_output_permissions_follow_the_umask_like_open(tmp_path):
         os.umask(previous)
     mode = {name: stat.S_IMODE((tmp_path / name).stat().st_mode) for name in ("plain.txt", "atomic.txt")}
     assert mode["atomic.txt"] == mode["plain.txt"] == 0o640
+
+
+@pytest.fixture
+def disk_calls(monkeypatch):
+    """The fsync and replace calls of the test, in order: ("fsync", (st_dev, st_ino) of the synced file) or ("replace", target)."""
+    calls = []
+    fsync, replace = os.fsync, os.replace
+
+    def recording_fsync(fd):
+        stat_result = os.fstat(fd)
+        calls.append(("fsync", (stat_result.st_dev, stat_result.st_ino)))
+        fsync(fd)
+
+    def recording_replace(source, target):
+        calls.append(("replace", os.fspath(target)))
+        replace(source, target)
+
+    monkeypatch.setattr(os, "fsync", recording_fsync)
+    monkeypatch.setattr(os, "replace", recording_replace)
+    return calls
+
+
+def identity(path):
+    stat_result = os.stat(path)
+    return stat_result.st_dev, stat_result.st_ino
+
+
+def test_the_data_reach_the_disk_before_the_rename_and_the_rename_before_returning(tmp_path, disk_calls):
+    # A file system may persist a rename before the data: after a power loss the file would be
+    # there, complete-looking and empty. The rename itself lives in the folder's entries.
+    target = tmp_path / "out" / "metrics.json"
+    atomic_write_json(target, {"auc": 0.9})
+    assert disk_calls == [("fsync", identity(target)), ("replace", os.fspath(target)),
+                          ("fsync", identity(target.parent))]
+
+
+def test_a_failed_write_syncs_and_renames_nothing(tmp_path, disk_calls):
+    with pytest.raises(RuntimeError):
+        with atomic_path(tmp_path / "model.keras") as tmp:
+            tmp.write_text("half")
+            raise RuntimeError("killed")
+    assert disk_calls == []
+
+
+def test_a_folder_that_cannot_be_opened_is_not_synced(tmp_path, disk_calls, monkeypatch):
+    # Windows cannot open a folder; the file is still synced and written.
+    target = tmp_path / "metrics.json"
+    opened = os.open
+
+    def open_files_only(path, flags, *args):
+        if os.path.isdir(path):
+            raise PermissionError(13, "Permission denied", os.fspath(path))
+        return opened(path, flags, *args)
+
+    monkeypatch.setattr(os, "open", open_files_only)
+    atomic_write_text(target, "x")
+    assert target.read_text() == "x"
+    assert disk_calls == [("fsync", identity(target)), ("replace", os.fspath(target))]
+
+
+def test_a_staged_folder_is_synced_file_by_file_before_it_replaces_the_old_one(tmp_path, disk_calls):
+    from medclassify.datasets._output import staged_folder
+
+    target = tmp_path / "images"
+    with staged_folder(target) as staging:
+        (staging / "sub").mkdir()
+        for name in ("a.png", "sub/b.png"):
+            (staging / name).write_bytes(b"png")
+    synced_before_rename = {synced for _, synced in disk_calls[:disk_calls.index(("replace", os.fspath(target)))]}
+    assert {identity(p) for p in (target / "a.png", target / "sub" / "b.png", target / "sub", target)} <= synced_before_rename
+    assert disk_calls[-1] == ("fsync", identity(tmp_path))

@@ -18,9 +18,9 @@ from medclassify.errors import InputError
 from training_fixtures import make_training_cache
 
 AUGMENT = {"horizontal_flip": True, "vertical_flip": True, "rotation_degrees": 15, "zoom": 0.1, "translate": 0.1,
-           "brightness": 0.1, "contrast": 0.1, "noise_std": 0.02}
+           "warp_probability": 1.0, "brightness": 0.1, "contrast": 0.1, "noise_std": 0.02}
 NO_AUGMENT = {"horizontal_flip": False, "vertical_flip": False, "rotation_degrees": 0, "zoom": 0, "translate": 0,
-              "brightness": 0, "contrast": 0, "noise_std": 0}
+              "warp_probability": 1.0, "brightness": 0, "contrast": 0, "noise_std": 0}
 
 
 @pytest.fixture(scope="module")
@@ -193,7 +193,7 @@ def test_training_batches_and_checkpoints_work_under_a_mirrored_strategy(tiny_ca
             for in_memory in (True, False):
                 source = ImageSource(cache, indices, in_memory=in_memory)
                 batches = TrainingBatches(source, cache.labels[indices], n_classes=2, batch_size=8, seed=0,
-                                          augment={{"rotation_degrees": 10}})
+                                          augment={{**{NO_AUGMENT!r}, "rotation_degrees": 10}})
                 with strategy.scope():
                     model = keras.Sequential([keras.Input(source.image_shape), keras.layers.Flatten(),
                                               keras.layers.BatchNormalization(),

@@ -308,7 +308,8 @@ def _compiled_model(filters, stage="finetune"):
     x = keras.layers.BatchNormalization()(keras.layers.Conv2D(filters, 3, padding="same")(inputs))
     outputs = keras.layers.Dense(2, activation="softmax")(keras.layers.GlobalAveragePooling2D()(x))
     model = keras.Model(inputs, outputs)
-    compile_model(model, stage, stage_options(tiny_options(), stage), {}, steps_per_epoch=2, jit_compile=False)
+    options = tiny_options()
+    compile_model(model, stage, stage_options(options, stage), options["train"], steps_per_epoch=2, jit_compile=False)
     return model
 
 

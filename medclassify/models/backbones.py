@@ -53,8 +53,10 @@ def min_input_size(backbone):
     return 1 if backbone in BUILTIN else MIN_SIZES.get(backbone, DEFAULT_MIN_SIZE)
 
 
-def build_backbone(name, input_shape, *, width=64):
+def build_backbone(name, input_shape, *, width=32):
     """Return an uninitialised (random) backbone Model for images of ``input_shape`` (H, W, C).
+
+    ``width``: the built-in resnet18's train.resnet_width (its schema default by default).
 
     ImageNet weights are loaded afterwards with :func:`load_backbone_weights`; keras.applications
     models are built with ``weights=None`` so that nothing is downloaded behind our back.

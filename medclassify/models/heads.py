@@ -88,9 +88,11 @@ def head_layers(n_classes, *, dropout, class_counts, seed):
 
 
 def build_classifier(input_shape, n_classes, *, backbone, class_counts, dropout=0.2, small_input="resize",
-                     weights_path=None, zscore=None, resnet_width=64, seed=0, min_size=0):
+                     weights_path=None, zscore=None, resnet_width=32, seed=0, min_size=0):
     """Build the full classifier with a new head; the backbone runs in inference mode.
 
+    The keywords are the train options of the same names (``min_size``: train.min_input_size;
+    ``dropout``: head.dropout), and default to the schema's defaults.
     ``weights_path``: backbone weights to load (ImageNet or a user file), or None for random.
     Returns the Keras model; its backbone is reachable with :func:`backbone_of`.
     """

@@ -143,12 +143,8 @@ def convert_to_weights_h5(backbone, legacy_h5, out_path):
     net = build_backbone(backbone, (224, 224, 3))
     load_backbone_weights(net, legacy_h5)
     # Keras requires the .weights.h5 suffix, so the temporary name keeps it.
-    tmp = out_path.with_name(f".{out_path.name}.{os.getpid()}.partial.weights.h5")
-    try:
+    with atomic_path(out_path, suffix=".partial.weights.h5") as tmp:
         net.save_weights(str(tmp))
-        os.replace(tmp, out_path)
-    finally:
-        tmp.unlink(missing_ok=True)
     return out_path
 
 
