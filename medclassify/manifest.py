@@ -32,6 +32,7 @@ from pathlib import Path
 import pandas as pd
 
 from .atomic import atomic_path, atomic_write_json, atomic_write_text
+from .config import with_section_defaults
 from .errors import InputError, UsageError
 from .io import READ_ERROR_CODES, ReadError, content_hash, read_file_samples, resolve_io_options
 from .privacy import DEFAULT_SALT, SALT_ENVIRONMENT_VARIABLE, hash_patient
@@ -40,10 +41,6 @@ REQUIRED_COLUMNS = ("path", "label", "patient", "modality")
 GENERATED_COLUMNS = ("sample_id", "index", "content_hash", "source_spacing")
 VALIDATED_COLUMNS = ("sample_id", "path", "index", "label", "patient", "modality", "content_hash", "source_spacing")
 SPLIT_VALUES = ("train", "val", "test")
-DEFAULT_VALIDATION_OPTIONS = {
-    "strict": False, "drop_invalid": False, "min_images_per_class": 2, "min_classes": 2,
-    "mixed_label_patients": "warning",
-}
 
 # Every problem code validation reports, with its usual severity ("policy": set by config;
 # validation.strict makes every warning an error). Codes are stable: tests and users match them.
@@ -422,7 +419,7 @@ def validate_manifest(manifest, root, *, io_options, validation_options, labels=
     files; it is rewritten atomically with the entries of this manifest only.
     """
     started = time.perf_counter()
-    options = dict(DEFAULT_VALIDATION_OPTIONS, **(validation_options or {}))
+    options = with_section_defaults("validation", validation_options or {})
     io_options = resolve_io_options(io_options)
     problems = ProblemCollector()
     root_real = Path(os.path.realpath(root))
