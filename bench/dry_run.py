@@ -1,8 +1,9 @@
 """Benchmark of planning: ``snakemake -n`` over a large manifest.
 
 The DAG never has a job per image (preprocessing is sharded, training runs per run and fold), so
-planning time must not grow with the manifest. This writes a manifest of ``--rows`` rows (the
-images need not exist: a dry run reads no image) and times ``snakemake -n`` on it for a few
+planning time must not grow with the manifest beyond reading it. This writes a manifest of
+``--rows`` rows and an empty file for each (a dry run reads no image, but it does read the size
+and time of every one: ``validation.watch_images``) and times ``snakemake -n`` on it for a few
 shapes of the workflow. Goal: under 10 s for 100,000 rows.
 
     .venv/bin/python bench/dry_run.py                 # 100,000 rows
@@ -44,12 +45,17 @@ SHAPES = {
 
 
 def write_manifest(path, rows):
+    """A manifest of ``rows`` rows beside an empty file for each, four to a folder."""
+    root = Path(path).parent
     with open(path, "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["path", "label", "patient", "modality", "site"])
         for i in range(rows):
-            writer.writerow([f"images/p{i // 4:06d}/img{i % 4}.png", ("benign", "malignant")[i % 7 == 0],
-                             f"P{i // 4:06d}", "US", f"site{i % 3}"])
+            relative = f"images/p{i // 4:06d}/img{i % 4}.png"
+            if i % 4 == 0:
+                (root / relative).parent.mkdir(parents=True)
+            (root / relative).touch()
+            writer.writerow([relative, ("benign", "malignant")[i % 7 == 0], f"P{i // 4:06d}", "US", f"site{i % 3}"])
 
 
 def time_dry_run(work, config_path):

@@ -16,6 +16,7 @@ hash (:func:`medclassify.privacy.hash_patient`) does.
 import collections
 import csv
 import difflib
+import hashlib
 import io
 import json
 import math
@@ -403,6 +404,34 @@ def decode_with_cache(paths, io_options, threads, cache_path=None):
     results = {path: fresh[path] if path in fresh else stored[keys[path]] for path in paths}
     atomic_write_json(cache_path, {"stamp": stamp, "entries": {keys[p]: results[p] for p in paths}})
     return results, len(missing)
+
+
+def image_files_stamp(manifest, root):
+    """A digest of the name, size and modification time of every file that ``manifest`` names.
+
+    The workflow gives it to rule validate_manifest as a parameter: Snakemake reruns a job whose
+    parameters changed, so an image replaced, re-exported or edited in place under an unchanged
+    manifest reruns validation (which decodes only that file again) and what follows, where the
+    manifest's own time shows nothing. Sizes and times, not contents: reading every image at
+    each planning would not scale, so a file touched or copied without its times counts as
+    changed. The inode is left out, so that ``cp -p`` and ``rsync -a`` copies keep the stamp.
+
+    Never raises: a manifest or file that cannot be read gets a stamp of its own, and
+    validation reports the problem with its row.
+    """
+    header, rows = read_manifest_rows(manifest, ProblemCollector())
+    if header is None or "path" not in header:
+        return "unreadable manifest"
+    root = os.path.realpath(root)
+    digest = hashlib.sha256()
+    for relative in sorted({fields["path"] for _, fields in rows}):
+        try:
+            info = os.stat(os.path.join(root, relative))
+            entry = f"{relative}\0{info.st_size}\0{info.st_mtime_ns}\n"
+        except (OSError, ValueError):  # missing, unreadable, or a name with a NUL byte
+            entry = f"{relative}\0-\n"
+        digest.update(entry.encode("utf-8", "surrogatepass"))
+    return digest.hexdigest()
 
 
 # --------------------------------------------------------------------------------------------

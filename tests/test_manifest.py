@@ -14,7 +14,7 @@ from PIL import Image
 
 from medclassify.cli import main as cli_main
 from medclassify.errors import InputError, UsageError
-from medclassify.manifest import (VALIDATED_COLUMNS, raise_if_invalid, validate_manifest,
+from medclassify.manifest import (VALIDATED_COLUMNS, image_files_stamp, raise_if_invalid, validate_manifest,
                                   write_validation_outputs)
 from medclassify.privacy import hash_patient
 from tests.badinput_corpus import write_png
@@ -287,6 +287,40 @@ def test_decode_cache_decodes_only_new_or_changed_files(tmp_path):
     other_options = validate_manifest(manifest, root, io_options={"channels": "grey_to_rgb"},
                                       validation_options={}, salt=SALT, decode_cache=cache)
     assert other_options.timings["n_files_decoded"] == 7  # io options are part of the key
+
+
+def test_image_files_stamp_follows_the_named_files_not_the_copies_or_their_order(tmp_path):
+    root = tmp_path / "data"
+    manifest = make_dataset(root, n=4)
+    stamp = image_files_stamp(manifest, root)
+    assert image_files_stamp(manifest, root) == stamp  # reading changes nothing
+
+    copy = tmp_path / "copy"  # another inode, the same sizes and times (cp -p, rsync -a)
+    shutil.copytree(root, copy, copy_function=shutil.copy2)
+    assert image_files_stamp(copy / "manifest.csv", copy) == stamp
+    lines = manifest.read_text().splitlines()
+    manifest.write_text("\n".join([lines[0], *reversed(lines[1:])]) + "\n")
+    assert image_files_stamp(manifest, root) == stamp  # the manifest's own change reruns validation anyway
+
+    write_png(root / "img" / "2.png", seed=99)  # replaced in place, under the same name
+    replaced = image_files_stamp(manifest, root)
+    assert replaced != stamp
+    (root / "img" / "3.png").unlink()
+    missing = image_files_stamp(manifest, root)
+    assert missing not in (stamp, replaced)
+    shutil.copy2(copy / "img" / "3.png", root / "img" / "3.png")
+    assert image_files_stamp(manifest, root) == replaced
+
+
+def test_image_files_stamp_of_an_unreadable_manifest_or_path_does_not_raise(tmp_path):
+    root = tmp_path / "data"
+    manifest = make_dataset(root, n=2)
+    assert image_files_stamp(tmp_path / "absent.csv", root) == "unreadable manifest"
+    (tmp_path / "utf16.csv").write_bytes("path,label\n".encode("utf-16"))
+    assert image_files_stamp(tmp_path / "utf16.csv", root) == "unreadable manifest"
+    with open(manifest, "a", encoding="utf-8") as f:
+        f.write("bad\x00name.png,a,p,XR,s\n../../outside.png,a,p,XR,s\n,a,p,XR,s\n")
+    assert len(image_files_stamp(manifest, root)) == 64  # validation reports these rows
 
 
 def test_decoding_falls_back_to_threads_when_the_process_has_threads(tmp_path):

@@ -8,9 +8,11 @@ with the file's old modification time, so that the next test starts from the sam
 
 import shutil
 
+import numpy as np
 import pandas as pd
 import pytest
 import yaml
+from PIL import Image
 
 from snakemake_fixtures import (
     FAST_CONFIG_NAME,
@@ -97,13 +99,9 @@ def test_changing_how_training_reads_the_images_plans_nothing(workdir):
         assert planned_jobs(workdir) == {}
 
 
-def test_adding_images_to_the_manifest_plans_validation_preprocessing_and_what_follows(workdir):
-    manifest = workdir / "data/manifest.csv"
-    with restored_afterwards(manifest):
-        shutil.copyfile(workdir / "data/manifest.full.csv", manifest)
-        planned = planned_jobs(workdir)
+def every_job_from_validation(workdir):
     n_shards = yaml.safe_load((workdir / FAST_CONFIG_NAME).read_text())["preprocess"]["shards"]
-    assert planned == {
+    return {
         "validate_manifest": 1,
         "preprocess": n_shards,
         "merge_cache": 1,
@@ -113,6 +111,23 @@ def test_adding_images_to_the_manifest_plans_validation_preprocessing_and_what_f
         "evaluate": 1,
         "compare": 1,
     }
+
+
+def test_adding_images_to_the_manifest_plans_validation_preprocessing_and_what_follows(workdir):
+    manifest = workdir / "data/manifest.csv"
+    with restored_afterwards(manifest):
+        shutil.copyfile(workdir / "data/manifest.full.csv", manifest)
+        assert planned_jobs(workdir) == every_job_from_validation(workdir)
+
+
+def test_replacing_an_image_in_place_plans_validation_and_what_follows(workdir):
+    # The manifest is unchanged; the stamp of the files it names (validation.watch_images) is not.
+    image = workdir / "data" / pd.read_csv(workdir / "data/manifest.csv")["path"].iloc[0]
+    with restored_afterwards(image):
+        with Image.open(image) as original:
+            flipped = np.asarray(original)[::-1]
+        Image.fromarray(flipped).save(image)
+        assert planned_jobs(workdir) == every_job_from_validation(workdir)
 
 
 @pytest.mark.parametrize(

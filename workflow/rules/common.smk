@@ -11,6 +11,7 @@ from medclassify.config import (
     validate_config,
     without_loading_options,
 )
+from medclassify.manifest import image_files_stamp
 from medclassify.workflow_paths import parse_run, run_ids
 
 # The library's validation rather than snakemake.utils.validate, which stops at the first problem:
@@ -106,6 +107,15 @@ def root_of(wildcards):
         return f"results/{wildcards.dataset}/{kind}"
     options = dataset(wildcards)
     return options["root"] or str(Path(options["manifest"]).parent)
+
+
+def image_files_of(wildcards):
+    """A stamp of the images that a user's manifest names, so that changing one reruns validation."""
+    if source_kind(wildcards.dataset) != "manifest":
+        return "written by the workflow"  # its own rules rewrite them and the manifest together
+    if not dataset(wildcards)["validation"]["watch_images"]:
+        return "not watched"
+    return image_files_stamp(manifest_of(wildcards), root_of(wildcards))
 
 
 def shards_of(name):

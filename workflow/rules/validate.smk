@@ -26,5 +26,6 @@ rule validate_manifest:
         labels=lambda wildcards: dataset(wildcards)["labels"],
         salt=resolve_salt(config["salt"]),
         decode_cache=lambda wildcards: f"results/{wildcards.dataset}/validation/.decode_cache.json",
+        image_files=image_files_of,
     script:
         "../scripts/validate_manifest.py"
