@@ -5,13 +5,12 @@ The decisions are pure functions of the config values and the visible devices, s
 tested on CPU; :func:`configure_devices` applies them. TensorFlow sees only the GPUs in
 ``CUDA_VISIBLE_DEVICES`` (set by Slurm, or by the user on a workstation: the workstation
 profile only counts GPUs), so a job never touches GPUs it was not given; nothing here widens
-that set.
+that set. TensorFlow is imported by the functions that use it: the decisions, and the malloc
+setting, cost no TensorFlow import (tests run them in fresh processes).
 """
 
 import ctypes
 import os
-
-import tensorflow as tf
 
 # glibc's mallopt parameter number for M_TOP_PAD (malloc.h).
 M_TOP_PAD = -2
@@ -60,6 +59,8 @@ def set_threads(threads):
     """
     if not threads:
         return
+    import tensorflow as tf
+
     try:
         tf.config.threading.set_intra_op_parallelism_threads(int(threads))
         tf.config.threading.set_inter_op_parallelism_threads(max(1, min(2, int(threads))))
@@ -91,6 +92,8 @@ def configure_inference(threads=None):
     Without memory growth TensorFlow claims the whole memory of every visible GPU, which would
     starve a training job that Snakemake runs beside an evaluation. Returns the visible GPUs.
     """
+    import tensorflow as tf
+
     set_threads(threads)
     keep_freed_memory()
     gpus = tf.config.list_physical_devices("GPU")
@@ -105,6 +108,7 @@ def configure_inference(threads=None):
 def configure_devices(train_options, threads=None):
     """Apply the device policy; return ``(strategy, jit_compile, policy_name, n_gpus)``."""
     import keras
+    import tensorflow as tf
 
     gpus = configure_inference(threads)
     policy = mixed_precision_policy(train_options["mixed_precision"], len(gpus))
