@@ -26,6 +26,8 @@ rule validate_manifest:
         labels=lambda wildcards: dataset(wildcards)["labels"],
         salt=resolve_salt(config["salt"]),
         decode_cache=lambda wildcards: f"results/{wildcards.dataset}/validation/.decode_cache.json",
+        # Read by no script: a stamp of the images' sizes and times, so that an image changed in
+        # place reruns validation (Snakemake reruns a job whose params changed).
         image_files=image_files_of,
     script:
         "../scripts/validate_manifest.py"
