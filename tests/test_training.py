@@ -72,7 +72,7 @@ def test_xla_is_used_when_asked_for_without_op_determinism_and_the_switch_does_n
     cache_path, splits_path = tiny_cache
     # Keras settles XLA when it compiles the model, before any epoch: the runs around the XLA one
     # need none. The XLA run trains one epoch of the head stage, whose frozen backbone compiles in
-    # a sixth of the time of fine-tuning's backward pass (7 s against 30 s); both stages compile
+    # a quarter of the time of fine-tuning's backward pass (7 s against 30 s); both stages compile
     # through the same compile_model.
     for name, deterministic in (("before", True), ("xla", False), ("after", True)):
         options = tiny_options(jit_compile="on" if name == "xla" else "off", deterministic=deterministic)
