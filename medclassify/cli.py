@@ -244,7 +244,12 @@ def _add_predict(sub):
     p = sub.add_parser("predict", help="classify new images with a trained model",
                        description="Apply a trained model to image files or a manifest, with the "
                        "readers, preprocessing, classes and threshold saved with the model.")
-    p.add_argument("--model", type=Path, required=True, help="model.keras (model.json must lie beside it)")
+    p.add_argument("--model", type=Path, nargs="+", required=True,
+                   help="model.keras (model.json must lie beside it); several predict as an ensemble, "
+                   "the mean of their probabilities (the folds of a k-fold run)")
+    p.add_argument("--ensemble-metrics", type=Path,
+                   help="metrics.json whose threshold decides for several models: a k-fold run's "
+                   "aggregate/metrics.json (without it, a binary ensemble decides by arg-max)")
     p.add_argument("--input", type=Path, nargs="+", required=True, help="image files, folders, or one manifest CSV")
     p.add_argument("--out", type=Path, required=True, help="predictions CSV")
     p.add_argument("--threads", type=int, help="CPU threads for TensorFlow")
@@ -254,8 +259,9 @@ def _add_predict(sub):
 def _cmd_predict(args):
     from .predict import predict_files
 
-    _require_files(args.model)  # missing --input files become error rows of the output
-    table = predict_files(args.model, args.input, args.out, threads=args.threads)
+    _require_files(*args.model, args.ensemble_metrics)  # missing --input files become error rows of the output
+    table = predict_files(args.model, args.input, args.out, threads=args.threads,
+                          ensemble_metrics=args.ensemble_metrics)
     print(f"wrote {len(table)} rows to {args.out}")
 
 

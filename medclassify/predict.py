@@ -7,6 +7,11 @@ as the cache, so the model sees the values it saw in training. For a binary mode
 threshold chosen on the validation split is read from ``../evaluation/metrics.json`` when the
 run was evaluated; otherwise the arg-max decides (and the output says so).
 
+Several models (the folds of a k-fold run) predict as one ensemble: the mean of their
+probabilities, as ``medclassify.evaluation.aggregate_folds`` scored them on the test split, decided
+by the threshold that aggregation chose on the pooled out-of-fold validation predictions (its
+``metrics.json``). No single fold's threshold fits the ensemble's probabilities.
+
 Every input gives at least one row: unreadable files get ``status = error`` and the reason, and a
 warning counts them; nothing is skipped silently. What reading left out of a file that was predicted
 (the pages after the first of a TIFF, as validation's ``unread_tiff_pages`` warns) is in the
@@ -31,6 +36,7 @@ BATCH = 256  # images preprocessed and predicted at once; bounds memory on large
 UNRECORDED_PREPROCESSING_VERSION = 1
 STATUS_OK = "ok"
 STATUS_ERROR = "error"
+ARGMAX = {"method": "argmax", "threshold": None, "positive": None, "source": None, "views": [IDENTITY]}
 
 
 def load_model_info(model_path):
@@ -56,6 +62,21 @@ def load_model_info(model_path):
     _check_preprocessing_version(model_path, info, params)
     resolved["classes"] = [str(c) for c in resolved["classes"]]
     return resolved
+
+
+def load_ensemble_info(model_paths):
+    """:func:`load_model_info` of every model, which must agree on classes, reading and preprocessing.
+
+    An ensemble averages probabilities image by image, so its models must read the same pixels and
+    name the same classes in the same order. Raises InputError listing every model that differs.
+    """
+    infos = [load_model_info(path) for path in model_paths]
+    problems = [f"{path}: {key} {info[key]!r} against {infos[0][key]!r} in {model_paths[0]}"
+                for path, info in zip(model_paths[1:], infos[1:]) for key in ("classes", "preprocess", "io")
+                if info[key] != infos[0][key]]
+    if problems:
+        raise InputError("the models of the ensemble do not read or name images alike (their model.json)", problems)
+    return infos[0]
 
 
 def _check_preprocessing_version(model_path, info, params):
@@ -84,22 +105,60 @@ def load_decision(model_path, classes):
     ``views`` are the test-time augmentation views that evaluation averaged over (just the image
     without a metrics.json): the threshold was chosen on probabilities computed that way.
     """
-    metrics_path = Path(model_path).resolve().parent.parent / "evaluation" / "metrics.json"
-    argmax = {"method": "argmax", "threshold": None, "positive": None, "source": None, "views": [IDENTITY]}
+    metrics_path = _evaluation_metrics_path(model_path)
     if not metrics_path.exists():
         if len(classes) == 2:
             warnings.warn(f"{metrics_path} not found: deciding by arg-max (threshold 0.5), not by a threshold "
                           "chosen on validation", stacklevel=2)
-        return argmax
-    metrics = json.loads(metrics_path.read_text(encoding="utf-8"))
-    recorded = {**argmax, "source": str(metrics_path), "views": _recorded_views(metrics, metrics_path)}
+        return dict(ARGMAX)
+    return _decision_of(_read_metrics(metrics_path), metrics_path, classes, "val")
+
+
+def load_ensemble_decision(model_paths, classes, ensemble_metrics=None):
+    """The decision rule for the mean probability of several models, as :func:`load_decision` gives it for one.
+
+    ``views`` come from each model's evaluation, as for one model, and must be the same for all: the
+    ensemble's probabilities were averaged over them. The threshold is the one recorded in
+    ``ensemble_metrics`` (the k-fold aggregate's ``metrics.json``, chosen on the pooled out-of-fold
+    validation predictions); without that file a binary ensemble decides by arg-max, with a warning.
+    """
+    views_of = {}
+    for path in model_paths:
+        metrics_path = _evaluation_metrics_path(path)
+        views_of[path] = _recorded_views(_read_metrics(metrics_path), metrics_path) if metrics_path.exists() else [IDENTITY]
+    first, views = next(iter(views_of.items()))
+    differing = [f"{path}: views {other} against {views} for {first}" for path, other in views_of.items() if other != views]
+    if differing:
+        raise InputError("the models of the ensemble were evaluated through different test-time views", differing)
+    if ensemble_metrics is None:
+        if len(classes) == 2:
+            warnings.warn(f"no metrics.json of the ensemble of {len(model_paths)} models: deciding by arg-max "
+                          "(threshold 0.5); each model's own threshold was chosen for that model alone", stacklevel=2)
+        return {**ARGMAX, "views": views}
+    metrics_path = Path(ensemble_metrics)
+    if not metrics_path.exists():
+        raise InputError(f"{metrics_path}: not found", ["the ensemble's threshold is read from this file"])
+    return {**_decision_of(_read_metrics(metrics_path), metrics_path, classes, "out-of-fold val"), "views": views}
+
+
+def _evaluation_metrics_path(model_path):
+    return Path(model_path).resolve().parent.parent / "evaluation" / "metrics.json"
+
+
+def _read_metrics(metrics_path):
+    return json.loads(Path(metrics_path).read_text(encoding="utf-8"))
+
+
+def _decision_of(metrics, metrics_path, classes, chosen_on):
+    """The threshold rule recorded in ``metrics`` (arg-max for several classes or without one)."""
+    recorded = {**ARGMAX, "source": str(metrics_path), "views": _recorded_views(metrics, metrics_path)}
     if len(classes) != 2:
         return recorded
     threshold = (metrics.get("threshold") or {}).get("value")
     positive_class = metrics.get("positive_class") or classes[1]
     if threshold is None or positive_class not in classes:
         return recorded
-    return {**recorded, "method": f"threshold ({metrics['threshold'].get('method')}, chosen on val)",
+    return {**recorded, "method": f"threshold ({metrics['threshold'].get('method')}, chosen on {chosen_on})",
             "threshold": float(threshold), "positive": classes.index(positive_class)}
 
 
@@ -260,32 +319,42 @@ def _reason(error):
     return " ".join(text.split())  # one line per CSV cell
 
 
-def predict_files(model_path, inputs, out_csv, *, threads=None):
+def predict_files(model_path, inputs, out_csv, *, threads=None, ensemble_metrics=None):
     """Predict every image of ``inputs``; write ``out_csv`` and return the table.
 
     Columns: ``input, sample_id, index, status, error, warning, [label], predicted, prob_<class>…``.
     ``status`` is ``ok`` or ``error`` (``error`` then says why and the prediction is empty);
     ``warning`` says what reading left out of a predicted image.
-    ``threads`` caps TensorFlow's CPU threads.
+    ``model_path`` may be a list of models (a k-fold run's folds), which predict as one ensemble:
+    the mean of their probabilities, decided by the threshold of ``ensemble_metrics``
+    (:func:`load_ensemble_decision`). ``threads`` caps TensorFlow's CPU threads.
     """
     from .evaluation.run import load_model
     from .gpu import configure_inference
 
     configure_inference(threads)
 
-    info = load_model_info(model_path)
+    model_paths = [model_path] if isinstance(model_path, (str, Path)) else list(model_path)
+    if not model_paths:
+        raise InputError("no model to predict with", ["give one model.keras, or several to predict as an ensemble"])
+    info = load_ensemble_info(model_paths)
     classes = info["classes"]
-    decision = load_decision(model_path, classes)
+    if len(model_paths) == 1 and ensemble_metrics is None:
+        decision = load_decision(model_paths[0], classes)
+    else:
+        decision = load_ensemble_decision(model_paths, classes, ensemble_metrics)
     rows = expand_inputs(inputs)
-    model = load_model(model_path)
-    expected_shape = tuple(model.input_shape[1:])
+    models = [load_model(path) for path in model_paths]
+    expected_shape = tuple(models[0].input_shape[1:])
 
     records, batch_images, batch_records = [], [], []
 
     def flush():
         if not batch_images:
             return
-        probs = mean_probabilities(model, np.stack(batch_images).astype(np.float32), decision["views"])
+        images = np.stack(batch_images).astype(np.float32)
+        # The mean over models of each model's mean over views, the order aggregate_folds averages in.
+        probs = np.mean([mean_probabilities(model, images, decision["views"]) for model in models], axis=0)
         for record, prob in zip(batch_records, probs):
             record.update({f"prob_{c}": float(p) for c, p in zip(classes, prob)})
             record["predicted"] = classes[_decide(prob, decision)]

@@ -199,6 +199,69 @@ def test_model_json_without_a_preprocessing_version_counts_as_version_1(saved_ru
         load_model_info(model)
 
 
+def _fold_run(folder, model_path, seed, views, threshold):
+    """``folder``/finetune/model.keras (a tiny model of ``seed``, model.json as ``model_path``'s) and the
+    fold's evaluation/metrics.json with its test-time ``views`` and its own ``threshold``."""
+    stage = folder / "finetune"
+    stage.mkdir(parents=True)
+    tiny_model((16, 16, 1), 2, seed=seed).save(stage / "model.keras")
+    (stage / "model.json").write_text(model_path.with_name("model.json").read_text())
+    (folder / "evaluation").mkdir()
+    (folder / "evaluation" / "metrics.json").write_text(json.dumps(
+        {"positive_class": "malignant", "threshold": {"method": "youden", "value": threshold, "chosen_on": "val"},
+         "tta": {"enabled": True, "views": views}}))
+    return stage / "model.keras"
+
+
+def test_several_models_predict_their_mean_probability_decided_by_the_ensemble_threshold(saved_run, tmp_path):
+    """A k-fold run's folds: averaged as aggregate_folds averages them, decided by its out-of-fold threshold."""
+    from medclassify.evaluation.run import load_model
+    from medclassify.inference import view_of
+
+    _, model_path, images, config = saved_run
+    views = ["identity", "horizontal_flip"]
+    # Each fold's own threshold would call every image one class; the ensemble's must decide instead.
+    folds = [_fold_run(tmp_path / f"fold_{k}", model_path, seed, views, threshold)
+             for k, (seed, threshold) in enumerate([(3, 0.0), (11, 1.0)])]
+    files = sorted(images.glob("img*.png"))
+    pixels = [from_storage(to_storage(preprocess_image(read_sample(f, None, config["io"]).pixels, config["preprocess"]),
+                                      config["preprocess"]["dtype"])) for f in files]
+    batch = np.stack(pixels).astype(np.float32)
+    per_fold = [np.mean([load_model(m).predict(view_of(batch, v), verbose=0) for v in views], axis=0) for m in folds]
+    assert not np.allclose(per_fold[0], per_fold[1], atol=1e-3)  # two different models
+    expected = np.mean(per_fold, axis=0)
+    threshold = float(np.median(expected[:, 1]))
+    aggregate = tmp_path / "aggregate" / "metrics.json"
+    aggregate.parent.mkdir()
+    aggregate.write_text(json.dumps({"positive_class": "malignant", "threshold": {
+        "method": "youden", "value": threshold, "chosen_on": "out_of_fold_val"}}))
+
+    table = predict_files(folds, files, tmp_path / "ensemble.csv", ensemble_metrics=aggregate)
+    assert table[["prob_benign", "prob_malignant"]].to_numpy(float) == pytest.approx(expected, abs=1e-6)
+    called = np.where(expected[:, 1] >= threshold, "malignant", "benign")
+    assert list(table["predicted"]) == list(called) and len(set(called)) == 2
+
+    with pytest.warns(UserWarning, match="ensemble of 2 models: deciding by arg-max"):
+        argmax = predict_files(folds, files, tmp_path / "argmax.csv")
+    assert list(argmax["predicted"]) == list(np.array(CLASSES)[expected.argmax(axis=1)])
+    with pytest.raises(InputError, match="not found"):
+        predict_files(folds, files, tmp_path / "missing.csv", ensemble_metrics=tmp_path / "none.json")
+
+
+def test_models_that_do_not_belong_together_are_refused_naming_each(saved_run, tmp_path):
+    _, model_path, images, _ = saved_run
+    first = _fold_run(tmp_path / "fold_0", model_path, 3, ["identity"], 0.5)
+    other_views = _fold_run(tmp_path / "fold_1", model_path, 4, ["identity", "vertical_flip"], 0.5)
+    with pytest.raises(InputError, match="different test-time views") as error:
+        predict_files([first, other_views], [images], tmp_path / "out.csv")
+    assert str(other_views) in error.value.problems[0]
+    renamed = _copy_of_model(model_path, tmp_path, classes=lambda classes: classes[::-1])
+    with pytest.raises(InputError, match="do not read or name images alike") as error:
+        predict_files([first, renamed], [images], tmp_path / "out.csv")
+    assert error.value.problems == [f"{renamed}: classes {CLASSES[::-1]!r} against {CLASSES!r} in {first}"]
+    assert not (tmp_path / "out.csv").exists()
+
+
 def test_dicom_and_every_nifti_slice_get_their_own_rows(saved_run, tmp_path):
     """The io options saved with the model choose the frames/slices, as in the validated manifest."""
     import shutil
