@@ -141,6 +141,31 @@ def test_unknown_predict_model_is_named_when_predicting(unrun_workdir, option):
         run.tail()
 
 
+@pytest.mark.parametrize("fold", ["all", 1, 3])
+def test_kfold_predict_uses_the_ensemble_of_the_folds_or_the_fold_named(unrun_workdir, fold):
+    (unrun_workdir / "newimgs").mkdir(exist_ok=True)
+    with restored_afterwards(unrun_workdir / FAST_CONFIG_NAME):
+        set_config(unrun_workdir, "datasets", {"demo": {"demo": True, "split": {"method": "kfold", "folds": 3}}})
+        set_config(unrun_workdir, "predict", {"input": "newimgs", "fold": fold})
+        run = run_snakemake(["-n", "results/predict/predictions.csv", *CONFIG_ARGS], unrun_workdir,
+                            timeout_s=TIMEOUT_S)
+    if fold == 3:
+        assert run.returncode != 0, run.tail()
+        assert "predict.fold: 3 is not a fold of dataset 'demo' (split.folds: 3, so 0 to 2)" in run.output, run.tail()
+        return
+    assert run.returncode == 0, run.tail()
+    planned = parse_job_stats(run.output)
+    predict_job = run.output[run.output.index("rule predict:"):]
+    predict_inputs = predict_job[:predict_job.index("output:")]
+    used = [k for k in range(3) if f"results/demo/baseline/fold_{k}/finetune/model.keras" in predict_inputs]
+    if fold == "all":
+        assert used == [0, 1, 2] and "results/demo/baseline/aggregate/metrics.json" in predict_inputs, predict_inputs
+        assert planned["finetune"] == 3 and planned["aggregate_folds"] == 1, planned
+    else:
+        assert used == [1] and "/aggregate/metrics.json" not in predict_inputs, predict_inputs
+        assert planned["finetune"] == 1 and "aggregate_folds" not in planned, planned
+
+
 @pytest.fixture(scope="module")
 def medmnist_workdir(tmp_path_factory):
     """A recorded run of a MedMNIST dataset imported from a local .npz (never read: no job runs)."""

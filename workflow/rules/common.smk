@@ -179,12 +179,13 @@ def evaluation_plot(name, extension):
     )
 
 
-def predict_model(wildcards):
-    """The fine-tuned model of predict.dataset and predict.run (by default the first of each).
+def predict_run_ids():
+    """Dataset, run and {run} values of predict's models, from predict.dataset and predict.run
+    (by default the first of each) and, under k-fold, predict.fold: every fold, or the one named.
 
-    An input function, which Snakemake calls only when it plans a predict job, so that a name
-    that predict.dataset or predict.run kept after that dataset or run left the config stops
-    nobody who does not predict.
+    Called only from input functions, which Snakemake calls only when it plans a predict job, so
+    that a name that predict.dataset or predict.run kept after that dataset or run left the config
+    stops nobody who does not predict.
     """
     name = config["predict"]["dataset"] or next(iter(config["datasets"]))
     run = config["predict"]["run"] or next(iter(config["runs"]))
@@ -193,12 +194,32 @@ def predict_model(wildcards):
             raise ValueError(
                 f"predict.{option}: {value!r} is not in the config ({section}: {', '.join(config[section])})"
             )
-    run_id = runs_of(name)[list(config["runs"]).index(run) * (folds_of(name) or 1)]
-    return f"results/{name}/{run_id}/finetune/model.keras"
+    folds = folds_of(name) or 1
+    first = list(config["runs"]).index(run) * folds
+    run_ids = runs_of(name)[first : first + folds]
+    fold = config["predict"]["fold"]
+    if folds == 1 or fold == "all":
+        return name, run, run_ids
+    if fold >= folds:
+        raise ValueError(
+            f"predict.fold: {fold} is not a fold of dataset {name!r} (split.folds: {folds}, so 0 to {folds - 1})"
+        )
+    return name, run, [run_ids[fold]]
+
+
+def predict_models(wildcards):
+    """The fine-tuned model(s) of predict; several predict as an ensemble."""
+    name, _, run_ids = predict_run_ids()
+    return [f"results/{name}/{run_id}/finetune/model.keras" for run_id in run_ids]
 
 
 def predict_metrics(wildcards):
-    """The evaluation of predict's model: predict applies its threshold and test-time views."""
-    return predict_model(wildcards).replace(
-        "finetune/model.keras", "evaluation/metrics.json"
-    )
+    """The evaluation of each of predict's models: predict applies its threshold and test-time views."""
+    name, _, run_ids = predict_run_ids()
+    return [f"results/{name}/{run_id}/evaluation/metrics.json" for run_id in run_ids]
+
+
+def predict_ensemble_metrics(wildcards):
+    """The k-fold aggregate whose threshold decides for the ensemble of every fold (else nothing)."""
+    name, run, run_ids = predict_run_ids()
+    return [f"results/{name}/{run}/aggregate/metrics.json"] if len(run_ids) > 1 else []

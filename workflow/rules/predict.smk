@@ -3,8 +3,9 @@ from medclassify.predict import files_read
 
 rule predict:
     input:
-        model=predict_model,
+        model=predict_models,
         metrics=predict_metrics,
+        ensemble_metrics=predict_ensemble_metrics,
         # Every file predict reads (the folder's, or the manifest and its images): adding or
         # changing an image reruns it, which the path in params alone never did.
         images=lambda wildcards: files_read(config["predict"]["input"]),
