@@ -248,6 +248,23 @@ def test_several_models_predict_their_mean_probability_decided_by_the_ensemble_t
         predict_files(folds, files, tmp_path / "missing.csv", ensemble_metrics=tmp_path / "none.json")
 
 
+def test_command_line_predicts_with_several_models_and_the_ensemble_threshold(saved_run, tmp_path, capsys):
+    from medclassify.cli import main
+
+    _, model_path, images, _ = saved_run
+    folds = [_fold_run(tmp_path / f"fold_{k}", model_path, seed, ["identity"], 0.5) for k, seed in enumerate([3, 11])]
+    aggregate = tmp_path / "aggregate.json"
+    aggregate.write_text(json.dumps({"positive_class": "malignant", "threshold": {"method": "fixed", "value": 0.0}}))
+    files = [str(path) for path in sorted(images.glob("img*.png"))]
+    status = main(["predict", "--model", *map(str, folds), "--ensemble-metrics", str(aggregate),
+                   "--input", *files, "--out", str(tmp_path / "cli.csv")])
+    assert status == 0, capsys.readouterr().err
+    table = pd.read_csv(tmp_path / "cli.csv")
+    expected = predict_files(folds, files, tmp_path / "library.csv", ensemble_metrics=aggregate)
+    assert (table["predicted"] == "malignant").all()  # threshold 0: the ensemble's file decided
+    assert np.array_equal(table[["prob_benign", "prob_malignant"]].to_numpy(), expected[["prob_benign", "prob_malignant"]].to_numpy())
+
+
 def test_models_that_do_not_belong_together_are_refused_naming_each(saved_run, tmp_path):
     _, model_path, images, _ = saved_run
     first = _fold_run(tmp_path / "fold_0", model_path, 3, ["identity"], 0.5)
