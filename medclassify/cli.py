@@ -252,6 +252,8 @@ def _add_predict(sub):
                    "aggregate/metrics.json (without it, a binary ensemble decides by arg-max)")
     p.add_argument("--input", type=Path, nargs="+", required=True, help="image files, folders, or one manifest CSV")
     p.add_argument("--out", type=Path, required=True, help="predictions CSV")
+    p.add_argument("--record", type=Path, help="JSON file for what made the predictions: models and their "
+                   "sha256, threshold, test-time views, preprocessing, row counts")
     p.add_argument("--threads", type=int, help="CPU threads for TensorFlow")
     p.set_defaults(func=_cmd_predict)
 
@@ -261,7 +263,7 @@ def _cmd_predict(args):
 
     _require_files(*args.model, args.ensemble_metrics)  # missing --input files become error rows of the output
     table = predict_files(args.model, args.input, args.out, threads=args.threads,
-                          ensemble_metrics=args.ensemble_metrics)
+                          ensemble_metrics=args.ensemble_metrics, record_json=args.record)
     print(f"wrote {len(table)} rows to {args.out}")
 
 

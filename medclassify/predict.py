@@ -19,13 +19,14 @@ warning counts them; nothing is skipped silently. What reading left out of a fil
 """
 
 import json
+import time
 import warnings
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from .atomic import atomic_path
+from .atomic import atomic_path, atomic_write_json
 from .errors import InputError
 from .inference import IDENTITY, is_view, mean_probabilities
 
@@ -319,8 +320,8 @@ def _reason(error):
     return " ".join(text.split())  # one line per CSV cell
 
 
-def predict_files(model_path, inputs, out_csv, *, threads=None, ensemble_metrics=None):
-    """Predict every image of ``inputs``; write ``out_csv`` and return the table.
+def predict_files(model_path, inputs, out_csv, *, threads=None, ensemble_metrics=None, record_json=None):
+    """Predict every image of ``inputs``; write ``out_csv`` (and ``record_json``) and return the table.
 
     Columns: ``input, sample_id, index, status, error, warning, [label], predicted, prob_<class>…``.
     ``status`` is ``ok`` or ``error`` (``error`` then says why and the prediction is empty);
@@ -328,6 +329,8 @@ def predict_files(model_path, inputs, out_csv, *, threads=None, ensemble_metrics
     ``model_path`` may be a list of models (a k-fold run's folds), which predict as one ensemble:
     the mean of their probabilities, decided by the threshold of ``ensemble_metrics``
     (:func:`load_ensemble_decision`). ``threads`` caps TensorFlow's CPU threads.
+    ``record_json``, when given, receives :func:`prediction_record`: which models, decision rule
+    and preprocessing made the table.
     """
     from .evaluation.run import load_model
     from .gpu import configure_inference
@@ -385,6 +388,8 @@ def predict_files(model_path, inputs, out_csv, *, threads=None, ensemble_metrics
     table = pd.DataFrame(records).reindex(columns=columns)
     with atomic_path(out_csv) as tmp:
         table.to_csv(tmp, index=False)
+    if record_json is not None:
+        atomic_write_json(record_json, prediction_record(model_paths, info, decision, inputs, table))
     failed = table[table["status"] == STATUS_ERROR]
     if len(failed):
         warnings.warn(f"{len(failed)} of {len(table)} inputs could not be predicted (see the status and error "
@@ -394,6 +399,32 @@ def predict_files(model_path, inputs, out_csv, *, threads=None, ensemble_metrics
         warnings.warn(f"{len(warned)} of {len(table)} inputs were predicted with a warning (see the warning column "
                       f"of {out_csv}): {_first_five(warned, 'warning')}", stacklevel=2)
     return table
+
+
+def prediction_record(model_paths, info, decision, inputs, table):
+    """What made a predictions table, for the file beside it: the models (path and sha256), the
+    decision rule (threshold, positive class, the metrics file it came from, test-time views), the
+    reading and preprocessing options, the inputs and the row counts."""
+    from . import __version__
+    from .runcard import file_sha256, timestamp
+
+    classes = info["classes"]
+    ok = table["status"] == STATUS_OK
+    return {
+        "models": [{"path": str(path), "sha256": file_sha256(path)} for path in model_paths],
+        "ensemble": f"mean probability of {len(model_paths)} models" if len(model_paths) > 1 else None,
+        "classes": classes,
+        "decision": {"method": decision["method"], "threshold": decision["threshold"],
+                     "positive_class": None if decision["positive"] is None else classes[decision["positive"]],
+                     "source": decision["source"], "views": decision["views"]},
+        "preprocess": info["preprocess"],
+        "io": info["io"],
+        "inputs": [str(item) for item in ([inputs] if isinstance(inputs, (str, Path)) else inputs)],
+        "rows": {"total": int(len(table)), "ok": int(ok.sum()), "error": int((~ok).sum()),
+                 "with_warning": int((ok & (table["warning"] != "")).sum())},
+        "library_version": __version__,
+        "created": timestamp(time.time()),
+    }
 
 
 def _first_five(rows, column):

@@ -1,5 +1,6 @@
 """predict_files: same reader and preprocessing as the cache, saved threshold, errors listed."""
 
+import hashlib
 import json
 import warnings
 from pathlib import Path
@@ -236,10 +237,20 @@ def test_several_models_predict_their_mean_probability_decided_by_the_ensemble_t
     aggregate.write_text(json.dumps({"positive_class": "malignant", "threshold": {
         "method": "youden", "value": threshold, "chosen_on": "out_of_fold_val"}}))
 
-    table = predict_files(folds, files, tmp_path / "ensemble.csv", ensemble_metrics=aggregate)
+    table = predict_files(folds, files, tmp_path / "ensemble.csv", ensemble_metrics=aggregate,
+                          record_json=tmp_path / "ensemble.json")
     assert table[["prob_benign", "prob_malignant"]].to_numpy(float) == pytest.approx(expected, abs=1e-6)
     called = np.where(expected[:, 1] >= threshold, "malignant", "benign")
     assert list(table["predicted"]) == list(called) and len(set(called)) == 2
+    record = json.loads((tmp_path / "ensemble.json").read_text())
+    assert [model["path"] for model in record["models"]] == [str(m) for m in folds]
+    assert [model["sha256"] for model in record["models"]] == [
+        hashlib.sha256(Path(m).read_bytes()).hexdigest() for m in folds]
+    assert record["ensemble"] == "mean probability of 2 models" and record["classes"] == CLASSES
+    assert record["decision"] == {"method": "threshold (youden, chosen on out-of-fold val)", "threshold": threshold,
+                                  "positive_class": "malignant", "source": str(aggregate), "views": views}
+    assert record["rows"] == {"total": 5, "ok": 5, "error": 0, "with_warning": 0}
+    assert record["inputs"] == [str(f) for f in files] and record["preprocess"]["size"] == [16, 16]
 
     with pytest.warns(UserWarning, match="ensemble of 2 models: deciding by arg-max"):
         argmax = predict_files(folds, files, tmp_path / "argmax.csv")
@@ -257,8 +268,9 @@ def test_command_line_predicts_with_several_models_and_the_ensemble_threshold(sa
     aggregate.write_text(json.dumps({"positive_class": "malignant", "threshold": {"method": "fixed", "value": 0.0}}))
     files = [str(path) for path in sorted(images.glob("img*.png"))]
     status = main(["predict", "--model", *map(str, folds), "--ensemble-metrics", str(aggregate),
-                   "--input", *files, "--out", str(tmp_path / "cli.csv")])
+                   "--input", *files, "--out", str(tmp_path / "cli.csv"), "--record", str(tmp_path / "cli.json")])
     assert status == 0, capsys.readouterr().err
+    assert json.loads((tmp_path / "cli.json").read_text())["decision"]["source"] == str(aggregate)
     table = pd.read_csv(tmp_path / "cli.csv")
     expected = predict_files(folds, files, tmp_path / "library.csv", ensemble_metrics=aggregate)
     assert (table["predicted"] == "malignant").all()  # threshold 0: the ensemble's file decided

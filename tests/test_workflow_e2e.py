@@ -1,16 +1,18 @@
 """One real run of the demo workflow, end to end, and what it must leave behind."""
 
 import json
+import shutil
 
 import h5py
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 from PIL import Image
 from sklearn import metrics as skm
 
 from conftest import FAST_DEMO_ARGS
-from snakemake_fixtures import copy_repository, planned_jobs, run_snakemake
+from snakemake_fixtures import FAST_CONFIG_NAME, copy_repository, parse_job_stats, planned_jobs, run_snakemake
 
 pytestmark = pytest.mark.slow
 
@@ -100,6 +102,37 @@ def test_no_dicom_identifier_reaches_results(demo_run):
         data = path.read_bytes()
         leaks += [(str(path.relative_to(demo_run)), n.decode()) for n in needles if n in data]
     assert not leaks
+
+
+def test_predict_rule_classifies_new_images_as_evaluation_scored_them(demo_run):
+    """Rule predict, run for real on copies of test images: only predict runs, and it gives the
+    evaluation's probabilities for them (same reader, preprocessing and views), with its record."""
+    evaluation = demo_run / "results" / DATASET / RUN / "evaluation"
+    scored = pd.read_csv(evaluation / "predictions.csv", dtype={"label": str, "predicted": str})
+    test = scored[scored["split"] == "test"].head(4)
+    new_images = demo_run / "new-images"
+    new_images.mkdir()
+    for sample_id in test["sample_id"]:
+        shutil.copy2(demo_run / "results" / DATASET / "demo" / sample_id, new_images / sample_id.replace("/", "_"))
+    config = yaml.safe_load((demo_run / FAST_CONFIG_NAME).read_text())
+    config["predict"] = {"input": "new-images"}
+    (demo_run / "config" / "predict-test.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+
+    run = run_snakemake(["--cores", "2", "--configfile", "config/predict-test.yaml"], demo_run, timeout_s=300)
+    assert run.returncode == 0, run.tail()
+    assert {rule: n for rule, n in parse_job_stats(run.output).items() if rule != "all"} == {"predict": 1}
+    predicted = pd.read_csv(demo_run / "results" / "predict" / "predictions.csv", dtype={"predicted": str})
+    prob_columns = [c for c in scored.columns if c.startswith("prob_")]
+    expected = test.assign(input=[f"new-images/{s.replace('/', '_')}" for s in test["sample_id"]])
+    merged = predicted.merge(expected, on="input", suffixes=("", "_evaluation"))
+    assert len(merged) == len(test) and (merged["status"] == "ok").all()
+    for column in prob_columns:
+        assert np.allclose(merged[column], merged[f"{column}_evaluation"], atol=1e-6), column
+    assert (merged["predicted"] == merged["predicted_evaluation"]).all()
+    record = json.loads((demo_run / "results" / "predict" / "predictions.json").read_text())
+    assert [model["path"] for model in record["models"]] == [f"results/{DATASET}/{RUN}/finetune/model.keras"]
+    assert record["decision"]["source"].endswith(f"results/{DATASET}/{RUN}/evaluation/metrics.json")
+    assert record["rows"]["ok"] == len(test)
 
 
 def test_second_dry_run_plans_nothing(demo_run):

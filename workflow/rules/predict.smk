@@ -12,6 +12,7 @@ rule predict:
         code=library_code("predict"),
     output:
         predictions="results/predict/predictions.csv",
+        record="results/predict/predictions.json",
     log:
         "results/logs/predict.log",
     benchmark:

@@ -22,4 +22,5 @@ with log_output(snakemake.log[0]):
         snakemake.output.predictions,
         threads=snakemake.threads,
         ensemble_metrics=ensemble_metrics[0] if ensemble_metrics else None,
+        record_json=snakemake.output.record,
     )
