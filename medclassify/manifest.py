@@ -367,7 +367,6 @@ def decode_files(paths, io_options, threads=1):
 
 
 # Bump when inspect_image_file's output or a reader's decoding changes: old caches are ignored.
-# tests/test_version_pins.py records that output under this number and fails until it is bumped.
 DECODE_CACHE_VERSION = 7
 
 

@@ -25,7 +25,6 @@ of its training split at load time, so a new split never forces a new cache.
 ``PREPROCESSING_VERSION`` enters the cache's parameter hash: bump it whenever a change here
 alters output values, so that stale caches are rebuilt instead of silently reused, and so that
 ``predict`` refuses models trained on the old values (model.json records the version).
-tests/test_version_pins.py records the output under the current version and fails until it is bumped.
 """
 
 import bisect
