@@ -141,17 +141,21 @@ def test_unknown_predict_model_is_named_when_predicting(unrun_workdir, option):
         run.tail()
 
 
-@pytest.mark.parametrize("fold", ["all", 1, 3])
-def test_kfold_predict_uses_the_ensemble_of_the_folds_or_the_fold_named(unrun_workdir, fold):
+@pytest.mark.parametrize("split, fold", [("kfold", "all"), ("kfold", 1), ("kfold", 3), ("grouped_stratified", 1)])
+def test_kfold_predict_uses_the_ensemble_of_the_folds_or_the_fold_named(unrun_workdir, split, fold):
     (unrun_workdir / "newimgs").mkdir(exist_ok=True)
     with restored_afterwards(unrun_workdir / FAST_CONFIG_NAME):
-        set_config(unrun_workdir, "datasets", {"demo": {"demo": True, "split": {"method": "kfold", "folds": 3}}})
+        split_options = {"method": "kfold", "folds": 3} if split == "kfold" else {"method": split}
+        set_config(unrun_workdir, "datasets", {"demo": {"demo": True, "split": split_options}})
         set_config(unrun_workdir, "predict", {"input": "newimgs", "fold": fold})
         run = run_snakemake(["-n", "results/predict/predictions.csv", *CONFIG_ARGS], unrun_workdir,
                             timeout_s=TIMEOUT_S)
-    if fold == 3:
+    refusals = {("kfold", 3): "predict.fold: 3 is not a fold of dataset 'demo' (split.folds: 3, so 0 to 2)",
+                ("grouped_stratified", 1): "predict.fold: 1 names a fold, but dataset 'demo' is not split by k-fold "
+                                   "(split.method: grouped_stratified); leave predict.fold at all"}
+    if (split, fold) in refusals:
         assert run.returncode != 0, run.tail()
-        assert "predict.fold: 3 is not a fold of dataset 'demo' (split.folds: 3, so 0 to 2)" in run.output, run.tail()
+        assert refusals[split, fold] in run.output, run.tail()
         return
     assert run.returncode == 0, run.tail()
     planned = parse_job_stats(run.output)
