@@ -89,24 +89,10 @@ def test_plots_are_real_images(demo_run):
         assert png.with_suffix(".pdf").read_bytes().startswith(b"%PDF")
 
 
-def test_no_dicom_identifier_reaches_results(demo_run):
-    from medclassify.datasets.demo import DEMO_IDENTIFYING_VALUES
-
-    raw_patients = pd.read_csv(demo_run / "results" / DATASET / "demo" / "manifest.csv", dtype=str)["patient"]
-    needles = [str(v).encode() for v in DEMO_IDENTIFYING_VALUES] + [p.encode() for p in raw_patients.unique()]
-    leaks = []
-    for path in (demo_run / "results").rglob("*"):
-        # The generated source images are the user's input, not an output.
-        if not path.is_file() or (demo_run / "results" / DATASET / "demo") in path.parents:
-            continue
-        data = path.read_bytes()
-        leaks += [(str(path.relative_to(demo_run)), n.decode()) for n in needles if n in data]
-    assert not leaks
-
-
 def test_predict_rule_classifies_new_images_as_evaluation_scored_them(demo_run):
     """Rule predict, run for real on copies of test images: only predict runs, and it gives the
-    evaluation's probabilities for them (same reader, preprocessing and views), with its record."""
+    evaluation's probabilities for them (same reader, preprocessing and views), with its record.
+    It comes before the identifier test, which then scans predict's outputs too."""
     evaluation = demo_run / "results" / DATASET / RUN / "evaluation"
     scored = pd.read_csv(evaluation / "predictions.csv", dtype={"label": str, "predicted": str})
     test = scored[scored["split"] == "test"].head(4)
@@ -133,6 +119,21 @@ def test_predict_rule_classifies_new_images_as_evaluation_scored_them(demo_run):
     assert [model["path"] for model in record["models"]] == [f"results/{DATASET}/{RUN}/finetune/model.keras"]
     assert record["decision"]["source"].endswith(f"results/{DATASET}/{RUN}/evaluation/metrics.json")
     assert record["rows"]["ok"] == len(test)
+
+
+def test_no_dicom_identifier_reaches_results(demo_run):
+    from medclassify.datasets.demo import DEMO_IDENTIFYING_VALUES
+
+    raw_patients = pd.read_csv(demo_run / "results" / DATASET / "demo" / "manifest.csv", dtype=str)["patient"]
+    needles = [str(v).encode() for v in DEMO_IDENTIFYING_VALUES] + [p.encode() for p in raw_patients.unique()]
+    leaks = []
+    for path in (demo_run / "results").rglob("*"):
+        # The generated source images are the user's input, not an output.
+        if not path.is_file() or (demo_run / "results" / DATASET / "demo") in path.parents:
+            continue
+        data = path.read_bytes()
+        leaks += [(str(path.relative_to(demo_run)), n.decode()) for n in needles if n in data]
+    assert not leaks
 
 
 def test_second_dry_run_plans_nothing(demo_run):
