@@ -75,8 +75,8 @@ e2e-and-cluster: $(STAMP) system-deps
 
 # Every test in one session: the unit tests fill the time in which the Slurm demo test waits
 # on status checks. Groups go out in conftest.py's order (demo run and longest modules first).
-# 12 min 0-15 s on an idle 2-core machine; when it took 12 min 59 s, `unit` then `e2e-and-cluster`
-# took 14 min 53 s.
+# 11 min 22 s to 12 min 47 s on an idle 2-core machine; when it took 12 min 59 s, `unit` then
+# `e2e-and-cluster` took 14 min 53 s.
 test: lint dry-run $(STAMP) system-deps
 	$(call with_slurm,$(E2E_PYTEST) --no-loadscope-reorder)
 
