@@ -171,6 +171,11 @@ def _recorded_views(metrics, metrics_path):
     return views
 
 
+def as_path_list(paths):
+    """``paths`` as a list: one path (str or Path) becomes a list of one."""
+    return [paths] if isinstance(paths, (str, Path)) else list(paths)
+
+
 def _is_hidden(path):
     return any(part.startswith(".") for part in path.parts)
 
@@ -178,8 +183,7 @@ def _is_hidden(path):
 def expand_inputs(inputs):
     """Rows ``{"input", "path", "label"?}`` for image files, folders (every non-hidden file below,
     sorted) or manifest CSVs (column ``path``, relative to the CSV's folder)."""
-    if isinstance(inputs, (str, Path)):
-        inputs = [inputs]
+    inputs = as_path_list(inputs)
     rows = []
     problems = []
     for item in map(Path, inputs):
@@ -206,8 +210,7 @@ def files_read(inputs):
     Missing files are left out, and inputs it cannot expand give what exists of them: predict
     reports both, as error rows or as its InputError, in its log rather than while Snakemake plans.
     """
-    if isinstance(inputs, (str, Path)):
-        inputs = [inputs]
+    inputs = as_path_list(inputs)
     files = {Path(item) for item in inputs if Path(item).is_file()}
     try:
         files |= {row["path"] for row in expand_inputs(inputs) if row["path"].is_file()}
@@ -337,7 +340,8 @@ def predict_files(model_path, inputs, out_csv, *, threads=None, ensemble_metrics
 
     configure_inference(threads)
 
-    model_paths = [model_path] if isinstance(model_path, (str, Path)) else list(model_path)
+    model_paths = as_path_list(model_path)
+    inputs = as_path_list(inputs)
     if not model_paths:
         raise InputError("no model to predict with", ["give one model.keras, or several to predict as an ensemble"])
     info = load_ensemble_info(model_paths)
@@ -386,30 +390,30 @@ def predict_files(model_path, inputs, out_csv, *, threads=None, ensemble_metrics
     columns += ["label"] if any("label" in r for r in records) else []
     columns += ["predicted"] + [f"prob_{c}" for c in classes]
     table = pd.DataFrame(records).reindex(columns=columns)
+    failed = table[table["status"] == STATUS_ERROR]
+    warned = table[(table["status"] == STATUS_OK) & (table["warning"] != "")]
     with atomic_path(out_csv) as tmp:
         table.to_csv(tmp, index=False)
     if record_json is not None:
-        atomic_write_json(record_json, prediction_record(model_paths, info, decision, inputs, table))
-    failed = table[table["status"] == STATUS_ERROR]
+        rows = {"total": len(table), "ok": len(table) - len(failed), "error": len(failed), "with_warning": len(warned)}
+        atomic_write_json(record_json, prediction_record(model_paths, info, decision, inputs, rows))
     if len(failed):
         warnings.warn(f"{len(failed)} of {len(table)} inputs could not be predicted (see the status and error "
                       f"columns of {out_csv}): {_first_five(failed, 'error')}", stacklevel=2)
-    warned = table[(table["status"] == STATUS_OK) & (table["warning"] != "")]
     if len(warned):
         warnings.warn(f"{len(warned)} of {len(table)} inputs were predicted with a warning (see the warning column "
                       f"of {out_csv}): {_first_five(warned, 'warning')}", stacklevel=2)
     return table
 
 
-def prediction_record(model_paths, info, decision, inputs, table):
+def prediction_record(model_paths, info, decision, inputs, rows):
     """What made a predictions table, for the file beside it: the models (path and sha256), the
     decision rule (threshold, positive class, the metrics file it came from, test-time views), the
-    reading and preprocessing options, the inputs and the row counts."""
+    reading and preprocessing options, the inputs and the row counts ``rows``."""
     from . import __version__
     from .runcard import file_sha256, timestamp
 
     classes = info["classes"]
-    ok = table["status"] == STATUS_OK
     return {
         "models": [{"path": str(path), "sha256": file_sha256(path)} for path in model_paths],
         "ensemble": f"mean probability of {len(model_paths)} models" if len(model_paths) > 1 else None,
@@ -419,9 +423,8 @@ def prediction_record(model_paths, info, decision, inputs, table):
                      "source": decision["source"], "views": decision["views"]},
         "preprocess": info["preprocess"],
         "io": info["io"],
-        "inputs": [str(item) for item in ([inputs] if isinstance(inputs, (str, Path)) else inputs)],
-        "rows": {"total": int(len(table)), "ok": int(ok.sum()), "error": int((~ok).sum()),
-                 "with_warning": int((ok & (table["warning"] != "")).sum())},
+        "inputs": [str(item) for item in inputs],
+        "rows": rows,
         "library_version": __version__,
         "created": timestamp(time.time()),
     }

@@ -194,13 +194,13 @@ def predict_run_ids():
             raise ValueError(
                 f"predict.{option}: {value!r} is not in the config ({section}: {', '.join(config[section])})"
             )
-    fold = config["predict"]["fold"]
-    if not folds_of(name) and fold != "all":
+    fold, folds = config["predict"]["fold"], folds_of(name)
+    if not folds and fold != "all":
         raise ValueError(
             f"predict.fold: {fold} names a fold, but dataset {name!r} is not split by k-fold "
             f"(split.method: {dataset_config(config, name)['split']['method']}); leave predict.fold at all"
         )
-    folds = folds_of(name) or 1
+    folds = folds or 1
     first = list(config["runs"]).index(run) * folds
     run_ids = runs_of(name)[first : first + folds]
     if fold == "all":
