@@ -45,12 +45,16 @@ def saved_run(tmp_path_factory):
     return root, stage / "model.keras", images, config
 
 
+def _as_cached(path, config):
+    """The image of ``path`` as the cache stores it and training reads it back."""
+    image = preprocess_image(read_sample(path, None, config["io"]).pixels, config["preprocess"])
+    return from_storage(to_storage(image, config["preprocess"]["dtype"]))
+
+
 def _expected_probabilities(model_path, path, config):
     from medclassify.evaluation.run import load_model
 
-    image = preprocess_image(read_sample(path, None, config["io"]).pixels, config["preprocess"])
-    image = from_storage(to_storage(image, config["preprocess"]["dtype"]))
-    return load_model(model_path).predict(image[None], verbose=0)[0]
+    return load_model(model_path).predict(_as_cached(path, config)[None], verbose=0)[0]
 
 
 def test_predicts_a_folder_and_lists_unreadable_files(saved_run, tmp_path):
@@ -110,8 +114,7 @@ def test_applies_the_test_time_views_that_evaluation_used(saved_run, tmp_path):
         assert len(error.value.problems) == 2
     finally:
         (evaluation / "metrics.json").unlink()
-    image = preprocess_image(read_sample(images / "img0.png", None, config["io"]).pixels, config["preprocess"])
-    image = from_storage(to_storage(image, config["preprocess"]["dtype"]))[None].astype(np.float32)
+    image = _as_cached(images / "img0.png", config)[None].astype(np.float32)
     model = load_model(model_path)
     expected = np.mean([model.predict(view_of(image, view), verbose=0)[0] for view in views], axis=0)
     plain = model.predict(image, verbose=0)[0]
@@ -225,9 +228,7 @@ def test_several_models_predict_their_mean_probability_decided_by_the_ensemble_t
     folds = [_fold_run(tmp_path / f"fold_{k}", model_path, seed, views, threshold)
              for k, (seed, threshold) in enumerate([(3, 0.0), (11, 1.0)])]
     files = sorted(images.glob("img*.png"))
-    pixels = [from_storage(to_storage(preprocess_image(read_sample(f, None, config["io"]).pixels, config["preprocess"]),
-                                      config["preprocess"]["dtype"])) for f in files]
-    batch = np.stack(pixels).astype(np.float32)
+    batch = np.stack([_as_cached(f, config) for f in files]).astype(np.float32)
     per_fold = [np.mean([load_model(m).predict(view_of(batch, v), verbose=0) for v in views], axis=0) for m in folds]
     assert not np.allclose(per_fold[0], per_fold[1], atol=1e-3)  # two different models
     expected = np.mean(per_fold, axis=0)
