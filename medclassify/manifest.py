@@ -132,6 +132,7 @@ class ValidationResult:
     manifest_path: str = ""
     root: str = ""
     timings: dict = field(default_factory=dict)
+    named_files: list = field(default_factory=list)  # real paths of the files the rows name
 
     @property
     def errors(self):
@@ -163,8 +164,9 @@ class ProblemCollector:
 def read_manifest_rows(manifest, problems):
     """Parse the manifest CSV: return ``(header, [(row_number, fields), ...])``.
 
-    Encoding, BOM, delimiter and field-count problems go to ``problems``; on a fatal one the
-    header is None.
+    Encoding, BOM, delimiter and field-count problems go to ``problems``. On a fatal one the
+    header is None, or, where it could be read, the rows are those that could be read (none when
+    a column name repeats).
     """
     manifest = Path(manifest)
     try:
@@ -195,8 +197,12 @@ def read_manifest_rows(manifest, problems):
     if not text.strip():
         problems.add(None, None, "manifest_empty", "error", "the manifest is empty (no header, no rows)")
         return None, []
-    records = [record for record in csv.reader(io.StringIO(text, newline="")) if record]
-    header = [name.strip() for name in records[0]]
+    records, unreadable = _csv_records(text)
+    if unreadable:
+        problems.add(None, None, "malformed_manifest", "error", unreadable)
+        if not records:
+            return None, []
+    header = [name.strip() for name in records[0][2]]
     if len(header) == 1:
         for delimiter, name in ((";", "semicolons"), ("\t", "tabs"), ("|", "pipes")):
             if delimiter in header[0]:
@@ -206,19 +212,63 @@ def read_manifest_rows(manifest, problems):
                 return None, []
     duplicated = sorted({name for name in header if header.count(name) > 1})
     if duplicated:
+        # No rows (which of two columns of a name would a row's value be?), but the header, so that
+        # the checks of the columns themselves (a required one missing) are listed in the same run.
         problems.add(None, None, "duplicate_column", "error", f"column(s) {duplicated} appear more than once")
-        return None, []
+        return header, []
     rows = []
-    for number, record in enumerate(records[1:], start=1):
+    for number, (first_line, last_line, record) in enumerate(records[1:], start=1):
         if all(not value.strip() for value in record):
             continue  # a blank spreadsheet line carries nothing
         if len(record) != len(header):
-            problems.add(number, None, "malformed_row", "error",
-                         f"row {number} has {len(record)} fields, the header has {len(header)} "
-                         "(an unquoted comma in a value?)")
+            if first_line != last_line:
+                # The lines after a stray quote were read into this row: dropping it as one
+                # malformed row would silently drop every row it swallowed.
+                problems.add(None, None, "malformed_manifest", "error",
+                             f"row {number} (lines {first_line}-{last_line}) has {len(record)} fields, the header "
+                             f"has {len(header)}: a quote opened on line {first_line} is closed only on line "
+                             f"{last_line}, and the lines between were read as one value; remove the stray quote")
+            else:
+                problems.add(number, None, "malformed_row", "error",
+                             f"row {number} has {len(record)} fields, the header has {len(header)} "
+                             "(an unquoted comma in a value?)")
             continue
         rows.append((number, dict(zip(header, record))))
     return header, rows
+
+
+def _csv_records(text):
+    """``([(first_line, last_line, fields), ...], problem)`` of a CSV text, blank lines left out.
+
+    ``problem`` (else None) says why the text cannot be read to its end: a quote that is never
+    closed (the csv module would read the rest of the file into one value, and the rows in it would
+    vanish without a word) or a field beyond the csv module's size limit. The records are then
+    those before the one that cannot be read, so that their own problems are listed too.
+    """
+    reader = csv.reader(io.StringIO(text, newline=""))
+    records, last_line = [], 0
+    try:
+        for record in reader:
+            if record:
+                records.append((last_line + 1, reader.line_num, record))
+            last_line = reader.line_num
+    except csv.Error as error:
+        return records, f"line {last_line + 1} cannot be read ({error}); is a quote there never closed?"
+    if records and records[-1][0] != records[-1][1] and _quote_left_open(text, records[-1][0]):
+        return records[:-1], (f"the quote opened on line {records[-1][0]} is never closed: every line after it "
+                              "was read as one value; remove the stray quote")
+    return records, None
+
+
+def _quote_left_open(text, first_line):
+    """Whether the CSV record that starts on ``first_line`` (1-based) ends inside a quote at the end of the text."""
+    tail = "".join(io.StringIO(text, newline="").readlines()[first_line - 1:])
+    try:
+        for _ in csv.reader(io.StringIO(tail, newline=""), strict=True):
+            pass
+    except csv.Error as error:
+        return "unexpected end of data" in str(error)
+    return False
 
 
 def column_hint(missing, header):
@@ -394,10 +444,17 @@ def decode_with_cache(paths, io_options, threads, cache_path=None):
     try:
         with open(cache_path, encoding="utf-8") as f:
             content = json.load(f)
-        if content.get("stamp") == stamp:
-            stored = content.get("entries", {})
+    except FileNotFoundError:
+        content = None  # no cache yet: decode everything
     except (OSError, ValueError):
-        stored = {}  # no cache yet, or an unreadable one: decode everything
+        content = "not a decode cache"
+    if content is not None and not (isinstance(content, dict) and {"stamp", "entries"} <= content.keys()):
+        # Rewriting it would destroy whatever the path names: a mistyped --decode-cache naming the
+        # manifest or an image was overwritten, and validation still passed (it had read them first).
+        raise UsageError(f"refusing to overwrite {cache_path} as the decode cache: it exists and is not one "
+                         "(a JSON file that validation wrote); name another file, or delete it")
+    if content is not None and content["stamp"] == stamp:
+        stored = content["entries"]
     keys = {path: _file_key(path) for path in paths}
     missing = [path for path in paths if keys[path] not in stored]
     fresh = dict(zip(missing, decode_files(missing, io_options, threads)))
@@ -447,6 +504,11 @@ def validate_manifest(manifest, root, *, io_options, validation_options, labels=
     inode and by the io options, so revalidating a grown manifest decodes only new or changed
     files; it is rewritten atomically with the entries of this manifest only.
     """
+    repeated = sorted({label for label in labels or [] if list(labels).count(label) > 1})
+    if repeated:
+        # Each label is a class index: a repeat would add an empty class and move the images of
+        # its name to the last index.
+        raise UsageError(f"labels {list(labels)} name {', '.join(map(repr, repeated))} more than once")
     started = time.perf_counter()
     options = with_section_defaults("validation", validation_options or {})
     io_options = resolve_io_options(io_options)
@@ -471,7 +533,8 @@ def validate_manifest(manifest, root, *, io_options, validation_options, labels=
                      f"column {name!r} is written by validation; rename the manifest's column")
     if missing or reserved:
         return finish([], [], {})
-    if not rows and not any(p.code == "malformed_row" for p in problems.problems):
+    if not rows and not any(p.code in ("malformed_row", "malformed_manifest", "duplicate_column")
+                            for p in problems.problems):
         problems.add(None, None, "manifest_empty", "error", "the manifest has a header but no rows")
     # split first, then the other extra columns in manifest order (the validated-manifest format).
     extra_columns = (["split"] if "split" in header else []) + [
@@ -756,7 +819,8 @@ def _finish(manifest, root_real, problems, records, extra_columns, options, labe
     }
     all_problems.sort(key=lambda p: (p.row is not None, p.row or 0))
     return ValidationResult(table=table, problems=all_problems, classes=classes, dropped=dropped, ok=ok,
-                            summary=summary, manifest_path=str(manifest), root=str(root_real), timings=timings)
+                            summary=summary, manifest_path=str(manifest), root=str(root_real), timings=timings,
+                            named_files=sorted({os.path.realpath(r["file"]) for r in records if r["file"] is not None}))
 
 
 def _check_classes(classes, class_counts, options, problems):
@@ -862,6 +926,10 @@ def write_validation_outputs(result, manifest_out, report_json, report_md):
         source = os.path.realpath(result.manifest_path)
         if any(os.path.realpath(t) == source for t in targets):
             raise UsageError(f"refusing to overwrite the input manifest {result.manifest_path}")
+    named = set(result.named_files)
+    for target in targets:
+        if os.path.realpath(target) in named:
+            raise UsageError(f"refusing to overwrite {target}: it is an image that the manifest names")
     atomic_write_json(report_json, report_dict(result))
     atomic_write_text(report_md, report_markdown(result))
     if result.ok:

@@ -238,6 +238,83 @@ def test_write_outputs_refuses_to_overwrite_the_input_manifest(tmp_path):
         write_validation_outputs(result, manifest, tmp_path / "r.json", tmp_path / "r.md")
 
 
+@pytest.mark.parametrize("target", ["manifest", "image"])
+def test_decode_cache_never_overwrites_a_file_that_is_not_one(tmp_path, target):
+    # A mistyped --decode-cache once overwrote the manifest or an image with JSON, and passed.
+    root = tmp_path / "data"
+    manifest = make_dataset(root)
+    victim = manifest if target == "manifest" else root / "img" / "3.png"
+    before = victim.read_bytes()
+    with pytest.raises(UsageError, match="is not one"):
+        validate_manifest(manifest, root, io_options={}, validation_options={}, salt=SALT, decode_cache=victim)
+    assert victim.read_bytes() == before
+
+
+def test_write_outputs_refuse_to_overwrite_an_image_the_manifest_names(tmp_path):
+    root = tmp_path / "data"
+    manifest = make_dataset(root)
+    (root / "img" / "9.png").write_bytes(b"named by a row that fails")
+    with open(manifest, "a") as f:
+        f.write("img/9.png,a,patient-9,XR,site0\n")
+    result = validate(manifest, root)
+    assert not result.ok  # a failed validation removes the validated manifest it would have written
+    image = root / "img" / "9.png"
+    for targets in ([image, tmp_path / "r.json", tmp_path / "r.md"], [tmp_path / "m.csv", image, tmp_path / "r.md"]):
+        with pytest.raises(UsageError, match="an image that the manifest names"):
+            write_validation_outputs(result, *targets)
+    assert image.read_bytes() == b"named by a row that fails"
+
+
+@pytest.mark.parametrize("stray, lines", [
+    ('"img/2.png,a,patient-2,XR,site2', "never closed"),  # opens a quote that runs to the end of the file
+    ('img/2.png,a,patient-2,XR,"site2', "never closed"),  # in the last column: the field count still fits
+    ('"img/2.png,a,patient-2,XR,site2\nimg/3.png,b,patient-3,XR,site0"', "closed only on line 5"),
+])
+def test_a_stray_quote_fails_validation_even_under_drop_invalid(tmp_path, stray, lines):
+    # The csv module reads from a stray quote to the next quote or the end of the file as one value:
+    # the rows in between were lost without a word, and drop_invalid passed what was left.
+    root = tmp_path / "data"
+    manifest = make_dataset(root, n=6)
+    text = manifest.read_text().splitlines()
+    text[3:5 if "\n" in stray else 4] = stray.split("\n")
+    manifest.write_text("\n".join(text) + "\n")
+    for drop_invalid in (False, True):
+        result = validate(manifest, root, drop_invalid=drop_invalid, min_images_per_class=1)
+        assert not result.ok and "malformed_manifest" in codes(result)
+        [problem] = [p for p in result.problems if p.code == "malformed_manifest"]
+        assert problem.row is None and "line 4" in problem.message and lines in problem.message
+    # The rows before it are still checked, so that their problems are listed in the same run.
+    assert result.summary["n_rows"] >= 2
+
+
+def test_a_field_beyond_the_csv_size_limit_is_a_problem_not_a_traceback(tmp_path):
+    root = tmp_path / "data"
+    manifest = make_dataset(root, n=2)
+    with open(manifest, "a") as f:
+        f.write('"' + "x" * 200_000 + "\n")
+    result = validate(manifest, root)
+    assert not result.ok and "malformed_manifest" in codes(result)
+    assert "line 4 cannot be read" in str(result.problems)
+    assert len(image_files_stamp(manifest, root)) == 64  # planning reads the manifest too, and never raises
+
+
+def test_a_repeated_column_and_a_missing_one_are_listed_together(tmp_path):
+    root = tmp_path / "data"
+    manifest = make_dataset(root, n=2)
+    lines = manifest.read_text().splitlines()
+    manifest.write_text("\n".join(["path,label,label,patient,site", *lines[1:]]) + "\n")
+    result = validate(manifest, root)
+    assert codes(result) == ["duplicate_column", "missing_column"]
+
+
+def test_repeated_labels_are_refused(tmp_path):
+    # Each label is a class index: a repeat made a third, empty class and moved 'a' images to it.
+    root = tmp_path / "data"
+    manifest = make_dataset(root)
+    with pytest.raises(UsageError, match="name 'a' more than once"):
+        validate(manifest, root, labels=["a", "b", "a"])
+
+
 def test_raise_if_invalid_lists_rows_and_the_report(tmp_path):
     root = tmp_path / "data"
     manifest = make_dataset(root)
