@@ -322,6 +322,15 @@ def test_npy_volume_is_refused(tmp_path):
     assert error.value.code == "unsupported_image"
 
 
+@pytest.mark.parametrize("shape", [(0, 16), (16, 0, 1), (4, 4, 0)])
+def test_npy_without_pixels_is_refused(tmp_path, shape):
+    # Validation passed it (with warnings) and preprocessing failed on it: an image of no pixels.
+    np.save(tmp_path / "empty.npy", np.zeros(shape, dtype=np.uint8))
+    with pytest.raises(ReadError, match="holds no image") as error:
+        read_sample(tmp_path / "empty.npy")
+    assert error.value.code == "unsupported_image"
+
+
 def test_npy_layouts_and_damage(tmp_path):
     pixels = RNG.integers(0, 60000, (7, 5), dtype=np.uint16)
     np.save(tmp_path / "fortran.npy", np.asfortranarray(pixels))

@@ -14,6 +14,8 @@ def read_npy(file, max_pixels):
         raise ReadError("undecodable", f"not a loadable .npy array ({error})") from None
     if dtype.kind not in "biuf":
         raise ReadError("unsupported_image", f".npy of dtype {dtype} is not a numeric image")
+    if 0 in shape:
+        raise ReadError("unsupported_image", f".npy of shape {shape} holds no image: axis {shape.index(0)} has length 0")
     if len(shape) not in (2, 3) or (len(shape) == 3 and not 1 <= shape[2] <= 4):
         raise ReadError("unsupported_image", f".npy of shape {shape} is not an (H, W) or (H, W, C<=4) image")
     check_pixel_count(shape[0], shape[1], max_pixels)
