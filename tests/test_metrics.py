@@ -81,6 +81,18 @@ def test_multiclass_metrics_match_scikit_learn():
     assert m["positive_class"] is None
 
 
+def test_a_class_absent_from_the_test_set_has_no_recall_in_any_average():
+    # macro_avg.recall counted the absent class as 0 (scikit-learn's default) while sensitivity,
+    # its CI and balanced accuracy left it out: one metrics.json gave 0.67 and 1.0 for the same thing.
+    y_true = np.array([0, 1, 0, 1])
+    prob = np.array([[.5, .3, .2], [.2, .5, .3], [.6, .2, .2], [.1, .8, .1]])
+    m = classification_metrics(y_true, prob, prob.argmax(axis=1), ["a", "b", "c"])
+    assert m["per_class"]["c"]["recall"] is None and m["per_class"]["c"]["sensitivity"] is None
+    assert m["macro_avg"]["recall"] == m["sensitivity"] == m["balanced_accuracy"] == 1.0
+    assert m["macro_avg"]["recall"] == skm.recall_score(y_true, prob.argmax(axis=1), labels=[0, 1, 2], average="macro",
+                                                        zero_division=np.nan)
+
+
 @settings(max_examples=30, deadline=None)
 @given(st.lists(st.tuples(st.integers(0, 2), st.integers(0, 2)), min_size=1, max_size=40))
 def test_accuracy_and_confusion_matrix_match_scikit_learn_on_any_input(pairs):

@@ -213,8 +213,8 @@ def classification_metrics(y_true, y_prob, y_pred, classes, *, positive=None, ca
     per_class = {
         name: {
             "precision": float(precision[i]),
-            "recall": float(recall[i]),
-            "sensitivity": float(recall[i]),
+            "recall": float(recall[i]) if support[i] else None,
+            "sensitivity": float(recall[i]) if support[i] else None,
             "specificity": _finite_or_none(specificity[i]),
             "f1": float(f1[i]),
             "support": int(support[i]),
@@ -226,6 +226,10 @@ def classification_metrics(y_true, y_prob, y_pred, classes, *, positive=None, ca
         p, r, f, _ = skm.precision_recall_fscore_support(
             y_true, y_pred, labels=labels, average=average, zero_division=0)
         averages[average] = {"precision": float(p), "recall": float(r), "f1": float(f)}
+    # Recall is undefined for a class without images, as top-level sensitivity and balanced accuracy
+    # take it: the macro average is over the classes present (scikit-learn would count the absent as 0).
+    present = support > 0
+    averages["macro"]["recall"] = float(recall[present].mean()) if present.any() else None
     # Specificity is undefined for a class without negatives; average over the defined ones.
     defined = np.isfinite(specificity)
     averages["macro"]["specificity"] = float(specificity[defined].mean()) if defined.any() else None
