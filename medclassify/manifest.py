@@ -479,14 +479,22 @@ def image_files_stamp(manifest, root):
     header, rows = read_manifest_rows(manifest, ProblemCollector())
     if header is None or "path" not in header:
         return "unreadable manifest"
-    root = os.path.realpath(root)
+    return files_stamp((fields["path"] for _, fields in rows), os.path.realpath(root))
+
+
+def files_stamp(names, root=""):
+    """A digest of the name, size and modification time of each file ``names`` lists (under ``root``).
+
+    Never raises: a file that is missing or cannot be read (or a name with a NUL byte) enters
+    the digest as such.
+    """
     digest = hashlib.sha256()
-    for relative in sorted({fields["path"] for _, fields in rows}):
+    for name in sorted(set(names)):
         try:
-            info = os.stat(os.path.join(root, relative))
-            entry = f"{relative}\0{info.st_size}\0{info.st_mtime_ns}\n"
-        except (OSError, ValueError):  # missing, unreadable, or a name with a NUL byte
-            entry = f"{relative}\0-\n"
+            info = os.stat(os.path.join(root, name))
+            entry = f"{name}\0{info.st_size}\0{info.st_mtime_ns}\n"
+        except (OSError, ValueError):
+            entry = f"{name}\0-\n"
         digest.update(entry.encode("utf-8", "surrogatepass"))
     return digest.hexdigest()
 

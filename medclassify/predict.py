@@ -50,7 +50,7 @@ def load_model_info(model_path):
     info_path = Path(model_path).with_name("model.json")
     if not info_path.exists():
         raise InputError(f"{info_path}: not found", [f"the model {model_path} must have its model.json beside it"])
-    info = json.loads(info_path.read_text(encoding="utf-8"))
+    info = _read_json_object(info_path, "the model's description")
     params = info.get("params") if isinstance(info.get("params"), dict) else {}
     resolved = {
         "classes": info.get("classes"),
@@ -147,7 +147,18 @@ def _evaluation_metrics_path(model_path):
 
 
 def _read_metrics(metrics_path):
-    return json.loads(Path(metrics_path).read_text(encoding="utf-8"))
+    return _read_json_object(metrics_path, "the evaluation whose threshold and views predict applies")
+
+
+def _read_json_object(path, what):
+    """The JSON object in ``path``; InputError naming the file when it is not one (a hand edit, a cut copy)."""
+    try:
+        content = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as error:
+        raise InputError(f"{path}: cannot be read as JSON", [f"{what}: {error}"]) from None
+    if not isinstance(content, dict):
+        raise InputError(f"{path}: not a JSON object", [f"{what} must be a JSON object, not {type(content).__name__}"])
+    return content
 
 
 def _decision_of(metrics, metrics_path, classes, chosen_on):
@@ -200,6 +211,11 @@ def expand_inputs(inputs):
     if problems:
         raise InputError("cannot read the inputs to predict", problems)
     return rows
+
+
+def is_snakemake_pattern(path):
+    """Whether Snakemake would read ``path`` as a pattern: a ``{`` or ``}`` in it opens a wildcard."""
+    return "{" in str(path) or "}" in str(path)
 
 
 def files_read(inputs):

@@ -92,6 +92,23 @@ def test_uses_the_threshold_chosen_on_validation(saved_run, tmp_path):
     assert (argmax["predicted"] == np.array(CLASSES)[argmax[["prob_benign", "prob_malignant"]].to_numpy().argmax(1)]).all()
 
 
+@pytest.mark.parametrize("damaged", ["finetune/model.json", "evaluation/metrics.json"])
+@pytest.mark.parametrize("content", ['{"classes": ["benign", "malignant"], ', '["benign", "malignant"]'])
+def test_a_damaged_model_json_or_metrics_json_is_an_input_error_naming_it(saved_run, tmp_path, damaged, content):
+    # Both were read with a bare json.loads: a cut or hand-edited file gave a JSONDecodeError traceback.
+    root, model_path, images, _ = saved_run
+    path = root / "run" / damaged
+    path.parent.mkdir(exist_ok=True)
+    original = path.read_bytes() if path.exists() else None
+    path.write_text(content)
+    try:
+        with pytest.raises(InputError, match=f"{path}: (cannot be read as JSON|not a JSON object)"):
+            predict_files(model_path, [images / "img0.png"], tmp_path / "out.csv")
+    finally:
+        path.write_bytes(original) if original is not None else path.unlink()
+    assert not (tmp_path / "out.csv").exists()
+
+
 def test_applies_the_test_time_views_that_evaluation_used(saved_run, tmp_path):
     """The threshold was chosen on view-averaged probabilities, so predict must average the same views."""
     from medclassify.evaluation.run import load_model

@@ -116,6 +116,27 @@ def test_adding_an_image_to_predict_plans_predict(predict_workdir):
             added.unlink()
 
 
+def test_an_image_named_with_braces_is_predicted_and_its_changes_plan_predict(predict_workdir):
+    # Snakemake reads '{1}' in an input path as a wildcard: the whole workflow stopped planning
+    # (WildcardError) whatever was asked for. Such files go into a stamp in params instead.
+    braced = predict_workdir / "newimgs/scan{1}.png"
+    manifest = predict_workdir / "newimgs.csv"
+    with restored_afterwards(manifest):
+        write_png(braced, seed=12)
+        os.utime(braced, ns=(0, 0))
+        manifest.write_text(manifest.read_text() + "newimgs/scan{1}.png\n")
+        os.utime(manifest, ns=(0, 0))
+        try:
+            assert planned_jobs(predict_workdir) == {"predict": 1}
+            snakemake(predict_workdir, "--touch", "--cores", "1")
+            assert planned_jobs(predict_workdir) == {}
+            write_png(braced, seed=13)  # changed in place
+            assert planned_jobs(predict_workdir) == {"predict": 1}
+        finally:
+            braced.unlink()
+            snakemake(predict_workdir, "--touch", "--cores", "1")  # as the fixture left it, for the next test
+
+
 @pytest.fixture(scope="module")
 def unrun_workdir(tmp_path_factory):
     """A copy of the repository with the fast demo config and nothing run yet."""
@@ -129,6 +150,12 @@ def test_predict_options_left_over_do_not_stop_planning_without_predict_input(un
     set_config(unrun_workdir, "predict", {"input": None, "dataset": "retired", "run": "retired"})
     planned = planned_jobs(unrun_workdir)
     assert planned.get("evaluate") == 1 and "predict" not in planned, planned
+
+
+def test_asking_for_predictions_without_predict_input_names_the_key(unrun_workdir):
+    set_config(unrun_workdir, "predict", {"input": None})
+    run = run_snakemake(["-n", "results/predict/predictions.csv", *CONFIG_ARGS], unrun_workdir, timeout_s=TIMEOUT_S)
+    assert run.returncode != 0 and "predict.input is null: set it to a folder" in run.output, run.tail()
 
 
 @pytest.mark.parametrize("option", ["dataset", "run"])

@@ -13,7 +13,8 @@ from medclassify.config import (
     validate_config,
     without_loading_options,
 )
-from medclassify.manifest import image_files_stamp
+from medclassify.manifest import files_stamp, image_files_stamp
+from medclassify.predict import files_read, is_snakemake_pattern
 from medclassify.workflow_paths import parse_run, run_ids
 
 # The library's validation rather than snakemake.utils.validate, which stops at the first problem:
@@ -237,3 +238,30 @@ def predict_ensemble_metrics(wildcards):
     """The k-fold aggregate whose threshold decides for the ensemble of every fold (else nothing)."""
     name, run, run_ids = predict_run_ids()
     return [f"results/{name}/{run}/aggregate/metrics.json"] if len(run_ids) > 1 else []
+
+
+def predict_input():
+    """predict.input, which a request for predict's outputs needs."""
+    if not config["predict"]["input"]:
+        raise ValueError(
+            "results/predict/ was asked for, but predict.input is null: set it to a folder of new "
+            "images, an image or a manifest CSV"
+        )
+    return config["predict"]["input"]
+
+
+def predict_images(wildcards):
+    """Every file predict reads (the folder's, or the manifest and its images), as rule inputs, so
+    that adding or changing an image reruns predict; but those whose names Snakemake would read
+    as a pattern (a '{' or '}'), which go into the stamp of predict_unlisted_images instead.
+    """
+    return [
+        path for path in files_read(predict_input()) if not is_snakemake_pattern(path)
+    ]
+
+
+def predict_unlisted_images(wildcards):
+    """Name, size and time stamp of the files predict reads that cannot be rule inputs."""
+    return files_stamp(
+        path for path in files_read(predict_input()) if is_snakemake_pattern(path)
+    )

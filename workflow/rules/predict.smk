@@ -1,14 +1,9 @@
-from medclassify.predict import files_read
-
-
 rule predict:
     input:
         model=predict_models,
         metrics=predict_metrics,
         ensemble_metrics=predict_ensemble_metrics,
-        # Every file predict reads (the folder's, or the manifest and its images): adding or
-        # changing an image reruns it, which the path in params alone never did.
-        images=lambda wildcards: files_read(config["predict"]["input"]),
+        images=predict_images,
         code=library_code("predict"),
     output:
         predictions="results/predict/predictions.csv",
@@ -25,5 +20,6 @@ rule predict:
         runtime=60,
     params:
         inputs=config["predict"]["input"],
+        unlisted_images=predict_unlisted_images,
     script:
         "../scripts/predict.py"
