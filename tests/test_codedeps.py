@@ -42,3 +42,21 @@ def test_rule_inputs_are_relative_to_the_working_directory(tmp_path, monkeypatch
         assert paths and all(not os.path.isabs(path) for path in paths)
         assert all(os.path.isfile(path) for path in paths)
         assert {Path(path).resolve() for path in paths} == set(module_closure("training"))
+
+
+def test_an_edited_module_is_parsed_again_within_one_process(tmp_path, monkeypatch):
+    # Imports are parsed once per process (a dry run asks for every rule's closure); an edit between
+    # two calls must still be seen, and a caller changing the returned set must not change the next.
+    package = tmp_path / "medclassify"
+    package.mkdir()
+    for name in ("__init__", "first", "second", "third"):
+        (package / f"{name}.py").write_text("")
+    monkeypatch.setattr("medclassify.codedeps.PACKAGE_DIR", package)
+    (package / "first.py").write_text("from . import second\n")
+    found = imported_modules("first")
+    assert found == {"second"}
+    found.add("stray")
+    assert imported_modules("first") == {"second"}
+
+    (package / "first.py").write_text("from . import second\nfrom .third import name\n")
+    assert imported_modules("first") == {"second", "third"}

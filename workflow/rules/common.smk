@@ -1,11 +1,9 @@
-import functools
 import sys
 from pathlib import Path
 
 # The library lives at the repository root; rule scripts put it on sys.path the same way.
 sys.path.insert(0, workflow.basedir)
 
-from medclassify import codedeps
 from medclassify.codedeps import rule_inputs
 from medclassify.config import (
     dataset_config,
@@ -41,13 +39,6 @@ wildcard_constraints:
     run=r"[A-Za-z0-9_-]+(/fold_[0-9]+)?",
     shard=r"[0-9]+",
     backbone=r"[A-Za-z0-9_-]+",
-
-
-# Each rule's library_code walks the imports of its modules, and the rules share most modules: parse
-# each module once per Snakemake process instead of once per rule, which takes 1.5 s off every
-# start (a dry run, each cluster job). Memoised here and not inside medclassify/codedeps.py because
-# that file is part of the training code's digest: editing it would retrain every existing project.
-codedeps.imported_modules = functools.cache(codedeps.imported_modules)
 
 
 def library_code(*modules):
