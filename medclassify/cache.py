@@ -65,7 +65,10 @@ Determinism
     block under a stale key. The
     one exception is the ``created`` attribute (fixed-length ISO 8601 UTC): it is the current
     time unless the environment sets ``SOURCE_DATE_EPOCH`` (the reproducible-builds convention),
-    which makes the files byte-for-byte reproducible.
+    which makes the files byte-for-byte reproducible. Except under ``compression: lzf`` with
+    float16 images: a review saw a block's compressed chunks differ by a few bytes between
+    identical runs (h5py's LZF filter; the images read back are identical, and gzip's bytes
+    were stable). Nothing compares block bytes: reuse goes by content hash.
 
 Faults
     Every file is written under a temporary name and renamed (``medclassify.atomic``), so a
@@ -1168,7 +1171,7 @@ def open_cache(path, expected_params_hash=None):
     files = []
     try:
         attrs, labels, strings = _read_checked_metadata(path, handle, expected_params_hash)
-        sources = _open_sources(path, handle, attrs, len(labels), files)
+        sources = _open_sources(path, handle, attrs, strings[STRING_DATASETS.index("content_hash")], files)
         _check_source_layouts(path, handle, sources)
     except InputError:
         for f in files + [handle]:
@@ -1206,6 +1209,10 @@ def _read_checked_metadata(path, handle, expected_params_hash):
         raise InputError(f"{path}: inconsistent cache", problems)
     labels = handle["labels"][:].astype(np.int64)
     classes = json.loads(attrs["classes"])
+    # The parameters are what training records for predict and reads intensity handling from:
+    # only the hash was compared with the config, so a changed value went through unnoticed.
+    if config_hash(json.loads(attrs["params"])) != attrs["params_hash"]:
+        raise InputError(f"{path}: corrupted cache", ["the preprocessing parameters do not match their recorded hash"])
     n_classes = len(classes)
     if labels.size and (labels.min() < 0 or labels.max() >= n_classes):
         raise InputError(f"{path}: corrupted cache", [f"labels outside 0..{n_classes - 1}"])
@@ -1224,11 +1231,16 @@ def _plain(value):
     return value
 
 
-def _open_sources(path, handle, attrs, n_rows, files):
-    """The runs where a cache's images are stored (see :class:`Cache`); opened files go to ``files``."""
+def _open_sources(path, handle, attrs, content_hashes, files):
+    """The runs where a cache's images are stored (see :class:`Cache`); opened files go to ``files``.
+
+    ``content_hashes`` are the cache's rows', checked against its digest: each run must point at
+    block rows of the same content hashes.
+    """
     problems, sources, opened = [], [], {}
+    n_rows = len(content_hashes)
     if attrs.get("layout") != "virtual":
-        sources = _stored_runs(path, handle, 0, problems, opened)
+        sources = _stored_runs(path, handle, 0, problems, opened, content_hashes)
     else:
         offset = 0
         for record in json.loads(attrs["parts"]):
@@ -1245,7 +1257,7 @@ def _open_sources(path, handle, attrs, n_rows, files):
                     or part["images"].shape[0] != record["rows"]):
                 problems.append(f"part {part_path}: is not the part this cache was merged from (rebuilt or replaced)")
                 continue
-            sources += _stored_runs(part_path, part, offset, problems, opened)
+            sources += _stored_runs(part_path, part, offset, problems, opened, content_hashes)
             offset += record["rows"]
         if not problems and offset != n_rows:
             problems.append(f"the parts hold {offset} rows, the cache {n_rows}")
@@ -1273,11 +1285,12 @@ def _check_source_layouts(path, handle, sources):
             "agree, delete the cache and rerun the preprocess stage"])
 
 
-def _stored_runs(path, f, offset, problems, opened):
+def _stored_runs(path, f, offset, problems, opened, content_hashes):
     """Runs (images, first row, first source row, rows) of part or cache file ``f``, shifted by ``offset``.
 
     A self-contained file stores its images itself; a block-backed part names its blocks
-    (attribute ``blocks``) and maps its rows onto them (dataset ``image_runs``).
+    (attribute ``blocks``) and maps its rows onto them (dataset ``image_runs``), which must land
+    on block rows of the content hashes ``content_hashes`` gives its rows.
     """
     images = f["images"]
     if "image_runs" not in f:
@@ -1298,10 +1311,11 @@ def _stored_runs(path, f, offset, problems, opened):
             problems.append(f"block {block_path}: is not the block {path} was built with (rebuilt or replaced)")
             blocks.append(None)
             continue
-        blocks.append(block["images"])
+        blocks.append(block)
     runs = f["image_runs"][:]
     expected_row = 0
     sources = []
+    block_hashes = {}
     for row, block, source_row, n in runs.tolist():
         if row != expected_row or not 0 <= block < len(blocks) or n < 1:
             problems.append(f"{path}: corrupted image_runs at row {row}")
@@ -1309,10 +1323,18 @@ def _stored_runs(path, f, offset, problems, opened):
         expected_row = row + n
         if blocks[block] is None:
             continue
-        if source_row + n > blocks[block].shape[0]:
+        if source_row + n > blocks[block]["images"].shape[0]:
             problems.append(f"{path}: rows {row}..{row + n - 1} lie outside block {block}")
             continue
-        sources.append((blocks[block], offset + row, source_row, n))
+        # image_runs carries no checksum: a changed block or row number would hand out other images.
+        stored = block_hashes.get(block)
+        if stored is None:
+            stored = block_hashes[block] = blocks[block]["content_hash"].asstr()[:]
+        if list(stored[source_row:source_row + n]) != content_hashes[offset + row:offset + row + n]:
+            problems.append(f"{path}: rows {row}..{row + n - 1} point at other images of block {block} "
+                            "(corrupted image_runs)")
+            continue
+        sources.append((blocks[block]["images"], offset + row, source_row, n))
     if expected_row != images.shape[0] and not problems:
         problems.append(f"{path}: image_runs cover {expected_row} of {images.shape[0]} rows")
     return sources

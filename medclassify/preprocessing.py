@@ -158,10 +158,18 @@ def _finite_float(image):
     return np.where(finite, image, image[finite].min())
 
 
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
 def _rescale(values, low, high):
     out = np.asarray(values, dtype=np.float32).copy()
     if high <= low:
         return np.zeros_like(out)
+    if 1.0 / (float(high) - float(low)) > FLOAT32_MAX / 2:
+        # A range so narrow (below about 3e-39) that its reciprocal overflows float32: 0 * inf
+        # made NaN pixels. Rare enough to take float64 throughout.
+        out = ((out.astype(np.float64) - low) / (high - low)).astype(np.float32)
+        return np.clip(out, 0.0, 1.0, out=out)
     out -= np.float32(low)
     out *= np.float32(1.0 / (high - low))
     return np.clip(out, 0.0, 1.0, out=out)

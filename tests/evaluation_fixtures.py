@@ -10,6 +10,7 @@ import h5py
 import numpy as np
 import pandas as pd
 
+from medclassify.config import config_hash
 from medclassify.privacy import hash_patient
 
 
@@ -43,8 +44,8 @@ def write_cache(path, manifest, images, classes):
         f.create_dataset("labels", data=labels)
         for column in ("sample_id", "patient", "content_hash", "modality"):
             f.create_dataset(column, data=manifest[column].to_numpy(dtype=object), dtype=string)
-        f.attrs["params_hash"] = "test"
         f.attrs["params"] = json.dumps({})
+        f.attrs["params_hash"] = config_hash({})  # open_cache checks the one against the other
         f.attrs["classes"] = json.dumps(classes)
         f.attrs["library_version"] = "test"
         f.attrs["manifest_hash"] = "test"
@@ -59,7 +60,7 @@ def _add_integrity_attributes(f, manifest):
     from medclassify import cache
 
     f.attrs["cache_format"] = cache.CACHE_FORMAT_VERSION
-    f.attrs["part_digest"] = cache._part_digest("test", json.loads(f.attrs["classes"]), f["labels"][:],
+    f.attrs["part_digest"] = cache._part_digest(f.attrs["params_hash"], json.loads(f.attrs["classes"]), f["labels"][:],
                                                 [list(manifest[name]) for name in cache.STRING_DATASETS])
 
 

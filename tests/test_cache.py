@@ -497,6 +497,38 @@ def test_detects_changed_row_metadata(dataset, tmp_path, name):
         assert "row metadata does not match" in str(caught.value)
 
 
+def test_detects_image_runs_pointing_at_other_images_of_a_block(dataset, tmp_path):
+    # image_runs carries no checksum: one changed block or row number handed out other images, and
+    # open_cache and verify() both passed.
+    root, rows = dataset
+    results = tmp_path / "r"
+    build(write_manifest(rows[:12], tmp_path / "m.csv"), root, results)
+    cache_path, _ = build(write_manifest(rows, tmp_path / "m.csv"), root, results)  # rows 12.. in a second block
+    part = results / "cache" / "part-0-of-1.h5"
+    with h5py.File(part, "a") as f:
+        runs = f["image_runs"][:]
+        assert len(runs) == 2 and runs[0][1] != runs[1][1] and runs[0][3] == runs[1][3] == 12
+        runs[1][1] = runs[0][1]  # the second run now reads the first run's block
+        f["image_runs"][:] = runs
+    for path in (part, cache_path):
+        with pytest.raises(InputError, match=f"rows 12..23 point at other images of block {runs[0][1]}"):
+            open_cache(path)
+
+
+def test_detects_changed_parameters(dataset, tmp_path):
+    # Only the hash was compared with the config: a changed parameter went into training's
+    # model.json (which predict preprocesses by) unnoticed, and a broken one raised a bare JSONDecodeError.
+    root, rows = dataset
+    cache_path, _ = build(write_manifest(rows, tmp_path / "m.csv"), root, tmp_path / "r")
+    params = json.loads(h5py.File(cache_path, "r").attrs["params"])
+    changed = dict(params, preprocess=dict(params["preprocess"], percentiles=[0.5, 99.4]))
+    for value in (json.dumps(changed), json.dumps(params)[:-1] + "("):
+        with h5py.File(cache_path, "a") as f:
+            f.attrs["params"] = value
+        with pytest.raises(InputError, match="corrupted cache"):
+            open_cache(cache_path)
+
+
 def test_detects_a_changed_class_list(dataset, tmp_path):
     # The labels are indices into ``classes``: a reordered or renamed class list relabels every
     # row as surely as changed labels do.

@@ -52,6 +52,14 @@ def test_constant_image_becomes_zeros():
     assert not out.any()
 
 
+@pytest.mark.parametrize("intensity", ["minmax", "percentile", "zscore"])
+def test_a_range_too_narrow_for_a_float32_reciprocal_gives_no_nan(intensity):
+    # 1 / 1e-39 overflows float32: the scaling made 0 * inf = NaN of the darkest pixel.
+    pixels = np.array([[0, 1e-39], [5e-40, 1e-39]], np.float32)
+    out = preprocess_image(pixels, opts(intensity=intensity, size=[2, 2]))
+    assert np.isfinite(out).all() and out.min() == 0 and out.max() == 1
+
+
 def test_percentile_clips_outliers():
     pixels = np.full((100, 100), 100, np.uint16)
     pixels[:50] = 200
