@@ -37,3 +37,12 @@ def resolve_salt(configured, environ=None):
         return configured
     environ = os.environ if environ is None else environ
     return environ.get(SALT_ENVIRONMENT_VARIABLE) or DEFAULT_SALT
+
+
+def salt_fingerprint(salt):
+    """A one-way digest of ``salt``: tells salts apart (a change reruns validation) without showing one.
+
+    Snakemake keeps a rule's params in plain text in ``.snakemake/metadata`` and prints changed
+    ones in its log, so the salt itself must not be a param.
+    """
+    return hashlib.sha256(f"medclassify salt\0{salt}".encode("utf-8")).hexdigest()[:16]

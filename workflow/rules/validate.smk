@@ -1,4 +1,4 @@
-from medclassify.privacy import resolve_salt
+from medclassify.privacy import resolve_salt, salt_fingerprint
 
 
 rule validate_manifest:
@@ -22,9 +22,11 @@ rule validate_manifest:
     params:
         root=root_of,
         io=lambda wildcards: dataset(wildcards)["io"],
-        validation=lambda wildcards: dataset(wildcards)["validation"],
+        validation=lambda wildcards: validation_options(wildcards),
         labels=lambda wildcards: dataset(wildcards)["labels"],
-        salt=resolve_salt(config["salt"]),
+        # A digest, not the salt: params are kept in plain text in .snakemake/metadata and printed
+        # in rerun reasons. The script resolves the salt itself and checks it against this.
+        salt_fingerprint=salt_fingerprint(resolve_salt(config["salt"])),
         decode_cache=lambda wildcards: f"results/{wildcards.dataset}/validation/.decode_cache.json",
         # Read by no script: a stamp of the images' sizes and times, so that an image changed in
         # place reruns validation (Snakemake reruns a job whose params changed).

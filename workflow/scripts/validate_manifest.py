@@ -6,18 +6,25 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(snakemake.scriptdir).parents[1]))  # the library, at the repository root
 
+from medclassify.errors import UsageError
 from medclassify.manifest import raise_if_invalid, validate_manifest, write_validation_outputs
+from medclassify.privacy import SALT_ENVIRONMENT_VARIABLE, resolve_salt, salt_fingerprint
 from medclassify.runlog import log_output
 
 with log_output(snakemake.log[0]):
     out = snakemake.output
+    salt = resolve_salt(snakemake.config["salt"])
+    if salt_fingerprint(salt) != snakemake.params.salt_fingerprint:
+        # A cluster job that does not inherit the environment would hash with the public default.
+        raise UsageError(f"this job sees another salt than Snakemake did when it planned: pass "
+                         f"{SALT_ENVIRONMENT_VARIABLE} on to the jobs")
     result = validate_manifest(
         snakemake.input.manifest,
         snakemake.params.root,
         io_options=snakemake.params.io,
         validation_options=snakemake.params.validation,
         labels=snakemake.params.labels,
-        salt=snakemake.params.salt,
+        salt=salt,
         threads=snakemake.threads,
         # Not an output (Snakemake deletes those before a rerun): it lets a grown manifest
         # revalidate by decoding only its new or changed files.
