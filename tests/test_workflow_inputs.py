@@ -137,6 +137,27 @@ def test_an_image_named_with_braces_is_predicted_and_its_changes_plan_predict(pr
             snakemake(predict_workdir, "--touch", "--cores", "1")  # as the fixture left it, for the next test
 
 
+def test_the_salt_reruns_validation_but_never_reaches_the_metadata_or_the_log(predict_workdir):
+    # The salt was a param of validate_manifest: Snakemake keeps params in plain text in
+    # .snakemake/metadata and prints a changed one in its rerun reasons.
+    secret = {"MEDCLASSIFY_SALT": "TopSecretSalt123"}
+    planned = snakemake(predict_workdir, "-n", env=secret)
+    assert "validate_manifest" in planned.output and "TopSecretSalt123" not in planned.output
+    try:
+        snakemake(predict_workdir, "--touch", "--cores", "1", env=secret)
+        metadata = [path.read_bytes() for path in (predict_workdir / ".snakemake").rglob("*") if path.is_file()]
+        assert metadata and not any(b"TopSecretSalt123" in content for content in metadata)
+    finally:
+        snakemake(predict_workdir, "--touch", "--cores", "1")  # the default salt again, for the next test
+
+
+def test_switching_watch_images_off_plans_nothing_for_a_dataset_the_workflow_writes(predict_workdir):
+    # watch_images only steers planning; as part of validation's params it reran every stage.
+    with restored_afterwards(predict_workdir / FAST_CONFIG_NAME):
+        set_config(predict_workdir, "validation", {"watch_images": False})
+        assert planned_jobs(predict_workdir) == {}
+
+
 @pytest.fixture(scope="module")
 def unrun_workdir(tmp_path_factory):
     """A copy of the repository with the fast demo config and nothing run yet."""

@@ -110,6 +110,17 @@ def root_of(wildcards):
     return options["root"] or str(Path(options["manifest"]).parent)
 
 
+def validation_options(wildcards):
+    """The dataset's validation options that validation reads: watch_images only steers planning,
+    so that switching it does not change the params (and rerun every stage) by itself.
+    """
+    return {
+        key: value
+        for key, value in dataset(wildcards)["validation"].items()
+        if key != "watch_images"
+    }
+
+
 def image_files_of(wildcards):
     """A stamp of the images that a user's manifest names, so that changing one reruns validation."""
     if source_kind(wildcards.dataset) != "manifest":
