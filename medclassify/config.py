@@ -75,6 +75,36 @@ def switches_as_strings(config):
     return config
 
 
+def values_from_strings(config, validator):
+    """Read as YAML, in place, each string the schema refuses where YAML reads it as another type.
+
+    Snakemake reads a nested ``--config`` value with YAML's BaseLoader, so that
+    ``--config 'finetune={"epochs": 20}'`` gives the string '20'. A string the schema accepts
+    stays a string (a salt of digits), and a value YAML cannot read is left to the error.
+    """
+    for _ in range(1000):  # each pass fixes at least one value; nested ones show up in later passes
+        fixed = False
+        for error in validator.iter_errors(copy.deepcopy(config)):
+            if not isinstance(error.instance, str) or not error.absolute_path:
+                continue
+            try:
+                value = yaml.safe_load(error.instance)
+            except yaml.YAMLError:
+                continue
+            if isinstance(value, str):
+                continue
+            *parents, key = error.absolute_path
+            container = config
+            for part in parents:
+                container = container[part]
+            if container[key] == error.instance:
+                container[key] = value
+                fixed = True
+        if not fixed:
+            return config
+    return config
+
+
 def _validator_filling_defaults(schema):
     base = jsonschema.Draft202012Validator
 
@@ -97,8 +127,9 @@ def validate_config(config, schema=None):
     """
     schema = schema or _parsed_schema()
     switches_as_strings(config)
-    written = copy.deepcopy(config)  # before the defaults, to tell where a value came from
     validator = _validator_filling_defaults(schema)
+    values_from_strings(config, validator)
+    written = copy.deepcopy(config)  # before the defaults, to tell where a value came from
     errors = sorted(validator.iter_errors(config), key=lambda e: list(e.absolute_path))
     problems = [f"{_key_path(e.absolute_path) or '<top>'}: {e.message}" for e in errors]
     problems += _datasets_problems(config, written) + _runs_problems(config)

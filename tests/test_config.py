@@ -129,6 +129,23 @@ def test_unquoted_on_and_off_are_read_as_the_switch_strings(tmp_path):
     assert train["deterministic"] is False, "only keys whose schema allows on/off are changed"
 
 
+def test_command_line_overrides_arrive_as_strings_and_are_read_as_the_schema_expects():
+    # Snakemake reads a nested --config value with YAML's BaseLoader: config/README.md's
+    # `--config 'finetune={"epochs": 20}'` gave the string '20', which the schema refused.
+    config = load_config()
+    config["finetune"].update(epochs="20", learning_rate="0.001")
+    config["train"]["deterministic"] = "false"
+    config["preprocess"]["size"] = ["48", "48"]
+    config["salt"] = "12345"
+    validate_config(config)
+    assert (config["finetune"]["epochs"], config["finetune"]["learning_rate"]) == (20, 0.001)
+    assert config["train"]["deterministic"] is False and config["preprocess"]["size"] == [48, 48]
+    assert config["salt"] == "12345", "a string the schema accepts stays one"
+    config["finetune"]["epochs"] = "twenty"
+    with pytest.raises(InputError, match="finetune.epochs: 'twenty' is not of type 'integer'"):
+        validate_config(config)
+
+
 def test_xla_asked_for_under_op_determinism_is_refused_with_the_way_out():
     config = {"datasets": {"demo": {"demo": True}}, "train": {"jit_compile": "on"},
               "runs": {"baseline": {}, "fast": {"train": {"deterministic": False}}}}
