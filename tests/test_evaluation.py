@@ -201,9 +201,13 @@ def test_compare_runs_writes_table_markdown_and_plot(binary_run, tmp_path):
 def test_gradcam_reaches_into_the_workflows_wrapped_backbone(tmp_path):
     """The training stage wraps its backbone in a keras Wrapper layer (BackboneRunner)."""
     heads = pytest.importorskip("medclassify.models.heads")
+    import keras
+
     from medclassify.evaluation.gradcam import find_last_conv_layer, gradcam_heatmaps
     from medclassify.evaluation.run import load_model
 
+    # Seeded: the weights drawn from whatever state earlier tests left could give an all-zero map.
+    keras.utils.set_random_seed(0)
     model = heads.build_classifier((16, 16, 1), 2, backbone="resnet18", class_counts=[5, 5], resnet_width=8)
     model.save(tmp_path / "model.keras")
     loaded = load_model(tmp_path / "model.keras")
