@@ -137,6 +137,7 @@ def test_an_image_named_with_braces_is_predicted_and_its_changes_plan_predict(pr
             snakemake(predict_workdir, "--touch", "--cores", "1")  # as the fixture left it, for the next test
 
 
+@pytest.mark.parametrize("predict_workdir", ["folder"], indirect=True)  # the input form plays no part
 def test_the_salt_reruns_validation_but_never_reaches_the_metadata_or_the_log(predict_workdir):
     # The salt was a param of validate_manifest: Snakemake keeps params in plain text in
     # .snakemake/metadata and prints a changed one in its rerun reasons.
@@ -151,6 +152,7 @@ def test_the_salt_reruns_validation_but_never_reaches_the_metadata_or_the_log(pr
         snakemake(predict_workdir, "--touch", "--cores", "1")  # the default salt again, for the next test
 
 
+@pytest.mark.parametrize("predict_workdir", ["folder"], indirect=True)  # the input form plays no part
 def test_switching_watch_images_off_plans_nothing_for_a_dataset_the_workflow_writes(predict_workdir):
     # watch_images only steers planning; as part of validation's params it reran every stage.
     with restored_afterwards(predict_workdir / FAST_CONFIG_NAME):
