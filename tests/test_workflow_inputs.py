@@ -116,6 +116,7 @@ def test_adding_an_image_to_predict_plans_predict(predict_workdir):
             added.unlink()
 
 
+@pytest.mark.parametrize("predict_workdir", ["manifest"], indirect=True)  # listed by name; a folder lists it alike
 def test_an_image_named_with_braces_is_predicted_and_its_changes_plan_predict(predict_workdir):
     # Snakemake reads '{1}' in an input path as a wildcard: the whole workflow stopped planning
     # (WildcardError) whatever was asked for. Such files go into a stamp in params instead.
