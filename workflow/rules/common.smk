@@ -1,3 +1,4 @@
+import functools
 import sys
 from pathlib import Path
 
@@ -257,13 +258,17 @@ def predict_images(wildcards):
     that adding or changing an image reruns predict; but those whose names Snakemake would read
     as a pattern (a '{' or '}'), which go into the stamp of predict_unlisted_images instead.
     """
-    return [
-        path for path in files_read(predict_input()) if not is_snakemake_pattern(path)
-    ]
+    return [path for path in predict_files_read() if not is_snakemake_pattern(path)]
 
 
 def predict_unlisted_images(wildcards):
     """Name, size and time stamp of the files predict reads that cannot be rule inputs."""
     return files_stamp(
-        path for path in files_read(predict_input()) if is_snakemake_pattern(path)
+        path for path in predict_files_read() if is_snakemake_pattern(path)
     )
+
+
+@functools.cache
+def predict_files_read():
+    """files_read of predict.input, listed once per planning: the inputs and the params need it."""
+    return files_read(predict_input())
