@@ -5,6 +5,8 @@ from .ensemble import build_ensemble, ensemble_members
 from .heads import backbone_of, build_classifier, log_prior_bias, set_backbone_inference_mode
 from .layers import BackboneRunner, ImageNetNormalization, PadToSize, RepeatChannels
 from .resnet import build_resnet18
+# A fine-tuned model's compile config names the schedule: registered with the layers, it loads with them.
+from ..schedules import WarmupCosineDecay  # noqa: F401
 
 __all__ = [
     "BackboneRunner", "ImageNetNormalization", "PadToSize", "RepeatChannels", "available_backbones",
