@@ -37,7 +37,7 @@ def _parsed_imports(module, source, mtime_ns, size):
     is_package = source.name == "__init__.py"
     package = module.split(".") if is_package else module.split(".")[:-1]
     found = set()
-    for node in ast.walk(ast.parse(source.read_text(encoding="utf-8"), str(source))):
+    for node in _import_statements(ast.parse(source.read_text(encoding="utf-8"), str(source))):
         if isinstance(node, ast.Import):
             names = [alias.name for alias in node.names]
         elif isinstance(node, ast.ImportFrom):
@@ -63,6 +63,22 @@ def _parsed_imports(module, source, mtime_ns, size):
             if module_file(relative).exists():
                 found.add(relative)
     return frozenset(found)
+
+
+# Fields of the nodes that hold statements (a function's body, an if's else, a try's handlers).
+_STATEMENT_FIELDS = ("body", "orelse", "finalbody", "handlers", "cases")
+
+
+def _import_statements(tree):
+    """The import statements of a parsed module, at any depth: statements only, since an import is
+    one, where ast.walk would visit every expression too (half of the parse's time)."""
+    pending = [tree]
+    while pending:
+        node = pending.pop()
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            yield node
+        for field in _STATEMENT_FIELDS:
+            pending.extend(getattr(node, field, ()))
 
 
 def module_closure(*modules):

@@ -60,3 +60,23 @@ def test_an_edited_module_is_parsed_again_within_one_process(tmp_path, monkeypat
 
     (package / "first.py").write_text("from . import second\nfrom .third import name\n")
     assert imported_modules("first") == {"second", "third"}
+
+
+def test_imports_inside_functions_classes_branches_handlers_and_cases_are_found(tmp_path, monkeypatch):
+    package = tmp_path / "medclassify"
+    package.mkdir()
+    nested = {
+        "in_function": "def f():\n    from . import {0}\n",
+        "in_class_method": "class C:\n    def m(self):\n        import medclassify.{0}\n",
+        "in_else": "if False:\n    pass\nelse:\n    from .{0} import name\n",
+        "in_handler": "try:\n    pass\nexcept ImportError:\n    from . import {0}\n",
+        "in_finally": "try:\n    pass\nfinally:\n    from . import {0}\n",
+        "in_loop_else": "for _ in ():\n    pass\nelse:\n    from . import {0}\n",
+        "in_with": "with open(__file__):\n    from . import {0}\n",
+        "in_case": "match 1:\n    case 1:\n        from . import {0}\n",
+    }
+    for name in ("__init__", *nested):
+        (package / f"{name}.py").write_text("")
+    (package / "first.py").write_text("".join(code.format(name) for name, code in nested.items()))
+    monkeypatch.setattr("medclassify.codedeps.PACKAGE_DIR", package)
+    assert imported_modules("first") == set(nested)
