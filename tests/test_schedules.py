@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from medclassify.schedules import learning_rate_schedule
+from medclassify.schedules import WarmupCosineDecay, learning_rate_schedule
 
 
 def _rates(settings, steps_per_epoch):
@@ -42,10 +42,13 @@ def _finetune_schedule():
                                   steps_per_epoch=4)
 
 
-def test_warmup_schedule_gives_keras_cosine_decay_rates_exactly():
-    schedule = _finetune_schedule()
-    keras_schedule = keras.optimizers.schedules.CosineDecay(0.0, decay_steps=18, warmup_target=3e-3, warmup_steps=2)
-    for step in range(23):
+@pytest.mark.parametrize("peak, warmup_steps, decay_steps", [(3e-3, 2, 18), (1e-4, 37, 263), (0.1, 1, 1)])
+def test_warmup_schedule_gives_keras_cosine_decay_rates_exactly(peak, warmup_steps, decay_steps):
+    schedule = WarmupCosineDecay(peak, warmup_steps, decay_steps)
+    keras_schedule = keras.optimizers.schedules.CosineDecay(0.0, decay_steps, warmup_target=peak,
+                                                            warmup_steps=warmup_steps)
+    # One step at a time, as the optimizer asks: vectorised, cos may round an element differently.
+    for step in range(warmup_steps + decay_steps + 3):
         assert float(schedule(step)) == float(keras_schedule(step)), step
 
 
