@@ -14,10 +14,10 @@ Augmentation runs inside the tf.data map on whole batches, never inside the save
 import math
 
 import numpy as np
-import pandas as pd
 import tensorflow as tf
 
 from .errors import InputError
+from .splits import read_splits_file
 
 AUTOTUNE = tf.data.AUTOTUNE
 # The map functions below branch only on Python values, so they need no AutoGraph conversion.
@@ -50,7 +50,7 @@ def split_sample_ids(splits_df, fold=None):
 
 def split_indices(cache_sample_ids, splits_path, fold=None):
     """Cache row indices (sorted) of each split; InputError if the files disagree."""
-    splits_df = pd.read_csv(splits_path, dtype={"sample_id": str})
+    splits_df = read_splits_file(splits_path)
     position = {sample_id: i for i, sample_id in enumerate(cache_sample_ids)}
     result, problems = {}, []
     for name, ids in split_sample_ids(splits_df, fold).items():

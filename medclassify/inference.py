@@ -12,6 +12,8 @@ validation is applied to probabilities computed the same way.
 
 import numpy as np
 
+from .errors import InputError
+
 PREDICT_CHUNK = 512  # images read from the cache at once; bounds memory on large test sets
 IDENTITY = "identity"
 FLIPS = ("horizontal_flip", "vertical_flip")
@@ -85,6 +87,22 @@ def mean_probabilities(model, images, views=(IDENTITY,), *, batch_size=64):
     probs = [np.asarray(model.predict(np.ascontiguousarray(view_of(images, view)), batch_size=batch_size, verbose=0),
                         dtype=np.float64) for view in views]
     return np.mean(probs, axis=0)
+
+
+def check_finite_probabilities(model, **images_by_name):
+    """Raise InputError naming ``model`` when any of its probabilities is NaN or infinite.
+
+    ``images_by_name`` maps a description of the images ("val", "test") to their probabilities.
+    Such a model diverged in training; scoring or thresholding its output would fail deep inside
+    scikit-learn, or quietly call every image the first class.
+    """
+    problems = [f"{bad} of {len(probabilities)} {name} images"
+                for name, probabilities in images_by_name.items()
+                if (bad := int((~np.isfinite(probabilities)).any(axis=1).sum()))]
+    if problems:
+        raise InputError(f"{model}: the model gives NaN or infinite probabilities",
+                         problems + ["its training diverged (see the loss in its history.csv): retrain it, "
+                                     "for example with a lower learning rate"])
 
 
 def cache_reader(cache, indices):

@@ -28,7 +28,7 @@ import pandas as pd
 
 from .atomic import atomic_path, atomic_write_json
 from .errors import InputError
-from .inference import IDENTITY, is_view, mean_probabilities
+from .inference import IDENTITY, check_finite_probabilities, is_view, mean_probabilities
 
 BATCH = 256  # images preprocessed and predicted at once; bounds memory on large folders
 # The version of a model.json that records none. Training has recorded the cache's
@@ -378,6 +378,7 @@ def predict_files(model_path, inputs, out_csv, *, threads=None, ensemble_metrics
         images = np.stack(batch_images).astype(np.float32)
         # The mean over models of each model's mean over views, the order aggregate_folds averages in.
         probs = np.mean([mean_probabilities(model, images, decision["views"]) for model in models], axis=0)
+        check_finite_probabilities(", ".join(map(str, model_paths)), predicted=probs)
         for record, prob in zip(batch_records, probs):
             record.update({f"prob_{c}": float(p) for c, p in zip(classes, prob)})
             record["predicted"] = classes[_decide(prob, decision)]

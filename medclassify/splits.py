@@ -45,9 +45,6 @@ import warnings
 
 import numpy as np
 import pandas as pd
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
-from sklearn.model_selection import StratifiedGroupKFold
 
 from .atomic import atomic_path, atomic_write_json, atomic_write_text
 from .config import with_section_defaults
@@ -134,6 +131,38 @@ def make_splits(validated_df, options):
         splits_df["fold"] = splits_df["fold"].astype(int)
     report = split_report(table, classes, options, dropped=dropped, linked=linked)
     return splits_df, report
+
+
+SPLIT_NAMES = ("train", "val", "test", "trainval")
+
+
+def read_splits_file(path):
+    """``splits.csv`` as a DataFrame (``sample_id`` and ``split`` as strings, ``fold`` as integers).
+
+    Raises InputError naming the file and every problem: unreadable or empty, a missing column,
+    a split name other than train, val, test or trainval, a fold that is not an integer.
+    """
+    try:
+        table = pd.read_csv(path, dtype={"sample_id": str, "split": str}, keep_default_na=False)
+    except FileNotFoundError:
+        raise InputError(f"{path}: not found", ["run the split stage first"]) from None
+    except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError) as error:
+        raise InputError(f"{path}: not a readable splits file (rerun the split stage)", [str(error)]) from None
+    problems = [f"no {column!r} column" for column in ("sample_id", "split") if column not in table.columns]
+    if "split" in table.columns:
+        unknown = ~table["split"].isin(SPLIT_NAMES)
+        problems += [f"line {i + 2}: split {value!r} is not one of {', '.join(SPLIT_NAMES)}"
+                     for i, value in table.loc[unknown, "split"].head(5).items()]
+    if "fold" in table.columns:
+        folds = pd.to_numeric(table["fold"], errors="coerce")
+        not_integer = folds.isna() | (folds != folds.round())
+        problems += [f"line {i + 2}: fold {value!r} is not an integer"
+                     for i, value in table.loc[not_integer, "fold"].head(5).items()]
+        if not not_integer.any():
+            table["fold"] = folds.astype(int)
+    if problems:
+        raise InputError(f"{path}: not a valid splits file (rerun the split stage)", problems)
+    return table
 
 
 def assignment(splits_df, fold=None):
@@ -273,6 +302,11 @@ def plot_split_report(report):
         name = f"fold {detail['fold']} val"
         bars[name] = detail["counts"]
         patients[name] = detail["patients"]
+    # Imported here: training and evaluation read splits.csv through this module (read_splits_file)
+    # and need neither Matplotlib nor scikit-learn's splitters.
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
     # Agg canvas without pyplot: no global backend state in a library.
     figure = Figure(figsize=(max(4.5, 1.2 * len(bars) + 2), 4), layout="constrained")
     FigureCanvasAgg(figure)
@@ -476,6 +510,8 @@ def _stratified_group_folds(sample_class, sample_group, n_groups, n_folds, rando
     # StratifiedGroupKFold refuses more folds than the largest class has samples (tiny pools).
     if n_groups > _HUGE_GROUPS or np.bincount(sample_class).max() < n_folds:
         return _dealt_group_folds(sample_class, sample_group, n_groups, n_folds, random_state)
+    from sklearn.model_selection import StratifiedGroupKFold
+
     splitter = StratifiedGroupKFold(n_splits=n_folds, shuffle=True, random_state=random_state)
     fold_of_group = np.zeros(n_groups, dtype=int)
     with warnings.catch_warnings():

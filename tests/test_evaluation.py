@@ -16,6 +16,7 @@ from medclassify.config import load_config, run_config  # noqa: E402
 from medclassify.errors import InputError  # noqa: E402
 from medclassify.evaluation import compare_runs, run_evaluation  # noqa: E402
 from medclassify.evaluation.plots import PLOT_NAMES  # noqa: E402
+from medclassify.evaluation.run import load_model  # noqa: E402
 from medclassify.evaluation.threshold import choose_threshold  # noqa: E402
 
 
@@ -331,3 +332,47 @@ def test_cache_built_with_other_preprocessing_than_the_model_is_refused(binary_r
     with pytest.raises(InputError, match="other preprocessing parameters"):
         run_evaluation(tmp_path / "model.keras", folder / "cache.h5", folder / "splits.csv",
                        folder / "manifest.validated.csv", tmp_path / "evaluation", options=_options(), histories={})
+
+
+def test_a_model_giving_nan_probabilities_is_an_input_error_naming_it(binary_run, tmp_path):
+    import keras
+
+    folder, _, _ = binary_run
+    model = keras.models.load_model(folder / "model.keras", safe_mode=True, compile=False)
+    dense = model.layers[-1]
+    dense.bias.assign(np.full(dense.bias.shape, np.nan, dtype="float32"))  # as after a diverged fp16 run
+    model.save(tmp_path / "model.keras")
+    with pytest.raises(InputError, match="NaN or infinite probabilities") as error:
+        run_evaluation(tmp_path / "model.keras", folder / "cache.h5", folder / "splits.csv",
+                       folder / "manifest.validated.csv", tmp_path / "evaluation", options=_options(), histories={})
+    assert str(tmp_path / "model.keras") in str(error.value)
+    assert any(p.endswith("val images") for p in error.value.problems)
+    assert any(p.endswith("test images") for p in error.value.problems)
+    assert not (tmp_path / "evaluation" / "metrics.json").exists()
+
+
+@pytest.mark.parametrize("damage", ["truncated", "empty", "missing"])
+def test_a_damaged_model_file_is_an_input_error_naming_it(binary_run, tmp_path, damage):
+    folder, _, _ = binary_run
+    model = tmp_path / "model.keras"
+    if damage != "missing":
+        model.write_bytes((folder / "model.keras").read_bytes()[:3000] if damage == "truncated" else b"")
+    with pytest.raises(InputError, match="not found" if damage == "missing" else "not a readable Keras model") as error:
+        load_model(model)
+    assert str(model) in str(error.value)
+
+
+@pytest.mark.parametrize("content, problem", [
+    ("", "No columns to parse"),
+    ("sample_id\na\n", "no 'split' column"),
+    ("sample_id,split\na,training\n", "line 2: split 'training'"),
+    ("sample_id,split,fold\na,trainval,one\nb,test,-1\n", "line 2: fold 'one'"),
+])
+def test_a_damaged_splits_file_is_an_input_error_naming_it(binary_run, tmp_path, content, problem):
+    folder, _, _ = binary_run
+    splits = tmp_path / "splits.csv"
+    splits.write_text(content)
+    with pytest.raises(InputError) as error:
+        run_evaluation(folder / "model.keras", folder / "cache.h5", splits, folder / "manifest.validated.csv",
+                       tmp_path / "evaluation", options=_options(), histories={})
+    assert str(splits) in str(error.value) and any(problem in p for p in error.value.problems), error.value.problems

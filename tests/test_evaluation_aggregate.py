@@ -103,3 +103,25 @@ def test_auc_plot_accepts_an_interval_a_rounding_error_inside_its_estimate():
                           "auc": [0.8, 0.7], "auc_low": [0.8 + 1e-16, 0.6], "auc_high": [0.9, 0.8 - 1e-16]})
     figure = plot_auc_by_run(table)
     assert figure.axes[0].get_xlim()[1] == 1.0
+
+
+@pytest.mark.parametrize("damage, problem", [
+    ("empty file", "No columns to parse"),
+    ("empty probability", "line 2: prob_pos '' is not a finite number"),
+    ("nan probability", "line 2: prob_pos 'nan' is not a finite number"),
+    ("unknown prediction", "line 2: predicted 'maybe' is not one of the classes"),
+])
+def test_damaged_fold_predictions_are_an_input_error_naming_the_file_and_line(tmp_path, damage, problem):
+    paths = _fold_predictions(tmp_path, k=2)
+    if damage == "empty file":
+        paths[1].write_text("")
+    else:
+        frame = pd.read_csv(paths[1], keep_default_na=False, dtype=str)
+        column, value = {"empty probability": ("prob_pos", ""), "nan probability": ("prob_pos", "nan"),
+                         "unknown prediction": ("predicted", "maybe")}[damage]
+        frame.loc[0, column] = value
+        frame.to_csv(paths[1], index=False)
+    with pytest.raises(InputError) as error:
+        aggregate_folds(paths, tmp_path / "aggregate", options=_options())
+    assert str(paths[1]) in str(error.value) and any(problem in p for p in error.value.problems), error.value.problems
+    assert not (tmp_path / "aggregate").exists() or not any((tmp_path / "aggregate").iterdir())

@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from medclassify.errors import InputError
-from medclassify.splits import TOLERANCE_POINTS, assignment, make_splits, write_split_outputs
+from medclassify.splits import TOLERANCE_POINTS, assignment, make_splits, read_splits_file, write_split_outputs
 from tests.splits_fixtures import make_manifest, options, patients_per_unit, random_manifest, split_of
 
 
@@ -347,3 +347,10 @@ def test_write_split_outputs(tmp_path, manifest, method):
     with Image.open(paths[2]) as image:
         assert image.format == "PNG" and image.size[0] > 300
     assert sorted(p.name for p in tmp_path.rglob("*")) == ["report.json", "report.png", "split", "splits.csv"]
+
+
+def test_read_splits_file_keeps_sample_ids_as_written_and_folds_as_integers(tmp_path):
+    path = tmp_path / "splits.csv"
+    path.write_text("sample_id,split,fold\nNA,trainval,0\n007,trainval,1\nnull,test,-1\n")
+    table = read_splits_file(path)
+    assert table["sample_id"].tolist() == ["NA", "007", "null"] and table["fold"].tolist() == [0, 1, -1]

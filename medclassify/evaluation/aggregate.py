@@ -24,8 +24,11 @@ REQUIRED_COLUMNS = ("sample_id", "split", "patient", "label", "predicted")
 
 def read_fold_predictions(path):
     """A fold's predictions.csv and its class names (from the ``prob_<class>`` columns, in order)."""
-    frame = pd.read_csv(path, dtype={"sample_id": str, "split": str, "patient": str, "label": str, "predicted": str},
-                        keep_default_na=False)
+    try:
+        frame = pd.read_csv(path, dtype={"sample_id": str, "split": str, "patient": str, "label": str, "predicted": str},
+                            keep_default_na=False)
+    except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError) as error:
+        raise InputError(f"{path}: not a readable predictions file (rerun its evaluation)", [str(error)]) from None
     missing = [c for c in REQUIRED_COLUMNS if c not in frame.columns]
     classes = [c[len("prob_"):] for c in frame.columns if c.startswith("prob_")]
     if missing or len(classes) < 2:
@@ -34,6 +37,16 @@ def read_fold_predictions(path):
     unknown = sorted(set(frame["label"]) - set(classes))
     if unknown:
         raise InputError(f"{path}: labels without a probability column", [f"label {u!r}" for u in unknown])
+    problems = [f"line {i + 2}: predicted {value!r} is not one of the classes {classes}"
+                for i, value in frame.loc[~frame["predicted"].isin(classes), "predicted"].head(5).items()]
+    for column in (f"prob_{c}" for c in classes):
+        values = pd.to_numeric(frame[column], errors="coerce")
+        bad = ~np.isfinite(values.to_numpy(dtype=float))
+        problems += [f"line {i + 2}: {column} {frame.at[i, column]!r} is not a finite number"
+                     for i in np.flatnonzero(bad)[:5]]
+        frame[column] = values
+    if problems:
+        raise InputError(f"{path}: damaged predictions (rerun its evaluation)", problems)
     return frame, classes
 
 

@@ -9,7 +9,9 @@ import pandas as pd
 
 from ..atomic import atomic_path, atomic_write_json
 from ..errors import InputError
-from ..inference import FLIPS, IDENTITY, affine_views, cache_reader, predict_probabilities
+from ..inference import (FLIPS, IDENTITY, affine_views, cache_reader, check_finite_probabilities,
+                         predict_probabilities)
+from ..splits import read_splits_file
 from . import plots
 from .bootstrap import bootstrap_ci, bootstrap_indices
 from .calibration import reliability_curve
@@ -59,7 +61,13 @@ def load_model(model_path):
     # reads `from .. import models` as an unused import whatever its noqa comment says.
     importlib.import_module("..models", __package__)
 
-    return keras.models.load_model(model_path, safe_mode=True, compile=False)
+    if not Path(model_path).is_file():
+        raise InputError(f"{model_path}: not found", ["the training stage writes it; check the path"])
+    try:
+        return keras.models.load_model(model_path, safe_mode=True, compile=False)
+    except Exception as error:  # Keras reports a damaged zip as "File not found", among others
+        raise InputError(f"{model_path}: not a readable Keras model (truncated or corrupted?)",
+                         [f"{type(error).__name__}: {str(error)[:500]}", "rerun the training stage that writes it"]) from None
 
 
 def read_model_info(model_path):
@@ -341,7 +349,7 @@ def run_evaluation(model_path, cache_path, splits_path, manifest_path, out_dir, 
     views, views_note = tta_views(model_info, evaluate)
     subgroup_columns = list(dict.fromkeys(["modality", *evaluate.get("subgroups", [])]))
 
-    splits = pd.read_csv(splits_path, dtype={"sample_id": str, "split": str})
+    splits = read_splits_file(splits_path)
     val_ids, test_ids = evaluation_sample_ids(splits, fold)
     problems = [f"{splits_path}: the {name} split is empty" for name, ids in (("val", val_ids), ("test", test_ids)) if not ids]
     if problems:
@@ -364,6 +372,7 @@ def run_evaluation(model_path, cache_path, splits_path, manifest_path, out_dir, 
         read_test = cache_reader(cache, test_idx)
         prob_val = predict_probabilities(model, cache_reader(cache, val_idx), len(val_idx), views=views)
         prob_test = predict_probabilities(model, read_test, len(test_idx), views=views)
+        check_finite_probabilities(model_path, val=prob_val, test=prob_test)
         if prob_test.shape[1] != len(classes):
             raise InputError(f"{model_path}: model outputs {prob_test.shape[1]} classes",
                              [f"the cache {cache_path} has {len(classes)}: {classes}"])
