@@ -218,7 +218,10 @@ def _add_evaluate(sub):
     p.add_argument("--splits", type=Path, required=True, help="splits.csv")
     p.add_argument("--manifest", type=Path, required=True, help="validated manifest (for subgroups)")
     p.add_argument("--out", type=Path, required=True, help="output folder")
-    p.add_argument("--history", nargs="*", type=Path, default=[], help="history.csv of the head then the finetune stage")
+    # One option per stage: a run trained from scratch (weights: none, head.epochs: 0) has only a
+    # fine-tuning history, which a positional list would have plotted as the head's.
+    p.add_argument("--head-history", type=Path, help="history.csv of the head stage, for the training curves")
+    p.add_argument("--finetune-history", type=Path, help="history.csv of the finetune stage, for the training curves")
     p.add_argument("--run", default=None, help="run name from the config's runs (default: the first)")
     p.add_argument("--fold", type=int, help="fold, with split.method kfold")
     p.add_argument("--threads", type=int, help="CPU threads for TensorFlow")
@@ -228,12 +231,13 @@ def _add_evaluate(sub):
 
 def _cmd_evaluate(args):
     # As in train: before TensorFlow's import; the cache is checked by open_cache.
-    _require_files(args.model, args.splits, args.manifest, *args.history)
+    histories = {stage: path for stage, path in (("head", args.head_history), ("finetune", args.finetune_history))
+                 if path is not None}
+    _require_files(args.model, args.splits, args.manifest, *histories.values())
     from .config import run_config
     from .evaluation import run_evaluation
 
     options = run_config(args.loaded_config, _run_name(args))
-    histories = dict(zip(["head", "finetune"], args.history))
     run_evaluation(args.model, args.cache, args.splits, args.manifest, args.out,
                    options=options, histories=histories, fold=args.fold, threads=args.threads)
     print(f"wrote {args.out / 'metrics.json'}")

@@ -94,3 +94,17 @@ def test_missing_input_file_exits_one_naming_it(tmp_path, command, capsys):
     missing = tmp_path / "missing.csv"
     status = main([part.format(missing=missing, tmp=tmp_path) for part in command])
     assert status == 1 and f"{missing}: not found" in capsys.readouterr().err
+
+
+def test_evaluate_names_each_history_by_its_stage(tmp_path, monkeypatch):
+    # A run trained from scratch has only a fine-tuning history: it must not be plotted as the head's.
+    import medclassify.evaluation
+
+    seen = {}
+    monkeypatch.setattr(medclassify.evaluation, "run_evaluation", lambda *args, histories, **kwargs: seen.update(histories))
+    for name in ("model.keras", "s.csv", "m.csv", "finetune.csv"):
+        (tmp_path / name).write_text("")
+    status = main(["evaluate", "--model", str(tmp_path / "model.keras"), "--cache", str(tmp_path / "c.h5"),
+                   "--splits", str(tmp_path / "s.csv"), "--manifest", str(tmp_path / "m.csv"),
+                   "--out", str(tmp_path / "e"), "--finetune-history", str(tmp_path / "finetune.csv")])
+    assert status == 0 and seen == {"finetune": tmp_path / "finetune.csv"}
