@@ -25,12 +25,17 @@ def _render(name, snakemake):
     return publish_parts(text, writer="html", settings_overrides={"halt_level": 2, "report_level": 2})
 
 
+def _snakemake(**finetune):
+    # The params of the evaluate rule, whose outputs carry these captions.
+    config = load_config(overrides={"finetune": finetune})
+    run_options = run_config(config, "baseline")
+    return SimpleNamespace(config=config, wildcards=SimpleNamespace(dataset="demo", run="baseline"),
+                           params=SimpleNamespace(options={"evaluate": run_options["evaluate"]}, run_options=run_options))
+
+
 @pytest.fixture(scope="module")
 def snakemake():
-    config = load_config()
-    options = {"evaluate": run_config(config, "baseline")["evaluate"]}
-    return SimpleNamespace(config=config, wildcards=SimpleNamespace(dataset="demo", run="baseline"),
-                           params=SimpleNamespace(options=options))
+    return _snakemake()
 
 
 @pytest.mark.parametrize("name", [*PLOT_NAMES, *OTHER_CAPTIONS])
@@ -56,3 +61,16 @@ def test_workflow_description_gives_each_run_its_own_evaluate_settings():
         "baseline": "baseline: evaluate.threshold: youden; 95% confidence intervals from 1000 bootstrap resamples.",
         "fixed_half": "fixed_half: evaluate.threshold: fixed (at 0.5); no confidence intervals (evaluate.bootstrap: 0).",
     }
+
+
+@pytest.mark.parametrize("finetune, kept, val_note", [
+    ({}, "its last epoch", "threshold was chosen there"),
+    ({"select_epoch": "best_auc"}, "the best validation AUC", "threshold and the epoch kept were chosen there"),
+    ({"select_epoch": "lowest_val_loss"}, "the lowest validation loss", "the epoch kept were chosen there"),
+    ({"early_stopping_patience": 5}, "its last epoch", "threshold and the epoch kept were chosen there"),
+])
+def test_captions_describe_the_epoch_that_fine_tuning_keeps(finetune, kept, val_note):
+    # The default keeps the last epoch: the captions once said the best validation AUC's, always.
+    plain = lambda html: " ".join(re.sub("<[^>]+>", "", html).split())  # noqa: E731
+    assert kept in plain(_render("training_curves", _snakemake(**finetune))["body"])
+    assert val_note in plain(_render("metrics", _snakemake(**finetune))["body"])
