@@ -102,7 +102,10 @@ def test_accuracy_and_confusion_matrix_match_scikit_learn_on_any_input(pairs):
     m = classification_metrics(y_true, prob, y_pred, ["a", "b", "c"])
     assert m["accuracy"] == pytest.approx(skm.accuracy_score(y_true, y_pred))
     assert m["confusion_matrix"] == skm.confusion_matrix(y_true, y_pred, labels=[0, 1, 2]).tolist()
-    assert m["mcc"] == pytest.approx(skm.matthews_corrcoef(y_true, y_pred))
+    if len(set(y_true)) > 1:
+        assert m["mcc"] == pytest.approx(skm.matthews_corrcoef(y_true, y_pred))
+    else:
+        assert m["mcc"] is None  # scikit-learn says 0
 
 
 def test_auc_is_null_when_the_test_set_holds_one_class():
@@ -112,6 +115,21 @@ def test_auc_is_null_when_the_test_set_holds_one_class():
     assert m["auc"] is None
     assert m["sensitivity"] is None  # no positives: undefined, not 0
     assert m["specificity"] == 1.0
+    assert m["mcc"] is None  # no correlation with a constant truth; scikit-learn says 0
+
+
+def test_precision_of_a_class_never_predicted_is_null_and_left_out_of_the_averages():
+    # Every image called "c": a and b are never predicted, so their precision is 0/0. Counted as 0
+    # (scikit-learn's default) they pulled macro precision down to 1/9.
+    y_true = np.array([0, 0, 1, 1, 2, 2])
+    y_pred = np.full(6, 2)
+    prob = np.tile([0.2, 0.2, 0.6], (6, 1))
+    m = classification_metrics(y_true, prob, y_pred, ["a", "b", "c"])
+    assert m["per_class"]["a"]["precision"] is None and m["per_class"]["b"]["precision"] is None
+    assert m["per_class"]["c"]["precision"] == pytest.approx(1 / 3)
+    assert m["per_class"]["a"]["f1"] == 0.0  # 2TP / (2TP + FP + FN) = 0 / 2: defined
+    assert m["macro_avg"]["precision"] == pytest.approx(1 / 3) == m["weighted_avg"]["precision"]
+    assert m["macro_avg"]["f1"] == pytest.approx(skm.f1_score(y_true, y_pred, average="macro", zero_division=np.nan))
 
 
 def test_specificity_by_hand():

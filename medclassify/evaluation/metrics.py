@@ -207,25 +207,27 @@ def classification_metrics(y_true, y_prob, y_pred, classes, *, positive=None, ca
     if len(y_true) == 0:
         raise ValueError("no samples to evaluate")
 
+    # Undefined ratios (the precision of a class never predicted, 0/0) are null, and the averages
+    # leave them out (scikit-learn's zero_division=nan): counted as 0 they read as a measured 0.
     precision, recall, f1, support = skm.precision_recall_fscore_support(
-        y_true, y_pred, labels=labels, average=None, zero_division=0)
+        y_true, y_pred, labels=labels, average=None, zero_division=np.nan)
     specificity = specificity_per_class(y_true, y_pred, n_classes)
     per_class = {
         name: {
-            "precision": float(precision[i]),
+            "precision": _finite_or_none(precision[i]),
             "recall": float(recall[i]) if support[i] else None,
             "sensitivity": float(recall[i]) if support[i] else None,
             "specificity": _finite_or_none(specificity[i]),
-            "f1": float(f1[i]),
+            "f1": _finite_or_none(f1[i]),
             "support": int(support[i]),
         }
         for i, name in enumerate(classes)
     }
     averages = {}
     for average in ("macro", "weighted"):
-        p, r, f, _ = skm.precision_recall_fscore_support(
-            y_true, y_pred, labels=labels, average=average, zero_division=0)
-        averages[average] = {"precision": float(p), "recall": float(r), "f1": float(f)}
+        p, r, f, _ = _quiet(skm.precision_recall_fscore_support,
+                            y_true, y_pred, labels=labels, average=average, zero_division=np.nan)
+        averages[average] = {"precision": _finite_or_none(p), "recall": _finite_or_none(r), "f1": _finite_or_none(f)}
     # Recall is undefined for a class without images, as top-level sensitivity and balanced accuracy
     # take it: the macro average is over the classes present (scikit-learn would count the absent as 0).
     present = support > 0
@@ -251,7 +253,8 @@ def classification_metrics(y_true, y_prob, y_pred, classes, *, positive=None, ca
         "average_precision": _finite_or_none(average_precision(y_true, y_prob, n_classes, pos)),
         "sensitivity": _finite_or_none(sensitivity),
         "specificity": _finite_or_none(spec),
-        "mcc": _quiet(skm.matthews_corrcoef, y_true, y_pred),
+        # Undefined (scikit-learn returns 0) when the truth holds one class, as AUC is.
+        "mcc": _quiet(skm.matthews_corrcoef, y_true, y_pred) if len(np.unique(y_true)) > 1 else None,
         "cohen_kappa": _finite_or_none(_quiet(skm.cohen_kappa_score, y_true, y_pred, labels=labels)),
         "brier": brier_score(y_true, y_prob, n_classes, pos),
         "ece": float(expected_calibration_error(outcome, confidence, calibration_bins)),
@@ -268,7 +271,8 @@ def _quiet(metric, *args, **kwargs):
     # as null); the value says it, the warning would only fill the log.
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return float(metric(*args, **kwargs))
+        value = metric(*args, **kwargs)
+    return float(value) if np.ndim(value) == 0 else value
 
 
 def _balanced_accuracy(y_true, y_pred, labels):
