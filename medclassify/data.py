@@ -17,35 +17,28 @@ import numpy as np
 import tensorflow as tf
 
 from .errors import InputError
-from .splits import read_splits_file
+from .splits import assignment, read_splits_file
 
 AUTOTUNE = tf.data.AUTOTUNE
 # The map functions below branch only on Python values, so they need no AutoGraph conversion.
 # Skipping it also means TensorFlow never re-reads this file's source while training runs.
 plain_graph = tf.autograph.experimental.do_not_convert
-SPLITS = ("train", "val", "test")
 # Separate stream ids so that order, augmentation and mixup draw independent random numbers.
 _ORDER_STREAM, _AUGMENT_STREAM, _MIXUP_STREAM = 1, 2, 3
 
 
 # --- which samples ------------------------------------------------------------------------------
-def split_sample_ids(splits_df, fold=None):
-    """Sample ids per split from a splits.csv table (architecture.md's contract).
+def split_sample_ids(splits_df, fold=None, source="splits.csv"):
+    """Sample ids per split from a splits.csv table: :func:`medclassify.splits.assignment`.
 
-    Without ``fold``: the ``split`` column. With ``fold`` k (k-fold): val = rows with fold == k,
-    train = the other non-test rows, test = rows with split == test.
+    Raises InputError naming ``source`` when ``fold`` does not fit the table: missing for a
+    k-fold split, given for a plain one, or not one of its folds (-1 marks the test rows).
     """
-    if fold is None:
-        return {name: splits_df.loc[splits_df["split"] == name, "sample_id"].tolist() for name in SPLITS}
-    if "fold" not in splits_df.columns:
-        raise InputError(f"fold {fold} requested but the splits file has no fold column",
-                         ["use split.method: kfold, or run without a fold"])
-    folds = splits_df["fold"].astype(int)
-    return {
-        "train": splits_df.loc[(folds >= 0) & (folds != fold), "sample_id"].tolist(),
-        "val": splits_df.loc[folds == fold, "sample_id"].tolist(),
-        "test": splits_df.loc[splits_df["split"] == "test", "sample_id"].tolist(),
-    }
+    try:
+        return assignment(splits_df, fold)
+    except ValueError as error:
+        raise InputError(f"{source}: {error}", ["give a k-fold split's fold (--fold, 0 to k-1) and a plain "
+                                                "split none"]) from None
 
 
 def split_indices(cache_sample_ids, splits_path, fold=None):
@@ -53,7 +46,7 @@ def split_indices(cache_sample_ids, splits_path, fold=None):
     splits_df = read_splits_file(splits_path)
     position = {sample_id: i for i, sample_id in enumerate(cache_sample_ids)}
     result, problems = {}, []
-    for name, ids in split_sample_ids(splits_df, fold).items():
+    for name, ids in split_sample_ids(splits_df, fold, splits_path).items():
         missing = [sample_id for sample_id in ids if sample_id not in position]
         if missing:
             problems.append(f"{splits_path}: {len(missing)} {name} sample(s) not in the cache, "

@@ -140,7 +140,8 @@ def read_splits_file(path):
     """``splits.csv`` as a DataFrame (``sample_id`` and ``split`` as strings, ``fold`` as integers).
 
     Raises InputError naming the file and every problem: unreadable or empty, a missing column,
-    a split name other than train, val, test or trainval, a fold that is not an integer.
+    a split name other than train, val, test or trainval, a sample listed twice, a fold that is
+    not an integer.
     """
     try:
         table = pd.read_csv(path, dtype={"sample_id": str, "split": str}, keep_default_na=False)
@@ -153,6 +154,10 @@ def read_splits_file(path):
         unknown = ~table["split"].isin(SPLIT_NAMES)
         problems += [f"line {i + 2}: split {value!r} is not one of {', '.join(SPLIT_NAMES)}"
                      for i, value in table.loc[unknown, "split"].head(5).items()]
+    if "sample_id" in table.columns:
+        repeated = table["sample_id"].duplicated(keep=False)
+        problems += [f"line {i + 2}: sample {value!r} is listed more than once (a sample belongs to one split)"
+                     for i, value in table.loc[repeated, "sample_id"].head(5).items()]
     if "fold" in table.columns:
         folds = pd.to_numeric(table["fold"], errors="coerce")
         not_integer = folds.isna() | (folds != folds.round())

@@ -20,6 +20,7 @@ import io
 import json
 import math
 import shutil
+import warnings
 from pathlib import Path
 
 import keras
@@ -32,7 +33,7 @@ from . import __version__
 from .atomic import atomic_path, atomic_write_json, atomic_write_text
 from .checkpoints import STATE_VERSION, StageCheckpoint
 from .codedeps import module_closure
-from .config import complete_run_options, config_hash
+from .config import complete_run_options, config_hash, without_loading_options
 from .data import (ImageSource, TrainingBatches, class_weights, evaluation_dataset, fits_in_memory, split_indices,
                    zscore_statistics)
 from .epoch_selection import check_rule, crossentropy
@@ -103,6 +104,12 @@ def initial_model(stage, *, init_model, input_shape, class_counts, train_options
     pretrained = False
     if stage == "finetune" and init_model is not None:
         model = keras.models.load_model(init_model, safe_mode=True, compile=False)
+        fits = [f"it takes images of shape {tuple(model.input_shape[1:])}, the cache holds {tuple(input_shape)}"
+                if tuple(model.input_shape[1:]) != tuple(input_shape) else None,
+                f"it has {model.output_shape[-1]} outputs, the cache {len(class_counts)} classes"
+                if model.output_shape[-1] != len(class_counts) else None]
+        if any(fits):
+            raise InputError(f"{init_model}: the model to fine-tune does not fit the cache", [f for f in fits if f])
         meta_path = Path(init_model).with_name("model.json")
         if meta_path.exists():
             pretrained = bool(json.loads(meta_path.read_text(encoding="utf-8")).get("pretrained", False))
@@ -365,6 +372,43 @@ def model_metadata(*, stage, cache, input_shape, train_options, settings, pretra
     }
 
 
+def check_validation_auc_is_defined(val_labels, settings, splits_path, fold):
+    """Early stopping and ``select_epoch: best_auc`` read the validation AUC, undefined on one class.
+
+    Early stopping would stop after ``patience`` epochs of "no better AUC": an InputError.
+    ``best_auc`` keeps the last epoch then, which a warning says.
+    """
+    if len(np.unique(val_labels)) >= 2:
+        return
+    where = f"{splits_path}" + (f" (fold {fold})" if fold is not None else "")
+    if settings["patience"] > 0:
+        raise InputError(f"{where}: the validation split holds one class, so its AUC is undefined",
+                         ["early stopping waits for a better validation AUC: set finetune.early_stopping_patience "
+                          "to 0, or split so that validation holds every class"])
+    if settings["select_epoch"] == "best_auc":
+        warnings.warn(f"{where}: the validation split holds one class, so its AUC is undefined; "
+                      "select_epoch best_auc keeps the last epoch", stacklevel=2)
+
+
+def check_init_model_fits(init_model, cache):
+    """Raise InputError when ``init_model``'s model.json says it was trained on other classes or
+    other preprocessing than ``cache`` holds: fine-tuning would go on with images it never saw
+    (another intensity scaling, zscore statistics its layers lack) or other class meanings."""
+    meta_path = Path(init_model).with_name("model.json")
+    if not meta_path.exists():
+        return
+    meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    problems = []
+    if meta.get("params_hash") not in (None, _params_hash(cache)):
+        problems.append(f"it was trained on images preprocessed with other parameters (params_hash "
+                        f"{meta['params_hash']}, the cache's {_params_hash(cache)})")
+    if meta.get("classes") not in (None, list(cache.classes)):
+        problems.append(f"its classes {meta['classes']} are not the cache's {list(cache.classes)}")
+    if problems:
+        raise InputError(f"{init_model}: the model to fine-tune does not fit the cache {cache.path}",
+                         problems + ["train its head stage on this cache again"])
+
+
 def _params_hash(cache):
     value = getattr(cache, "params_hash", None)
     return value if isinstance(value, str) else config_hash(cache.params)
@@ -404,6 +448,8 @@ def _train_model(stage, cache_path, splits_path, out_dir, *, options, fold=None,
     seed_everything(seed, bool(train_options["deterministic"]))
 
     with open_cache(cache_path) as cache:
+        if stage == "finetune" and init_model is not None:
+            check_init_model_fits(init_model, cache)
         indices = split_indices(cache.sample_ids, splits_path, fold)
         labels = np.asarray(cache.labels, dtype="int64")
         n_classes = len(cache.classes)
@@ -413,15 +459,20 @@ def _train_model(stage, cache_path, splits_path, out_dir, *, options, fold=None,
         train_source = ImageSource(cache, indices["train"], in_memory=in_memory)
         val_source = ImageSource(cache, indices["val"], in_memory=in_memory)
         train_labels, val_labels = labels[indices["train"]], labels[indices["val"]]
+        check_validation_auc_is_defined(val_labels, settings, splits_path, fold)
         zscore = zscore_statistics(train_source) if cache_intensity(cache.params) == "zscore" else None
         class_counts = np.bincount(train_labels, minlength=n_classes)
 
         batch_size = settings["batch_size"]
         steps_per_epoch = math.ceil(len(train_labels) / batch_size)
-        fingerprint = config_hash({"stage": stage, "train": train_options, "stage_options": settings, "fold": fold,
+        # What the checkpoint's epochs were trained on: the options (less how images are read,
+        # which gives the same batches), and the rows with their labels and image contents, so
+        # that a cache rebuilt with corrected labels starts over instead of resuming.
+        fingerprint = config_hash({"stage": stage, "train": without_loading_options(options)["train"],
+                                   "stage_options": settings, "fold": fold,
                                    "params_hash": _params_hash(cache), "init_model": file_identity(init_model),
-                                   "train_ids": config_hash(train_source.indices.tolist()),
-                                   "val_ids": config_hash(val_source.indices.tolist())})
+                                   "train_rows": rows_identity(cache, train_source.indices),
+                                   "val_rows": rows_identity(cache, val_source.indices)})
         checkpoint = StageCheckpoint(out_dir)
         state = checkpoint.load_state(fingerprint)
 
@@ -499,6 +550,14 @@ def _train_model(stage, cache_path, splits_path, out_dir, *, options, fold=None,
     return out_dir / "model.keras"
 
 
+def rows_identity(cache, rows):
+    """sha256 of the cache ``rows``: their positions, labels and content hashes."""
+    digest = hashlib.sha256(np.asarray(rows, dtype="int64").tobytes())
+    digest.update(np.asarray(cache.labels, dtype="int64")[rows].tobytes())
+    digest.update("\n".join(str(cache.content_hashes[row]) for row in rows).encode())
+    return digest.hexdigest()
+
+
 def file_identity(path):
     """Size and modification time of a file (None for None): a changed head model restarts fine-tuning."""
     if path is None:
@@ -557,7 +616,8 @@ def member_fingerprint(options, seed, *, fold, init_model, cache_path, splits_pa
 
     ``init_model`` is the model the member starts from: None when it draws its own initial
     weights, so that saving an untrained head again (a rerun) does not retrain the members."""
-    return config_hash({"options": member_options(options, seed), "fold": fold,
+    # Less how the images are read (LOADING_TRAIN_OPTIONS): the member's batches are the same.
+    return config_hash({"options": member_options(without_loading_options(options), seed), "fold": fold,
                         "init_model": file_identity(init_model), "cache": file_identity(cache_path),
                         "splits": file_identity(splits_path), "code": training_code_digest()})
 

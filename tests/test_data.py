@@ -35,6 +35,10 @@ def test_split_sample_ids_with_and_without_folds():
     assert split_sample_ids(kfold, fold=1) == {"train": ["a", "c"], "val": ["b", "d"], "test": ["e"]}
     with pytest.raises(InputError, match="no fold column"):
         split_sample_ids(table, fold=0)
+    # -1 marks the test rows: as a fold it would validate (choose epochs) on the test set.
+    for fold, message in ((-1, "fold -1 is not among this split's folds"), (None, "k-fold splits need a fold")):
+        with pytest.raises(InputError, match=message):
+            split_sample_ids(kfold, fold=fold)
 
 
 def test_split_indices_report_samples_missing_from_the_cache(tmp_path):

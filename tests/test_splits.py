@@ -354,3 +354,14 @@ def test_read_splits_file_keeps_sample_ids_as_written_and_folds_as_integers(tmp_
     path.write_text("sample_id,split,fold\nNA,trainval,0\n007,trainval,1\nnull,test,-1\n")
     table = read_splits_file(path)
     assert table["sample_id"].tolist() == ["NA", "007", "null"] and table["fold"].tolist() == [0, 1, -1]
+
+
+def test_read_splits_file_refuses_a_sample_in_two_splits(tmp_path):
+    path = tmp_path / "splits.csv"
+    path.write_text("sample_id,split\na,train\nb,val\na,val\n")
+    with pytest.raises(InputError) as error:
+        read_splits_file(path)
+    assert str(path) in str(error.value)
+    assert [p for p in error.value.problems if "listed more than once" in p] == [
+        "line 2: sample 'a' is listed more than once (a sample belongs to one split)",
+        "line 4: sample 'a' is listed more than once (a sample belongs to one split)"]

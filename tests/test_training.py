@@ -14,6 +14,7 @@ import subprocess
 import sys
 import textwrap
 import time
+import warnings
 from pathlib import Path
 
 import keras
@@ -389,3 +390,96 @@ def test_a_checkpoint_state_resumes_only_its_own_format_options_and_unfinished_r
     assert load(fingerprint="g") is None and "from other options or data" in capsys.readouterr().out
     assert load(complete=True) is None and "of a finished run" in capsys.readouterr().out
     assert load(checkpoint_file="epoch-0001.npz") is None  # the file it names is gone
+
+
+# --- what a stage refuses, and what makes it start over -------------------------------------------
+def test_the_rows_identity_changes_with_a_label_or_an_image_not_with_nothing():
+    from types import SimpleNamespace
+
+    from medclassify.training import rows_identity
+
+    cache = SimpleNamespace(labels=np.array([0, 1, 0, 1]), content_hashes=["h0", "h1", "h2", "h3"])
+    rows = np.array([0, 2, 3])
+    relabelled = SimpleNamespace(labels=np.array([0, 1, 1, 1]), content_hashes=cache.content_hashes)
+    replaced = SimpleNamespace(labels=cache.labels, content_hashes=["h0", "h1", "new", "h3"])
+    assert rows_identity(cache, rows) == rows_identity(SimpleNamespace(**vars(cache)), rows.copy())
+    assert len({rows_identity(c, rows) for c in (cache, relabelled, replaced)}) == 3
+    assert rows_identity(cache, rows) != rows_identity(cache, np.array([0, 2]))
+
+
+@pytest.fixture(scope="module")
+def untrained_head(tiny_cache, tmp_path_factory):
+    options = tiny_options()
+    options["head"]["epochs"] = 0
+    return train_stage("head", *tiny_cache, tmp_path_factory.mktemp("head"), options=options, threads=1)
+
+
+@pytest.mark.parametrize("change", ["intensity", "size"])
+def test_fine_tuning_refuses_a_head_model_of_another_cache(untrained_head, tmp_path, change):
+    from medclassify.errors import InputError
+
+    other = {"intensity": {"intensity": "zscore"}, "size": {"size": 24}}[change]
+    cache_path, splits_path = make_training_cache(tmp_path / "other", n=32, **other)
+    head = untrained_head
+    if change == "size":  # a bare .keras file, without the model.json that names its cache
+        shutil.copy(untrained_head, tmp_path / "head.keras")
+        head = tmp_path / "head.keras"
+    with pytest.raises(InputError, match="the model to fine-tune does not fit the cache") as error:
+        train_stage("finetune", cache_path, splits_path, tmp_path / "out", options=tiny_options(), init_model=head,
+                    threads=1)
+    assert any(("params_hash" if change == "intensity" else "shape") in p for p in error.value.problems)
+    assert not (tmp_path / "out" / "model.keras").exists()
+
+
+def test_a_validation_split_of_one_class_refuses_early_stopping_and_warns_of_best_auc(tiny_cache, tmp_path):
+    from medclassify.errors import InputError
+
+    cache_path, splits_path = tiny_cache
+    splits = pd.read_csv(splits_path)
+    with open_cache(cache_path) as cache:
+        label = dict(zip(cache.sample_ids, cache.labels))
+    one_class_val = (splits["split"] == "val") & (splits["sample_id"].map(label) == 1)
+    splits.loc[one_class_val, "split"] = "train"
+    splits.to_csv(tmp_path / "splits.csv", index=False)
+    options = tiny_options()
+    options["finetune"]["early_stopping_patience"] = 2
+    with pytest.raises(InputError, match="validation split holds one class"):
+        train_stage("finetune", cache_path, tmp_path / "splits.csv", tmp_path / "out", options=options, threads=1)
+    options["head"]["epochs"] = 0
+    with warnings.catch_warnings(record=True) as caught:  # pytest.warns would re-emit Keras's own warnings
+        warnings.simplefilter("always")
+        train_stage("head", cache_path, tmp_path / "splits.csv", tmp_path / "head", options=options, threads=1)
+    assert any("best_auc keeps the last epoch" in str(warning.message) for warning in caught)
+
+
+@pytest.mark.slow
+def test_a_run_killed_and_rerun_with_images_read_from_disk_resumes(tiny_cache, tmp_path, monkeypatch, capsys):
+    # Lowering train.cache_in_memory_max_gb is the fix after running out of memory: the batches
+    # are the same, so the checkpoint must still be resumed, not thrown away.
+    from medclassify import checkpoints
+
+    write_json = checkpoints.atomic_write_json
+
+    def killed_before_the_second_state(path, value):
+        if Path(path).name == "state.json" and value.get("epoch") == 2 and not value.get("complete"):
+            raise Killed
+        write_json(path, value)
+
+    monkeypatch.setattr(checkpoints, "atomic_write_json", killed_before_the_second_state)
+    with pytest.raises(Killed):
+        train_stage("finetune", *tiny_cache, tmp_path, options=tiny_options(cache_in_memory_max_gb=4), threads=1)
+    monkeypatch.setattr(checkpoints, "atomic_write_json", write_json)
+    capsys.readouterr()
+    train_stage("finetune", *tiny_cache, tmp_path, options=tiny_options(cache_in_memory_max_gb=0), threads=1)
+    out = capsys.readouterr().out
+    assert "resuming finetune after epoch 1" in out
+    assert json.loads((tmp_path / "model.json").read_text())["images_in_memory"] is False
+
+
+def test_an_ensemble_member_does_not_depend_on_how_images_are_read(tiny_cache):
+    from medclassify.training import member_fingerprint
+
+    cache_path, splits_path = tiny_cache
+    fingerprints = {member_fingerprint(tiny_options(cache_in_memory_max_gb=gb), 7, fold=None, init_model=None,
+                                       cache_path=cache_path, splits_path=splits_path) for gb in (4, 0)}
+    assert len(fingerprints) == 1
