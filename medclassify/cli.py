@@ -243,6 +243,49 @@ def _cmd_evaluate(args):
     print(f"wrote {args.out / 'metrics.json'}")
 
 
+# --- aggregate and compare ---------------------------------------------------------------------
+def _add_aggregate(sub):
+    p = sub.add_parser("aggregate", help="k-fold: mean ± std over folds and the fold ensemble on test",
+                       description="Combine the evaluations of a k-fold run's folds: each fold's test metrics "
+                       "with their mean and standard deviation, and the ensemble of the folds (test "
+                       "probabilities averaged, threshold chosen on the pooled out-of-fold validation).")
+    p.add_argument("predictions", type=Path, nargs="+", help="predictions.csv of each fold's evaluation")
+    p.add_argument("--manifest", type=Path, required=True, help="validated manifest (for subgroups)")
+    p.add_argument("--out", type=Path, required=True, help="output folder (metrics.json, predictions.csv)")
+    p.add_argument("--run", default=None, help="run name from the config's runs (default: the first)")
+    _add_config_options(p)
+    p.set_defaults(func=_cmd_aggregate)
+
+
+def _cmd_aggregate(args):
+    _require_files(*args.predictions, args.manifest)
+    from .config import run_config
+    from .evaluation import aggregate_folds
+
+    options = run_config(args.loaded_config, _run_name(args))
+    aggregate_folds(args.predictions, args.manifest, args.out, options=options)
+    print(f"wrote {args.out / 'metrics.json'}")
+
+
+def _add_compare(sub):
+    p = sub.add_parser("compare", help="one table and one AUC plot of several runs",
+                       description="Tabulate the metrics.json of several runs (evaluations or k-fold "
+                       "aggregates) as CSV and Markdown, and plot their AUC with confidence intervals.")
+    p.add_argument("metrics", type=Path, nargs="+",
+                   help="metrics.json of each run (results/<dataset>/<run>/evaluation or aggregate)")
+    p.add_argument("--out", type=Path, required=True, help="output folder (runs.csv, runs.md, runs_auc.png)")
+    p.set_defaults(func=_cmd_compare)
+
+
+def _cmd_compare(args):
+    _require_files(*args.metrics)
+    from .evaluation import compare_runs
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    compare_runs(args.metrics, args.out / "runs.csv", args.out / "runs.md", args.out / "runs_auc.png")
+    print(f"wrote {args.out / 'runs.csv'}")
+
+
 # --- predict -----------------------------------------------------------------------------------
 def _add_predict(sub):
     p = sub.add_parser("predict", help="classify new images with a trained model",
@@ -313,8 +356,8 @@ def build_parser():
     parser = argparse.ArgumentParser(prog="medclassify", description=__doc__.split("\n\n")[0])
     parser.add_argument("--version", action="version", version=f"medclassify {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (_add_validate, _add_preprocess, _add_split, _add_train, _add_evaluate,
-                _add_predict, _add_import_medmnist, _add_demo_data):
+    for add in (_add_validate, _add_preprocess, _add_split, _add_train, _add_evaluate, _add_aggregate,
+                _add_compare, _add_predict, _add_import_medmnist, _add_demo_data):
         add(sub)
     return parser
 

@@ -7,7 +7,8 @@ import pytest
 
 from medclassify.cli import build_parser, main
 
-SUBCOMMANDS = ["validate", "preprocess", "split", "train", "evaluate", "predict", "import-medmnist", "demo-data"]
+SUBCOMMANDS = ["validate", "preprocess", "split", "train", "evaluate", "aggregate", "compare", "predict",
+               "import-medmnist", "demo-data"]
 
 
 def run_cli(*args):

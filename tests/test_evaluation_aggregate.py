@@ -23,7 +23,7 @@ def _options(**evaluate):
 def _fold_predictions(tmp_path, k=3, n_test=40, n_val=20, seed=0):
     rng = np.random.default_rng(seed)
     test_labels = np.arange(n_test) % 2
-    paths = []
+    paths, manifest_rows = [], {}
     for fold in range(k):
         val_labels = np.arange(n_val) % 2
         rows = []
@@ -37,12 +37,21 @@ def _fold_predictions(tmp_path, k=3, n_test=40, n_val=20, seed=0):
         path.parent.mkdir(parents=True)
         pd.DataFrame(rows).to_csv(path, index=False)
         paths.append(path)
+        manifest_rows.update({row["sample_id"]: row["patient"] for row in rows})
+    # The validated manifest: patients, and the modality and site that make the subgroups.
+    pd.DataFrame({"sample_id": list(manifest_rows), "patient": list(manifest_rows.values()),
+                  "modality": "US", "site": [f"site_{i // 2 % 2}" for i in range(len(manifest_rows))]}
+                 ).to_csv(tmp_path / "manifest.validated.csv", index=False)
     return paths
+
+
+def _aggregate(paths, out_dir, **evaluate):
+    return aggregate_folds(paths, paths[0].parents[2] / "manifest.validated.csv", out_dir, options=_options(**evaluate))
 
 
 def test_summary_over_folds_and_ensemble_metrics(tmp_path):
     paths = _fold_predictions(tmp_path)
-    metrics = aggregate_folds(paths, tmp_path / "aggregate", options=_options())
+    metrics = _aggregate(paths, tmp_path / "aggregate")
     assert json.loads((tmp_path / "aggregate" / "metrics.json").read_text())["auc"] == pytest.approx(metrics["auc"])
     folds = [pd.read_csv(p) for p in paths]
     fold_aucs = [skm.roc_auc_score(f.query("split == 'test'")["label"] == "pos", f.query("split == 'test'")["prob_pos"])
@@ -72,14 +81,14 @@ def test_folds_with_different_test_sets_are_rejected(tmp_path):
     other.loc[other["split"] == "test", "sample_id"] += "x"
     other.to_csv(paths[1], index=False)
     with pytest.raises(InputError) as error:
-        aggregate_folds(paths, tmp_path / "aggregate", options=_options())
+        _aggregate(paths, tmp_path / "aggregate")
     assert str(paths[1]) in " ".join(error.value.problems)
 
 
 def test_one_fold_is_not_enough(tmp_path):
     paths = _fold_predictions(tmp_path, k=2)
     with pytest.raises(InputError, match="at least two folds"):
-        aggregate_folds(paths[:1], tmp_path / "aggregate", options=_options())
+        _aggregate(paths[:1], tmp_path / "aggregate")
 
 
 def test_compare_runs_shows_the_fold_summary_of_an_aggregate(tmp_path):
@@ -87,7 +96,7 @@ def test_compare_runs_shows_the_fold_summary_of_an_aggregate(tmp_path):
 
     paths = _fold_predictions(tmp_path)
     aggregate = tmp_path / "results" / "demo" / "cv" / "aggregate"
-    metrics = aggregate_folds(paths, aggregate, options=_options(bootstrap=0))
+    metrics = _aggregate(paths, aggregate, bootstrap=0)
     table = compare_runs([aggregate / "metrics.json"], tmp_path / "runs.csv", tmp_path / "runs.md", tmp_path / "runs.png")
     assert table.loc[0, "run"] == "cv" and table.loc[0, "stage"] == "aggregate" and table.loc[0, "folds"] == 3
     markdown = (tmp_path / "runs.md").read_text()
@@ -122,6 +131,33 @@ def test_damaged_fold_predictions_are_an_input_error_naming_the_file_and_line(tm
         frame.loc[0, column] = value
         frame.to_csv(paths[1], index=False)
     with pytest.raises(InputError) as error:
-        aggregate_folds(paths, tmp_path / "aggregate", options=_options())
+        _aggregate(paths, tmp_path / "aggregate")
     assert str(paths[1]) in str(error.value) and any(problem in p for p in error.value.problems), error.value.problems
     assert not (tmp_path / "aggregate").exists() or not any((tmp_path / "aggregate").iterdir())
+
+
+def test_the_ensemble_has_calibration_and_subgroups_as_an_evaluation_has(tmp_path):
+    paths = _fold_predictions(tmp_path)
+    metrics = _aggregate(paths, tmp_path / "aggregate", subgroups=["site"], min_subgroup_size=5)
+    assert sum(metrics["calibration"]["count"]) == metrics["n"] == 40
+    assert set(metrics["subgroups"]) == {"modality", "site"}
+    sites = metrics["subgroups"]["site"]
+    assert sum(group["n"] for group in sites.values()) == 40 and all(group["auc"] is not None for group in sites.values())
+    assert metrics["subgroups"]["modality"]["US"]["auc"] == pytest.approx(metrics["auc"])
+    assert json.loads((tmp_path / "aggregate" / "metrics.json").read_text())["subgroups"] == metrics["subgroups"]
+    assert "note" in _aggregate(paths, tmp_path / "plain", bootstrap=0)["ci_info"]
+
+
+def test_aggregate_and_compare_run_from_the_command_line(tmp_path):
+    from medclassify.cli import main
+
+    paths = _fold_predictions(tmp_path)
+    aggregate = tmp_path / "results" / "demo" / "cv" / "aggregate"
+    assert main(["aggregate", *map(str, paths), "--manifest", str(tmp_path / "manifest.validated.csv"),
+                 "--out", str(aggregate), "--set", '{"evaluate": {"bootstrap": 0}}']) == 0
+    expected = _aggregate(paths, tmp_path / "library", bootstrap=0)
+    assert json.loads((aggregate / "metrics.json").read_text())["auc"] == expected["auc"]
+    assert main(["compare", str(aggregate / "metrics.json"), "--out", str(tmp_path / "compare")]) == 0
+    table = pd.read_csv(tmp_path / "compare" / "runs.csv")
+    assert table["run"].tolist() == ["cv"] and table.loc[0, "folds"] == 3
+    assert (tmp_path / "compare" / "runs_auc.png").exists()

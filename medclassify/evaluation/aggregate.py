@@ -15,7 +15,8 @@ import pandas as pd
 from ..atomic import atomic_path, atomic_write_json
 from ..errors import InputError
 from .metrics import classification_metrics
-from .run import confidence_intervals, decide, positive_index, threshold_record
+from .run import (decide, evaluate_test_split, finite_json, positive_index, read_manifest_rows, subgroup_columns_of,
+                  threshold_record)
 
 SUMMARY_METRICS = ("auc", "accuracy", "balanced_accuracy", "sensitivity", "specificity", "average_precision",
                    "mcc", "cohen_kappa", "brier", "ece")
@@ -58,9 +59,13 @@ def _arrays(frame, classes):
     return y_true, y_pred, y_prob
 
 
-def aggregate_folds(fold_prediction_csvs, out_dir, *, options):
+def aggregate_folds(fold_prediction_csvs, manifest_path, out_dir, *, options):
     """Write ``metrics.json`` (ensemble metrics at the top level, ``folds`` summary) and the
-    ensemble's ``predictions.csv`` to ``out_dir``; return the metrics dict."""
+    ensemble's ``predictions.csv`` to ``out_dir``; return the metrics dict.
+
+    The ensemble's metrics have the keys of one evaluation's (CIs, calibration, subgroups):
+    ``manifest_path``, the validated manifest, gives the subgroup columns of the test rows.
+    """
     evaluate = options["evaluate"]
     paths = list(fold_prediction_csvs)
     if len(paths) < 2:
@@ -107,15 +112,12 @@ def aggregate_folds(fold_prediction_csvs, out_dir, *, options):
     threshold = threshold_record(evaluate, positive, y_oof, prob_oof, chosen_on="out_of_fold_val")
     pred_test = decide(prob_test, threshold["value"], positive)
 
+    columns = subgroup_columns_of(evaluate)
+    manifest_test = read_manifest_rows(manifest_path, list(first_test.index), columns)[columns]
     metrics = {"split": "test", "fold": None, "ensemble": f"mean probability of {len(folds)} folds"}
-    metrics.update(classification_metrics(y_test, prob_test, pred_test, classes, positive=positive, calibration_bins=bins))
-    metrics["n_patients"] = int(len(set(patients_test)))
+    metrics.update(evaluate_test_split(y_test, prob_test, pred_test, patients_test, manifest_test, classes, positive,
+                                       evaluate)[0])
     metrics["threshold"] = threshold
-    if evaluate["bootstrap"] > 0:
-        metrics["ci"], metrics["ci_info"] = confidence_intervals(y_test, prob_test, pred_test, patients_test,
-                                                                 len(classes), positive, evaluate)
-    else:
-        metrics["ci"] = {k: [None, None] for k in ("auc", "accuracy", "sensitivity", "specificity")}
     metrics["out_of_fold"] = classification_metrics(y_oof, prob_oof, decide(prob_oof, threshold["value"], positive),
                                                     classes, positive=positive, calibration_bins=bins)
     metrics["folds"] = {"n": len(folds), "per_fold": per_fold, **summary,
@@ -129,5 +131,6 @@ def aggregate_folds(fold_prediction_csvs, out_dir, *, options):
         ensemble[f"prob_{c}"] = prob_test[:, k]
     with atomic_path(out_dir / "predictions.csv") as tmp:
         ensemble.to_csv(tmp, index=False)
+    metrics = finite_json(metrics)
     atomic_write_json(out_dir / "metrics.json", metrics)
     return metrics

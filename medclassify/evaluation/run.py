@@ -194,7 +194,16 @@ def roc_band(is_positive, score, patients, evaluate):
     return ROC_GRID, low, high
 
 
-def _read_manifest(manifest_path, sample_ids, columns):
+def subgroup_columns_of(evaluate):
+    """Manifest columns whose values make the subgroups: modality, then ``evaluate.subgroups``."""
+    return list(dict.fromkeys(["modality", *evaluate.get("subgroups", [])]))
+
+
+def read_manifest_rows(manifest_path, sample_ids, columns):
+    """The validated manifest's rows of ``sample_ids``, in that order, indexed by sample id.
+
+    InputError when ``columns`` (besides sample_id and patient) or any of the samples is missing.
+    """
     manifest = pd.read_csv(manifest_path, dtype=str, keep_default_na=False)
     missing_columns = [c for c in ["sample_id", "patient", *columns] if c not in manifest.columns]
     if missing_columns:
@@ -347,14 +356,14 @@ def run_evaluation(model_path, cache_path, splits_path, manifest_path, out_dir, 
     evaluate = {**evaluate, "tta": bool(evaluate.get("tta", options.get("train", {}).get("tta", False)))}
     model_info = read_model_info(model_path)
     views, views_note = tta_views(model_info, evaluate)
-    subgroup_columns = list(dict.fromkeys(["modality", *evaluate.get("subgroups", [])]))
+    subgroup_columns = subgroup_columns_of(evaluate)
 
     splits = read_splits_file(splits_path)
     val_ids, test_ids = evaluation_sample_ids(splits, fold)
     problems = [f"{splits_path}: the {name} split is empty" for name, ids in (("val", val_ids), ("test", test_ids)) if not ids]
     if problems:
         raise InputError("cannot evaluate", problems)
-    manifest = _read_manifest(manifest_path, val_ids + test_ids, subgroup_columns)
+    manifest = read_manifest_rows(manifest_path, val_ids + test_ids, subgroup_columns)
     patients_val = manifest.loc[val_ids, "patient"].to_numpy()
     patients_test = manifest.loc[test_ids, "patient"].to_numpy()
 

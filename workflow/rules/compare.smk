@@ -37,6 +37,7 @@ rule aggregate_folds:
             run=wildcards.run,
             fold=range(folds_of(wildcards.dataset) or 0),
         ),
+        manifest="results/{dataset}/manifest.validated.csv",
         code=library_code("evaluation"),
     output:
         metrics=report(

@@ -11,6 +11,7 @@ from medclassify.evaluation import aggregate_folds
 with log_output(snakemake.log[0]):
     aggregate_folds(
         snakemake.input.predictions,
+        snakemake.input.manifest,
         Path(snakemake.output.metrics).parent,
         options=snakemake.params.options,
     )
