@@ -17,7 +17,7 @@ import numpy as np
 import tensorflow as tf
 
 from .errors import InputError
-from .splits import assignment, read_splits_file
+from .splits import read_splits_file, split_sample_ids
 
 AUTOTUNE = tf.data.AUTOTUNE
 # The map functions below branch only on Python values, so they need no AutoGraph conversion.
@@ -28,19 +28,6 @@ _ORDER_STREAM, _AUGMENT_STREAM, _MIXUP_STREAM = 1, 2, 3
 
 
 # --- which samples ------------------------------------------------------------------------------
-def split_sample_ids(splits_df, fold=None, source="splits.csv"):
-    """Sample ids per split from a splits.csv table: :func:`medclassify.splits.assignment`.
-
-    Raises InputError naming ``source`` when ``fold`` does not fit the table: missing for a
-    k-fold split, given for a plain one, or not one of its folds (-1 marks the test rows).
-    """
-    try:
-        return assignment(splits_df, fold)
-    except ValueError as error:
-        raise InputError(f"{source}: {error}", ["give a k-fold split's fold (--fold, 0 to k-1) and a plain "
-                                                "split none"]) from None
-
-
 def split_indices(cache_sample_ids, splits_path, fold=None):
     """Cache row indices (sorted) of each split; InputError if the files disagree."""
     splits_df = read_splits_file(splits_path)

@@ -196,6 +196,19 @@ def assignment(splits_df, fold=None):
     }
 
 
+def split_sample_ids(splits_df, fold=None, source="splits.csv"):
+    """Sample ids per split from a splits.csv table: :func:`assignment`.
+
+    Raises InputError naming ``source`` when ``fold`` does not fit the table: missing for a
+    k-fold split, given for a plain one, or not one of its folds (-1 marks the test rows).
+    """
+    try:
+        return assignment(splits_df, fold)
+    except ValueError as error:
+        raise InputError(f"{source}: {error}", ["give a k-fold split's fold (--fold, 0 to k-1) and a plain "
+                                                "split none"]) from None
+
+
 def check_no_leakage(table, fold_column=None):
     """Raise :class:`InputError` if a patient or an image content appears in two splits.
 

@@ -376,3 +376,12 @@ def test_a_damaged_splits_file_is_an_input_error_naming_it(binary_run, tmp_path,
         run_evaluation(folder / "model.keras", folder / "cache.h5", splits, folder / "manifest.validated.csv",
                        tmp_path / "evaluation", options=_options(), histories={})
     assert str(splits) in str(error.value) and any(problem in p for p in error.value.problems), error.value.problems
+
+
+def test_fold_minus_one_is_refused_not_evaluated_on_the_test_rows_as_validation(binary_run, tmp_path):
+    folder, _, _ = binary_run
+    splits = write_splits(tmp_path / "splits.csv", pd.read_csv(folder / "manifest.validated.csv"), folds=2)
+    with pytest.raises(InputError, match="fold -1 is not among this split's folds") as error:
+        run_evaluation(folder / "model.keras", folder / "cache.h5", splits, folder / "manifest.validated.csv",
+                       tmp_path / "evaluation", options=_options(bootstrap=0), histories={}, fold=-1)
+    assert str(splits) in str(error.value)

@@ -11,7 +11,7 @@ from ..atomic import atomic_path, atomic_write_json
 from ..errors import InputError
 from ..inference import (FLIPS, IDENTITY, affine_views, cache_reader, check_finite_probabilities,
                          predict_probabilities)
-from ..splits import read_splits_file
+from ..splits import read_splits_file, split_sample_ids
 from . import plots
 from .bootstrap import bootstrap_ci, bootstrap_indices
 from .calibration import reliability_curve
@@ -21,24 +21,6 @@ from .subgroups import subgroup_metrics
 from .threshold import apply_threshold, choose_threshold
 
 ROC_GRID = np.linspace(0.0, 1.0, 101)
-
-
-def evaluation_sample_ids(splits, fold=None):
-    """``(val_ids, test_ids)`` from a splits.csv frame (see docs/architecture.md).
-
-    With k-fold splits (a ``fold`` column), val is the rows of ``fold``; test is the held-out
-    test rows either way.
-    """
-    if "fold" in splits.columns and fold is None and (splits["split"] == "trainval").any():
-        raise InputError("k-fold splits need a fold to evaluate", ["pass fold=<k> (the run's fold_<k>)"])
-    if fold is not None:
-        if "fold" not in splits.columns:
-            raise InputError("splits.csv has no fold column", [f"fold={fold} was requested, but the split is not k-fold"])
-        val = splits.loc[pd.to_numeric(splits["fold"]) == fold, "sample_id"]
-    else:
-        val = splits.loc[splits["split"] == "val", "sample_id"]
-    test = splits.loc[splits["split"] == "test", "sample_id"]
-    return list(val), list(test)
 
 
 def read_history(path):
@@ -359,7 +341,9 @@ def run_evaluation(model_path, cache_path, splits_path, manifest_path, out_dir, 
     subgroup_columns = subgroup_columns_of(evaluate)
 
     splits = read_splits_file(splits_path)
-    val_ids, test_ids = evaluation_sample_ids(splits, fold)
+    # With a fold, val is that fold's rows; fold -1 would be the test rows themselves.
+    by_split = split_sample_ids(splits, fold, splits_path)
+    val_ids, test_ids = by_split["val"], by_split["test"]
     problems = [f"{splits_path}: the {name} split is empty" for name, ids in (("val", val_ids), ("test", test_ids)) if not ids]
     if problems:
         raise InputError("cannot evaluate", problems)
