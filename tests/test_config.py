@@ -232,3 +232,10 @@ def test_unreadable_config_file_is_an_input_error_naming_it(tmp_path, content, e
     with pytest.raises(InputError) as error:
         load_config(path, overrides={"split": {"seed": 1}})
     assert str(error.value).startswith(f"{path}: ") and expected in str(error.value)
+
+
+def test_the_breastmnist_config_makes_the_disease_class_positive():
+    from medclassify.datasets.medmnist import label_names
+
+    evaluate = run_config(load_config(REPO_ROOT / "config" / "breastmnist.yaml"), "baseline")["evaluate"]
+    assert evaluate["positive_class"] == "malignant" and "malignant" in label_names("breastmnist")
