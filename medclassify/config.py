@@ -266,6 +266,9 @@ def _resolve_sections(config, overrides, sections, where, top_level_checked=Fals
         top, own = config.get(section, {}), overrides.get(section, {})
         if not (isinstance(top, dict) and isinstance(own, dict)):
             continue  # the schema reports a section that is not a mapping
+        # The schema leaves the overrides of a run or dataset untyped, so the strings of a nested
+        # --config (runs={"long": {"finetune": {"epochs": 30}}}) are read here, in place.
+        values_from_strings(own, _section_validator(section))
         resolved[section] = deep_merge(top, own)
         errors = _section_errors(section, resolved[section])
         inherited = _section_errors(section, copy.deepcopy(top)) if errors and top_level_checked else []

@@ -146,6 +146,21 @@ def test_command_line_overrides_arrive_as_strings_and_are_read_as_the_schema_exp
         validate_config(config)
 
 
+def test_command_line_overrides_of_a_run_or_a_dataset_are_read_as_the_schema_expects():
+    # --config 'runs={"longer": {"finetune": {"epochs": 3}}}' gave '3', refused inside runs and datasets
+    # although the same value at the top level was read as a number.
+    config = load_config()
+    config["runs"]["longer"] = {"finetune": {"epochs": "3"}, "train": {"augment": {"horizontal_flip": "true"}}}
+    config["datasets"]["demo"]["preprocess"] = {"size": ["32", "32"]}
+    validate_config(config)
+    longer = run_config(config, "longer")
+    assert longer["finetune"]["epochs"] == 3 and longer["train"]["augment"]["horizontal_flip"] is True
+    assert dataset_config(config, "demo")["preprocess"]["size"] == [32, 32]
+    config["runs"]["longer"]["finetune"]["epochs"] = "three"
+    with pytest.raises(InputError, match="runs.longer.finetune.epochs: 'three' is not of type 'integer'"):
+        validate_config(config)
+
+
 def test_xla_asked_for_under_op_determinism_is_refused_with_the_way_out():
     config = {"datasets": {"demo": {"demo": True}}, "train": {"jit_compile": "on"},
               "runs": {"baseline": {}, "fast": {"train": {"deterministic": False}}}}
