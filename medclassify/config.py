@@ -132,7 +132,7 @@ def validate_config(config, schema=None):
     written = copy.deepcopy(config)  # before the defaults, to tell where a value came from
     errors = sorted(validator.iter_errors(config), key=lambda e: list(e.absolute_path))
     problems = [f"{_key_path(e.absolute_path) or '<top>'}: {e.message}" for e in errors]
-    problems += _datasets_problems(config, written) + _runs_problems(config)
+    problems += _datasets_problems(config, written) + _runs_problems(config) + _positive_class_problems(config)
     if problems:
         raise InputError("invalid configuration", problems)
     return config
@@ -154,6 +154,33 @@ def _datasets_problems(config, written):
         problems += section_problems
         if "split" in resolved and not section_problems:
             problems += _fractions_problems(resolved["split"]["fractions"], name, written)
+        if "preprocess" in resolved and not section_problems:
+            problems += _preprocess_problems(resolved["preprocess"], name)
+    return problems
+
+
+def _preprocess_problems(preprocess, dataset):
+    """What the preprocess stage would refuse (a window without its width, …), found before any job."""
+    from .preprocessing import check_preprocess_options
+
+    try:
+        check_preprocess_options(preprocess)
+    except InputError as error:
+        return [f"datasets.{dataset}: {problem}" for problem in error.problems]
+    return []
+
+
+def _positive_class_problems(config):
+    """A run's evaluate.positive_class that is not among the labels a dataset fixes (``labels``)."""
+    problems = []
+    for run, overrides in _entries(config, "runs").items():
+        resolved, run_problems_ = _resolve_run(config, run, overrides)
+        positive = None if run_problems_ else resolved.get("evaluate", {}).get("positive_class")
+        for name, entry in _entries(config, "datasets").items():
+            labels = entry.get("labels")
+            if positive is not None and isinstance(labels, list) and positive not in labels:
+                problems.append(f"runs.{run}: evaluate.positive_class {positive!r} is not one of "
+                                f"datasets.{name}.labels {labels}")
     return problems
 
 

@@ -254,3 +254,19 @@ def test_the_breastmnist_config_makes_the_disease_class_positive():
 
     evaluate = run_config(load_config(REPO_ROOT / "config" / "breastmnist.yaml"), "baseline")["evaluate"]
     assert evaluate["positive_class"] == "malignant" and "malignant" in label_names("breastmnist")
+
+
+def test_what_a_stage_would_refuse_is_listed_when_the_config_is_read():
+    # These failed only when preprocess or evaluate ran, after validation (or training), one at a time.
+    with pytest.raises(InputError) as error:
+        load_config(overrides={
+            "preprocess": {"intensity": "window"},
+            "datasets": {"demo": {"demo": True, "labels": ["benign", "malignant"]},
+                         "ct": {"manifest": "m.csv", "root": "r",
+                                "preprocess": {"intensity": "percentile", "percentiles": [50, 10]}}},
+            "runs": {"baseline": {}, "other": {"evaluate": {"positive_class": "malignnat"}}}})
+    assert error.value.problems == [
+        "datasets.demo: preprocess.window: intensity 'window' needs a window {center, width} with width > 0",
+        "datasets.ct: preprocess.percentiles: [50, 10] must be [low, high] with 0 <= low < high <= 100",
+        "runs.other: evaluate.positive_class 'malignnat' is not one of datasets.demo.labels ['benign', 'malignant']",
+    ]
