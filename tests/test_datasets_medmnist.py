@@ -202,3 +202,11 @@ def test_offline_download_names_the_alternative(tmp_path, monkeypatch):
         import_medmnist("breastmnist", tmp_path / "out")
     assert "MEDCLASSIFY_<NAME>_NPZ" in str(caught.value)
     assert list((tmp_path / "out").iterdir()) == []
+
+
+def test_the_import_asks_for_memory_enough_for_the_images():
+    from medclassify.datasets.medmnist import DATASETS, medmnist_memory_mb
+
+    assert medmnist_memory_mb("breastmnist") == 1000 + 1  # 780 images of 28 x 28
+    tissue = DATASETS["tissuemnist"]
+    assert medmnist_memory_mb("tissuemnist", 224) * 1e6 > sum(tissue["n_samples"].values()) * 224 * 224

@@ -46,9 +46,10 @@ def test_installed_versions_match_the_pins():
     assert not mismatched
 
 
-def test_every_rule_declares_env_log_benchmark_and_threads():
+def test_every_rule_declares_env_log_benchmark_threads_and_resources():
+    # Without resources a cluster job gets the profile's defaults, whatever it needs.
     rules = "\n".join(p.read_text() for p in (REPO / "workflow" / "rules").glob("*.smk"))
     for block in re.split(r"\n(?=rule )", rules)[1:]:
         name = block.split(":")[0]
-        for directive in ("conda:", "log:", "benchmark:", "threads:"):
+        for directive in ("conda:", "log:", "benchmark:", "threads:", "resources:", "mem_mb=", "runtime="):
             assert directive in block, f"{name} lacks {directive}"

@@ -17,6 +17,7 @@ characters replaced by ``_``), e.g. breastmnist ``{0: malignant, 1: normal_benig
 import csv
 import hashlib
 import io
+import math
 import re
 import shutil
 import urllib.error
@@ -163,6 +164,13 @@ def label_names(name):
         # Purely numeric names (RetinaMNIST's grades) would read back as numbers.
         names.append(f"grade_{safe}" if safe.isdigit() else safe)
     return names
+
+
+def medmnist_memory_mb(name, size=28):
+    """Memory (MB) to import ``name`` at ``size`` px: its images, which the import holds at once, and 1 GB."""
+    info = DATASETS[_check_name(name)]
+    pixels = sum(info["n_samples"].values()) * _check_size(size) ** 2 * info["channels"]
+    return 1000 + math.ceil(pixels / 1e6)
 
 
 def import_medmnist(name, out_dir, npz=None, size=28):

@@ -25,6 +25,9 @@ rule compare:
     conda:
         "../../envs/train.yaml"
     threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
     script:
         "../scripts/compare.py"
 
@@ -57,6 +60,9 @@ rule aggregate_folds:
     conda:
         "../../envs/train.yaml"
     threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=30,
     params:
         options=lambda wildcards: {"evaluate": run_options(wildcards)["evaluate"]},
     script:

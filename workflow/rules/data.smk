@@ -1,3 +1,4 @@
+from medclassify.datasets.medmnist import medmnist_memory_mb
 from medclassify.workflow_paths import input_path
 
 
@@ -13,6 +14,9 @@ rule make_demo_data:
     conda:
         "../../envs/data.yaml"
     threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=10,
     params:
         patients=lambda wildcards: dataset(wildcards)["demo_patients"],
         seed=0,
@@ -35,6 +39,12 @@ rule import_medmnist:
     conda:
         "../../envs/data.yaml"
     threads: 1
+    resources:
+        # The importer holds the file's arrays: MedMNIST+ at 224 px takes gigabytes.
+        mem_mb=lambda wildcards: medmnist_memory_mb(
+            dataset(wildcards)["medmnist"], dataset(wildcards)["medmnist_size"]
+        ),
+        runtime=120,
     params:
         name=lambda wildcards: dataset(wildcards)["medmnist"],
         size=lambda wildcards: dataset(wildcards)["medmnist_size"],

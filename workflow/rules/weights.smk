@@ -14,5 +14,8 @@ rule fetch_weights:
     conda:
         "../../envs/train.yaml"
     threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=30,
     script:
         "../scripts/fetch_weights.py"
