@@ -130,6 +130,11 @@ def make_splits(validated_df, options):
     if method == "kfold":
         splits_df["fold"] = splits_df["fold"].astype(int)
     report = split_report(table, classes, options, dropped=dropped, linked=linked)
+    # A split without some class is written down in the report, and said where it is seen: a
+    # model never trained on a class, or never validated or tested on it, is easy to miss.
+    for note in report["notes"]:
+        if "has no samples of class" in note:
+            warnings.warn(note, stacklevel=2)
     return splits_df, report
 
 

@@ -202,7 +202,11 @@ def test_predefined_duplicate_across_splits_fails_or_is_dropped():
         make_splits(manifest, options("predefined"))
     assert manifest.loc[0, "content_hash"] in str(caught.value) and "train and test" in str(caught.value)
 
-    splits, report = make_splits(manifest, options("predefined", drop_duplicates=True))
+    # Left with one image each, val and test lack a class: said as a warning, not only in the report.
+    with pytest.warns(UserWarning) as caught:
+        splits, report = make_splits(manifest, options("predefined", drop_duplicates=True))
+    assert [str(w.message) for w in caught] == ["the val split has no samples of class(es) b",
+                                                "the test split has no samples of class(es) a"]
     assert manifest.loc[6, "sample_id"] not in set(splits["sample_id"])
     assert report["dropped_duplicates"] == [{
         "sample_id": manifest.loc[6, "sample_id"],
