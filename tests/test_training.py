@@ -232,6 +232,22 @@ class Killed(Exception):
     """Stands in for SIGKILL at one chosen moment."""
 
 
+def kill_before_the_second_state(monkeypatch):
+    """Make training raise Killed where it would record epoch 2 (its files written, not its state);
+    return the function that stops it."""
+    from medclassify import checkpoints
+
+    write_json = checkpoints.atomic_write_json
+
+    def killed_before_the_second_state(path, value):
+        if Path(path).name == "state.json" and value.get("epoch") == 2 and not value.get("complete"):
+            raise Killed
+        write_json(path, value)
+
+    monkeypatch.setattr(checkpoints, "atomic_write_json", killed_before_the_second_state)
+    return lambda: monkeypatch.setattr(checkpoints, "atomic_write_json", write_json)
+
+
 def averaged_options():
     options = tiny_options()
     options["finetune"]["average_epochs"] = 1
@@ -252,25 +268,16 @@ def test_a_kill_after_the_model_file_before_the_state_resumes_from_the_state(
 ):
     # With weight averaging, so that the training-weights file is part of what must stay consistent;
     # the SIGKILL test above covers resuming without it.
-    from medclassify import checkpoints
-
     cache_path, splits_path = tiny_cache
     options = averaged_options()
-    write_json = checkpoints.atomic_write_json
-
-    def killed_before_the_second_state(path, value):
-        if Path(path).name == "state.json" and value.get("epoch") == 2 and not value.get("complete"):
-            raise Killed
-        write_json(path, value)
-
-    monkeypatch.setattr(checkpoints, "atomic_write_json", killed_before_the_second_state)
+    stop_killing = kill_before_the_second_state(monkeypatch)
     out = tmp_path / "killed"
     with pytest.raises(Killed):
         train_stage("finetune", cache_path, splits_path, out, options=options, threads=1)
     state = json.loads((out / "checkpoints" / "state.json").read_text())
     assert state["epoch"] == 1 and state["checkpoint_file"] == "epoch-0001.npz"
     assert (out / "checkpoints" / "epoch-0002.npz").exists()  # written, but no state names it
-    monkeypatch.setattr(checkpoints, "atomic_write_json", write_json)
+    stop_killing()
     train_stage("finetune", cache_path, splits_path, out, options=options, threads=1)
     assert sorted(p.name for p in (out / "checkpoints").glob("epoch-*")) == ["epoch-0002.npz"]
     pd.testing.assert_frame_equal(read_history(out), read_history(averaged_run),
@@ -456,19 +463,10 @@ def test_a_validation_split_of_one_class_refuses_early_stopping_and_warns_of_bes
 def test_a_run_killed_and_rerun_with_images_read_from_disk_resumes(tiny_cache, tmp_path, monkeypatch, capsys):
     # Lowering train.cache_in_memory_max_gb is the fix after running out of memory: the batches
     # are the same, so the checkpoint must still be resumed, not thrown away.
-    from medclassify import checkpoints
-
-    write_json = checkpoints.atomic_write_json
-
-    def killed_before_the_second_state(path, value):
-        if Path(path).name == "state.json" and value.get("epoch") == 2 and not value.get("complete"):
-            raise Killed
-        write_json(path, value)
-
-    monkeypatch.setattr(checkpoints, "atomic_write_json", killed_before_the_second_state)
+    stop_killing = kill_before_the_second_state(monkeypatch)
     with pytest.raises(Killed):
         train_stage("finetune", *tiny_cache, tmp_path, options=tiny_options(cache_in_memory_max_gb=4), threads=1)
-    monkeypatch.setattr(checkpoints, "atomic_write_json", write_json)
+    stop_killing()
     capsys.readouterr()
     train_stage("finetune", *tiny_cache, tmp_path, options=tiny_options(cache_in_memory_max_gb=0), threads=1)
     out = capsys.readouterr().out
