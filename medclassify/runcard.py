@@ -133,19 +133,36 @@ def find_seeds(config, prefix=""):
     return seeds
 
 
-def write_run_card(out, *, config, dataset, run, fingerprint, splits, started, ended):
+def _seconds_between(started_text, ended_text):
+    if not (started_text and ended_text):
+        return None
+    return (dt.datetime.fromisoformat(ended_text.replace("Z", "+00:00"))
+            - dt.datetime.fromisoformat(started_text.replace("Z", "+00:00"))).total_seconds()
+
+
+def stage_times(stages):
+    """``{stage: {started, ended, seconds}}`` of ``{stage: (started, ended)}`` (as :func:`timestamp` takes)."""
+    times = {}
+    for stage, (started, ended) in stages.items():
+        started_text, ended_text = timestamp(started), timestamp(ended)
+        times[stage] = {"started": started_text, "ended": ended_text, "seconds": _seconds_between(started_text, ended_text)}
+    return times
+
+
+def write_run_card(out, *, config, dataset, run, fingerprint, splits, started, ended, stages=None):
     """Write ``run_card.json`` to ``out``; return its dict.
 
     ``fingerprint`` is the dataset fingerprint (a dict, or the path of fingerprint.json);
     ``splits`` the path of splits.csv; ``started``/``ended`` epoch seconds, datetimes or ISO text.
+    ``stages`` maps each stage to its own (started, ended): ``compute_s`` sums their times, where
+    ``duration_s``, from the first start to the end, also counts the time between a stage and
+    the rerun of a later one (days, when only fine-tuning was rerun).
     """
     if isinstance(fingerprint, (str, os.PathLike)):
         fingerprint = json.loads(Path(fingerprint).read_text(encoding="utf-8"))
     started_text, ended_text = timestamp(started), timestamp(ended)
-    duration = None
-    if started_text and ended_text:
-        duration = (dt.datetime.fromisoformat(ended_text.replace("Z", "+00:00"))
-                    - dt.datetime.fromisoformat(started_text.replace("Z", "+00:00"))).total_seconds()
+    times = stage_times(stages or {})
+    seconds = [t["seconds"] for t in times.values()]
     card = {
         "dataset": dataset,
         "run": run,
@@ -158,7 +175,9 @@ def write_run_card(out, *, config, dataset, run, fingerprint, splits, started, e
         "splits": {"path": str(splits), "sha256": file_sha256(splits)},
         "started": started_text,
         "ended": ended_text,
-        "duration_s": duration,
+        "duration_s": _seconds_between(started_text, ended_text),
+        "stages": times,
+        "compute_s": sum(seconds) if seconds and None not in seconds else None,
         "hardware": hardware(),
         "command": " ".join(Path(sys.argv[0]).name if i == 0 else a for i, a in enumerate(sys.argv)),
     }

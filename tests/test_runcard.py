@@ -62,3 +62,14 @@ def test_fingerprint_may_be_a_path_and_times_iso_text(tmp_path, monkeypatch):
     assert on_disk["fingerprint"] == {"n_patients": 7}
     assert on_disk["duration_s"] == 3600.0
     assert on_disk["hardware"]["gpus"] is None
+
+
+def test_compute_time_sums_the_stages_where_the_duration_spans_a_rerun(tmp_path, monkeypatch):
+    # Fine-tuning rerun a day after the head stage: duration_s counts the day, compute_s does not.
+    monkeypatch.setattr(runcard, "gpu_names", lambda: None)
+    day = 86_400
+    _, on_disk, _, _ = _write(tmp_path, started=0, ended=day + 700,
+                              stages={"head": (0, 300), "finetune": (day, day + 600), "evaluate": (day + 600, day + 700)})
+    assert on_disk["duration_s"] == day + 700 and on_disk["compute_s"] == 1000
+    assert on_disk["stages"]["finetune"] == {"started": "1970-01-02T00:00:00Z", "ended": "1970-01-02T00:10:00Z",
+                                             "seconds": 600.0}

@@ -35,6 +35,14 @@ def test_every_stage_output_exists(demo_run):
     assert not missing
 
 
+def test_the_run_card_times_each_stage(demo_run):
+    card = json.loads((demo_run / "results" / DATASET / RUN / "run_card.json").read_text())
+    assert list(card["stages"]) == ["head", "finetune", "evaluate"]
+    assert all(stage["seconds"] >= 0 for stage in card["stages"].values())
+    assert card["compute_s"] == pytest.approx(sum(stage["seconds"] for stage in card["stages"].values()))
+    assert card["compute_s"] <= card["duration_s"] + 1e-6
+
+
 def test_cache_holds_every_validated_sample_at_the_configured_size(demo_run):
     results = demo_run / "results" / DATASET
     validated = pd.read_csv(results / "manifest.validated.csv", dtype=str, keep_default_na=False)

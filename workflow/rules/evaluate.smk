@@ -4,6 +4,7 @@ rule evaluate:
         head_history="results/{dataset}/{run}/head/history.csv",
         finetune_history="results/{dataset}/{run}/finetune/history.csv",
         head_timing="results/{dataset}/{run}/head/timing.json",
+        finetune_timing="results/{dataset}/{run}/finetune/timing.json",
         cache="results/{dataset}/cache.h5",
         fingerprint="results/{dataset}/fingerprint.json",
         splits="results/{dataset}/splits.csv",

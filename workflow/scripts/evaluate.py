@@ -12,6 +12,7 @@ from medclassify.evaluation import run_evaluation
 from medclassify.runcard import write_run_card
 
 with log_output(snakemake.log[0]):
+    evaluation_started = time.time()
     inp = snakemake.input
     out_dir = Path(snakemake.output.metrics).parent
     run_evaluation(
@@ -25,6 +26,8 @@ with log_output(snakemake.log[0]):
         fold=snakemake.params.fold,
         threads=snakemake.threads,
     )
+    head, finetune = (json.loads(Path(path).read_text()) for path in (inp.head_timing, inp.finetune_timing))
+    ended = time.time()
     write_run_card(
         snakemake.output.run_card,
         config={"dataset": snakemake.params.dataset_options, "run": snakemake.params.run_options},
@@ -32,6 +35,11 @@ with log_output(snakemake.log[0]):
         run=snakemake.wildcards.run,
         fingerprint=json.loads(Path(inp.fingerprint).read_text()),
         splits=inp.splits,
-        started=json.loads(Path(inp.head_timing).read_text())["started"],
-        ended=time.time(),
+        started=head["started"],
+        ended=ended,
+        stages={
+            "head": (head["started"], head["ended"]),
+            "finetune": (finetune["started"], finetune["ended"]),
+            "evaluate": (evaluation_started, ended),
+        },
     )
