@@ -10,6 +10,7 @@ import functools
 import hashlib
 import json
 import os
+import re
 from pathlib import Path
 
 import jsonschema
@@ -75,11 +76,15 @@ def switches_as_strings(config):
     return config
 
 
+_YAML11_MISSED_FLOAT = re.compile(r"^[-+]?(\d+|\d*\.\d+)[eE][-+]?\d+$")
+
+
 def values_from_strings(config, validator):
     """Read as YAML, in place, each string the schema refuses where YAML reads it as another type.
 
     Snakemake reads a nested ``--config`` value with YAML's BaseLoader, so that
-    ``--config 'finetune={"epochs": 20}'`` gives the string '20'. A string the schema accepts
+    ``--config 'finetune={"epochs": 20}'`` gives the string '20'; and YAML 1.1, which PyYAML
+    reads, takes ``1e-3`` (no dot) for a string in a config file too. A string the schema accepts
     stays a string (a salt of digits), and a value YAML cannot read is left to the error.
     """
     for _ in range(1000):  # each pass fixes at least one value; nested ones show up in later passes
@@ -91,6 +96,8 @@ def values_from_strings(config, validator):
                 value = yaml.safe_load(error.instance)
             except yaml.YAMLError:
                 continue
+            if isinstance(value, str) and _YAML11_MISSED_FLOAT.match(value):
+                value = float(value)  # YAML 1.1 reads 1e-3 (no dot) as a string
             if isinstance(value, str):
                 continue
             *parents, key = error.absolute_path
@@ -171,14 +178,18 @@ def _preprocess_problems(preprocess, dataset):
 
 
 def _positive_class_problems(config):
-    """A run's evaluate.positive_class that is not among the labels a dataset fixes (``labels``)."""
+    """A run's evaluate.positive_class that is not among the labels a binary dataset fixes (``labels``).
+
+    Every run applies to every dataset; evaluation ignores positive_class where there are more
+    than two classes, so only two-label datasets are checked.
+    """
     problems = []
     for run, overrides in _entries(config, "runs").items():
         resolved, run_problems_ = _resolve_run(config, run, overrides)
         positive = None if run_problems_ else resolved.get("evaluate", {}).get("positive_class")
         for name, entry in _entries(config, "datasets").items():
             labels = entry.get("labels")
-            if positive is not None and isinstance(labels, list) and positive not in labels:
+            if positive is not None and isinstance(labels, list) and len(labels) == 2 and positive not in labels:
                 problems.append(f"runs.{run}: evaluate.positive_class {positive!r} is not one of "
                                 f"datasets.{name}.labels {labels}")
     return problems

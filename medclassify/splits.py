@@ -801,6 +801,10 @@ def _notes(report, method):
         absent = [c for c, n in counts.items() if n == 0]
         if report["samples"][name] and absent:
             notes.append(f"the {name} split has no samples of class(es) {', '.join(absent)}")
+    for detail in report.get("fold_details", []):
+        absent = [c for c, n in detail["counts"].items() if n == 0]
+        if absent:
+            notes.append(f"the validation split of fold {detail['fold']} has no samples of class(es) {', '.join(absent)}")
     if method != "predefined" and not report["within_tolerance"]:
         notes.append(
             f"some fraction or class proportion is more than {TOLERANCE_POINTS:g} points from its target "

@@ -270,3 +270,21 @@ def test_what_a_stage_would_refuse_is_listed_when_the_config_is_read():
         "datasets.ct: preprocess.percentiles: [50, 10] must be [low, high] with 0 <= low < high <= 100",
         "runs.other: evaluate.positive_class 'malignnat' is not one of datasets.demo.labels ['benign', 'malignant']",
     ]
+
+
+def test_scientific_notation_without_a_dot_is_a_number(tmp_path):
+    # YAML 1.1 (PyYAML) reads 1e-3 as a string; the schema then refused `learning_rate: 1e-3`.
+    path = tmp_path / "config.yaml"
+    path.write_text("finetune:\n  learning_rate: 1e-3\n  weight_decay: 5E-2\ntrain:\n  backbone: 1e3\n")
+    config = load_config(path)
+    assert config["finetune"]["learning_rate"] == 0.001 and config["finetune"]["weight_decay"] == 0.05
+    assert config["train"]["backbone"] == "1e3", "a string the schema accepts stays one"
+
+
+def test_a_positive_class_is_checked_against_binary_datasets_only():
+    # Every run applies to every dataset, and evaluation ignores positive_class with more than two classes.
+    config = load_config(overrides={
+        "datasets": {"lesions": {"manifest": "l.csv", "root": "l", "labels": ["benign", "malignant"]},
+                     "skin": {"manifest": "s.csv", "root": "s", "labels": ["melanoma", "nevus", "keratosis"]}},
+        "evaluate": {"positive_class": "malignant"}})
+    assert run_config(config, "baseline")["evaluate"]["positive_class"] == "malignant"

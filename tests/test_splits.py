@@ -293,6 +293,7 @@ def test_kfold_with_too_few_patients_is_an_input_error():
         make_splits(manifest, options("kfold", folds=5))
 
 
+@pytest.mark.filterwarnings("ignore:the validation split of fold")  # a tiny table, about dropping
 def test_kfold_with_drop_duplicates_deals_the_folds_after_dropping():
     # Patients 1 and 3 hold copies of patients 0 and 2's images. Dealt first, the two folds got
     # {0, 2} and {1, 3}, and dropping the later copies then emptied fold 1.
@@ -369,3 +370,13 @@ def test_read_splits_file_refuses_a_sample_in_two_splits(tmp_path):
     assert [p for p in error.value.problems if "listed more than once" in p] == [
         "line 2: sample 'a' is listed more than once (a sample belongs to one split)",
         "line 4: sample 'a' is listed more than once (a sample belongs to one split)"]
+
+
+def test_a_fold_whose_validation_rows_lack_a_class_is_warned_of():
+    # Nine patients of three classes in five folds: a fold validates on one or two classes only,
+    # and its run would stop early, choose its epoch and threshold on them.
+    manifest = make_manifest([2] * 9, ["a", "b", "c"] * 3)
+    with pytest.warns(UserWarning, match=r"the validation split of fold \d has no samples of class") as caught:
+        splits, report = make_splits(manifest, options("kfold", folds=5))
+    lacking = {d["fold"] for d in report["fold_details"] if 0 in d["counts"].values()}
+    assert lacking and len([w for w in caught if "validation split of fold" in str(w.message)]) == len(lacking)

@@ -11,7 +11,7 @@ from tests.splits_fixtures import make_manifest, options, patients_per_unit, spl
 
 # Random, skewed manifests often leave a small split without some class, which make_splits warns
 # of (test_splits checks the warning); these properties are about partitions, not class coverage.
-pytestmark = pytest.mark.filterwarnings("ignore:the .* split has no samples of class:UserWarning")
+pytestmark = pytest.mark.filterwarnings("ignore:the .* has no samples of class:UserWarning")
 
 # Each example runs the real search; a handful of examples per property keeps the file near 30 s.
 SETTINGS = settings(max_examples=20, deadline=None, derandomize=True,
