@@ -139,7 +139,7 @@ def validate_config(config, schema=None):
     written = copy.deepcopy(config)  # before the defaults, to tell where a value came from
     errors = sorted(validator.iter_errors(config), key=lambda e: list(e.absolute_path))
     problems = [f"{_key_path(e.absolute_path) or '<top>'}: {e.message}" for e in errors]
-    problems += _datasets_problems(config, written) + _runs_problems(config) + _positive_class_problems(config)
+    problems += _datasets_problems(config, written) + _runs_problems(config)
     if problems:
         raise InputError("invalid configuration", problems)
     return config
@@ -177,21 +177,19 @@ def _preprocess_problems(preprocess, dataset):
     return []
 
 
-def _positive_class_problems(config):
-    """A run's evaluate.positive_class that is not among the labels a binary dataset fixes (``labels``).
+def _positive_class_problems(config, run, evaluate):
+    """Run ``run``'s evaluate.positive_class where it is not among the labels a binary dataset fixes.
 
     Every run applies to every dataset; evaluation ignores positive_class where there are more
     than two classes, so only two-label datasets are checked.
     """
+    positive = evaluate.get("positive_class")
     problems = []
-    for run, overrides in _entries(config, "runs").items():
-        resolved, run_problems_ = _resolve_run(config, run, overrides)
-        positive = None if run_problems_ else resolved.get("evaluate", {}).get("positive_class")
-        for name, entry in _entries(config, "datasets").items():
-            labels = entry.get("labels")
-            if positive is not None and isinstance(labels, list) and len(labels) == 2 and positive not in labels:
-                problems.append(f"runs.{run}: evaluate.positive_class {positive!r} is not one of "
-                                f"datasets.{name}.labels {labels}")
+    for name, entry in _entries(config, "datasets").items():
+        labels = entry.get("labels")
+        if positive is not None and isinstance(labels, list) and len(labels) == 2 and positive not in labels:
+            problems.append(f"runs.{run}: evaluate.positive_class {positive!r} is not one of "
+                            f"datasets.{name}.labels {labels}")
     return problems
 
 
@@ -225,10 +223,14 @@ def _get(mapping, *keys):
 
 
 def _runs_problems(config):
-    problems = []
+    """Each run's problems as resolved, then (for the runs that have none) its positive class's."""
+    problems, positive_class_problems = [], []
     for name, overrides in _entries(config, "runs").items():
-        problems += _resolve_run(config, name, overrides, top_level_checked=True)[1]
-    return problems
+        resolved, run_problems_ = _resolve_run(config, name, overrides, top_level_checked=True)
+        problems += run_problems_
+        if not run_problems_:
+            positive_class_problems += _positive_class_problems(config, name, resolved.get("evaluate", {}))
+    return problems + positive_class_problems
 
 
 def load_config(path=None, overrides=None):
