@@ -104,15 +104,14 @@ def initial_model(stage, *, init_model, input_shape, class_counts, train_options
     pretrained = False
     if stage == "finetune" and init_model is not None:
         model = keras.models.load_model(init_model, safe_mode=True, compile=False)
-        fits = [f"it takes images of shape {tuple(model.input_shape[1:])}, the cache holds {tuple(input_shape)}"
-                if tuple(model.input_shape[1:]) != tuple(input_shape) else None,
-                f"it has {model.output_shape[-1]} outputs, the cache {len(class_counts)} classes"
-                if model.output_shape[-1] != len(class_counts) else None]
-        if any(fits):
-            raise InputError(f"{init_model}: the model to fine-tune does not fit the cache", [f for f in fits if f])
-        meta_path = Path(init_model).with_name("model.json")
-        if meta_path.exists():
-            pretrained = bool(json.loads(meta_path.read_text(encoding="utf-8")).get("pretrained", False))
+        problems = []
+        if tuple(model.input_shape[1:]) != tuple(input_shape):
+            problems.append(f"it takes images of shape {tuple(model.input_shape[1:])}, the cache holds {tuple(input_shape)}")
+        if model.output_shape[-1] != len(class_counts):
+            problems.append(f"it has {model.output_shape[-1]} outputs, the cache {len(class_counts)} classes")
+        if problems:
+            raise InputError(f"{init_model}: the model to fine-tune does not fit the cache", problems)
+        pretrained = bool(model_json_beside(init_model).get("pretrained", False))
     else:
         weights_path = resolve_weights(train_options)
         pretrained = weights_path is not None
@@ -390,14 +389,17 @@ def check_validation_auc_is_defined(val_labels, settings, splits_path, fold):
                       "select_epoch best_auc keeps the last epoch", stacklevel=2)
 
 
+def model_json_beside(model_path):
+    """The model.json a stage wrote beside ``model_path``, or {} for a model without one."""
+    meta_path = Path(model_path).with_name("model.json")
+    return json.loads(meta_path.read_text(encoding="utf-8")) if meta_path.exists() else {}
+
+
 def check_init_model_fits(init_model, cache):
     """Raise InputError when ``init_model``'s model.json says it was trained on other classes or
     other preprocessing than ``cache`` holds: fine-tuning would go on with images it never saw
     (another intensity scaling, zscore statistics its layers lack) or other class meanings."""
-    meta_path = Path(init_model).with_name("model.json")
-    if not meta_path.exists():
-        return
-    meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    meta = model_json_beside(init_model)
     problems = []
     if meta.get("params_hash") not in (None, _params_hash(cache)):
         problems.append(f"it was trained on images preprocessed with other parameters (params_hash "
@@ -630,10 +632,7 @@ def untrained_initial_model(init_model):
     """
     if init_model is None:
         return True
-    meta_path = Path(init_model).with_name("model.json")
-    if not meta_path.exists():
-        return False
-    meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    meta = model_json_beside(init_model)
     return meta.get("epochs_trained") == 0 and not meta.get("pretrained", False)
 
 
