@@ -20,8 +20,8 @@ class WarmupCosineDecay(keras.optimizers.schedules.LearningRateSchedule):
     start, against 0.7 s here. Evaluated eagerly the rates are Keras's bit for bit; in a traced
     train step Grappler's constant folding regroups the arithmetic, so 2-24% of 20,000 steps
     (depending on the graph around it) differ from Keras's by 1-2 ulp, where CosineDecay's
-    branches are left alone. Runs with this schedule are reproducible among themselves, not bit-identical to
-    runs with CosineDecay.
+    branches are left alone. Runs with this schedule are reproducible among themselves, not
+    bit-identical to runs with CosineDecay.
     """
 
     def __init__(self, peak, warmup_steps, decay_steps):
