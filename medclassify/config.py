@@ -136,6 +136,7 @@ def validate_config(config, schema=None):
     switches_as_strings(config)
     validator = _validator_filling_defaults(schema)
     values_from_strings(config, validator)
+    _override_values_from_strings(config)
     written = copy.deepcopy(config)  # before the defaults, to tell where a value came from
     errors = sorted(validator.iter_errors(config), key=lambda e: list(e.absolute_path))
     problems = [f"{_key_path(e.absolute_path) or '<top>'}: {e.message}" for e in errors]
@@ -151,6 +152,17 @@ def _entries(config, key):
     if not isinstance(entries, dict):
         return {}
     return {name: entry for name, entry in entries.items() if isinstance(entry, dict)}
+
+
+def _override_values_from_strings(config):
+    """values_from_strings for the sections a dataset or run overrides, which the schema leaves
+    untyped: the strings of a nested --config (runs={"long": {"finetune": {"epochs": 30}}}).
+    Once here, in place, rather than at every resolution of a run or dataset while planning."""
+    for key, sections in (("datasets", DATASET_SECTIONS), ("runs", RUN_SECTIONS)):
+        for entry in _entries(config, key).values():
+            for section in sections:
+                if isinstance(entry.get(section), dict):
+                    values_from_strings(entry[section], _section_validator(section))
 
 
 def _datasets_problems(config, written):
@@ -306,9 +318,6 @@ def _resolve_sections(config, overrides, sections, where, top_level_checked=Fals
         top, own = config.get(section, {}), overrides.get(section, {})
         if not (isinstance(top, dict) and isinstance(own, dict)):
             continue  # the schema reports a section that is not a mapping
-        # The schema leaves the overrides of a run or dataset untyped, so the strings of a nested
-        # --config (runs={"long": {"finetune": {"epochs": 30}}}) are read here, in place.
-        values_from_strings(own, _section_validator(section))
         resolved[section] = deep_merge(top, own)
         errors = _section_errors(section, resolved[section])
         inherited = _section_errors(section, copy.deepcopy(top)) if errors and top_level_checked else []
