@@ -103,7 +103,8 @@ from . import __version__
 from .atomic import atomic_path, atomic_write_json
 from .config import config_hash
 from .errors import InputError
-from .preprocessing import PREPROCESSING_VERSION, check_preprocess_options, from_storage, preprocess_image, to_storage
+from .preprocess_options import check_preprocess_options
+from .preprocessing import PREPROCESSING_VERSION, from_storage, preprocess_image, to_storage
 
 # Format 2: the part digest covers every row's label, patient and modality too. Format 3: it
 # covers the class list too. A file of an older format is refused with "rerun the preprocess

@@ -17,6 +17,7 @@ import jsonschema
 import yaml
 
 from .errors import InputError
+from .preprocess_options import check_preprocess_options
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SCHEMA_PATH = REPO_ROOT / "workflow" / "schemas" / "config.schema.yaml"
@@ -180,8 +181,6 @@ def _datasets_problems(config, written):
 
 def _preprocess_problems(preprocess, dataset):
     """What the preprocess stage would refuse (a window without its width, …), found before any job."""
-    from .preprocessing import check_preprocess_options
-
     try:
         check_preprocess_options(preprocess)
     except InputError as error:

@@ -30,17 +30,16 @@ alters output values, so that stale caches are rebuilt instead of silently reuse
 import bisect
 import itertools
 import math
-import numbers
 
 import numpy as np
 from PIL import Image
 
-from .errors import InputError
+from .preprocess_options import check_preprocess_options
 
 PREPROCESSING_VERSION = 1
 
-# Pillow filters for the configured names. "area" is box averaging: every source pixel
-# contributes in proportion to its overlap, the anti-aliased choice for downsampling.
+# Pillow filters for the configured names. "area" is box averaging, the anti-aliased choice for
+# downsampling.
 RESAMPLING = {
     "nearest": Image.Resampling.NEAREST,
     "bilinear": Image.Resampling.BILINEAR,
@@ -48,9 +47,6 @@ RESAMPLING = {
     "area": Image.Resampling.BOX,
     "lanczos": Image.Resampling.LANCZOS,
 }
-
-INTENSITY_MODES = ("minmax", "percentile", "window", "zscore", "none")
-ASPECT_POLICIES = ("pad", "stretch", "crop")
 
 
 def preprocess_image(pixels, preprocess_options):
@@ -74,33 +70,6 @@ def preprocess_image(pixels, preprocess_options):
     shaped = apply_aspect(clipped, height / width, preprocess_options["aspect"])
     resized = resize_image(shaped, (height, width), preprocess_options["resize"])
     return _rescale(resized, low, high)
-
-
-def check_preprocess_options(options):
-    """Raise InputError listing every inconsistent preprocess option (beyond the schema)."""
-    problems = []
-    if options.get("intensity") not in INTENSITY_MODES:
-        problems.append(f"preprocess.intensity: {options.get('intensity')!r} is not one of {INTENSITY_MODES}")
-    if options.get("aspect") not in ASPECT_POLICIES:
-        problems.append(f"preprocess.aspect: {options.get('aspect')!r} is not one of {ASPECT_POLICIES}")
-    if options.get("resize") not in RESAMPLING:
-        problems.append(f"preprocess.resize: {options.get('resize')!r} is not one of {tuple(RESAMPLING)}")
-    size = options.get("size")
-    if not (isinstance(size, (list, tuple)) and len(size) == 2 and all(int(s) >= 1 for s in size)):
-        problems.append(f"preprocess.size: {size!r} is not [height, width]")
-    if options.get("intensity") == "percentile" and not _is_percentile_range(options.get("percentiles")):
-        problems.append(f"preprocess.percentiles: {options.get('percentiles')!r} must be [low, high] with 0 <= low < high <= 100")
-    if options.get("intensity") == "window":
-        window = options.get("window")
-        if not window or window.get("width", 0) <= 0:
-            problems.append("preprocess.window: intensity 'window' needs a window {center, width} with width > 0")
-    if problems:
-        raise InputError("invalid preprocess options", problems)
-
-
-def _is_percentile_range(value):
-    return (isinstance(value, (list, tuple)) and len(value) == 2 and all(isinstance(v, numbers.Real) for v in value)
-            and 0 <= value[0] < value[1] <= 100)
 
 
 def _as_hwc(pixels):

@@ -21,6 +21,13 @@ def test_light_stages_do_not_depend_on_training_code():
         assert not files & {"training.py", "data.py", "models/__init__.py", "evaluation/__init__.py"}, stage
 
 
+def test_stages_that_only_read_the_config_do_not_depend_on_image_code():
+    # config.py checks the preprocess options; the image code that applies them is not its import
+    for stage in ("config", "splits"):
+        files = names(module_closure(stage))
+        assert "preprocess_options.py" in files and "preprocessing.py" not in files, stage
+
+
 def test_training_depends_on_every_model_module_it_builds_with():
     files = names(module_closure("training"))
     assert {"training.py", "data.py", "gpu.py", "cache.py", "models/__init__.py", "models/resnet.py"} <= files

@@ -17,6 +17,16 @@ def test_empty_config_gets_every_default():
     assert set(config["runs"]) == {"baseline"}
 
 
+def test_the_schema_offers_the_preprocess_choices_the_options_check_accepts():
+    from medclassify.config import load_schema
+    from medclassify.preprocess_options import ASPECT_POLICIES, INTENSITY_MODES, RESIZE_METHODS
+
+    preprocess = load_schema()["properties"]["preprocess"]["properties"]
+    assert tuple(preprocess["resize"]["enum"]) == RESIZE_METHODS
+    assert tuple(preprocess["aspect"]["enum"]) == ASPECT_POLICIES
+    assert tuple(preprocess["intensity"]["enum"]) == INTENSITY_MODES
+
+
 def test_every_schema_key_has_a_description_and_a_default():
     from medclassify.config import load_schema
 

@@ -179,6 +179,13 @@ def test_invalid_options_list_every_problem():
     assert "preprocess.window" in text and "preprocess.aspect" in text
 
 
+def test_every_resize_method_the_options_accept_has_a_pillow_filter():
+    from medclassify.preprocess_options import RESIZE_METHODS
+    from medclassify.preprocessing import RESAMPLING
+
+    assert tuple(RESAMPLING) == RESIZE_METHODS
+
+
 def test_rejects_non_image_arrays():
     with pytest.raises(ValueError, match="shape"):
         preprocess_image(np.zeros((2, 3, 4, 5)), opts())
