@@ -52,10 +52,11 @@ def split_predictions(model_path, cache_path, splits_path, splits, evaluate, fol
     """
     from medclassify.cache import open_cache
     from medclassify.data import split_indices
-    from medclassify.evaluation.run import load_model, read_model_info, tta_views
+    from medclassify.evaluation.run import load_model, tta_views
+    from medclassify.model_info import model_json_beside
     from medclassify.inference import cache_reader, predict_probabilities
 
-    views, _ = tta_views(read_model_info(model_path), evaluate)
+    views, _ = tta_views(model_json_beside(model_path), evaluate)
     model = load_model(model_path)
     with open_cache(cache_path) as cache:
         indices = split_indices(cache.sample_ids, splits_path, fold)

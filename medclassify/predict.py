@@ -18,7 +18,6 @@ warning counts them; nothing is skipped silently. What reading left out of a fil
 ``warning`` column, and a warning counts those rows too.
 """
 
-import json
 import time
 import warnings
 from pathlib import Path
@@ -29,6 +28,7 @@ import pandas as pd
 from .atomic import atomic_path, atomic_write_json
 from .errors import InputError
 from .inference import IDENTITY, check_finite_probabilities, is_view, mean_probabilities
+from .model_info import model_json_path, read_json_object
 
 BATCH = 256  # images preprocessed and predicted at once; bounds memory on large folders
 # The version of a model.json that records none. Training has recorded the cache's
@@ -47,10 +47,10 @@ def load_model_info(model_path):
     parameter record). Raises InputError naming the file and every missing entry, or when the
     model was trained under another preprocessing version (:func:`_check_preprocessing_version`).
     """
-    info_path = Path(model_path).with_name("model.json")
+    info_path = model_json_path(model_path)
     if not info_path.exists():
         raise InputError(f"{info_path}: not found", [f"the model {model_path} must have its model.json beside it"])
-    info = _read_json_object(info_path, "the model's description")
+    info = read_json_object(info_path, "the model's description")
     params = info.get("params") if isinstance(info.get("params"), dict) else {}
     resolved = {
         "classes": info.get("classes"),
@@ -147,18 +147,7 @@ def _evaluation_metrics_path(model_path):
 
 
 def _read_metrics(metrics_path):
-    return _read_json_object(metrics_path, "the evaluation whose threshold and views predict applies")
-
-
-def _read_json_object(path, what):
-    """The JSON object in ``path``; InputError naming the file when it is not one (a hand edit, a cut copy)."""
-    try:
-        content = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, ValueError) as error:
-        raise InputError(f"{path}: cannot be read as JSON", [f"{what}: {error}"]) from None
-    if not isinstance(content, dict):
-        raise InputError(f"{path}: not a JSON object", [f"{what} must be a JSON object, not {type(content).__name__}"])
-    return content
+    return read_json_object(metrics_path, "the evaluation whose threshold and views predict applies")
 
 
 def _decision_of(metrics, metrics_path, classes, chosen_on):

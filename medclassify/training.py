@@ -41,6 +41,7 @@ from .errors import InputError
 from .fitting import compile_model, reset_layer_seeds, stage_options
 from .gpu import configure_devices
 from .inference import cache_reader, predict_probabilities
+from .model_info import model_json_beside
 from .models import (backbone_of, build_classifier, build_ensemble, set_backbone_inference_mode,
                      set_trainable_blocks)
 from .models.ensemble import MEMBER_PREFIX
@@ -389,12 +390,6 @@ def check_validation_auc_is_defined(val_labels, settings, splits_path, fold):
                       "select_epoch best_auc keeps the last epoch", stacklevel=2)
 
 
-def model_json_beside(model_path):
-    """The model.json a stage wrote beside ``model_path``, or {} for a model without one."""
-    meta_path = Path(model_path).with_name("model.json")
-    return json.loads(meta_path.read_text(encoding="utf-8")) if meta_path.exists() else {}
-
-
 def check_init_model_fits(init_model, cache):
     """Raise InputError when ``init_model``'s model.json says it was trained on other classes or
     other preprocessing than ``cache`` holds: fine-tuning would go on with images it never saw
@@ -673,7 +668,7 @@ def train_ensemble(n_members, cache_path, splits_path, out_dir, *, options, fold
 
     members = [keras.models.load_model(p, safe_mode=True, compile=False) for p in member_paths]
     ensemble = build_ensemble(members)
-    member_meta = [json.loads(p.with_name("model.json").read_text(encoding="utf-8")) for p in member_paths]
+    member_meta = [model_json_beside(p) for p in member_paths]
     metadata = dict(member_meta[0])
     metadata["train_options"] = options["train"]
     metadata["seed"] = seed

@@ -249,14 +249,15 @@ def test_first_class_as_positive_class(binary_run, tmp_path):
 
 
 def test_tta_uses_only_the_flips_that_training_allowed(tmp_path):
-    from medclassify.evaluation.run import read_model_info, tta_flips
+    from medclassify.evaluation.run import tta_flips
+    from medclassify.model_info import model_json_beside
     from medclassify.inference import view_of
 
     model_path = tmp_path / "model.keras"
-    assert tta_flips(read_model_info(model_path)) == ["horizontal_flip", "vertical_flip"]  # no model.json: both
+    assert tta_flips(model_json_beside(model_path)) == ["horizontal_flip", "vertical_flip"]  # no model.json: both
     (tmp_path / "model.json").write_text(json.dumps(
         {"train_options": {"augment": {"horizontal_flip": True, "vertical_flip": False}}}))
-    assert tta_flips(read_model_info(model_path)) == ["horizontal_flip"]
+    assert tta_flips(model_json_beside(model_path)) == ["horizontal_flip"]
     images = np.arange(8, dtype=np.float32).reshape(1, 2, 4, 1)
     assert np.array_equal(view_of(images, "horizontal_flip")[0, :, :, 0], images[0, :, ::-1, 0])
     assert np.array_equal(view_of(images, "vertical_flip")[0, :, :, 0], images[0, ::-1, :, 0])

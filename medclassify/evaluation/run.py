@@ -1,6 +1,5 @@
 """The evaluate stage: predictions on val and test, threshold from val, metrics and plots on test."""
 
-import json
 import warnings
 from pathlib import Path
 
@@ -11,6 +10,7 @@ from ..atomic import atomic_path, atomic_write_json
 from ..errors import InputError
 from ..inference import (FLIPS, IDENTITY, affine_views, cache_reader, check_finite_probabilities,
                          predict_probabilities)
+from ..model_info import model_json_beside
 from ..splits import read_splits_file, split_sample_ids
 from . import plots
 from .bootstrap import bootstrap_ci, bootstrap_indices
@@ -50,14 +50,6 @@ def load_model(model_path):
     except Exception as error:  # Keras reports a damaged zip as "File not found", among others
         raise InputError(f"{model_path}: not a readable Keras model (truncated or corrupted?)",
                          [f"{type(error).__name__}: {str(error)[:500]}", "rerun the training stage that writes it"]) from None
-
-
-def read_model_info(model_path):
-    """``model.json`` beside the model (written by the training stage), or {} when absent."""
-    info_path = Path(model_path).with_name("model.json")
-    if not info_path.exists():
-        return {}
-    return json.loads(info_path.read_text(encoding="utf-8"))
 
 
 def tta_flips(model_info):
@@ -336,7 +328,7 @@ def run_evaluation(model_path, cache_path, splits_path, manifest_path, out_dir, 
     # Only the evaluate section reaches this stage (docs/architecture.md); an older run config
     # with train.tta is still honoured.
     evaluate = {**evaluate, "tta": bool(evaluate.get("tta", options.get("train", {}).get("tta", False)))}
-    model_info = read_model_info(model_path)
+    model_info = model_json_beside(model_path)
     views, views_note = tta_views(model_info, evaluate)
     subgroup_columns = subgroup_columns_of(evaluate)
 

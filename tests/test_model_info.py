@@ -1,0 +1,29 @@
+"""The one reader of the model.json beside a model."""
+
+import pytest
+
+from medclassify.errors import InputError
+from medclassify.model_info import model_json_beside, model_json_path
+
+
+def test_a_model_without_a_description_has_an_empty_one(tmp_path):
+    assert model_json_beside(tmp_path / "model.keras") == {}
+
+
+def test_the_description_is_the_model_json_in_the_models_folder(tmp_path):
+    (tmp_path / "model.json").write_text('{"classes": ["a", "b"]}', encoding="utf-8")
+    assert model_json_path(tmp_path / "model.keras") == tmp_path / "model.json"
+    assert model_json_beside(tmp_path / "model.keras") == {"classes": ["a", "b"]}
+
+
+@pytest.mark.parametrize("content, message", [
+    ('{"classes": ["a"', "cannot be read as JSON"),
+    ("", "cannot be read as JSON"),
+    ('["a", "b"]', "not a JSON object"),
+])
+def test_a_damaged_description_is_an_input_error_naming_the_file_and_the_model(tmp_path, content, message):
+    (tmp_path / "model.json").write_text(content, encoding="utf-8")
+    with pytest.raises(InputError, match=message) as error:
+        model_json_beside(tmp_path / "model.keras")
+    assert str(tmp_path / "model.json") in str(error.value)
+    assert any(str(tmp_path / "model.keras") in problem for problem in error.value.problems)
