@@ -244,6 +244,26 @@ def _runs_problems(config):
     return problems + positive_class_problems
 
 
+def subgroup_column_problems(config, columns_of):
+    """Each run's ``evaluate.subgroups`` that a dataset's validated manifest will not have.
+
+    Evaluation reads those columns after training: found there, a misspelt column costs the
+    training. ``columns_of(dataset)`` gives the columns of the dataset's validated manifest, or
+    None where they cannot be known yet. Every run applies to every dataset.
+    """
+    problems = []
+    for dataset in _entries(config, "datasets"):
+        columns = columns_of(dataset)
+        if columns is None:
+            continue
+        for run in _entries(config, "runs"):
+            missing = [c for c in run_config(config, run)["evaluate"]["subgroups"] if c not in columns]
+            if missing:
+                problems.append(f"runs.{run}: evaluate.subgroups {missing} are not columns of dataset "
+                                f"{dataset!r}'s manifest (columns: {', '.join(dict.fromkeys(columns))})")
+    return problems
+
+
 def load_config(path=None, overrides=None):
     """Read a YAML config (or start empty), merge ``overrides``, validate and fill defaults."""
     config = {} if path is None else _read_config_file(path)

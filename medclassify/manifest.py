@@ -237,6 +237,26 @@ def read_manifest_rows(manifest, problems):
     return header, rows
 
 
+def manifest_header(manifest):
+    """The column names on ``manifest``'s first line; None where validation will refuse the header.
+
+    Reads that line alone, so that the workflow can check a config against a manifest of a million
+    rows each time it starts. None for a file that cannot be read or decoded, or whose header lacks
+    a required column: validation reports those, with every other problem.
+    """
+    try:
+        with open(manifest, "rb") as f:
+            first_line = f.readline(1 << 20)
+    except OSError:
+        return None
+    try:
+        line = first_line.removeprefix(b"\xef\xbb\xbf").decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+    header = [name.strip() for name in next(csv.reader([line]), [])]
+    return header if all(column in header for column in REQUIRED_COLUMNS) else None
+
+
 def _csv_records(text):
     """``([(first_line, last_line, fields), ...], problem)`` of a CSV text, blank lines left out.
 

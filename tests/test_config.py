@@ -4,7 +4,7 @@ import pytest
 
 from medclassify.config import (
     REPO_ROOT, config_hash, dataset_config, deep_merge, load_config, loading_options, run_config, schema_reference,
-    validate_config, without_loading_options,
+    subgroup_column_problems, validate_config, without_loading_options,
 )
 from medclassify.errors import InputError
 
@@ -298,3 +298,16 @@ def test_a_positive_class_is_checked_against_binary_datasets_only():
                      "skin": {"manifest": "s.csv", "root": "s", "labels": ["melanoma", "nevus", "keratosis"]}},
         "evaluate": {"positive_class": "malignant"}})
     assert run_config(config, "baseline")["evaluate"]["positive_class"] == "malignant"
+
+
+def test_subgroup_columns_are_checked_against_each_dataset_whose_columns_are_known():
+    config = load_config(overrides={
+        "datasets": {"own": {"manifest": "o.csv", "root": "o"}, "pending": {"manifest": "p.csv", "root": "p"}},
+        "evaluate": {"subgroups": ["site"]},
+        "runs": {"baseline": {}, "by_scanner": {"evaluate": {"subgroups": ["site", "scanner", "sex"]}}}})
+    columns = {"own": ["path", "label", "patient", "modality", "site"], "pending": None}
+
+    problems = subgroup_column_problems(config, columns.get)
+
+    assert problems == ["runs.by_scanner: evaluate.subgroups ['scanner', 'sex'] are not columns of dataset 'own'"
+                        "'s manifest (columns: path, label, patient, modality, site)"]

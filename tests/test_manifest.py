@@ -14,8 +14,8 @@ from PIL import Image
 
 from medclassify.cli import main as cli_main
 from medclassify.errors import InputError, UsageError
-from medclassify.manifest import (VALIDATED_COLUMNS, image_files_stamp, raise_if_invalid, validate_manifest,
-                                  write_validation_outputs)
+from medclassify.manifest import (VALIDATED_COLUMNS, image_files_stamp, manifest_header, raise_if_invalid,
+                                  validate_manifest, write_validation_outputs)
 from medclassify.privacy import hash_patient
 from tests.badinput_corpus import write_png
 
@@ -448,3 +448,22 @@ def test_public_default_salt_gets_a_warning_and_the_environment_can_set_a_secret
     assert resolve_salt(None, {}) == DEFAULT_SALT
     assert resolve_salt(None, {"MEDCLASSIFY_SALT": "s3cret"}) == "s3cret"
     assert resolve_salt("configured", {"MEDCLASSIFY_SALT": "s3cret"}) == "configured"
+
+
+@pytest.mark.parametrize("first_line, header", [
+    (b"path,label,patient,modality,site\n", ["path", "label", "patient", "modality", "site"]),
+    (b"\xef\xbb\xbfpath, label ,patient,modality\r\n", ["path", "label", "patient", "modality"]),
+    (b'"path","label","patient","modality","site, city"\n', ["path", "label", "patient", "modality", "site, city"]),
+    (b"path;label;patient;modality\n", None),  # validation names the delimiter
+    (b"file,label,patient,modality\n", None),  # and the missing column
+    (b"path,label,patient,modality,\xe9tude\n", None),  # and the encoding
+    (b"", None),
+])
+def test_manifest_header_is_read_from_the_first_line_only_where_validation_will_accept_it(tmp_path, first_line, header):
+    manifest = tmp_path / "manifest.csv"
+    manifest.write_bytes(first_line + b"a.png,x,p1,US,")
+    assert manifest_header(manifest) == header
+
+
+def test_manifest_header_of_a_missing_manifest_is_none(tmp_path):
+    assert manifest_header(tmp_path / "absent.csv") is None

@@ -182,6 +182,25 @@ def test_asking_for_predictions_without_predict_input_names_the_key(unrun_workdi
     assert run.returncode != 0 and "predict.input is null: set it to a folder" in run.output, run.tail()
 
 
+def test_a_subgroup_column_no_manifest_has_stops_planning_before_any_job(unrun_workdir):
+    # Evaluation reads the subgroup columns after training: a misspelt one must not cost the training.
+    manifest = unrun_workdir / "own" / "manifest.csv"
+    manifest.parent.mkdir(exist_ok=True)
+    manifest.write_text("path,label,patient,modality,site\nimg.png,a,p1,US,north\n")
+    config_path = unrun_workdir / FAST_CONFIG_NAME
+    with restored_afterwards(config_path):
+        config = yaml.safe_load(config_path.read_text())
+        config["datasets"]["own"] = {"manifest": "own/manifest.csv"}
+        config["evaluate"]["subgroups"] = ["site", "scanner"]
+        config_path.write_text(yaml.safe_dump(config, sort_keys=False))
+        run = run_snakemake(["-n", *CONFIG_ARGS], unrun_workdir, timeout_s=TIMEOUT_S)
+    assert run.returncode != 0, run.tail()
+    for dataset in ("demo", "own"):
+        assert f"runs.baseline: evaluate.subgroups ['scanner'] are not columns of dataset '{dataset}'" in run.output, \
+            run.tail()
+    assert "['site'" not in run.output, run.tail()
+
+
 @pytest.mark.parametrize("option", ["dataset", "run"])
 def test_unknown_predict_model_is_named_when_predicting(unrun_workdir, option):
     (unrun_workdir / "newimgs").mkdir(exist_ok=True)

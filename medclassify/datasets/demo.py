@@ -42,6 +42,7 @@ from pydicom.dataset import FileDataset, FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
 from ..atomic import atomic_write_text
+from . import DEMO_MANIFEST_COLUMNS
 from ._output import staged_folder
 
 __all__ = ["CLASSES", "DEMO_IDENTIFYING_VALUES", "MANIFEST_COLUMNS", "generate_demo_dataset"]
@@ -49,7 +50,7 @@ __all__ = ["CLASSES", "DEMO_IDENTIFYING_VALUES", "MANIFEST_COLUMNS", "generate_d
 CLASSES = ("circumscribed", "lobulated", "spiculated")
 MODALITIES = ("US", "XR", "CT", "MR")
 SITES = ("site_A", "site_B", "site_C")
-MANIFEST_COLUMNS = ("path", "label", "patient", "modality", "site", "sex")
+MANIFEST_COLUMNS = DEMO_MANIFEST_COLUMNS
 
 # Fake identifying values written into every demo DICOM file. Each is distinctive enough that
 # finding it anywhere under results/ means a reader leaked DICOM metadata.

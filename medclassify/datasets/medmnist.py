@@ -31,12 +31,13 @@ from PIL import Image
 
 from ..atomic import atomic_path, atomic_write_text
 from ..errors import InputError
+from . import MEDMNIST_MANIFEST_COLUMNS
 from ._output import staged_folder
 
 __all__ = ["DATASETS", "SIZES", "download_medmnist", "import_medmnist", "label_names", "npz_file_name"]
 
 SIZES = (28, 64, 128, 224)
-MANIFEST_COLUMNS = ("path", "label", "patient", "modality", "split")
+MANIFEST_COLUMNS = MEDMNIST_MANIFEST_COLUMNS
 SPLITS = ("train", "val", "test")
 _ZENODO = "https://zenodo.org/records/10519652/files/"
 

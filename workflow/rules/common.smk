@@ -9,10 +9,18 @@ from medclassify.codedeps import rule_inputs
 from medclassify.config import (
     dataset_config,
     run_config,
+    subgroup_column_problems,
     validate_config,
     without_loading_options,
 )
-from medclassify.manifest import files_stamp, image_files_stamp
+from medclassify.datasets import DEMO_MANIFEST_COLUMNS, MEDMNIST_MANIFEST_COLUMNS
+from medclassify.errors import InputError
+from medclassify.manifest import (
+    VALIDATED_COLUMNS,
+    files_stamp,
+    image_files_stamp,
+    manifest_header,
+)
 from medclassify.predict import files_read, is_snakemake_pattern
 from medclassify.workflow_paths import parse_run, run_ids
 
@@ -109,6 +117,27 @@ def root_of(wildcards):
         return f"results/{wildcards.dataset}/{kind}"
     options = dataset(wildcards)
     return options["root"] or str(Path(options["manifest"]).parent)
+
+
+def validated_manifest_columns(name):
+    """The columns dataset ``name``'s validated manifest will have; None while its manifest is
+    missing or has a header that validation will refuse (it reports that, with every other problem).
+    """
+    kind = source_kind(name)
+    if kind == "demo":
+        header = DEMO_MANIFEST_COLUMNS
+    elif kind == "medmnist":
+        header = MEDMNIST_MANIFEST_COLUMNS
+    else:
+        manifest = dataset_config(config, name)["manifest"]
+        header = manifest_header(manifest) if manifest else None
+    return None if header is None else [*VALIDATED_COLUMNS, *header]
+
+
+# Subgroup columns are read by evaluation, after training: check them before any job is planned.
+_subgroup_problems = subgroup_column_problems(config, validated_manifest_columns)
+if _subgroup_problems:
+    raise InputError("invalid configuration", _subgroup_problems)
 
 
 def validation_options(wildcards):
