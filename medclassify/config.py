@@ -16,6 +16,7 @@ from pathlib import Path
 import jsonschema
 import yaml
 
+from .backbone_names import backbone_problems
 from .errors import InputError
 from .preprocess_options import check_preprocess_options
 
@@ -418,7 +419,7 @@ def resolve_automatic(options):
 def run_problems(options):
     """Combinations of a run's resolved options that cannot take effect together, in words."""
     train = options["train"]
-    problems = []
+    problems = backbone_problems(train)
     if train["jit_compile"] == "on" and train["deterministic"]:
         # keras.src.trainers.trainer.model_supports_jit: under op determinism compile drops XLA.
         problems.append("train.jit_compile 'on' cannot take effect with train.deterministic true: Keras compiles "

@@ -186,9 +186,10 @@ def test_xla_asked_for_under_op_determinism_is_refused_with_the_way_out():
 
 def test_auto_head_epochs_and_learning_rate_follow_the_weights():
     config = validate_config({"datasets": {"demo": {"demo": True}}, "runs": {
-        "scratch": {}, "imagenet": {"train": {"weights": "imagenet"}},
-        "file": {"train": {"weights": "/weights/resnet50.weights.h5"}},
-        "chosen": {"train": {"weights": "imagenet"}, "head": {"epochs": 2}, "finetune": {"learning_rate": 0.01}}}})
+        "scratch": {}, "imagenet": {"train": {"backbone": "ResNet50", "weights": "imagenet"}},
+        "file": {"train": {"weights": "/weights/resnet18.weights.h5"}},
+        "chosen": {"train": {"backbone": "DenseNet121", "weights": "imagenet"}, "head": {"epochs": 2},
+                   "finetune": {"learning_rate": 0.01}}}})
     assert config["head"]["epochs"] == "auto" and config["finetune"]["learning_rate"] == "auto"
     resolved = {run: (options["head"]["epochs"], options["finetune"]["learning_rate"])
                 for run in config["runs"] for options in [run_config(config, run)]}
@@ -285,10 +286,10 @@ def test_what_a_stage_would_refuse_is_listed_when_the_config_is_read():
 def test_scientific_notation_without_a_dot_is_a_number(tmp_path):
     # YAML 1.1 (PyYAML) reads 1e-3 as a string; the schema then refused `learning_rate: 1e-3`.
     path = tmp_path / "config.yaml"
-    path.write_text("finetune:\n  learning_rate: 1e-3\n  weight_decay: 5E-2\ntrain:\n  backbone: 1e3\n")
+    path.write_text("finetune:\n  learning_rate: 1e-3\n  weight_decay: 5E-2\nevaluate:\n  positive_class: 1e3\n")
     config = load_config(path)
     assert config["finetune"]["learning_rate"] == 0.001 and config["finetune"]["weight_decay"] == 0.05
-    assert config["train"]["backbone"] == "1e3", "a string the schema accepts stays one"
+    assert config["evaluate"]["positive_class"] == "1e3", "a string the schema accepts stays one"
 
 
 def test_a_positive_class_is_checked_against_binary_datasets_only():
@@ -311,3 +312,24 @@ def test_subgroup_columns_are_checked_against_each_dataset_whose_columns_are_kno
 
     assert problems == ["runs.by_scanner: evaluate.subgroups ['scanner', 'sex'] are not columns of dataset 'own'"
                         "'s manifest (columns: path, label, patient, modality, site)"]
+
+
+def test_backbone_names_and_imagenet_weights_are_checked_when_the_config_is_read():
+    # Found by the training job otherwise, after validation, preprocessing and the split.
+    with pytest.raises(InputError) as error:
+        load_config(overrides={"runs": {
+            "typo": {"train": {"backbone": "resnet50"}},
+            "unknown": {"train": {"backbone": "ViT"}},
+            "builtin": {"train": {"weights": "imagenet"}},
+            "unpublished": {"train": {"backbone": "MobileNetV2", "weights": "imagenet"}},
+            "fine": {"train": {"backbone": "EfficientNetB0", "weights": "imagenet"}},
+            "own_file": {"train": {"weights": "my/resnet18.weights.h5"}}}})
+    problems = error.value.problems
+    assert len(problems) == 4, problems
+    assert "runs.typo: train.backbone 'resnet50' is neither the built-in resnet18 nor a keras.applications model " \
+           "(did you mean ResNet50?)" in problems
+    assert any(p.startswith("runs.unknown: train.backbone 'ViT'") and "e.g. ResNet50" in p for p in problems)
+    assert any(p.startswith("runs.builtin: train.weights 'imagenet': no ImageNet weights with a published hash "
+                            "for resnet18") for p in problems)
+    assert any(p.startswith("runs.unpublished: train.weights 'imagenet': no ImageNet weights with a published "
+                            "hash for MobileNetV2") for p in problems)

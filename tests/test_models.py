@@ -11,6 +11,7 @@ import keras
 import numpy as np
 import pytest
 
+from medclassify import backbone_names
 from medclassify.errors import InputError
 from medclassify import gpu
 from medclassify.gpu import keep_freed_memory, mixed_precision_policy, strategy_kind, use_jit, visible_gpu_ids
@@ -101,6 +102,12 @@ def test_unfreezing_one_block_trains_the_top_block_of_each_naming_scheme(name, n
 # names its layers one way, so the smallest stands for the rest: building all 41 took 126 s of
 # a make test near its limit. A family that a later Keras adds is tested by its first name.
 SMALLEST_OF_FAMILY = {"DenseNet121", "EfficientNetB0", "EfficientNetV2B0", "ResNet50", "ResNet50V2"}
+
+
+def test_the_backbone_names_known_without_keras_are_those_of_the_installed_keras():
+    # The config check (medclassify.backbone_names) must not import Keras; these pin its lists.
+    assert backbone_names.KERAS_APPLICATIONS == tuple(available_backbones()[len(backbone_names.BUILTIN):])
+    assert sorted(backbone_names.WITH_IMAGENET_WEIGHTS) == sorted(weights_module.IMAGENET_WEIGHTS)
 
 
 def backbone_families():

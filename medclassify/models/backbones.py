@@ -9,10 +9,10 @@ import re
 
 import keras
 
+from ..backbone_names import BUILTIN
 from ..errors import InputError
 from .resnet import build_resnet18
 
-BUILTIN = ("resnet18",)
 DEFAULT_MIN_SIZE = 32
 # keras.applications models that need more than 32 px (their own input validation says so).
 MIN_SIZES = {"InceptionV3": 75, "InceptionResNetV2": 75, "Xception": 71}
