@@ -87,11 +87,12 @@ def values_from_strings(config, validator):
     Snakemake reads a nested ``--config`` value with YAML's BaseLoader, so that
     ``--config 'finetune={"epochs": 20}'`` gives the string '20'; and YAML 1.1, which PyYAML
     reads, takes ``1e-3`` (no dot) for a string in a config file too. A string the schema accepts
-    stays a string (a salt of digits), and a value YAML cannot read is left to the error.
+    stays a string (a salt of digits); a value YAML cannot read, or reads as a value the schema
+    refuses there too, is left to the error.
     """
     for _ in range(1000):  # each pass fixes at least one value; nested ones show up in later passes
         fixed = False
-        for error in validator.iter_errors(copy.deepcopy(config)):
+        for error in _with_branch_errors(validator.iter_errors(copy.deepcopy(config))):
             if not isinstance(error.instance, str) or not error.absolute_path:
                 continue
             try:
@@ -102,6 +103,8 @@ def values_from_strings(config, validator):
                 value = float(value)  # YAML 1.1 reads 1e-3 (no dot) as a string
             if isinstance(value, str):
                 continue
+            if not isinstance(value, (dict, list)) and not validator.evolve(schema=error.schema).is_valid(value):
+                continue  # "no" is no better as False: the string's own error names the choices
             *parents, key = error.absolute_path
             container = config
             for part in parents:
@@ -112,6 +115,14 @@ def values_from_strings(config, validator):
         if not fixed:
             return config
     return config
+
+
+def _with_branch_errors(errors):
+    """The errors and, under each oneOf or anyOf error, those of its branches: a window's
+    ``{"center": "40", ...}`` is reported as a whole, while its "40" is wrong in a branch."""
+    for error in errors:
+        yield error
+        yield from _with_branch_errors(error.context)
 
 
 def _validator_filling_defaults(schema):

@@ -161,14 +161,29 @@ def test_command_line_overrides_of_a_run_or_a_dataset_are_read_as_the_schema_exp
     # although the same value at the top level was read as a number.
     config = load_config()
     config["runs"]["longer"] = {"finetune": {"epochs": "3"}, "train": {"augment": {"horizontal_flip": "true"}}}
-    config["datasets"]["demo"]["preprocess"] = {"size": ["32", "32"]}
+    config["datasets"]["demo"]["preprocess"] = {"size": ["32", "32"], "window": {"center": "40", "width": "400"}}
     validate_config(config)
     longer = run_config(config, "longer")
     assert longer["finetune"]["epochs"] == 3 and longer["train"]["augment"]["horizontal_flip"] is True
     assert dataset_config(config, "demo")["preprocess"]["size"] == [32, 32]
+    assert dataset_config(config, "demo")["preprocess"]["window"] == {"center": 40, "width": 400}, "inside a oneOf"
     config["runs"]["longer"]["finetune"]["epochs"] = "three"
     with pytest.raises(InputError, match="runs.longer.finetune.epochs: 'three' is not of type 'integer'"):
         validate_config(config)
+
+
+@pytest.mark.parametrize("where", [("train",), ("runs", "fast", "train")])
+def test_a_string_that_yaml_reads_as_another_wrong_value_is_reported_as_written(where):
+    # --config 'runs={"fast": {"train": {"mixed_precision": "no"}}}': YAML reads "no" as false,
+    # which the schema refused as "False is not of type 'string'", naming neither "no" nor the choices.
+    config = load_config(overrides={"runs": {"fast": {}}})
+    section = config
+    for key in where:
+        section = section.setdefault(key, {})
+    section["mixed_precision"] = "no"
+    with pytest.raises(InputError) as error:
+        validate_config(config)
+    assert f"{'.'.join(where)}.mixed_precision: 'no' is not one of ['auto', 'on', 'off']" in error.value.problems
 
 
 def test_xla_asked_for_under_op_determinism_is_refused_with_the_way_out():
