@@ -19,6 +19,7 @@ import yaml
 from .backbone_names import backbone_problems
 from .errors import InputError
 from .preprocess_options import check_preprocess_options
+from .privacy import SALT_ENVIRONMENT_VARIABLE
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SCHEMA_PATH = REPO_ROOT / "workflow" / "schemas" / "config.schema.yaml"
@@ -152,11 +153,21 @@ def validate_config(config, schema=None):
     _override_values_from_strings(config)
     written = copy.deepcopy(config)  # before the defaults, to tell where a value came from
     errors = sorted(validator.iter_errors(config), key=lambda e: list(e.absolute_path))
-    problems = [f"{_key_path(e.absolute_path) or '<top>'}: {e.message}" for e in errors]
+    problems = [_schema_problem(e) for e in errors]
     problems += _datasets_problems(config, written) + _runs_problems(config)
     if problems:
         raise InputError("invalid configuration", problems)
     return config
+
+
+def _schema_problem(error):
+    """One schema error in words: where, then what."""
+    if list(error.absolute_path) == ["salt"] and isinstance(error.instance, (int, float)):
+        # Turned back into a string it could differ from what was typed (YAML 1.1 reads 0123 as 83).
+        return (f"salt: {error.instance!r} was read as a number, not as the characters typed (YAML reads "
+                f"--config salt=12345 as one); set the environment variable {SALT_ENVIRONMENT_VARIABLE} instead, "
+                "which also keeps the secret out of Snakemake's records, or quote the salt in a config file")
+    return f"{_key_path(error.absolute_path) or '<top>'}: {error.message}"
 
 
 def _entries(config, key):

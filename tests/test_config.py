@@ -348,3 +348,12 @@ def test_backbone_names_and_imagenet_weights_are_checked_when_the_config_is_read
                             "for resnet18") for p in problems)
     assert any(p.startswith("runs.unpublished: train.weights 'imagenet': no ImageNet weights with a published "
                             "hash for MobileNetV2") for p in problems)
+
+
+@pytest.mark.parametrize("salt", [12345, 83, True])
+def test_a_salt_read_as_a_number_is_refused_with_the_environment_variable_as_the_way_out(salt):
+    # `--config salt=0123` arrives as 83: turned back into a string it would hash with another salt.
+    with pytest.raises(InputError) as error:
+        load_config(overrides={"salt": salt})
+    (problem,) = error.value.problems
+    assert problem.startswith(f"salt: {salt!r} was read as a number") and "MEDCLASSIFY_SALT" in problem
