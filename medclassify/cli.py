@@ -8,6 +8,7 @@ message names the problem), 2 on usage errors.
 import argparse
 import json
 import sys
+import time
 from pathlib import Path
 
 from . import __version__
@@ -64,15 +65,20 @@ def _run_name(args):
     return run
 
 
+def _dataset_name(args):
+    """The dataset named by --dataset (default: the config's first), checked against the config."""
+    datasets = args.loaded_config["datasets"]
+    name = args.dataset or next(iter(datasets))
+    if name not in datasets:
+        raise UsageError(f"unknown dataset {name!r}; the config has {', '.join(datasets)}")
+    return name
+
+
 def _dataset_options(args):
     """The config's sections for one dataset: the top level with that dataset's overrides merged."""
     from .config import dataset_config
 
-    config = args.loaded_config
-    name = args.dataset or next(iter(config["datasets"]))
-    if name not in config["datasets"]:
-        raise UsageError(f"unknown dataset {name!r}; the config has {', '.join(config['datasets'])}")
-    return dataset_config(config, name)
+    return dataset_config(args.loaded_config, _dataset_name(args))
 
 
 # --- validate ----------------------------------------------------------------------------------
@@ -225,7 +231,11 @@ def _add_evaluate(sub):
     p.add_argument("--run", default=None, help="run name from the config's runs (default: the first)")
     p.add_argument("--fold", type=int, help="fold, with split.method kfold")
     p.add_argument("--threads", type=int, help="CPU threads for TensorFlow")
-    _add_config_options(p)
+    p.add_argument("--run-card", type=Path, help="also write the run card (config, versions, git state, data "
+                   "fingerprint, splits hash, hardware) here, as the workflow writes run_card.json")
+    p.add_argument("--fingerprint", type=Path, help="fingerprint JSON of the cache, for --run-card "
+                   "(default: fingerprint.json beside the cache)")
+    _add_config_options(p, per_dataset=True)
     p.set_defaults(func=_cmd_evaluate)
 
 
@@ -233,14 +243,29 @@ def _cmd_evaluate(args):
     # As in train: before TensorFlow's import; the cache is checked by open_cache.
     histories = {stage: path for stage, path in (("head", args.head_history), ("finetune", args.finetune_history))
                  if path is not None}
-    _require_files(args.model, args.splits, args.manifest, *histories.values())
+    fingerprint = None
+    if args.run_card is not None:
+        fingerprint = args.fingerprint or args.cache.with_name("fingerprint.json")
+    _require_files(args.model, args.splits, args.manifest, *histories.values(), fingerprint)
     from .config import run_config
     from .evaluation import run_evaluation
 
-    options = run_config(args.loaded_config, _run_name(args))
+    run = _run_name(args)
+    options = run_config(args.loaded_config, run)
+    dataset = _dataset_name(args)  # before the evaluation: a wrong --dataset costs nothing
+    dataset_options = _dataset_options(args)
+    started = time.time()
     run_evaluation(args.model, args.cache, args.splits, args.manifest, args.out,
                    options=options, histories=histories, fold=args.fold, threads=args.threads)
     print(f"wrote {args.out / 'metrics.json'}")
+    if args.run_card is not None:
+        from .runcard import write_run_card
+
+        ended = time.time()
+        write_run_card(args.run_card, config={"dataset": dataset_options, "run": options}, dataset=dataset,
+                       run=run, fingerprint=fingerprint, splits=args.splits, started=started, ended=ended,
+                       stages={"evaluate": (started, ended)})
+        print(f"wrote {args.run_card}")
 
 
 # --- aggregate and compare ---------------------------------------------------------------------

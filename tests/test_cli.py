@@ -1,5 +1,6 @@
 """The command line: subcommands, help, and exit codes."""
 
+import json
 import subprocess
 import sys
 
@@ -95,6 +96,32 @@ def test_missing_input_file_exits_one_naming_it(tmp_path, command, capsys):
     missing = tmp_path / "missing.csv"
     status = main([part.format(missing=missing, tmp=tmp_path) for part in command])
     assert status == 1 and f"{missing}: not found" in capsys.readouterr().err
+
+
+def test_evaluate_by_hand_writes_the_run_card_the_workflow_writes(tmp_path, monkeypatch):
+    import medclassify.evaluation
+
+    monkeypatch.setattr(medclassify.evaluation, "run_evaluation", lambda *args, **kwargs: None)
+    for name in ("model.keras", "m.csv"):
+        (tmp_path / name).write_text("")
+    (tmp_path / "s.csv").write_text("sample_id,split\n")
+    (tmp_path / "fingerprint.json").write_text('{"n_images": 3}')
+    config = tmp_path / "config.yaml"
+    config.write_text("datasets: {own: {manifest: m.csv, preprocess: {size: [32, 32]}}}\n"
+                      "runs: {short: {finetune: {epochs: 2}}}\n")
+    arguments = ["evaluate", "--model", str(tmp_path / "model.keras"), "--cache", str(tmp_path / "c.h5"),
+                 "--splits", str(tmp_path / "s.csv"), "--manifest", str(tmp_path / "m.csv"),
+                 "--out", str(tmp_path / "e"), "--config", str(config), "--run-card", str(tmp_path / "card.json")]
+
+    assert main(arguments) == 0
+    card = json.loads((tmp_path / "card.json").read_text())
+    assert (card["dataset"], card["run"], card["fingerprint"]) == ("own", "short", {"n_images": 3})
+    assert card["config"]["dataset"]["preprocess"]["size"] == [32, 32]
+    assert card["config"]["run"]["finetune"]["epochs"] == 2
+    assert list(card["stages"]) == ["evaluate"] and card["compute_s"] >= 0
+
+    (tmp_path / "fingerprint.json").unlink()  # checked before the evaluation, as every input is
+    assert main(arguments) == 1
 
 
 def test_evaluate_names_each_history_by_its_stage(tmp_path, monkeypatch):
