@@ -58,20 +58,21 @@ def _add_config_options(parser, per_dataset=False):
 
 def _run_name(args):
     """The run named by --run (default: the config's first), checked against the config."""
-    runs = args.loaded_config["runs"]
-    run = args.run or next(iter(runs))
-    if run not in runs:
-        raise UsageError(f"unknown run {run!r}; the config has {', '.join(runs)}")
-    return run
+    return _config_entry(args.loaded_config, "runs", args.run)
+
+
+def _config_entry(config, section, name):
+    """``name``, or by default the first entry of ``config[section]`` (runs, datasets), checked."""
+    entries = config[section]
+    name = name or next(iter(entries))
+    if name not in entries:
+        raise UsageError(f"unknown {section[:-1]} {name!r}; the config has {', '.join(entries)}")
+    return name
 
 
 def _dataset_name(args):
     """The dataset named by --dataset (default: the config's first), checked against the config."""
-    datasets = args.loaded_config["datasets"]
-    name = args.dataset or next(iter(datasets))
-    if name not in datasets:
-        raise UsageError(f"unknown dataset {name!r}; the config has {', '.join(datasets)}")
-    return name
+    return _config_entry(args.loaded_config, "datasets", args.dataset)
 
 
 def _dataset_options(args):
