@@ -9,6 +9,7 @@ metadata or a message.
 import collections.abc
 import functools
 import math
+import threading
 import warnings
 
 import numpy as np
@@ -34,16 +35,22 @@ _LUT_KEYWORDS = ("Modality", "PhotometricInterpretation", "BitsStored", "BitsAll
                  "VOILUTSequence", "WindowCenter", "WindowWidth", "VOILUTFunction")
 
 
+_WARNING_FILTERS_LOCK = threading.RLock()  # reentrant: a silenced function may call another
+
+
 def _silencing_value_warnings(function):
     """Run ``function`` with warnings ignored.
 
     pydicom converts an element's value when it is first read, after ``dcmread``, and warns about
     an invalid one with the value in the message ("Invalid value for VR UI: '1.2.3...'"). Those
     warnings go to the rule's log, and the values can be identifying (UIDs, names, dates).
+
+    ``catch_warnings`` swaps the process's filters, so two threads inside it at once could leave
+    the second one unsilenced (the first restores the filters on leaving): one thread at a time.
     """
     @functools.wraps(function)
     def silenced(*args, **kwargs):
-        with warnings.catch_warnings():
+        with _WARNING_FILTERS_LOCK, warnings.catch_warnings():
             warnings.simplefilter("ignore")
             return function(*args, **kwargs)
     return silenced
