@@ -246,14 +246,14 @@ def manifest_header(manifest):
     """
     try:
         with open(manifest, "rb") as f:
-            first_line = f.readline(1 << 20)
+            first_line = f.readline(1 << 20)  # up to b"\n": the whole start of a file ending lines with "\r"
     except OSError:
         return None
     try:
-        line = first_line.removeprefix(b"\xef\xbb\xbf").decode("utf-8")
-    except UnicodeDecodeError:
+        text = first_line.removeprefix(b"\xef\xbb\xbf").decode("utf-8")
+        header = [name.strip() for name in next(csv.reader(io.StringIO(text, newline="")), [])]
+    except (UnicodeDecodeError, csv.Error):
         return None
-    header = [name.strip() for name in next(csv.reader([line]), [])]
     return header if all(column in header for column in REQUIRED_COLUMNS) else None
 
 

@@ -453,13 +453,15 @@ def test_public_default_salt_gets_a_warning_and_the_environment_can_set_a_secret
 @pytest.mark.parametrize("first_line, header", [
     (b"path,label,patient,modality,site\n", ["path", "label", "patient", "modality", "site"]),
     (b"\xef\xbb\xbfpath, label ,patient,modality\r\n", ["path", "label", "patient", "modality"]),
+    (b"path,label,patient,modality,site\ra.png,x,p1,US,\r", ["path", "label", "patient", "modality", "site"]),
+    (b"path,label,patient,modality\n\"a.png\nb\",x,p1,US\n", ["path", "label", "patient", "modality"]),
     (b'"path","label","patient","modality","site, city"\n', ["path", "label", "patient", "modality", "site, city"]),
     (b"path;label;patient;modality\n", None),  # validation names the delimiter
     (b"file,label,patient,modality\n", None),  # and the missing column
     (b"path,label,patient,modality,\xe9tude\n", None),  # and the encoding
     (b"", None),
 ])
-def test_manifest_header_is_read_from_the_first_line_only_where_validation_will_accept_it(tmp_path, first_line, header):
+def test_manifest_header_is_read_from_the_first_record_only_where_validation_will_accept_it(tmp_path, first_line, header):
     manifest = tmp_path / "manifest.csv"
     manifest.write_bytes(first_line + b"a.png,x,p1,US,")
     assert manifest_header(manifest) == header
