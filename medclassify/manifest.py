@@ -50,12 +50,13 @@ PROBLEM_CODES = {
     "manifest_missing": "error", "manifest_unreadable": "error", "manifest_encoding": "error",
     "manifest_bom": "warning", "manifest_delimiter": "error", "manifest_empty": "error",
     "duplicate_column": "error", "missing_column": "error", "reserved_column": "error",
-    "too_few_images": "error", "too_few_classes": "error",
+    "too_few_images": "error", "too_few_classes": "error", "malformed_manifest": "error",
+    "label_case_variants": "error",
     # one row
     "malformed_row": "error", "empty_field": "error", "control_character": "error", "whitespace_in_field": "warning",
     "unknown_label": "error", "invalid_split": "error", "missing_split": "warning",
     "path_outside_root": "error", "missing_file": "error", "not_a_file": "error", "unreadable_file": "error",
-    "duplicate_row": "error", "duplicate_path": "error",
+    "duplicate_row": "error", "duplicate_path": "error", "duplicate_sample_id": "error",
     "duplicate_content_conflicting_labels": "error", "duplicate_content_across_patients": "warning",
     "duplicate_content": "warning", "mixed_label_patient": "policy",
     "extension_mismatch": "warning", "modality_mismatch": "warning", "implausible_dimensions": "warning",
@@ -581,6 +582,7 @@ def validate_manifest(manifest, root, *, io_options, validation_options, labels=
     decode_seconds = time.perf_counter() - t_decode
     _check_images(records, decoded, problems)
     _check_duplicate_content(records, problems)
+    _check_sample_ids(records, problems)
     _check_patients(records, options["mixed_label_patients"], problems)
     return finish(records, extra_columns,
                   {"decode_seconds": round(decode_seconds, 3), "n_files": len(unique_files),
@@ -599,7 +601,8 @@ def _check_fields(rows, labels, salt, problems, root_real):
         values = {}
         for column in REQUIRED_COLUMNS:
             value = fields[column]
-            if _is_missing(value):
+            configured = column == "label" and allowed is not None and value.strip() in allowed
+            if _is_missing(value) and not configured:  # a configured label "none" is a label
                 shown = "empty" if not value.strip() else f"{value.strip()!r}, a missing-value marker"
                 problems.add(number, path_text or None, "empty_field", "error",
                              f"row {number}: {column} is {shown}")
@@ -637,12 +640,39 @@ def _check_fields(rows, labels, salt, problems, root_real):
                 problems.add(number, path_text, code, "error", f"row {number}: {message}")
             record["file"] = resolved
         records.append(record)
+    if allowed is None:
+        _check_label_spellings(records, problems)
     if len(rows_without_split) < len(records):  # an entirely empty split column is simply unused
         for number, path_text in rows_without_split:
             problems.add(number, path_text, "missing_split", "warning",
                          f"row {number}: the split column is empty here but not in other rows "
                          "(split.method: predefined needs every row's split)")
     return records
+
+
+def _check_label_spellings(records, problems):
+    """Labels that differ only in case, which would be separate classes: one class spelt two ways.
+
+    Only without configured labels, which name every class exactly (unknown_label hints there).
+    """
+    rows_by_label = collections.defaultdict(list)
+    for record in records:
+        if record["label"] is not None:
+            rows_by_label[record["label"]].append(record["row"])
+    spellings = collections.defaultdict(list)
+    for label in rows_by_label:
+        spellings[label.casefold()].append(label)
+    for variants in spellings.values():
+        if len(variants) > 1:
+            listed = "; ".join(f"{label!r} in {_rows_text(rows_by_label[label])}" for label in sorted(variants))
+            problems.add(None, None, "label_case_variants", "error",
+                         f"labels that differ only in case would be {len(variants)} classes: {listed}; "
+                         "write each class one way, or set the dataset's labels")
+
+
+def _rows_text(numbers):
+    more = f" and {len(numbers) - _MAX_LISTED} more" if len(numbers) > _MAX_LISTED else ""
+    return f"row{'s' if len(numbers) > 1 else ''} {', '.join(map(str, numbers[:_MAX_LISTED]))}{more}"
 
 
 def _field(column, value):
@@ -773,6 +803,27 @@ def _check_duplicate_content(records, problems):
                          f"row {record['row']}: same pixels as {listed}{more} {why}")
 
 
+def _check_sample_ids(records, problems):
+    """Rows whose sample id another row's sample has: a file named like a frame of another
+    (``scan.dcm#1`` beside a multi-frame ``scan.dcm``). Splits and predictions key on the id."""
+    first_row = {}
+    for record in records:
+        for sample_id in _sample_ids(record):
+            if first_row.setdefault(sample_id, record["row"]) != record["row"]:
+                problems.add(record["row"], record["path"], "duplicate_sample_id", "error",
+                             f"row {record['row']}: its sample id {sample_id!r} is also one of row "
+                             f"{first_row[sample_id]}'s (a frame or slice of a file is named path#index); "
+                             "rename the file")
+
+
+def _sample_ids(record):
+    """The validated manifest's sample_id of each sample of a record: the path when the file gives
+    one sample (also one chosen frame or slice), else path#index."""
+    if len(record["samples"]) == 1:
+        return [record["path"]]
+    return [f"{record['path']}#{sample['index']}" for sample in record["samples"]]
+
+
 def _check_patients(records, policy, problems):
     """A patient whose rows carry different labels (per validation.mixed_label_patients)."""
     if policy == "ignore":
@@ -869,11 +920,8 @@ def _build_table(records, extra_columns):
     """The validated manifest: one row per sample, in manifest order."""
     rows = []
     for record in records:
-        several = len(record["samples"]) > 1
-        for sample in record["samples"]:
+        for sample, sample_id in zip(record["samples"], _sample_ids(record)):
             index = sample["index"]
-            # The path when the file gives one sample (also one chosen frame/slice), else path#index.
-            sample_id = f"{record['path']}#{index}" if several else record["path"]
             row = {"sample_id": sample_id, "path": record["path"], "index": index,
                    "label": record["label"], "patient": record["patient_hash"],
                    "modality": record["modality"], "content_hash": sample["content_hash"],

@@ -193,6 +193,20 @@ def _label_typo(root, rows, case):
     _bad(root, rows, "typo.png", label="malignnat")
 
 
+def _label_case_variant(root, rows, case):
+    write_png(root / "capital.png", seed=14)
+    _bad(root, rows, "capital.png", label="Benign")  # without configured labels a third class
+
+
+def _file_named_like_a_frame(root, rows, case):
+    case.io_options = {"dicom_frame": "all"}
+    shutil.copy(_pydicom_file("SC_rgb_rle_2frame.dcm"), root / "two_frames.dcm")
+    shutil.copy(_pydicom_file("CT_small.dcm"), root / "two_frames.dcm#1")
+    _bad(root, rows, "two_frames.dcm", modality="OT")
+    _bad(root, rows, "two_frames.dcm#1", patient="P901", modality="CT")
+    case.row = BAD_ROW + 1
+
+
 def _nan_label(root, rows, case):
     write_png(root / "nolabel.png", seed=6)
     _bad(root, rows, "nolabel.png", label="NaN")
@@ -318,6 +332,8 @@ CASES = {
     "symlink_outside_root": (_symlink_outside, "path_outside_root", "error", BAD_ROW, False),
     "label_typo": (_label_typo, "unknown_label", "error", BAD_ROW, False),
     "nan_label": (_nan_label, "empty_field", "error", BAD_ROW, False),
+    "label_differing_only_in_case": (_label_case_variant, "label_case_variants", "error", None, False),
+    "file_named_like_a_frame_of_another": (_file_named_like_a_frame, "duplicate_sample_id", "error", BAD_ROW, False),
     "empty_patient": (_empty_patient, "empty_field", "error", BAD_ROW, False),
     "control_character_in_field": (_control_character, "control_character", "error", BAD_ROW, False),
     "duplicate_row": (_duplicate_row, "duplicate_row", "error", BAD_ROW, False),

@@ -469,3 +469,22 @@ def test_manifest_header_is_read_from_the_first_record_only_where_validation_wil
 
 def test_manifest_header_of_a_missing_manifest_is_none(tmp_path):
     assert manifest_header(tmp_path / "absent.csv") is None
+
+
+def test_a_configured_label_spelt_like_a_missing_value_marker_is_a_label(tmp_path):
+    # "none" (no finding) is a real class name; only configured labels are taken as written.
+    root = tmp_path / "data"
+    rows = []
+    for i in range(6):
+        write_png(root / f"img_{i}.png", seed=i)
+        rows.append(f"img_{i}.png,{('none', 'mild')[i % 2]},P{i},XR")
+    manifest = tmp_path / "manifest.csv"
+    manifest.write_text("path,label,patient,modality\n" + "\n".join(rows) + "\n")
+    options = {"min_images_per_class": 1}
+
+    configured = validate_manifest(manifest, root, io_options={}, validation_options=options,
+                                   labels=["none", "mild"], salt="s")
+    unconfigured = validate_manifest(manifest, root, io_options={}, validation_options=options, salt="s")
+
+    assert configured.ok and configured.summary["class_counts"] == {"none": 3, "mild": 3}
+    assert [p.code for p in unconfigured.problems if p.severity == "error"].count("empty_field") == 3
