@@ -154,11 +154,38 @@ def test_pillow_written_pngs_take_the_inflate_path_and_read_the_same(tmp_path, m
     image.save(tmp_path / "a.png", pnginfo=pnginfo, dpi=(72, 72))
     assert png_inflate.decode_png((tmp_path / "a.png").read_bytes()) is not None
     fast = read_sample(tmp_path / "a.png")
-    monkeypatch.setattr(png_inflate, "_isal_decompress", None)  # Pillow alone, as without isal
+    monkeypatch.setattr(png_inflate, "_isal_decompressobj", None)  # Pillow alone, as without isal
     assert not png_inflate.available()
     slow = read_sample(tmp_path / "a.png")
     np.testing.assert_array_equal(fast.pixels, slow.pixels)
     assert fast.pixels.dtype == slow.pixels.dtype and fast.meta == slow.meta
+
+
+def _png_inflating_to(path, width, height, bit_depth, colour_type, n_bytes):
+    """A PNG whose image data, a few hundred kB, inflates to ``n_bytes``, far more than its size needs."""
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    header = struct.pack(">IIBBBBB", width, height, bit_depth, colour_type, 0, 0, 0)
+    compressor = zlib.compressobj(9)
+    idat = b"".join(compressor.compress(bytes(1 << 20)) for _ in range(n_bytes >> 20)) + compressor.flush()
+    Path(path).write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", idat) + chunk(b"IEND", b""))
+
+
+@pytest.mark.parametrize("bit_depth, colour_type", [(8, 0), (16, 2)])  # the inflate path, the 16-bit decoder
+def test_image_data_is_inflated_no_further_than_the_image_needs(tmp_path, bit_depth, colour_type):
+    # A 16x16 PNG whose image data inflated to 1 GiB passed io.max_pixels and held 1-2 GB of memory.
+    import tracemalloc
+
+    _png_inflating_to(tmp_path / "bomb.png", 16, 16, bit_depth, colour_type, 256 << 20)
+    tracemalloc.start()
+    try:
+        sample = read_sample(tmp_path / "bomb.png")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert sample.pixels.shape[:2] == (16, 16)
+    assert peak < 16 << 20, f"{peak / 2 ** 20:.0f} MiB held to read a 16x16 image"
 
 
 def _pillow_png(picture):

@@ -52,12 +52,13 @@ def decode_png16(source):
     if interlace:
         raise ReadError("unsupported_image", "interlaced 16-bit colour PNG; save it without interlacing or as TIFF")
     channels = _CHANNELS[colour_type]
-    try:
-        raw = zlib.decompress(compressed)
-    except zlib.error as error:
-        raise ReadError("undecodable", f"PNG image data is corrupt ({error})") from None
     bytes_per_pixel = 2 * channels
     stride = width * bytes_per_pixel
+    try:
+        # No more than the image needs: a small file can inflate to gigabytes.
+        raw = zlib.decompressobj().decompress(compressed, height * (stride + 1))
+    except zlib.error as error:
+        raise ReadError("undecodable", f"PNG image data is corrupt ({error})") from None
     if len(raw) < height * (stride + 1):
         raise ReadError("undecodable", "PNG image data is shorter than the image (truncated)")
     pixels = unfilter(raw, height, stride, bytes_per_pixel)

@@ -22,9 +22,9 @@ import zlib
 from PIL import Image
 
 try:
-    from isal.isal_zlib import decompress as _isal_decompress
+    from isal.isal_zlib import decompressobj as _isal_decompressobj
 except ImportError:  # without ISA-L, zlib's inflate saves too little to be worth this path
-    _isal_decompress = None
+    _isal_decompressobj = None
 
 _SIGNATURE = b"\x89PNG\r\n\x1a\n"
 # (bit depth, colour type) -> (Pillow mode, raw mode, bytes per pixel), as PngImagePlugin opens them.
@@ -43,7 +43,7 @@ _MAX_TEXT_BYTES = 1 << 20  # far below Pillow's text-memory limit
 
 def available():
     """Whether this faster path can run (the ``isal`` package is installed)."""
-    return _isal_decompress is not None
+    return _isal_decompressobj is not None
 
 
 def decode_png(data):
@@ -52,7 +52,7 @@ def decode_png(data):
     None is returned for anything outside the plain case: a layout not in the table above,
     interlacing, another chunk, a checksum or length that does not add up.
     """
-    if _isal_decompress is None or not data.startswith(_SIGNATURE):
+    if _isal_decompressobj is None or not data.startswith(_SIGNATURE):
         return None
     parsed = _plain_image_chunks(data)
     if parsed is None:
@@ -62,11 +62,12 @@ def decode_png(data):
     if layout is None or compression or filter_method or interlace or not width or not height:
         return None
     mode, raw_mode, bytes_per_pixel = layout
+    needed = height * (width * bytes_per_pixel + 1)
     try:
-        rows = _isal_decompress(compressed)
+        # No more than the image needs, as Pillow inflates: a small file can inflate to gigabytes.
+        rows = _isal_decompressobj().decompress(compressed, needed)
     except Exception:  # isal's error type; Pillow reports the damage in its own words
         return None
-    needed = height * (width * bytes_per_pixel + 1)
     if len(rows) < needed:
         return None
     stored = zlib.compress(memoryview(rows)[:needed], 0)
