@@ -1006,6 +1006,11 @@ def write_validation_outputs(result, manifest_out, report_json, report_md):
     for target in targets:
         if os.path.realpath(target) in named:
             raise UsageError(f"refusing to overwrite {target}: it is an image that the manifest names")
+        if os.path.isdir(target):
+            raise UsageError(f"{target} is a folder: name the file to write")
+    if len({os.path.realpath(t) for t in targets}) < len(targets):
+        raise UsageError("the validated manifest, report.json and report.md must be three files, not "
+                         f"{', '.join(map(str, targets))}")
     atomic_write_json(report_json, report_dict(result))
     atomic_write_text(report_md, report_markdown(result))
     if result.ok:

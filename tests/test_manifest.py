@@ -238,6 +238,21 @@ def test_write_outputs_refuses_to_overwrite_the_input_manifest(tmp_path):
         write_validation_outputs(result, manifest, tmp_path / "r.json", tmp_path / "r.md")
 
 
+@pytest.mark.parametrize("targets, message", [
+    (["out", "r.json", "r.md"], "is a folder"),  # the CLI's --out naming a folder: IsADirectoryError before
+    (["m.csv", "r.json", "r.json"], "three files"),  # --out equal to --report: the report overwritten by the CSV
+    (["r.json", "r.json", "r.md"], "three files"),
+])
+def test_write_outputs_refuse_targets_that_are_folders_or_one_file_twice(tmp_path, targets, message):
+    root = tmp_path / "data"
+    manifest = make_dataset(root)
+    result = validate(manifest, root)
+    (tmp_path / "out").mkdir()
+    with pytest.raises(UsageError, match=message):
+        write_validation_outputs(result, *(tmp_path / name for name in targets))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "out"], "nothing written"
+
+
 @pytest.mark.parametrize("target", ["manifest", "image"])
 def test_decode_cache_never_overwrites_a_file_that_is_not_one(tmp_path, target):
     # A mistyped --decode-cache once overwrote the manifest or an image with JSON, and passed.
