@@ -160,6 +160,17 @@ def test_broken_dicom_files(name, code):
     assert error.value.code == code
 
 
+def test_a_private_transfer_syntax_is_named(tmp_path):
+    # GE's private syntax was reported as "unexpected ValueError while decoding".
+    ds = pydicom.dcmread(shipped("CT_small.dcm"))
+    ds.file_meta.TransferSyntaxUID = "1.2.840.113619.5.2"
+    ds.save_as(tmp_path / "private.dcm")
+    with pytest.raises(ReadError) as error:
+        read_sample(tmp_path / "private.dcm")
+    assert error.value.code == "compressed_unsupported"
+    assert "transfer syntax 1.2.840.113619.5.2 is not a standard one" in str(error.value)
+
+
 def test_missing_decoder_names_the_transfer_syntax(monkeypatch):
     import pydicom.pixels
 
