@@ -51,7 +51,7 @@ PROBLEM_CODES = {
     "manifest_bom": "warning", "manifest_delimiter": "error", "manifest_empty": "error",
     "duplicate_column": "error", "missing_column": "error", "reserved_column": "error",
     "too_few_images": "error", "too_few_classes": "error", "malformed_manifest": "error",
-    "label_case_variants": "error",
+    "label_case_variants": "error", "patient_id_in_path": "warning",
     # one row
     "malformed_row": "error", "empty_field": "error", "control_character": "error", "whitespace_in_field": "warning",
     "unknown_label": "error", "invalid_split": "error", "missing_split": "warning",
@@ -642,6 +642,7 @@ def _check_fields(rows, labels, salt, problems, root_real):
         records.append(record)
     if allowed is None:
         _check_label_spellings(records, problems)
+    _check_patient_ids_in_paths(records, problems)
     if len(rows_without_split) < len(records):  # an entirely empty split column is simply unused
         for number, path_text in rows_without_split:
             problems.add(number, path_text, "missing_split", "warning",
@@ -668,6 +669,26 @@ def _check_label_spellings(records, problems):
             problems.add(None, None, "label_case_variants", "error",
                          f"labels that differ only in case would be {len(variants)} classes: {listed}; "
                          "write each class one way, or set the dataset's labels")
+
+
+def _check_patient_ids_in_paths(records, problems):
+    """Rows whose path holds their raw patient id as a whole word (``patient00001/view1.png``).
+
+    Paths reach results/ as sample ids, beside the salted hash of that id: the pseudonym would be
+    undone. One warning for the manifest; the id itself is never written.
+    """
+    rows = [r["row"] for r in records if r["raw_patient"] and r["path"] and _holds_word(r["path"], r["raw_patient"])]
+    if rows:
+        problems.add(None, None, "patient_id_in_path", "warning",
+                     f"the raw patient id is part of the image path in {_rows_text(rows)}: paths reach results/ "
+                     "as sample ids, next to the salted hash of the id, which undoes it; rename those files "
+                     "or folders")
+
+
+def _holds_word(text, word):
+    if word not in text:  # most rows: no regular expression
+        return False
+    return re.search(rf"(?<![A-Za-z0-9]){re.escape(word)}(?![A-Za-z0-9])", text) is not None
 
 
 def _rows_text(numbers):

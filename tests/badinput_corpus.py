@@ -207,6 +207,11 @@ def _file_named_like_a_frame(root, rows, case):
     case.row = BAD_ROW + 1
 
 
+def _patient_id_in_path(root, rows, case):
+    write_png(root / "P900" / "view1.png", seed=15)  # a folder per patient, named by the raw id
+    _bad(root, rows, "P900/view1.png", patient="P900")
+
+
 def _nan_label(root, rows, case):
     write_png(root / "nolabel.png", seed=6)
     _bad(root, rows, "nolabel.png", label="NaN")
@@ -332,6 +337,7 @@ CASES = {
     "symlink_outside_root": (_symlink_outside, "path_outside_root", "error", BAD_ROW, False),
     "label_typo": (_label_typo, "unknown_label", "error", BAD_ROW, False),
     "nan_label": (_nan_label, "empty_field", "error", BAD_ROW, False),
+    "patient_id_in_path": (_patient_id_in_path, "patient_id_in_path", "warning", None, True),
     "label_differing_only_in_case": (_label_case_variant, "label_case_variants", "error", None, False),
     "file_named_like_a_frame_of_another": (_file_named_like_a_frame, "duplicate_sample_id", "error", BAD_ROW, False),
     "empty_patient": (_empty_patient, "empty_field", "error", BAD_ROW, False),
