@@ -68,6 +68,13 @@ def test_report_holds_every_plot_of_the_run(demo_run, report_html):
         assert any(name.endswith("/" + plot) for name in names), plot
 
 
+def test_the_report_says_which_epoch_each_run_keeps(report_html):
+    # It said "the checkpoint with the best validation AUC is kept" while the default keeps the last.
+    text = report_html.read_text(encoding="utf-8")
+    assert "fine-tuning keeps the weights of its last epoch" in text
+    assert "best validation AUC is kept" not in text
+
+
 def test_confusion_matrix_renders_in_chromium(report_html, browser, tmp_path):
     from selenium.webdriver.common.by import By
 
