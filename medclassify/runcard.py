@@ -149,14 +149,15 @@ def stage_times(stages):
     return times
 
 
-def write_run_card(out, *, config, dataset, run, fingerprint, splits, started, ended, stages=None):
+def write_run_card(out, *, config, dataset, run, fingerprint, splits, started, ended, stages=None, command=None):
     """Write ``run_card.json`` to ``out``; return its dict.
 
     ``fingerprint`` is the dataset fingerprint (a dict, or the path of fingerprint.json);
     ``splits`` the path of splits.csv; ``started``/``ended`` epoch seconds, datetimes or ISO text.
     ``stages`` maps each stage to its own (started, ended): ``compute_s`` sums their times, where
     ``duration_s``, from the first start to the end, also counts the time between a stage and
-    the rerun of a later one (days, when only fine-tuning was rerun).
+    the rerun of a later one (days, when only fine-tuning was rerun). ``command`` says what wrote the
+    card; by default the command line of this process.
     """
     if isinstance(fingerprint, (str, os.PathLike)):
         fingerprint = json.loads(Path(fingerprint).read_text(encoding="utf-8"))
@@ -179,7 +180,7 @@ def write_run_card(out, *, config, dataset, run, fingerprint, splits, started, e
         "stages": times,
         "compute_s": sum(seconds) if seconds and None not in seconds else None,
         "hardware": hardware(),
-        "command": " ".join(Path(sys.argv[0]).name if i == 0 else a for i, a in enumerate(sys.argv)),
+        "command": command or " ".join(Path(sys.argv[0]).name if i == 0 else a for i, a in enumerate(sys.argv)),
     }
     atomic_write_json(out, card)
     return card

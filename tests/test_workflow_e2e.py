@@ -41,6 +41,7 @@ def test_the_run_card_times_each_stage(demo_run):
     assert all(stage["seconds"] >= 0 for stage in card["stages"].values())
     assert card["compute_s"] == pytest.approx(sum(stage["seconds"] for stage in card["stages"].values()))
     assert card["compute_s"] <= card["duration_s"] + 1e-6
+    assert card["command"] == f"snakemake rule evaluate dataset={DATASET} run={RUN}", "not the temporary script"
 
 
 def test_cache_holds_every_validated_sample_at_the_configured_size(demo_run):

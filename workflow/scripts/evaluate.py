@@ -42,4 +42,6 @@ with log_output(snakemake.log[0]):
             "finetune": (finetune["started"], finetune["ended"]),
             "evaluate": (evaluation_started, ended),
         },
+        # The script runs as a temporary file, whose name says nothing and differs at each run.
+        command=f"snakemake rule {snakemake.rule} " + " ".join(f"{k}={v}" for k, v in snakemake.wildcards.items()),
     )
