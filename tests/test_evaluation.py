@@ -109,7 +109,8 @@ def test_subgroups_cover_modality_and_configured_columns(binary_run):
     assert set(metrics["subgroups"]) == {"modality", "site"}
     modality = metrics["subgroups"]["modality"]
     assert sum(group["n"] for group in modality.values()) == metrics["n"]
-    assert all(group["reliable"] == (group["n"] >= 10 and group["auc"] is not None) for group in modality.values())
+    assert all(group["reliable"] == (group["n"] >= 10 and group["auc"] is not None
+                                     and min(group["class_patients"].values()) >= 2) for group in modality.values())
 
 
 def test_outputs_carry_no_raw_patient_ids(binary_run):

@@ -370,6 +370,22 @@ def test_subgroup_intervals_resample_patients_within_the_group():
         low, high = group["ci"]["auc"]
         assert low <= group["auc"] <= high
         assert group["ci"]["accuracy"][0] <= group["accuracy"] <= group["ci"]["accuracy"][1]
+    assert all(group["ci_n_valid"]["accuracy"] == 200 for group in result.values())
     again = subgroup_metrics(sites, y_true, prob, y_pred, patients, ["n", "p"], n_resamples=200, seed=3)
     assert again == result
     assert "ci" not in subgroup_metrics(sites, y_true, prob, y_pred, patients, ["n", "p"])["A"]
+
+
+def test_a_subgroup_whose_classes_each_come_from_one_patient_is_not_reliable():
+    # The demo's MR test patients: AUC 0.62 with the interval [0.62, 0.62], marked reliable.
+    y_true = np.array([0] * 10 + [1] * 10 + [0] * 10 + [1] * 10)
+    prob = np.column_stack([1 - np.linspace(0.1, 0.9, 40), np.linspace(0.1, 0.9, 40)])
+    y_pred = prob.argmax(1)
+    patients = np.array([0] * 10 + [1] * 10 + [2] * 10 + [3] * 10)
+    sites = np.array(["one_patient_a_class"] * 20 + ["two_patients_a_class"] * 20, dtype=object)
+    patients[20:25], patients[30:35] = 4, 5  # the second site: each class from two patients
+    result = subgroup_metrics(sites, y_true, prob, y_pred, patients, ["n", "p"], min_size=10, n_resamples=200)
+    single, double = result["one_patient_a_class"], result["two_patients_a_class"]
+    assert single["class_patients"] == {"n": 1, "p": 1} and not single["reliable"]
+    assert single["ci"]["auc"][0] == single["ci"]["auc"][1] and single["ci_n_valid"]["auc"] < 200
+    assert double["class_patients"] == {"n": 2, "p": 2} and double["reliable"]
