@@ -6,9 +6,11 @@ message names the problem), 2 on usage errors.
 """
 
 import argparse
+import contextlib
 import json
 import sys
 import time
+import warnings
 from pathlib import Path
 
 from . import __version__
@@ -388,6 +390,17 @@ def build_parser():
     return parser
 
 
+@contextlib.contextmanager
+def _warnings_as_messages(command):
+    """Show warnings as the errors are shown, without Python's file, line and source line."""
+    shown = warnings.formatwarning
+    warnings.formatwarning = lambda message, category, *_: f"medclassify {command}: warning: {message}\n"
+    try:
+        yield
+    finally:
+        warnings.formatwarning = shown
+
+
 def main(argv=None):
     """Run the command line; return the exit status."""
     parser = build_parser()
@@ -395,7 +408,8 @@ def main(argv=None):
     try:
         # Validate the config before importing anything heavy, so a typo fails in a second.
         args.loaded_config = _load_config(args) if hasattr(args, "config") else None
-        args.func(args)
+        with _warnings_as_messages(args.command):
+            args.func(args)
     except InputError as error:
         print(f"medclassify {args.command}: error: {error}", file=sys.stderr)
         return EXIT_INPUT

@@ -136,3 +136,17 @@ def test_evaluate_names_each_history_by_its_stage(tmp_path, monkeypatch):
                    "--splits", str(tmp_path / "s.csv"), "--manifest", str(tmp_path / "m.csv"),
                    "--out", str(tmp_path / "e"), "--finetune-history", str(tmp_path / "finetune.csv")])
     assert status == 0 and seen == {"finetune": tmp_path / "finetune.csv"}
+
+
+def test_a_warning_is_shown_as_a_message_without_python_source():
+    # predict printed "cli.py:312: UserWarning: ... table = predict_files(...)" to the terminal.
+    import warnings
+
+    from medclassify.cli import _warnings_as_messages
+
+    shown = warnings.formatwarning
+    with _warnings_as_messages("predict"):
+        text = warnings.formatwarning("2 of 5 inputs could not be predicted", UserWarning, "cli.py", 312,
+                                      "table = predict_files(args.model)")
+    assert text == "medclassify predict: warning: 2 of 5 inputs could not be predicted\n"
+    assert warnings.formatwarning is shown
