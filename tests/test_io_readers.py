@@ -3,6 +3,7 @@
 import contextlib
 import gzip
 import io
+import pickle
 import shutil
 import struct
 import sys
@@ -500,3 +501,12 @@ def test_invalid_io_options_are_rejected_up_front(tmp_path, options):
     Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / "a.png")
     with pytest.raises(ValueError):
         read_sample(tmp_path / "a.png", io_options=options)
+
+
+def test_read_errors_name_no_memory_address():
+    # Pillow's "cannot identify image file <_io.BytesIO object at 0x7f...>" made reports of the same
+    # files differ between runs.
+    error = ReadError("undecodable", "cannot identify image file <_io.BytesIO object at 0x7f3a2b1c9e50>")
+    assert error.message == "cannot identify image file <_io.BytesIO>"
+    assert str(error) == "undecodable: cannot identify image file <_io.BytesIO>"
+    assert pickle.loads(pickle.dumps(error)).message == error.message

@@ -1,6 +1,7 @@
 """Types shared by every reader: the decoded sample, the read error and the content hash."""
 
 import hashlib
+import re
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -31,13 +32,19 @@ READ_ERROR_CODES = (
 )
 
 
+_OBJECT_AT_ADDRESS = re.compile(r"<([\w.]+) object at 0x[0-9a-fA-F]+>")
+
+
 class ReadError(Exception):
     """An image that cannot be read. ``code`` is one of READ_ERROR_CODES; ``message`` says why.
 
-    Messages never contain identifying DICOM values (see medclassify.privacy).
+    Messages never contain identifying DICOM values (see medclassify.privacy), nor the memory
+    address of an object that a library named ("cannot identify image file <_io.BytesIO object
+    at 0x7f...>"), which made two reports of the same files differ.
     """
 
     def __init__(self, code, message):
+        message = _OBJECT_AT_ADDRESS.sub(r"<\1>", message)
         super().__init__(f"{code}: {message}")
         self.code = code
         self.message = message
