@@ -449,8 +449,12 @@ class _BlockStore:
                           and images.shape[1:] == decoding.shape and images.dtype == decoding.storage_dtype
                           and all(name in f for name in self.FINGERPRINT_DATASETS))
                 hashes = f["content_hash"].asstr()[:] if usable else []
-            except (OSError, KeyError) as error:
-                print(f"medclassify: ignoring unreadable cache block {path}: {error}", file=sys.stderr)
+                opened = (images,) + tuple(f[name] for name in self.PIXEL_FINGERPRINT_DATASETS) if usable else ()
+            except (OSError, KeyError, ValueError, RuntimeError, TypeError) as error:
+                # Damaged metadata reads as any of these (a flipped byte in content_hash: a
+                # UnicodeDecodeError). Its images are decoded again; the merge deletes the block.
+                print(f"medclassify: ignoring unreadable cache block {path}: {type(error).__name__}: {error}",
+                      file=sys.stderr)
                 if f is not None:
                     f.close()
                 continue
@@ -458,7 +462,7 @@ class _BlockStore:
                 f.close()
                 continue
             file_index = len(self.files)
-            self.files.append((f, images) + tuple(f[name] for name in self.PIXEL_FINGERPRINT_DATASETS))
+            self.files.append((f,) + opened)
             self.names.append(path.name)
             for row, content in enumerate(hashes):
                 if content in wanted_hashes and content not in self.where:

@@ -780,6 +780,31 @@ def test_refuses_a_part_whose_block_is_missing_or_replaced(dataset, tmp_path):
     open_cache(cache_path).close()
 
 
+@pytest.mark.parametrize("damage", ["content_hash_not_utf8", "fingerprint_dataset_unreadable"])
+def test_a_block_with_damaged_metadata_is_ignored_and_its_images_decoded_again(dataset, tmp_path, damage):
+    # A flipped byte in a block's content hashes (UnicodeDecodeError) or a fingerprint dataset
+    # HDF5 cannot open (KeyError at the open after the check) stopped every later build.
+    root, rows = dataset
+    manifest = write_manifest(rows, tmp_path / "m.csv")
+    cache, _ = build(manifest, root, tmp_path / "r")
+    (block,) = (tmp_path / "r" / "cache" / "blocks").iterdir()
+    with h5py.File(block, "r+") as f:
+        if damage == "content_hash_not_utf8":
+            hashes = f["content_hash"]
+            hashes.id.write(h5py.h5s.ALL, h5py.h5s.ALL, np.full(hashes.shape, b"\x99" * hashes.dtype.itemsize,
+                                                                  dtype=f"S{hashes.dtype.itemsize}"),
+                            mtype=hashes.id.get_type())
+        else:
+            del f["source_intensity"]
+            f["source_intensity"] = h5py.SoftLink("/nowhere")  # listed, but opening it fails
+    cache, summaries = build(manifest, root, tmp_path / "r")
+    assert summaries[0]["decoded"] == len(rows)
+    with h5py.File(block, "r") as f:  # the same images make a block of the same name, written anew
+        assert len(f["content_hash"].asstr()[:]) == len(rows) and f["source_intensity"].shape[0] == len(rows)
+    with open_cache(cache) as opened:
+        assert len(opened) == len(rows)
+
+
 def test_a_killed_block_write_is_ignored_and_removed(dataset, tmp_path):
     root, rows = dataset
     manifest = write_manifest(rows, tmp_path / "m.csv")
