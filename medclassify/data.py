@@ -11,6 +11,7 @@ one sorted read while earlier batches train (prefetch), so the cache never has t
 Augmentation runs inside the tf.data map on whole batches, never inside the saved model.
 """
 
+import contextlib
 import math
 
 import numpy as np
@@ -57,6 +58,7 @@ class ImageSource:
         self.image_shape = tuple(cache.image_shape)
         self.in_memory = in_memory
         self.images = read_in_chunks(cache, self.indices) if in_memory else None
+        self.failure = None  # the InputError of a read inside TensorFlow, which wraps it
 
     def __len__(self):
         return len(self.indices)
@@ -66,8 +68,28 @@ class ImageSource:
         positions = np.asarray(positions, dtype="int64")
         if self.images is not None:
             return self.images[positions]
-        # Cache.read makes one sorted, de-duplicated read per part and returns the given order.
-        return self.cache.read(self.indices[positions])
+        try:
+            # Cache.read makes one sorted, de-duplicated read per part and returns the given order.
+            return self.cache.read(self.indices[positions])
+        except InputError as error:
+            self.failure = error
+            raise
+
+
+@contextlib.contextmanager
+def read_errors_unwrapped(*sources):
+    """Raise the InputError of a source read from disk (a damaged block, naming it) as itself.
+
+    Inside a tf.data pipeline the read runs in ``tf.numpy_function``, and TensorFlow reports its
+    failure as an UnknownError with a traceback of its own around the message.
+    """
+    try:
+        yield
+    except tf.errors.OpError:
+        for source in sources:
+            if source.failure is not None:
+                raise source.failure from None
+        raise
 
 
 def fits_in_memory(n_images, image_shape, max_gb):

@@ -34,8 +34,8 @@ from .atomic import atomic_path, atomic_write_json, atomic_write_text
 from .checkpoints import STATE_VERSION, StageCheckpoint
 from .codedeps import module_closure
 from .config import complete_run_options, config_hash, without_loading_options
-from .data import (ImageSource, TrainingBatches, class_weights, evaluation_dataset, fits_in_memory, split_indices,
-                   zscore_statistics)
+from .data import (ImageSource, TrainingBatches, class_weights, evaluation_dataset, fits_in_memory,
+                   read_errors_unwrapped, split_indices, zscore_statistics)
 from .epoch_selection import check_rule, crossentropy
 from .errors import InputError
 from .fitting import compile_model, reset_layer_seeds, stage_options
@@ -524,8 +524,9 @@ def _train_model(stage, cache_path, splits_path, out_dir, *, options, fold=None,
             print(f"[{stage}] epoch {epoch + 1}/{settings['epochs']}", flush=True)
             reset_layer_seeds(model, seed, epoch)
             # The dataset is already shuffled per epoch (seeded); Keras must not try to.
-            model.fit(train_batches.for_epoch(epoch), epochs=epoch + 1, initial_epoch=epoch, callbacks=callbacks,
-                      verbose=2, shuffle=False)
+            with read_errors_unwrapped(train_source, val_source):
+                model.fit(train_batches.for_epoch(epoch), epochs=epoch + 1, initial_epoch=epoch,
+                          callbacks=callbacks, verbose=2, shuffle=False)
         if state["stopped"]:
             print(f"early stopping after epoch {state['epoch']}: no better val_auc for {settings['patience']} epochs",
                   flush=True)

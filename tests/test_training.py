@@ -460,6 +460,28 @@ def test_a_validation_split_of_one_class_refuses_early_stopping_and_warns_of_bes
 
 
 @pytest.mark.slow
+def test_a_damaged_image_read_from_disk_is_an_input_error_naming_the_cache(tiny_cache, tmp_path):
+    # Read inside tf.data, the loader's InputError reached the user as TensorFlow's UnknownError
+    # and a long traceback ("Error in user-defined function passed to MapDataset").
+    import h5py
+
+    from medclassify.errors import InputError
+
+    cache_path, splits_path = tiny_cache
+    damaged = tmp_path / "cache.h5"
+    shutil.copy(cache_path, damaged)
+    with h5py.File(damaged) as f:
+        chunk = f["images"].id.get_chunk_info(3)  # a training row
+    data = bytearray(damaged.read_bytes())
+    for k in range(chunk.byte_offset + 4, chunk.byte_offset + 12):
+        data[k] ^= 0xFF
+    damaged.write_bytes(bytes(data))
+    with pytest.raises(InputError, match="corrupted cache") as caught:
+        train_stage("head", damaged, splits_path, tmp_path / "out", options=tiny_options(cache_in_memory_max_gb=0),
+                    threads=1)
+    assert str(damaged) in str(caught.value)
+
+
 def test_a_run_killed_and_rerun_with_images_read_from_disk_resumes(tiny_cache, tmp_path, monkeypatch, capsys):
     # Lowering train.cache_in_memory_max_gb is the fix after running out of memory: the batches
     # are the same, so the checkpoint must still be resumed, not thrown away.
