@@ -144,13 +144,17 @@ def _cmd_preprocess(args):
     from .cache import build_cache_part, default_blocks_dir, merge_cache_parts
 
     _require_files(args.manifest, args.report)
+    if args.out.suffix == "":  # its parts go in the folder named by its stem: the cache's own path
+        raise UsageError(f"--out {args.out}: give the cache file a suffix, e.g. {args.out}.h5")
+    if args.shards is not None and args.shards < 1:
+        raise UsageError(f"--shards {args.shards}: give 1 or more part files")
     options = _dataset_options(args)
     table = pd.read_csv(args.manifest, dtype=str, keep_default_na=False)
     if args.report:
         classes = json.loads(args.report.read_text())["classes"]
     else:
         classes = sorted(table["label"].unique())
-    n_shards = args.shards or options["preprocess"]["shards"]
+    n_shards = args.shards if args.shards is not None else options["preprocess"]["shards"]
     # Same layout as the workflow: results/x/cache.h5 has its parts in results/x/cache/.
     parts = [args.out.parent / args.out.stem / f"part-{i}-of-{n_shards}.h5" for i in range(n_shards)]
     blocks = default_blocks_dir(parts[0])

@@ -150,3 +150,16 @@ def test_a_warning_is_shown_as_a_message_without_python_source():
                                       "table = predict_files(args.model)")
     assert text == "medclassify predict: warning: 2 of 5 inputs could not be predicted\n"
     assert warnings.formatwarning is shown
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--out", "{tmp}/mycache"], "give the cache file a suffix"),  # its parts folder would be the cache itself
+    (["--out", "{tmp}/c.h5", "--shards", "0"], "--shards 0: give 1 or more"),
+    (["--out", "{tmp}/c.h5", "--shards", "-1"], "--shards -1: give 1 or more"),
+])
+def test_preprocess_refuses_an_output_or_shard_count_it_cannot_write_before_any_work(tmp_path, capsys, extra, message):
+    (tmp_path / "m.csv").write_text("sample_id\n")
+    status = main(["preprocess", str(tmp_path / "m.csv"), "--root", str(tmp_path), "--fingerprint",
+                   str(tmp_path / "f.json"), *[part.format(tmp=tmp_path) for part in extra]])
+    assert status == 2 and message in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.csv"]
