@@ -1158,12 +1158,14 @@ class Cache:
         return True
 
 
-def open_cache(path, expected_params_hash=None):
+def open_cache(path, expected_params_hash=None, expected_by=("the config's", "rerun the preprocess stage "
+                                                               "(snakemake does this when the config changes)")):
     """Open and check a cache (``cache.h5`` or a part); return a :class:`Cache`.
 
     Raises InputError naming the file and the problem when the file is missing, truncated or
     corrupted, lacks a dataset or attribute, has inconsistent lengths, misses or mismatches a
-    part or a block, or when its parameter hash differs from ``expected_params_hash``.
+    part or a block, or when its parameter hash differs from ``expected_params_hash``; the
+    message names whose hash that is and what to do, ``expected_by`` (whose, remedy).
     """
     path = Path(path)
     if not path.is_file():
@@ -1175,7 +1177,7 @@ def open_cache(path, expected_params_hash=None):
                          [str(error), "delete it and rerun the preprocess stage"]) from None
     files = []
     try:
-        attrs, labels, strings = _read_checked_metadata(path, handle, expected_params_hash)
+        attrs, labels, strings = _read_checked_metadata(path, handle, expected_params_hash, expected_by)
         sources = _open_sources(path, handle, attrs, strings[STRING_DATASETS.index("content_hash")], files)
         _check_source_layouts(path, handle, sources)
     except InputError:
@@ -1190,7 +1192,7 @@ def open_cache(path, expected_params_hash=None):
     return Cache(path, handle, sources, files, attrs, labels, strings)
 
 
-def _read_checked_metadata(path, handle, expected_params_hash):
+def _read_checked_metadata(path, handle, expected_params_hash, expected_by):
     problems = []
     names = ("images", "labels") + STRING_DATASETS
     problems += [f"dataset {n!r} is missing" for n in names if n not in handle]
@@ -1202,9 +1204,9 @@ def _read_checked_metadata(path, handle, expected_params_hash):
         raise InputError(f"{path}: cache format {attrs.get('cache_format')!r}, this library reads {CACHE_FORMAT_VERSION}",
                          ["rerun the preprocess stage"])
     if expected_params_hash is not None and attrs["params_hash"] != expected_params_hash:
+        whose, remedy = expected_by
         raise InputError(f"{path}: built with other preprocessing parameters",
-                         [f"cache params_hash {attrs['params_hash']} != config's {expected_params_hash}",
-                          "rerun the preprocess stage (snakemake does this when the config changes)"])
+                         [f"cache params_hash {attrs['params_hash']} != {whose} {expected_params_hash}", remedy])
     n = handle["labels"].shape[0]
     lengths = {name: handle[name].shape[0] for name in names}
     problems += [f"dataset {name!r} has {m} rows, 'labels' has {n}" for name, m in lengths.items() if m != n]

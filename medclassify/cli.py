@@ -204,7 +204,7 @@ def _add_train(sub):
     p.add_argument("--run", default=None, help="run name from the config's runs (default: the first)")
     p.add_argument("--fold", type=int, help="fold, with split.method kfold")
     p.add_argument("--threads", type=int, help="CPU threads for TensorFlow")
-    _add_config_options(p)
+    _add_config_options(p, per_dataset=True)
     p.set_defaults(func=_cmd_train)
 
 
@@ -212,10 +212,14 @@ def _cmd_train(args):
     # Before TensorFlow's import, so that a typo fails in a second; open_cache's own check of the
     # cache says how to build it.
     _require_files(args.splits, args.init_model)
+    from .cache import open_cache, params_hash
     from .config import run_config
     from .training import train_stage
 
     options = run_config(args.loaded_config, _run_name(args))
+    if args.config or args.set:  # preprocessing the user stated, which the cache must have had
+        dataset = _dataset_options(args)
+        open_cache(args.cache, expected_params_hash=params_hash(dataset["preprocess"], dataset["io"])).close()
     train_stage(args.stage, args.cache, args.splits, args.out, options=options,
                 fold=args.fold, init_model=args.init_model, threads=args.threads)
     print(f"wrote {args.out / 'model.keras'}")

@@ -163,3 +163,16 @@ def test_preprocess_refuses_an_output_or_shard_count_it_cannot_write_before_any_
                    str(tmp_path / "f.json"), *[part.format(tmp=tmp_path) for part in extra]])
     assert status == 2 and message in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.csv"]
+
+
+def test_train_refuses_a_cache_built_with_other_preprocessing_than_the_config_states(tmp_path, capsys):
+    # It trained on a 32x32 cache under a config of 96x96, and recorded the cache's size in model.json.
+    from training_fixtures import make_training_cache
+
+    cache, splits = make_training_cache(tmp_path / "data", n=8, size=16)
+    arguments = ["train", "--stage", "head", "--cache", str(cache), "--splits", str(splits), "--out",
+                 str(tmp_path / "out")]
+    status = main([*arguments, "--set", '{"preprocess": {"size": [96, 96]}}'])
+    err = capsys.readouterr().err
+    assert status == 1 and "built with other preprocessing parameters" in err and "the config's" in err, err
+    assert not (tmp_path / "out").exists()

@@ -345,7 +345,8 @@ def run_evaluation(model_path, cache_path, splits_path, manifest_path, out_dir, 
 
     # A model must be evaluated on images preprocessed as its training images were: the cache's
     # parameter hash must be the one recorded when the model was trained.
-    with open_cache(cache_path, expected_params_hash=model_info.get("params_hash")) as cache:
+    with open_cache(cache_path, expected_params_hash=model_info.get("params_hash"),
+                    expected_by=("the model's", f"evaluate {model_path} on the cache it was trained on")) as cache:
         classes = list(cache.classes)
         positive = positive_index(classes, evaluate.get("positive_class"), "evaluate.positive_class")
         val_idx = _split_positions(cache, cache_path, val_ids)
