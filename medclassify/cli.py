@@ -217,7 +217,9 @@ def _cmd_train(args):
     from .training import train_stage
 
     options = run_config(args.loaded_config, _run_name(args))
-    if args.config or args.set:  # preprocessing the user stated, which the cache must have had
+    # With --config or --set the user states the preprocessing, which the cache must have had (a
+    # missing cache is named by the training's own open).
+    if (args.config or args.set) and args.cache.is_file():
         dataset = _dataset_options(args)
         open_cache(args.cache, expected_params_hash=params_hash(dataset["preprocess"], dataset["io"])).close()
     train_stage(args.stage, args.cache, args.splits, args.out, options=options,
