@@ -51,7 +51,7 @@ PROBLEM_CODES = {
     "manifest_bom": "warning", "manifest_delimiter": "error", "manifest_empty": "error",
     "duplicate_column": "error", "missing_column": "error", "reserved_column": "error",
     "too_few_images": "error", "too_few_classes": "error", "malformed_manifest": "error",
-    "label_case_variants": "error", "patient_id_in_path": "warning",
+    "label_case_variants": "error", "patient_id_in_path": "warning", "unnamed_column": "warning",
     # one row
     "malformed_row": "error", "empty_field": "error", "control_character": "error", "whitespace_in_field": "warning",
     "unknown_label": "error", "invalid_split": "error", "missing_split": "warning",
@@ -211,6 +211,8 @@ def read_manifest_rows(manifest, problems):
                              f"the manifest's fields are separated by {name}, not commas "
                              f"(header {header[0]!r}); export it as comma-separated CSV")
                 return None, []
+    if "" in header:
+        header, records = _without_unnamed_columns(header, records, problems)
     duplicated = sorted({name for name in header if header.count(name) > 1})
     if duplicated:
         # No rows (which of two columns of a name would a row's value be?), but the header, so that
@@ -256,6 +258,26 @@ def manifest_header(manifest):
     except (UnicodeDecodeError, csv.Error):
         return None
     return header if all(column in header for column in REQUIRED_COLUMNS) else None
+
+
+def _without_unnamed_columns(header, records, problems):
+    """The header and records less the columns without a name, with one warning naming them.
+
+    Trailing commas give empty names (their repeats read as a duplicated column ''), and so does
+    a spreadsheet's or pandas' index column; neither can be a column of the validated manifest.
+    """
+    unnamed = [i for i, name in enumerate(header) if not name]
+    kept = [i for i, name in enumerate(header) if name]
+    holding_values = [i for i in unnamed if any(len(r) == len(header) and r[i].strip() for _, _, r in records[1:])]
+    shown = ", ".join(str(i + 1) for i in unnamed)
+    which = "" if holding_values == unnamed else f" (column(s) {', '.join(str(i + 1) for i in holding_values)})"
+    what = (f"hold values{which}, which were not kept (a spreadsheet's or pandas' index?)" if holding_values
+            else "hold no values (trailing commas?)")
+    problems.add(None, None, "unnamed_column", "warning",
+                 f"column(s) {shown} of the header have no name and {what}; name or remove them")
+    records = [(first, last, [record[i] for i in kept] if len(record) == len(header) else record)
+               for first, last, record in records]
+    return [header[i] for i in kept], records
 
 
 def _csv_records(text):

@@ -503,3 +503,25 @@ def test_a_configured_label_spelt_like_a_missing_value_marker_is_a_label(tmp_pat
 
     assert configured.ok and configured.summary["class_counts"] == {"none": 3, "mild": 3}
     assert [p.code for p in unconfigured.problems if p.severity == "error"].count("empty_field") == 3
+
+
+@pytest.mark.parametrize("header, rows, values_kept", [
+    ("path,label,patient,modality,,", ["img_{i}.png,{label},P{i},XR,,"], False),  # trailing commas
+    (",path,label,patient,modality", ["{i},img_{i}.png,{label},P{i},XR"], True),  # pandas' index column
+])
+def test_unnamed_columns_are_left_out_with_a_warning(tmp_path, header, rows, values_kept):
+    # Trailing commas were "column(s) [''] appear more than once" and no row was checked; an index
+    # column was carried into the validated manifest without a name.
+    root = tmp_path / "data"
+    lines = []
+    for i in range(6):
+        write_png(root / f"img_{i}.png", seed=i)
+        lines += [row.format(i=i, label=("a", "b")[i % 2]) for row in rows]
+    manifest = tmp_path / "manifest.csv"
+    manifest.write_text(header + "\n" + "\n".join(lines) + "\n")
+    result = validate_manifest(manifest, root, io_options={}, validation_options={"min_images_per_class": 1},
+                               salt="s")
+    assert result.ok, [str(p) for p in result.problems]
+    (warning,) = [p for p in result.problems if p.code == "unnamed_column"]
+    assert ("not kept" in warning.message) == values_kept
+    assert list(result.table.columns) == list(VALIDATED_COLUMNS)
