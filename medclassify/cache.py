@@ -1146,9 +1146,13 @@ class Cache:
                     first, last = local[run_start], local[run_stop - 1]
                     stored[target[run_start]:target[run_stop - 1] + 1] = images[first:last + 1]
             except (OSError, RuntimeError) as error:
-                raise InputError(f"{images.file.filename}: corrupted cache, images cannot be read",
-                                 [f"rows {local.min()}..{local.max()}: {error}",
-                                  "delete the cache (and its blocks folder) and rerun the preprocess stage"]) from None
+                damaged = Path(images.file.filename)
+                # A rerun reuses a block without reading its pixels: deleting it is what heals.
+                remedy = (f"delete {damaged} and rerun the preprocess stage, which decodes its images again"
+                          if damaged.name.startswith(BLOCK_PREFIX)
+                          else "delete the cache (and its blocks folder) and rerun the preprocess stage")
+                raise InputError(f"{damaged}: corrupted cache, images cannot be read",
+                                 [f"rows {local.min()}..{local.max()}: {error}", remedy]) from None
         return stored
 
     def verify(self, batch=256):
