@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
+from PIL import Image
 from pydicom.pixels import apply_modality_lut, apply_voi_lut, apply_windowing
 
 from medclassify.io import ReadError, read_file_samples, read_sample, sample_indices
@@ -247,6 +248,9 @@ def test_invalid_identifying_values_are_not_echoed_when_threads_decode_at_once(t
     for k in range(60):
         paths.append(tmp_path / f"cut{k}.dcm")
         paths[-1].write_bytes(data[: len(data) - 500 - k])
+        # Read by Pillow alongside: its reader silenced a warning of its own the same way (helper-42).
+        paths.append(tmp_path / f"image{k}.jpg")
+        Image.fromarray(np.full((8, 8), k, dtype=np.uint8)).save(paths[-1])
     idle = threading.Event()
     other = threading.Thread(target=idle.wait, daemon=True)
     other.start()

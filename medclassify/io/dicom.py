@@ -46,7 +46,8 @@ def _silencing_value_warnings(function):
     warnings go to the rule's log, and the values can be identifying (UIDs, names, dates).
 
     ``catch_warnings`` swaps the process's filters, so two threads inside it at once could leave
-    the second one unsilenced (the first restores the filters on leaving): one thread at a time.
+    the second one unsilenced (the first restores the filters on leaving): one thread at a time,
+    and no other reader swaps them (raster sets its one filter once, at import).
     """
     @functools.wraps(function)
     def silenced(*args, **kwargs):

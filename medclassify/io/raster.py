@@ -10,6 +10,11 @@ from .base import ReadError, check_pixel_count, read_bytes
 from . import png_inflate
 from .channels import is_grey
 
+# io.max_pixels is checked here; Pillow's own size warning would only repeat it. A filter set once,
+# not catch_warnings per image: that swaps the process's filters, and under threads it unsilenced a
+# DICOM read's warnings, which carry the file's values (see dicom._silencing_value_warnings).
+warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
+
 # Pillow modes and the NumPy dtype they decode to without losing depth.
 _NATIVE_MODES = {"L": np.uint8, "I;16": np.uint16, "I;16L": np.uint16, "I;16B": np.uint16,
                  "I;16N": np.uint16, "I": np.int32, "F": np.float32, "RGB": np.uint8,
@@ -52,14 +57,12 @@ def read_pillow(source, fmt, max_pixels):
             if image is not None:
                 return _array_and_meta(image, fmt)
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            # Naming the format skips Pillow's probing of every other plugin.
-            with Image.open(source, formats=[_PILLOW_FORMATS[fmt]]) as image:
-                width, height = image.size
-                check_pixel_count(height, width, max_pixels)
-                image.load()
-                return _array_and_meta(image, fmt)
+        # Naming the format skips Pillow's probing of every other plugin.
+        with Image.open(source, formats=[_PILLOW_FORMATS[fmt]]) as image:
+            width, height = image.size
+            check_pixel_count(height, width, max_pixels)
+            image.load()
+            return _array_and_meta(image, fmt)
     except Image.DecompressionBombError as error:
         raise ReadError("too_many_pixels", f"Pillow refused the image size: {error}") from None
     except UnidentifiedImageError:
