@@ -217,11 +217,14 @@ def _cmd_train(args):
     from .training import train_stage
 
     options = run_config(args.loaded_config, _run_name(args))
-    # With --config or --set the user states the preprocessing, which the cache must have had (a
-    # missing cache is named by the training's own open).
-    if (args.config or args.set) and args.cache.is_file():
+    # A config file, or --set of preprocess, io or datasets, states the preprocessing, which the
+    # cache must have had (a missing cache is named by the training's own open).
+    stated = args.config or {"preprocess", "io", "datasets"} & set(_parse_overrides(args.set) if args.set else {})
+    if stated and args.cache.is_file():
         dataset = _dataset_options(args)
-        open_cache(args.cache, expected_params_hash=params_hash(dataset["preprocess"], dataset["io"])).close()
+        open_cache(args.cache, expected_params_hash=params_hash(dataset["preprocess"], dataset["io"]),
+                   expected_by=("the config's", "give the config the cache was built with (--config, --set, "
+                                "--dataset), or build the cache with this one (medclassify preprocess)")).close()
     train_stage(args.stage, args.cache, args.splits, args.out, options=options,
                 fold=args.fold, init_model=args.init_model, threads=args.threads)
     print(f"wrote {args.out / 'model.keras'}")

@@ -175,4 +175,15 @@ def test_train_refuses_a_cache_built_with_other_preprocessing_than_the_config_st
     status = main([*arguments, "--set", '{"preprocess": {"size": [96, 96]}}'])
     err = capsys.readouterr().err
     assert status == 1 and "built with other preprocessing parameters" in err and "the config's" in err, err
-    assert not (tmp_path / "out").exists()
+    assert "medclassify preprocess" in err and not (tmp_path / "out").exists()
+
+
+def test_train_with_only_training_options_set_takes_the_cache_as_built(tmp_path, monkeypatch):
+    # --set of train options states no preprocessing: the defaults' 64 px must not be held against a 16 px cache.
+    import medclassify.training
+    from training_fixtures import make_training_cache
+
+    monkeypatch.setattr(medclassify.training, "train_stage", lambda *args, **kwargs: None)
+    cache, splits = make_training_cache(tmp_path / "data", n=8, size=16)
+    assert main(["train", "--stage", "head", "--cache", str(cache), "--splits", str(splits), "--out",
+                 str(tmp_path / "out"), "--set", '{"head": {"epochs": 1}}']) == 0
