@@ -104,7 +104,7 @@ def values_from_strings(config, validator):
                 value = float(value)  # YAML 1.1 reads 1e-3 (no dot) as a string
             if isinstance(value, str):
                 continue
-            if not isinstance(value, (dict, list)) and not validator.evolve(schema=error.schema).is_valid(value):
+            if not isinstance(value, (dict, list)) and not _of_a_kind_allowed(validator, error.schema, value):
                 continue  # "no" is no better as False: the string's own error names the choices
             *parents, key = error.absolute_path
             container = config
@@ -116,6 +116,25 @@ def values_from_strings(config, validator):
         if not fixed:
             return config
     return config
+
+
+def _of_a_kind_allowed(validator, schema, value):
+    """Whether ``schema`` allows ``value``'s type (and choice), whatever its range: "0" for a
+    batch size reads as 0, for the error "less than the minimum of 1"; "no" for a switch stays."""
+    return not any(_refuses_the_kind(error) for error in validator.evolve(schema=schema).iter_errors(value))
+
+
+def _refuses_the_kind(error):
+    if error.validator in ("type", "enum", "const"):
+        return True
+    if error.validator in ("anyOf", "oneOf"):
+        by_branch = {}
+        for sub in error.context:
+            by_branch.setdefault(sub.relative_schema_path[0], []).append(sub)
+        # A branch with no error takes the value (oneOf then failed on two matches, not the kind).
+        return len(by_branch) == len(error.validator_value) and all(
+            any(_refuses_the_kind(sub) for sub in subs) for subs in by_branch.values())
+    return False
 
 
 def _with_branch_errors(errors):

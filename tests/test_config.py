@@ -186,6 +186,20 @@ def test_a_string_that_yaml_reads_as_another_wrong_value_is_reported_as_written(
     assert f"{'.'.join(where)}.mixed_precision: 'no' is not one of ['auto', 'on', 'off']" in error.value.problems
 
 
+@pytest.mark.parametrize("section, key, text, message", [
+    ("train", "batch_size", "0", "train.batch_size: 0 is less than the minimum of 1"),
+    ("finetune", "epochs", "-1", "finetune.epochs: -1 is less than the minimum of 0"),
+    ("finetune", "learning_rate", "-1e-3", "finetune.learning_rate: -0.001 is not valid under any of the given"),
+])
+def test_a_command_line_number_out_of_range_is_reported_as_a_number(section, key, text, message):
+    # '0' for a batch size was reported as "'0' is not of type 'integer'" (helper-42).
+    config = load_config()
+    config[section][key] = text
+    with pytest.raises(InputError) as error:
+        validate_config(config)
+    assert any(problem.startswith(message) for problem in error.value.problems), error.value.problems
+
+
 def test_xla_asked_for_under_op_determinism_is_refused_with_the_way_out():
     config = {"datasets": {"demo": {"demo": True}}, "train": {"jit_compile": "on"},
               "runs": {"baseline": {}, "fast": {"train": {"deterministic": False}}}}
