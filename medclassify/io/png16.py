@@ -51,6 +51,8 @@ def decode_png16(source):
         raise ReadError("unsupported_image", f"decode_png16 reads 16-bit PNGs, not bit depth {bit_depth}")
     if interlace:
         raise ReadError("unsupported_image", "interlaced 16-bit colour PNG; save it without interlacing or as TIFF")
+    if not width or not height:  # and a max_length of 0 would inflate without limit
+        raise ReadError("undecodable", f"PNG header gives a size of {width}×{height} pixels")
     channels = _CHANNELS[colour_type]
     bytes_per_pixel = 2 * channels
     stride = width * bytes_per_pixel
