@@ -263,8 +263,13 @@ def _cmd_evaluate(args):
     if args.run_card is not None:
         fingerprint = args.fingerprint or args.cache.with_name("fingerprint.json")
     _require_files(args.model, args.splits, args.manifest, *histories.values(), fingerprint)
-    from .config import run_config
+    from .config import run_config, without_loading_options
     from .evaluation import run_evaluation
+    from .model_info import read_json_object
+    from .runcard import recorded_dataset_options, write_run_card
+
+    if fingerprint is not None:  # read before the evaluation, which a damaged file would waste
+        fingerprint = read_json_object(fingerprint, "the dataset fingerprint for the run card")
 
     run = _run_name(args)
     options = run_config(args.loaded_config, run)
@@ -275,12 +280,12 @@ def _cmd_evaluate(args):
                    options=options, histories=histories, fold=args.fold, threads=args.threads)
     print(f"wrote {args.out / 'metrics.json'}")
     if args.run_card is not None:
-        from .runcard import write_run_card
-
         ended = time.time()
-        write_run_card(args.run_card, config={"dataset": dataset_options, "run": options}, dataset=dataset,
-                       run=run, fingerprint=fingerprint, splits=args.splits, started=started, ended=ended,
-                       stages={"evaluate": (started, ended)})
+        # The config as the workflow's card records it, so that the two cards' config_hash agree.
+        config = {"dataset": recorded_dataset_options(dataset_options), "run": without_loading_options(options)}
+        write_run_card(args.run_card, config=config, dataset=dataset, run=run, fingerprint=fingerprint,
+                       splits=args.splits, started=started, ended=ended, stages={"evaluate": (started, ended)},
+                       command=" ".join(["medclassify", *args.argv]))
         print(f"wrote {args.run_card}")
 
 
@@ -418,6 +423,7 @@ def main(argv=None):
     """Run the command line; return the exit status."""
     parser = build_parser()
     args = parser.parse_args(argv)  # argparse itself exits with status 2 on usage errors
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     try:
         # Validate the config before importing anything heavy, so a typo fails in a second.
         args.loaded_config = _load_config(args) if hasattr(args, "config") else None

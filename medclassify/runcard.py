@@ -149,6 +149,18 @@ def stage_times(stages):
     return times
 
 
+def recorded_dataset_options(options):
+    """A dataset's resolved options as a run card records them (and rule evaluate's params hold them).
+
+    Less the local ``.npz`` path, since where the file lies says nothing of the data (the
+    fingerprint does), and ``validation.watch_images``, which only steers planning: neither is part
+    of what was computed, and as params they would rerun the evaluation.
+    """
+    recorded = {key: value for key, value in options.items() if key != "npz"}
+    recorded["validation"] = {key: value for key, value in options["validation"].items() if key != "watch_images"}
+    return recorded
+
+
 def write_run_card(out, *, config, dataset, run, fingerprint, splits, started, ended, stages=None, command=None):
     """Write ``run_card.json`` to ``out``; return its dict.
 

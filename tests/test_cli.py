@@ -119,9 +119,17 @@ def test_evaluate_by_hand_writes_the_run_card_the_workflow_writes(tmp_path, monk
     assert card["config"]["dataset"]["preprocess"]["size"] == [32, 32]
     assert card["config"]["run"]["finetune"]["epochs"] == 2
     assert list(card["stages"]) == ["evaluate"] and card["compute_s"] >= 0
+    # What the workflow's card leaves out, so that both cards of one config have one config_hash.
+    assert "npz" not in card["config"]["dataset"] and "watch_images" not in card["config"]["dataset"]["validation"]
+    assert "cache_in_memory_max_gb" not in card["config"]["run"]["train"]
+    assert card["command"].startswith("medclassify evaluate --model ")
 
-    (tmp_path / "fingerprint.json").unlink()  # checked before the evaluation, as every input is
-    assert main(arguments) == 1
+    evaluated = []
+    monkeypatch.setattr(medclassify.evaluation, "run_evaluation", lambda *args, **kwargs: evaluated.append(1))
+    (tmp_path / "fingerprint.json").write_text("not json")  # read before the evaluation, not after it
+    assert main(arguments) == 1 and evaluated == []
+    (tmp_path / "fingerprint.json").unlink()
+    assert main(arguments) == 1 and evaluated == []
 
 
 def test_evaluate_names_each_history_by_its_stage(tmp_path, monkeypatch):

@@ -22,6 +22,7 @@ from medclassify.manifest import (
     manifest_header,
 )
 from medclassify.predict import files_read, is_snakemake_pattern
+from medclassify.runcard import recorded_dataset_options
 from medclassify.workflow_paths import parse_run, run_ids
 
 # The library's validation rather than snakemake.utils.validate, which stops at the first problem:

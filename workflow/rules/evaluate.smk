@@ -35,15 +35,8 @@ rule evaluate:
     params:
         options=lambda wildcards: {"evaluate": run_options(wildcards)["evaluate"]},
         fold=fold_of,
-        # Recorded in the run card; every other option here already reruns an upstream stage. Less
-        # the local .npz path: where the file lies says nothing of the data (fingerprint.json does);
-        # and less validation.watch_images, which only steers planning.
-        dataset_options=lambda wildcards: {
-            **{
-                key: value for key, value in dataset(wildcards).items() if key != "npz"
-            },
-            "validation": validation_options(wildcards),
-        },
+        # Recorded in the run card; every other option here already reruns an upstream stage.
+        dataset_options=lambda wildcards: recorded_dataset_options(dataset(wildcards)),
         run_options=run_options,
     script:
         "../scripts/evaluate.py"
