@@ -112,7 +112,13 @@ def load_decision(model_path, classes):
             warnings.warn(f"{metrics_path} not found: deciding by arg-max (threshold 0.5), not by a threshold "
                           "chosen on validation", stacklevel=2)
         return dict(ARGMAX)
-    return _decision_of(_read_metrics(metrics_path), metrics_path, classes, "val")
+    metrics = _read_metrics(metrics_path)
+    if not _evaluated(metrics, model_path):
+        warnings.warn(f"{metrics_path} is the evaluation of another model ({metrics['inputs'].get('model')}), not "
+                      f"of {model_path}: deciding by arg-max over the image alone, without its threshold and "
+                      "test-time views", stacklevel=2)
+        return dict(ARGMAX)
+    return _decision_of(metrics, metrics_path, classes, "val")
 
 
 def load_ensemble_decision(model_paths, classes, ensemble_metrics=None):
@@ -126,7 +132,11 @@ def load_ensemble_decision(model_paths, classes, ensemble_metrics=None):
     views_of = {}
     for path in model_paths:
         metrics_path = _evaluation_metrics_path(path)
-        views_of[path] = _recorded_views(_read_metrics(metrics_path), metrics_path) if metrics_path.exists() else [IDENTITY]
+        metrics = _read_metrics(metrics_path) if metrics_path.exists() else None
+        if metrics is not None and not _evaluated(metrics, path):
+            raise InputError(f"{metrics_path} is the evaluation of another model ({metrics['inputs'].get('model')})",
+                             [f"the ensemble's member {path} must be the model its run evaluated"])
+        views_of[path] = _recorded_views(metrics, metrics_path) if metrics is not None else [IDENTITY]
     first, views = next(iter(views_of.items()))
     differing = [f"{path}: views {other} against {views} for {first}" for path, other in views_of.items() if other != views]
     if differing:
@@ -144,6 +154,18 @@ def load_ensemble_decision(model_paths, classes, ensemble_metrics=None):
 
 def _evaluation_metrics_path(model_path):
     return Path(model_path).resolve().parent.parent / "evaluation" / "metrics.json"
+
+
+def _evaluated(metrics, model_path):
+    """Whether ``metrics`` is the evaluation of ``model_path``: its file's hash where the evaluation
+    recorded one, else the model's folder and name (the run's head model lies beside its fine-tuned one)."""
+    from .runcard import file_sha256  # lazily, as in prediction_record: predict is imported when planning
+
+    inputs = metrics.get("inputs") if isinstance(metrics.get("inputs"), dict) else {}
+    if inputs.get("model_sha256"):
+        return inputs["model_sha256"] == file_sha256(model_path)
+    recorded = inputs.get("model")
+    return not recorded or Path(recorded).parts[-2:] == Path(model_path).resolve().parts[-2:]
 
 
 def _read_metrics(metrics_path):
