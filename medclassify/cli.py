@@ -343,7 +343,7 @@ def _add_predict(sub):
     p.add_argument("--ensemble-metrics", type=Path,
                    help="metrics.json whose threshold decides for several models: a k-fold run's "
                    "aggregate/metrics.json (without it, a binary ensemble decides by arg-max)")
-    p.add_argument("--input", type=Path, nargs="+", required=True, help="image files, folders, or one manifest CSV")
+    p.add_argument("--input", type=Path, nargs="+", required=True, help="image files, folders (every file below, hidden names left out with a warning), or one manifest CSV")
     p.add_argument("--out", type=Path, required=True, help="predictions CSV")
     p.add_argument("--record", type=Path, help="JSON file for what made the predictions: models and their "
                    "sha256, threshold, test-time views, preprocessing, row counts")

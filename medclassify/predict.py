@@ -18,6 +18,7 @@ warning counts them; nothing is skipped silently. What reading left out of a fil
 ``warning`` column, and a warning counts those rows too.
 """
 
+import os
 import time
 import warnings
 from pathlib import Path
@@ -198,21 +199,42 @@ def as_path_list(paths):
     return [paths] if isinstance(paths, (str, Path)) else list(paths)
 
 
-def _is_hidden(path):
-    return any(part.startswith(".") for part in path.parts)
+def folder_entries(folder):
+    """``(entries, n_hidden)``: every entry below ``folder`` that is not a folder, sorted, and how
+    many hidden files and folders (names starting with ".") were left out.
+
+    Linked folders are followed (once each: a link back up the tree is not), and broken links and
+    other non-files are entries too, so that each gets its error row instead of no row at all.
+    """
+    entries, hidden, seen = [], 0, set()
+    for base, folders, names in os.walk(folder, followlinks=True):
+        real = os.path.realpath(base)
+        if real in seen:
+            folders[:] = []
+            continue
+        seen.add(real)
+        hidden += sum(name.startswith(".") for name in folders + names)
+        folders[:] = [name for name in folders if not name.startswith(".")]
+        entries += [Path(base) / name for name in names if not name.startswith(".")]
+    return sorted(entries), hidden
 
 
-def expand_inputs(inputs):
-    """Rows ``{"input", "path", "label"?}`` for image files, folders (every non-hidden file below,
-    sorted) or manifest CSVs (column ``path``, relative to the CSV's folder)."""
+def expand_inputs(inputs, hidden=None):
+    """Rows ``{"input", "path", "label"?}`` for image files, folders (every non-hidden entry below,
+    sorted: :func:`folder_entries`) or manifest CSVs (column ``path``, relative to the CSV's folder).
+
+    ``hidden``, a list, receives ``(folder, count)`` for each folder with hidden entries left out.
+    """
     inputs = as_path_list(inputs)
     rows = []
     problems = []
     for item in map(Path, inputs):
         if item.is_dir():
-            files = sorted(p for p in item.rglob("*") if p.is_file() and not _is_hidden(p.relative_to(item)))
+            files, n_hidden = folder_entries(item)
             if not files:
                 problems.append(f"{item}: folder holds no files")
+            if n_hidden and hidden is not None:
+                hidden.append((item, n_hidden))
             rows += [{"input": str(p), "path": p} for p in files]
         elif item.suffix.lower() == ".csv" and item.is_file():
             rows += _manifest_rows(item, problems)
@@ -377,7 +399,11 @@ def predict_files(model_path, inputs, out_csv, *, threads=None, ensemble_metrics
         decision = load_decision(model_paths[0], classes)
     else:
         decision = load_ensemble_decision(model_paths, classes, ensemble_metrics)
-    rows = expand_inputs(inputs)
+    hidden = []
+    rows = expand_inputs(inputs, hidden)
+    for folder, count in hidden:
+        warnings.warn(f"{folder}: {count} hidden file(s) or folder(s) (names starting with '.') were left out",
+                      stacklevel=2)
     models = [load_model(path) for path in model_paths]
     expected_shape = tuple(models[0].input_shape[1:])
 

@@ -19,7 +19,7 @@ from medclassify.cache import params_record  # noqa: E402
 from medclassify.config import load_config  # noqa: E402
 from medclassify.errors import InputError  # noqa: E402
 from medclassify.io import read_sample  # noqa: E402
-from medclassify.predict import files_read, load_model_info, predict_files  # noqa: E402
+from medclassify.predict import files_read, folder_entries, load_model_info, predict_files  # noqa: E402
 from medclassify.preprocessing import PREPROCESSING_VERSION, from_storage, preprocess_image, to_storage  # noqa: E402
 
 CLASSES = ["benign", "malignant"]
@@ -404,3 +404,22 @@ def test_files_read_leave_problems_to_predict(tmp_path):
     assert files_read(tmp_path / "empty") == []
     assert files_read(tmp_path / "bad.csv") == [str(tmp_path / "bad.csv")]
     assert files_read(tmp_path / "missing") == []
+
+
+def test_a_folder_lists_linked_folders_broken_links_and_counts_what_it_leaves_out(tmp_path):
+    # rglob left out files in linked folders and broken links without a row, and hidden files without a word.
+    folder, outside = tmp_path / "in", tmp_path / "outside"
+    (folder / "real").mkdir(parents=True)
+    outside.mkdir()
+    for path in (folder / "real" / "a.png", outside / "b.png", folder / ".hidden.png"):
+        path.write_bytes(b"x")
+    (folder / ".cache").mkdir()
+    (folder / ".cache" / "c.png").write_bytes(b"x")
+    (folder / "linked").symlink_to(outside)
+    (folder / "dangling.png").symlink_to(tmp_path / "unmounted" / "d.png")
+    (folder / "real" / "loop").symlink_to(folder)  # a link back up the tree is not walked again
+
+    entries, hidden = folder_entries(folder)
+
+    assert [p.relative_to(folder).as_posix() for p in entries] == ["dangling.png", "linked/b.png", "real/a.png"]
+    assert hidden == 2
