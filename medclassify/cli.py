@@ -19,6 +19,17 @@ from .errors import InputError, UsageError
 EXIT_OK, EXIT_INPUT, EXIT_USAGE = 0, 1, 2
 
 
+def positive_int(text):
+    """argparse type of a count of threads: TensorFlow aborts the process on fewer than one."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is not 1 or more")
+    return value
+
+
 def _load_config(args):
     from .config import load_config
 
@@ -94,7 +105,7 @@ def _add_validate(sub):
     p.add_argument("--report", type=Path, required=True, help="validation report (JSON; a .md is written beside it)")
     p.add_argument("--out", type=Path, help="validated manifest CSV (default: manifest.validated.csv beside the report)")
     p.add_argument("--labels", nargs="+", help="allowed labels, in class order")
-    p.add_argument("--threads", type=int, default=1, help="decoding processes")
+    p.add_argument("--threads", type=positive_int, default=1, help="decoding processes")
     p.add_argument("--decode-cache", type=Path,
                    help="JSON file of per-file decoding results; revalidation decodes only new or changed files")
     _add_config_options(p, per_dataset=True)
@@ -130,7 +141,7 @@ def _add_preprocess(sub):
     p.add_argument("--out", type=Path, required=True, help="cache file (.h5)")
     p.add_argument("--fingerprint", type=Path, required=True, help="fingerprint JSON")
     p.add_argument("--report", type=Path, help="validation report.json, for the class order (default: classes sorted)")
-    p.add_argument("--threads", type=int, default=1, help="decoding processes")
+    p.add_argument("--threads", type=positive_int, default=1, help="decoding processes")
     p.add_argument("--shards", type=int, help="part files to write one after another (default: preprocess.shards)")
     p.add_argument("--no-reuse", action="store_true",
                    help="decode every image instead of reusing unchanged ones from the cache's blocks")
@@ -203,7 +214,7 @@ def _add_train(sub):
     p.add_argument("--init-model", type=Path, help="head model to fine-tune (stage finetune)")
     p.add_argument("--run", default=None, help="run name from the config's runs (default: the first)")
     p.add_argument("--fold", type=int, help="fold, with split.method kfold")
-    p.add_argument("--threads", type=int, help="CPU threads for TensorFlow")
+    p.add_argument("--threads", type=positive_int, help="CPU threads for TensorFlow")
     _add_config_options(p, per_dataset=True)
     p.set_defaults(func=_cmd_train)
 
@@ -246,7 +257,7 @@ def _add_evaluate(sub):
     p.add_argument("--finetune-history", type=Path, help="history.csv of the finetune stage, for the training curves")
     p.add_argument("--run", default=None, help="run name from the config's runs (default: the first)")
     p.add_argument("--fold", type=int, help="fold, with split.method kfold")
-    p.add_argument("--threads", type=int, help="CPU threads for TensorFlow")
+    p.add_argument("--threads", type=positive_int, help="CPU threads for TensorFlow")
     p.add_argument("--run-card", type=Path, help="also write the run card (config, versions, git state, data "
                    "fingerprint, splits hash, hardware) here, as the workflow writes run_card.json")
     p.add_argument("--fingerprint", type=Path, help="fingerprint JSON of the cache, for --run-card "
@@ -347,7 +358,7 @@ def _add_predict(sub):
     p.add_argument("--out", type=Path, required=True, help="predictions CSV")
     p.add_argument("--record", type=Path, help="JSON file for what made the predictions: models and their "
                    "sha256, threshold, test-time views, preprocessing, row counts")
-    p.add_argument("--threads", type=int, help="CPU threads for TensorFlow")
+    p.add_argument("--threads", type=positive_int, help="CPU threads for TensorFlow")
     p.set_defaults(func=_cmd_predict)
 
 

@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 
 from .atomic import atomic_path, atomic_write_json
-from .errors import InputError
+from .errors import InputError, UsageError
 from .inference import IDENTITY, check_finite_probabilities, is_view, mean_probabilities
 from .model_info import model_json_path, read_json_object
 
@@ -401,6 +401,7 @@ def predict_files(model_path, inputs, out_csv, *, threads=None, ensemble_metrics
         decision = load_ensemble_decision(model_paths, classes, ensemble_metrics)
     hidden = []
     rows = expand_inputs(inputs, hidden)
+    _refuse_writing_over_inputs([out_csv, record_json], [*inputs, *(row["path"] for row in rows)])
     for folder, count in hidden:
         warnings.warn(f"{folder}: {count} hidden file(s) or folder(s) (names starting with '.') were left out",
                       stacklevel=2)
@@ -458,6 +459,14 @@ def predict_files(model_path, inputs, out_csv, *, threads=None, ensemble_metrics
         warnings.warn(f"{len(warned)} of {len(table)} inputs were predicted with a warning (see the warning column "
                       f"of {out_csv}): {_first_five(warned, 'warning')}", stacklevel=2)
     return table
+
+
+def _refuse_writing_over_inputs(targets, inputs):
+    """UsageError when an output would replace an input (``--out`` naming the manifest to predict)."""
+    read = {os.path.realpath(path) for path in inputs}
+    clashes = [str(target) for target in targets if target is not None and os.path.realpath(target) in read]
+    if clashes:
+        raise UsageError(f"refusing to write over an input: {', '.join(clashes)}")
 
 
 def prediction_record(model_paths, info, decision, inputs, rows):

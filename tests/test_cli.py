@@ -195,3 +195,12 @@ def test_train_with_only_training_options_set_takes_the_cache_as_built(tmp_path,
     cache, splits = make_training_cache(tmp_path / "data", n=8, size=16)
     assert main(["train", "--stage", "head", "--cache", str(cache), "--splits", str(splits), "--out",
                  str(tmp_path / "out"), "--set", '{"head": {"epochs": 1}}']) == 0
+
+
+@pytest.mark.parametrize("threads", ["0", "-2", "two"])
+def test_a_thread_count_below_one_is_a_usage_error(tmp_path, capsys, threads):
+    # TensorFlow aborted the process ("Check failed: num_threads >= 1") on a negative count.
+    with pytest.raises(SystemExit) as exit_:
+        main(["predict", "--model", str(tmp_path / "m.keras"), "--input", str(tmp_path), "--out",
+              str(tmp_path / "p.csv"), "--threads", threads])
+    assert exit_.value.code == 2 and "--threads" in capsys.readouterr().err

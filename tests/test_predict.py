@@ -423,3 +423,18 @@ def test_a_folder_lists_linked_folders_broken_links_and_counts_what_it_leaves_ou
 
     assert [p.relative_to(folder).as_posix() for p in entries] == ["dangling.png", "linked/b.png", "real/a.png"]
     assert hidden == 2
+
+
+@pytest.mark.parametrize("target", ["manifest", "image"])
+def test_predictions_never_overwrite_an_input(saved_run, tmp_path, target):
+    # --out naming the manifest to predict replaced it with the predictions table.
+    from medclassify.errors import UsageError
+
+    _, model_path, images, _ = saved_run
+    manifest = tmp_path / "m.csv"
+    manifest.write_text(f"path\n{images / 'img0.png'}\n")
+    before = manifest.read_bytes()
+    out = manifest if target == "manifest" else images / "img0.png"
+    with pytest.raises(UsageError, match="refusing to write over an input"):
+        predict_files(model_path, [manifest], out)
+    assert manifest.read_bytes() == before
