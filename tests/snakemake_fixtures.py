@@ -30,7 +30,7 @@ FAST_DEMO_OVERRIDES = {
     "datasets": {"demo": {"demo": True, "demo_patients": 24}},
     "preprocess": {"size": [32, 32], "shards": 2},
     "train": {"batch_size": 16, "seed": 0},
-    "head": {"epochs": 1},
+    "head": {"epochs": 1, "dropout": 0.3},  # not the default: the fine-tune stage must get it too
     "finetune": {"epochs": 1, "warmup_epochs": 0},
     "evaluate": {"bootstrap": 200},
 }

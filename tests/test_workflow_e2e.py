@@ -12,7 +12,8 @@ from PIL import Image
 from sklearn import metrics as skm
 
 from conftest import FAST_DEMO_ARGS
-from snakemake_fixtures import FAST_CONFIG_NAME, copy_repository, parse_job_stats, planned_jobs, run_snakemake
+from snakemake_fixtures import (FAST_CONFIG_NAME, FAST_DEMO_OVERRIDES, copy_repository, parse_job_stats, planned_jobs,
+                                run_snakemake)
 
 pytestmark = pytest.mark.slow
 
@@ -33,6 +34,14 @@ def test_every_stage_output_exists(demo_run):
     ]
     missing = [name for name in expected if not (results / name).is_file()]
     assert not missing
+
+
+def test_both_stages_record_the_configured_head_dropout(demo_run):
+    # The fine-tune rule's params lacked head: its model.json said the default 0.2, and the
+    # ensemble members an untrained head leaves to it were built with 0.2 (helper-43).
+    for stage in ("head", "finetune"):
+        meta = json.loads((demo_run / "results" / DATASET / RUN / stage / "model.json").read_text())
+        assert meta["settings"]["dropout"] == FAST_DEMO_OVERRIDES["head"]["dropout"], stage
 
 
 def test_the_run_card_times_each_stage(demo_run):
