@@ -457,10 +457,18 @@ def resolve_automatic(options):
     return options
 
 
+MAX_SEED = 2 ** 32 - 1  # NumPy's legacy seeding refuses more
+MEMBER_SEED_STRIDE = 1000  # ensemble member k trains with seed + k × this (medclassify.training)
+
+
 def run_problems(options):
     """Combinations of a run's resolved options that cannot take effect together, in words."""
     train = options["train"]
     problems = backbone_problems(train)
+    last_member_seed = train["seed"] + MEMBER_SEED_STRIDE * (train["ensemble"] - 1)
+    if last_member_seed > MAX_SEED:
+        problems.append(f"train.seed {train['seed']} with train.ensemble {train['ensemble']}: the last member's seed, "
+                        f"{last_member_seed}, is beyond NumPy's {MAX_SEED}; take a smaller seed")
     if train["jit_compile"] == "on" and train["deterministic"]:
         # keras.src.trainers.trainer.model_supports_jit: under op determinism compile drops XLA.
         problems.append("train.jit_compile 'on' cannot take effect with train.deterministic true: Keras compiles "

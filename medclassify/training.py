@@ -33,7 +33,7 @@ from . import __version__
 from .atomic import atomic_path, atomic_write_json, atomic_write_text
 from .checkpoints import STATE_VERSION, StageCheckpoint
 from .codedeps import module_closure
-from .config import complete_run_options, config_hash, without_loading_options
+from .config import MEMBER_SEED_STRIDE, complete_run_options, config_hash, without_loading_options
 from .data import (ImageSource, TrainingBatches, class_weights, evaluation_dataset, fits_in_memory,
                    read_errors_unwrapped, split_indices, zscore_statistics)
 from .epoch_selection import check_rule, crossentropy
@@ -50,9 +50,9 @@ from .models.weights import imagenet_weights_path
 STAGES = ("head", "finetune")
 MEMBERS_DIRNAME = "members"  # an ensemble's members: members/member_<k>/ in the fine-tune stage
 HISTORY_COLUMNS = ("epoch", "loss", "auc", "val_loss", "val_auc", "val_accuracy", "lr")
-# Member k of an ensemble trains with seed + k * MEMBER_SEED_STRIDE: runs with seeds 0, 1, 2 then
-# get disjoint members (with seed + k, the ensembles of seeds 0 and 1 would share two models).
-MEMBER_SEED_STRIDE = 1000
+# Member k of an ensemble trains with seed + k * MEMBER_SEED_STRIDE (config.py, which checks that
+# the last one is a seed NumPy takes): runs with seeds 0, 1, 2 then get disjoint members (with
+# seed + k, the ensembles of seeds 0 and 1 would share two models).
 
 
 # --- options ------------------------------------------------------------------------------------

@@ -371,3 +371,15 @@ def test_a_salt_read_as_a_number_is_refused_with_the_environment_variable_as_the
         load_config(overrides={"salt": salt})
     (problem,) = error.value.problems
     assert problem.startswith(f"salt: {salt!r} was read as a number") and "MEDCLASSIFY_SALT" in problem
+
+
+@pytest.mark.parametrize("train, message", [
+    ({"seed": -5}, "train.seed: -5 is less than the minimum of 0"),
+    ({"seed": 2 ** 32}, "is greater than the maximum of 4294967295"),
+    ({"seed": 2 ** 32 - 1, "ensemble": 2}, "the last member's seed, 4294968295, is beyond NumPy's 4294967295"),
+])
+def test_a_seed_numpy_would_refuse_is_refused_when_the_config_is_read(train, message):
+    # -5 was a NumPy traceback at the training's start; 2**32 - 1 with two members one after the first member.
+    with pytest.raises(InputError) as error:
+        load_config(overrides={"train": train})
+    assert any(message in problem for problem in error.value.problems), error.value.problems
