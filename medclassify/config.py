@@ -183,7 +183,8 @@ def _schema_problem(error):
     """One schema error in words: where, then what."""
     if list(error.absolute_path) == ["salt"] and isinstance(error.instance, (int, float)):
         # Turned back into a string it could differ from what was typed (YAML 1.1 reads 0123 as 83).
-        return (f"salt: {error.instance!r} was read as a number, not as the characters typed (YAML reads "
+        kind = "a boolean" if isinstance(error.instance, bool) else "a number"
+        return (f"salt: {error.instance!r} was read as {kind}, not as the characters typed (YAML reads "
                 f"--config salt=12345 as one); set the environment variable {SALT_ENVIRONMENT_VARIABLE} instead, "
                 "which also keeps the secret out of Snakemake's records, or quote the salt in a config file")
     return f"{_key_path(error.absolute_path) or '<top>'}: {error.message}"
@@ -301,8 +302,8 @@ def subgroup_column_problems(config, columns_of):
         for run in _entries(config, "runs"):
             missing = [c for c in run_config(config, run)["evaluate"]["subgroups"] if c not in columns]
             if missing:
-                problems.append(f"runs.{run}: evaluate.subgroups {missing} are not columns of dataset "
-                                f"{dataset!r}'s manifest (columns: {', '.join(dict.fromkeys(columns))})")
+                problems.append(f"runs.{run}: evaluate.subgroups {missing} are not columns of the manifest of "
+                                f"dataset {dataset!r} (columns: {', '.join(dict.fromkeys(columns))})")
     return problems
 
 

@@ -339,8 +339,8 @@ def test_subgroup_columns_are_checked_against_each_dataset_whose_columns_are_kno
 
     problems = subgroup_column_problems(config, columns.get)
 
-    assert problems == ["runs.by_scanner: evaluate.subgroups ['scanner', 'sex'] are not columns of dataset 'own'"
-                        "'s manifest (columns: path, label, patient, modality, site)"]
+    assert problems == ["runs.by_scanner: evaluate.subgroups ['scanner', 'sex'] are not columns of the manifest of "
+                        "dataset 'own' (columns: path, label, patient, modality, site)"]
 
 
 def test_backbone_names_and_imagenet_weights_are_checked_when_the_config_is_read():
@@ -370,7 +370,8 @@ def test_a_salt_read_as_a_number_is_refused_with_the_environment_variable_as_the
     with pytest.raises(InputError) as error:
         load_config(overrides={"salt": salt})
     (problem,) = error.value.problems
-    assert problem.startswith(f"salt: {salt!r} was read as a number") and "MEDCLASSIFY_SALT" in problem
+    kind = "a boolean" if salt is True else "a number"
+    assert problem.startswith(f"salt: {salt!r} was read as {kind}") and "MEDCLASSIFY_SALT" in problem
 
 
 @pytest.mark.parametrize("train, message", [

@@ -169,7 +169,7 @@ def test_a_private_transfer_syntax_is_named(tmp_path):
     with pytest.raises(ReadError) as error:
         read_sample(tmp_path / "private.dcm")
     assert error.value.code == "compressed_unsupported"
-    assert "transfer syntax 1.2.840.113619.5.2 is not a standard one" in str(error.value)
+    assert "transfer syntax 1.2.840.113619.5.2 is a vendor's private syntax" in str(error.value)
 
 
 def test_missing_decoder_names_the_transfer_syntax(monkeypatch):

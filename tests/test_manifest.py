@@ -525,3 +525,20 @@ def test_unnamed_columns_are_left_out_with_a_warning(tmp_path, header, rows, val
     (warning,) = [p for p in result.problems if p.code == "unnamed_column"]
     assert ("not kept" in warning.message) == values_kept
     assert list(result.table.columns) == list(VALIDATED_COLUMNS)
+
+
+@pytest.mark.parametrize("path, patient, warned", [
+    ("P900/view1.png", "P900", True),
+    ("images/p000001/img0.png", "P000001", True),  # folders in lower case
+    ("mrn/1234567.png", "1234567", True),
+    ("img_1.png", "1", False),  # a short number matches by chance
+    ("2019-03-12/scan.png", "12", False),
+    ("ct/1.25mm/x.png", "1", False),
+    ("P9001/view1.png", "P900", False),  # part of a longer word
+])
+def test_patient_id_in_path_is_a_whole_word_in_any_case_and_not_a_short_number(path, patient, warned):
+    from medclassify.manifest import ProblemCollector, _check_patient_ids_in_paths
+
+    problems = ProblemCollector()
+    _check_patient_ids_in_paths([{"row": 1, "path": path, "raw_patient": patient}], problems)
+    assert bool(problems.problems) == warned

@@ -196,7 +196,7 @@ def test_a_subgroup_column_no_manifest_has_stops_planning_before_any_job(unrun_w
         run = run_snakemake(["-n", *CONFIG_ARGS], unrun_workdir, timeout_s=TIMEOUT_S)
     assert run.returncode != 0, run.tail()
     for dataset in ("demo", "own"):
-        assert f"runs.baseline: evaluate.subgroups ['scanner'] are not columns of dataset '{dataset}'" in run.output, \
+        assert f"runs.baseline: evaluate.subgroups ['scanner'] are not columns of the manifest of dataset '{dataset}'" in run.output, \
             run.tail()
     assert "['site'" not in run.output, run.tail()
 

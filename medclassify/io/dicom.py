@@ -134,9 +134,10 @@ def _check_transfer_syntax(ds):
     syntax = ds.file_meta.get("TransferSyntaxUID") if hasattr(ds, "file_meta") else None
     if syntax is None:
         raise ReadError("undecodable", "DICOM file meta information has no Transfer Syntax UID")
-    if not syntax.is_transfer_syntax:  # a vendor's private one: pydicom cannot tell how it is encoded
-        raise ReadError("compressed_unsupported", f"transfer syntax {syntax} is not a standard one (a vendor's "
-                        "private syntax?); export the file with a standard transfer syntax")
+    if not syntax.is_transfer_syntax:  # pydicom cannot tell how the pixels are encoded
+        what = "a vendor's private syntax" if syntax.is_private else "one this pydicom does not know"
+        raise ReadError("compressed_unsupported", f"transfer syntax {syntax} is {what}; export the file with a "
+                        "transfer syntax pydicom decodes")
     if not syntax.is_compressed:
         return
     name = f"{syntax.name} ({syntax})"
