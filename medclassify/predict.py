@@ -326,17 +326,32 @@ def _read_preprocessed(path, index, info, storage_dtype):
     image = preprocess_image(sample.pixels, info["preprocess"])
     # The cache stores images as uint8 or float16; quantise the same way so that the model
     # sees exactly the values it was trained on.
-    return from_storage(to_storage(image, storage_dtype)), sample.meta
+    return from_storage(to_storage(image, storage_dtype)), {**sample.meta, **_pixel_facts(sample.pixels)}
+
+
+def _pixel_facts(pixels):
+    """What validation warns of in an image's pixels: all one value, NaN or infinite values."""
+    pixels = np.asarray(pixels)
+    finite = pixels[np.isfinite(pixels)] if np.issubdtype(pixels.dtype, np.floating) else pixels.ravel()
+    return {"constant": finite.size == 0 or bool(finite.min() == finite.max()),
+            "non_finite": int(pixels.size - finite.size), "n_pixels": int(pixels.size)}
 
 
 def _reading_warning(meta):
-    """What reading a sample left out, as ``"<code>: <message>"`` like the error column; "" when nothing."""
+    """What reading a sample left out or found suspect, as ``"<code>: <message>"`` like the error
+    column (the codes validation gives the same images), "; "-separated; "" when nothing."""
     from .manifest import unread_tiff_pages_message
 
+    warnings_ = []
     unread_pages = unread_tiff_pages_message(meta.get("pages"))
-    if not unread_pages:
-        return ""
-    return f"unread_tiff_pages: {unread_pages}, and predicted (save each page you need as its own file)"
+    if unread_pages:
+        warnings_.append(f"unread_tiff_pages: {unread_pages}, and predicted (save each page you need as its own file)")
+    if meta.get("constant"):
+        warnings_.append("constant_image: every pixel has the same value (a blank or failed export?), and predicted")
+    if meta.get("non_finite"):
+        warnings_.append(f"non_finite_pixels: {meta['non_finite']} of {meta['n_pixels']} pixel values are NaN or "
+                         "infinite, replaced by the image's lowest finite value, and predicted")
+    return "; ".join(warnings_)
 
 
 def _samples(rows, info):

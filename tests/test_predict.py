@@ -438,3 +438,20 @@ def test_predictions_never_overwrite_an_input(saved_run, tmp_path, target):
     with pytest.raises(UsageError, match="refusing to write over an input"):
         predict_files(model_path, [manifest], out)
     assert manifest.read_bytes() == before
+
+
+def test_blank_and_nan_images_are_predicted_with_the_warnings_validation_gives_them(saved_run, tmp_path):
+    # Both came back "ok" with an empty warning and confident probabilities (helper-44).
+    _, model_path, images, _ = saved_run
+    Image.fromarray(np.full((20, 20), 7, dtype=np.uint8)).save(tmp_path / "blank.png")
+    nan = np.full((20, 20), np.nan, dtype=np.float32)
+    nan[:10] = np.arange(200, dtype=np.float32).reshape(10, 20)
+    np.save(tmp_path / "half_nan.npy", nan)
+    with pytest.warns(UserWarning, match="predicted with a warning"):
+        table = predict_files(model_path, [tmp_path / "blank.png", tmp_path / "half_nan.npy", images / "img0.png"],
+                              tmp_path / "p.csv")
+    warning = dict(zip(table["input"].map(lambda p: Path(p).name), table["warning"].fillna("")))
+    assert (table["status"] == "ok").all()
+    assert warning["blank.png"].startswith("constant_image:")
+    assert warning["half_nan.npy"].startswith("non_finite_pixels: 200 of 400 pixel values")
+    assert warning["img0.png"] == ""
