@@ -362,6 +362,8 @@ def _samples(rows, info):
     for row in rows:
         path = row["path"]
         try:
+            if Path(path).is_dir():
+                raise IsADirectoryError(f"{path} is a folder, not an image file")
             if not Path(path).is_file():
                 raise FileNotFoundError(f"no such file: {path}")
             indices = sample_indices(path, info["io"])
@@ -384,6 +386,8 @@ def _reason(error):
 
     # A ReadError already reads "<code>: <message>"; others get their type for context.
     text = str(error) if isinstance(error, ReadError) else f"{type(error).__name__}: {error}"
+    if "io." in text:  # "set io.nifti_volume": here the model's io options, fixed when it was trained
+        text += " (predict reads the io options from the model's model.json, as the model was trained)"
     return " ".join(text.split())  # one line per CSV cell
 
 

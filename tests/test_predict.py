@@ -455,3 +455,14 @@ def test_blank_and_nan_images_are_predicted_with_the_warnings_validation_gives_t
     assert warning["blank.png"].startswith("constant_image:")
     assert warning["half_nan.npy"].startswith("non_finite_pixels: 200 of 400 pixel values")
     assert warning["img0.png"] == ""
+
+
+def test_a_manifest_row_naming_a_folder_says_so(saved_run, tmp_path):
+    # It said "FileNotFoundError: no such file".
+    _, model_path, images, _ = saved_run
+    (tmp_path / "sub").mkdir()
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("path\nsub\n")
+    with pytest.warns(UserWarning, match="could not be predicted"):
+        table = predict_files(model_path, [manifest], tmp_path / "p.csv")
+    assert table["error"].iloc[0] == f"IsADirectoryError: {tmp_path / 'sub'} is a folder, not an image file"
