@@ -4,6 +4,7 @@ import threading
 import warnings
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 import pydicom
 import pytest
@@ -248,9 +249,14 @@ def test_invalid_identifying_values_are_not_echoed_when_threads_decode_at_once(t
     for k in range(60):
         paths.append(tmp_path / f"cut{k}.dcm")
         paths[-1].write_bytes(data[: len(data) - 500 - k])
-        # Read by Pillow alongside: its reader silenced a warning of its own the same way (helper-42).
+        # Read alongside: Pillow's reader silenced a warning of its own the same way (helper-42), and
+        # nibabel does around a scaled NIfTI (helper-45).
         paths.append(tmp_path / f"image{k}.jpg")
         Image.fromarray(np.full((8, 8), k, dtype=np.uint8)).save(paths[-1])
+        paths.append(tmp_path / f"scaled{k}.nii")
+        scaled = nib.Nifti1Image(np.arange(64, dtype=np.int16).reshape(8, 8, 1), np.eye(4))
+        scaled.header.set_slope_inter(0.5, 10)
+        nib.save(scaled, paths[-1])
     idle = threading.Event()
     other = threading.Thread(target=idle.wait, daemon=True)
     other.start()

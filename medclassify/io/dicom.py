@@ -8,8 +8,8 @@ metadata or a message.
 
 import collections.abc
 import functools
+import logging
 import math
-import threading
 import warnings
 
 import numpy as np
@@ -35,25 +35,30 @@ _LUT_KEYWORDS = ("Modality", "PhotometricInterpretation", "BitsStored", "BitsAll
                  "VOILUTSequence", "WindowCenter", "WindowWidth", "VOILUTFunction")
 
 
-_WARNING_FILTERS_LOCK = threading.RLock()  # reentrant: a silenced function may call another
+# The modules whose warnings are silenced: pydicom's, and this one's, where a warning of pydicom
+# may be attributed to the call into it.
+_PYDICOM_MODULES = r"pydicom|medclassify\.io\.dicom"
 
 
 def _silencing_value_warnings(function):
-    """Run ``function`` with warnings ignored.
+    """Run ``function`` with pydicom's warnings and log messages silenced.
 
-    pydicom converts an element's value when it is first read, after ``dcmread``, and warns about
-    an invalid one with the value in the message ("Invalid value for VR UI: '1.2.3...'"). Those
-    warnings go to the rule's log, and the values can be identifying (UIDs, names, dates).
-
-    ``catch_warnings`` swaps the process's filters, so two threads inside it at once could leave
-    the second one unsilenced (the first restores the filters on leaving): one thread at a time,
-    and no other reader swaps them (raster sets its one filter once, at import).
+    pydicom converts an element's value when it is first read, after ``dcmread``, and warns (and
+    logs) about an invalid one with the value in the message ("Invalid value for VR UI:
+    '1.2.3...'"). Those messages go to the rule's log, and the values can be identifying (UIDs,
+    names, dates). They are silenced for the whole process by one lasting filter, not by
+    ``catch_warnings`` around each read: that swaps the process's filters, and another thread
+    leaving its own ``catch_warnings`` (nibabel's, around a scaled NIfTI) restored them in the
+    middle of a read, which then warned with the values.
     """
     @functools.wraps(function)
     def silenced(*args, **kwargs):
-        with _WARNING_FILTERS_LOCK, warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            return function(*args, **kwargs)
+        # Checked at every read: a catch_warnings entered before the first one restores the filters without it.
+        if not any(f[0] == "ignore" and f[3] is not None and f[3].pattern == _PYDICOM_MODULES
+                   for f in warnings.filters):
+            warnings.filterwarnings("ignore", module=_PYDICOM_MODULES)
+            logging.getLogger("pydicom").propagate = False  # it logs each warning too
+        return function(*args, **kwargs)
     return silenced
 
 
