@@ -1148,7 +1148,8 @@ class Cache:
             except (OSError, RuntimeError) as error:
                 damaged = Path(images.file.filename)
                 # A rerun reuses a block without reading its pixels: deleting it is what heals.
-                remedy = (f"delete {damaged} and rerun the preprocess stage, which decodes its images again"
+                remedy = (f"delete {damaged} and rerun the preprocess stage, which decodes its images again "
+                          "(snakemake --forcerun preprocess: the cache's files are still there)"
                           if damaged.name.startswith(BLOCK_PREFIX)
                           else "delete the cache (and its blocks folder) and rerun the preprocess stage")
                 raise InputError(f"{damaged}: corrupted cache, images cannot be read",

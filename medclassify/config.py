@@ -125,8 +125,11 @@ def _of_a_kind_allowed(validator, schema, value):
 
 
 def _refuses_the_kind(error):
-    if error.validator in ("type", "enum", "const"):
+    if error.validator == "type":
         return True
+    if error.validator in ("enum", "const"):  # "3" read as 3 for choices [0, 1, 2]: a number all the same
+        choices = error.validator_value if error.validator == "enum" else [error.validator_value]
+        return not any(type(choice) is type(error.instance) for choice in choices)
     if error.validator in ("anyOf", "oneOf"):
         by_branch = {}
         for sub in error.context:

@@ -699,8 +699,8 @@ def _check_patient_ids_in_paths(records, problems):
     Paths reach results/ as sample ids, beside the salted hash of that id: the pseudonym would be
     undone. One warning for the manifest; the id itself is never written.
     """
-    rows = [r["row"] for r in records if r["raw_patient"] and r["path"] and _telling(r["raw_patient"])
-            and _holds_word(r["path"].casefold(), r["raw_patient"].casefold())]
+    rows = [r["row"] for r in records if r["raw_patient"] and r["path"]
+            and _path_names_patient(r["path"].casefold(), r["raw_patient"].casefold())]
     if rows:
         problems.add(None, None, "patient_id_in_path", "warning",
                      f"the raw patient id is part of the image path in {_rows_text(rows)}: paths reach results/ "
@@ -708,10 +708,15 @@ def _check_patient_ids_in_paths(records, problems):
                      "or folders")
 
 
-def _telling(patient_id):
-    """Whether finding ``patient_id`` in a path says more than chance: "1" is in "img_1.png" and
-    "12" in "2019-03-12" by coincidence; a medical record number of digits is longer."""
-    return len(patient_id) >= 5 if patient_id.isdigit() else len(patient_id) >= 3
+def _path_names_patient(path, patient_id):
+    """Whether ``path`` names ``patient_id``: a folder or the file's stem is the id, or the id is a
+    word within one, if long enough to be there by more than chance ("1" is in "img_1.png" and
+    "12" in "2019-03-12" by coincidence; a medical record number of digits is longer)."""
+    parts = path.split("/")
+    if patient_id in parts[:-1] or patient_id == parts[-1].rsplit(".", 1)[0]:
+        return True
+    telling = len(patient_id) >= 5 if patient_id.isdigit() else len(patient_id) >= 3
+    return telling and _holds_word(path, patient_id)
 
 
 def _holds_word(text, word):

@@ -19,6 +19,7 @@ warning counts them; nothing is skipped silently. What reading left out of a fil
 """
 
 import os
+import re
 import time
 import warnings
 from pathlib import Path
@@ -386,7 +387,8 @@ def _reason(error):
 
     # A ReadError already reads "<code>: <message>"; others get their type for context.
     text = str(error) if isinstance(error, ReadError) else f"{type(error).__name__}: {error}"
-    if "io." in text:  # "set io.nifti_volume": here the model's io options, fixed when it was trained
+    if isinstance(error, ReadError) and re.search(r"\bset io\.[a-z_]+", error.message):
+        # "set io.nifti_volume": here the model's io options, fixed when it was trained
         text += " (predict reads the io options from the model's model.json, as the model was trained)"
     return " ".join(text.split())  # one line per CSV cell
 
@@ -420,7 +422,9 @@ def predict_files(model_path, inputs, out_csv, *, threads=None, ensemble_metrics
         decision = load_ensemble_decision(model_paths, classes, ensemble_metrics)
     hidden = []
     rows = expand_inputs(inputs, hidden)
-    _refuse_writing_over_inputs([out_csv, record_json], [*inputs, *(row["path"] for row in rows)])
+    read = [*inputs, *(row["path"] for row in rows), *model_paths, *map(model_json_path, model_paths),
+            *map(_evaluation_metrics_path, model_paths), *([ensemble_metrics] if ensemble_metrics else [])]
+    _refuse_writing_over_inputs([out_csv, record_json], read)
     for folder, count in hidden:
         warnings.warn(f"{folder}: {count} hidden file(s) or folder(s) (names starting with '.') were left out",
                       stacklevel=2)
@@ -481,11 +485,16 @@ def predict_files(model_path, inputs, out_csv, *, threads=None, ensemble_metrics
 
 
 def _refuse_writing_over_inputs(targets, inputs):
-    """UsageError when an output would replace an input (``--out`` naming the manifest to predict)."""
+    """UsageError when an output would replace a file predict reads (``--out`` naming the manifest
+    to predict, or the model) or both outputs are one file."""
     read = {os.path.realpath(path) for path in inputs}
     clashes = [str(target) for target in targets if target is not None and os.path.realpath(target) in read]
     if clashes:
-        raise UsageError(f"refusing to write over an input: {', '.join(clashes)}")
+        raise UsageError(f"refusing to write over an input (an image, a manifest, a model or its description): "
+                         f"{', '.join(clashes)}")
+    given = [os.path.realpath(target) for target in targets if target is not None]
+    if len(set(given)) < len(given):
+        raise UsageError(f"the predictions and their record must be two files, not {targets[0]} twice")
 
 
 def prediction_record(model_paths, info, decision, inputs, rows):

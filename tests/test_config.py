@@ -190,6 +190,7 @@ def test_a_string_that_yaml_reads_as_another_wrong_value_is_reported_as_written(
     ("train", "batch_size", "0", "train.batch_size: 0 is less than the minimum of 1"),
     ("finetune", "epochs", "-1", "finetune.epochs: -1 is less than the minimum of 0"),
     ("finetune", "learning_rate", "-1e-3", "finetune.learning_rate: -0.001 is not valid under any of the given"),
+    ("io", "nifti_axis", "3", "io.nifti_axis: 3 is not one of [0, 1, 2]"),  # a number among numbers
 ])
 def test_a_command_line_number_out_of_range_is_reported_as_a_number(section, key, text, message):
     # '0' for a batch size was reported as "'0' is not of type 'integer'" (helper-42).

@@ -535,6 +535,9 @@ def test_unnamed_columns_are_left_out_with_a_warning(tmp_path, header, rows, val
     ("2019-03-12/scan.png", "12", False),
     ("ct/1.25mm/x.png", "1", False),
     ("P9001/view1.png", "P900", False),  # part of a longer word
+    ("patients/1234/scan.png", "1234", True),  # a whole folder or file name is the id however short
+    ("0042.png", "0042", True),
+    ("P7/img.png", "P7", True),
 ])
 def test_patient_id_in_path_is_a_whole_word_in_any_case_and_not_a_short_number(path, patient, warned):
     from medclassify.manifest import ProblemCollector, _check_patient_ids_in_paths

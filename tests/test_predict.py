@@ -425,19 +425,20 @@ def test_a_folder_lists_linked_folders_broken_links_and_counts_what_it_leaves_ou
     assert hidden == 2
 
 
-@pytest.mark.parametrize("target", ["manifest", "image"])
-def test_predictions_never_overwrite_an_input(saved_run, tmp_path, target):
-    # --out naming the manifest to predict replaced it with the predictions table.
+@pytest.mark.parametrize("target", ["manifest", "image", "model", "model.json", "record"])
+def test_predictions_never_overwrite_what_predict_reads(saved_run, tmp_path, target):
+    # --out naming the manifest to predict, or the model, replaced it with the predictions table.
     from medclassify.errors import UsageError
 
     _, model_path, images, _ = saved_run
     manifest = tmp_path / "m.csv"
     manifest.write_text(f"path\n{images / 'img0.png'}\n")
-    before = manifest.read_bytes()
-    out = manifest if target == "manifest" else images / "img0.png"
-    with pytest.raises(UsageError, match="refusing to write over an input"):
-        predict_files(model_path, [manifest], out)
-    assert manifest.read_bytes() == before
+    out = {"manifest": manifest, "image": images / "img0.png", "model": model_path,
+           "model.json": model_path.with_name("model.json"), "record": tmp_path / "p.json"}[target]
+    kept = {path: path.read_bytes() for path in (manifest, images / "img0.png", model_path)}
+    with pytest.raises(UsageError, match="refusing to write over an input|must be two files"):
+        predict_files(model_path, [manifest], out, record_json=tmp_path / "p.json")
+    assert all(path.read_bytes() == content for path, content in kept.items())
 
 
 def test_blank_and_nan_images_are_predicted_with_the_warnings_validation_gives_them(saved_run, tmp_path):
@@ -466,3 +467,13 @@ def test_a_manifest_row_naming_a_folder_says_so(saved_run, tmp_path):
     with pytest.warns(UserWarning, match="could not be predicted"):
         table = predict_files(model_path, [manifest], tmp_path / "p.csv")
     assert table["error"].iloc[0] == f"IsADirectoryError: {tmp_path / 'sub'} is a folder, not an image file"
+
+
+def test_the_note_on_io_options_follows_a_reader_s_advice_only():
+    # Any error text with "io." in it (radio.png, portfolio.dcm) got the note (helper-45).
+    from medclassify.io import ReadError
+    from medclassify.predict import _reason
+
+    assert "model.json" not in _reason(FileNotFoundError("no such file: /data/radio.png"))
+    advice = _reason(ReadError("needs_slice_choice", "4D NIfTI of shape (8, 8, 4, 3): set io.nifti_volume to ..."))
+    assert advice.endswith("(predict reads the io options from the model's model.json, as the model was trained)")

@@ -83,6 +83,20 @@ def head_options(wildcards):
     return {"train": train, "head": options["head"]}
 
 
+def finetune_options(wildcards):
+    """What finetune reads: train and finetune, and head's dropout, the classifier's in both stages
+    (the members that an untrained head leaves to this stage are built with it). No more of head:
+    in the params and the members' fingerprints, head.learning_rate would retrain every member even
+    where the head stage trains nothing (head.epochs 0).
+    """
+    options = run_options(wildcards)
+    return {
+        "train": options["train"],
+        "head": {"dropout": options["head"]["dropout"]},
+        "finetune": options["finetune"],
+    }
+
+
 def fold_of(wildcards):
     """Fold of the run wildcard, or None outside k-fold cross-validation."""
     return parse_run(wildcards.run)[1]

@@ -21,11 +21,7 @@ rule finetune:
         mem_mb=8000,
         runtime=480,
     params:
-        # head too: its dropout is the classifier's in both stages, and the members that an
-        # untrained head leaves to this stage are built with it.
-        options=lambda wildcards: {
-            key: run_options(wildcards)[key] for key in ("train", "head", "finetune")
-        },
+        options=finetune_options,
         fold=fold_of,
     script:
         "../scripts/train.py"
