@@ -211,8 +211,11 @@ def read_manifest_rows(manifest, problems):
                              f"the manifest's fields are separated by {name}, not commas "
                              f"(header {header[0]!r}); export it as comma-separated CSV")
                 return None, []
+    n_fields = len(header)  # a row has as many, the unnamed columns' included
+    named = list(range(n_fields))
     if "" in header:
-        header, records = _without_unnamed_columns(header, records, problems)
+        named = _named_columns(header, records, problems)
+        header = [header[i] for i in named]
     duplicated = sorted({name for name in header if header.count(name) > 1})
     if duplicated:
         # No rows (which of two columns of a name would a row's value be?), but the header, so that
@@ -223,20 +226,20 @@ def read_manifest_rows(manifest, problems):
     for number, (first_line, last_line, record) in enumerate(records[1:], start=1):
         if all(not value.strip() for value in record):
             continue  # a blank spreadsheet line carries nothing
-        if len(record) != len(header):
+        if len(record) != n_fields:
             if first_line != last_line:
                 # The lines after a stray quote were read into this row: dropping it as one
                 # malformed row would silently drop every row it swallowed.
                 problems.add(None, None, "malformed_manifest", "error",
                              f"row {number} (lines {first_line}-{last_line}) has {len(record)} fields, the header "
-                             f"has {len(header)}: a quote opened on line {first_line} is closed only on line "
+                             f"has {n_fields}: a quote opened on line {first_line} is closed only on line "
                              f"{last_line}, and the lines between were read as one value; remove the stray quote")
             else:
                 problems.add(number, None, "malformed_row", "error",
-                             f"row {number} has {len(record)} fields, the header has {len(header)} "
+                             f"row {number} has {len(record)} fields, the header has {n_fields} "
                              "(an unquoted comma in a value?)")
             continue
-        rows.append((number, dict(zip(header, record))))
+        rows.append((number, dict(zip(header, (record[i] for i in named)))))
     return header, rows
 
 
@@ -260,14 +263,13 @@ def manifest_header(manifest):
     return header if all(column in header for column in REQUIRED_COLUMNS) else None
 
 
-def _without_unnamed_columns(header, records, problems):
-    """The header and records less the columns without a name, with one warning naming them.
+def _named_columns(header, records, problems):
+    """The positions of the header's named columns, with one warning naming the others.
 
     Trailing commas give empty names (their repeats read as a duplicated column ''), and so does
     a spreadsheet's or pandas' index column; neither can be a column of the validated manifest.
     """
     unnamed = [i for i, name in enumerate(header) if not name]
-    kept = [i for i, name in enumerate(header) if name]
     holding_values = [i for i in unnamed if any(len(r) == len(header) and r[i].strip() for _, _, r in records[1:])]
     shown = ", ".join(str(i + 1) for i in unnamed)
     which = "" if holding_values == unnamed else f" (column(s) {', '.join(str(i + 1) for i in holding_values)})"
@@ -275,9 +277,7 @@ def _without_unnamed_columns(header, records, problems):
             else "hold no values (trailing commas?)")
     problems.add(None, None, "unnamed_column", "warning",
                  f"column(s) {shown} of the header have no name and {what}; name or remove them")
-    records = [(first, last, [record[i] for i in kept] if len(record) == len(header) else record)
-               for first, last, record in records]
-    return [header[i] for i in kept], records
+    return [i for i, name in enumerate(header) if name]
 
 
 def _csv_records(text):

@@ -491,7 +491,8 @@ def _refuse_writing_over_inputs(targets, inputs):
     clashes = [str(target) for target in targets if target is not None and os.path.realpath(target) in read]
     if clashes:
         raise UsageError(f"refusing to write over an input (an image, a manifest, a model or its description): "
-                         f"{', '.join(clashes)}")
+                         f"{', '.join(clashes)}; write the predictions outside the folders of images (a file "
+                         "there, an earlier table included, is one of the inputs)")
     given = [os.path.realpath(target) for target in targets if target is not None]
     if len(set(given)) < len(given):
         raise UsageError(f"the predictions and their record must be two files, not {targets[0]} twice")

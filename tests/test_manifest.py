@@ -545,3 +545,16 @@ def test_patient_id_in_path_is_a_whole_word_in_any_case_and_not_a_short_number(p
     problems = ProblemCollector()
     _check_patient_ids_in_paths([{"row": 1, "path": path, "raw_patient": patient}], problems)
     assert bool(problems.problems) == warned
+
+
+def test_a_short_row_under_an_unnamed_column_is_malformed_not_shifted(tmp_path):
+    # "0,a.png,p1,XR" under ",path,label,patient,modality" was read as path "0", label "a.png" (helper-45).
+    from medclassify.manifest import ProblemCollector, read_manifest_rows
+
+    manifest = tmp_path / "m.csv"
+    manifest.write_text(",path,label,patient,modality\n0,a.png,x,p1,XR\n1,b.png,p2,XR\n")
+    problems = ProblemCollector()
+    header, rows = read_manifest_rows(manifest, problems)
+    assert header == ["path", "label", "patient", "modality"]
+    assert rows == [(1, {"path": "a.png", "label": "x", "patient": "p1", "modality": "XR"})]
+    assert [(p.row, p.code) for p in problems.problems] == [(None, "unnamed_column"), (2, "malformed_row")]
