@@ -159,13 +159,10 @@ def _evaluation_metrics_path(model_path):
 
 
 def _evaluated(metrics, model_path):
-    """Whether ``metrics`` is the evaluation of ``model_path``: its file's hash where the evaluation
-    recorded one, else the model's folder and name (the run's head model lies beside its fine-tuned one)."""
-    from .runcard import file_sha256  # lazily, as in prediction_record: predict is imported when planning
-
+    """Whether ``metrics`` is the evaluation of ``model_path``, by the model's folder and name (the
+    run's head model lies beside its fine-tuned one). Not by the file's hash: a ``.keras`` file's
+    bytes differ between identical trainings, and metrics.json would then differ too."""
     inputs = metrics.get("inputs") if isinstance(metrics.get("inputs"), dict) else {}
-    if inputs.get("model_sha256"):
-        return inputs["model_sha256"] == file_sha256(model_path)
     recorded = inputs.get("model")
     return not recorded or Path(recorded).parts[-2:] == Path(model_path).resolve().parts[-2:]
 

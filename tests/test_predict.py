@@ -93,19 +93,14 @@ def test_uses_the_threshold_chosen_on_validation(saved_run, tmp_path):
     assert (argmax["predicted"] == np.array(CLASSES)[argmax[["prob_benign", "prob_malignant"]].to_numpy().argmax(1)]).all()
 
 
-@pytest.mark.parametrize("recorded", ["hash", "path"])  # a metrics.json of this version, or an older one
-def test_a_model_the_evaluation_did_not_evaluate_decides_by_arg_max_with_a_warning(saved_run, tmp_path, recorded):
-    # The run's head model (or a model retrained by hand) was given the fine-tuned model's threshold.
-    from medclassify.runcard import file_sha256
-
+def test_a_model_the_evaluation_did_not_evaluate_decides_by_arg_max_with_a_warning(saved_run, tmp_path):
+    # The run's head model was given the fine-tuned model's threshold.
     root, model_path, images, _ = saved_run
     run = tmp_path / "run"
     shutil.copytree(model_path.parent, run / "finetune")
     shutil.copytree(model_path.parent, run / "head")
     tiny_model((16, 16, 1), 2, seed=4).save(run / "head" / "model.keras")  # another model, beside the evaluated one
     inputs = {"model": "results/x/run/finetune/model.keras"}
-    if recorded == "hash":
-        inputs["model_sha256"] = file_sha256(run / "finetune" / "model.keras")
     (run / "evaluation").mkdir()
     (run / "evaluation" / "metrics.json").write_text(json.dumps(
         {"positive_class": "malignant", "threshold": {"method": "fixed", "value": 0.0, "chosen_on": "val"},

@@ -11,7 +11,6 @@ from ..errors import InputError
 from ..inference import (FLIPS, IDENTITY, affine_views, cache_reader, check_finite_probabilities,
                          predict_probabilities)
 from ..model_info import model_json_beside
-from ..runcard import file_sha256
 from ..splits import read_splits_file, split_sample_ids
 from . import plots
 from .bootstrap import bootstrap_ci, bootstrap_indices
@@ -396,9 +395,8 @@ def run_evaluation(model_path, cache_path, splits_path, manifest_path, out_dir, 
                                                   evaluate["gradcam_per_class"])
         plots.save_figure(fig, out_dir, "gradcam")
 
-    # The model's hash lets predict tell whether this evaluation's threshold and views are its own.
-    metrics["inputs"] = {"model": str(model_path), "model_sha256": file_sha256(model_path), "cache": str(cache_path),
-                         "splits": str(splits_path), "manifest": str(manifest_path)}
+    metrics["inputs"] = {"model": str(model_path), "cache": str(cache_path), "splits": str(splits_path),
+                         "manifest": str(manifest_path)}
     metrics = finite_json(metrics)
     atomic_write_json(out_dir / "metrics.json", metrics)
     return metrics
