@@ -420,6 +420,7 @@ def test_a_folder_lists_linked_folders_broken_links_and_counts_what_it_leaves_ou
     assert hidden == 2
 
 
+@pytest.mark.filterwarnings("ignore:.*metrics.json not found")  # no evaluation beside the model here
 @pytest.mark.parametrize("target", ["manifest", "image", "model", "model.json", "record"])
 def test_predictions_never_overwrite_what_predict_reads(saved_run, tmp_path, target):
     # --out naming the manifest to predict, or the model, replaced it with the predictions table.
@@ -436,6 +437,7 @@ def test_predictions_never_overwrite_what_predict_reads(saved_run, tmp_path, tar
     assert all(path.read_bytes() == content for path, content in kept.items())
 
 
+@pytest.mark.filterwarnings("ignore:.*metrics.json not found")  # no evaluation beside the model here
 def test_blank_and_nan_images_are_predicted_with_the_warnings_validation_gives_them(saved_run, tmp_path):
     # Both came back "ok" with an empty warning and confident probabilities (helper-44).
     _, model_path, images, _ = saved_run
@@ -453,6 +455,7 @@ def test_blank_and_nan_images_are_predicted_with_the_warnings_validation_gives_t
     assert warning["img0.png"] == ""
 
 
+@pytest.mark.filterwarnings("ignore:.*metrics.json not found")  # no evaluation beside the model here
 def test_a_manifest_row_naming_a_folder_says_so(saved_run, tmp_path):
     # It said "FileNotFoundError: no such file".
     _, model_path, images, _ = saved_run
