@@ -76,7 +76,8 @@ e2e-and-cluster: $(STAMP) system-deps
 # Every test in one session: the unit tests fill the time in which the Slurm demo test waits
 # on status checks. Groups go out in conftest.py's order (demo run and longest modules first).
 # 10 min 10 s to 11 min 56 s on an idle 2-core machine (stop 37; 14 min 44 s before test_models built
-# one backbone per family); when it took 12 min 59 s, `unit` then `e2e-and-cluster` took 14 min 53 s.
+# one backbone per family), 6 min 51 s for 1040 tests on a day the same machine ran twice as fast
+# (stop 39); when it took 12 min 59 s, `unit` then `e2e-and-cluster` took 14 min 53 s.
 test: lint dry-run $(STAMP) system-deps
 	$(call with_slurm,$(E2E_PYTEST) --no-loadscope-reorder)
 
