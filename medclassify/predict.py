@@ -31,6 +31,7 @@ from .atomic import atomic_path, atomic_write_json
 from .errors import InputError, UsageError
 from .inference import IDENTITY, check_finite_probabilities, is_view, mean_probabilities
 from .model_info import model_json_path, read_json_object
+from .workflow_paths import input_path
 
 BATCH = 256  # images preprocessed and predicted at once; bounds memory on large folders
 # The version of a model.json that records none. Training has recorded the cache's
@@ -173,7 +174,9 @@ def _read_metrics(metrics_path):
 
 def _decision_of(metrics, metrics_path, classes, chosen_on):
     """The threshold rule recorded in ``metrics`` (arg-max for several classes or without one)."""
-    recorded = {**ARGMAX, "source": str(metrics_path), "views": _recorded_views(metrics, metrics_path)}
+    # Relative inside the working folder, as the ensemble's metrics are usually given: the record
+    # then holds no machine's paths.
+    recorded = {**ARGMAX, "source": input_path(metrics_path), "views": _recorded_views(metrics, metrics_path)}
     if len(classes) != 2:
         return recorded
     threshold = (metrics.get("threshold") or {}).get("value")
@@ -212,7 +215,8 @@ def folder_entries(folder):
             continue
         seen.add(real)
         hidden += sum(name.startswith(".") for name in folders + names)
-        folders[:] = [name for name in folders if not name.startswith(".")]
+        # Sorted: the first of two links to one folder lists its files, whatever the disk's order.
+        folders[:] = sorted(name for name in folders if not name.startswith("."))
         entries += [Path(base) / name for name in names if not name.startswith(".")]
     return sorted(entries), hidden
 

@@ -475,3 +475,28 @@ def test_the_note_on_io_options_follows_a_reader_s_advice_only():
     assert "model.json" not in _reason(FileNotFoundError("no such file: /data/radio.png"))
     advice = _reason(ReadError("needs_slice_choice", "4D NIfTI of shape (8, 8, 4, 3): set io.nifti_volume to ..."))
     assert advice.endswith("(predict reads the io options from the model's model.json, as the model was trained)")
+
+
+def test_the_record_names_the_evaluation_it_read_relative_to_the_working_folder(saved_run, tmp_path, monkeypatch):
+    # One model's source was an absolute, resolved path; an ensemble's as given (helper-44).
+    from medclassify.predict import load_decision
+
+    root, model_path, _, _ = saved_run
+    run = tmp_path / "run"
+    shutil.copytree(model_path.parent, run / "finetune")
+    (run / "evaluation").mkdir()
+    (run / "evaluation" / "metrics.json").write_text(json.dumps(
+        {"positive_class": "malignant", "threshold": {"method": "fixed", "value": 0.3, "chosen_on": "val"}}))
+    monkeypatch.chdir(tmp_path)
+    assert load_decision(run / "finetune" / "model.keras", CLASSES)["source"] == "run/evaluation/metrics.json"
+
+
+def test_a_folder_reached_through_two_links_is_listed_under_the_first_in_name_order(tmp_path):
+    folder, outside = tmp_path / "in", tmp_path / "outside"
+    folder.mkdir()
+    outside.mkdir()
+    (outside / "b.png").write_bytes(b"x")
+    for name in ("z_link", "a_link", "m_link"):
+        (folder / name).symlink_to(outside)
+    entries, _ = folder_entries(folder)
+    assert [p.relative_to(folder).as_posix() for p in entries] == ["a_link/b.png"]
