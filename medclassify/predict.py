@@ -328,15 +328,9 @@ def _read_preprocessed(path, index, info, storage_dtype):
     image = preprocess_image(sample.pixels, info["preprocess"])
     # The cache stores images as uint8 or float16; quantise the same way so that the model
     # sees exactly the values it was trained on.
-    return from_storage(to_storage(image, storage_dtype)), {**sample.meta, **_pixel_facts(sample.pixels)}
-
-
-def _pixel_facts(pixels):
-    """What validation warns of in an image's pixels: all one value, NaN or infinite values."""
-    pixels = np.asarray(pixels)
-    finite = pixels[np.isfinite(pixels)] if np.issubdtype(pixels.dtype, np.floating) else pixels.ravel()
-    return {"constant": finite.size == 0 or bool(finite.min() == finite.max()),
-            "non_finite": int(pixels.size - finite.size), "n_pixels": int(pixels.size)}
+    # The reader's meta already holds the facts validation checks (constant, non_finite); the pixel
+    # count is validation's too, for the same message.
+    return from_storage(to_storage(image, storage_dtype)), {**sample.meta, "n_pixels": int(sample.pixels.size)}
 
 
 def _reading_warning(meta):
