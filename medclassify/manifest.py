@@ -872,11 +872,14 @@ def _check_sample_ids(records, problems):
 
 
 def _sample_ids(record):
-    """The validated manifest's sample_id of each sample of a record: the path when the file gives
-    one sample (also one chosen frame or slice), else path#index."""
-    if len(record["samples"]) == 1:
-        return [record["path"]]
-    return [f"{record['path']}#{sample['index']}" for sample in record["samples"]]
+    """The validated manifest's sample_id of each sample of a record (:func:`sample_id_of`)."""
+    return [sample_id_of(record["path"], sample["index"], len(record["samples"])) for sample in record["samples"]]
+
+
+def sample_id_of(path, index, n_samples):
+    """The sample id of sample ``index`` of the ``n_samples`` a file gives: its path when it gives
+    one (also one chosen frame or slice), else path#index. Validation and predict name samples so."""
+    return path if n_samples == 1 else f"{path}#{index}"
 
 
 def _check_patients(records, policy, problems):

@@ -353,6 +353,7 @@ def _reading_warning(meta):
 def _samples(rows, info):
     """Yield ``(row, sample_id, index, image or None, error or None, warning)`` for every sample of every row."""
     from .io import sample_indices
+    from .manifest import sample_id_of
 
     storage_dtype = info["preprocess"].get("dtype", "uint8")
     for row in rows:
@@ -367,8 +368,7 @@ def _samples(rows, info):
             yield row, row["input"], None, None, _reason(error), ""
             continue
         for index in indices:
-            # As in the validated manifest: the path for a single-sample file, path#index otherwise.
-            sample_id = row["input"] if len(indices) == 1 else f"{row['input']}#{index}"
+            sample_id = sample_id_of(row["input"], index, len(indices))  # as in the validated manifest
             try:
                 image, meta = _read_preprocessed(path, index, info, storage_dtype)
             except Exception as error:  # noqa: BLE001
