@@ -494,6 +494,15 @@ def without_loading_options(options):
     return {**options, "train": train}
 
 
+PLANNING_VALIDATION_OPTIONS = ("watch_images",)
+
+
+def without_planning_options(validation):
+    """A dataset's validation options less :data:`PLANNING_VALIDATION_OPTIONS`, which only steer
+    the workflow's planning: as params they would rerun validation, and every stage after it."""
+    return {key: value for key, value in validation.items() if key not in PLANNING_VALIDATION_OPTIONS}
+
+
 def loading_options(config, run):
     """The :data:`LOADING_TRAIN_OPTIONS` of run ``run`` (a name, no fold) in the whole config."""
     train = run_config(config, run)["train"]

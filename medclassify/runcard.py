@@ -17,7 +17,7 @@ from pathlib import Path
 
 from . import __version__
 from .atomic import atomic_write_json
-from .config import REPO_ROOT, config_hash
+from .config import REPO_ROOT, config_hash, without_planning_options
 
 # Distributions whose versions change results or their interpretation.
 LIBRARIES = ("numpy", "pandas", "scipy", "scikit-learn", "h5py", "pydicom", "pylibjpeg", "nibabel", "pillow",
@@ -157,7 +157,7 @@ def recorded_dataset_options(options):
     of what was computed, and as params they would rerun the evaluation.
     """
     recorded = {key: value for key, value in options.items() if key != "npz"}
-    recorded["validation"] = {key: value for key, value in options["validation"].items() if key != "watch_images"}
+    recorded["validation"] = without_planning_options(options["validation"])
     return recorded
 
 

@@ -12,6 +12,7 @@ from medclassify.config import (
     subgroup_column_problems,
     validate_config,
     without_loading_options,
+    without_planning_options,
 )
 from medclassify.datasets import DEMO_MANIFEST_COLUMNS, MEDMNIST_MANIFEST_COLUMNS
 from medclassify.errors import InputError
@@ -159,11 +160,7 @@ def validation_options(wildcards):
     """The dataset's validation options that validation reads: watch_images only steers planning,
     so that switching it does not change the params (and rerun every stage) by itself.
     """
-    return {
-        key: value
-        for key, value in dataset(wildcards)["validation"].items()
-        if key != "watch_images"
-    }
+    return without_planning_options(dataset(wildcards)["validation"])
 
 
 def image_files_of(wildcards):
