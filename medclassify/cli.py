@@ -274,7 +274,7 @@ def _cmd_evaluate(args):
     if args.run_card is not None:
         fingerprint = args.fingerprint or args.cache.with_name("fingerprint.json")
     _require_files(args.model, args.splits, args.manifest, *histories.values(), fingerprint)
-    from .config import run_config, without_loading_options
+    from .config import dataset_config, run_config, without_loading_options
     from .evaluation import run_evaluation
     from .model_info import read_json_object
     from .runcard import recorded_dataset_options, write_run_card
@@ -285,7 +285,7 @@ def _cmd_evaluate(args):
     run = _run_name(args)
     options = run_config(args.loaded_config, run)
     dataset = _dataset_name(args)  # before the evaluation: a wrong --dataset costs nothing
-    dataset_options = _dataset_options(args)
+    dataset_options = dataset_config(args.loaded_config, dataset)
     started = time.time()
     run_evaluation(args.model, args.cache, args.splits, args.manifest, args.out,
                    options=options, histories=histories, fold=args.fold, threads=args.threads)

@@ -297,13 +297,14 @@ def subgroup_column_problems(config, columns_of):
     training. ``columns_of(dataset)`` gives the columns of the dataset's validated manifest, or
     None where they cannot be known yet. Every run applies to every dataset.
     """
+    subgroups = {run: run_config(config, run)["evaluate"]["subgroups"] for run in _entries(config, "runs")}
     problems = []
     for dataset in _entries(config, "datasets"):
         columns = columns_of(dataset)
         if columns is None:
             continue
-        for run in _entries(config, "runs"):
-            missing = [c for c in run_config(config, run)["evaluate"]["subgroups"] if c not in columns]
+        for run, wanted in subgroups.items():
+            missing = [c for c in wanted if c not in columns]
             if missing:
                 problems.append(f"runs.{run}: evaluate.subgroups {missing} are not columns of the manifest of "
                                 f"dataset {dataset!r} (columns: {', '.join(dict.fromkeys(columns))})")
