@@ -222,6 +222,9 @@ def _add_train(sub):
 def _cmd_train(args):
     # Before TensorFlow's import, so that a typo fails in a second; open_cache's own check of the
     # cache says how to build it.
+    if args.stage == "head" and args.init_model is not None:
+        raise UsageError(f"--init-model {args.init_model}: only --stage finetune starts from a model; the head "
+                         "stage builds its own from the config (train.backbone, train.weights)")
     _require_files(args.splits, args.init_model)
     from .cache import open_cache, params_hash
     from .config import run_config

@@ -162,10 +162,33 @@ def _evaluation_metrics_path(model_path):
 def _evaluated(metrics, model_path):
     """Whether ``metrics`` is the evaluation of ``model_path``, by the model's folder and name (the
     run's head model lies beside its fine-tuned one). Not by the file's hash: a ``.keras`` file's
-    bytes differ between identical trainings, and metrics.json would then differ too."""
+    bytes differ between identical trainings. The weights, once loaded, are checked against the
+    evaluation's digest of them by :func:`_unless_retrained`."""
     inputs = metrics.get("inputs") if isinstance(metrics.get("inputs"), dict) else {}
     recorded = inputs.get("model")
     return not recorded or Path(recorded).parts[-2:] == Path(model_path).resolve().parts[-2:]
+
+
+def _unless_retrained(decision, model_paths, models, *, ensemble):
+    """``decision``, unless a model's weights differ from those its evaluation recorded (it was
+    trained again in its run's folder since): then the arg-max for one model, an error for an
+    ensemble, as for a model the evaluation did not evaluate."""
+    from .evaluation.run import weights_digest
+
+    changed = []
+    for path, model in zip(model_paths, models):
+        metrics_path = _evaluation_metrics_path(path)
+        metrics = _read_metrics(metrics_path) if metrics_path.exists() else {}
+        recorded = (metrics.get("inputs") or {}).get("model_weights") if isinstance(metrics.get("inputs"), dict) else None
+        if recorded and _evaluated(metrics, path) and recorded != weights_digest(model):
+            changed.append(f"{path}: its weights are not those {metrics_path} evaluated (trained again since?)")
+    if not changed:
+        return decision
+    if ensemble:
+        raise InputError("the ensemble's members must be the models their runs evaluated", changed)
+    warnings.warn(f"{changed[0]}: deciding by arg-max over the image alone, without the evaluation's threshold "
+                  "and test-time views; rerun its evaluation", stacklevel=2)
+    return dict(ARGMAX)
 
 
 def _read_metrics(metrics_path):
@@ -424,6 +447,7 @@ def predict_files(model_path, inputs, out_csv, *, threads=None, ensemble_metrics
         warnings.warn(f"{folder}: {count} hidden file(s) or folder(s) (names starting with '.') were left out",
                       stacklevel=2)
     models = [load_model(path) for path in model_paths]
+    decision = _unless_retrained(decision, model_paths, models, ensemble=len(model_paths) > 1 or ensemble_metrics)
     expected_shape = tuple(models[0].input_shape[1:])
 
     records, batch_images, batch_records = [], [], []

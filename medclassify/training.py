@@ -3,7 +3,7 @@
 ``train_stage`` is what rules ``train_head`` and ``finetune`` (and ``medclassify train``) call.
 
 Resume: after every epoch the stage writes ``checkpoints/epoch-<n>.npz`` (weights, optimizer
-state with its step counter), ``checkpoints/best.npz`` (weights of the best validation AUC so far)
+state with its step counter), ``checkpoints/best-<n>.npz`` (weights of the epoch kept so far)
 and then ``checkpoints/state.json`` (completed epochs, the arrays file of the last one, history,
 early-stopping state, the options the run was started with). A rerun after SIGKILL builds the
 same model, loads them into it and continues with the next epoch; a kill before the state is
@@ -300,7 +300,7 @@ class EpochEnd(keras.callbacks.Callback):
         if self.average is not None:
             state["average_updates"] = self.average.updates
             training_weights = self.average.training_weights()
-        # The last epoch's weights are the model itself: no best.npz to write or restore.
+        # The last epoch's weights are the model itself: no best weights to write or restore.
         self.checkpoint.save(self.model, state, keep and self.select_epoch != "last", training_weights)
 
 
@@ -531,11 +531,11 @@ def _train_model(stage, cache_path, splits_path, out_dir, *, options, fold=None,
             print(f"early stopping after epoch {state['epoch']}: no better val_auc for {settings['patience']} epochs",
                   flush=True)
         selected = state["selected_epoch"]
-        if selected is not None and selected != state["epoch"] and checkpoint.best_path.exists():
+        if selected is not None and selected != state["epoch"] and checkpoint.has_best(state):
             print(f"restoring the weights of epoch {selected} ({settings['select_epoch']}: val_auc "
                   f"{state['history'][selected - 1].get('val_auc', float('nan')):.4f}, val_loss "
                   f"{state['history'][selected - 1].get('val_loss', float('nan')):.4f})", flush=True)
-            checkpoint.restore_best(model)
+            checkpoint.restore_best(model, state)
 
         metadata = model_metadata(stage=stage, cache=cache, input_shape=input_shape, train_options=train_options,
                                   settings=settings, pretrained=pretrained, zscore=zscore, state=state,

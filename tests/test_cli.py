@@ -197,6 +197,15 @@ def test_train_with_only_training_options_set_takes_the_cache_as_built(tmp_path,
                  str(tmp_path / "out"), "--set", '{"head": {"epochs": 1}}']) == 0
 
 
+def test_train_head_with_an_init_model_is_a_usage_error(tmp_path, capsys):
+    # The head stage builds its model from the config: the given model was ignored without a word.
+    (tmp_path / "head.keras").write_bytes(b"")
+    status = main(["train", "--stage", "head", "--cache", str(tmp_path / "c.h5"), "--splits", str(tmp_path / "s.csv"),
+                   "--out", str(tmp_path / "out"), "--init-model", str(tmp_path / "head.keras")])
+    assert status == 2 and "only --stage finetune starts from a model" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
 @pytest.mark.parametrize("threads", ["0", "-2", "two"])
 def test_a_thread_count_below_one_is_a_usage_error(tmp_path, capsys, threads):
     # TensorFlow aborted the process ("Check failed: num_threads >= 1") on a negative count.

@@ -74,7 +74,7 @@ def test_the_stage_callback_decides_as_the_replay_does(rule, patience):
         assert state["epoch"] == stopping_epoch(aucs, patience)
         expected = selected_epoch(rule, aucs, losses, patience)
         assert state["selected_epoch"] == expected
-        # best.npz is written whenever the kept epoch changes, never for "last" (the model is that epoch).
+        # best-<n>.npz is written whenever the kept epoch changes, never for "last" (the model is that epoch).
         assert checkpoint.saved_best[-1:] == ([] if rule == "last" or expected is None else [expected])
 
 

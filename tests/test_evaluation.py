@@ -73,6 +73,14 @@ def test_writes_metrics_predictions_and_every_plot(binary_run):
     assert not list(out.glob(".*.tmp"))  # atomic writes leave no temporaries
 
 
+def test_records_the_digest_of_the_weights_it_evaluated(binary_run):
+    # predict compares it with the model it loads, to notice one trained again in the run's folder.
+    from medclassify.evaluation.run import load_model, weights_digest
+
+    folder, _, metrics = binary_run
+    assert metrics["inputs"]["model_weights"] == weights_digest(load_model(folder / "model.keras"))
+
+
 def test_metrics_agree_with_scikit_learn_on_the_written_predictions(binary_run):
     _, out, metrics = binary_run
     test = pd.read_csv(out / "predictions.csv").query("split == 'test'")

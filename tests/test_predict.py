@@ -113,6 +113,57 @@ def test_a_model_the_evaluation_did_not_evaluate_decides_by_arg_max_with_a_warni
     assert (head["predicted"] == np.array(CLASSES)[probabilities.argmax(1)]).all()
 
 
+def _evaluated_run(folder, model_path, threshold):
+    """A run folder holding a copy of ``model_path`` and an evaluation of it with ``threshold``."""
+    from medclassify.evaluation.run import load_model, weights_digest
+
+    shutil.copytree(model_path.parent, folder / "finetune")
+    (folder / "evaluation").mkdir()
+    (folder / "evaluation" / "metrics.json").write_text(json.dumps(
+        {"positive_class": "malignant", "threshold": {"method": "fixed", "value": threshold, "chosen_on": "val"},
+         "inputs": {"model": "results/x/run/finetune/model.keras",
+                    "model_weights": weights_digest(load_model(model_path))}}))
+    return folder / "finetune" / "model.keras"
+
+
+def test_a_model_trained_again_after_its_evaluation_decides_by_arg_max_with_a_warning(saved_run, tmp_path):
+    # Its folder and name are the evaluated model's; its weights are not, so the threshold is another model's.
+    _, model_path, images, _ = saved_run
+    evaluated = _evaluated_run(tmp_path / "run", model_path, 0.0)
+    files = sorted(images.glob("img*.png"))
+    assert (predict_files(evaluated, files, tmp_path / "own.csv")["predicted"] == "malignant").all()
+    tiny_model((16, 16, 1), 2, seed=4).save(evaluated)
+    with pytest.warns(UserWarning, match="its weights are not those .* evaluated"):
+        retrained = predict_files(evaluated, files, tmp_path / "retrained.csv",
+                                  record_json=tmp_path / "retrained.json")
+    probabilities = retrained[["prob_benign", "prob_malignant"]].to_numpy()
+    assert (retrained["predicted"] == np.array(CLASSES)[probabilities.argmax(1)]).all()
+    assert json.loads((tmp_path / "retrained.json").read_text())["decision"]["method"] == "argmax"
+
+
+def test_an_ensemble_member_trained_again_after_its_evaluation_is_refused(saved_run, tmp_path):
+    _, model_path, images, _ = saved_run
+    members = [_evaluated_run(tmp_path / f"fold_{k}", model_path, 0.5) for k in range(2)]
+    files = sorted(images.glob("img*.png"))[:1]
+    with pytest.warns(UserWarning, match="deciding by arg-max"):
+        predict_files(members, files, tmp_path / "before.csv")
+    tiny_model((16, 16, 1), 2, seed=4).save(members[1])
+    with pytest.raises(InputError, match="members must be the models their runs evaluated") as error:
+        predict_files(members, files, tmp_path / "after.csv")
+    assert [str(members[1]) in problem for problem in error.value.problems] == [True]
+    assert not (tmp_path / "after.csv").exists()
+
+
+def test_the_weights_digest_survives_saving_and_loading_and_tells_models_apart(tmp_path):
+    from medclassify.evaluation.run import load_model, weights_digest
+
+    model = tiny_model((16, 16, 1), 2, seed=3)
+    model.save(tmp_path / "a.keras")
+    assert weights_digest(load_model(tmp_path / "a.keras")) == weights_digest(model)
+    assert weights_digest(tiny_model((16, 16, 1), 2, seed=3)) == weights_digest(model)  # same seed, same weights
+    assert weights_digest(tiny_model((16, 16, 1), 2, seed=4)) != weights_digest(model)
+
+
 @pytest.mark.parametrize("damaged", ["finetune/model.json", "evaluation/metrics.json"])
 @pytest.mark.parametrize("content", ['{"classes": ["benign", "malignant"], ', '["benign", "malignant"]'])
 def test_a_damaged_model_json_or_metrics_json_is_an_input_error_naming_it(saved_run, tmp_path, damaged, content):

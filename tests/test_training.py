@@ -356,7 +356,7 @@ def test_a_checkpoint_restores_weights_and_optimizer_state_into_the_same_model_o
     state = {"epoch": 3}
     checkpoint.save(trained, state, best_improved=True)
     assert state["checkpoint_file"] == "epoch-0003.npz"
-    assert {p.name for p in (tmp_path / "checkpoints").iterdir()} == {"epoch-0003.npz", "best.npz", "state.json"}
+    assert {p.name for p in (tmp_path / "checkpoints").iterdir()} == {"epoch-0003.npz", "best-0003.npz", "state.json"}
 
     fresh = _compiled_model(filters=2)
     assert checkpoint.restore(fresh, state) == []
@@ -374,8 +374,40 @@ def test_a_checkpoint_restores_weights_and_optimizer_state_into_the_same_model_o
         np.testing.assert_array_equal(keras.ops.convert_to_numpy(got), want)
 
     best = _compiled_model(filters=2)
-    checkpoint.restore_best(best)
+    checkpoint.restore_best(best, state)
     for got, want in zip(best.get_weights(), trained.get_weights(), strict=True):
+        np.testing.assert_array_equal(got, want)
+
+
+def test_best_weights_written_by_an_epoch_a_kill_interrupted_are_not_restored(tmp_path, monkeypatch):
+    # The kill came after epoch 2's best weights and before its state; the resumed run scored epoch 2
+    # lower (training need not be deterministic), so epoch 1 stays the best and must be what is restored.
+    import medclassify.checkpoints
+    from medclassify.checkpoints import StageCheckpoint
+
+    keras.utils.set_random_seed(0)
+    first, interrupted, redone = (_compiled_model(filters=2) for _ in range(3))
+    assert not np.array_equal(first.get_weights()[0], interrupted.get_weights()[0])
+    checkpoint = StageCheckpoint(tmp_path)
+    checkpoint.save(first, {"epoch": 1}, best_improved=True)
+    write_state = medclassify.checkpoints.atomic_write_json
+
+    def killed(*args):
+        raise KeyboardInterrupt("SIGKILL")
+
+    monkeypatch.setattr(medclassify.checkpoints, "atomic_write_json", killed)
+    with pytest.raises(KeyboardInterrupt):
+        checkpoint.save(interrupted, {"epoch": 2, "best_file": "best-0001.npz"}, best_improved=True)
+    monkeypatch.setattr(medclassify.checkpoints, "atomic_write_json", write_state)
+
+    state = json.loads(checkpoint.state_path.read_text())
+    assert state["epoch"] == 1 and state["best_file"] == "best-0001.npz"
+    state["epoch"] = 2
+    checkpoint.save(redone, state, best_improved=False)
+    assert sorted(p.name for p in checkpoint.dir.iterdir()) == ["best-0001.npz", "epoch-0002.npz", "state.json"]
+    restored = _compiled_model(filters=2)
+    checkpoint.restore_best(restored, json.loads(checkpoint.state_path.read_text()))
+    for got, want in zip(restored.get_weights(), first.get_weights(), strict=True):
         np.testing.assert_array_equal(got, want)
 
 

@@ -1,5 +1,6 @@
 """The evaluate stage: predictions on val and test, threshold from val, metrics and plots on test."""
 
+import hashlib
 import warnings
 from pathlib import Path
 
@@ -31,6 +32,21 @@ def read_history(path):
         return pd.read_csv(path)
     except pd.errors.EmptyDataError:
         return pd.DataFrame()
+
+
+def weights_digest(model):
+    """sha256 (hex, first 32 characters) of a model's weights: each array's dtype, shape and bytes, in order.
+
+    Identical trainings give identical weights and so one digest, where the ``.keras`` files' bytes
+    differ (the zip records when it was written). Evaluation records it so that predict knows
+    whether the model it loads is the one evaluated, and not one retrained in its place.
+    """
+    digest = hashlib.sha256()
+    for array in model.get_weights():
+        array = np.ascontiguousarray(array)
+        digest.update(f"{array.dtype.str}|{array.shape}|".encode("ascii"))
+        digest.update(array.reshape(-1).view(np.uint8))
+    return digest.hexdigest()[:32]
 
 
 def load_model(model_path):
@@ -395,8 +411,8 @@ def run_evaluation(model_path, cache_path, splits_path, manifest_path, out_dir, 
                                                   evaluate["gradcam_per_class"])
         plots.save_figure(fig, out_dir, "gradcam")
 
-    metrics["inputs"] = {"model": str(model_path), "cache": str(cache_path), "splits": str(splits_path),
-                         "manifest": str(manifest_path)}
+    metrics["inputs"] = {"model": str(model_path), "model_weights": weights_digest(model), "cache": str(cache_path),
+                         "splits": str(splits_path), "manifest": str(manifest_path)}
     metrics = finite_json(metrics)
     atomic_write_json(out_dir / "metrics.json", metrics)
     return metrics
