@@ -103,7 +103,7 @@ from . import __version__
 from .atomic import atomic_path, atomic_write_json
 from .config import config_hash
 from .errors import InputError
-from .preprocess_options import check_preprocess_options
+from .preprocess_options import check_intensity_units, check_preprocess_options
 from .preprocessing import PREPROCESSING_VERSION, from_storage, preprocess_image, to_storage
 
 # Format 2: the part digest covers every row's label, patient and modality too. Format 3: it
@@ -535,6 +535,7 @@ def build_cache_part(validated_manifest, root, out_part, *, preprocess_options, 
     """
     started = time.perf_counter()
     check_preprocess_options(preprocess_options)
+    check_intensity_units(preprocess_options, io_options)
     classes = [str(c) for c in classes]
     table, manifest_hash, name = load_validated_manifest(validated_manifest)
     start, stop = shard_bounds(len(table), shard, n_shards)

@@ -18,7 +18,7 @@ import yaml
 
 from .backbone_names import backbone_problems
 from .errors import InputError
-from .preprocess_options import check_preprocess_options
+from .preprocess_options import check_preprocess_options, intensity_units_problems
 from .privacy import SALT_ENVIRONMENT_VARIABLE
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -222,6 +222,8 @@ def _datasets_problems(config, written):
             problems += _fractions_problems(resolved["split"]["fractions"], name, written)
         if "preprocess" in resolved and not section_problems:
             problems += _preprocess_problems(resolved["preprocess"], name)
+            problems += [f"datasets.{name}: {problem}"
+                         for problem in intensity_units_problems(resolved["preprocess"], resolved["io"])]
     return problems
 
 

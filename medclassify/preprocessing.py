@@ -36,7 +36,10 @@ from PIL import Image
 
 from .preprocess_options import check_preprocess_options
 
-PREPROCESSING_VERSION = 1
+# 2: NIfTI slices shown as DICOM shows them (radiological), bilevel images as 0 and 255. The
+# readers' output is what this preprocesses, and a model trained on the old pictures must not
+# predict on the new ones.
+PREPROCESSING_VERSION = 2
 
 # Pillow filters for the configured names. "area" is box averaging, the anti-aliased choice for
 # downsampling.

@@ -19,7 +19,7 @@ def expected_slice(path, axis, index, volume=None):
     data = nib.as_closest_canonical(nib.load(path)).get_fdata()
     if volume is not None:
         data = data[..., volume]
-    return np.flipud(np.take(data, index, axis=axis).T)
+    return np.take(data, index, axis=axis).T[::-1, ::-1]
 
 
 def test_file_is_loaded_once_per_read(monkeypatch):
@@ -49,7 +49,36 @@ def test_anatomical_is_reoriented_to_canonical():
     assert nib.aff2axcodes(nib.load(ANATOMICAL).affine) == ("L", "A", "S")
     raw = np.asarray(nib.load(ANATOMICAL).dataobj, dtype=np.float64)
     sample = read_sample(ANATOMICAL, 5)
-    np.testing.assert_allclose(sample.pixels[:, :, 0], np.flipud(raw[::-1, :, 5].T), rtol=1e-6)
+    np.testing.assert_allclose(sample.pixels[:, :, 0], raw[::-1, :, 5].T[::-1, ::-1], rtol=1e-6)
+
+
+def test_a_nifti_converted_from_dicom_gives_the_dicom_picture(tmp_path):
+    # A marker at the top left of an axial DICOM (the patient's right, anterior) came out at the top
+    # right: the slice was shown in the neurological convention, the DICOM in the radiological one.
+    import pydicom
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    pixels = np.zeros((6, 8), np.int16)
+    pixels[0, 0], pixels[1, 5] = 100, 50
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = "1.2.840.10008.5.1.4.1.1.4", generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    dicom = pydicom.Dataset()
+    dicom.file_meta = meta
+    dicom.SOPClassUID, dicom.SOPInstanceUID, dicom.Modality = meta.MediaStorageSOPClassUID, generate_uid(), "MR"
+    dicom.ImageOrientationPatient, dicom.ImagePositionPatient = [1, 0, 0, 0, 1, 0], [0, 0, 0]
+    dicom.Rows, dicom.Columns, dicom.PixelSpacing = 6, 8, [1, 1]
+    dicom.SamplesPerPixel, dicom.PhotometricInterpretation = 1, "MONOCHROME2"
+    dicom.BitsAllocated, dicom.BitsStored, dicom.HighBit, dicom.PixelRepresentation = 16, 16, 15, 1
+    dicom.PixelData = pixels.tobytes()
+    dicom.save_as(tmp_path / "axial.dcm", enforce_file_format=True)
+    # dcm2niix's layout: voxel (i, j) = DICOM column i, row j, in LPS turned RAS (x and y negated).
+    nib.save(nib.Nifti1Image(pixels.T[:, :, None].astype(np.float32), np.diag([-1.0, -1.0, 1.0, 1.0])),
+             tmp_path / "axial.nii")
+    from_dicom = read_sample(tmp_path / "axial.dcm", io_options={"dicom_window": "none"}).pixels[:, :, 0]
+    np.testing.assert_array_equal(from_dicom, pixels)
+    np.testing.assert_array_equal(read_sample(tmp_path / "axial.nii").pixels[:, :, 0], from_dicom)
 
 
 def test_every_slice_and_an_index():
@@ -82,14 +111,14 @@ def test_volume_of_5d_file_with_trailing_singleton_axis(tmp_path):
     nib.save(nib.Nifti1Image(data, np.eye(4)), tmp_path / "five.nii")
     for volume in range(3):
         sample = read_sample(tmp_path / "five.nii", io_options={"nifti_volume": volume})
-        np.testing.assert_array_equal(sample.pixels[:, :, 0], np.flipud(data[:, :, 2, volume, 0].T))
+        np.testing.assert_array_equal(sample.pixels[:, :, 0], data[:, :, 2, volume, 0].T[::-1, ::-1])
 
 
 def test_two_dimensional_nifti(tmp_path):
     plane = np.arange(30, dtype=np.int16).reshape(5, 6)
     nib.save(nib.Nifti1Image(plane, np.eye(4)), tmp_path / "plane.nii.gz")
     assert sample_indices(tmp_path / "plane.nii.gz", {}) == [None]
-    np.testing.assert_array_equal(read_sample(tmp_path / "plane.nii.gz").pixels[:, :, 0], np.flipud(plane.T))
+    np.testing.assert_array_equal(read_sample(tmp_path / "plane.nii.gz").pixels[:, :, 0], plane.T[::-1, ::-1])
 
 
 def test_two_dimensional_nifti_is_reoriented_like_a_volume_of_one_slice(tmp_path):
@@ -100,7 +129,7 @@ def test_two_dimensional_nifti_is_reoriented_like_a_volume_of_one_slice(tmp_path
     nib.save(nib.Nifti1Image(plane[:, :, None], affine), tmp_path / "slice.nii")
     flat, volume = read_sample(tmp_path / "plane.nii"), read_sample(tmp_path / "slice.nii")
     np.testing.assert_array_equal(flat.pixels, volume.pixels)
-    np.testing.assert_array_equal(flat.pixels[:, :, 0], np.flipud(plane[::-1, :].T))  # canonical: x flipped
+    np.testing.assert_array_equal(flat.pixels[:, :, 0], plane.T[::-1, :])  # LAS: displayed as stored, rows flipped
     assert flat.meta["spacing"] == volume.meta["spacing"] == [3.0, 2.0]
 
 
@@ -119,7 +148,7 @@ def test_scaling_is_applied(tmp_path):
     image.header.set_slope_inter(2.0, -10.0)
     nib.save(image, tmp_path / "scaled.nii")
     sample = read_sample(tmp_path / "scaled.nii", 1)
-    np.testing.assert_allclose(sample.pixels[:, :, 0], np.flipud((volume[:, :, 1] * 2.0 - 10.0).T))
+    np.testing.assert_allclose(sample.pixels[:, :, 0], (volume[:, :, 1] * 2.0 - 10.0).T[::-1, ::-1])
 
 
 def test_truncated_gzip_is_undecodable(tmp_path):

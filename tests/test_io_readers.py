@@ -311,8 +311,8 @@ def test_miniswhite_tiff_is_inverted_like_pillow(tmp_path, dtype):
     pixels = RNG.integers(0, 256, (16, 16)).astype(dtype) if dtype is np.uint8 else RNG.random((16, 16)) > 0.5
     tifffile.imwrite(tmp_path / "white.tif", pixels, photometric="miniswhite")
     sample = read_sample(tmp_path / "white.tif")
-    pillow = np.asarray(Image.open(tmp_path / "white.tif"))  # bilevel: Pillow's bools, our 0/1 uint8
-    np.testing.assert_array_equal(sample.pixels[:, :, 0], pillow.astype(np.uint8))
+    pillow = np.asarray(Image.open(tmp_path / "white.tif").convert("L"))  # bilevel: 0 and 255
+    np.testing.assert_array_equal(sample.pixels[:, :, 0], pillow)
     assert sample.pixels.dtype == np.uint8 and sample.meta["photometric"] == "grey"
 
 
@@ -347,7 +347,38 @@ def test_npy(tmp_path, dtype):
     pixels = RNG.integers(0, 2 if dtype is bool else 200, (9, 11)).astype(dtype)
     np.save(tmp_path / "a.npy", pixels)
     sample = read_sample(tmp_path / "a.npy")
-    np.testing.assert_array_equal(sample.pixels[:, :, 0], pixels.astype(np.uint8) if dtype is bool else pixels)
+    np.testing.assert_array_equal(sample.pixels[:, :, 0], pixels.astype(np.uint8) * 255 if dtype is bool else pixels)
+
+
+def test_a_mask_saved_as_bilevel_tiff_npy_or_1_bit_png_decodes_alike(tmp_path):
+    # The TIFF and .npy gave 0 and 1, the PNG 0 and 255: under intensity "none" one was black.
+    mask = RNG.random((12, 10)) > 0.5
+    Image.fromarray(mask).save(tmp_path / "mask.png")
+    tifffile.imwrite(tmp_path / "mask.tif", mask, photometric="minisblack")  # tifffile's default for bools is MINISWHITE
+    np.save(tmp_path / "mask.npy", mask)
+    decoded = [read_sample(tmp_path / name).pixels for name in ("mask.png", "mask.tif", "mask.npy")]
+    for pixels in decoded:
+        assert pixels.dtype == np.uint8
+        np.testing.assert_array_equal(pixels[:, :, 0], np.where(mask, 255, 0))
+
+
+@pytest.mark.parametrize("channels", [2, 4])
+def test_npy_of_two_or_four_channels_is_refused_not_cut_to_one_or_three(tmp_path, channels):
+    # A PNG's 2nd or 4th channel is alpha; an array's is data, which was dropped without a word.
+    np.save(tmp_path / "stack.npy", RNG.random((9, 8, channels)).astype(np.float32))
+    with pytest.raises(ReadError) as error:
+        read_sample(tmp_path / "stack.npy")
+    assert error.value.code == "unsupported_image" and f"has {channels} channels" in error.value.message
+
+
+@pytest.mark.parametrize("compression", ["tiff_lzw", "jpeg", "group4", "tiff_adobe_deflate", "packbits"])
+def test_compressed_tiffs_decode_as_pillow_decodes_them(tmp_path, compression):
+    # LZW, JPEG and CCITT were "undecodable": tifffile needs imagecodecs for them.
+    grey = RNG.integers(0, 256, (24, 16), dtype=np.uint8)
+    image = Image.fromarray(grey > 127) if compression == "group4" else Image.fromarray(grey)
+    image.save(tmp_path / "c.tif", compression=compression)
+    expected = np.asarray(Image.open(tmp_path / "c.tif").convert("L"))
+    np.testing.assert_array_equal(read_sample(tmp_path / "c.tif").pixels[:, :, 0], expected)
 
 
 def test_npy_volume_is_refused(tmp_path):

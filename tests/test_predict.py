@@ -286,6 +286,7 @@ def test_model_json_without_a_preprocessing_version_counts_as_version_1(saved_ru
     _, model_path, _, _ = saved_run
     model = _copy_of_model(model_path, tmp_path, params=lambda params: {
         key: value for key, value in params.items() if key != "preprocessing_version"})
+    monkeypatch.setattr(medclassify.preprocessing, "PREPROCESSING_VERSION", 1)
     assert load_model_info(model)["classes"] == CLASSES
     monkeypatch.setattr(medclassify.preprocessing, "PREPROCESSING_VERSION", 2)
     with pytest.raises(InputError, match="preprocessing version 1"):

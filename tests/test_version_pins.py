@@ -74,6 +74,8 @@ def _reader_corpus(folder):
     write("planar.tif", lambda p: tifffile.imwrite(p, np.moveaxis(rgb8, -1, 0), photometric="rgb", planarconfig="separate"))
     write("miniswhite.tif", lambda p: tifffile.imwrite(p, grey8, photometric="miniswhite"))
     write("pages.tif", lambda p: tifffile.imwrite(p, np.stack([grey8, grey8[::-1]])))
+    write("bilevel.tif", lambda p: tifffile.imwrite(p, grey8 > 127, photometric="minisblack"))
+    write("bool.npy", lambda p: np.save(p, grey8 > 127))
     write("float64.npy", lambda p: np.save(p, grey16.astype(np.float64) * 0.25))
     write("uint16.npy", lambda p: np.save(p, grey16))
     dicom_data = Path(pydicom.__file__).parent / "data" / "test_files"

@@ -120,6 +120,15 @@ def content_hash(pixels):
     return digest.hexdigest()[:32]
 
 
+def bilevel_as_grey(mask, inverted=False):
+    """A bilevel (boolean) image as uint8 0 and 255, the grey levels a 1-bit PNG decodes to.
+
+    As 0 and 1 it would be almost black to ``intensity: none``, which scales uint8 by 255.
+    ``inverted`` (a MINISWHITE TIFF): a set bit is black.
+    """
+    return np.where(np.asarray(mask) != inverted, np.uint8(255), np.uint8(0))
+
+
 def read_bytes(source, n_bytes=-1):
     """The first ``n_bytes`` of ``source`` (all of it by default).
 

@@ -1,9 +1,10 @@
 """NIfTI through nibabel: 2D slices of the canonical (RAS+) volume along a configured axis.
 
-The volume is first reoriented with ``nibabel.as_closest_canonical``. A slice keeps the two
-remaining axes in RAS order; it is returned transposed and flipped up-down
-(``np.flipud(slice.T)``) so that rows run along the second remaining axis with its positive
-direction (anterior or superior) at the top, and columns along the first. A 2D image is
+The volume is first reoriented with ``nibabel.as_closest_canonical``. A slice is shown as DICOM
+shows it (radiological convention): rows run along the second remaining axis with anterior or
+superior at the top, columns along the first with the patient's right, or anterior, on the left
+(``slice.T[::-1, ::-1]``). So a NIfTI converted from DICOM (dcm2niix) gives the DICOM's picture,
+and a model trained on one format sees the other as it saw its training images. A 2D image is
 reoriented as a volume of one slice. 4D volumes need ``io.nifti_volume``; a 4D file with a
 single volume is treated as 3D.
 """
@@ -137,7 +138,7 @@ def _decode(image, indices, io_options):
             slicer = [slice(None)] * 3
             slicer[axis] = position
             plane = np.asarray(volume[tuple(slicer)], dtype=np.float32)
-            slices.append(np.ascontiguousarray(np.flipud(plane.T)))
+            slices.append(np.ascontiguousarray(plane.T[::-1, ::-1]))
         zooms = canonical.header.get_zooms()
         spacing = [float(zooms[in_plane[1]]), float(zooms[in_plane[0]])]  # (row, column) spacing
         original = list(shape)

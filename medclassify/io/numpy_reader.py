@@ -1,8 +1,8 @@
-"""NumPy ``.npy`` files holding one 2D image: (H, W) or (H, W, C) with C in 1..4."""
+"""NumPy ``.npy`` files holding one 2D image: (H, W) or (H, W, C) with C 1 or 3."""
 
 import numpy as np
 
-from .base import ReadError, check_pixel_count
+from .base import ReadError, bilevel_as_grey, check_pixel_count
 
 
 def read_npy(file, max_pixels):
@@ -16,8 +16,13 @@ def read_npy(file, max_pixels):
         raise ReadError("unsupported_image", f".npy of dtype {dtype} is not a numeric image")
     if 0 in shape:
         raise ReadError("unsupported_image", f".npy of shape {shape} holds no image: axis {shape.index(0)} has length 0")
-    if len(shape) not in (2, 3) or (len(shape) == 3 and not 1 <= shape[2] <= 4):
-        raise ReadError("unsupported_image", f".npy of shape {shape} is not an (H, W) or (H, W, C<=4) image")
+    if len(shape) not in (2, 3):
+        raise ReadError("unsupported_image", f".npy of shape {shape} is not an (H, W) or (H, W, C) image")
+    if len(shape) == 3 and shape[2] not in (1, 3):
+        # An array has no alpha channel to drop, as a PNG's 2nd or 4th would be: its channels are
+        # data (MR sequences, energies), and a model takes grey or RGB.
+        raise ReadError("unsupported_image", f".npy of shape {shape} has {shape[2]} channels; an image has 1 "
+                                             "(grey) or 3 (RGB): save one channel, or three, per file")
     check_pixel_count(shape[0], shape[1], max_pixels)
     try:
         file.seek(0)
@@ -25,7 +30,7 @@ def read_npy(file, max_pixels):
     except (ValueError, OSError) as error:  # e.g. the file ends before its pixels do
         raise ReadError("undecodable", f"not a loadable .npy array ({error})") from None
     if array.dtype.kind == "b":
-        array = array.astype(np.uint8)
+        array = bilevel_as_grey(array)
     if not array.dtype.isnative:
         array = array.astype(array.dtype.newbyteorder("="))
     meta = {"format": "npy", "bits": array.dtype.itemsize * 8, "photometric": None,

@@ -6,7 +6,7 @@ import warnings
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from .base import ReadError, check_pixel_count, read_bytes
+from .base import ReadError, bilevel_as_grey, check_pixel_count, read_bytes
 from . import png_inflate
 from .channels import is_grey
 
@@ -131,14 +131,18 @@ def read_tiff(source, max_pixels):
     except ReadError:
         raise
     except Exception as error:  # tifffile raises many types (TiffFileError, ValueError, …)
-        raise ReadError("undecodable", f"TIFF decoding failed: {type(error).__name__}: {error}") from None
+        # A compression whose codec imagecodecs lacks is not a damaged file.
+        code = "compressed_unsupported" if "requires the 'imagecodecs' package" in str(error) else "undecodable"
+        raise ReadError(code, f"TIFF decoding failed: {type(error).__name__}: {error}") from None
     if axes.startswith("S") and array.ndim == 3:
         array = np.moveaxis(array, 0, -1)  # planar configuration: (S, Y, X) -> (Y, X, S)
     array = np.squeeze(array) if array.ndim > 3 else array
     if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[2] > 4):
         raise ReadError("unsupported_image", f"TIFF page of shape {array.shape} (axes {axes}) is not a 2D image")
-    if array.dtype.kind not in "uif":
-        array = array.astype(np.uint8)  # bilevel TIFF
+    if array.dtype == bool:
+        array, photometric = bilevel_as_grey(array, inverted=photometric == "miniswhite"), "grey"
+    elif array.dtype.kind not in "uif":
+        raise ReadError("unsupported_image", f"TIFF page of pixel type {array.dtype} is not a real-valued image")
     if not array.dtype.isnative:
         array = array.astype(array.dtype.newbyteorder("="))
     if photometric == "palette":
