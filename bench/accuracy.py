@@ -193,9 +193,9 @@ def fold_record(run_dir, fold, cache_path, splits_path, options, threads):
 
     from medclassify.atomic import atomic_write_json
     from medclassify.config import config_hash
-    from medclassify.training import file_identity, train_stage, training_code_digest
+    from medclassify.training import cache_identity, train_stage, training_code_digest
 
-    key = config_hash({"options": options, "fold": fold, "cache": file_identity(cache_path),
+    key = config_hash({"options": options, "fold": fold, "cache": cache_identity(cache_path),
                        "splits": hashlib.sha256(Path(splits_path).read_bytes()).hexdigest(),
                        "code": training_code_digest()})
     saved = Path(run_dir) / "val_predictions.json"

@@ -46,7 +46,7 @@ class StageCheckpoint:
         if not (self.dir / str(state.get("checkpoint_file", ""))).is_file():
             return None
         if state.get("fingerprint") != fingerprint:
-            print(f"checkpoint in {self.dir} is from other options or data; starting over", flush=True)
+            print(f"checkpoint in {self.dir} is from other options, data or code; starting over", flush=True)
             return None
         if state.get("complete"):
             # A finished stage that runs again was forced or its code changed: train anew.

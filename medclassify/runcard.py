@@ -18,6 +18,8 @@ from pathlib import Path
 from . import __version__
 from .atomic import atomic_write_json
 from .config import REPO_ROOT, config_hash, without_planning_options
+from .datasets import SOURCE_KEYS, source_kind
+from .workflow_paths import input_path
 
 # Distributions whose versions change results or their interpretation.
 LIBRARIES = ("numpy", "pandas", "scipy", "scikit-learn", "h5py", "pydicom", "pylibjpeg", "nibabel", "pillow",
@@ -153,11 +155,18 @@ def recorded_dataset_options(options):
     """A dataset's resolved options as a run card records them (and rule evaluate's params hold them).
 
     Less the local ``.npz`` path, since where the file lies says nothing of the data (the
-    fingerprint does), and ``validation.watch_images``, which only steers planning: neither is part
-    of what was computed, and as params they would rerun the evaluation.
+    fingerprint does), ``validation.watch_images``, which only steers planning, and the keys of
+    other kinds of source (a user's manifest has no ``demo_patients``): none is part of what was
+    computed, and as params they would rerun the evaluation. A user's manifest and root are
+    spelled as the workflow's inputs are (``./m.csv`` is ``m.csv``), and the root is resolved.
     """
-    recorded = {key: value for key, value in options.items() if key != "npz"}
+    kind = source_kind(options)
+    ignored = {key for other, keys in SOURCE_KEYS.items() if other != kind for key in keys} | {"npz"}
+    recorded = {key: value for key, value in options.items() if key not in ignored}
     recorded["validation"] = without_planning_options(options["validation"])
+    if kind == "manifest" and options["manifest"] is not None:
+        recorded["manifest"] = input_path(options["manifest"])
+        recorded["root"] = input_path(options["root"] or Path(options["manifest"]).parent)
     return recorded
 
 

@@ -266,14 +266,15 @@ class EpochEnd(keras.callbacks.Callback):
 
     ``select_epoch`` names the epoch whose weights the stage saves: ``best_auc`` (highest
     validation AUC), ``lowest_val_loss``, or ``last`` (the last epoch trained). Stopping waits for a
-    better validation AUC under each of them.
+    better validation AUC under each of them. ``epochs`` is the schedule's length: a patience that
+    runs out at its last epoch stops nothing (the whole schedule was trained).
     """
 
-    def __init__(self, checkpoint, state, patience, select_epoch="best_auc", average=None):
+    def __init__(self, checkpoint, state, patience, select_epoch="best_auc", average=None, epochs=None):
         super().__init__()
         check_rule(select_epoch)
         self.checkpoint, self.state, self.patience, self.average = checkpoint, state, patience, average
-        self.select_epoch = select_epoch
+        self.select_epoch, self.epochs = select_epoch, epochs
 
     def on_epoch_end(self, epoch, logs=None):
         logs = dict(logs or {})
@@ -287,7 +288,7 @@ class EpochEnd(keras.callbacks.Callback):
         else:
             state["wait"] += 1
         state["epoch"] = epoch + 1
-        if self.patience > 0 and state["wait"] >= self.patience:
+        if self.patience > 0 and state["wait"] >= self.patience and (self.epochs is None or epoch + 1 < self.epochs):
             state["stopped"] = True
         loss = row.get("val_loss", float("nan"))
         lower_loss = not math.isnan(loss) and (state["best_loss"] is None or loss < state["best_loss"])
@@ -463,13 +464,15 @@ def _train_model(stage, cache_path, splits_path, out_dir, *, options, fold=None,
         batch_size = settings["batch_size"]
         steps_per_epoch = math.ceil(len(train_labels) / batch_size)
         # What the checkpoint's epochs were trained on: the options (less how images are read,
-        # which gives the same batches), and the rows with their labels and image contents, so
-        # that a cache rebuilt with corrected labels starts over instead of resuming.
+        # which gives the same batches), the rows with their labels and image contents, so that a
+        # cache rebuilt with corrected labels starts over instead of resuming, and the code, so that
+        # a stage killed mid-way and rerun after a fix is not half old code and half new.
         fingerprint = config_hash({"stage": stage, "train": without_loading_options(options)["train"],
                                    "stage_options": settings, "fold": fold,
                                    "params_hash": _params_hash(cache), "init_model": file_identity(init_model),
                                    "train_rows": rows_identity(cache, train_source.indices),
-                                   "val_rows": rows_identity(cache, val_source.indices)})
+                                   "val_rows": rows_identity(cache, val_source.indices),
+                                   "code": training_code_digest()})
         checkpoint = StageCheckpoint(out_dir)
         state = checkpoint.load_state(fingerprint)
 
@@ -515,7 +518,8 @@ def _train_model(stage, cache_path, splits_path, out_dir, *, options, fold=None,
         # The average (when on) is swapped in first, so that validation and checkpoints see it.
         callbacks = [*([average] if average is not None else []),
                      ValidationMetrics(val_dataset, val_labels, record_dir),
-                     EpochEnd(checkpoint, state, settings["patience"], settings["select_epoch"], average),
+                     EpochEnd(checkpoint, state, settings["patience"], settings["select_epoch"], average,
+                              settings["epochs"]),
                      TensorBoardScalars(out_dir / "tensorboard")]
 
         for epoch in range(state["epoch"], settings["epochs"]):
@@ -557,11 +561,26 @@ def rows_identity(cache, rows):
 
 
 def file_identity(path):
-    """Size and modification time of a file (None for None): a changed head model restarts fine-tuning."""
+    """sha256 of a file's bytes (None for None): a head model trained again restarts fine-tuning;
+    one only touched (``snakemake --touch``) or moved does not."""
     if path is None:
         return None
-    stat = Path(path).stat()
-    return [str(path), stat.st_size, stat.st_mtime_ns]
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def cache_identity(cache_path):
+    """The cache's preprocessing and every row's sample id, label and image content: a cache
+    rebuilt from the same images is the same cache, whatever its file's bytes and times."""
+    from .cache import open_cache
+
+    with open_cache(cache_path) as cache:
+        digest = hashlib.sha256("\n".join(map(str, cache.sample_ids)).encode())
+        digest.update(rows_identity(cache, np.arange(len(cache))).encode())
+        return [_params_hash(cache), digest.hexdigest()]
 
 
 # --- ensembles --------------------------------------------------------------------------------------
@@ -616,7 +635,7 @@ def member_fingerprint(options, seed, *, fold, init_model, cache_path, splits_pa
     weights, so that saving an untrained head again (a rerun) does not retrain the members."""
     # Less how the images are read (LOADING_TRAIN_OPTIONS): the member's batches are the same.
     return config_hash({"options": member_options(without_loading_options(options), seed), "fold": fold,
-                        "init_model": file_identity(init_model), "cache": file_identity(cache_path),
+                        "init_model": file_identity(init_model), "cache": cache_identity(cache_path),
                         "splits": file_identity(splits_path), "code": training_code_digest()})
 
 

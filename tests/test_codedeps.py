@@ -1,6 +1,8 @@
 """The library files each stage depends on, found from the imports."""
 
+import ast
 import os
+import re
 from pathlib import Path
 
 from medclassify.codedeps import PACKAGE_DIR, imported_modules, module_closure, rule_inputs
@@ -87,3 +89,29 @@ def test_imports_inside_functions_classes_branches_handlers_and_cases_are_found(
     (package / "first.py").write_text("".join(code.format(name) for name, code in nested.items()))
     monkeypatch.setattr("medclassify.codedeps.PACKAGE_DIR", package)
     assert imported_modules("first") == set(nested)
+
+
+def _rules_code_and_scripts():
+    """(rule, modules given to library_code, script path) of every rule that runs a script."""
+    rules_dir = PACKAGE_DIR.parent / "workflow" / "rules"
+    found = []
+    for path in sorted(rules_dir.glob("*.smk")):
+        for block in re.split(r"^rule ", path.read_text(), flags=re.M)[1:]:
+            name = block.split(":", 1)[0]
+            code = re.search(r"code=library_code\(([^)]*)\)", block)
+            script = re.search(r'script:\s*"([^"]+)"', block)
+            if script:
+                modules = re.findall(r'"([\w.]+)"', code.group(1)) if code else []
+                found.append((name, modules, (rules_dir / script.group(1)).resolve()))
+    return found
+
+
+def test_every_library_module_a_rule_script_imports_is_among_the_rules_code_inputs():
+    # workflow/scripts/train.py imported workflow_paths, which train_head's and finetune's code inputs left out.
+    checked = _rules_code_and_scripts()
+    assert len(checked) >= 10
+    for rule, modules, script in checked:
+        imported = {node.module.removeprefix("medclassify.") for node in ast.walk(ast.parse(script.read_text()))
+                    if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("medclassify.")}
+        missing = names(module_closure(*imported)) - names(module_closure("runlog", *modules))
+        assert not missing, f"rule {rule} ({script.name}) runs {sorted(missing)}, not among its code inputs"

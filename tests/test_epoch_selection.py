@@ -78,6 +78,19 @@ def test_the_stage_callback_decides_as_the_replay_does(rule, patience):
         assert checkpoint.saved_best[-1:] == ([] if rule == "last" or expected is None else [expected])
 
 
+@pytest.mark.parametrize("epochs, stopped", [(5, True), (4, False)])
+def test_patience_that_runs_out_at_the_schedules_last_epoch_is_no_early_stop(epochs, stopped):
+    # Best at epoch 2, patience 2: out at epoch 4. With 4 epochs the whole schedule was trained, yet
+    # model.json said stopped_early and the log "early stopping after epoch 4".
+    state = {"epoch": 0, "history": [], "best_auc": None, "best_epoch": None, "wait": 0, "stopped": False,
+             "best_loss": None, "selected_epoch": None}
+    callback = EpochEnd(RecordingCheckpoint(), state, 2, "best_auc", epochs=epochs)
+    callback.set_model(keras.Sequential())
+    for epoch, auc in enumerate([0.6, 0.8, 0.7, 0.7]):
+        callback.on_epoch_end(epoch, {"val_auc": auc, "val_loss": 0.5})
+    assert state["stopped"] is stopped and state["epoch"] == 4
+
+
 def test_an_unknown_rule_is_refused_before_training():
     with pytest.raises(ValueError, match="select_epoch must be one of best_auc, lowest_val_loss, last"):
         EpochEnd(RecordingCheckpoint(), {}, 0, "best")

@@ -99,6 +99,29 @@ def test_changing_how_training_reads_the_images_plans_nothing(workdir):
         assert planned_jobs(workdir) == {}
 
 
+@pytest.mark.parametrize(
+    "entry",
+    [
+        {"manifest": "./data/manifest.csv", "root": "data/"},
+        {"manifest": "{workdir}/data/manifest.csv", "root": "./data"},
+        {"manifest": "data/manifest.csv", "root": None},  # the manifest's folder
+        {"manifest": "data/manifest.csv", "root": "data", "demo_patients": 30, "medmnist_size": 64},
+    ],
+    ids=["dot-and-slash", "absolute", "root-left-out", "keys-of-other-sources"],
+)
+def test_another_spelling_of_the_same_dataset_plans_nothing(workdir, entry):
+    # Each of these retrained everything: the manifest and root were params and inputs as spelt.
+    config_path = workdir / FAST_CONFIG_NAME
+    with restored_afterwards(config_path):
+        config = yaml.safe_load(config_path.read_text())
+        config["datasets"][DATASET] = {
+            key: value.format(workdir=workdir) if isinstance(value, str) else value
+            for key, value in entry.items()
+        }
+        config_path.write_text(yaml.safe_dump(config, sort_keys=False))
+        assert planned_jobs(workdir) == {}
+
+
 def every_job_from_validation(workdir):
     n_shards = yaml.safe_load((workdir / FAST_CONFIG_NAME).read_text())["preprocess"]["shards"]
     return {

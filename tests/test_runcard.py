@@ -73,3 +73,24 @@ def test_compute_time_sums_the_stages_where_the_duration_spans_a_rerun(tmp_path,
     assert on_disk["duration_s"] == day + 700 and on_disk["compute_s"] == 1000
     assert on_disk["stages"]["finetune"] == {"started": "1970-01-02T00:00:00Z", "ended": "1970-01-02T00:10:00Z",
                                              "seconds": 600.0}
+
+
+def test_recorded_dataset_options_spell_a_users_dataset_one_way_and_leave_other_sources_keys_out(tmp_path, monkeypatch):
+    # They are rule evaluate's params: ./data/m.csv, an absolute path or an unused demo_patients reran it.
+    from medclassify.config import dataset_config
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "data").mkdir()
+
+    def recorded(**entry):
+        config = load_config(overrides={"datasets": {"own": entry}})
+        return runcard.recorded_dataset_options(dataset_config(config, "own"))
+
+    plain = recorded(manifest="data/m.csv", root="data")
+    assert plain["manifest"] == "data/m.csv" and plain["root"] == "data"
+    assert not {"demo", "demo_patients", "medmnist", "medmnist_size", "npz"} & set(plain)
+    for entry in ({"manifest": "./data/m.csv", "root": "data/"}, {"manifest": str(tmp_path / "data/m.csv")},
+                  {"manifest": "data/m.csv", "demo_patients": 30, "medmnist_size": 64}):
+        assert recorded(**entry) == plain, entry
+    demo = runcard.recorded_dataset_options(dataset_config(load_config(), "demo"))
+    assert demo["demo"] is True and "demo_patients" in demo and not {"manifest", "root", "medmnist"} & set(demo)

@@ -326,6 +326,30 @@ def _compiled_model(filters, stage="finetune"):
     return model
 
 
+@pytest.mark.parametrize("n_classes", [2, 3])
+def test_the_training_auc_is_the_macro_one_vs_rest_auc_that_val_auc_is(n_classes):
+    # It was Keras's AUC over every class column pooled (0.62 where val_auc's measure gave 0.74).
+    from sklearn.metrics import roc_auc_score
+
+    from medclassify.fitting import compile_model, stage_options
+
+    keras.utils.set_random_seed(1)
+    inputs = keras.Input((4, 4, 1))
+    outputs = keras.layers.Dense(n_classes, activation="softmax")(keras.layers.Flatten()(inputs))
+    model = keras.Model(inputs, outputs)
+    options = tiny_options()
+    compile_model(model, "finetune", stage_options(options, "finetune"), options["train"], steps_per_epoch=1,
+                  jit_compile=False)
+    rng = np.random.default_rng(0)
+    images, labels = rng.random((400, 4, 4, 1), "float32"), rng.integers(0, n_classes, 400)
+    images[:, 0, 0, 0] += labels  # something to rank by
+    probabilities = model.predict(images, verbose=0)
+    expected = (roc_auc_score(labels, probabilities[:, 1]) if n_classes == 2
+                else roc_auc_score(labels, probabilities, multi_class="ovr", average="macro"))
+    logged = model.evaluate(images, np.eye(n_classes)[labels], verbose=0, return_dict=True)["auc"]
+    assert logged == pytest.approx(expected, abs=0.005)
+
+
 @pytest.mark.parametrize("stage", ["head", "finetune"])
 def test_the_train_step_is_traced_once(stage, dtype_policy):
     # An optimizer built inside the first tracing makes TensorFlow trace the step again; that
@@ -426,7 +450,7 @@ def test_a_checkpoint_state_resumes_only_its_own_format_options_and_unfinished_r
     assert load() == good
     assert load(version=2, model_file="epoch-0002.keras") is None
     assert f"another checkpoint format (version 2, now {STATE_VERSION})" in capsys.readouterr().out
-    assert load(fingerprint="g") is None and "from other options or data" in capsys.readouterr().out
+    assert load(fingerprint="g") is None and "from other options, data or code" in capsys.readouterr().out
     assert load(complete=True) is None and "of a finished run" in capsys.readouterr().out
     assert load(checkpoint_file="epoch-0001.npz") is None  # the file it names is gone
 
@@ -526,6 +550,44 @@ def test_a_run_killed_and_rerun_with_images_read_from_disk_resumes(tiny_cache, t
     out = capsys.readouterr().out
     assert "resuming finetune after epoch 1" in out
     assert json.loads((tmp_path / "model.json").read_text())["images_in_memory"] is False
+
+
+def test_a_run_killed_and_rerun_after_a_code_change_starts_over(tiny_cache, tmp_path, monkeypatch, capsys):
+    # Snakemake reruns the stage when its code changes; the checkpoint of the old code was resumed,
+    # giving a model trained half by the old code and half by the new.
+    import medclassify.training
+
+    stop_killing = kill_before_the_second_state(monkeypatch)
+    with pytest.raises(Killed):
+        train_stage("finetune", *tiny_cache, tmp_path, options=tiny_options(), threads=1)
+    stop_killing()
+    monkeypatch.setattr(medclassify.training, "training_code_digest", lambda: "the fixed code")
+    capsys.readouterr()
+    train_stage("finetune", *tiny_cache, tmp_path, options=tiny_options(), threads=1)
+    out = capsys.readouterr().out
+    assert "is from other options, data or code; starting over" in out and "resuming" not in out
+
+
+def test_a_touched_or_rebuilt_cache_is_the_same_data_to_an_ensemble_member(tiny_cache, tmp_path):
+    # Members were matched by file size and time: `snakemake --touch` retrained every one.
+    import os
+    import shutil
+
+    from medclassify.training import member_fingerprint
+
+    cache_path, splits_path = tiny_cache
+    copies = [shutil.copy(path, tmp_path / Path(path).name) for path in (cache_path, splits_path)]
+
+    def fingerprint():
+        return member_fingerprint(tiny_options(), 7, fold=None, init_model=None, cache_path=copies[0],
+                                  splits_path=copies[1])
+
+    before = fingerprint()
+    for path in copies:
+        os.utime(path, ns=(0, 10**18))
+    assert fingerprint() == before
+    Path(copies[1]).write_text(Path(copies[1]).read_text().replace("train", "val", 1))
+    assert fingerprint() != before
 
 
 def test_an_ensemble_member_does_not_depend_on_how_images_are_read(tiny_cache):

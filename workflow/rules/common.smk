@@ -14,7 +14,11 @@ from medclassify.config import (
     without_loading_options,
     without_planning_options,
 )
-from medclassify.datasets import DEMO_MANIFEST_COLUMNS, MEDMNIST_MANIFEST_COLUMNS
+from medclassify.datasets import (
+    DEMO_MANIFEST_COLUMNS,
+    MEDMNIST_MANIFEST_COLUMNS,
+    source_kind,
+)
 from medclassify.errors import InputError
 from medclassify.manifest import (
     VALIDATED_COLUMNS,
@@ -24,7 +28,7 @@ from medclassify.manifest import (
 )
 from medclassify.predict import files_read, is_snakemake_pattern
 from medclassify.runcard import recorded_dataset_options
-from medclassify.workflow_paths import parse_run, run_ids
+from medclassify.workflow_paths import input_path, parse_run, run_ids
 
 # The library's validation rather than snakemake.utils.validate, which stops at the first problem:
 # this lists every one at once, those of each dataset and run (overrides merged) included, before
@@ -103,19 +107,9 @@ def fold_of(wildcards):
     return parse_run(wildcards.run)[1]
 
 
-def source_kind(name):
-    """Where a dataset's manifest comes from: "demo", "medmnist" or the user ("manifest")."""
-    options = dataset_config(config, name)
-    if options["demo"]:
-        return "demo"
-    if options["medmnist"] is not None:
-        return "medmnist"
-    return "manifest"
-
-
 def manifest_of(wildcards):
     """The dataset's source manifest: written by the workflow for demo and MedMNIST data."""
-    kind = source_kind(wildcards.dataset)
+    kind = source_kind(dataset(wildcards))
     if kind != "manifest":
         return f"results/{wildcards.dataset}/{kind}/manifest.csv"
     manifest = dataset(wildcards)["manifest"]
@@ -123,30 +117,31 @@ def manifest_of(wildcards):
         raise ValueError(
             f"datasets.{wildcards.dataset}: set 'manifest' (or 'demo: true' or 'medmnist: <name>')"
         )
-    return manifest
+    # One spelling of the file (./m.csv, its absolute path): another would rerun every stage.
+    return input_path(manifest)
 
 
 def root_of(wildcards):
-    """Folder that the dataset's manifest paths are relative to."""
-    kind = source_kind(wildcards.dataset)
+    """Folder that the dataset's manifest paths are relative to, spelled as input_path spells files."""
+    kind = source_kind(dataset(wildcards))
     if kind != "manifest":
         return f"results/{wildcards.dataset}/{kind}"
     options = dataset(wildcards)
-    return options["root"] or str(Path(options["manifest"]).parent)
+    return input_path(options["root"] or Path(options["manifest"]).parent)
 
 
 def validated_manifest_columns(name):
     """The columns dataset ``name``'s validated manifest will have; None while its manifest is
     missing or has a header that validation will refuse (it reports that, with every other problem).
     """
-    kind = source_kind(name)
+    options = dataset_config(config, name)
+    kind = source_kind(options)
     if kind == "demo":
         header = DEMO_MANIFEST_COLUMNS
     elif kind == "medmnist":
         header = MEDMNIST_MANIFEST_COLUMNS
     else:
-        manifest = dataset_config(config, name)["manifest"]
-        header = manifest_header(manifest) if manifest else None
+        header = manifest_header(options["manifest"]) if options["manifest"] else None
     return None if header is None else [*VALIDATED_COLUMNS, *header]
 
 
@@ -165,7 +160,7 @@ def validation_options(wildcards):
 
 def image_files_of(wildcards):
     """A stamp of the images that a user's manifest names, so that changing one reruns validation."""
-    if source_kind(wildcards.dataset) != "manifest":
+    if source_kind(dataset(wildcards)) != "manifest":
         return "written by the workflow"  # its own rules rewrite them and the manifest together
     if not dataset(wildcards)["validation"]["watch_images"]:
         return "not watched"

@@ -3,7 +3,7 @@ rule finetune:
         cache="results/{dataset}/cache.h5",
         splits="results/{dataset}/splits.csv",
         init_model="results/{dataset}/{run}/head/model.keras",
-        code=library_code("training"),
+        code=library_code("training", "workflow_paths"),
     output:
         model="results/{dataset}/{run}/finetune/model.keras",
         meta="results/{dataset}/{run}/finetune/model.json",

@@ -3,7 +3,7 @@ rule train_head:
         cache="results/{dataset}/cache.h5",
         splits="results/{dataset}/splits.csv",
         weights=weights_input,
-        code=library_code("training"),
+        code=library_code("training", "workflow_paths"),
     output:
         model="results/{dataset}/{run}/head/model.keras",
         meta="results/{dataset}/{run}/head/model.json",
