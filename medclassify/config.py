@@ -18,6 +18,7 @@ import yaml
 
 from .backbone_names import backbone_problems
 from .errors import InputError
+from .datasets.medmnist_info import check_name, label_names
 from .preprocess_options import check_preprocess_options, intensity_units_problems
 from .privacy import SALT_ENVIRONMENT_VARIABLE
 
@@ -215,6 +216,8 @@ def _override_values_from_strings(config):
 def _datasets_problems(config, written):
     problems = []
     for name, entry in _entries(config, "datasets").items():
+        if entry.get("medmnist"):
+            problems += _medmnist_problems(entry, name)
         resolved, section_problems = _resolve_sections(config, entry, DATASET_SECTIONS, f"datasets.{name}",
                                                        top_level_checked=True)
         problems += section_problems
@@ -245,11 +248,30 @@ def _positive_class_problems(config, run, evaluate):
     positive = evaluate.get("positive_class")
     problems = []
     for name, entry in _entries(config, "datasets").items():
-        labels = entry.get("labels")
+        labels, source = entry.get("labels"), f"datasets.{name}.labels"
+        if not isinstance(labels, list) and entry.get("medmnist"):
+            labels, source = _medmnist_labels(entry["medmnist"]), f"the classes of {entry['medmnist']} (datasets.{name})"
         if positive is not None and isinstance(labels, list) and len(labels) == 2 and positive not in labels:
-            problems.append(f"runs.{run}: evaluate.positive_class {positive!r} is not one of "
-                            f"datasets.{name}.labels {labels}")
+            problems.append(f"runs.{run}: evaluate.positive_class {positive!r} is not one of {source} {labels}")
     return problems
+
+
+def _medmnist_labels(medmnist):
+    """The class names of a MedMNIST set; None for a name :func:`_medmnist_problems` refuses."""
+    try:
+        return label_names(medmnist)
+    except InputError:
+        return None
+
+
+def _medmnist_problems(entry, dataset):
+    """A MedMNIST name the import would refuse (multi-label, 3D, unknown), found before any job;
+    the schema checks the size."""
+    try:
+        check_name(entry["medmnist"])
+    except InputError as error:
+        return [f"datasets.{dataset}.medmnist: {error.args[0]} ({'; '.join(error.problems)})"]
+    return []
 
 
 def _fractions_problems(fractions, dataset, written):
@@ -394,6 +416,12 @@ def _resolve_sections(config, overrides, sections, where, top_level_checked=Fals
     return resolved, problems
 
 
+def npz_variable(name):
+    """The environment variable that gives dataset ``name`` a local ``.npz``: MEDCLASSIFY_<NAME>_NPZ,
+    other characters than letters and digits as ``_`` (a shell cannot export ``MEDCLASSIFY_PATH-MNIST_NPZ``)."""
+    return f"MEDCLASSIFY_{re.sub(r'[^A-Z0-9]', '_', name.upper())}_NPZ"
+
+
 def dataset_config(config, name):
     """Options of one dataset: its entry plus the top-level sections with its overrides merged."""
     entry = config["datasets"][name]
@@ -402,7 +430,7 @@ def dataset_config(config, name):
         raise InputError("invalid configuration", problems)
     resolved = {key: value for key, value in entry.items() if key not in DATASET_SECTIONS}
     resolved.update(sections)
-    env_npz = os.environ.get(f"MEDCLASSIFY_{name.upper()}_NPZ")
+    env_npz = os.environ.get(npz_variable(name))
     if env_npz and resolved.get("medmnist"):
         resolved["npz"] = env_npz
     return sorted_keys(resolved)

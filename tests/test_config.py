@@ -97,6 +97,10 @@ def test_npz_path_can_come_from_the_environment(monkeypatch):
     monkeypatch.setenv("MEDCLASSIFY_BREASTMNIST_NPZ", "/data/b.npz")
     config = load_config(REPO_ROOT / "config" / "breastmnist.yaml")
     assert dataset_config(config, "breastmnist")["npz"] == "/data/b.npz"
+    # A dataset name with a hyphen gives a variable a shell can export.
+    monkeypatch.setenv("MEDCLASSIFY_BREAST_US_NPZ", "/data/c.npz")
+    config = load_config(overrides={"datasets": {"breast-us": {"medmnist": "breastmnist"}}})
+    assert dataset_config(config, "breast-us")["npz"] == "/data/c.npz"
 
 
 def test_deep_merge_does_not_modify_its_arguments():
@@ -407,3 +411,19 @@ def test_a_seed_numpy_would_refuse_is_refused_when_the_config_is_read(train, mes
     with pytest.raises(InputError) as error:
         load_config(overrides={"train": train})
     assert any(message in problem for problem in error.value.problems), error.value.problems
+
+
+def test_a_medmnist_sets_name_and_its_classes_are_checked_when_the_config_is_read():
+    # positive_class 'malignant' on PneumoniaMNIST failed in evaluate, after training; chestmnist
+    # and a misspelt name failed in a rule's resource function with a traceback.
+    with pytest.raises(InputError) as error:
+        load_config(overrides={"datasets": {"pneumonia": {"medmnist": "PneumoniaMNIST"},
+                                            "chest": {"medmnist": "chestmnist"}, "typo": {"medmnist": "pathmnst"}},
+                               "evaluate": {"positive_class": "malignant"}})
+    problems = error.value.problems
+    assert any(p.startswith("datasets.chest.medmnist: chestmnist is multi-label") for p in problems), problems
+    assert any(p.startswith("datasets.typo.medmnist: unknown MedMNIST dataset 'pathmnst'") for p in problems), problems
+    assert ("runs.baseline: evaluate.positive_class 'malignant' is not one of the classes of PneumoniaMNIST "
+            "(datasets.pneumonia) ['normal', 'pneumonia']") in problems
+    load_config(overrides={"datasets": {"pneumonia": {"medmnist": "pneumoniamnist"}},
+                           "evaluate": {"positive_class": "pneumonia"}})

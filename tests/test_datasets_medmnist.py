@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from medclassify.datasets import medmnist
-from medclassify.datasets.medmnist import DATASETS, import_medmnist, label_names, npz_file_name
+from medclassify.datasets.medmnist import DATASETS, import_medmnist, label_names, md5sum, npz_file_name
 from medclassify.errors import InputError
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*differs from the official:UserWarning")
@@ -125,6 +125,39 @@ def test_unreadable_or_missing_files(tmp_path):
         import_medmnist("breastmnist", tmp_path / "out", npz=not_npz)
     with pytest.raises(InputError, match="not found"):
         import_medmnist("breastmnist", tmp_path / "out", npz=tmp_path / "absent.npz")
+
+
+def test_a_damaged_or_pickled_array_inside_the_npz_is_named(tmp_path):
+    # np.load opens the zip at once but reads each array later: these were raw tracebacks.
+    pickled = _write_npz(tmp_path / "pickled.npz", train_labels=np.array([0, 1, 0, 1, 0, 1], dtype=object))
+    damaged = _write_npz(tmp_path / "damaged.npz")
+    data = bytearray(damaged.read_bytes())
+    data[len(data) // 3] ^= 0xFF  # inside an array: the zip's CRC no longer matches
+    damaged.write_bytes(bytes(data))
+    for path in (pickled, damaged):
+        with pytest.raises(InputError, match=f"{path.name} is not a valid breastmnist file") as error:
+            import_medmnist("breastmnist", tmp_path / "out", npz=path)
+        assert any("cannot be read" in problem for problem in error.value.problems)
+    assert not (tmp_path / "out" / "manifest.csv").exists()
+
+
+@pytest.mark.skipif(not BREASTMNIST.is_file(), reason="shared BreastMNIST file not present")
+def test_another_sets_file_is_refused_not_imported_under_this_sets_labels(tmp_path, monkeypatch):
+    # BreastMNIST's ultrasound images were imported as PneumoniaMNIST chest X-rays with a warning in a log.
+    with pytest.raises(InputError, match="is not a pneumoniamnist file") as error:
+        import_medmnist("pneumoniamnist", tmp_path / "out", npz=BREASTMNIST)
+    assert "the official breastmnist's" in error.value.problems[0]
+    official = _write_npz(tmp_path / "official.npz")  # stands for the published file: its MD5 is recorded
+    monkeypatch.setitem(DATASETS["bloodmnist"]["md5"], 64, md5sum(official))
+    with pytest.raises(InputError, match="is not the pneumoniamnist.npz file") as error:
+        import_medmnist("pneumoniamnist", tmp_path / "out", npz=official)
+    assert "the official bloodmnist_64.npz's" in error.value.problems[0]
+    counts = DATASETS["breastmnist"]["n_samples"]
+    resaved = _write_npz(tmp_path / "resaved.npz", counts=(counts["train"], counts["val"], counts["test"]))
+    with pytest.raises(InputError, match="is not a pneumoniamnist file") as error:
+        import_medmnist("pneumoniamnist", tmp_path / "out", npz=resaved)
+    assert "the official breastmnist's" in error.value.problems[0]
+    assert not (tmp_path / "out" / "manifest.csv").exists()
 
 
 @pytest.mark.parametrize("name, message", [

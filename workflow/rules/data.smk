@@ -1,4 +1,4 @@
-from medclassify.datasets.medmnist import medmnist_memory_mb
+from medclassify.datasets.medmnist_info import medmnist_memory_mb
 from medclassify.workflow_paths import input_path
 
 
