@@ -103,7 +103,7 @@ from . import __version__
 from .atomic import atomic_path, atomic_write_json
 from .config import config_hash
 from .errors import InputError
-from .preprocess_options import check_intensity_units, check_preprocess_options
+from .preprocess_options import check_preprocess_options
 from .preprocessing import PREPROCESSING_VERSION, from_storage, preprocess_image, to_storage
 
 # Format 2: the part digest covers every row's label, patient and modality too. Format 3: it
@@ -284,6 +284,13 @@ def _decode_batch(job, items):
             if expected_hash and _content_hash(pixels) != expected_hash:
                 problems.append((position, rel_path, "content_changed",
                                  "the image differs from the one validated (content hash); rerun validation"))
+                continue
+            if preprocess_options["intensity"] == "window" and sample.meta.get("window") is not None:
+                # In [0, 1] already, where a window in modality units (40/400 HU) leaves one grey level.
+                problems.append((position, rel_path, "windowed_twice",
+                                 f"io.dicom_window {io_options['dicom_window']!r} windowed this DICOM into [0, 1] "
+                                 "before preprocess.intensity 'window', which takes modality units (CT: HU): set "
+                                 "io.dicom_window: none, or use another preprocess.intensity"))
                 continue
             image = preprocess_image(pixels, preprocess_options)
             if image.shape != shape:
@@ -535,7 +542,6 @@ def build_cache_part(validated_manifest, root, out_part, *, preprocess_options, 
     """
     started = time.perf_counter()
     check_preprocess_options(preprocess_options)
-    check_intensity_units(preprocess_options, io_options)
     classes = [str(c) for c in classes]
     table, manifest_hash, name = load_validated_manifest(validated_manifest)
     start, stop = shard_bounds(len(table), shard, n_shards)

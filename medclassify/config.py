@@ -19,7 +19,7 @@ import yaml
 from .backbone_names import backbone_problems
 from .errors import InputError
 from .datasets.medmnist_info import check_name, label_names
-from .preprocess_options import check_preprocess_options, intensity_units_problems
+from .preprocess_options import check_preprocess_options
 from .privacy import SALT_ENVIRONMENT_VARIABLE
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -225,8 +225,6 @@ def _datasets_problems(config, written):
             problems += _fractions_problems(resolved["split"]["fractions"], name, written)
         if "preprocess" in resolved and not section_problems:
             problems += _preprocess_problems(resolved["preprocess"], name)
-            problems += [f"datasets.{name}: {problem}"
-                         for problem in intensity_units_problems(resolved["preprocess"], resolved["io"])]
     return problems
 
 

@@ -1,11 +1,15 @@
-"""Reading the ``model.json`` that the training stage writes beside every ``model.keras``.
+"""Reading the ``model.json`` that the training stage writes beside every ``model.keras``, and
+telling one model's weights from another's.
 
 Training, evaluation and predict each read it; one reader here gives them the same answer for a
 missing file and the same InputError, naming the file, for a damaged one. No TensorFlow.
 """
 
+import hashlib
 import json
 from pathlib import Path
+
+import numpy as np
 
 from .errors import InputError
 
@@ -38,3 +42,19 @@ def read_json_object(path, what):
     if not isinstance(content, dict):
         raise InputError(f"{path}: not a JSON object", [f"{what} must be a JSON object, not {type(content).__name__}"])
     return content
+
+
+def weights_digest(model):
+    """sha256 (hex, first 32 characters) of a model's weights: each array's dtype, shape and bytes, in order.
+
+    Identical trainings give identical weights and so one digest, where the ``.keras`` files' bytes
+    differ (the zip records when it was written). Evaluation records it so that predict knows
+    whether the model it loads is the one evaluated; fine-tuning, whether a head model saved again
+    is the one its members started from.
+    """
+    digest = hashlib.sha256()
+    for array in model.get_weights():
+        array = np.ascontiguousarray(array)
+        digest.update(f"{array.dtype.str}|{array.shape}|".encode("ascii"))
+        digest.update(array.reshape(-1).view(np.uint8))
+    return digest.hexdigest()[:32]

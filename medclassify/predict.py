@@ -30,8 +30,7 @@ import pandas as pd
 from .atomic import atomic_path, atomic_write_json
 from .errors import InputError, UsageError
 from .inference import IDENTITY, check_finite_probabilities, is_view, mean_probabilities
-from .model_info import model_json_path, read_json_object
-from .workflow_paths import input_path
+from .model_info import model_json_path, read_json_object, weights_digest
 
 BATCH = 256  # images preprocessed and predicted at once; bounds memory on large folders
 # The version of a model.json that records none. Training has recorded the cache's
@@ -173,8 +172,6 @@ def _unless_retrained(decision, model_paths, models, *, ensemble):
     """``decision``, unless a model's weights differ from those its evaluation recorded (it was
     trained again in its run's folder since): then the arg-max for one model, an error for an
     ensemble, as for a model the evaluation did not evaluate."""
-    from .evaluation.run import weights_digest
-
     changed = []
     for path, model in zip(model_paths, models):
         metrics_path = _evaluation_metrics_path(path)
@@ -199,7 +196,7 @@ def _decision_of(metrics, metrics_path, classes, chosen_on):
     """The threshold rule recorded in ``metrics`` (arg-max for several classes or without one)."""
     # Relative inside the working folder, as the ensemble's metrics are usually given: the record
     # then holds no machine's paths.
-    recorded = {**ARGMAX, "source": input_path(metrics_path), "views": _recorded_views(metrics, metrics_path)}
+    recorded = {**ARGMAX, "source": _as_recorded(metrics_path), "views": _recorded_views(metrics, metrics_path)}
     if len(classes) != 2:
         return recorded
     threshold = (metrics.get("threshold") or {}).get("value")
@@ -208,6 +205,13 @@ def _decision_of(metrics, metrics_path, classes, chosen_on):
         return recorded
     return {**recorded, "method": f"threshold ({metrics['threshold'].get('method')}, chosen on {chosen_on})",
             "threshold": float(threshold), "positive": classes.index(positive_class)}
+
+
+def _as_recorded(path):
+    """``path`` as the record names it: relative inside the working folder, where it holds no
+    machine's paths, and absolute outside it."""
+    resolved, cwd = Path(os.path.realpath(path)), Path(os.path.realpath(os.getcwd()))
+    return str(resolved.relative_to(cwd)) if resolved.is_relative_to(cwd) else str(resolved)
 
 
 def _recorded_views(metrics, metrics_path):

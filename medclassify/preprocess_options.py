@@ -38,28 +38,6 @@ def check_preprocess_options(options):
         raise InputError("invalid preprocess options", problems)
 
 
-def intensity_units_problems(preprocess_options, io_options):
-    """What makes a fixed intensity window meaningless: DICOM windowed by io.dicom_window first.
-
-    ``preprocess.intensity: window`` takes modality units (CT: HU). ``io.dicom_window`` other than
-    "none" turns DICOM pixels into [0, 1] before it ("file": those that carry window tags only, so
-    the units differ from file to file), where a window such as 40/400 HU leaves one grey level.
-    """
-    dicom_window = io_options["dicom_window"]
-    if preprocess_options.get("intensity") == "window" and dicom_window != "none":
-        return [f"preprocess.intensity 'window' applies its window to modality units (CT: HU), but io.dicom_window "
-                f"{dicom_window!r} windows DICOM into [0, 1] before it: set io.dicom_window: none (it changes "
-                "no other format), or keep io.dicom_window and use another preprocess.intensity"]
-    return []
-
-
-def check_intensity_units(preprocess_options, io_options):
-    """Raise InputError when :func:`intensity_units_problems` finds any."""
-    problems = intensity_units_problems(preprocess_options, io_options)
-    if problems:
-        raise InputError("invalid preprocess and io options", problems)
-
-
 def _is_percentile_range(value):
     return (isinstance(value, (list, tuple)) and len(value) == 2 and all(isinstance(v, numbers.Real) for v in value)
             and 0 <= value[0] < value[1] <= 100)

@@ -41,7 +41,7 @@ from .errors import InputError
 from .fitting import compile_model, reset_layer_seeds, stage_options
 from .gpu import configure_devices
 from .inference import cache_reader, predict_probabilities
-from .model_info import model_json_beside
+from .model_info import model_json_beside, weights_digest
 from .models import (backbone_of, build_classifier, build_ensemble, set_backbone_inference_mode,
                      set_trainable_blocks)
 from .models.ensemble import MEMBER_PREFIX
@@ -342,10 +342,12 @@ def write_history(path, history, member_column=False):
 
 
 def model_metadata(*, stage, cache, input_shape, train_options, settings, pretrained, zscore, state, n_train, n_val,
-                   in_memory, policy, jit_compile):
+                   in_memory, policy, jit_compile, fold=None, split_rows=None):
     """model.json: everything predict needs besides the model, and what produced it."""
     return {
         "stage": stage,
+        "fold": fold,
+        "split_rows": split_rows,
         "classes": list(cache.classes),
         "params": cache.params,
         "params_hash": _params_hash(cache),
@@ -407,6 +409,18 @@ def check_init_model_fits(init_model, cache):
                          problems + ["train its head stage on this cache again"])
 
 
+def warn_if_init_model_saw_other_rows(init_model, split_rows, fold):
+    """Warn when ``init_model`` was trained on another split of the cache than ``split_rows`` (another
+    fold, or another splits file): its training rows may hold this stage's validation images."""
+    meta = model_json_beside(init_model)
+    if meta.get("split_rows") in (None, split_rows):
+        return
+    warnings.warn(f"{init_model} was trained on another split of the cache (its fold {meta.get('fold')}, this stage's "
+                  f"{fold}, or another splits file): if its training images include this stage's validation images, "
+                  "the validation AUC and the epoch it selects are optimistic; train its head stage on this split",
+                  stacklevel=3)
+
+
 def _params_hash(cache):
     value = getattr(cache, "params_hash", None)
     return value if isinstance(value, str) else config_hash(cache.params)
@@ -458,6 +472,9 @@ def _train_model(stage, cache_path, splits_path, out_dir, *, options, fold=None,
         val_source = ImageSource(cache, indices["val"], in_memory=in_memory)
         train_labels, val_labels = labels[indices["train"]], labels[indices["val"]]
         check_validation_auc_is_defined(val_labels, settings, splits_path, fold)
+        split_rows = {"train": rows_identity(cache, train_source.indices), "val": rows_identity(cache, val_source.indices)}
+        if stage == "finetune" and init_model is not None:
+            warn_if_init_model_saw_other_rows(init_model, split_rows, fold)
         zscore = zscore_statistics(train_source) if cache_intensity(cache.params) == "zscore" else None
         class_counts = np.bincount(train_labels, minlength=n_classes)
 
@@ -469,9 +486,8 @@ def _train_model(stage, cache_path, splits_path, out_dir, *, options, fold=None,
         # a stage killed mid-way and rerun after a fix is not half old code and half new.
         fingerprint = config_hash({"stage": stage, "train": without_loading_options(options)["train"],
                                    "stage_options": settings, "fold": fold,
-                                   "params_hash": _params_hash(cache), "init_model": file_identity(init_model),
-                                   "train_rows": rows_identity(cache, train_source.indices),
-                                   "val_rows": rows_identity(cache, val_source.indices),
+                                   "params_hash": _params_hash(cache), "init_model": model_identity(init_model),
+                                   "train_rows": split_rows["train"], "val_rows": split_rows["val"],
                                    "code": training_code_digest()})
         checkpoint = StageCheckpoint(out_dir)
         state = checkpoint.load_state(fingerprint)
@@ -544,7 +560,7 @@ def _train_model(stage, cache_path, splits_path, out_dir, *, options, fold=None,
         metadata = model_metadata(stage=stage, cache=cache, input_shape=input_shape, train_options=train_options,
                                   settings=settings, pretrained=pretrained, zscore=zscore, state=state,
                                   n_train=len(train_labels), n_val=len(val_labels), in_memory=in_memory, policy=policy,
-                                  jit_compile=bool(model.jit_compile))
+                                  jit_compile=bool(model.jit_compile), fold=fold, split_rows=split_rows)
     _save_keras(model, out_dir / "model.keras")
     write_history(out_dir / "history.csv", state["history"])
     atomic_write_json(out_dir / "model.json", metadata)
@@ -561,8 +577,8 @@ def rows_identity(cache, rows):
 
 
 def file_identity(path):
-    """sha256 of a file's bytes (None for None): a head model trained again restarts fine-tuning;
-    one only touched (``snakemake --touch``) or moved does not."""
+    """sha256 of a file's bytes (None for None): a splits file written again with other rows is
+    another file; one only touched (``snakemake --touch``) or moved is not."""
     if path is None:
         return None
     digest = hashlib.sha256()
@@ -570,6 +586,21 @@ def file_identity(path):
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def model_identity(model_path):
+    """The digest of a saved model's weights (None for None): a head stage saved again with the same
+    weights (a forced rerun) is the same starting point, whose ``.keras`` bytes differ."""
+    if model_path is None:
+        return None
+    stat = Path(model_path).stat()
+    return _model_identity(str(Path(model_path).resolve()), stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=4)
+def _model_identity(path, size, mtime_ns):
+    # Keyed by size and time too: every ensemble member asks, and the file may be written between runs.
+    return weights_digest(keras.models.load_model(path, safe_mode=True, compile=False))
 
 
 def cache_identity(cache_path):
@@ -635,7 +666,7 @@ def member_fingerprint(options, seed, *, fold, init_model, cache_path, splits_pa
     weights, so that saving an untrained head again (a rerun) does not retrain the members."""
     # Less how the images are read (LOADING_TRAIN_OPTIONS): the member's batches are the same.
     return config_hash({"options": member_options(without_loading_options(options), seed), "fold": fold,
-                        "init_model": file_identity(init_model), "cache": cache_identity(cache_path),
+                        "init_model": model_identity(init_model), "cache": cache_identity(cache_path),
                         "splits": file_identity(splits_path), "code": training_code_digest()})
 
 

@@ -2,7 +2,6 @@
 
 import os
 import re
-from pathlib import Path
 
 _RUN = re.compile(r"^(?P<name>[A-Za-z0-9_-]+)(?:/fold_(?P<fold>\d+))?$")
 
@@ -24,15 +23,14 @@ def run_ids(run_names, folds=None):
 
 
 def input_path(path):
-    """``path`` spelled as one rule input: relative inside the working directory, absolute outside
-    it, symlinks resolved; no input (``[]``) for None.
+    """``path`` spelled as one rule input: relative to the working directory, symlinks resolved; no
+    input (``[]``) for None.
 
     Snakemake reruns a job whose set of input paths changed, so two spellings of one file (the
-    config's relative path, the Makefile's absolute one) would rerun it and all that follows.
+    config's relative path, the Makefile's absolute one, a link) would rerun it and all that
+    follows. Relative even outside the working directory (``../data/m.csv``), so that moving or
+    copying the project together with its data, or mounting both elsewhere, reruns nothing.
     """
     if path is None:
         return []
-    resolved = Path(os.path.realpath(path))
-    if resolved.is_relative_to(Path.cwd()):
-        return str(resolved.relative_to(Path.cwd()))
-    return str(resolved)
+    return os.path.relpath(os.path.realpath(path), os.path.realpath(os.getcwd()))

@@ -2,6 +2,7 @@
 
 import json
 import os
+import functools
 import shutil
 import signal
 import subprocess
@@ -817,3 +818,33 @@ def test_a_killed_block_write_is_ignored_and_removed(dataset, tmp_path):
     _, summaries = build(manifest, root, tmp_path / "r")
     assert summaries[0]["decoded"] == len(rows)
     assert [p.name for p in blocks.iterdir()] == list(referenced_blocks(tmp_path / "r" / "cache" / "part-0-of-1.h5"))
+
+
+def test_a_fixed_intensity_window_over_a_dicom_the_reader_windowed_is_refused(tmp_path):
+    # The reader's window put the CT into [0, 1]; the 40/400 HU window then left one grey level.
+    import pydicom
+
+    from medclassify.io import content_hash, read_sample
+    from medclassify.manifest import spacing_text
+
+    root = tmp_path / "data"
+    root.mkdir()
+    shutil.copy(Path(pydicom.__file__).parent / "data" / "test_files" / "CT_small.dcm", root / "ct.dcm")
+    preprocess, io = options(intensity="window", window={"center": 40, "width": 400})
+    for dicom_window, refused in (("ct_lung", True), ("none", False)):
+        io = dict(io, dicom_window=dicom_window)
+        sample = read_sample(root / "ct.dcm", None, io)
+        row = {"sample_id": "ct.dcm", "path": "ct.dcm", "index": "", "label": CLASSES[0], "patient": "p_0",
+               "modality": "CT", "content_hash": content_hash(sample.pixels),
+               "source_spacing": spacing_text(sample.meta["spacing"])}
+        out = tmp_path / dicom_window / "part-0-of-1.h5"
+        build = functools.partial(build_cache_part, write_manifest([row], tmp_path / dicom_window / "m.csv"), root,
+                                  out, preprocess_options=preprocess, io_options=io, classes=CLASSES)
+        if refused:
+            with pytest.raises(InputError, match="windowed_twice") as caught:
+                build()
+            assert "io.dicom_window 'ct_lung' windowed this DICOM" in str(caught.value) and not out.exists()
+        else:
+            build()
+            with h5py.File(out) as f:
+                assert len(np.unique(f["images"][0])) > 10

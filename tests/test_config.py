@@ -63,8 +63,7 @@ def test_fractions_must_sum_to_one():
 def test_dataset_overrides_merge_over_top_level_sections():
     config = load_config(overrides={
         "preprocess": {"size": [32, 32]},
-        "datasets": {"ct": {"manifest": "m.csv", "preprocess": {"intensity": "window", "window": {"center": 40, "width": 400}},
-                            "io": {"dicom_window": "none"}}},
+        "datasets": {"ct": {"manifest": "m.csv", "preprocess": {"intensity": "window", "window": {"center": 40, "width": 400}}}},
     })
     options = dataset_config(config, "ct")
     assert options["preprocess"]["size"] == [32, 32]
@@ -313,30 +312,9 @@ def test_what_a_stage_would_refuse_is_listed_when_the_config_is_read():
             "runs": {"baseline": {}, "other": {"evaluate": {"positive_class": "malignnat"}}}})
     assert error.value.problems == [
         "datasets.demo: preprocess.window: intensity 'window' needs a window {center, width} with width > 0",
-        "datasets.demo: preprocess.intensity 'window' applies its window to modality units (CT: HU), but "
-        "io.dicom_window 'file' windows DICOM into [0, 1] before it: set io.dicom_window: none (it changes no other "
-        "format), or keep io.dicom_window and use another preprocess.intensity",
         "datasets.ct: preprocess.percentiles: [50, 10] must be [low, high] with 0 <= low < high <= 100",
         "runs.other: evaluate.positive_class 'malignnat' is not one of datasets.demo.labels ['benign', 'malignant']",
     ]
-
-
-@pytest.mark.parametrize("dicom_window", ["file", "ct_lung", {"center": 40, "width": 400}])
-def test_a_fixed_intensity_window_over_windowed_dicom_is_refused(dicom_window, tmp_path):
-    # A CT with window tags came out of the reader in [0, 1]; the 40/400 HU window then made it one grey level.
-    window = {"intensity": "window", "window": {"center": 40, "width": 400}}
-    with pytest.raises(InputError, match=r"datasets.ct: preprocess.intensity 'window' .* io.dicom_window"):
-        load_config(overrides={"datasets": {"ct": {"manifest": "m.csv", "preprocess": window,
-                                                   "io": {"dicom_window": dicom_window}}}})
-    load_config(overrides={"datasets": {"ct": {"manifest": "m.csv", "preprocess": window,
-                                               "io": {"dicom_window": "none"}}}})
-    from medclassify.cache import build_cache_part
-
-    with pytest.raises(InputError, match="io.dicom_window"):  # medclassify preprocess, without the workflow's config
-        build_cache_part(tmp_path / "none.csv", tmp_path, tmp_path / "part.h5",
-                         preprocess_options={**load_config()["preprocess"], **window},
-                         io_options={**load_config()["io"], "dicom_window": dicom_window}, classes=["a"])
-    assert not (tmp_path / "part.h5").exists()
 
 
 def test_scientific_notation_without_a_dot_is_a_number(tmp_path):

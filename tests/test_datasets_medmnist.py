@@ -4,6 +4,7 @@ import hashlib
 import re
 import urllib.error
 import urllib.request
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -134,7 +135,20 @@ def test_a_damaged_or_pickled_array_inside_the_npz_is_named(tmp_path):
     data = bytearray(damaged.read_bytes())
     data[len(data) // 3] ^= 0xFF  # inside an array: the zip's CRC no longer matches
     damaged.write_bytes(bytes(data))
-    for path in (pickled, damaged):
+    # As the official files are written: compressed, where damage breaks the deflate stream.
+    arrays = dict(np.load(_write_npz(tmp_path / "plain.npz")))
+    arrays["val_images"] = np.random.default_rng(1).integers(0, 256, (300, 28, 28), dtype=np.uint8)
+    arrays["val_labels"] = np.zeros(300, np.uint8)
+    np.savez_compressed(tmp_path / "deflated.npz", **arrays)
+    deflated = tmp_path / "deflated.npz"
+    with zipfile.ZipFile(deflated) as archive:
+        member = archive.getinfo("val_images.npy")
+    start = member.header_offset + 30 + len(member.filename) + len(member.extra)  # the deflate stream's start
+    data = bytearray(deflated.read_bytes())
+    for k in range(start, start + 60):
+        data[k] ^= 0xFF
+    deflated.write_bytes(bytes(data))
+    for path in (pickled, damaged, deflated):
         with pytest.raises(InputError, match=f"{path.name} is not a valid breastmnist file") as error:
             import_medmnist("breastmnist", tmp_path / "out", npz=path)
         assert any("cannot be read" in problem for problem in error.value.problems)

@@ -494,6 +494,30 @@ def test_fine_tuning_refuses_a_head_model_of_another_cache(untrained_head, tmp_p
     assert not (tmp_path / "out" / "model.keras").exists()
 
 
+def test_fine_tuning_from_a_head_trained_on_another_split_warns(untrained_head, tiny_cache, tmp_path):
+    # By hand, fold 0 fine-tuned from fold 1's head (which trained on fold 0's images) said nothing.
+    cache_path, splits_path = tiny_cache
+    options = tiny_options()
+    options["finetune"]["epochs"] = 1
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*another split")  # the head's own split: no warning
+        train_stage("finetune", cache_path, splits_path, tmp_path / "same", options=options, init_model=untrained_head,
+                    threads=1)
+    splits = pd.read_csv(splits_path, dtype=str, keep_default_na=False)
+    first_train, first_val = splits.index[splits["split"] == "train"][0], splits.index[splits["split"] == "val"][0]
+    splits.loc[[first_train, first_val], "split"] = ["val", "train"]
+    other = tmp_path / "other_splits.csv"
+    splits.to_csv(other, index=False)
+    # Recorded by hand: pytest.warns would also catch, and then repeat, TensorFlow's deprecation noise.
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.filterwarnings("always", message=".*another split")
+        train_stage("finetune", cache_path, other, tmp_path / "other", options=options, init_model=untrained_head,
+                    threads=1)
+    assert [w for w in caught if "was trained on another split of the cache" in str(w.message)]
+    recorded = json.loads((tmp_path / "same" / "model.json").read_text())
+    assert recorded["fold"] is None and set(recorded["split_rows"]) == {"train", "val"}
+
+
 def test_a_validation_split_of_one_class_refuses_early_stopping_and_warns_of_best_auc(tiny_cache, tmp_path):
     from medclassify.errors import InputError
 
@@ -588,6 +612,25 @@ def test_a_touched_or_rebuilt_cache_is_the_same_data_to_an_ensemble_member(tiny_
     assert fingerprint() == before
     Path(copies[1]).write_text(Path(copies[1]).read_text().replace("train", "val", 1))
     assert fingerprint() != before
+
+
+def test_a_head_model_saved_again_with_the_same_weights_is_the_same_start_for_a_member(tiny_cache, tmp_path):
+    # Its .keras bytes differ between two saves, which retrained every member after a forced head rerun.
+    from medclassify.training import member_fingerprint
+
+    cache_path, splits_path = tiny_cache
+    model = _compiled_model(filters=2)
+    paths = [tmp_path / "first" / "model.keras", tmp_path / "again" / "model.keras"]
+    for path in paths:
+        path.parent.mkdir()
+        model.save(path)
+    _compiled_model(filters=2).save(tmp_path / "other.keras")  # other weights
+
+    def fingerprint(head):
+        return member_fingerprint(tiny_options(), 7, fold=None, init_model=head, cache_path=cache_path,
+                                  splits_path=splits_path)
+
+    assert fingerprint(paths[0]) == fingerprint(paths[1]) != fingerprint(tmp_path / "other.keras")
 
 
 def test_an_ensemble_member_does_not_depend_on_how_images_are_read(tiny_cache):

@@ -22,6 +22,7 @@ import urllib.error
 import urllib.request
 import warnings
 import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -120,7 +121,7 @@ def read_medmnist_npz(path, name, size):
     problems = []
     try:
         data = np.load(path, allow_pickle=False)
-    except (OSError, ValueError, zipfile.BadZipFile) as error:
+    except (OSError, EOFError, ValueError, zipfile.BadZipFile, zlib.error) as error:
         raise InputError(f"{path}: not a readable .npz file", [str(error)]) from None
     with data:
         arrays = {}
@@ -132,7 +133,7 @@ def read_medmnist_npz(path, name, size):
                 continue
             try:  # np.load reads each array when it is first asked for
                 images, labels = data[image_key], data[label_key]
-            except (OSError, ValueError, zipfile.BadZipFile) as error:
+            except (OSError, EOFError, ValueError, zipfile.BadZipFile, zlib.error) as error:
                 problems.append(f"{path}: {image_key} or {label_key} cannot be read ({error})")
                 continue
             expected = (size, size) if info["channels"] == 1 else (size, size, 3)

@@ -1,6 +1,5 @@
 """The evaluate stage: predictions on val and test, threshold from val, metrics and plots on test."""
 
-import hashlib
 import warnings
 from pathlib import Path
 
@@ -11,7 +10,7 @@ from ..atomic import atomic_path, atomic_write_json
 from ..errors import InputError
 from ..inference import (FLIPS, IDENTITY, affine_views, cache_reader, check_finite_probabilities,
                          predict_probabilities)
-from ..model_info import model_json_beside
+from ..model_info import model_json_beside, weights_digest
 from ..splits import read_splits_file, split_sample_ids
 from . import plots
 from .bootstrap import bootstrap_ci, bootstrap_indices
@@ -32,21 +31,6 @@ def read_history(path):
         return pd.read_csv(path)
     except pd.errors.EmptyDataError:
         return pd.DataFrame()
-
-
-def weights_digest(model):
-    """sha256 (hex, first 32 characters) of a model's weights: each array's dtype, shape and bytes, in order.
-
-    Identical trainings give identical weights and so one digest, where the ``.keras`` files' bytes
-    differ (the zip records when it was written). Evaluation records it so that predict knows
-    whether the model it loads is the one evaluated, and not one retrained in its place.
-    """
-    digest = hashlib.sha256()
-    for array in model.get_weights():
-        array = np.ascontiguousarray(array)
-        digest.update(f"{array.dtype.str}|{array.shape}|".encode("ascii"))
-        digest.update(array.reshape(-1).view(np.uint8))
-    return digest.hexdigest()[:32]
 
 
 def load_model(model_path):

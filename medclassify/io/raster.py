@@ -106,6 +106,10 @@ def _bits_of(array):
     return array.dtype.itemsize * 8
 
 
+# TIFF ExtraSamples codes of an alpha channel: associated (premultiplied) and unassociated.
+_ALPHA_SAMPLES = (1, 2)
+
+
 def read_tiff(source, max_pixels):
     """Decode the first page of a TIFF file (a path, or a binary file); return (array (H, W[, C]), meta).
 
@@ -128,6 +132,7 @@ def read_tiff(source, max_pixels):
             bits = int(page.bitspersample)
             photometric = page.photometric.name.lower() if page.photometric is not None else None
             colormap = page.colormap
+            extrasamples = tuple(int(code) for code in page.extrasamples)
     except ReadError:
         raise
     except Exception as error:  # tifffile raises many types (TiffFileError, ValueError, …)
@@ -139,6 +144,12 @@ def read_tiff(source, max_pixels):
     array = np.squeeze(array) if array.ndim > 3 else array
     if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[2] > 4):
         raise ReadError("unsupported_image", f"TIFF page of shape {array.shape} (axes {axes}) is not a 2D image")
+    if array.ndim == 3 and array.shape[2] in (2, 4) and (not extrasamples or extrasamples[-1] not in _ALPHA_SAMPLES):
+        # The channel policy drops a 2nd or 4th channel as alpha; this one is data (ExtraSamples
+        # "unspecified"), e.g. a second energy or sequence, which would be lost without a word.
+        raise ReadError("unsupported_image", f"TIFF of {array.shape[2]} samples per pixel whose last is not alpha "
+                                             f"(ExtraSamples {list(extrasamples)}); an image has 1 (grey) or 3 (RGB) "
+                                             "channels, with an optional alpha: save one channel, or three, per file")
     if array.dtype == bool:
         array, photometric = bilevel_as_grey(array, inverted=photometric == "miniswhite"), "grey"
     elif array.dtype.kind not in "uif":
