@@ -12,6 +12,10 @@ from ..errors import InputError
 
 SIZES = (28, 64, 128, 224)
 
+# The three OrganMNIST sets are one CT collection cut along three axes: the same 11 organs.
+_ORGAN_LABELS = ["bladder", "femur-left", "femur-right", "heart", "kidney-left", "kidney-right", "liver",
+                 "lung-left", "lung-right", "pancreas", "spleen"]
+
 # name: modality written to the manifest, channels, task, official label names, n_samples, and
 # the published MD5 per image size (MedMNIST v3.0.2 medmnist/info.py).
 DATASETS = {
@@ -91,24 +95,21 @@ DATASETS = {
     },
     "organamnist": {
         "modality": "CT", "channels": 1, "task": "multi-class",
-        "labels": ["bladder", "femur-left", "femur-right", "heart", "kidney-left", "kidney-right", "liver",
-                   "lung-left", "lung-right", "pancreas", "spleen"],
+        "labels": _ORGAN_LABELS,
         "n_samples": {"train": 34561, "val": 6491, "test": 17778},
         "md5": {28: "68e3f8846a6bd62f0c9bf841c0d9eacc", 64: "2dcccc29b88e6da5a01161ef20cda288",
                 128: "eeae80d0a227a8d099027e1b3cfd3b60", 224: "50747347e05c87dd3aaf92c49f9f3170"},
     },
     "organcmnist": {
         "modality": "CT", "channels": 1, "task": "multi-class",
-        "labels": ["bladder", "femur-left", "femur-right", "heart", "kidney-left", "kidney-right", "liver",
-                   "lung-left", "lung-right", "pancreas", "spleen"],
+        "labels": _ORGAN_LABELS,
         "n_samples": {"train": 12975, "val": 2392, "test": 8216},
         "md5": {28: "b9ceb9546e10131b32923c5bbeaea2b1", 64: "3ce34a8724ea6f548e6db4744d03b6a9",
                 128: "773c1f009daa3fe5d9a2a201b2a7ed94", 224: "050f5e875dc056f6768abf94ec9995d1"},
     },
     "organsmnist": {
         "modality": "CT", "channels": 1, "task": "multi-class",
-        "labels": ["bladder", "femur-left", "femur-right", "heart", "kidney-left", "kidney-right", "liver",
-                   "lung-left", "lung-right", "pancreas", "spleen"],
+        "labels": _ORGAN_LABELS,
         "n_samples": {"train": 13932, "val": 2452, "test": 8827},
         "md5": {28: "9ab87b696fb54e2a387ebe992d6ed5f1", 64: "53a6d115339d874c25e309a994ff46d3",
                 128: "ded0c5fa01a95dc4978b956f613e9b8e", 224: "b354719e553fbbb2513d5533f52a4cb1"},
