@@ -104,7 +104,8 @@ from .atomic import atomic_path, atomic_write_json
 from .config import config_hash
 from .errors import InputError
 from .preprocess_options import check_preprocess_options
-from .preprocessing import PREPROCESSING_VERSION, from_storage, preprocess_image, to_storage
+from .preprocessing import (PREPROCESSING_VERSION, from_storage, intensity_input_problem, preprocess_image,
+                            to_storage)
 
 # Format 2: the part digest covers every row's label, patient and modality too. Format 3: it
 # covers the class list too. A file of an older format is refused with "rerun the preprocess
@@ -285,12 +286,9 @@ def _decode_batch(job, items):
                 problems.append((position, rel_path, "content_changed",
                                  "the image differs from the one validated (content hash); rerun validation"))
                 continue
-            if preprocess_options["intensity"] == "window" and sample.meta.get("window") is not None:
-                # In [0, 1] already, where a window in modality units (40/400 HU) leaves one grey level.
-                problems.append((position, rel_path, "windowed_twice",
-                                 f"io.dicom_window {io_options['dicom_window']!r} windowed this DICOM into [0, 1] "
-                                 "before preprocess.intensity 'window', which takes modality units (CT: HU): set "
-                                 "io.dicom_window: none, or use another preprocess.intensity"))
+            unfit = intensity_input_problem(pixels, sample.meta, preprocess_options, io_options)
+            if unfit:
+                problems.append((position, rel_path, *unfit))
                 continue
             image = preprocess_image(pixels, preprocess_options)
             if image.shape != shape:

@@ -348,10 +348,13 @@ def _manifest_row_problem(record):
 
 def _read_preprocessed(path, index, info, storage_dtype):
     """The sample's preprocessed image and its reader's ``meta``."""
-    from .io import read_sample
-    from .preprocessing import from_storage, preprocess_image, to_storage
+    from .io import ReadError, read_sample
+    from .preprocessing import from_storage, intensity_input_problem, preprocess_image, to_storage
 
     sample = read_sample(path, index, info["io"])
+    unfit = intensity_input_problem(sample.pixels, sample.meta, info["preprocess"], info["io"])
+    if unfit:  # refused in training too: the model never saw such an image
+        raise ReadError(*unfit)
     image = preprocess_image(sample.pixels, info["preprocess"])
     # The cache stores images as uint8 or float16; quantise the same way so that the model
     # sees exactly the values it was trained on.

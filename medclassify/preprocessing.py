@@ -41,6 +41,9 @@ from .preprocess_options import check_preprocess_options
 # predict on the new ones.
 PREPROCESSING_VERSION = 2
 
+# How far beyond [0, 1] intensity "none" lets floating-point pixels go (clipped) before refusing them.
+NONE_TOLERANCE = 0.01
+
 # Pillow filters for the configured names. "area" is box averaging, the anti-aliased choice for
 # downsampling.
 RESAMPLING = {
@@ -73,6 +76,39 @@ def preprocess_image(pixels, preprocess_options):
     shaped = apply_aspect(clipped, height / width, preprocess_options["aspect"])
     resized = resize_image(shaped, (height, width), preprocess_options["resize"])
     return _rescale(resized, low, high)
+
+
+def intensity_input_problem(pixels, meta, preprocess_options, io_options):
+    """``(code, message)`` when the configured intensity mode cannot take these pixels; else None.
+
+    A fixed window takes modality units (CT: HU), so a DICOM that ``io.dicom_window`` windowed
+    into [0, 1] first would come out one grey level (``windowed_twice``). ``none`` takes floats
+    as already in [0, 1] and integers from 0 up, so it would clip HU, scanner units or negative
+    values away (``outside_intensity_range``). Both cases are a silent loss, so they are refused.
+    """
+    mode = preprocess_options["intensity"]
+    if mode == "window" and meta.get("window") is not None:
+        return "windowed_twice", (
+            f"io.dicom_window {io_options['dicom_window']!r} windowed this DICOM into [0, 1] before "
+            "preprocess.intensity 'window', which takes modality units (CT: HU): set io.dicom_window: none, "
+            "or use another preprocess.intensity")
+    if mode != "none":
+        return None
+    values = np.asarray(pixels)
+    if np.issubdtype(values.dtype, np.floating):
+        finite = values[np.isfinite(values)]
+        low, high = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 0.0)
+        # A hair beyond [0, 1] (interpolation, float rounding) is clipped harmlessly.
+        if low < -NONE_TOLERANCE or high > 1 + NONE_TOLERANCE:
+            return "outside_intensity_range", (
+                f"preprocess.intensity 'none' takes floating-point pixels as already in [0, 1]; these span "
+                f"{low:g} to {high:g} (modality or scanner units?), which it would clip: use minmax, percentile "
+                "or window (or io.dicom_window for DICOM)")
+    elif np.issubdtype(values.dtype, np.signedinteger) and values.size and int(values.min()) < 0:
+        return "outside_intensity_range", (
+            f"preprocess.intensity 'none' scales integers from 0 to their type's maximum; these reach "
+            f"{int(values.min())}, which it would clip to 0: use minmax, percentile or window")
+    return None
 
 
 def _as_hwc(pixels):

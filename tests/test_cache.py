@@ -848,3 +848,32 @@ def test_a_fixed_intensity_window_over_a_dicom_the_reader_windowed_is_refused(tm
             build()
             with h5py.File(out) as f:
                 assert len(np.unique(f["images"][0])) > 10
+
+
+def test_intensity_none_refuses_pixels_it_would_clip(tmp_path):
+    # "none" takes floats as in [0, 1]: a NIfTI in scanner units came out almost all 0 or 1.
+    import nibabel as nib
+
+    from medclassify.io import content_hash, read_sample
+    from medclassify.manifest import spacing_text
+
+    root = tmp_path / "data"
+    root.mkdir()
+    rng = np.random.default_rng(0)
+    volumes = {"units.nii": rng.uniform(0, 800, (20, 20, 1)), "scaled.nii": rng.uniform(0, 1, (20, 20, 1)),
+               "hair.nii": rng.uniform(-0.005, 1.005, (20, 20, 1))}
+    preprocess, io = options(intensity="none")
+    rows = []
+    for name, volume in volumes.items():
+        nib.save(nib.Nifti1Image(volume.astype(np.float32), np.eye(4)), root / name)
+        sample = read_sample(root / name, None, io)
+        rows.append({"sample_id": name, "path": name, "index": "", "label": CLASSES[len(rows) % 2],
+                     "patient": f"p_{len(rows)}", "modality": "MR", "content_hash": content_hash(sample.pixels),
+                     "source_spacing": spacing_text(sample.meta["spacing"])})
+    with pytest.raises(InputError, match="1 image") as caught:
+        build_cache_part(write_manifest(rows, tmp_path / "m.csv"), root, tmp_path / "part.h5",
+                         preprocess_options=preprocess, io_options=io, classes=CLASSES)
+    [problem] = caught.value.problems
+    assert "row 1 (units.nii): outside_intensity_range" in problem and "span 0" in problem
+    build_cache_part(write_manifest(rows[1:], tmp_path / "m2.csv"), root, tmp_path / "part2.h5",
+                     preprocess_options=preprocess, io_options=io, classes=CLASSES)

@@ -552,3 +552,18 @@ def test_a_folder_reached_through_two_links_is_listed_under_the_first_in_name_or
         (folder / name).symlink_to(outside)
     entries, _ = folder_entries(folder)
     assert [p.relative_to(folder).as_posix() for p in entries] == ["a_link/b.png"]
+
+
+def test_an_image_the_training_would_have_refused_for_its_intensity_gets_an_error_row(saved_run, tmp_path):
+    # Under intensity "none" a NIfTI in scanner units was clipped to 0 and 1 and predicted anyway.
+    import nibabel as nib
+
+    _, model_path, images, _ = saved_run
+    model = _copy_of_model(model_path, tmp_path, params=lambda params: {
+        **params, "preprocess": {**params["preprocess"], "intensity": "none"}})
+    rng = np.random.default_rng(0)
+    nib.save(nib.Nifti1Image(rng.uniform(0, 800, (20, 20, 1)).astype(np.float32), np.eye(4)), tmp_path / "units.nii")
+    with pytest.warns(UserWarning, match="1 of 2 inputs could not be predicted"):
+        table = predict_files(model, [tmp_path / "units.nii", images / "img0.png"], tmp_path / "p.csv")
+    assert list(table["status"]) == ["error", "ok"]
+    assert table["error"].iloc[0].startswith("outside_intensity_range: preprocess.intensity 'none'")
