@@ -415,10 +415,11 @@ def warn_if_init_model_saw_other_rows(init_model, split_rows, fold):
     meta = model_json_beside(init_model)
     if meta.get("split_rows") in (None, split_rows):
         return
-    warnings.warn(f"{init_model} was trained on another split of the cache (its fold {meta.get('fold')}, this stage's "
-                  f"{fold}, or another splits file): if its training images include this stage's validation images, "
-                  "the validation AUC and the epoch it selects are optimistic; train its head stage on this split",
-                  stacklevel=3)
+    other = (f"fold {meta.get('fold')}, where this stage trains fold {fold}" if meta.get("fold") != fold
+             else "another splits file")
+    warnings.warn(f"{init_model} was trained on another split of the cache ({other}): if its training images "
+                  "include this stage's validation images, the validation AUC and the epoch it selects are "
+                  "optimistic; train its head stage on this split", stacklevel=3)
 
 
 def _params_hash(cache):
@@ -594,12 +595,15 @@ def model_identity(model_path):
     if model_path is None:
         return None
     stat = Path(model_path).stat()
-    return _model_identity(str(Path(model_path).resolve()), stat.st_size, stat.st_mtime_ns)
+    return _model_identity(str(Path(model_path).resolve()), stat.st_size, stat.st_mtime_ns, stat.st_ino,
+                           stat.st_ctime_ns)
 
 
 @functools.lru_cache(maxsize=4)
-def _model_identity(path, size, mtime_ns):
-    # Keyed by size and time too: every ensemble member asks, and the file may be written between runs.
+def _model_identity(path, *file_state):
+    # Every ensemble member asks. Keyed by the file's size, times and inode too, as it may be written
+    # again in between: a .keras zip of the same model keeps its size, and cp -p keeps the mtime,
+    # but a new file or a rename changes the inode or ctime.
     return weights_digest(keras.models.load_model(path, safe_mode=True, compile=False))
 
 

@@ -23,14 +23,19 @@ def run_ids(run_names, folds=None):
 
 
 def input_path(path):
-    """``path`` spelled as one rule input: relative to the working directory, symlinks resolved; no
-    input (``[]``) for None.
+    """``path`` spelled as one rule input, symlinks resolved; no input (``[]``) for None.
 
-    Snakemake reruns a job whose set of input paths changed, so two spellings of one file (the
-    config's relative path, the Makefile's absolute one, a link) would rerun it and all that
-    follows. Relative even outside the working directory (``../data/m.csv``), so that moving or
-    copying the project together with its data, or mounting both elsewhere, reruns nothing.
+    Snakemake reruns a job whose set of input paths changed, so two spellings of one file would
+    rerun it and all that follows. Inside the working directory the path is relative to it (the
+    config's ``data/m.csv``, the Makefile's absolute path and ``./data/m.csv`` are one input).
+    Outside it the path keeps the kind the user gave: ``../data/m.csv`` stays relative, so that
+    moving the project together with its data reruns nothing, and ``/data/m.csv`` stays absolute,
+    so that moving the project away from data that stays put reruns nothing either.
     """
     if path is None:
         return []
-    return os.path.relpath(os.path.realpath(path), os.path.realpath(os.getcwd()))
+    resolved, cwd = os.path.realpath(path), os.path.realpath(os.getcwd())
+    inside = resolved == cwd or resolved.startswith(cwd.rstrip(os.sep) + os.sep)
+    if os.path.isabs(path) and not inside:
+        return resolved
+    return os.path.relpath(resolved, cwd)

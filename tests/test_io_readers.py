@@ -371,16 +371,25 @@ def test_npy_of_two_or_four_channels_is_refused_not_cut_to_one_or_three(tmp_path
     assert error.value.code == "unsupported_image" and f"has {channels} channels" in error.value.message
 
 
-@pytest.mark.parametrize("photometric, channels", [("minisblack", 2), ("rgb", 4)])
-def test_a_tiff_whose_extra_sample_is_data_is_refused_and_one_whose_is_alpha_is_not(tmp_path, photometric, channels):
-    # An extra sample marked "unspecified" is data: the channel policy dropped it as alpha.
-    pixels = RNG.integers(0, 65536, (16, 16, channels)).astype(np.uint16)
-    tifffile.imwrite(tmp_path / "data.tif", pixels, photometric=photometric, planarconfig="contig", extrasamples=[0])
+def test_a_grey_tiff_whose_second_sample_is_data_is_refused_and_one_whose_is_alpha_is_not(tmp_path):
+    # A second sample marked "unspecified" is data: the channel policy dropped it as alpha.
+    pixels = RNG.integers(0, 65536, (16, 16, 2)).astype(np.uint16)
+    tifffile.imwrite(tmp_path / "data.tif", pixels, photometric="minisblack", planarconfig="contig", extrasamples=[0])
     with pytest.raises(ReadError) as error:
         read_sample(tmp_path / "data.tif")
-    assert error.value.code == "unsupported_image" and "whose last is not alpha" in error.value.message
-    tifffile.imwrite(tmp_path / "alpha.tif", pixels, photometric=photometric, planarconfig="contig", extrasamples=[2])
-    np.testing.assert_array_equal(read_sample(tmp_path / "alpha.tif").pixels, pixels[:, :, :channels - 1])
+    assert error.value.code == "unsupported_image" and "second sample that is not alpha" in error.value.message
+    tifffile.imwrite(tmp_path / "alpha.tif", pixels, photometric="minisblack", planarconfig="contig", extrasamples=[2])
+    np.testing.assert_array_equal(read_sample(tmp_path / "alpha.tif").pixels, pixels[:, :, :1])
+
+
+def test_rgbx_padding_is_dropped_and_cmyk_is_refused(tmp_path):
+    rgb = RNG.integers(0, 256, (12, 10, 3), dtype=np.uint8)
+    Image.fromarray(rgb).convert("RGBX").save(tmp_path / "rgbx.tif")  # ExtraSamples "unspecified": padding
+    np.testing.assert_array_equal(read_sample(tmp_path / "rgbx.tif").pixels, rgb)
+    Image.fromarray(rgb).convert("CMYK").save(tmp_path / "cmyk.tif")
+    with pytest.raises(ReadError) as error:
+        read_sample(tmp_path / "cmyk.tif")
+    assert error.value.code == "unsupported_image" and "CMYK" in error.value.message
 
 
 @pytest.mark.parametrize("compression", ["tiff_lzw", "jpeg", "group4", "tiff_adobe_deflate", "packbits"])

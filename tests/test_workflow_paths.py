@@ -21,16 +21,19 @@ def test_input_path_gives_one_spelling_per_file(tmp_path, monkeypatch):
 
     # The config's relative spelling and the Makefile's absolute one name the same input.
     assert input_path("data/x.npz") == input_path(str(workdir / "data/x.npz")) == "data/x.npz"
-    assert input_path("../shared.npz") == input_path("data/link.npz") == input_path(str(outside)) == "../shared.npz"
+    assert input_path("../shared.npz") == input_path("data/link.npz") == "../shared.npz"
+    assert input_path(str(outside)) == str(outside.resolve())  # absolute outside: the user's kind of path
     assert input_path(None) == []
 
 
 def test_input_path_outside_the_project_survives_moving_both(tmp_path, monkeypatch):
     # ../data/m.csv became absolute: moving the project and its data reran every stage.
+    # And /shared/m.csv, written absolute, stays one input when only the project moves.
+    (tmp_path / "shared").mkdir()
     spellings = []
-    for place in ("before", "after"):
+    for place in ("before", "after/deeper"):
         (tmp_path / place / "repo").mkdir(parents=True)
         (tmp_path / place / "data").mkdir()
         monkeypatch.chdir(tmp_path / place / "repo")
-        spellings.append(input_path("../data/m.csv"))
-    assert spellings == ["../data/m.csv", "../data/m.csv"]
+        spellings.append((input_path("../data/m.csv"), input_path(str(tmp_path / "shared" / "m.csv"))))
+    assert spellings[0] == spellings[1] == ("../data/m.csv", str((tmp_path / "shared" / "m.csv").resolve()))

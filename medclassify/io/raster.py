@@ -144,12 +144,15 @@ def read_tiff(source, max_pixels):
     array = np.squeeze(array) if array.ndim > 3 else array
     if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[2] > 4):
         raise ReadError("unsupported_image", f"TIFF page of shape {array.shape} (axes {axes}) is not a 2D image")
-    if array.ndim == 3 and array.shape[2] in (2, 4) and (not extrasamples or extrasamples[-1] not in _ALPHA_SAMPLES):
-        # The channel policy drops a 2nd or 4th channel as alpha; this one is data (ExtraSamples
-        # "unspecified"), e.g. a second energy or sequence, which would be lost without a word.
-        raise ReadError("unsupported_image", f"TIFF of {array.shape[2]} samples per pixel whose last is not alpha "
-                                             f"(ExtraSamples {list(extrasamples)}); an image has 1 (grey) or 3 (RGB) "
-                                             "channels, with an optional alpha: save one channel, or three, per file")
+    if array.ndim == 3 and photometric == "separated":
+        raise ReadError("unsupported_image", f"CMYK (separated) TIFF of {array.shape[2]} inks: convert it to RGB or grey")
+    if array.ndim == 3 and array.shape[2] == 2 and (not extrasamples or extrasamples[-1] not in _ALPHA_SAMPLES):
+        # The channel policy drops a grey image's 2nd channel as alpha; this one is data (ExtraSamples
+        # "unspecified"), e.g. a second energy or sequence, which would be lost without a word. (An
+        # RGB image's unspecified 4th sample is padding, RGBX, which libtiff and Pillow drop too.)
+        raise ReadError("unsupported_image", f"grey TIFF with a second sample that is not alpha (ExtraSamples "
+                                             f"{list(extrasamples)}): an image has 1 (grey) or 3 (RGB) channels, with "
+                                             "an optional alpha: save one channel per file")
     if array.dtype == bool:
         array, photometric = bilevel_as_grey(array, inverted=photometric == "miniswhite"), "grey"
     elif array.dtype.kind not in "uif":
