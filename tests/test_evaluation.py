@@ -208,6 +208,39 @@ def test_compare_runs_writes_table_markdown_and_plot(binary_run, tmp_path):
     assert pd.read_csv(tmp_path / "runs.csv").shape[0] == 2
 
 
+def test_compare_names_the_confidence_level_and_marks_intervals_of_a_single_patient_class(binary_run, tmp_path):
+    # A 90% run sat beside 95% ones under one "AUC (CI)" header; a one-patient class gave 0.548 (0.548–0.548).
+    _, out, metrics = binary_run
+    paths = []
+    for run, confidence, reliable in (("a", 0.95, True), ("b", 0.95, False), ("c", 0.9, True)):
+        path = tmp_path / "results" / "demo" / run / "evaluation" / "metrics.json"
+        path.parent.mkdir(parents=True)
+        path.write_text(json.dumps(dict(metrics, ci_info=dict(metrics["ci_info"], confidence=confidence,
+                                                              reliable=reliable))))
+        paths.append(path)
+    compare_runs(paths[:2], tmp_path / "same.csv", tmp_path / "same.md", tmp_path / "same.png")
+    same = (tmp_path / "same.md").read_text()
+    assert "| AUC (95% CI) |" in same and "| b* |" in same and "too narrow" in same
+    compare_runs(paths, tmp_path / "mixed.csv", tmp_path / "mixed.md", tmp_path / "mixed.png")
+    mixed = (tmp_path / "mixed.md").read_text()
+    assert "| AUC (CI) |" in mixed and "(90%: " in mixed and "(95%: " in mixed and "different confidence levels" in mixed
+    assert list(pd.read_csv(tmp_path / "mixed.csv")["ci_level"]) == [0.95, 0.95, 0.9]
+
+
+def test_a_resample_lacking_a_class_leaves_the_macro_sensitivity_undefined():
+    # Classes 0 and 1 from ten patients each, always right; class 2 from one patient, always wrong:
+    # every resample holding all three classes gives 2/3, yet the interval reached 1.0.
+    from medclassify.evaluation.run import confidence_intervals
+
+    y_true = np.repeat([0, 1, 2], [20, 20, 2])
+    patients = np.r_[np.repeat(np.arange(10), 2), np.repeat(np.arange(10, 20), 2), [20, 20]]
+    y_pred = np.where(y_true == 2, 0, y_true)
+    prob = np.eye(3)[y_pred].astype(float)
+    ci, info = confidence_intervals(y_true, prob, y_pred, patients, 3, None, _options(bootstrap=300)["evaluate"])
+    assert ci["sensitivity"] == [pytest.approx(2 / 3), pytest.approx(2 / 3)]
+    assert info["class_patients"] == [10, 10, 1] and info["reliable"] is False
+
+
 def test_gradcam_reaches_into_the_workflows_wrapped_backbone(tmp_path):
     """The training stage wraps its backbone in a keras Wrapper layer (BackboneRunner)."""
     heads = pytest.importorskip("medclassify.models.heads")

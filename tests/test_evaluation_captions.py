@@ -64,13 +64,29 @@ def test_workflow_description_gives_each_run_its_own_evaluate_settings():
 
 
 @pytest.mark.parametrize("finetune, kept, val_note", [
-    ({}, "its last epoch", "threshold was chosen there"),
-    ({"select_epoch": "best_auc"}, "the best validation AUC", "threshold and the epoch kept were chosen there"),
-    ({"select_epoch": "lowest_val_loss"}, "the lowest validation loss", "the epoch kept were chosen there"),
-    ({"early_stopping_patience": 5}, "its last epoch", "threshold and the epoch kept were chosen there"),
+    ({}, "its last epoch", "for two classes the threshold was chosen there; with more, the arg-max decides"),
+    ({"select_epoch": "best_auc"}, "the best validation AUC", "the epoch kept, and for two classes the threshold, were"),
+    ({"select_epoch": "lowest_val_loss"}, "the lowest validation loss", "the epoch kept, and for two classes"),
+    ({"early_stopping_patience": 5}, "its last epoch", "the epoch kept, and for two classes the threshold, were"),
 ])
 def test_captions_describe_the_epoch_that_fine_tuning_keeps(finetune, kept, val_note):
     # The default keeps the last epoch: the captions once said the best validation AUC's, always.
     plain = lambda html: " ".join(re.sub("<[^>]+>", "", html).split())  # noqa: E731
     assert kept in plain(_render("training_curves", _snakemake(**finetune))["body"])
     assert val_note in plain(_render("metrics", _snakemake(**finetune))["body"])
+
+
+@pytest.mark.parametrize("confidence, bootstrap, says", [(0.975, 1000, "97.5% percentile"), (0.95, 0, "none"),
+                                                         (0.9, 200, "90% percentile")])
+def test_metrics_and_roc_captions_give_the_level_as_configured_and_no_intervals_without_resamples(
+        confidence, bootstrap, says):
+    # 0.975 was printed as 98%, and bootstrap 0 as "from 0 bootstrap resamples".
+    config = load_config(overrides={"evaluate": {"confidence": confidence, "bootstrap": bootstrap}})
+    run_options = run_config(config, "baseline")
+    snakemake = SimpleNamespace(config=config, wildcards=SimpleNamespace(dataset="demo", run="baseline"),
+                                params=SimpleNamespace(options={"evaluate": run_options["evaluate"]},
+                                                       run_options=run_options))
+    metrics = " ".join(re.sub("<[^>]+>", "", _render("metrics", snakemake)["body"]).split())
+    roc = " ".join(re.sub("<[^>]+>", "", _render("roc", snakemake)["body"]).split())
+    assert says in metrics and "from 0 bootstrap" not in metrics + roc
+    assert ("no band" in roc) == (bootstrap == 0)

@@ -64,6 +64,9 @@ def runs_table(metrics_paths):
             if ci_key is not None:
                 low, high = (ci.get(ci_key) or [None, None])
                 row[f"{column}_low"], row[f"{column}_high"] = low, high
+        ci_info = metrics.get("ci_info") or {}
+        row["ci_level"] = ci_info.get("confidence")
+        row["ci_reliable"] = ci_info.get("reliable")
         threshold = metrics.get("threshold", {})
         row["threshold_method"] = threshold.get("method")
         row["threshold"] = threshold.get("value")
@@ -88,18 +91,41 @@ def _format(value, digits=3):
     return str(value)
 
 
+def _levels(table):
+    """The confidence levels of the runs' intervals (runs without intervals left out), sorted."""
+    levels = pd.to_numeric(table.get("ci_level", pd.Series(dtype=float)), errors="coerce").dropna()
+    return sorted(set(levels.tolist()))
+
+
+def _percent(level):
+    return f"{level * 100:g}%"
+
+
 def markdown_table(table):
-    """A Markdown table of the runs: metric (low–high) cells for metrics with a CI."""
+    """A Markdown table of the runs: metric (low–high) cells for metrics with a CI.
+
+    The header names the intervals' confidence level when every run has the same; otherwise each
+    cell does. A run whose test split has a class from a single patient is marked: its intervals
+    are too narrow (``ci_info.reliable``).
+    """
     has_folds = "auc_fold_mean" in table.columns
-    header = ["run", "n (patients)", "AUC (CI)", "accuracy (CI)", "sensitivity (CI)", "specificity (CI)",
-              "balanced acc.", "macro F1", "MCC", "Brier", "ECE", "threshold"]
+    levels = _levels(table)
+    ci = f"{_percent(levels[0])} CI" if len(levels) == 1 else "CI"
+    header = ["run", "n (patients)", f"AUC ({ci})", f"accuracy ({ci})", f"sensitivity ({ci})",
+              f"specificity ({ci})", "balanced acc.", "macro F1", "MCC", "Brier", "ECE", "threshold"]
     header += ["AUC over folds (mean ± sd)"] if has_folds else []
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    unreliable = False
     for row in table.to_dict("records"):
-        cells = [f"{row['run']}" + (f" ({row['stage']})" if row["stage"] != "evaluation" else ""),
+        narrow = row.get("ci_reliable") is False
+        unreliable |= narrow
+        cells = [f"{row['run']}" + (f" ({row['stage']})" if row["stage"] != "evaluation" else "") + ("*" if narrow else ""),
                  f"{_format(row['n'])} ({_format(row['n_patients'])})"]
+        level = row.get("ci_level")
+        prefix = f"{_percent(level)}: " if len(levels) > 1 and level is not None and not pd.isna(level) else ""
         for column in ("auc", "accuracy", "sensitivity", "specificity"):
-            cells.append(f"{_format(row[column])} ({_format(row[column + '_low'])}–{_format(row[column + '_high'])})")
+            cells.append(f"{_format(row[column])} ({prefix}{_format(row[column + '_low'])}–"
+                         f"{_format(row[column + '_high'])})")
         cells += [_format(row[c]) for c in ("balanced_accuracy", "f1_macro", "mcc", "brier", "ece")]
         cells.append(f"{row['threshold_method']} {_format(row['threshold'])}".strip())
         if has_folds:
@@ -107,6 +133,14 @@ def markdown_table(table):
             cells.append("–" if pd.isna(row["auc_fold_mean"]) else
                          f"{_format(row['auc_fold_mean'])} ± {_format(row['auc_fold_std'])} ({int(folds)} folds)")
         lines.append("| " + " | ".join(cells) + " |")
+    if unreliable:
+        lines.append("")
+        lines.append("\\* A class of the test split comes from a single patient (`ci_info.class_patients`): its "
+                     "images are in every bootstrap resample, so these intervals are too narrow.")
+    if len(levels) > 1:
+        lines.append("")
+        lines.append(f"The runs' intervals have different confidence levels ({', '.join(map(_percent, levels))}): "
+                     "each cell names its own.")
     return "\n".join(lines) + "\n"
 
 
@@ -131,7 +165,10 @@ def plot_auc_by_run(table):
         ax.axvline(0.5, color="grey", ls="--", lw=0.8)
         finite = np.concatenate([auc[np.isfinite(auc)], low[has_ci]])
         ax.set_xlim(min(0.45, finite.min() - 0.02) if finite.size else 0.45, 1.0)
-        ax.set_xlabel("Test AUC (bars: patient-bootstrap CI)")
+        levels = _levels(table)
+        level = _percent(levels[0]) + " " if len(levels) == 1 else ""
+        ax.set_xlabel(f"Test AUC (bars: {level}patient-bootstrap CI"
+                      + ("; levels differ between runs" if len(levels) > 1 else "") + ")")
         ax.set_title("AUC by run")
     return fig
 

@@ -132,7 +132,13 @@ def confidence_intervals(y_true, y_prob, y_pred, patients, n_classes, positive, 
     pos = 1 if positive is None else positive
 
     def rates(idx):
-        return rates_from_confusion(confusion_counts(y_true[idx], y_pred[idx], n_classes), pos)
+        counts = confusion_counts(y_true[idx], y_pred[idx], n_classes)
+        accuracy, sensitivity, specificity = rates_from_confusion(counts, pos)
+        if n_classes > 2 and (counts.sum(axis=1) == 0).any():
+            # A macro average over the classes a resample happens to hold is another statistic
+            # (0 or 1 where every full resample gives 0.33): undefined, as the AUC is then.
+            return accuracy, float("nan"), float("nan")
+        return accuracy, sensitivity, specificity
 
     statistics = {
         "auc": lambda idx: fast_roc_auc(y_true[idx], y_prob[idx], n_classes, pos),
@@ -147,7 +153,9 @@ def confidence_intervals(y_true, y_prob, y_pred, patients, n_classes, positive, 
     info = {"method": "percentile", "unit": "patient", "resamples": evaluate["bootstrap"], "seed": evaluate["seed"],
             "confidence": evaluate["confidence"], "n_valid": n_valid, "n_patients": int(len(set(patients)))}
     if n_classes > 2:
-        info["note"] = "sensitivity and specificity are macro averages over classes"
+        info["note"] = ("sensitivity and specificity are macro averages over classes, undefined in a resample "
+                        "that lacks a class")
+    info.update(class_patient_counts(y_true, patients, n_classes))
     return intervals, info
 
 
@@ -275,6 +283,19 @@ def _calibration_record(curve, bins, target):
             "count": curve["count"].tolist()}
 
 
+def class_patient_counts(y_true, patients, n_classes):
+    """``{"class_patients": [patients of each class], "reliable": bool}`` of one split.
+
+    A class whose images all come from one patient is in every patient resample, with the same
+    images: the intervals of every statistic then hold that class fixed and shrink, down to a
+    single point where the other classes are as concentrated (the demo's test split: one patient
+    a class). Marked unreliable, as a subgroup is.
+    """
+    y_true, patients = np.asarray(y_true), np.asarray(patients)
+    counts = [int(len(set(patients[y_true == c]))) for c in range(n_classes)]
+    return {"class_patients": counts, "reliable": min(counts) >= 2}
+
+
 def evaluate_test_split(y_test, prob_test, pred_test, patients_test, manifest_test, classes, positive, evaluate):
     """Metrics of the test split with CIs, calibration curve and subgroups; also returns the curve."""
     pos = 1 if positive is None else positive
@@ -284,6 +305,10 @@ def evaluate_test_split(y_test, prob_test, pred_test, patients_test, manifest_te
     if evaluate["bootstrap"] > 0:
         metrics["ci"], metrics["ci_info"] = confidence_intervals(
             y_test, prob_test, pred_test, patients_test, len(classes), positive, evaluate)
+        if not metrics["ci_info"]["reliable"]:
+            warnings.warn(f"a class of the test split comes from fewer than two patients (patients per class "
+                          f"{metrics['ci_info']['class_patients']}): its images are in every bootstrap resample, "
+                          "so the confidence intervals are too narrow (ci_info.reliable: false)", stacklevel=2)
     else:
         metrics["ci"] = {k: [None, None] for k in ("auc", "accuracy", "sensitivity", "specificity")}
         metrics["ci_info"] = {"note": "evaluate.bootstrap is 0: no intervals"}
