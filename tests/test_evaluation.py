@@ -355,7 +355,8 @@ def test_single_class_val_and_test_give_nulls_and_a_recorded_fallback(tmp_path):
     splits.loc[malignant & splits["split"].isin(["val", "test"]).to_numpy(), "split"] = "train"
     splits.to_csv(tmp_path / "splits.csv", index=False)
     tiny_model((16, 16, 1), 2).save(tmp_path / "model.keras")
-    with pytest.warns(UserWarning, match="single class"):
+    with pytest.warns(UserWarning, match=r"fewer than two patients \(patients per class \[\d+, 0\]\)"), \
+            pytest.warns(UserWarning, match="single class"):
         metrics = run_evaluation(tmp_path / "model.keras", tmp_path / "cache.h5", tmp_path / "splits.csv",
                                  tmp_path / "manifest.csv", tmp_path / "evaluation",
                                  options=_options(bootstrap=50, gradcam_per_class=1), histories={})

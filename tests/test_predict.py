@@ -148,7 +148,8 @@ def test_an_ensemble_member_trained_again_after_its_evaluation_is_refused(saved_
     with pytest.warns(UserWarning, match="deciding by arg-max"):
         predict_files(members, files, tmp_path / "before.csv")
     tiny_model((16, 16, 1), 2, seed=4).save(members[1])
-    with pytest.raises(InputError, match="members must be the models their runs evaluated") as error:
+    with pytest.raises(InputError, match="members must be the models their runs evaluated") as error, \
+            pytest.warns(UserWarning, match="deciding by arg-max"):
         predict_files(members, files, tmp_path / "after.csv")
     assert [str(members[1]) in problem for problem in error.value.problems] == [True]
     assert not (tmp_path / "after.csv").exists()
@@ -554,6 +555,7 @@ def test_a_folder_reached_through_two_links_is_listed_under_the_first_in_name_or
     assert [p.relative_to(folder).as_posix() for p in entries] == ["a_link/b.png"]
 
 
+@pytest.mark.filterwarnings("ignore:.*metrics.json not found. deciding by arg-max")
 def test_an_image_the_training_would_have_refused_for_its_intensity_gets_an_error_row(saved_run, tmp_path):
     # Under intensity "none" a NIfTI in scanner units was clipped to 0 and 1 and predicted anyway.
     import nibabel as nib
