@@ -182,3 +182,12 @@ def test_damaged_uncompressed_file_is_undecodable(tmp_path, damage, message):
     with pytest.raises(ReadError) as error:
         read_sample(path)
     assert error.value.code == "undecodable" and message in error.value.message
+
+
+@pytest.mark.parametrize("dtype", [np.dtype([("R", "u1"), ("G", "u1"), ("B", "u1")]), np.dtype(np.complex64)])
+def test_colour_or_complex_voxels_are_an_unsupported_image(tmp_path, dtype):
+    # An RGB24 volume (which nibabel loads) was "undecodable" after a cast error deep in the reader.
+    nib.save(nib.Nifti1Image(np.zeros((4, 4, 2), dtype=dtype), np.eye(4)), tmp_path / "v.nii")
+    with pytest.raises(ReadError) as error:
+        read_sample(tmp_path / "v.nii")
+    assert error.value.code == "unsupported_image" and "single-channel real-valued" in error.value.message

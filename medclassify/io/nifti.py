@@ -48,6 +48,11 @@ def _load(file):
 
 def _volume_shape(image, io_options):
     """Spatial shape (3 axes, or 2) after dropping singleton 4th and higher axes."""
+    dtype = image.get_data_dtype()
+    if dtype.fields is not None or dtype.kind not in "biuf":
+        # RGB24/RGBA32 voxels (a structured dtype) or complex ones: not one real value a voxel.
+        raise ReadError("unsupported_image", f"NIfTI of voxel type {dtype} ({image.header.get_value_label('datatype')}): "
+                                             "only single-channel real-valued volumes are read")
     shape = tuple(int(n) for n in image.shape)
     while len(shape) > 3 and shape[-1] == 1:
         shape = shape[:-1]
