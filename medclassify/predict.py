@@ -31,6 +31,7 @@ from .atomic import atomic_path, atomic_write_json
 from .errors import InputError, UsageError
 from .inference import IDENTITY, check_finite_probabilities, is_view, mean_probabilities
 from .model_info import model_json_path, read_json_object, weights_digest
+from .workflow_paths import input_path
 
 BATCH = 256  # images preprocessed and predicted at once; bounds memory on large folders
 # The version of a model.json that records none. Training has recorded the cache's
@@ -120,7 +121,8 @@ def load_decision(model_path, classes):
                       f"of {model_path}: deciding by arg-max over the image alone, without its threshold and "
                       "test-time views", stacklevel=2)
         return dict(ARGMAX)
-    return _decision_of(metrics, metrics_path, classes, "val")
+    return {**_decision_of(metrics, metrics_path, classes, "val"),
+            "evaluated_weights": {model_path: _recorded_weights(metrics)}}
 
 
 def load_ensemble_decision(model_paths, classes, ensemble_metrics=None):
@@ -131,7 +133,7 @@ def load_ensemble_decision(model_paths, classes, ensemble_metrics=None):
     ``ensemble_metrics`` (the k-fold aggregate's ``metrics.json``, chosen on the pooled out-of-fold
     validation predictions); without that file a binary ensemble decides by arg-max, with a warning.
     """
-    views_of = {}
+    views_of, weights_of = {}, {}
     for path in model_paths:
         metrics_path = _evaluation_metrics_path(path)
         metrics = _read_metrics(metrics_path) if metrics_path.exists() else None
@@ -139,6 +141,7 @@ def load_ensemble_decision(model_paths, classes, ensemble_metrics=None):
             raise InputError(f"{metrics_path} is the evaluation of another model ({metrics['inputs'].get('model')})",
                              [f"the ensemble's member {path} must be the model its run evaluated"])
         views_of[path] = _recorded_views(metrics, metrics_path) if metrics is not None else [IDENTITY]
+        weights_of[path] = _recorded_weights(metrics) if metrics is not None else None
     first, views = next(iter(views_of.items()))
     differing = [f"{path}: views {other} against {views} for {first}" for path, other in views_of.items() if other != views]
     if differing:
@@ -147,11 +150,12 @@ def load_ensemble_decision(model_paths, classes, ensemble_metrics=None):
         if len(classes) == 2:
             warnings.warn(f"no metrics.json of the ensemble of {len(model_paths)} models: deciding by arg-max "
                           "(threshold 0.5); each model's own threshold was chosen for that model alone", stacklevel=2)
-        return {**ARGMAX, "views": views}
+        return {**ARGMAX, "views": views, "evaluated_weights": weights_of}
     metrics_path = Path(ensemble_metrics)
     if not metrics_path.exists():
         raise InputError(f"{metrics_path}: not found", ["the ensemble's threshold is read from this file"])
-    return {**_decision_of(_read_metrics(metrics_path), metrics_path, classes, "out-of-fold val"), "views": views}
+    return {**_decision_of(_read_metrics(metrics_path), metrics_path, classes, "out-of-fold val"), "views": views,
+            "evaluated_weights": weights_of}
 
 
 def _evaluation_metrics_path(model_path):
@@ -163,22 +167,27 @@ def _evaluated(metrics, model_path):
     run's head model lies beside its fine-tuned one). Not by the file's hash: a ``.keras`` file's
     bytes differ between identical trainings. The weights, once loaded, are checked against the
     evaluation's digest of them by :func:`_unless_retrained`."""
-    inputs = metrics.get("inputs") if isinstance(metrics.get("inputs"), dict) else {}
-    recorded = inputs.get("model")
+    recorded = _recorded_inputs(metrics).get("model")
     return not recorded or Path(recorded).parts[-2:] == Path(model_path).resolve().parts[-2:]
+
+
+def _recorded_inputs(metrics):
+    return metrics.get("inputs") if isinstance(metrics.get("inputs"), dict) else {}
+
+
+def _recorded_weights(metrics):
+    """The digest of the weights an evaluation evaluated (None in one written before it was recorded)."""
+    return _recorded_inputs(metrics).get("model_weights")
 
 
 def _unless_retrained(decision, model_paths, models, *, ensemble):
     """``decision``, unless a model's weights differ from those its evaluation recorded (it was
     trained again in its run's folder since): then the arg-max for one model, an error for an
     ensemble, as for a model the evaluation did not evaluate."""
-    changed = []
-    for path, model in zip(model_paths, models):
-        metrics_path = _evaluation_metrics_path(path)
-        metrics = _read_metrics(metrics_path) if metrics_path.exists() else {}
-        recorded = (metrics.get("inputs") or {}).get("model_weights") if isinstance(metrics.get("inputs"), dict) else None
-        if recorded and _evaluated(metrics, path) and recorded != weights_digest(model):
-            changed.append(f"{path}: its weights are not those {metrics_path} evaluated (trained again since?)")
+    evaluated = decision.get("evaluated_weights") or {}
+    changed = [f"{path}: its weights are not those {_evaluation_metrics_path(path)} evaluated (trained again since?)"
+               for path, model in zip(model_paths, models)
+               if evaluated.get(path) and evaluated[path] != weights_digest(model)]
     if not changed:
         return decision
     if ensemble:
@@ -209,9 +218,8 @@ def _decision_of(metrics, metrics_path, classes, chosen_on):
 
 def _as_recorded(path):
     """``path`` as the record names it: relative inside the working folder, where it holds no
-    machine's paths, and absolute outside it."""
-    resolved, cwd = Path(os.path.realpath(path)), Path(os.path.realpath(os.getcwd()))
-    return str(resolved.relative_to(cwd)) if resolved.is_relative_to(cwd) else str(resolved)
+    machine's paths, and absolute outside it (``input_path`` of the absolute path)."""
+    return input_path(os.path.abspath(path))
 
 
 def _recorded_views(metrics, metrics_path):
