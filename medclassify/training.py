@@ -582,11 +582,8 @@ def file_identity(path):
     another file; one only touched (``snakemake --touch``) or moved is not."""
     if path is None:
         return None
-    digest = hashlib.sha256()
     with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+        return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
 def model_identity(model_path):
@@ -662,16 +659,22 @@ def training_code_digest():
     return digest.hexdigest()
 
 
-def member_fingerprint(options, seed, *, fold, init_model, cache_path, splits_path):
-    """What decides an ensemble member's model: its options and seed, the data, the initial model and
-    the code; not the size of the ensemble, so members survive a change of ``train.ensemble``.
+def member_data(init_model, cache_path, splits_path):
+    """What an ensemble's members start from and train on, the same for each: the initial model,
+    the cache's rows, the splits and the training code. Computed once an ensemble, as it reads the
+    whole cache's row list and loads the initial model.
 
-    ``init_model`` is the model the member starts from: None when it draws its own initial
+    ``init_model`` is the model the members start from: None when each draws its own initial
     weights, so that saving an untrained head again (a rerun) does not retrain the members."""
+    return {"init_model": model_identity(init_model), "cache": cache_identity(cache_path),
+            "splits": file_identity(splits_path), "code": training_code_digest()}
+
+
+def member_fingerprint(options, seed, *, fold, data):
+    """What decides an ensemble member's model: its options and seed, its fold and ``data``
+    (:func:`member_data`); not the size of the ensemble, so members survive a change of ``train.ensemble``."""
     # Less how the images are read (LOADING_TRAIN_OPTIONS): the member's batches are the same.
-    return config_hash({"options": member_options(without_loading_options(options), seed), "fold": fold,
-                        "init_model": model_identity(init_model), "cache": cache_identity(cache_path),
-                        "splits": file_identity(splits_path), "code": training_code_digest()})
+    return config_hash({"options": member_options(without_loading_options(options), seed), "fold": fold, **data})
 
 
 def untrained_initial_model(init_model):
@@ -703,12 +706,12 @@ def train_ensemble(n_members, cache_path, splits_path, out_dir, *, options, fold
     state = json.loads(state_path.read_text(encoding="utf-8")) if state_path.exists() else {}
     finished = state.get("members", {}) if state.get("version") == STATE_VERSION else {}
     member_init = None if untrained_initial_model(init_model) else init_model
+    data = member_data(member_init, cache_path, splits_path)
     member_paths = []
     for k in range(n_members):
         folder = member_dir(out_dir, k)
         path = folder / "model.keras"
-        fingerprint = member_fingerprint(options, seeds[k], fold=fold, init_model=member_init, cache_path=cache_path,
-                                         splits_path=splits_path)
+        fingerprint = member_fingerprint(options, seeds[k], fold=fold, data=data)
         if finished.get(str(k)) == fingerprint and path.exists():
             print(f"[finetune] ensemble member {k + 1}/{n_members} already trained ({folder})", flush=True)
         else:

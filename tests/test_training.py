@@ -597,14 +597,13 @@ def test_a_touched_or_rebuilt_cache_is_the_same_data_to_an_ensemble_member(tiny_
     import os
     import shutil
 
-    from medclassify.training import member_fingerprint
+    from medclassify.training import member_data, member_fingerprint
 
     cache_path, splits_path = tiny_cache
     copies = [shutil.copy(path, tmp_path / Path(path).name) for path in (cache_path, splits_path)]
 
     def fingerprint():
-        return member_fingerprint(tiny_options(), 7, fold=None, init_model=None, cache_path=copies[0],
-                                  splits_path=copies[1])
+        return member_fingerprint(tiny_options(), 7, fold=None, data=member_data(None, *copies))
 
     before = fingerprint()
     for path in copies:
@@ -616,7 +615,7 @@ def test_a_touched_or_rebuilt_cache_is_the_same_data_to_an_ensemble_member(tiny_
 
 def test_a_head_model_saved_again_with_the_same_weights_is_the_same_start_for_a_member(tiny_cache, tmp_path):
     # Its .keras bytes differ between two saves, which retrained every member after a forced head rerun.
-    from medclassify.training import member_fingerprint
+    from medclassify.training import member_data, member_fingerprint
 
     cache_path, splits_path = tiny_cache
     model = _compiled_model(filters=2)
@@ -627,16 +626,16 @@ def test_a_head_model_saved_again_with_the_same_weights_is_the_same_start_for_a_
     _compiled_model(filters=2).save(tmp_path / "other.keras")  # other weights
 
     def fingerprint(head):
-        return member_fingerprint(tiny_options(), 7, fold=None, init_model=head, cache_path=cache_path,
-                                  splits_path=splits_path)
+        return member_fingerprint(tiny_options(), 7, fold=None, data=member_data(head, cache_path, splits_path))
 
     assert fingerprint(paths[0]) == fingerprint(paths[1]) != fingerprint(tmp_path / "other.keras")
 
 
 def test_an_ensemble_member_does_not_depend_on_how_images_are_read(tiny_cache):
-    from medclassify.training import member_fingerprint
+    from medclassify.training import member_data, member_fingerprint
 
     cache_path, splits_path = tiny_cache
-    fingerprints = {member_fingerprint(tiny_options(cache_in_memory_max_gb=gb), 7, fold=None, init_model=None,
-                                       cache_path=cache_path, splits_path=splits_path) for gb in (4, 0)}
+    data = member_data(None, cache_path, splits_path)
+    fingerprints = {member_fingerprint(tiny_options(cache_in_memory_max_gb=gb), 7, fold=None, data=data)
+                    for gb in (4, 0)}
     assert len(fingerprints) == 1
