@@ -19,7 +19,7 @@ from . import __version__
 from .atomic import atomic_write_json
 from .config import REPO_ROOT, config_hash, without_planning_options
 from .datasets import SOURCE_KEYS, source_kind
-from .workflow_paths import input_path
+from .workflow_paths import input_path, manifest_root
 
 # Distributions whose versions change results or their interpretation.
 LIBRARIES = ("numpy", "pandas", "scipy", "scikit-learn", "h5py", "pydicom", "pylibjpeg", "nibabel", "pillow",
@@ -166,7 +166,7 @@ def recorded_dataset_options(options):
     recorded["validation"] = without_planning_options(options["validation"])
     if kind == "manifest" and options["manifest"] is not None:
         recorded["manifest"] = input_path(options["manifest"])
-        recorded["root"] = input_path(options["root"] or Path(options["manifest"]).parent)
+        recorded["root"] = manifest_root(options)
     return recorded
 
 

@@ -39,3 +39,9 @@ def input_path(path):
     if os.path.isabs(path) and not inside:
         return resolved
     return os.path.relpath(resolved, cwd)
+
+
+def manifest_root(options):
+    """The folder a user's manifest paths are relative to (``root``, or the manifest's own folder),
+    spelled as :func:`input_path` spells files."""
+    return input_path(options["root"] or os.path.dirname(options["manifest"]) or ".")

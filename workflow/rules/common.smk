@@ -1,6 +1,5 @@
 import functools
 import sys
-from pathlib import Path
 
 # The library lives at the repository root; rule scripts put it on sys.path the same way.
 sys.path.insert(0, workflow.basedir)
@@ -28,7 +27,7 @@ from medclassify.manifest import (
 )
 from medclassify.predict import files_read, is_snakemake_pattern
 from medclassify.runcard import recorded_dataset_options
-from medclassify.workflow_paths import input_path, parse_run, run_ids
+from medclassify.workflow_paths import input_path, manifest_root, parse_run, run_ids
 
 # The library's validation rather than snakemake.utils.validate, which stops at the first problem:
 # this lists every one at once, those of each dataset and run (overrides merged) included, before
@@ -109,10 +108,11 @@ def fold_of(wildcards):
 
 def manifest_of(wildcards):
     """The dataset's source manifest: written by the workflow for demo and MedMNIST data."""
-    kind = source_kind(dataset(wildcards))
+    options = dataset(wildcards)
+    kind = source_kind(options)
     if kind != "manifest":
         return f"results/{wildcards.dataset}/{kind}/manifest.csv"
-    manifest = dataset(wildcards)["manifest"]
+    manifest = options["manifest"]
     if manifest is None:
         raise ValueError(
             f"datasets.{wildcards.dataset}: set 'manifest' (or 'demo: true' or 'medmnist: <name>')"
@@ -123,11 +123,11 @@ def manifest_of(wildcards):
 
 def root_of(wildcards):
     """Folder that the dataset's manifest paths are relative to, spelled as input_path spells files."""
-    kind = source_kind(dataset(wildcards))
+    options = dataset(wildcards)
+    kind = source_kind(options)
     if kind != "manifest":
         return f"results/{wildcards.dataset}/{kind}"
-    options = dataset(wildcards)
-    return input_path(options["root"] or Path(options["manifest"]).parent)
+    return manifest_root(options)
 
 
 def validated_manifest_columns(name):
