@@ -17,7 +17,7 @@ from .bootstrap import bootstrap_ci, bootstrap_indices
 from .calibration import reliability_curve
 from .metrics import (calibration_target, classification_metrics, confusion_counts, fast_roc_auc,
                       rates_from_confusion, roc_points)
-from .subgroups import subgroup_metrics
+from .subgroups import MIN_PATIENTS_PER_CLASS, patients_per_class, subgroup_metrics
 from .threshold import apply_threshold, choose_threshold
 
 ROC_GRID = np.linspace(0.0, 1.0, 101)
@@ -291,9 +291,8 @@ def class_patient_counts(y_true, patients, n_classes):
     single point where the other classes are as concentrated (the demo's test split: one patient
     a class). Marked unreliable, as a subgroup is.
     """
-    y_true, patients = np.asarray(y_true), np.asarray(patients)
-    counts = [int(len(set(patients[y_true == c]))) for c in range(n_classes)]
-    return {"class_patients": counts, "reliable": min(counts) >= 2}
+    counts = patients_per_class(y_true, patients, n_classes)
+    return {"class_patients": counts, "reliable": min(counts) >= MIN_PATIENTS_PER_CLASS}
 
 
 def evaluate_test_split(y_test, prob_test, pred_test, patients_test, manifest_test, classes, positive, evaluate):

@@ -35,7 +35,7 @@ def subgroup_metrics(values, y_true, y_prob, y_pred, patients, classes, *, posit
         auc = roc_auc(t, pr, n_classes, positive)
         sensitivity, specificity = sensitivity_specificity(t, p, n_classes, positive)
         counts = np.bincount(t, minlength=n_classes)
-        class_patients = [len(set(patients[mask][t == k])) for k in range(n_classes)]
+        class_patients = patients_per_class(t, patients[mask], n_classes)
         result[value] = {
             "n": int(mask.sum()),
             "n_patients": int(len(set(patients[mask]))),
@@ -73,3 +73,9 @@ def _is_missing(value):
 def _finite_or_none(value):
     value = float(value)
     return value if np.isfinite(value) else None
+
+
+def patients_per_class(y_true, patients, n_classes):
+    """How many patients each class's images come from, in class order."""
+    y_true, patients = np.asarray(y_true), np.asarray(patients)
+    return [int(len(set(patients[y_true == k]))) for k in range(n_classes)]
