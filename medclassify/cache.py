@@ -1355,3 +1355,27 @@ def _stored_runs(path, f, offset, problems, opened, content_hashes):
     if expected_row != images.shape[0] and not problems:
         problems.append(f"{path}: image_runs cover {expected_row} of {images.shape[0]} rows")
     return sources
+
+
+# --- identity: what a cache holds, whatever its file's bytes and times ---------------------------------
+def cache_params_hash(cache):
+    """The parameter hash of an open cache (or of a stand-in with ``params``)."""
+    value = getattr(cache, "params_hash", None)
+    return value if isinstance(value, str) else config_hash(cache.params)
+
+
+def rows_identity(cache, rows):
+    """sha256 of the cache ``rows``: their positions, labels and content hashes."""
+    digest = hashlib.sha256(np.asarray(rows, dtype="int64").tobytes())
+    digest.update(np.asarray(cache.labels, dtype="int64")[rows].tobytes())
+    digest.update("\n".join(str(cache.content_hashes[row]) for row in rows).encode())
+    return digest.hexdigest()
+
+
+def cache_identity(cache_path):
+    """The cache's preprocessing and every row's sample id, label and image content: a cache
+    rebuilt from the same images is the same cache, whatever its file's bytes and times."""
+    with open_cache(cache_path) as cache:
+        digest = hashlib.sha256("\n".join(map(str, cache.sample_ids)).encode())
+        digest.update(rows_identity(cache, np.arange(len(cache))).encode())
+        return [cache_params_hash(cache), digest.hexdigest()]

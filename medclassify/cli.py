@@ -298,7 +298,8 @@ def _cmd_evaluate(args):
         # The config as the workflow's card records it, so that the two cards' config_hash agree.
         config = {"dataset": recorded_dataset_options(dataset_options), "run": without_loading_options(options)}
         write_run_card(args.run_card, config=config, dataset=dataset, run=run, fingerprint=fingerprint,
-                       splits=args.splits, started=started, ended=ended, stages={"evaluate": (started, ended)},
+                       splits=args.splits, manifest=args.manifest, cache=args.cache, model=args.model,
+                       started=started, ended=ended, stages={"evaluate": (started, ended)},
                        command=" ".join(["medclassify", *args.argv]))
         print(f"wrote {args.run_card}")
 

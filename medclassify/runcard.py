@@ -7,7 +7,6 @@ of the split, the seeds, start and end times and the hardware.
 
 import datetime as dt
 import hashlib
-import importlib.metadata
 import json
 import os
 import platform
@@ -15,41 +14,36 @@ import subprocess
 import sys
 from pathlib import Path
 
-from . import __version__
 from .atomic import atomic_write_json
 from .config import REPO_ROOT, config_hash, without_planning_options
 from .datasets import SOURCE_KEYS, source_kind
+from .versions import library_versions
 from .workflow_paths import input_path, manifest_root
-
-# Distributions whose versions change results or their interpretation.
-LIBRARIES = ("numpy", "pandas", "scipy", "scikit-learn", "h5py", "pydicom", "pylibjpeg", "nibabel", "pillow",
-             "tifffile", "matplotlib", "tensorflow", "tensorflow-cpu", "keras", "snakemake", "jsonschema", "pyyaml")
 
 
 def git_state(repo=REPO_ROOT):
-    """``{"commit": sha or None, "dirty": bool or None}`` of the repository holding the workflow.
+    """``{"commit": sha, "dirty": bool, "untracked": int}`` of the repository holding the workflow.
 
-    ``None`` values mean the state is unknown (no git executable, or not a git checkout).
+    ``dirty``: a tracked file differs from the commit. ``untracked``: the files git neither tracks
+    nor ignores (a folder of them counts once), which ``dirty`` cannot see, though a rule or module
+    not yet added changes results as much. ``None`` values mean the state is unknown (no git
+    executable, or not a git checkout).
     """
+
+    def git(*args, timeout):
+        return subprocess.run(["git", *args], cwd=repo, capture_output=True, text=True, check=True,
+                              timeout=timeout).stdout
+
     try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True,
-                                check=True, timeout=30).stdout.strip()
-        status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=repo,
-                                capture_output=True, text=True, check=True, timeout=60).stdout
+        commit = git("rev-parse", "HEAD", timeout=30).strip()
     except (OSError, subprocess.SubprocessError):
-        return {"commit": None, "dirty": None}
-    return {"commit": commit, "dirty": bool(status.strip())}
-
-
-def library_versions(names=LIBRARIES):
-    """Installed version of each distribution in ``names`` that is installed, plus Python's."""
-    versions = {"python": platform.python_version(), "medclassify": __version__}
-    for name in names:
-        try:
-            versions[name] = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            continue
-    return versions
+        return {"commit": None, "dirty": None, "untracked": None}
+    try:
+        lines = git("status", "--porcelain", "--untracked-files=normal", timeout=60).splitlines()
+    except (OSError, subprocess.SubprocessError):
+        return {"commit": commit, "dirty": None, "untracked": None}
+    untracked = sum(line.startswith("??") for line in lines)
+    return {"commit": commit, "dirty": len(lines) > untracked, "untracked": untracked}
 
 
 def cpu_model():
@@ -170,11 +164,34 @@ def recorded_dataset_options(options):
     return recorded
 
 
-def write_run_card(out, *, config, dataset, run, fingerprint, splits, started, ended, stages=None, command=None):
+def input_record(*, manifest=None, cache=None, model=None):
+    """What the run read, by content: the validated manifest's sha256; the cache's parameter hash
+    and a digest of its rows (sample ids, labels, image content hashes: the same for a cache
+    rebuilt from the same images, see ``cache.cache_identity``); the model's library versions
+    (those of its training, which may differ from the evaluation's in ``versions``)."""
+    record = {}
+    if manifest is not None:
+        record["manifest"] = {"path": str(manifest), "sha256": file_sha256(manifest)}
+    if cache is not None:
+        from .cache import cache_identity
+
+        params_hash, rows_sha256 = cache_identity(cache)
+        record["cache"] = {"path": str(cache), "params_hash": params_hash, "rows_sha256": rows_sha256}
+    if model is not None:
+        from .model_info import model_json_beside
+
+        record["model"] = {"path": str(model), "training_versions": model_json_beside(model).get("versions")}
+    return record
+
+
+def write_run_card(out, *, config, dataset, run, fingerprint, splits, started, ended, stages=None, command=None,
+                   manifest=None, cache=None, model=None):
     """Write ``run_card.json`` to ``out``; return its dict.
 
     ``fingerprint`` is the dataset fingerprint (a dict, or the path of fingerprint.json);
-    ``splits`` the path of splits.csv; ``started``/``ended`` epoch seconds, datetimes or ISO text.
+    ``splits`` the path of splits.csv; ``manifest``, ``cache`` and ``model`` the validated
+    manifest, the cache and the evaluated model, recorded under ``inputs`` when given (see
+    ``input_record``); ``started``/``ended`` epoch seconds, datetimes or ISO text.
     ``stages`` maps each stage to its own (started, ended): ``compute_s`` sums their times, where
     ``duration_s``, from the first start to the end, also counts the time between a stage and
     the rerun of a later one (days, when only fine-tuning was rerun). ``command`` says what wrote the
@@ -195,6 +212,7 @@ def write_run_card(out, *, config, dataset, run, fingerprint, splits, started, e
         "versions": library_versions(),
         "fingerprint": fingerprint,
         "splits": {"path": str(splits), "sha256": file_sha256(splits)},
+        "inputs": input_record(manifest=manifest, cache=cache, model=model),
         "started": started_text,
         "ended": ended_text,
         "duration_s": _seconds_between(started_text, ended_text),

@@ -31,6 +31,7 @@ from tensorflow.core.framework import summary_pb2
 
 from . import __version__
 from .atomic import atomic_path, atomic_write_json, atomic_write_text
+from .cache import cache_identity, cache_params_hash, rows_identity
 from .checkpoints import STATE_VERSION, StageCheckpoint
 from .codedeps import module_closure
 from .config import MEMBER_SEED_STRIDE, complete_run_options, config_hash, without_loading_options
@@ -46,6 +47,7 @@ from .models import (backbone_of, build_classifier, build_ensemble, set_backbone
                      set_trainable_blocks)
 from .models.ensemble import MEMBER_PREFIX
 from .models.weights import imagenet_weights_path
+from .versions import library_versions
 
 STAGES = ("head", "finetune")
 MEMBERS_DIRNAME = "members"  # an ensemble's members: members/member_<k>/ in the fine-tune stage
@@ -350,7 +352,7 @@ def model_metadata(*, stage, cache, input_shape, train_options, settings, pretra
         "split_rows": split_rows,
         "classes": list(cache.classes),
         "params": cache.params,
-        "params_hash": _params_hash(cache),
+        "params_hash": cache_params_hash(cache),
         "input_shape": list(input_shape),
         "input": "float32 images in [0, 1] of input_shape; output softmax probabilities in class order",
         "backbone": train_options["backbone"],
@@ -372,6 +374,8 @@ def model_metadata(*, stage, cache, input_shape, train_options, settings, pretra
         # What Keras compiled with, which train.jit_compile alone does not decide (medclassify.gpu.use_jit).
         "jit_compile": jit_compile,
         "library_version": __version__,
+        # The run card copies these: the evaluation may run later, under other versions.
+        "versions": library_versions(),
     }
 
 
@@ -399,9 +403,9 @@ def check_init_model_fits(init_model, cache):
     (another intensity scaling, zscore statistics its layers lack) or other class meanings."""
     meta = model_json_beside(init_model)
     problems = []
-    if meta.get("params_hash") not in (None, _params_hash(cache)):
+    if meta.get("params_hash") not in (None, cache_params_hash(cache)):
         problems.append(f"it was trained on images preprocessed with other parameters (params_hash "
-                        f"{meta['params_hash']}, the cache's {_params_hash(cache)})")
+                        f"{meta['params_hash']}, the cache's {cache_params_hash(cache)})")
     if meta.get("classes") not in (None, list(cache.classes)):
         problems.append(f"its classes {meta['classes']} are not the cache's {list(cache.classes)}")
     if problems:
@@ -420,11 +424,6 @@ def warn_if_init_model_saw_other_rows(init_model, split_rows, fold):
     warnings.warn(f"{init_model} was trained on another split of the cache ({other}): if its training images "
                   "include this stage's validation images, the validation AUC and the epoch it selects are "
                   "optimistic; train its head stage on this split", stacklevel=3)
-
-
-def _params_hash(cache):
-    value = getattr(cache, "params_hash", None)
-    return value if isinstance(value, str) else config_hash(cache.params)
 
 
 # --- the stage ----------------------------------------------------------------------------------------
@@ -487,7 +486,7 @@ def _train_model(stage, cache_path, splits_path, out_dir, *, options, fold=None,
         # a stage killed mid-way and rerun after a fix is not half old code and half new.
         fingerprint = config_hash({"stage": stage, "train": without_loading_options(options)["train"],
                                    "stage_options": settings, "fold": fold,
-                                   "params_hash": _params_hash(cache), "init_model": model_identity(init_model),
+                                   "params_hash": cache_params_hash(cache), "init_model": model_identity(init_model),
                                    "train_rows": split_rows["train"], "val_rows": split_rows["val"],
                                    "code": training_code_digest()})
         checkpoint = StageCheckpoint(out_dir)
@@ -569,14 +568,6 @@ def _train_model(stage, cache_path, splits_path, out_dir, *, options, fold=None,
     return out_dir / "model.keras"
 
 
-def rows_identity(cache, rows):
-    """sha256 of the cache ``rows``: their positions, labels and content hashes."""
-    digest = hashlib.sha256(np.asarray(rows, dtype="int64").tobytes())
-    digest.update(np.asarray(cache.labels, dtype="int64")[rows].tobytes())
-    digest.update("\n".join(str(cache.content_hashes[row]) for row in rows).encode())
-    return digest.hexdigest()
-
-
 def file_identity(path):
     """sha256 of a file's bytes (None for None): a splits file written again with other rows is
     another file; one only touched (``snakemake --touch``) or moved is not."""
@@ -602,17 +593,6 @@ def _model_identity(path, *file_state):
     # again in between: a .keras zip of the same model keeps its size, and cp -p keeps the mtime,
     # but a new file or a rename changes the inode or ctime.
     return weights_digest(keras.models.load_model(path, safe_mode=True, compile=False))
-
-
-def cache_identity(cache_path):
-    """The cache's preprocessing and every row's sample id, label and image content: a cache
-    rebuilt from the same images is the same cache, whatever its file's bytes and times."""
-    from .cache import open_cache
-
-    with open_cache(cache_path) as cache:
-        digest = hashlib.sha256("\n".join(map(str, cache.sample_ids)).encode())
-        digest.update(rows_identity(cache, np.arange(len(cache))).encode())
-        return [_params_hash(cache), digest.hexdigest()]
 
 
 # --- ensembles --------------------------------------------------------------------------------------

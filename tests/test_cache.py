@@ -18,8 +18,8 @@ import pandas as pd
 import pytest
 
 import medclassify.cache as cache_module
-from medclassify.cache import (build_cache_part, merge_cache_parts, open_cache, params_hash, referenced_blocks,
-                               shard_bounds, values_hash)
+from medclassify.cache import (build_cache_part, cache_identity, merge_cache_parts, open_cache, params_hash,
+                               referenced_blocks, shard_bounds, values_hash)
 from medclassify.errors import InputError
 from medclassify.io import read_sample
 from medclassify.manifest import validate_manifest, write_validation_outputs
@@ -877,3 +877,18 @@ def test_intensity_none_refuses_pixels_it_would_clip(tmp_path):
     assert "row 1 (units.nii): outside_intensity_range" in problem and "span 0" in problem
     build_cache_part(write_manifest(rows[1:], tmp_path / "m2.csv"), root, tmp_path / "part2.h5",
                      preprocess_options=preprocess, io_options=io, classes=CLASSES)
+
+
+def test_cache_identity_is_the_same_for_a_rebuilt_cache_and_differs_with_a_label(dataset, tmp_path):
+    # The run card and the ensemble's member fingerprints record it: a cache built again from the
+    # same images must keep it (its file's bytes and times differ), another label must not.
+    root, rows = dataset
+    manifest = write_manifest(rows, tmp_path / "manifest.validated.csv")
+    first, _ = build(manifest, root, tmp_path / "first")
+    again, _ = build(manifest, root, tmp_path / "again", blocks=False)
+    relabelled_rows = [dict(row) for row in rows]
+    relabelled_rows[3]["label"] = next(c for c in CLASSES if c != rows[3]["label"])
+    relabelled, _ = build(write_manifest(relabelled_rows, tmp_path / "relabelled.csv"), root, tmp_path / "relabelled")
+    assert cache_identity(first) == cache_identity(again)
+    assert cache_identity(first)[0] == cache_identity(relabelled)[0]  # same preprocessing
+    assert cache_identity(first)[1] != cache_identity(relabelled)[1]

@@ -101,7 +101,10 @@ def test_missing_input_file_exits_one_naming_it(tmp_path, command, capsys):
 def test_evaluate_by_hand_writes_the_run_card_the_workflow_writes(tmp_path, monkeypatch):
     import medclassify.evaluation
 
+    import medclassify.cache
+
     monkeypatch.setattr(medclassify.evaluation, "run_evaluation", lambda *args, **kwargs: None)
+    monkeypatch.setattr(medclassify.cache, "cache_identity", lambda path: ["p", "r"])
     for name in ("model.keras", "m.csv"):
         (tmp_path / name).write_text("")
     (tmp_path / "s.csv").write_text("sample_id,split\n")
@@ -123,6 +126,8 @@ def test_evaluate_by_hand_writes_the_run_card_the_workflow_writes(tmp_path, monk
     assert "npz" not in card["config"]["dataset"] and "watch_images" not in card["config"]["dataset"]["validation"]
     assert "cache_in_memory_max_gb" not in card["config"]["run"]["train"]
     assert card["command"].startswith("medclassify evaluate --model ")
+    assert card["inputs"]["cache"] == {"path": str(tmp_path / "c.h5"), "params_hash": "p", "rows_sha256": "r"}
+    assert set(card["inputs"]) == {"manifest", "cache", "model"}
 
     evaluated = []
     monkeypatch.setattr(medclassify.evaluation, "run_evaluation", lambda *args, **kwargs: evaluated.append(1))

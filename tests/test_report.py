@@ -64,8 +64,12 @@ def click(driver, xpath):
 
 def test_report_holds_every_plot_of_the_run(demo_run, report_html):
     names = zipfile.ZipFile(demo_run / "results" / "report.zip").namelist()
-    for plot in ("confusion_matrix.png", "roc.png", "training_curves.png", "calibration.png", "report.png", "runs_auc.png"):
+    for plot in ("confusion_matrix.png", "roc.png", "training_curves.png", "calibration.png", "report.png", "runs_auc.png",
+                 "metrics.json", "run_card.json", "fingerprint.json"):
         assert any(name.endswith("/" + plot) for name in names), plot
+    # Made to be shared: no file whose rows name the images (paths may carry patients' names).
+    for private in ("predictions.csv", "report.md", "manifest.validated.csv"):
+        assert not any(name.endswith("/" + private) for name in names), private
 
 
 def test_the_report_says_which_epoch_each_run_keeps(report_html):

@@ -42,7 +42,50 @@ def test_git_state_matches_git(tmp_path):
     if head.returncode == 0:
         assert state["commit"] == head.stdout.strip() and isinstance(state["dirty"], bool)
     # Outside a checkout the state is unknown, not an error.
-    assert runcard.git_state(tmp_path) == {"commit": None, "dirty": None}
+    assert runcard.git_state(tmp_path) == {"commit": None, "dirty": None, "untracked": None}
+
+
+def test_git_state_counts_untracked_files_apart_from_changed_tracked_ones(tmp_path):
+    # A rule file not yet added changes results as much as an edit, and "dirty" cannot see it.
+    def git(*args):
+        subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=tmp_path, check=True,
+                       capture_output=True)
+
+    git("init", "-q")
+    (tmp_path / ".gitignore").write_text("results/\n")
+    (tmp_path / "Snakefile").write_text("rule all:\n")
+    git("add", ".")
+    git("commit", "-q", "-m", "first")
+    (tmp_path / "results").mkdir()
+    (tmp_path / "results" / "metrics.json").write_text("{}")  # ignored: not counted
+    assert runcard.git_state(tmp_path)["dirty"] is False and runcard.git_state(tmp_path)["untracked"] == 0
+    (tmp_path / "new_rule.smk").write_text("rule new:\n")
+    assert runcard.git_state(tmp_path)["dirty"] is False and runcard.git_state(tmp_path)["untracked"] == 1
+    (tmp_path / "Snakefile").write_text("rule all:\n    input: []\n")
+    assert runcard.git_state(tmp_path)["dirty"] is True and runcard.git_state(tmp_path)["untracked"] == 1
+
+
+def test_run_card_records_what_the_run_read_by_content(tmp_path, monkeypatch):
+    import medclassify.cache
+
+    monkeypatch.setattr(runcard, "gpu_names", lambda: None)
+    monkeypatch.setattr(medclassify.cache, "cache_identity", lambda path: ["params-hash", f"rows of {path.name}"])
+    manifest = tmp_path / "manifest.validated.csv"
+    manifest.write_text("sample_id,label\na.png,x\n")
+    model = tmp_path / "finetune" / "model.keras"
+    model.parent.mkdir()
+    model.write_text("")
+    (model.parent / "model.json").write_text(json.dumps({"versions": {"tensorflow": "2.0"}}))
+    _, on_disk, _, _ = _write(tmp_path, manifest=manifest, cache=tmp_path / "cache.h5", model=model)
+    assert on_disk["inputs"] == {
+        "manifest": {"path": str(manifest), "sha256": hashlib.sha256(manifest.read_bytes()).hexdigest()},
+        "cache": {"path": str(tmp_path / "cache.h5"), "params_hash": "params-hash", "rows_sha256": "rows of cache.h5"},
+        "model": {"path": str(model), "training_versions": {"tensorflow": "2.0"}},
+    }
+    # A model trained before model.json had versions: unknown, not an error.
+    (model.parent / "model.json").write_text("{}")
+    _, on_disk, _, _ = _write(tmp_path, model=model)
+    assert on_disk["inputs"] == {"model": {"path": str(model), "training_versions": None}}
 
 
 def test_git_state_without_git_executable(monkeypatch, tmp_path):
@@ -50,7 +93,7 @@ def test_git_state_without_git_executable(monkeypatch, tmp_path):
         raise FileNotFoundError("git")
 
     monkeypatch.setattr(runcard.subprocess, "run", missing)
-    assert runcard.git_state() == {"commit": None, "dirty": None}
+    assert runcard.git_state() == {"commit": None, "dirty": None, "untracked": None}
 
 
 def test_fingerprint_may_be_a_path_and_times_iso_text(tmp_path, monkeypatch):

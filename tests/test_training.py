@@ -459,7 +459,7 @@ def test_a_checkpoint_state_resumes_only_its_own_format_options_and_unfinished_r
 def test_the_rows_identity_changes_with_a_label_or_an_image_not_with_nothing():
     from types import SimpleNamespace
 
-    from medclassify.training import rows_identity
+    from medclassify.cache import rows_identity
 
     cache = SimpleNamespace(labels=np.array([0, 1, 0, 1]), content_hashes=["h0", "h1", "h2", "h3"])
     rows = np.array([0, 2, 3])

@@ -18,8 +18,16 @@ rule evaluate:
             subcategory="{run}",
             labels={"stage": "evaluation", "figure": "metrics", "format": "json"},
         ),
+        # Not in the report, which is made to be shared: its sample ids are the images' paths,
+        # which often carry patients' names (so do the validation report's).
         predictions="results/{dataset}/{run}/evaluation/predictions.csv",
-        run_card="results/{dataset}/{run}/run_card.json",
+        run_card=report(
+            "results/{dataset}/{run}/run_card.json",
+            caption="../report/run_card.rst",
+            category="{dataset}",
+            subcategory="{run}",
+            labels={"stage": "evaluation", "figure": "run card", "format": "json"},
+        ),
         png=[evaluation_plot(name, "png") for name in PLOTS],
         pdf=[evaluation_plot(name, "pdf") for name in PLOTS],
     log:

@@ -29,7 +29,13 @@ rule merge_cache:
         code=library_code("cache"),
     output:
         cache="results/{dataset}/cache.h5",
-        fingerprint="results/{dataset}/fingerprint.json",
+        fingerprint=report(
+            "results/{dataset}/fingerprint.json",
+            caption="../report/fingerprint.rst",
+            category="{dataset}",
+            subcategory="data",
+            labels={"stage": "preprocess", "figure": "fingerprint"},
+        ),
     log:
         "results/logs/{dataset}/merge_cache.log",
     benchmark:

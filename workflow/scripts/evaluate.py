@@ -35,6 +35,9 @@ with log_output(snakemake.log[0]):
         run=snakemake.wildcards.run,
         fingerprint=json.loads(Path(inp.fingerprint).read_text()),
         splits=inp.splits,
+        manifest=inp.manifest,
+        cache=inp.cache,
+        model=inp.model,
         started=head["started"],
         ended=ended,
         stages={
