@@ -121,9 +121,10 @@ def make_splits(validated_df, options):
         table = table[~table["sample_id"].isin({d["sample_id"] for d in dropped})]
         _check_no_unit_emptied(units_before, _unit_names(table), dropped)
     check_no_leakage(table, fold_column="fold" if method == "kfold" else None)
+    _check_every_split_filled(table, method, options["folds"])
 
     # Back to the manifest's row order, which is also the cache's order.
-    order = {sample_id: i for i, sample_id in enumerate(validated_df["sample_id"].astype(str).str.strip())}
+    order = {sample_id: i for i, sample_id in enumerate(validated_df["sample_id"].astype(str))}
     table = table.assign(_order=table["sample_id"].map(order)).sort_values("_order").drop(columns="_order")
     columns = ["sample_id", "split"] + (["fold"] if method == "kfold" else [])
     splits_df = table[columns].reset_index(drop=True)
@@ -363,8 +364,13 @@ def _check_options(options):
         problems.append(f"split.fractions must lie in [0, 1], got {fractions}")
     if abs(sum(fractions.values()) - 1) > 1e-6:
         problems.append(f"split.fractions must sum to 1, got {sum(fractions.values()):g}")
-    if options["method"] == "grouped_stratified" and fractions["train"] <= 0:
-        problems.append("split.fractions.train must be above 0")
+    # Training needs train and val, evaluation val and test: a split left empty would fail there,
+    # after the preprocessing and the training. k-fold takes only test from the fractions.
+    needed = {"grouped_stratified": SPLITS, "kfold": ("test",)}.get(options["method"], ())
+    for name in needed:
+        if fractions[name] <= 0:
+            problems.append(f"split.fractions.{name} must be above 0 (method {options['method']}): training needs "
+                            "train and val, evaluation val and test")
     if options["method"] == "kfold" and (int(options["folds"]) < 2):
         problems.append(f"split.folds must be at least 2, got {options['folds']}")
     if problems:
@@ -383,10 +389,13 @@ def _check_table(validated_df, method):
     columns = list(REQUIRED_COLUMNS) + (["split"] if method == "predefined" else [])
     table = validated_df[columns].copy()
     for column in columns:
-        table[column] = table[column].fillna("").astype(str).str.strip()
+        table[column] = table[column].fillna("").astype(str)
+        # A sample id is the image's path, as the cache keeps it: a file name may end in a space.
+        if column != "sample_id":
+            table[column] = table[column].str.strip()
     problems = []
     for column in ("sample_id", "label", "patient", "content_hash"):
-        for row in np.flatnonzero((table[column] == "").to_numpy())[:50]:
+        for row in np.flatnonzero((table[column].str.strip() == "").to_numpy())[:50]:
             problems.append(f"row {row + 2}: empty {column}")
     repeated = table["sample_id"][table["sample_id"].duplicated()]
     for sample_id in repeated.unique()[:50]:
@@ -757,6 +766,22 @@ def _check_no_unit_emptied(units_before, units_after, dropped):
          for name in emptied]
         + ["set split.drop_duplicates: false to keep patients that share an image in one split instead"],
     )
+
+
+def _check_every_split_filled(table, method, folds):
+    """Raise :class:`InputError` naming each split (or fold) without a sample: training needs train
+    and val, evaluation val and test, and both would fail only after the stages before them."""
+    units = set(_unit_names(table))
+    needed = ([f"fold {k}" for k in range(folds)] + ["test"]) if method == "kfold" else list(SPLITS)
+    empty = [name for name in needed if name not in units]
+    if not empty:
+        return
+    if method == "predefined":
+        hint = "no row of the manifest's split column names it"
+    else:
+        hint = f"too few patients ({table['patient'].nunique()}) for split.fractions and split.folds"
+    raise InputError(f"the split would leave {', '.join(empty)} without samples: training needs train and val, "
+                     "evaluation val and test", [f"{name}: {hint}" for name in empty])
 
 
 def _unit_order(name):

@@ -66,12 +66,38 @@ def test_patients_with_images_of_several_labels_are_split_as_one_group():
     assert all(len(units) == 1 for units in patients_per_unit(manifest, splits).values())
 
 
-def test_zero_fractions_give_empty_splits():
-    manifest = random_manifest(30, seed=1)
-    splits, report = make_splits(manifest, options(train=0.8, val=0.0, test=0.2))
-    assert set(splits["split"]) == {"train", "test"}
-    assert report["samples"]["val"] == 0
-    assert "the val split is empty" in report["notes"]
+@pytest.mark.parametrize("method, fractions, refused", [
+    ("grouped_stratified", dict(train=0.8, val=0.0, test=0.2), "val"),
+    ("grouped_stratified", dict(train=0.8, val=0.2, test=0.0), "test"),
+    ("kfold", dict(train=1.0, val=0.0, test=0.0), "test"),
+])
+def test_a_zero_fraction_of_a_split_a_later_stage_needs_is_refused(method, fractions, refused):
+    # Training needs train and val, evaluation val and test: an empty one failed there, after
+    # the preprocessing and a whole training (helper-56).
+    with pytest.raises(InputError) as error:
+        make_splits(random_manifest(30, seed=1), options(method, **fractions))
+    assert any(f"split.fractions.{refused} must be above 0" in p for p in error.value.problems)
+
+
+def test_kfold_takes_only_test_from_the_fractions():
+    splits, _ = make_splits(random_manifest(40, seed=1), options("kfold", train=0.8, val=0.0, test=0.2, folds=3))
+    assert set(splits["split"]) == {"trainval", "test"}
+
+
+def test_a_predefined_split_without_val_rows_is_refused_naming_the_split(manifest):
+    given = _predefined(manifest).replace({"split": {"val": "train"}})
+    with pytest.raises(InputError, match="would leave val without samples") as error:
+        make_splits(given, options("predefined"))
+    assert error.value.problems == ["val: no row of the manifest's split column names it"]
+
+
+def test_a_sample_id_keeps_its_spaces_as_the_cache_does(manifest):
+    # "sp ace.png " is a file name validation accepts; the split wrote "sp ace.png", which no cache
+    # row matched (helper-56).
+    given = manifest.copy()
+    given.loc[given.index[0], "sample_id"] = " sp ace.png "
+    splits, _ = make_splits(given, options())
+    assert splits["sample_id"].tolist() == given["sample_id"].tolist()
 
 
 def test_infeasible_fractions_are_reported_not_hidden():
@@ -297,21 +323,24 @@ def test_kfold_with_too_few_patients_is_an_input_error():
 def test_kfold_with_drop_duplicates_deals_the_folds_after_dropping():
     # Patients 1 and 3 hold copies of patients 0 and 2's images. Dealt first, the two folds got
     # {0, 2} and {1, 3}, and dropping the later copies then emptied fold 1.
-    shared = _sharing_images(make_manifest([2, 2, 2, 2], ["a", "a", "b", "b"]), {1: 0, 3: 2})
+    # Patients 4 and 5 are the held-out test set (k-fold needs one), and share nothing.
+    shared = _sharing_images(make_manifest([2, 2, 2, 2, 1, 1], ["a", "a", "b", "b", "a", "b"]), {1: 0, 3: 2})
     for seed in range(5):
-        splits, report = make_splits(shared, options("kfold", folds=2, train=0.5, val=0.5, test=0.0, seed=seed,
+        splits, report = make_splits(shared, options("kfold", folds=2, train=0.6, val=0.2, test=0.2, seed=seed,
                                                      drop_duplicates=True))
+        assert splits.loc[splits["split"] == "test", "sample_id"].tolist() == shared["sample_id"].iloc[[8, 9]].tolist()
         assert [detail["samples"] for detail in report["fold_details"]] == [2, 2]
-        assert sorted(splits["fold"]) == [0, 0, 1, 1]
+        assert sorted(splits["fold"]) == [-1, -1, 0, 0, 1, 1]
         dropped = report["dropped_duplicates"]
         assert sorted(d["sample_id"] for d in dropped) == shared["sample_id"].iloc[[2, 3, 6, 7]].tolist()
         assert {d["split"] for d in dropped} == {"trainval"} and {d["kept_in"] for d in dropped} == {"fold 0", "fold 1"}
 
 
 def test_kfold_with_too_few_patients_left_by_drop_duplicates_is_an_input_error():
-    shared = _sharing_images(make_manifest([2, 2, 2], ["a", "a", "b"]), {1: 0})
+    # Patients 0 and 1 share an image; the test set takes two of the other three.
+    shared = _sharing_images(make_manifest([2, 2, 2, 1, 1], ["a", "a", "b", "a", "b"]), {1: 0})
     with pytest.raises(InputError, match="too few patients for 3-fold") as caught:
-        make_splits(shared, options("kfold", folds=3, train=0.5, val=0.5, test=0.0, drop_duplicates=True))
+        make_splits(shared, options("kfold", folds=3, train=0.7, val=0.1, test=0.2, drop_duplicates=True))
     assert "2 patient group(s)" in str(caught.value) and "drop_duplicates" in str(caught.value)
 
 
