@@ -107,6 +107,8 @@ class Problem:
         message = self.message
         if message.startswith(f"{where}: "):
             message = message[len(where) + 2:]
+        elif message.startswith(f"{where} "):  # "row 4 has 5 fields": said once, not "row 4: row 4 has"
+            message = message[len(where) + 1:]
         if self.path:
             where += f" ({self.path})"
         return f"{where}: {message} [{self.severity} {self.code}]"
@@ -222,7 +224,8 @@ def read_manifest_rows(manifest, problems):
         # the checks of the columns themselves (a required one missing) are listed in the same run.
         problems.add(None, None, "duplicate_column", "error", f"column(s) {duplicated} appear more than once")
         return header, []
-    rows = []
+    path_at = named[header.index("path")] if "path" in header else None
+    rows, spanning = [], []
     for number, (first_line, last_line, record) in enumerate(records[1:], start=1):
         if all(not value.strip() for value in record):
             continue  # a blank spreadsheet line carries nothing
@@ -235,12 +238,50 @@ def read_manifest_rows(manifest, problems):
                              f"has {n_fields}: a quote opened on line {first_line} is closed only on line "
                              f"{last_line}, and the lines between were read as one value; remove the stray quote")
             else:
-                problems.add(number, None, "malformed_row", "error",
+                path = record[path_at] if path_at is not None and path_at < len(record) else None
+                problems.add(number, path, "malformed_row", "error",
                              f"row {number} has {len(record)} fields, the header has {n_fields} "
                              "(an unquoted comma in a value?)")
             continue
+        if first_line != last_line:
+            spanning.append((number, first_line, last_line, record))
         rows.append((number, dict(zip(header, (record[i] for i in named)))))
-    return header, rows
+    swallowing = _rows_swallowing_rows(spanning, rows, header, named, n_fields, text)
+    for number, first_line, last_line, column, line, text in swallowing:
+        problems.add(None, None, "malformed_manifest", "error",
+                     f"row {number} (lines {first_line}-{last_line}): its {column!r} value holds lines that read as "
+                     f"manifest rows (line {line}: {text!r}): a quote opened on line {first_line} is closed only on "
+                     f"line {last_line}, and the lines between were read as one value; remove the stray quote")
+    swallowed = {number for number, *_ in swallowing}
+    return header, [(number, row) for number, row in rows if number not in swallowed]
+
+
+def _rows_swallowing_rows(spanning, rows, header, named, n_fields, text):
+    """The rows among ``spanning`` (those read from several lines) that hold whole rows.
+
+    A stray quote closed by another stray quote further down gives a row of the right field count
+    when both stand in one column: every line between vanishes into that column's value without a
+    word. A value spanning lines is valid CSV (a note with a line break), so a row is taken as
+    swallowing rows only when one of its lines after the first, read alone, has the header's
+    field count and a label that the rows read normally have. Returns ``(row number, first line,
+    last line, column, line, text)`` tuples, the column being the one whose value spans lines.
+    """
+    if "label" not in header or not spanning:
+        return []
+    label_at = named[header.index("label")]
+    labels = {row["label"].strip() for _, row in rows} - {""}
+    lines = io.StringIO(text, newline="").readlines()
+    found = []
+    for number, first_line, last_line, record in spanning:
+        for line in range(first_line + 1, last_line + 1):
+            physical = lines[line - 1].rstrip("\r\n")
+            fields = next(csv.reader([physical]), [])
+            if len(fields) == n_fields and fields[label_at].strip() in labels:
+                position = next(i for i, value in enumerate(record) if "\n" in value or "\r" in value)
+                column = header[named.index(position)] if position in named else f"column {position + 1}"
+                found.append((number, first_line, last_line, column, line, physical))
+                break
+    return found
 
 
 def manifest_header(manifest):
@@ -928,8 +969,14 @@ def _finish(manifest, root_real, problems, records, extra_columns, options, labe
     for record in kept:
         class_counts[record["label"]] += len(record["samples"])
     classes = list(labels) if labels else sorted(class_counts)
+    # Rows with errors count apart: "class 'a' has 0 image(s)" for a class all of whose rows are
+    # named above as erroneous would send the user looking for missing rows.
+    in_error_rows = collections.Counter()
+    for record in records:
+        if record["row"] in error_rows:
+            in_error_rows[record["label"]] += max(len(record["samples"]), 1)
     if records or not any(p.row is None for p in all_problems):
-        _check_classes(classes, class_counts, options, problems)
+        _check_classes(classes, class_counts, options, problems, in_error_rows)
     table = _build_table(kept, extra_columns)
     remaining_errors = [p for p in all_problems if p.severity == "error"
                         and (p.row is None or not options["drop_invalid"])]
@@ -960,18 +1007,22 @@ def _finish(manifest, root_real, problems, records, extra_columns, options, labe
                             named_files=sorted({os.path.realpath(r["file"]) for r in records if r["file"] is not None}))
 
 
-def _check_classes(classes, class_counts, options, problems):
+def _check_classes(classes, class_counts, options, problems, in_error_rows):
+    def besides(count):
+        return f" ({count} more in rows with errors)" if count else ""
+
     present = [name for name in classes if class_counts.get(name, 0) > 0]
     for name in classes:
         count = class_counts.get(name, 0)
         if count < options["min_images_per_class"]:
             problems.add(None, None, "too_few_images", "error",
-                         f"class {name!r} has {count} image(s); validation.min_images_per_class is "
-                         f"{options['min_images_per_class']}")
+                         f"class {name!r} has {count} image(s){besides(in_error_rows.get(name, 0))}; "
+                         f"validation.min_images_per_class is {options['min_images_per_class']}")
     if len(present) < options["min_classes"]:
+        erroneous = sum(in_error_rows.values())
         problems.add(None, None, "too_few_classes", "error",
-                     f"{len(present)} class(es) with images ({present}); a classifier needs at least "
-                     f"validation.min_classes = {options['min_classes']}")
+                     f"{len(present)} class(es) with images ({present}){besides(erroneous)}; a classifier needs "
+                     f"at least validation.min_classes = {options['min_classes']}")
 
 
 def _build_table(records, extra_columns):

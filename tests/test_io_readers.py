@@ -569,3 +569,20 @@ def test_read_errors_name_no_memory_address():
     assert error.message == "cannot identify image file <_io.BytesIO>"
     assert str(error) == "undecodable: cannot identify image file <_io.BytesIO>"
     assert pickle.loads(pickle.dumps(error)).message == error.message
+
+
+def test_a_file_that_cannot_be_opened_is_unreadable_not_undecodable(tmp_path, monkeypatch):
+    # Permission denied said "undecodable", the code of a damaged image (helper-56). The tests run
+    # as root, whom chmod 000 does not stop, so the open itself fails here.
+    import medclassify.io
+
+    path = tmp_path / "a.png"
+    Image.fromarray(np.zeros((4, 4), np.uint8)).save(path)
+
+    def denied(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(medclassify.io, "open", denied, raising=False)
+    with pytest.raises(ReadError) as error:
+        read_file_samples(path, DEFAULT_IO_OPTIONS)
+    assert (error.value.code, error.value.message) == ("unreadable_file", "cannot be opened (Permission denied)")

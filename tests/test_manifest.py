@@ -128,6 +128,28 @@ def test_quoted_fields_and_whitespace(tmp_path):
     assert result.table["label"].tolist() == ["x", "x", "y", "y"]
 
 
+def test_a_note_with_a_line_break_is_a_value_not_swallowed_rows(tmp_path):
+    # Valid CSV: a quoted value may hold a line break, even one with commas.
+    root = tmp_path / "data"
+    manifest = make_dataset(root, n=4, extra=",note")
+    lines = manifest.read_text().splitlines()
+    lines[1:] = [line + "," for line in lines[1:]]
+    lines[2] += '"seen twice,\nsecond look: a, b, c"'
+    manifest.write_text("\n".join(lines) + "\n")
+    result = validate(manifest, root, min_images_per_class=1)
+    assert result.ok and len(result.table) == 4
+    assert result.table["note"].tolist()[1] == "seen twice,\nsecond look: a, b, c"
+
+
+def test_a_row_with_too_many_fields_names_its_row_once_and_its_path(tmp_path):
+    root = tmp_path / "data"
+    manifest = make_dataset(root, n=4)
+    manifest.write_text(manifest.read_text() + "img/3.png,b,patient-9,XR,site0,extra\n")
+    [problem] = [p for p in validate(manifest, root).problems if p.code == "malformed_row"]
+    assert str(problem) == ("row 5 (img/3.png): has 6 fields, the header has 5 (an unquoted comma in a value?) "
+                            "[error malformed_row]")
+
+
 def validate_four_images(tmp_path, rows):
     """Validate a manifest with ``rows`` (CSV lines after the header) over four PNGs a–d.png."""
     root = tmp_path / "data"
@@ -284,6 +306,10 @@ def test_write_outputs_refuse_to_overwrite_an_image_the_manifest_names(tmp_path)
     ('"img/2.png,a,patient-2,XR,site2', "never closed"),  # opens a quote that runs to the end of the file
     ('img/2.png,a,patient-2,XR,"site2', "never closed"),  # in the last column: the field count still fits
     ('"img/2.png,a,patient-2,XR,site2\nimg/3.png,b,patient-3,XR,site0"', "closed only on line 5"),
+    # Opened and closed in the last column: the field count fits, and row 3 swallowed the rows
+    # between without a word (helper-56).
+    ('img/2.png,a,patient-2,XR,"site2\nimg/3.png,b,patient-3,XR,site0"', "closed only on line 5"),
+    ('img/2.png,a,"patient-2\nimg/3.png,b,patient-3",XR,site0', "closed only on line 5"),
 ])
 def test_a_stray_quote_fails_validation_even_under_drop_invalid(tmp_path, stray, lines):
     # The csv module reads from a stray quote to the next quote or the end of the file as one value:
@@ -558,3 +584,19 @@ def test_a_short_row_under_an_unnamed_column_is_malformed_not_shifted(tmp_path):
     assert header == ["path", "label", "patient", "modality"]
     assert rows == [(1, {"path": "a.png", "label": "x", "patient": "p1", "modality": "XR"})]
     assert [(p.row, p.code) for p in problems.problems] == [(None, "unnamed_column"), (2, "malformed_row")]
+
+
+def test_a_class_whose_rows_all_have_errors_says_so_in_the_class_count(tmp_path):
+    # "class 'b' has 0 image(s)" sent the user looking for rows that are there, named above with
+    # their own errors (helper-56).
+    root = tmp_path / "data"
+    manifest = make_dataset(root, n=6)
+    for i in (1, 3, 5):  # every image of class b
+        (root / "img" / f"{i}.png").unlink()
+    messages = [p.message for p in validate(manifest, root, min_images_per_class=1).problems
+                if p.code in ("too_few_images", "too_few_classes")]
+    assert messages == ["1 class(es) with images (['a']) (3 more in rows with errors); a classifier needs at "
+                        "least validation.min_classes = 2"]
+    messages = [p.message for p in validate(manifest, root, labels=["a", "b"], min_images_per_class=1).problems
+                if p.code in ("too_few_images", "too_few_classes")]
+    assert messages[0] == "class 'b' has 0 image(s) (3 more in rows with errors); validation.min_images_per_class is 1"

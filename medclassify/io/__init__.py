@@ -100,7 +100,7 @@ def _opened(path):
     except OSError as error:
         if file is not None:
             file.close()
-        raise ReadError("undecodable", f"cannot be opened ({error.strerror})") from None
+        raise ReadError("unreadable_file", f"cannot be opened ({error.strerror})") from None
     with file:
         fmt, mismatch = _format_of(path, head)
         file.seek(0)

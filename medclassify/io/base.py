@@ -21,6 +21,7 @@ DEFAULT_IO_OPTIONS = {
 # Stable problem codes that a reader may raise. Validation reports them unchanged.
 READ_ERROR_CODES = (
     "empty_file",              # zero bytes
+    "unreadable_file",         # the file cannot be opened (permissions, an I/O error)
     "undecodable",             # not a valid image of its format (truncated, corrupt, wrong content)
     "unsupported_format",      # no reader for this kind of file
     "unsupported_image",       # a readable file whose layout we cannot turn into a 2D image
