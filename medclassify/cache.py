@@ -1202,6 +1202,17 @@ def open_cache(path, expected_params_hash=None, expected_by=("the config's", "re
     return Cache(path, handle, sources, files, attrs, labels, strings)
 
 
+def check_built_with(path, dataset_options, remedy):
+    """Raise InputError (see ``open_cache``) when the cache at ``path`` was built with other
+    preprocessing or reading options than ``dataset_options`` (``config.dataset_config``) state.
+
+    Training checks what it is handed: a cache built by hand with other options and put where
+    the workflow looks for it would otherwise be trained on, under a run card stating the config's.
+    """
+    expected = params_hash(dataset_options["preprocess"], dataset_options["io"])
+    open_cache(path, expected_params_hash=expected, expected_by=("the config's", remedy)).close()
+
+
 def _read_checked_metadata(path, handle, expected_params_hash, expected_by):
     problems = []
     names = ("images", "labels") + STRING_DATASETS

@@ -101,10 +101,11 @@ def _add_validate(sub):
                        description="Validate a manifest: columns, labels, files, decoding, duplicates, "
                        "patients. Writes the validated manifest (only when valid) and a report.")
     p.add_argument("manifest", type=Path, help="manifest CSV (columns path, label, patient, modality)")
-    p.add_argument("--root", type=Path, help="folder the manifest's paths are relative to (default: the manifest's folder)")
+    p.add_argument("--root", type=Path, help="folder the manifest's paths are relative to (default: the config "
+                   "dataset's root, else the manifest's folder)")
     p.add_argument("--report", type=Path, required=True, help="validation report (JSON; a .md is written beside it)")
     p.add_argument("--out", type=Path, help="validated manifest CSV (default: manifest.validated.csv beside the report)")
-    p.add_argument("--labels", nargs="+", help="allowed labels, in class order")
+    p.add_argument("--labels", nargs="+", help="allowed labels, in class order (default: the config dataset's labels)")
     p.add_argument("--threads", type=positive_int, default=1, help="decoding processes")
     p.add_argument("--decode-cache", type=Path,
                    help="JSON file of per-file decoding results; revalidation decodes only new or changed files")
@@ -117,9 +118,11 @@ def _cmd_validate(args):
     from .privacy import resolve_salt
 
     options = _dataset_options(args)
-    root = args.root or args.manifest.parent
+    # As the workflow: labels set the class order (and so the positive class), root the paths.
+    root = args.root or (Path(options["root"]) if options.get("root") else args.manifest.parent)
+    labels = args.labels or options.get("labels")
     result = validate_manifest(args.manifest, root, io_options=options["io"],
-                               validation_options=options["validation"], labels=args.labels,
+                               validation_options=options["validation"], labels=labels,
                                salt=resolve_salt(args.loaded_config["salt"]), threads=args.threads,
                                decode_cache=args.decode_cache)
     out = args.out or args.report.parent / "manifest.validated.csv"
@@ -226,7 +229,7 @@ def _cmd_train(args):
         raise UsageError(f"--init-model {args.init_model}: only --stage finetune starts from a model; the head "
                          "stage builds its own from the config (train.backbone, train.weights)")
     _require_files(args.splits, args.init_model)
-    from .cache import open_cache, params_hash
+    from .cache import check_built_with
     from .config import run_config
     from .training import train_stage
 
@@ -235,10 +238,8 @@ def _cmd_train(args):
     # cache must have had (a missing cache is named by the training's own open).
     stated = args.config or {"preprocess", "io", "datasets"} & set(_parse_overrides(args.set) if args.set else {})
     if stated and args.cache.is_file():
-        dataset = _dataset_options(args)
-        open_cache(args.cache, expected_params_hash=params_hash(dataset["preprocess"], dataset["io"]),
-                   expected_by=("the config's", "give the config the cache was built with (--config, --set, "
-                                "--dataset), or build the cache with this one (medclassify preprocess)")).close()
+        check_built_with(args.cache, _dataset_options(args), "give the config the cache was built with (--config, "
+                         "--set, --dataset), or build the cache with this one (medclassify preprocess)")
     train_stage(args.stage, args.cache, args.splits, args.out, options=options,
                 fold=args.fold, init_model=args.init_model, threads=args.threads)
     print(f"wrote {args.out / 'model.keras'}")

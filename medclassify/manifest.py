@@ -35,6 +35,7 @@ import pandas as pd
 from .atomic import atomic_path, atomic_write_json, atomic_write_text
 from .config import with_section_defaults
 from .errors import InputError, UsageError
+from .content import is_constant_content
 from .io import READ_ERROR_CODES, ReadError, content_hash, read_file_samples, resolve_io_options
 from .privacy import DEFAULT_SALT, SALT_ENVIRONMENT_VARIABLE, hash_patient
 
@@ -501,7 +502,7 @@ def decode_files(paths, io_options, threads=1):
 
 
 # Bump when inspect_image_file's output or a reader's decoding changes: old caches are ignored.
-DECODE_CACHE_VERSION = 8
+DECODE_CACHE_VERSION = 9
 
 
 def _file_key(path):
@@ -861,9 +862,15 @@ def _check_images(records, decoded, problems):
             problems.add(number, path, "implausible_channels", "warning",
                          f"row {number}: a colour image for modality {record['modality']!r}, whose images are grey "
                          "(burnt-in annotations or a screenshot?)")
-        if all(s["constant"] for s in result["samples"]):
+        blank = sum(s["constant"] for s in result["samples"])
+        if blank == len(result["samples"]):
             problems.add(number, path, "constant_image", "warning",
                          f"row {number}: every pixel has the same value (a blank or failed export?)")
+        elif blank:
+            problems.add(number, path, "constant_image", "warning",
+                         f"row {number}: {blank} of its {len(result['samples'])} slices or frames are blank (every "
+                         "pixel the same value), and are trained on under the row's label; io.nifti_slice or "
+                         "io.dicom_frame can name the slices to keep")
         non_finite, n_pixels = (sum(s[key] for s in result["samples"]) for key in ("non_finite", "n_pixels"))
         if non_finite:
             problems.add(number, path, "non_finite_pixels", "warning",
@@ -872,11 +879,16 @@ def _check_images(records, decoded, problems):
 
 
 def _check_duplicate_content(records, problems):
-    """Identical decoded pixels in different rows: conflicting labels are errors, else warnings."""
+    """Identical decoded pixels in different rows: conflicting labels are errors, else warnings.
+
+    Blank images (every pixel equal) are left out: the edge slices of volumes under
+    ``nifti_slice: all`` are alike in every scan, and said nothing about the scans.
+    """
     by_hash = collections.defaultdict(dict)
     for record in records:
         for sample in record["samples"]:
-            by_hash[sample["content_hash"]].setdefault(record["row"], record)
+            if not is_constant_content(sample["content_hash"]):
+                by_hash[sample["content_hash"]].setdefault(record["row"], record)
     for group in by_hash.values():
         if len(group) < 2:
             continue

@@ -48,6 +48,7 @@ import pandas as pd
 
 from .atomic import atomic_path, atomic_write_json, atomic_write_text
 from .config import with_section_defaults
+from .content import is_constant_content
 from .errors import InputError
 
 __all__ = [
@@ -393,6 +394,10 @@ def _check_table(validated_df, method):
         # A sample id is the image's path, as the cache keeps it: a file name may end in a space.
         if column != "sample_id":
             table[column] = table[column].str.strip()
+    # A blank image (every pixel equal) shares its content with every other blank one of its
+    # size: it neither links patients nor counts as a duplicate (the edge slices of volumes).
+    blank = table["content_hash"].map(is_constant_content)
+    table.loc[blank, "content_hash"] = table.loc[blank, "content_hash"] + "#" + table.loc[blank, "sample_id"]
     problems = []
     for column in ("sample_id", "label", "patient", "content_hash"):
         for row in np.flatnonzero((table[column].str.strip() == "").to_numpy())[:50]:

@@ -892,3 +892,17 @@ def test_cache_identity_is_the_same_for_a_rebuilt_cache_and_differs_with_a_label
     assert cache_identity(first) == cache_identity(again)
     assert cache_identity(first)[0] == cache_identity(relabelled)[0]  # same preprocessing
     assert cache_identity(first)[1] != cache_identity(relabelled)[1]
+
+
+def test_check_built_with_refuses_a_cache_of_other_preprocessing_naming_the_remedy(dataset, tmp_path):
+    # The workflow trained on a cache built by hand at 16 px where its config said 24, and the run
+    # card stated 24 (helper-55); the CLI already refused it.
+    from medclassify.cache import check_built_with
+
+    root, rows = dataset
+    cache_path, _ = build(write_manifest(rows, tmp_path / "manifest.validated.csv"), root, tmp_path / "results")
+    preprocess, io = options()
+    check_built_with(cache_path, {"preprocess": preprocess, "io": io}, "rebuild it")
+    with pytest.raises(InputError, match="other preprocessing") as error:
+        check_built_with(cache_path, {"preprocess": {**preprocess, "size": [24, 24]}, "io": io}, "rebuild it")
+    assert "rebuild it" in error.value.problems

@@ -586,3 +586,14 @@ def test_a_file_that_cannot_be_opened_is_unreadable_not_undecodable(tmp_path, mo
     with pytest.raises(ReadError) as error:
         read_file_samples(path, DEFAULT_IO_OPTIONS)
     assert (error.value.code, error.value.message) == ("unreadable_file", "cannot be opened (Permission denied)")
+
+
+def test_the_content_hash_marks_a_blank_image_and_keeps_its_length():
+    from medclassify.content import is_constant_content
+
+    blank, other_blank = np.zeros((8, 8), np.uint8), np.full((8, 8), 7, np.uint8)
+    image = np.arange(64, dtype=np.uint8).reshape(8, 8)
+    assert is_constant_content(content_hash(blank)) and is_constant_content(content_hash(other_blank))
+    assert content_hash(blank) != content_hash(other_blank) and len(content_hash(blank)) == 32
+    assert not is_constant_content(content_hash(image)) and len(content_hash(image)) == 32
+    assert not is_constant_content(content_hash(np.full((2, 2), np.nan)))  # NaN equals nothing: not "blank"

@@ -383,6 +383,26 @@ def test_cli_validate_exit_codes(tmp_path, capsys):
     assert not (tmp_path / "out" / "manifest.validated.csv").exists()
 
 
+def test_cli_validate_takes_labels_and_root_from_the_config_as_the_workflow(tmp_path, capsys):
+    # The CLI ignored them: a binary dataset's class order (and so its positive class) came out the
+    # other way round from the workflow's, and the config's root was not where paths were looked up
+    # (helper-55).
+    root = tmp_path / "data"
+    manifest = make_dataset(root)
+    moved = tmp_path / "elsewhere" / "manifest.csv"
+    moved.parent.mkdir()
+    moved.write_text(manifest.read_text())
+    config = tmp_path / "config.yaml"
+    config.write_text(f"datasets: {{own: {{manifest: {moved}, root: {root}, labels: [b, a]}}}}\n")
+    out = tmp_path / "out"
+    assert cli_main(["validate", str(moved), "--report", str(out / "report.json"), "--config", str(config)]) == 0
+    assert json.loads((out / "report.json").read_text())["classes"] == ["b", "a"]
+    # Given on the command line, they still win.
+    assert cli_main(["validate", str(moved), "--report", str(out / "report.json"), "--config", str(config),
+                     "--labels", "a", "b", "--root", str(root)]) == 0
+    assert json.loads((out / "report.json").read_text())["classes"] == ["a", "b"]
+
+
 def test_decode_cache_decodes_only_new_or_changed_files(tmp_path):
     root = tmp_path / "data"
     manifest = make_dataset(root, n=6)
@@ -600,3 +620,33 @@ def test_a_class_whose_rows_all_have_errors_says_so_in_the_class_count(tmp_path)
     messages = [p.message for p in validate(manifest, root, labels=["a", "b"], min_images_per_class=1).problems
                 if p.code in ("too_few_images", "too_few_classes")]
     assert messages[0] == "class 'b' has 0 image(s) (3 more in rows with errors); validation.min_images_per_class is 1"
+
+
+def test_blank_slices_shared_by_volumes_are_not_duplicates_and_are_counted(tmp_path):
+    # Under nifti_slice: all, every volume's blank edge slices were "the same pixels under different
+    # labels", an error on every row, and linked every patient into one split group (helper-56).
+    import nibabel as nib
+
+    root = tmp_path / "data"
+    root.mkdir()
+    rng = np.random.default_rng(0)
+    lines = ["path,label,patient,modality"]
+    for i in range(4):
+        volume = np.zeros((12, 12, 5), np.int16)
+        volume[:, :, 1:4] = rng.integers(1, 1000, (12, 12, 3))
+        nib.save(nib.Nifti1Image(volume, np.eye(4)), root / f"v{i}.nii.gz")
+        lines.append(f"v{i}.nii.gz,{'ab'[i % 2]},p{i},MR")
+    (root / "m.csv").write_text("\n".join(lines) + "\n")
+    result = validate(root / "m.csv", root, io_options={"nifti_slice": "all"}, min_images_per_class=1)
+    assert result.ok, [str(p) for p in result.problems]
+    assert {p.code for p in result.problems} == {"constant_image"}
+    assert [p.message for p in result.problems][0] == (
+        "row 1: 2 of its 5 slices or frames are blank (every pixel the same value), and are trained on under "
+        "the row's label; io.nifti_slice or io.dicom_frame can name the slices to keep")
+
+    from medclassify.splits import make_splits
+    from tests.splits_fixtures import options
+
+    table = result.table.assign(modality="MR")
+    splits, report = make_splits(table, options("kfold", folds=2, train=0.5, val=0.25, test=0.25))
+    assert report.get("linked_patients", []) == [] and report["dropped_duplicates"] == []

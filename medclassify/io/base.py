@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..content import CONSTANT_CONTENT
+
 # Mirrors the defaults of the ``io`` section of workflow/schemas/config.schema.yaml. This layer may
 # not import medclassify.config; tests/test_io_readers.py checks that the two stay equal.
 DEFAULT_IO_OPTIONS = {
@@ -112,12 +114,17 @@ def content_hash(pixels):
     """sha256 (hex, first 32 characters) of an array's dtype, shape and bytes.
 
     Byte order is part of the dtype string, so the same values in another byte order hash
-    differently; readers always return native-order arrays.
+    differently; readers always return native-order arrays. An array whose values are all
+    equal gets ``CONSTANT_CONTENT`` and the digest's first 23 characters (32 in all):
+    see ``is_constant_content``.
     """
     array = np.ascontiguousarray(pixels)
     digest = hashlib.sha256()
     digest.update(f"{array.dtype.str}|{array.shape}|".encode("ascii"))
-    digest.update(array.reshape(-1).view(np.uint8) if array.size else b"")  # the bytes, without a copy
+    flat = array.reshape(-1)
+    digest.update(flat.view(np.uint8) if array.size else b"")  # the bytes, without a copy
+    if array.size and (flat == flat[0]).all():
+        return CONSTANT_CONTENT + digest.hexdigest()[:32 - len(CONSTANT_CONTENT)]
     return digest.hexdigest()[:32]
 
 

@@ -9,7 +9,8 @@ sys.path.insert(0, str(Path(snakemake.scriptdir).parents[1]))  # the library, at
 
 from medclassify.runlog import log_output
 from medclassify.atomic import atomic_write_json
-from medclassify.config import loading_options
+from medclassify.cache import check_built_with
+from medclassify.config import dataset_config, loading_options
 from medclassify.training import train_stage
 from medclassify.workflow_paths import parse_run
 
@@ -21,6 +22,13 @@ with log_output(snakemake.log[0]):
     options["train"].update(loading_options(snakemake.config, run_name))
     if options["train"]["weights"] != "none":
         options["train"]["weights"] = str(snakemake.input.weights) if stage == "head" else "none"
+    dataset = snakemake.wildcards.dataset
+    check_built_with(
+        snakemake.input.cache,
+        dataset_config(snakemake.config, dataset),
+        f"the preprocess stage did not build it under this config (was it built by hand?): "
+        f"delete results/{dataset}/cache.h5 and rerun",
+    )
     started = time.time()
     train_stage(
         stage,
