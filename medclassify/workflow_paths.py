@@ -23,22 +23,41 @@ def run_ids(run_names, folds=None):
 
 
 def input_path(path):
-    """``path`` spelled as one rule input, symlinks resolved; no input (``[]``) for None.
+    """``path`` spelled as one rule input: as written, normalised; no input (``[]``) for None.
 
     Snakemake reruns a job whose set of input paths changed, so two spellings of one file would
-    rerun it and all that follows. Inside the working directory the path is relative to it (the
-    config's ``data/m.csv``, the Makefile's absolute path and ``./data/m.csv`` are one input).
-    Outside it the path keeps the kind the user gave: ``../data/m.csv`` stays relative, so that
-    moving the project together with its data reruns nothing, and ``/data/m.csv`` stays absolute,
-    so that moving the project away from data that stays put reruns nothing either.
+    rerun it and all that follows. A path that lies inside the working directory as written is
+    relative to it (the config's ``data/m.csv``, the Makefile's absolute path and ``./data/m.csv``
+    are one input), also where ``data`` is a symbolic link to another disk, which a project moved
+    with its link keeps. Outside it the path keeps the kind the user gave: ``../data/m.csv`` stays
+    relative, so that moving the project together with its data reruns nothing, and
+    ``/data/m.csv`` stays absolute, so that moving the project away from data that stays put
+    reruns nothing either. Symbolic links are not resolved: resolving one made the path depend
+    on where its target lies, which moving the project changes.
     """
     if path is None:
         return []
-    resolved, cwd = os.path.realpath(path), os.path.realpath(os.getcwd())
-    inside = resolved == cwd or resolved.startswith(cwd.rstrip(os.sep) + os.sep)
-    if os.path.isabs(path) and not inside:
-        return resolved
-    return os.path.relpath(resolved, cwd)
+    path = os.fspath(path)
+    absolute = os.path.abspath(path)
+    for base in _working_directory_spellings():
+        if absolute == base or absolute.startswith(base.rstrip(os.sep) + os.sep):
+            return os.path.relpath(absolute, base)
+    return absolute if os.path.isabs(path) else os.path.normpath(path)
+
+
+def _working_directory_spellings():
+    """The working directory as the system gives it, and as the shell names it (``$PWD``, which
+    may go through a symbolic link, ``/home/u`` for ``/data/home/u``) where that is the same folder."""
+    cwd = os.getcwd()
+    spellings = [cwd]
+    shell = os.environ.get("PWD")
+    if shell and os.path.isabs(shell) and shell != cwd:
+        try:
+            if os.path.samefile(shell, cwd):
+                spellings.append(os.path.normpath(shell))
+        except OSError:
+            pass
+    return spellings
 
 
 def manifest_root(options):

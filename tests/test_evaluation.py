@@ -241,6 +241,26 @@ def test_a_resample_lacking_a_class_leaves_the_macro_sensitivity_undefined():
     assert info["class_patients"] == [10, 10, 1] and info["reliable"] is False
 
 
+def test_a_class_absent_from_the_test_split_leaves_the_macro_interval_over_the_others_and_is_named():
+    # The point estimate averages the classes present; every resample lacked class 2, so its interval
+    # was always null, and the warning spoke of "a single patient" (helper-54, helper-57).
+    from medclassify.evaluation.run import confidence_intervals, unreliable_intervals_note
+
+    rng = np.random.default_rng(0)
+    y_true = np.repeat([0, 1], 40)
+    patients = np.repeat(np.arange(40), 2)
+    y_pred = np.where(rng.random(80) < 0.8, y_true, 2)
+    prob = np.eye(3)[y_pred] * 0.7 + 0.1
+    ci, info = confidence_intervals(y_true, prob, y_pred, patients, 3, None, _options(bootstrap=200)["evaluate"])
+    assert info["n_valid"]["sensitivity"] == 200 and ci["sensitivity"][0] < 0.8 < ci["sensitivity"][1]
+    assert info["class_patients"] == [20, 20, 0] and info["reliable"] is False
+    assert unreliable_intervals_note(info["class_patients"], ["a", "b", "c"]) == (
+        "class(es) c are absent from the test split: the AUC and its interval are undefined, and the macro "
+        "sensitivity and specificity average the other classes (patients per class [20, 20, 0]; "
+        "ci_info.reliable: false)")
+    assert unreliable_intervals_note([1, 5], ["a", "b"]).startswith("class(es) a come from a single patient")
+
+
 def test_gradcam_reaches_into_the_workflows_wrapped_backbone(tmp_path):
     """The training stage wraps its backbone in a keras Wrapper layer (BackboneRunner)."""
     heads = pytest.importorskip("medclassify.models.heads")
@@ -355,7 +375,7 @@ def test_single_class_val_and_test_give_nulls_and_a_recorded_fallback(tmp_path):
     splits.loc[malignant & splits["split"].isin(["val", "test"]).to_numpy(), "split"] = "train"
     splits.to_csv(tmp_path / "splits.csv", index=False)
     tiny_model((16, 16, 1), 2).save(tmp_path / "model.keras")
-    with pytest.warns(UserWarning, match=r"fewer than two patients \(patients per class \[\d+, 0\]\)"), \
+    with pytest.warns(UserWarning, match=r"class malignant is absent from the test split: .* \(patients per class \[\d+, 0\]; "), \
             pytest.warns(UserWarning, match="single class"):
         metrics = run_evaluation(tmp_path / "model.keras", tmp_path / "cache.h5", tmp_path / "splits.csv",
                                  tmp_path / "manifest.csv", tmp_path / "evaluation",

@@ -377,9 +377,23 @@ def test_a_grey_tiff_whose_second_sample_is_data_is_refused_and_one_whose_is_alp
     tifffile.imwrite(tmp_path / "data.tif", pixels, photometric="minisblack", planarconfig="contig", extrasamples=[0])
     with pytest.raises(ReadError) as error:
         read_sample(tmp_path / "data.tif")
-    assert error.value.code == "unsupported_image" and "second sample that is not alpha" in error.value.message
+    assert error.value.code == "unsupported_image" and "1 extra sample(s) that are not one alpha" in error.value.message
     tifffile.imwrite(tmp_path / "alpha.tif", pixels, photometric="minisblack", planarconfig="contig", extrasamples=[2])
     np.testing.assert_array_equal(read_sample(tmp_path / "alpha.tif").pixels, pixels[:, :, :1])
+
+
+@pytest.mark.parametrize("samples, planar", [(3, "contig"), (4, "contig"), (4, "separate")])
+def test_a_grey_tiff_of_three_or_four_samples_is_refused_not_read_as_rgb(tmp_path, samples, planar):
+    # tifffile's default for a (Y, X, 4) minisblack array: the grey and data samples became R, G and B
+    # and the 4th was dropped as alpha, without a word (helper-54).
+    pixels = RNG.integers(0, 256, (16, 16, samples)).astype(np.uint8)
+    if planar == "separate":
+        pixels = np.moveaxis(pixels, -1, 0)
+    tifffile.imwrite(tmp_path / "g.tif", pixels, photometric="minisblack", planarconfig=planar)
+    with pytest.raises(ReadError) as error:
+        read_sample(tmp_path / "g.tif")
+    assert error.value.code == "unsupported_image"
+    assert f"grey TIFF with {samples - 1} extra sample(s)" in error.value.message
 
 
 def test_rgbx_padding_is_dropped_and_cmyk_is_refused(tmp_path):

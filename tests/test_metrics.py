@@ -102,10 +102,10 @@ def test_accuracy_and_confusion_matrix_match_scikit_learn_on_any_input(pairs):
     m = classification_metrics(y_true, prob, y_pred, ["a", "b", "c"])
     assert m["accuracy"] == pytest.approx(skm.accuracy_score(y_true, y_pred))
     assert m["confusion_matrix"] == skm.confusion_matrix(y_true, y_pred, labels=[0, 1, 2]).tolist()
-    if len(set(y_true)) > 1:
+    if len(set(y_true)) > 1 and len(set(y_pred)) > 1:
         assert m["mcc"] == pytest.approx(skm.matthews_corrcoef(y_true, y_pred))
     else:
-        assert m["mcc"] is None  # scikit-learn says 0
+        assert m["mcc"] is None  # 0/0; scikit-learn says 0
 
 
 def test_auc_is_null_when_the_test_set_holds_one_class():
@@ -161,13 +161,24 @@ def test_ece_is_zero_for_perfectly_calibrated_bins_and_one_is_counted():
     assert reliability_curve(outcome, prob, 10)["count"][-1] == 2
 
 
-@pytest.mark.parametrize("n_bins", [50, 100])
+@pytest.mark.parametrize("n_bins", [5, 10, 20, 50, 100])
 def test_a_probability_on_a_bin_edge_falls_in_the_bin_that_edge_opens(n_bins):
-    edges = np.linspace(0.0, 1.0, n_bins + 1)
+    # The edges as a user writes them: 0.3, not linspace's 0.30000000000000004, which put 0.3 in
+    # [0.2, 0.3) (helper-57). int(0.58 * 50) is 28 and int(0.29 * 100) is 28: those landed one bin low.
+    edges = np.array([float(Fraction(k, n_bins)) for k in range(n_bins + 1)])
     curve = reliability_curve(np.zeros(n_bins + 1), edges, n_bins)
     assert curve["edges"].tolist() == edges.tolist()
-    # int(0.58 * 50) is 28 and int(0.29 * 100) is 28: those edges used to land one bin low.
     assert curve["count"].tolist() == [1] * (n_bins - 1) + [2]  # the last bin also holds 1.0
+    assert reliability_curve(np.zeros(1), np.array([float(f"{3 / 10}")]), 10)["count"][3] == 1
+
+
+def test_mcc_is_undefined_when_the_predictions_hold_one_class():
+    # 0/0: scikit-learn's 0 reads as "no better than chance" (helper-57).
+    y_true = np.repeat([0, 1], [70, 30])
+    constant = classification_metrics(y_true, np.full((100, 2), 0.5), np.ones(100, int), ["neg", "pos"], positive=1)
+    assert constant["mcc"] is None
+    varied = classification_metrics(y_true, np.full((100, 2), 0.5), y_true[::-1].copy(), ["neg", "pos"], positive=1)
+    assert varied["mcc"] == pytest.approx(skm.matthews_corrcoef(y_true, y_true[::-1]))
 
 
 def test_binary_ece_uses_positive_probability_and_multiclass_the_top_label():

@@ -135,8 +135,9 @@ def markdown_table(table):
         lines.append("| " + " | ".join(cells) + " |")
     if unreliable:
         lines.append("")
-        lines.append("\\* A class of the test split comes from a single patient (`ci_info.class_patients`): its "
-                     "images are in every bootstrap resample, so these intervals are too narrow.")
+        lines.append("\\* A class of the test split comes from a single patient, or from none "
+                     "(`ci_info.class_patients`): a single patient's images are in every bootstrap resample, so the "
+                     "intervals are too narrow; an absent class leaves the AUC undefined.")
     if len(levels) > 1:
         lines.append("")
         lines.append(f"The runs' intervals have different confidence levels ({', '.join(map(_percent, levels))}): "

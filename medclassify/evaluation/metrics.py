@@ -254,7 +254,9 @@ def classification_metrics(y_true, y_prob, y_pred, classes, *, positive=None, ca
         "sensitivity": _finite_or_none(sensitivity),
         "specificity": _finite_or_none(spec),
         # Undefined (scikit-learn returns 0) when the truth holds one class, as AUC is.
-        "mcc": _quiet(skm.matthews_corrcoef, y_true, y_pred) if len(np.unique(y_true)) > 1 else None,
+        # 0/0 when either side holds one class; scikit-learn's 0 would read as "no better than chance".
+        "mcc": (_quiet(skm.matthews_corrcoef, y_true, y_pred)
+                if len(np.unique(y_true)) > 1 and len(np.unique(y_pred)) > 1 else None),
         "cohen_kappa": _finite_or_none(_quiet(skm.cohen_kappa_score, y_true, y_pred, labels=labels)),
         "brier": brier_score(y_true, y_prob, n_classes, pos),
         "ece": float(expected_calibration_error(outcome, confidence, calibration_bins)),

@@ -130,13 +130,15 @@ def threshold_record(evaluate, positive, y_val, prob_val, chosen_on="val"):
 def confidence_intervals(y_true, y_prob, y_pred, patients, n_classes, positive, evaluate):
     """Patient-bootstrap intervals of AUC, accuracy, sensitivity and specificity on one split."""
     pos = 1 if positive is None else positive
+    in_split = np.bincount(y_true, minlength=n_classes) > 0
 
     def rates(idx):
         counts = confusion_counts(y_true[idx], y_pred[idx], n_classes)
         accuracy, sensitivity, specificity = rates_from_confusion(counts, pos)
-        if n_classes > 2 and (counts.sum(axis=1) == 0).any():
-            # A macro average over the classes a resample happens to hold is another statistic
-            # (0 or 1 where every full resample gives 0.33): undefined, as the AUC is then.
+        if n_classes > 2 and (counts.sum(axis=1)[in_split] == 0).any():
+            # A macro average over fewer classes than the point estimate's is another statistic
+            # (0 or 1 where every full resample gives 0.33): undefined, as the AUC is then. A
+            # class the split lacks is in neither average.
             return accuracy, float("nan"), float("nan")
         return accuracy, sensitivity, specificity
 
@@ -295,6 +297,23 @@ def class_patient_counts(y_true, patients, n_classes):
     return {"class_patients": counts, "reliable": min(counts) >= MIN_PATIENTS_PER_CLASS}
 
 
+def unreliable_intervals_note(class_patients, classes):
+    """Why the test split's intervals cannot be trusted: absent classes, single-patient ones."""
+    absent = [name for name, count in zip(classes, class_patients) if count == 0]
+    single = [name for name, count in zip(classes, class_patients) if count == 1]
+    parts = []
+    if absent and len(classes) > 2:
+        parts.append(f"class(es) {', '.join(absent)} are absent from the test split: the AUC and its interval are "
+                     "undefined, and the macro sensitivity and specificity average the other classes")
+    elif absent:
+        parts.append(f"class {absent[0]} is absent from the test split: the AUC, and the sensitivity or specificity "
+                     "that counts its images, are undefined")
+    if single:
+        parts.append(f"class(es) {', '.join(single)} come from a single patient, whose images are in every "
+                     "bootstrap resample: the intervals are too narrow")
+    return "; ".join(parts) + f" (patients per class {list(class_patients)}; ci_info.reliable: false)"
+
+
 def evaluate_test_split(y_test, prob_test, pred_test, patients_test, manifest_test, classes, positive, evaluate):
     """Metrics of the test split with CIs, calibration curve and subgroups; also returns the curve."""
     pos = 1 if positive is None else positive
@@ -305,9 +324,7 @@ def evaluate_test_split(y_test, prob_test, pred_test, patients_test, manifest_te
         metrics["ci"], metrics["ci_info"] = confidence_intervals(
             y_test, prob_test, pred_test, patients_test, len(classes), positive, evaluate)
         if not metrics["ci_info"]["reliable"]:
-            warnings.warn(f"a class of the test split comes from fewer than two patients (patients per class "
-                          f"{metrics['ci_info']['class_patients']}): its images are in every bootstrap resample, "
-                          "so the confidence intervals are too narrow (ci_info.reliable: false)", stacklevel=2)
+            warnings.warn(unreliable_intervals_note(metrics["ci_info"]["class_patients"], classes), stacklevel=2)
     else:
         metrics["ci"] = {k: [None, None] for k in ("auc", "accuracy", "sensitivity", "specificity")}
         metrics["ci_info"] = {"note": "evaluate.bootstrap is 0: no intervals"}

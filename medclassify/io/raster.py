@@ -146,13 +146,16 @@ def read_tiff(source, max_pixels):
         raise ReadError("unsupported_image", f"TIFF page of shape {array.shape} (axes {axes}) is not a 2D image")
     if array.ndim == 3 and photometric == "separated":
         raise ReadError("unsupported_image", f"CMYK (separated) TIFF of {array.shape[2]} inks: convert it to RGB or grey")
-    if array.ndim == 3 and array.shape[2] == 2 and (not extrasamples or extrasamples[-1] not in _ALPHA_SAMPLES):
-        # The channel policy drops a grey image's 2nd channel as alpha; this one is data (ExtraSamples
-        # "unspecified"), e.g. a second energy or sequence, which would be lost without a word. (An
-        # RGB image's unspecified 4th sample is padding, RGBX, which libtiff and Pillow drop too.)
-        raise ReadError("unsupported_image", f"grey TIFF with a second sample that is not alpha (ExtraSamples "
-                                             f"{list(extrasamples)}): an image has 1 (grey) or 3 (RGB) channels, with "
-                                             "an optional alpha: save one channel per file")
+    grey_with_samples = photometric in ("minisblack", "miniswhite") or array.shape[-1] == 2
+    if array.ndim == 3 and grey_with_samples and not (array.shape[2] == 2 and extrasamples
+                                                      and extrasamples[-1] in _ALPHA_SAMPLES):
+        # A grey image's samples beyond the first are data (ExtraSamples "unspecified"): a second
+        # energy or sequence, a microscope's channels. Read as alpha, or as R, G and B, they were
+        # lost or mixed without a word. (An RGB image's unspecified 4th sample is padding, RGBX,
+        # which libtiff and Pillow drop too.)
+        raise ReadError("unsupported_image", f"grey TIFF with {array.shape[2] - 1} extra sample(s) that are not one "
+                                             f"alpha (ExtraSamples {list(extrasamples)}): an image has 1 (grey) or 3 "
+                                             "(RGB) channels, with an optional alpha: save one channel per file")
     if array.dtype == bool:
         array, photometric = bilevel_as_grey(array, inverted=photometric == "miniswhite"), "grey"
     elif array.dtype.kind not in "uif":
