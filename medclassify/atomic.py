@@ -22,6 +22,8 @@ def atomic_path(path, suffix=".tmp"):
     ``suffix`` ends the temporary name, for writers that choose the format by it (Keras).
     """
     path = Path(path)
+    if path.is_dir():  # before the work the block does, not at its rename
+        raise IsADirectoryError(errno.EISDIR, "is a folder: name the file to write", str(path))
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
     # mkstemp makes the file private (0600); results are shared files, made as open() makes them.

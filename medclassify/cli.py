@@ -61,6 +61,14 @@ def _require_files(*paths):
         raise InputError("missing input file(s)", problems)
 
 
+def _require_file_targets(*paths):
+    """Raise UsageError for an output file that names a folder, before any work starts (the
+    atomic write's rename would otherwise fail at the end, after the work); None is not given."""
+    folders = [path for path in paths if path is not None and path.is_dir()]
+    if folders:
+        raise UsageError(f"{folders[0]} is a folder: name the file to write")
+
+
 def _add_config_options(parser, per_dataset=False):
     parser.add_argument("--config", type=Path, help="YAML config file (defaults apply for every key it leaves out)")
     parser.add_argument("--set", metavar="JSON", help='config overrides as JSON, e.g. \'{"preprocess": {"size": [32, 32]}}\'')
@@ -158,6 +166,7 @@ def _cmd_preprocess(args):
     from .cache import build_cache_part, default_blocks_dir, merge_cache_parts
 
     _require_files(args.manifest, args.report)
+    _require_file_targets(args.out)
     if args.out.suffix == "":  # its parts go in the folder named by its stem: the cache's own path
         raise UsageError(f"--out {args.out}: give the cache file a suffix, e.g. {args.out}.h5")
     if args.shards is not None and args.shards < 1:
@@ -199,6 +208,7 @@ def _cmd_split(args):
     from .splits import make_splits, write_split_outputs
 
     _require_files(args.manifest)
+    _require_file_targets(args.out, args.report)
     options = _dataset_options(args)
     table = pd.read_csv(args.manifest, dtype=str, keep_default_na=False)
     splits, report = make_splits(table, options["split"])
@@ -234,6 +244,10 @@ def _cmd_train(args):
     from .training import train_stage
 
     options = run_config(args.loaded_config, _run_name(args))
+    if args.stage == "finetune" and args.init_model is None and options["head"]["epochs"] > 0:
+        warnings.warn(f"fine-tuning a new model: the config's head stage (head.epochs {options['head']['epochs']}) "
+                      "is not run by this command; to fine-tune the head it trains, run --stage head first and "
+                      "give its model.keras as --init-model", stacklevel=2)
     # A config file, or --set of preprocess, io or datasets, states the preprocessing, which the
     # cache must have had (a missing cache is named by the training's own open).
     stated = args.config or {"preprocess", "io", "datasets"} & set(_parse_overrides(args.set) if args.set else {})
@@ -278,6 +292,7 @@ def _cmd_evaluate(args):
     if args.run_card is not None:
         fingerprint = args.fingerprint or args.cache.with_name("fingerprint.json")
     _require_files(args.model, args.splits, args.manifest, *histories.values(), fingerprint)
+    _require_file_targets(args.run_card)
     from .config import dataset_config, run_config, without_loading_options
     from .evaluation import run_evaluation
     from .model_info import read_json_object
@@ -371,6 +386,7 @@ def _cmd_predict(args):
     from .predict import predict_files
 
     _require_files(*args.model, args.ensemble_metrics)  # missing --input files become error rows of the output
+    _require_file_targets(args.out, args.record)
     table = predict_files(args.model, args.input, args.out, threads=args.threads,
                           ensemble_metrics=args.ensemble_metrics, record_json=args.record)
     print(f"wrote {len(table)} rows to {args.out}")

@@ -222,7 +222,7 @@ def augment_batch(images, seed, options):
         flip = _uniform([batch, 1, 1, 1], seeds[1], 0.0, 1.0) < 0.5
         x = tf.where(flip, tf.reverse(x, axis=[1]), x)
     rotation, zoom, translate = (float(options[k]) for k in ("rotation_degrees", "zoom", "translate"))
-    if rotation > 0 or zoom > 0 or translate > 0:
+    if (rotation > 0 or zoom > 0 or translate > 0) and float(options["warp_probability"]) > 0:
         transforms = _affine_transforms(batch, height, width, seeds[2:6], rotation, zoom, translate)
         warped = _warp(x, transforms)
         probability = float(options["warp_probability"])

@@ -51,11 +51,13 @@ def affine_views(augment, n_views, seed=0):
 
     ``augment`` is the model's ``train.augment``: each view's rotation, zoom and shift are drawn
     uniformly from ``rotation_degrees``, ``zoom`` and ``translate`` as training draws them per
-    image. Empty when training augmented none of them (a view would then be an unseen distortion).
-    Views are drawn in sequence, so the first k of ``n_views`` are the views of ``k``.
+    image. Empty when training augmented none of them, or warped no image (``warp_probability``
+    0): a view would then be an unseen distortion. Views are drawn in sequence, so the first k of
+    ``n_views`` are the views of ``k``.
     """
     rotation, zoom, translate = (float(augment.get(k, 0.0)) for k in ("rotation_degrees", "zoom", "translate"))
-    if n_views <= 0 or not (rotation > 0 or zoom > 0 or translate > 0):
+    warped = float(augment.get("warp_probability", 1.0)) > 0
+    if n_views <= 0 or not warped or not (rotation > 0 or zoom > 0 or translate > 0):
         return []
     rng = np.random.default_rng(seed)
     views = []

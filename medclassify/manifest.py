@@ -62,7 +62,7 @@ PROBLEM_CODES = {
     "duplicate_content": "warning", "mixed_label_patient": "policy",
     "extension_mismatch": "warning", "modality_mismatch": "warning", "implausible_dimensions": "warning",
     "implausible_channels": "warning", "constant_image": "warning", "unread_tiff_pages": "warning",
-    "non_finite_pixels": "warning", "public_salt": "warning",
+    "non_finite_pixels": "warning", "public_salt": "warning", "channels_mismatch": "error",
     # decoding (medclassify.io.READ_ERROR_CODES)
     **{code: "error" for code in READ_ERROR_CODES},
 }
@@ -645,6 +645,7 @@ def validate_manifest(manifest, root, *, io_options, validation_options, labels=
     decoded, n_decoded = decode_with_cache(unique_files, io_options, threads, decode_cache)
     decode_seconds = time.perf_counter() - t_decode
     _check_images(records, decoded, problems)
+    _check_channel_counts(records, io_options, problems)
     _check_duplicate_content(records, problems)
     _check_sample_ids(records, problems)
     _check_patients(records, options["mixed_label_patients"], problems)
@@ -876,6 +877,29 @@ def _check_images(records, decoded, problems):
             problems.add(number, path, "non_finite_pixels", "warning",
                          f"row {number}: {non_finite} of {n_pixels} pixel values are NaN or infinite; "
                          "preprocessing replaces them with the image's lowest finite value (0 when none is finite)")
+
+
+def _check_channel_counts(records, io_options, problems):
+    """Rows whose images have another channel count, under ``io.channels``, than most of the
+    manifest's: the cache holds one (H, W, C), and the preprocess stage would refuse them after
+    validation had passed (a colour PNG among grey ones, under the default keep_grey)."""
+    channels_of = {}
+    for record in records:
+        counts = {len(s["shape"]) == 3 and s["shape"][2] or 1 for s in record["samples"]}
+        if counts:
+            channels_of[record["row"]] = (record, counts)
+    totals = collections.Counter(c for _, counts in channels_of.values() for c in counts)
+    if len(totals) < 2:
+        return
+    usual = max(sorted(totals), key=totals.__getitem__)
+    policy = resolve_io_options(io_options)["channels"]
+    for number, (record, counts) in channels_of.items():
+        other = sorted(counts - {usual})
+        if other:
+            problems.add(number, record["path"], "channels_mismatch", "error",
+                         f"row {number}: {other[0]} channel(s), where {totals[usual]} of the manifest's images have "
+                         f"{usual} under io.channels: {policy}; the cache holds one channel count: set io.channels "
+                         "to rgb_to_grey or grey_to_rgb, or convert the image")
 
 
 def _check_duplicate_content(records, problems):

@@ -344,10 +344,12 @@ def write_history(path, history, member_column=False):
 
 
 def model_metadata(*, stage, cache, input_shape, train_options, settings, pretrained, zscore, state, n_train, n_val,
-                   in_memory, policy, jit_compile, fold=None, split_rows=None):
+                   in_memory, policy, jit_compile, fold=None, split_rows=None, init_model=None):
     """model.json: everything predict needs besides the model, and what produced it."""
     return {
         "stage": stage,
+        # The model fine-tuning started from (the head stage's), or None: a new one.
+        "init_model": None if init_model is None else str(init_model),
         "fold": fold,
         "split_rows": split_rows,
         "classes": list(cache.classes),
@@ -560,7 +562,8 @@ def _train_model(stage, cache_path, splits_path, out_dir, *, options, fold=None,
         metadata = model_metadata(stage=stage, cache=cache, input_shape=input_shape, train_options=train_options,
                                   settings=settings, pretrained=pretrained, zscore=zscore, state=state,
                                   n_train=len(train_labels), n_val=len(val_labels), in_memory=in_memory, policy=policy,
-                                  jit_compile=bool(model.jit_compile), fold=fold, split_rows=split_rows)
+                                  jit_compile=bool(model.jit_compile), fold=fold, split_rows=split_rows,
+                                  init_model=init_model if stage == "finetune" else None)
     _save_keras(model, out_dir / "model.keras")
     write_history(out_dir / "history.csv", state["history"])
     atomic_write_json(out_dir / "model.json", metadata)

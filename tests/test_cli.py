@@ -3,6 +3,7 @@
 import json
 import subprocess
 import sys
+import warnings
 
 import pytest
 
@@ -178,6 +179,38 @@ def test_preprocess_refuses_an_output_or_shard_count_it_cannot_write_before_any_
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.csv"]
 
 
+@pytest.mark.parametrize("command", [
+    ["predict", "--model", "{tmp}/m.keras", "--input", "{tmp}/a.png", "--out", "{tmp}/folder"],
+    ["predict", "--model", "{tmp}/m.keras", "--input", "{tmp}/a.png", "--out", "{tmp}/p.csv", "--record", "{tmp}/folder"],
+    ["split", "{tmp}/m.csv", "--out", "{tmp}/folder", "--report", "{tmp}/r.json"],
+    ["evaluate", "--model", "{tmp}/m.keras", "--cache", "{tmp}/c.h5", "--splits", "{tmp}/m.csv", "--manifest",
+     "{tmp}/m.csv", "--out", "{tmp}/e", "--fingerprint", "{tmp}/m.csv", "--run-card", "{tmp}/folder"],
+])
+def test_an_output_file_naming_a_folder_is_a_usage_error_before_any_work(tmp_path, capsys, command, monkeypatch):
+    # A traceback from the atomic rename, after the whole prediction or split (helper-55).
+    import medclassify.evaluation
+    import medclassify.predict
+
+    def work(*args, **kwargs):
+        raise AssertionError("the work started")
+
+    monkeypatch.setattr(medclassify.predict, "predict_files", work)
+    monkeypatch.setattr(medclassify.evaluation, "run_evaluation", work)
+    (tmp_path / "folder").mkdir()
+    for name in ("m.keras", "m.csv", "a.png"):
+        (tmp_path / name).write_text("")
+    assert main([part.format(tmp=tmp_path) for part in command]) == 2
+    assert f"{tmp_path / 'folder'} is a folder: name the file to write" in capsys.readouterr().err
+
+
+def test_atomic_path_refuses_a_folder_before_the_block_runs(tmp_path):
+    from medclassify.atomic import atomic_path
+
+    with pytest.raises(IsADirectoryError, match="is a folder"):
+        with atomic_path(tmp_path):
+            raise AssertionError("the block ran")
+
+
 def test_train_refuses_a_cache_built_with_other_preprocessing_than_the_config_states(tmp_path, capsys):
     # It trained on a 32x32 cache under a config of 96x96, and recorded the cache's size in model.json.
     from training_fixtures import make_training_cache
@@ -200,6 +233,21 @@ def test_train_with_only_training_options_set_takes_the_cache_as_built(tmp_path,
     cache, splits = make_training_cache(tmp_path / "data", n=8, size=16)
     assert main(["train", "--stage", "head", "--cache", str(cache), "--splits", str(splits), "--out",
                  str(tmp_path / "out"), "--set", '{"head": {"epochs": 1}}']) == 0
+
+
+@pytest.mark.parametrize("head_epochs, warned", [(1, True), (0, False)])
+def test_finetune_without_init_model_warns_when_the_config_trains_a_head(tmp_path, monkeypatch, head_epochs, warned):
+    # It fine-tuned a new model without a word, where the workflow fine-tunes the head (helper-55).
+    import medclassify.training
+    from training_fixtures import make_training_cache
+
+    monkeypatch.setattr(medclassify.training, "train_stage", lambda *args, **kwargs: None)
+    cache, splits = make_training_cache(tmp_path / "data", n=8, size=16)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert main(["train", "--stage", "finetune", "--cache", str(cache), "--splits", str(splits), "--out",
+                     str(tmp_path / "out"), "--set", json.dumps({"head": {"epochs": head_epochs}})]) == 0
+    assert any("fine-tuning a new model" in str(w.message) for w in caught) == warned
 
 
 def test_train_head_with_an_init_model_is_a_usage_error(tmp_path, capsys):

@@ -337,6 +337,9 @@ def test_affine_views_are_drawn_from_the_training_ranges_and_nest():
     assert len({tuple(view["affine"].values()) for view in views}) == 16
     assert affine_views({"rotation_degrees": 0, "zoom": 0, "translate": 0, "horizontal_flip": True}, 8) == []
     assert affine_views(augment, 0) == []
+    # Ranges set but no image warped (warp_probability 0): a view would be unseen (helper-60).
+    assert affine_views({**augment, "warp_probability": 0.0}, 8) == []
+    assert len(affine_views({**augment, "warp_probability": 0.3}, 8)) == 8
 
 
 def test_tta_views_are_recorded_and_change_the_probabilities(binary_run, tmp_path):

@@ -128,6 +128,24 @@ def test_quoted_fields_and_whitespace(tmp_path):
     assert result.table["label"].tolist() == ["x", "x", "y", "y"]
 
 
+def test_a_colour_image_among_grey_ones_is_an_error_unless_io_channels_makes_them_alike(tmp_path):
+    # Validation passed it and the preprocess stage refused it: "validate before spending GPU hours"
+    # did not hold (helper-55).
+    root = tmp_path / "data"
+    manifest = make_dataset(root)
+    Image.fromarray(np.random.default_rng(2).integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(root / "colour.png")
+    with open(manifest, "a") as f:
+        f.write("colour.png,a,q3,US,s\n")
+    result = validate(manifest, root)
+    [problem] = [p for p in result.problems if p.code == "channels_mismatch"]
+    assert not result.ok and (problem.row, problem.path) == (7, "colour.png")
+    assert problem.message == ("row 7: 3 channel(s), where 6 of the manifest's images have 1 under io.channels: "
+                               "keep_grey; the cache holds one channel count: set io.channels to rgb_to_grey or "
+                               "grey_to_rgb, or convert the image")
+    for policy in ("rgb_to_grey", "grey_to_rgb"):
+        assert validate(manifest, root, io_options={"channels": policy}).ok, policy
+
+
 def test_a_note_with_a_line_break_is_a_value_not_swallowed_rows(tmp_path):
     # Valid CSV: a quoted value may hold a line break, even one with commas.
     root = tmp_path / "data"
@@ -203,7 +221,8 @@ def test_image_plausibility_warnings(tmp_path):
     with open(manifest, "a") as f:
         f.write("blank.png,a,q1,XR,s\ntiny.png,a,q2,XR,s\ncolour.png,a,q3,CT,s\nct.dcm,a,q4,MR,s\n"
                 "holes.npy,a,q5,MR,s\nnothing.npy,a,q6,MR,s\n")
-    result = validate(manifest, root)
+    # rgb_to_grey: the colour image among grey ones would otherwise be a channels_mismatch error.
+    result = validate(manifest, root, io_options={"channels": "rgb_to_grey"})
     found = {(p.row, p.code, p.severity) for p in result.problems}
     assert found == {(7, "constant_image", "warning"), (8, "implausible_dimensions", "warning"),
                      (9, "implausible_channels", "warning"), (10, "modality_mismatch", "warning"),

@@ -516,6 +516,7 @@ def test_fine_tuning_from_a_head_trained_on_another_split_warns(untrained_head, 
     assert [w for w in caught if "was trained on another split of the cache" in str(w.message)]
     recorded = json.loads((tmp_path / "same" / "model.json").read_text())
     assert recorded["fold"] is None and set(recorded["split_rows"]) == {"train", "val"}
+    assert recorded["init_model"] == str(untrained_head)  # which head it fine-tuned (helper-55)
 
 
 def test_a_validation_split_of_one_class_refuses_early_stopping_and_warns_of_best_auc(tiny_cache, tmp_path):

@@ -86,7 +86,7 @@ def tta_views(model_info, evaluate):
         notes.append("evaluate.tta is on, but training allowed no flip (train.augment horizontal_flip/vertical_flip)")
     if n_affine and not affine:
         notes.append(f"evaluate.tta_views is {n_affine}, but training augmented no rotation, zoom or shift "
-                     "(train.augment rotation_degrees/zoom/translate)")
+                     "(train.augment rotation_degrees/zoom/translate, warp_probability)")
     return [IDENTITY, *flips, *affine], "; ".join(notes)
 
 
