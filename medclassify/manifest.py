@@ -1089,6 +1089,8 @@ def report_dict(result):
     """The content of ``report.json``."""
     return {
         "ok": result.ok,
+        "manifest": result.manifest_path,
+        "root": result.root,
         "classes": list(result.classes),
         "counts": result.summary,
         "problems": [p.to_dict() for p in result.problems],
@@ -1107,7 +1109,8 @@ def report_markdown(result, max_problems=500):
         f"{s['n_rows_valid']} of {s['n_rows']} rows valid, {s['n_samples']} samples, {s['n_patients']} patients"
         + (f", {s['n_rows_dropped']} rows dropped (validation.drop_invalid)" if s["n_rows_dropped"] else "") + ".",
         "",
-        "Row numbers count data rows from 1 (the header is row 0).",
+        f"Manifest `{_md(result.manifest_path)}`; its paths are relative to `{_md(result.root)}`. Row numbers "
+        "count data rows from 1 (the header is row 0).",
         "",
         "## Classes",
         "",
@@ -1177,4 +1180,8 @@ def raise_if_invalid(result, report_path=None):
     errors = [p for p in result.problems if p.severity == "error" and (p.row is None or p.row not in dropped_rows)]
     where = f"; full report: {report_path}" if report_path else ""
     lines = [str(p) for p in errors] or ["no valid row remains"]
+    missing = sum(p.code == "missing_file" for p in errors)
+    if missing:
+        # First, where InputError's list of 20 cannot hide it: every row missing is a wrong root.
+        lines.insert(0, f"{missing} file(s) not found: paths are looked up under {result.root}")
     raise InputError(f"manifest {result.manifest_path} failed validation with {len(errors)} error(s){where}", lines)

@@ -15,7 +15,7 @@ from PIL import Image
 from medclassify.cli import main as cli_main
 from medclassify.errors import InputError, UsageError
 from medclassify.manifest import (VALIDATED_COLUMNS, image_files_stamp, manifest_header, raise_if_invalid,
-                                  validate_manifest, write_validation_outputs)
+                                  report_dict, validate_manifest, write_validation_outputs)
 from medclassify.privacy import hash_patient
 from tests.badinput_corpus import write_png
 
@@ -420,6 +420,18 @@ def test_cli_validate_takes_labels_and_root_from_the_config_as_the_workflow(tmp_
     assert cli_main(["validate", str(moved), "--report", str(out / "report.json"), "--config", str(config),
                      "--labels", "a", "b", "--root", str(root)]) == 0
     assert json.loads((out / "report.json").read_text())["classes"] == ["a", "b"]
+
+
+def test_missing_files_say_under_which_root_they_were_looked_for(tmp_path):
+    # A wrong --root made every row missing_file, and nothing said where they were looked for (helper-55).
+    root = tmp_path / "data"
+    manifest = make_dataset(root)
+    result = validate(manifest, tmp_path)
+    with pytest.raises(InputError) as error:
+        raise_if_invalid(result)
+    assert error.value.problems[0] == f"6 file(s) not found: paths are looked up under {tmp_path}"
+    report = report_dict(result)
+    assert (report["manifest"], report["root"]) == (str(manifest), str(tmp_path))
 
 
 def test_decode_cache_decodes_only_new_or_changed_files(tmp_path):

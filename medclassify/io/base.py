@@ -123,7 +123,8 @@ def content_hash(pixels):
     digest.update(f"{array.dtype.str}|{array.shape}|".encode("ascii"))
     flat = array.reshape(-1)
     digest.update(flat.view(np.uint8) if array.size else b"")  # the bytes, without a copy
-    if array.size and (flat == flat[0]).all():
+    # Three pixels first: most images differ there, and the preprocess stage hashes every image.
+    if array.size and flat[0] == flat[-1] == flat[flat.size // 2] and (flat == flat[0]).all():
         return CONSTANT_CONTENT + digest.hexdigest()[:32 - len(CONSTANT_CONTENT)]
     return digest.hexdigest()[:32]
 
