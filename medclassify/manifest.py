@@ -802,7 +802,8 @@ def _check_duplicate_paths(records, problems):
             continue
         first = group[0]
         key = lambda r: (r["label"], r["raw_patient"], r["modality"],
-                         tuple(sorted((k, v) for k, v in r["fields"].items() if k != "path")))
+                         # Spaces around a value are warned of apart, and make no other row.
+                         tuple(sorted((k, (v or "").strip()) for k, v in r["fields"].items() if k != "path")))
         if all(key(r) == key(first) for r in group):
             for record in group[1:]:
                 record["duplicate"] = True

@@ -681,3 +681,13 @@ def test_blank_slices_shared_by_volumes_are_not_duplicates_and_are_counted(tmp_p
     table = result.table.assign(modality="MR")
     splits, report = make_splits(table, options("kfold", folds=2, train=0.5, val=0.25, test=0.25))
     assert report.get("linked_patients", []) == [] and report["dropped_duplicates"] == []
+
+
+def test_a_row_repeated_with_spaces_around_a_value_is_a_repeat_not_a_conflict(tmp_path):
+    # "normal ,P000" against "normal,P000" said "different fields" (helper-55).
+    root = tmp_path / "data"
+    manifest = make_dataset(root)
+    with open(manifest, "a") as f:
+        f.write("img/0.png,a ,patient-0, XR,site0\n")
+    codes_of_row = {p.code for p in validate(manifest, root).problems if p.row == 7}
+    assert "duplicate_row" in codes_of_row and "duplicate_path" not in codes_of_row
