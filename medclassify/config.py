@@ -223,6 +223,7 @@ def _datasets_problems(config, written):
         problems += section_problems
         if "split" in resolved and not section_problems:
             problems += _fractions_problems(resolved["split"]["fractions"], name, written)
+            problems += [f"datasets.{name}: {problem}" for problem in empty_split_problems(resolved["split"])]
         if "preprocess" in resolved and not section_problems:
             problems += _preprocess_problems(resolved["preprocess"], name)
     return problems
@@ -254,6 +255,25 @@ def _positive_class_problems(config, run, evaluate):
     return problems
 
 
+def positive_class_problems(config, dataset, classes):
+    """Runs whose evaluate.positive_class is not one of ``classes``, the two classes ``dataset``'s
+    manifest holds, in words.
+
+    Where the config fixes no classes (a manifest without ``labels:``) they are known only once
+    the manifest is read: the split stage checks them then, before any training, rather than
+    evaluate after it.
+    """
+    if len(classes) != 2:
+        return []
+    problems = []
+    for run in _entries(config, "runs"):
+        positive = run_config(config, run)["evaluate"].get("positive_class")
+        if positive is not None and positive not in classes:
+            problems.append(f"runs.{run}: evaluate.positive_class {positive!r} is not one of the classes of "
+                            f"dataset {dataset} {list(classes)}")
+    return problems
+
+
 def _medmnist_labels(medmnist):
     """The class names of a MedMNIST set; None for a name :func:`_medmnist_problems` refuses."""
     try:
@@ -270,6 +290,19 @@ def _medmnist_problems(entry, dataset):
     except InputError as error:
         return [f"datasets.{dataset}.medmnist: {error.args[0]} ({'; '.join(error.problems)})"]
     return []
+
+
+# The splits each method takes a size from split.fractions, which a later stage needs filled:
+# training needs train and val, evaluation val and test; k-fold deals train and val as folds.
+NEEDED_FRACTIONS = {"grouped_stratified": ("train", "val", "test"), "kfold": ("test",)}
+
+
+def empty_split_problems(split):
+    """The fractions of ``split`` (a resolved ``split`` section) that would leave a needed split empty."""
+    method = split.get("method")
+    return [f"split.fractions.{name} must be above 0 (method {method}): training needs train and val, "
+            "evaluation val and test"
+            for name in NEEDED_FRACTIONS.get(method, ()) if float(split["fractions"][name]) <= 0]
 
 
 def _fractions_problems(fractions, dataset, written):

@@ -63,6 +63,7 @@ PROBLEM_CODES = {
     "extension_mismatch": "warning", "modality_mismatch": "warning", "implausible_dimensions": "warning",
     "implausible_channels": "warning", "constant_image": "warning", "unread_tiff_pages": "warning",
     "non_finite_pixels": "warning", "public_salt": "warning", "channels_mismatch": "error",
+    "identifier_column": "warning",
     # decoding (medclassify.io.READ_ERROR_CODES)
     **{code: "error" for code in READ_ERROR_CODES},
 }
@@ -74,6 +75,14 @@ _COLUMN_SYNONYMS = {
     "label": ("class", "classname", "target", "diagnosis", "labels", "category", "y", "finding", "outcome"),
     "patient": ("patientid", "subject", "subjectid", "case", "caseid", "pid", "patientname", "mrn", "participant"),
     "modality": ("mod", "imagingmodality", "imagetype", "scantype"),
+}
+# Column names (lower case, letters and digits only) of identifying values in PACS and registry
+# exports: copied, they would sit beside the salted hash and undo it.
+_IDENTIFIER_COLUMNS = {
+    "patientid", "patientsid", "pid", "patientname", "patientsname", "name", "firstname", "lastname", "surname",
+    "givenname", "familyname", "mrn", "medicalrecordnumber", "birthdate", "patientbirthdate", "patientsbirthdate",
+    "dob", "dateofbirth", "accession", "accessionnumber", "ssn", "socialsecuritynumber", "nhsnumber", "address",
+    "patientaddress", "phone", "telephone", "email", "otherpatientids", "issuerofpatientid",
 }
 # Values that mean "no value" in exported spreadsheets (pandas' defaults, case-insensitive).
 _MISSING_TOKENS = {"", "nan", "na", "n/a", "null", "none", "#n/a", "<na>"}
@@ -632,6 +641,7 @@ def validate_manifest(manifest, root, *, io_options, validation_options, labels=
     # split first, then the other extra columns in manifest order (the validated-manifest format).
     extra_columns = (["split"] if "split" in header else []) + [
         name for name in header if name not in REQUIRED_COLUMNS and name != "split"]
+    extra_columns = _without_identifier_columns(extra_columns, rows, problems)
 
     if salt == DEFAULT_SALT:
         problems.add(None, None, "public_salt", "warning",
@@ -652,6 +662,32 @@ def validate_manifest(manifest, root, *, io_options, validation_options, labels=
     return finish(records, extra_columns,
                   {"decode_seconds": round(decode_seconds, 3), "n_files": len(unique_files),
                    "n_files_decoded": n_decoded})
+
+
+def _without_identifier_columns(columns, rows, problems):
+    """``columns`` less those that identify patients, each left out with a warning.
+
+    Extra columns are copied into the validated manifest, where patients appear only as salted
+    hashes: a ``PatientID`` or ``mrn`` column, or any column repeating the patient field, would
+    undo the hash in every output that copies the manifest. Known by name (``_IDENTIFIER_COLUMNS``)
+    or by value (equal to the row's patient field wherever it is filled).
+    """
+    kept = []
+    for name in columns:
+        squashed = "".join(ch for ch in name.lower() if ch.isalnum())
+        filled = [(fields.get(name, "").strip(), fields.get("patient", "").strip()) for _, fields in rows]
+        filled = [(value, patient) for value, patient in filled if value]
+        if name != "split" and squashed in _IDENTIFIER_COLUMNS:
+            why = "names an identifying value"
+        elif name != "split" and filled and all(value == patient for value, patient in filled):
+            why = "repeats the patient column"
+        else:
+            kept.append(name)
+            continue
+        problems.add(None, None, "identifier_column", "warning",
+                     f"column {name!r} {why}: left out of the validated manifest, which holds patients only as "
+                     "salted hashes")
+    return kept
 
 
 def _check_fields(rows, labels, salt, problems, root_real):

@@ -47,7 +47,7 @@ import numpy as np
 import pandas as pd
 
 from .atomic import atomic_path, atomic_write_json, atomic_write_text
-from .config import with_section_defaults
+from .config import empty_split_problems, with_section_defaults
 from .content import is_constant_content
 from .errors import InputError
 
@@ -365,13 +365,8 @@ def _check_options(options):
         problems.append(f"split.fractions must lie in [0, 1], got {fractions}")
     if abs(sum(fractions.values()) - 1) > 1e-6:
         problems.append(f"split.fractions must sum to 1, got {sum(fractions.values()):g}")
-    # Training needs train and val, evaluation val and test: a split left empty would fail there,
-    # after the preprocessing and the training. k-fold takes only test from the fractions.
-    needed = {"grouped_stratified": SPLITS, "kfold": ("test",)}.get(options["method"], ())
-    for name in needed:
-        if fractions[name] <= 0:
-            problems.append(f"split.fractions.{name} must be above 0 (method {options['method']}): training needs "
-                            "train and val, evaluation val and test")
+    # A split left empty would fail in training or evaluation, after the preprocessing.
+    problems += empty_split_problems({"method": options["method"], "fractions": fractions})
     if options["method"] == "kfold" and (int(options["folds"]) < 2):
         problems.append(f"split.folds must be at least 2, got {options['folds']}")
     if problems:

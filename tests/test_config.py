@@ -405,3 +405,23 @@ def test_a_medmnist_sets_name_and_its_classes_are_checked_when_the_config_is_rea
             "(datasets.pneumonia) ['normal', 'pneumonia']") in problems
     load_config(overrides={"datasets": {"pneumonia": {"medmnist": "pneumoniamnist"}},
                            "evaluate": {"positive_class": "pneumonia"}})
+
+
+def test_positive_class_problems_name_each_run_whose_class_the_manifest_lacks():
+    # A manifest without labels: the classes are known when the split stage reads it, which now
+    # refuses a wrong positive class there rather than in evaluate after training (helper-59).
+    from medclassify.config import load_config, positive_class_problems
+
+    config = load_config(overrides={"runs": {"a": {}, "b": {"evaluate": {"positive_class": "zzz"}}}})
+    assert positive_class_problems(config, "demo", ["benign", "malignant"]) == [
+        "runs.b: evaluate.positive_class 'zzz' is not one of the classes of dataset demo ['benign', 'malignant']"]
+    assert positive_class_problems(config, "demo", ["x", "y", "z"]) == []  # ignored beyond two classes
+
+
+def test_a_zero_fraction_of_a_needed_split_is_refused_when_the_config_is_read():
+    # Only the split stage refused it, after validation had decoded every image (helper-59).
+    from medclassify.config import load_config
+
+    with pytest.raises(InputError) as error:
+        load_config(overrides={"split": {"fractions": {"train": 0.8, "val": 0.2, "test": 0.0}}})
+    assert any("split.fractions.test must be above 0" in problem for problem in error.value.problems)

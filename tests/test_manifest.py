@@ -691,3 +691,34 @@ def test_a_row_repeated_with_spaces_around_a_value_is_a_repeat_not_a_conflict(tm
         f.write("img/0.png,a ,patient-0, XR,site0\n")
     codes_of_row = {p.code for p in validate(manifest, root).problems if p.row == 7}
     assert "duplicate_row" in codes_of_row and "duplicate_path" not in codes_of_row
+
+
+def test_columns_that_identify_patients_are_left_out_of_the_validated_manifest_with_a_warning(tmp_path):
+    # A PatientID column beside the patient column was copied as it was, next to the salted hash
+    # that it undid (helper-59).
+    root = tmp_path / "data"
+    manifest = make_dataset(root, extra=",PatientID,Patient's Birth Date,study_code,site2")
+    lines = manifest.read_text().splitlines()
+    lines[1:] = [line + f",{line.split(',')[2]},1911-01-0{i},{line.split(',')[2]}X,{line.split(',')[4]}"
+                 for i, line in enumerate(lines[1:], start=1)]
+    manifest.write_text("\n".join(lines) + "\n")
+    result = validate(manifest, root)
+    assert result.ok
+    assert [p.message for p in result.problems if p.code == "identifier_column"] == [
+        "column 'PatientID' names an identifying value: left out of the validated manifest, which holds patients "
+        "only as salted hashes",
+        "column \"Patient's Birth Date\" names an identifying value: left out of the validated manifest, which "
+        "holds patients only as salted hashes"]
+    assert list(result.table.columns)[-3:] == ["site", "study_code", "site2"]
+    written = tmp_path / "v.csv"
+    write_validation_outputs(result, written, tmp_path / "r.json", tmp_path / "r.md")
+    assert "patient-0" not in written.read_text().replace("patient-0X", "")
+
+    # A column of any name that repeats the patient field is an identifier too.
+    lines = [line.rsplit(",", 3)[0] + "," + line.split(",")[2] for line in manifest.read_text().splitlines()]
+    lines[0] = lines[0].rsplit(",", 1)[0] + ",subject"
+    manifest.write_text("\n".join(lines) + "\n")
+    result = validate(manifest, root)
+    assert [p.message for p in result.problems if p.code == "identifier_column"][-1].startswith(
+        "column 'subject' repeats the patient column")
+    assert "subject" not in result.table.columns
