@@ -586,7 +586,7 @@ def _write_self_contained_part(out_part, rows, labels, spacings, attrs, row_numb
                                       **decoding.image_options)
             shapes, intensities = _fill_images(images, rows, [None] * len(rows), None, row_numbers, decoding)
             _write_fingerprint(f, _Fingerprint(shapes, spacings, intensities))
-            f.attrs.update(attrs)
+            _write_attrs(f, attrs)
     return 0
 
 
@@ -633,8 +633,7 @@ def _write_block_backed_part(out_part, rows, labels, spacings, attrs, row_number
             _create_virtual_images(f, (len(rows),) + decoding.shape, decoding.storage_dtype,
                                    [(block_records[b]["file"], row, block_row, n, block_records[b]["rows"])
                                     for row, b, block_row, n in runs.tolist()])
-            f.attrs.update(attrs)
-            f.attrs["blocks"] = json.dumps(block_records)
+            _write_attrs(f, {**attrs, "blocks": json.dumps(block_records)})
     return len(rows) - len(new_rows) + (new_block.reencoded if new_block else 0)
 
 
@@ -681,8 +680,8 @@ def _write_block(store, rows, spacings, found, row_numbers, decoding):
             shapes, intensities = _fill_images(images, rows, found, store, row_numbers, decoding)
             fingerprint = _Fingerprint(shapes, spacings, intensities)
             _write_fingerprint(f, fingerprint)
-            f.attrs.update({"values_hash": decoding.values_hash, "block_id": block_id,
-                            "cache_format": BLOCK_FORMAT_VERSION, "layout": "block", "library_version": __version__})
+            _write_attrs(f, {"values_hash": decoding.values_hash, "block_id": block_id,
+                             "cache_format": BLOCK_FORMAT_VERSION, "layout": "block", "library_version": __version__})
     return _NewBlock(path.name, sum(hit is not None for hit in found), fingerprint)
 
 
@@ -927,7 +926,7 @@ def _write_merged(f, parts, opened, out_cache, layout):
                 images[offset + start:offset + stop] = cache.read_stored(np.arange(start, stop))
             offset += len(cache)
     attrs = first.attrs
-    f.attrs.update({
+    _write_attrs(f, {
         "params_hash": attrs["params_hash"], "values_hash": attrs["values_hash"], "params": attrs["params"],
         "classes": attrs["classes"], "library_version": __version__, "manifest_hash": attrs["manifest_hash"],
         "created": _created_timestamp(), "cache_format": CACHE_FORMAT_VERSION, "layout": layout,
@@ -1249,6 +1248,26 @@ def _read_checked_metadata(path, handle, expected_params_hash, expected_by):
     if attrs.get("part_digest") != digest:
         raise InputError(f"{path}: corrupted cache", ["row metadata does not match the recorded digest"])
     return attrs, labels, strings
+
+
+# Longest string attribute stored at fixed length; HDF5 keeps an attribute in its object's header,
+# which holds 64 KiB. Longer ones (the block list of a part of thousands of blocks) stay variable.
+_FIXED_ATTRIBUTE_BYTES = 32_768
+
+
+def _write_attrs(f, attrs):
+    """Set ``attrs`` on ``f``, text as fixed-length UTF-8 bytes (read back by ``_plain``).
+
+    h5py writes ``str`` as a variable-length string in the file's global heap, and HDF5 loops for
+    ever reading one whose heap entry a flipped bit damaged: ``open_cache`` hung instead of
+    reporting the damage. A fixed-length value lies in the attribute itself.
+    """
+    for key, value in attrs.items():
+        encoded = value.encode("utf-8") if isinstance(value, str) else None
+        if encoded is not None and len(encoded) <= _FIXED_ATTRIBUTE_BYTES:
+            f.attrs.create(key, np.bytes_(encoded))
+        else:
+            f.attrs[key] = value
 
 
 def _plain(value):

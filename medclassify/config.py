@@ -20,7 +20,7 @@ from .backbone_names import backbone_problems
 from .errors import InputError
 from .datasets.medmnist_info import check_name, label_names
 from .preprocess_options import check_preprocess_options
-from .privacy import SALT_ENVIRONMENT_VARIABLE
+from .privacy import SALT_ENVIRONMENT_VARIABLE, is_identifier_column
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SCHEMA_PATH = REPO_ROOT / "workflow" / "schemas" / "config.schema.yaml"
@@ -363,6 +363,11 @@ def subgroup_column_problems(config, columns_of):
             if missing:
                 problems.append(f"runs.{run}: evaluate.subgroups {missing} are not columns of the manifest of "
                                 f"dataset {dataset!r} (columns: {', '.join(dict.fromkeys(columns))})")
+    for run, wanted in subgroups.items():
+        identifying = [c for c in wanted if is_identifier_column(c)]
+        if identifying:
+            problems.append(f"runs.{run}: evaluate.subgroups {identifying} identify patients: validation leaves "
+                            "such columns out of the validated manifest")
     return problems
 
 

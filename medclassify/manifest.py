@@ -37,7 +37,7 @@ from .config import with_section_defaults
 from .errors import InputError, UsageError
 from .content import is_constant_content
 from .io import READ_ERROR_CODES, ReadError, content_hash, read_file_samples, resolve_io_options
-from .privacy import DEFAULT_SALT, SALT_ENVIRONMENT_VARIABLE, hash_patient
+from .privacy import DEFAULT_SALT, SALT_ENVIRONMENT_VARIABLE, hash_patient, is_identifier_column
 
 REQUIRED_COLUMNS = ("path", "label", "patient", "modality")
 GENERATED_COLUMNS = ("sample_id", "index", "content_hash", "source_spacing")
@@ -68,6 +68,10 @@ PROBLEM_CODES = {
     **{code: "error" for code in READ_ERROR_CODES},
 }
 
+# Row errors that validation.drop_invalid does not drop: a setting of the whole dataset, not a
+# defect of the row (dropping a site's colour images would remove the site without a word).
+NOT_DROPPED = {"channels_mismatch"}
+
 # Spellings of the required columns seen in real manifests, for "did you mean" hints.
 _COLUMN_SYNONYMS = {
     "path": ("filepath", "file", "filename", "image", "imagepath", "img", "imgpath", "imagefile",
@@ -75,14 +79,6 @@ _COLUMN_SYNONYMS = {
     "label": ("class", "classname", "target", "diagnosis", "labels", "category", "y", "finding", "outcome"),
     "patient": ("patientid", "subject", "subjectid", "case", "caseid", "pid", "patientname", "mrn", "participant"),
     "modality": ("mod", "imagingmodality", "imagetype", "scantype"),
-}
-# Column names (lower case, letters and digits only) of identifying values in PACS and registry
-# exports: copied, they would sit beside the salted hash and undo it.
-_IDENTIFIER_COLUMNS = {
-    "patientid", "patientsid", "pid", "patientname", "patientsname", "name", "firstname", "lastname", "surname",
-    "givenname", "familyname", "mrn", "medicalrecordnumber", "birthdate", "patientbirthdate", "patientsbirthdate",
-    "dob", "dateofbirth", "accession", "accessionnumber", "ssn", "socialsecuritynumber", "nhsnumber", "address",
-    "patientaddress", "phone", "telephone", "email", "otherpatientids", "issuerofpatientid",
 }
 # Values that mean "no value" in exported spreadsheets (pandas' defaults, case-insensitive).
 _MISSING_TOKENS = {"", "nan", "na", "n/a", "null", "none", "#n/a", "<na>"}
@@ -256,7 +252,7 @@ def read_manifest_rows(manifest, problems):
         if first_line != last_line:
             spanning.append((number, first_line, last_line, record))
         rows.append((number, dict(zip(header, (record[i] for i in named)))))
-    swallowing = _rows_swallowing_rows(spanning, rows, header, named, n_fields, text)
+    swallowing = _rows_swallowing_rows(spanning, rows, header, named, n_fields)
     for number, first_line, last_line, column, line, text in swallowing:
         problems.add(None, None, "malformed_manifest", "error",
                      f"row {number} (lines {first_line}-{last_line}): its {column!r} value holds lines that read as "
@@ -266,31 +262,38 @@ def read_manifest_rows(manifest, problems):
     return header, [(number, row) for number, row in rows if number not in swallowed]
 
 
-def _rows_swallowing_rows(spanning, rows, header, named, n_fields, text):
-    """The rows among ``spanning`` (those read from several lines) that hold whole rows.
+def _rows_swallowing_rows(spanning, rows, header, named, n_fields):
+    """The rows among ``spanning`` (those read from several lines) whose value holds whole rows.
 
     A stray quote closed by another stray quote further down gives a row of the right field count
     when both stand in one column: every line between vanishes into that column's value without a
     word. A value spanning lines is valid CSV (a note with a line break), so a row is taken as
-    swallowing rows only when one of its lines after the first, read alone, has the header's
-    field count and a label that the rows read normally have. Returns ``(row number, first line,
-    last line, column, line, text)`` tuples, the column being the one whose value spans lines.
+    swallowing rows only when a line of the value after its first, read alone, is a row: the
+    header's field count (a line inside the value), or, for the value's last line, the fields up
+    to the value's column (the rest of the physical line completes the row); either with a label
+    that the rows read normally have, within those fields. Returns ``(row number, first line,
+    last line, column, line, text)`` tuples.
     """
     if "label" not in header or not spanning:
         return []
     label_at = named[header.index("label")]
     labels = {row["label"].strip() for _, row in rows} - {""}
-    lines = io.StringIO(text, newline="").readlines()
     found = []
     for number, first_line, last_line, record in spanning:
-        for line in range(first_line + 1, last_line + 1):
-            physical = lines[line - 1].rstrip("\r\n")
-            fields = next(csv.reader([physical]), [])
-            if len(fields) == n_fields and fields[label_at].strip() in labels:
-                position = next(i for i, value in enumerate(record) if "\n" in value or "\r" in value)
-                column = header[named.index(position)] if position in named else f"column {position + 1}"
-                found.append((number, first_line, last_line, column, line, physical))
-                break
+        line = first_line
+        for position, value in enumerate(record):
+            segments = value.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+            for offset, text in enumerate(segments[1:], start=1):
+                fields = next(csv.reader([text]), [])
+                width = n_fields if offset < len(segments) - 1 else position + 1
+                if len(fields) == width and label_at < width and fields[label_at].strip() in labels:
+                    column = header[named.index(position)] if position in named else f"column {position + 1}"
+                    found.append((number, first_line, last_line, column, line + offset, text))
+                    break
+            else:
+                line += len(segments) - 1
+                continue
+            break
     return found
 
 
@@ -669,15 +672,14 @@ def _without_identifier_columns(columns, rows, problems):
 
     Extra columns are copied into the validated manifest, where patients appear only as salted
     hashes: a ``PatientID`` or ``mrn`` column, or any column repeating the patient field, would
-    undo the hash in every output that copies the manifest. Known by name (``_IDENTIFIER_COLUMNS``)
+    undo the hash in every output that copies the manifest. Known by name (``privacy.is_identifier_column``)
     or by value (equal to the row's patient field wherever it is filled).
     """
     kept = []
     for name in columns:
-        squashed = "".join(ch for ch in name.lower() if ch.isalnum())
         filled = [(fields.get(name, "").strip(), fields.get("patient", "").strip()) for _, fields in rows]
         filled = [(value, patient) for value, patient in filled if value]
-        if name != "split" and squashed in _IDENTIFIER_COLUMNS:
+        if name != "split" and is_identifier_column(name):
             why = "names an identifying value"
         elif name != "split" and filled and all(value == patient for value, patient in filled):
             why = "repeats the patient column"
@@ -1031,6 +1033,8 @@ def _finish(manifest, root_real, problems, records, extra_columns, options, labe
     dropped = []
     if options["drop_invalid"]:
         for number in sorted(error_rows):
+            if any(p.code in NOT_DROPPED for p in error_rows[number]):
+                continue
             dropped.append({
                 "row": number,
                 "path": row_path.get(number) or next((p.path for p in error_rows[number] if p.path), None),
@@ -1052,7 +1056,7 @@ def _finish(manifest, root_real, problems, records, extra_columns, options, labe
         _check_classes(classes, class_counts, options, problems, in_error_rows)
     table = _build_table(kept, extra_columns)
     remaining_errors = [p for p in all_problems if p.severity == "error"
-                        and (p.row is None or not options["drop_invalid"])]
+                        and (p.row is None or not options["drop_invalid"] or p.code in NOT_DROPPED)]
     ok = not remaining_errors and len(table) > 0
     elapsed = time.perf_counter() - started
     n_samples = sum(len(r["samples"]) for r in records)

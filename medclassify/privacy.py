@@ -21,6 +21,23 @@ IDENTIFYING_DICOM_KEYWORDS = (
 )
 
 
+# Manifest column names (lower case, letters and digits only) of identifying values in PACS and
+# registry exports: copied into the validated manifest, they would sit beside the salted hash and
+# undo it. Not a bare "name", which as often names a site, scanner or study.
+IDENTIFIER_COLUMNS = frozenset({
+    "patientid", "patientsid", "pid", "patientname", "patientsname", "firstname", "lastname", "surname",
+    "givenname", "familyname", "fullname", "mrn", "medicalrecordnumber", "birthdate", "patientbirthdate",
+    "patientsbirthdate", "dob", "dateofbirth", "accession", "accessionnumber", "ssn", "socialsecuritynumber",
+    "nhsnumber", "address", "patientaddress", "phone", "telephone", "email", "otherpatientids",
+    "issuerofpatientid",
+})
+
+
+def is_identifier_column(name):
+    """Whether a manifest column's name says it holds identifying values (``IDENTIFIER_COLUMNS``)."""
+    return "".join(ch for ch in str(name).lower() if ch.isalnum()) in IDENTIFIER_COLUMNS
+
+
 def hash_patient(patient_id, salt):
     """Return the salted pseudonym of a patient id: ``"p_"`` and 16 hex characters."""
     digest = hashlib.sha256(f"{salt}\x00{patient_id}".encode("utf-8")).hexdigest()

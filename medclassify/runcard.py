@@ -152,7 +152,8 @@ def recorded_dataset_options(options):
     fingerprint does), ``validation.watch_images``, which only steers planning, and the keys of
     other kinds of source (a user's manifest has no ``demo_patients``): none is part of what was
     computed, and as params they would rerun the evaluation. A user's manifest and root are
-    spelled as the workflow's inputs are (``./m.csv`` is ``m.csv``), and the root is resolved.
+    spelled as the workflow's inputs are (``./m.csv`` is ``m.csv``), the root defaulting to the
+    manifest's folder (``workflow_paths.manifest_root``).
     """
     kind = source_kind(options)
     ignored = {key for other, keys in SOURCE_KEYS.items() if other != kind for key in keys} | {"npz"}

@@ -107,7 +107,7 @@ def test_cache_holds_preprocessed_images_and_metadata_in_manifest_order(dataset,
         assert images.dtype == np.float32 and 0 <= images.min() and images.max() <= 1
         np.testing.assert_array_equal(np.rint(images * 255).astype(np.uint8), expected_images(root, rows))
         with h5py.File(cache_path) as f:
-            assert f.attrs["created"] == "2023-11-14T22:13:20Z"
+            assert f.attrs["created"] == b"2023-11-14T22:13:20Z"  # fixed-length UTF-8 bytes (see _write_attrs)
             assert json.loads(f.attrs["params"])["preprocess"]["intensity"] == "percentile"
 
 

@@ -425,3 +425,13 @@ def test_a_zero_fraction_of_a_needed_split_is_refused_when_the_config_is_read():
     with pytest.raises(InputError) as error:
         load_config(overrides={"split": {"fractions": {"train": 0.8, "val": 0.2, "test": 0.0}}})
     assert any("split.fractions.test must be above 0" in problem for problem in error.value.problems)
+
+
+def test_a_subgroup_column_that_identifies_patients_is_refused_when_the_config_is_read():
+    # Validation leaves such a column out; evaluate failed on it after training (helper-61).
+    from medclassify.config import load_config, subgroup_column_problems
+
+    config = load_config(overrides={"evaluate": {"subgroups": ["site", "PatientID"]}})
+    problems = subgroup_column_problems(config, lambda dataset: ["site", "PatientID"])
+    assert problems == ["runs.baseline: evaluate.subgroups ['PatientID'] identify patients: validation leaves such "
+                        "columns out of the validated manifest"]

@@ -610,4 +610,8 @@ def test_the_content_hash_marks_a_blank_image_and_keeps_its_length():
     assert is_constant_content(content_hash(blank)) and is_constant_content(content_hash(other_blank))
     assert content_hash(blank) != content_hash(other_blank) and len(content_hash(blank)) == 32
     assert not is_constant_content(content_hash(image)) and len(content_hash(image)) == 32
-    assert not is_constant_content(content_hash(np.full((2, 2), np.nan)))  # NaN equals nothing: not "blank"
+    # Finite values decide, as the readers' meta["constant"]: a masked volume's NaN background is blank.
+    assert is_constant_content(content_hash(np.full((2, 2), np.nan)))
+    assert is_constant_content(content_hash(np.array([[0.0, np.nan], [0.0, 0.0]])))
+    assert not is_constant_content(content_hash(np.array([[0.0, np.nan], [1.0, 0.0]])))
+    assert not is_constant_content(content_hash(np.array([[np.nan, 0.0, 1.0]])))  # the probe's NaN: a full look

@@ -16,7 +16,7 @@ from medclassify.cli import main as cli_main
 from medclassify.errors import InputError, UsageError
 from medclassify.manifest import (VALIDATED_COLUMNS, image_files_stamp, manifest_header, raise_if_invalid,
                                   report_dict, validate_manifest, write_validation_outputs)
-from medclassify.privacy import hash_patient
+from medclassify.privacy import hash_patient, is_identifier_column
 from tests.badinput_corpus import write_png
 
 PYDICOM_FILES = Path(pydicom.__file__).parent / "data" / "test_files"
@@ -144,6 +144,25 @@ def test_a_colour_image_among_grey_ones_is_an_error_unless_io_channels_makes_the
                                "grey_to_rgb, or convert the image")
     for policy in ("rgb_to_grey", "grey_to_rgb"):
         assert validate(manifest, root, io_options={"channels": policy}).ok, policy
+    # A setting of the whole dataset, not a defect of the row: drop_invalid does not drop it (helper-61).
+    result = validate(manifest, root, drop_invalid=True)
+    assert not result.ok and result.dropped == []
+    with pytest.raises(InputError, match="channels_mismatch"):
+        raise_if_invalid(result)
+
+
+def test_a_note_with_a_line_break_before_the_label_column_is_a_value(tmp_path):
+    # Its last line, "…, no calcification",b,patient-1,XR", read alone has the header's field count
+    # and a known label: the first stray-quote check refused this valid CSV (helper-61).
+    root = tmp_path / "data"
+    manifest = make_dataset(root, n=4)
+    lines = manifest.read_text().splitlines()
+    lines = [lines[0].replace("path,", "path,notes,")] + [line.replace(",", ",ok,", 1) for line in lines[1:]]
+    lines[2] = lines[2].replace(",ok,", ',"Findings:\nmass in upper quadrant, no calcification",', 1)
+    manifest.write_text("\n".join(lines) + "\n")
+    result = validate(manifest, root, min_images_per_class=1)
+    assert result.ok, [str(p) for p in result.problems]
+    assert result.table["notes"].tolist()[1] == "Findings:\nmass in upper quadrant, no calcification"
 
 
 def test_a_note_with_a_line_break_is_a_value_not_swallowed_rows(tmp_path):
@@ -653,6 +672,27 @@ def test_a_class_whose_rows_all_have_errors_says_so_in_the_class_count(tmp_path)
     assert messages[0] == "class 'b' has 0 image(s) (3 more in rows with errors); validation.min_images_per_class is 1"
 
 
+def test_a_masked_volumes_nan_background_slices_are_blank_too(tmp_path):
+    # A slice all NaN (SPM's and FSL's masked background), or zero but for a NaN, was hashed as
+    # content: every row "same pixels under different labels" again (helper-61).
+    import nibabel as nib
+
+    root = tmp_path / "data"
+    root.mkdir()
+    rng = np.random.default_rng(1)
+    lines = ["path,label,patient,modality"]
+    for i in range(4):
+        volume = rng.random((12, 12, 4)).astype(np.float32)
+        volume[:, :, 0] = np.nan
+        volume[:, :, 3] = 0
+        volume[0, 0, 3] = np.nan
+        nib.save(nib.Nifti1Image(volume, np.eye(4)), root / f"v{i}.nii.gz")
+        lines.append(f"v{i}.nii.gz,{'ab'[i % 2]},p{i},MR")
+    (root / "m.csv").write_text("\n".join(lines) + "\n")
+    result = validate(root / "m.csv", root, io_options={"nifti_slice": "all"}, min_images_per_class=1)
+    assert not any(p.code.startswith("duplicate") for p in result.problems), [str(p) for p in result.problems]
+
+
 def test_blank_slices_shared_by_volumes_are_not_duplicates_and_are_counted(tmp_path):
     # Under nifti_slice: all, every volume's blank edge slices were "the same pixels under different
     # labels", an error on every row, and linked every patient into one split group (helper-56).
@@ -710,6 +750,7 @@ def test_columns_that_identify_patients_are_left_out_of_the_validated_manifest_w
         "column \"Patient's Birth Date\" names an identifying value: left out of the validated manifest, which "
         "holds patients only as salted hashes"]
     assert list(result.table.columns)[-3:] == ["site", "study_code", "site2"]
+    assert not is_identifier_column("name")  # as often a site's or a scanner's (helper-61)
     written = tmp_path / "v.csv"
     write_validation_outputs(result, written, tmp_path / "r.json", tmp_path / "r.md")
     assert "patient-0" not in written.read_text().replace("patient-0X", "")

@@ -123,10 +123,25 @@ def content_hash(pixels):
     digest.update(f"{array.dtype.str}|{array.shape}|".encode("ascii"))
     flat = array.reshape(-1)
     digest.update(flat.view(np.uint8) if array.size else b"")  # the bytes, without a copy
-    # Three pixels first: most images differ there, and the preprocess stage hashes every image.
-    if array.size and flat[0] == flat[-1] == flat[flat.size // 2] and (flat == flat[0]).all():
+    if _is_blank(flat):
         return CONSTANT_CONTENT + digest.hexdigest()[:32 - len(CONSTANT_CONTENT)]
     return digest.hexdigest()[:32]
+
+
+def _is_blank(flat):
+    """Whether every finite value of a 1-D array is the same (NaN and infinities left out, as the
+    readers' ``meta["constant"]`` leaves them: the NaN background of a masked volume is blank)."""
+    if not flat.size:
+        return False
+    # Three pixels first: most images differ there, and the preprocess stage hashes every image.
+    probe = flat[[0, flat.size // 2, -1]]
+    if flat.dtype.kind not in "fc":
+        return bool(probe[0] == probe[1] == probe[2]) and bool((flat == flat[0]).all())
+    finite_probe = probe[np.isfinite(probe)]
+    if finite_probe.size and (finite_probe != finite_probe[0]).any():
+        return False
+    finite = flat[np.isfinite(flat)]
+    return not finite.size or bool((finite == finite[0]).all())
 
 
 def bilevel_as_grey(mask, inverted=False):
