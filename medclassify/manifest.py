@@ -518,12 +518,18 @@ DECODE_CACHE_VERSION = 9
 
 
 def _file_key(path):
-    """Identity of a file's current content: real path, size, modification time and inode."""
+    """Identity of a file's current content: real path, size, modification time, inode and change time.
+
+    The change time too: an image rewritten in place with its size and modification time kept
+    (``touch -r``, a tool restoring times) kept its old decoding, and so its old content hash,
+    even through a forced validation, and the cache then reused the old pixels. No user tool sets
+    the change time; a rename or chmod also changes it, which costs only a decoding.
+    """
     try:
         info = os.stat(path)
     except OSError:
         return f"{path}|unreadable|{time.time_ns()}"  # never matches: the file is decoded (and fails)
-    return f"{os.path.realpath(path)}|{info.st_size}|{info.st_mtime_ns}|{info.st_ino}"
+    return f"{os.path.realpath(path)}|{info.st_size}|{info.st_mtime_ns}|{info.st_ino}|{info.st_ctime_ns}"
 
 
 def decode_with_cache(paths, io_options, threads, cache_path=None):

@@ -906,3 +906,17 @@ def test_check_built_with_refuses_a_cache_of_other_preprocessing_naming_the_reme
     with pytest.raises(InputError, match="other preprocessing") as error:
         check_built_with(cache_path, {"preprocess": {**preprocess, "size": [24, 24]}, "io": io}, "rebuild it")
     assert "rebuild it" in error.value.problems
+
+
+def test_text_attributes_are_fixed_length_strings(dataset, tmp_path):
+    # HDF5 loops for ever reading a variable-length string whose heap entry a flipped bit damaged:
+    # open_cache hung instead of reporting the damage (helper-58).
+    root, rows = dataset
+    cache_path, _ = build(write_manifest(rows, tmp_path / "manifest.validated.csv"), root, tmp_path / "results")
+    files = [cache_path, *sorted((tmp_path / "results").rglob("part-*.h5")), *sorted((tmp_path / "results").rglob("block-*.h5"))]
+    assert len(files) >= 3
+    for path in files:
+        with h5py.File(path, "r") as f:
+            for key in f.attrs:
+                # A variable-length string reads as an object array: "O".
+                assert f.attrs.get_id(key).dtype.kind != "O", (path, key)

@@ -477,6 +477,37 @@ def test_decode_cache_decodes_only_new_or_changed_files(tmp_path):
     assert other_options.timings["n_files_decoded"] == 7  # io options are part of the key
 
 
+def test_an_image_rewritten_in_place_with_its_size_and_time_kept_is_decoded_again(tmp_path):
+    # Same size, same mtime (restored), same inode: the decode cache gave back the old content
+    # hash, and the cache reused the old pixels (helper-58).
+    import os
+
+    root = tmp_path / "data"
+    manifest = make_dataset(root, n=4)
+    cache = tmp_path / "decode_cache.json"
+    first = validate_manifest(manifest, root, io_options={}, validation_options={}, salt=SALT, decode_cache=cache)
+    image = root / "img" / "0.png"
+    info = os.stat(image)
+    pixels = np.asarray(Image.open(image)).copy()
+    pixels[0, 0] ^= 0xFF  # same size once saved: PNG of the same dimensions and near content
+    with open(image, "r+b") as f:  # in place, keeping the inode
+        encoded = _png_bytes(pixels)
+        f.truncate(0)
+        f.write(encoded)
+    os.utime(image, ns=(info.st_atime_ns, info.st_mtime_ns))
+    again = validate_manifest(manifest, root, io_options={}, validation_options={}, salt=SALT, decode_cache=cache)
+    assert again.timings["n_files_decoded"] == 1
+    assert again.table["content_hash"].iloc[0] != first.table["content_hash"].iloc[0]
+
+
+def _png_bytes(pixels):
+    import io
+
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
 def test_image_files_stamp_follows_the_named_files_not_the_copies_or_their_order(tmp_path):
     root = tmp_path / "data"
     manifest = make_dataset(root, n=4)
