@@ -41,7 +41,9 @@ round-robin per class, which is what it converges to for small groups.
 """
 
 import io
+import json
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -244,6 +246,31 @@ def check_no_leakage(table, fold_column=None):
         )
 
 
+def recorded_options(options):
+    """The ``split`` options as the report records them and :func:`check_split_made_with` compares them."""
+    options = _check_options(options)
+    return {"method": options["method"], "fractions": {k: float(v) for k, v in options["fractions"].items()},
+            "folds": int(options["folds"]), "seed": int(options["seed"]),
+            "drop_duplicates": bool(options["drop_duplicates"])}
+
+
+def check_split_made_with(report_path, options, remedy):
+    """Raise InputError when the split report at ``report_path`` records other ``split`` options.
+
+    Snakemake reruns the split when its options change, but not where it keeps no record of the
+    split job (``results/`` copied without ``.snakemake/metadata`` and accepted with a plain
+    ``--touch``): the run card would state options the split was not made with. A report from
+    before the options were recorded passes.
+    """
+    report = json.loads(Path(report_path).read_text(encoding="utf-8"))
+    recorded, stated = report.get("options"), recorded_options(options)
+    if recorded is None or recorded == stated:
+        return
+    differing = [f"split.{key}: made with {recorded.get(key)!r}, the config states {stated[key]!r}"
+                 for key in stated if recorded.get(key) != stated[key]]
+    raise InputError(f"{report_path}: the split was made with other options than the config's", [*differing, remedy])
+
+
 def split_report(table, classes, options, dropped=(), linked=()):
     """The split report: counts, patients, target and achieved fractions, class proportions.
 
@@ -258,6 +285,8 @@ def split_report(table, classes, options, dropped=(), linked=()):
     report = {
         "method": method,
         "seed": options["seed"],
+        # Every option the split was made with, which evaluation checks against its config.
+        "options": recorded_options(options),
         "classes": classes,
         "n_samples": n_total,
         "n_patients": int(table["patient"].nunique()),

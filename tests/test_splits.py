@@ -409,3 +409,23 @@ def test_a_fold_whose_validation_rows_lack_a_class_is_warned_of():
         splits, report = make_splits(manifest, options("kfold", folds=5))
     lacking = {d["fold"] for d in report["fold_details"] if 0 in d["counts"].values()}
     assert lacking and len([w for w in caught if "validation split of fold" in str(w.message)]) == len(lacking)
+
+
+def test_a_split_report_records_its_options_and_a_split_made_with_others_is_refused(tmp_path, manifest):
+    # results/ copied without .snakemake/metadata and accepted with a plain --touch: the split
+    # seed changed in the config, the split was not rerun, and the run card stated the new seed
+    # (helper-62). Evaluation checks the report against its config.
+    from medclassify.splits import check_split_made_with
+
+    splits, report = make_splits(manifest, options(seed=42))
+    paths = tmp_path / "splits.csv", tmp_path / "split" / "report.json", tmp_path / "split" / "report.png"
+    write_split_outputs(splits, report, *paths)
+    check_split_made_with(paths[1], options(seed=42), "rerun it")
+    with pytest.raises(InputError, match="made with other options") as error:
+        check_split_made_with(paths[1], options(seed=3), "rerun it")
+    assert error.value.problems == ["split.seed: made with 42, the config states 3", "rerun it"]
+    # A report written before the options were recorded passes.
+    recorded = json.loads(paths[1].read_text())
+    del recorded["options"]
+    paths[1].write_text(json.dumps(recorded))
+    check_split_made_with(paths[1], options(seed=3), "rerun it")

@@ -8,8 +8,9 @@ rule evaluate:
         cache="results/{dataset}/cache.h5",
         fingerprint="results/{dataset}/fingerprint.json",
         splits="results/{dataset}/splits.csv",
+        split_report="results/{dataset}/split/report.json",
         manifest="results/{dataset}/manifest.validated.csv",
-        code=library_code("evaluation", "runcard"),
+        code=library_code("evaluation", "runcard", "splits"),
     output:
         metrics=report(
             "results/{dataset}/{run}/evaluation/metrics.json",

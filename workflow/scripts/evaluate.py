@@ -8,12 +8,24 @@ from pathlib import Path
 sys.path.insert(0, str(Path(snakemake.scriptdir).parents[1]))  # the library, at the repository root
 
 from medclassify.runlog import log_output
+from medclassify.cache import check_built_with
+from medclassify.config import dataset_config
 from medclassify.evaluation import run_evaluation
 from medclassify.runcard import write_run_card
+from medclassify.splits import check_split_made_with
 
 with log_output(snakemake.log[0]):
     evaluation_started = time.time()
     inp = snakemake.input
+    # The run card states the config's options: refuse where the cache or the split were made with
+    # others, which happens only where Snakemake keeps no record of their jobs (results/ copied
+    # without .snakemake/metadata and accepted with a plain --touch).
+    dataset = snakemake.wildcards.dataset
+    remedy = ("rerun them: snakemake --forcerun preprocess split (or, for results copied without "
+              ".snakemake/metadata, snakemake --touch --forceall with the config they were made with)")
+    options = dataset_config(snakemake.config, dataset)
+    check_built_with(inp.cache, options, remedy)
+    check_split_made_with(inp.split_report, options["split"], remedy)
     out_dir = Path(snakemake.output.metrics).parent
     run_evaluation(
         inp.model,
