@@ -256,8 +256,8 @@ def read_manifest_rows(manifest, problems):
     for number, first_line, last_line, column, line, text in swallowing:
         problems.add(None, None, "malformed_manifest", "error",
                      f"row {number} (lines {first_line}-{last_line}): its {column!r} value holds lines that read as "
-                     f"manifest rows (line {line}: {text!r}): a quote opened on line {first_line} is closed only on "
-                     f"line {last_line}, and the lines between were read as one value; remove the stray quote")
+                     f"manifest rows (line {line}: {text!r}): a stray quote in it is closed only on line "
+                     f"{last_line}, and the lines between were read as one value; remove the stray quote")
     swallowed = {number for number, *_ in swallowing}
     return header, [(number, row) for number, row in rows if number not in swallowed]
 
@@ -267,26 +267,38 @@ def _rows_swallowing_rows(spanning, rows, header, named, n_fields):
 
     A stray quote closed by another stray quote further down gives a row of the right field count
     when both stand in one column: every line between vanishes into that column's value without a
-    word. A value spanning lines is valid CSV (a note with a line break), so a row is taken as
-    swallowing rows only when a line of the value after its first, read alone, is a row: the
-    header's field count (a line inside the value), or, for the value's last line, the fields up
-    to the value's column (the rest of the physical line completes the row); either with a label
-    that the rows read normally have, within those fields. Returns ``(row number, first line,
-    last line, column, line, text)`` tuples.
+    word. A value spanning lines is valid CSV (a note with a line break), so a line of the value
+    is taken as a row only when, read alone, it has a row's fields and their label and modality
+    are ones that the rows read normally have: a line inside the value, the header's field count;
+    the value's first line, the fields from the value's column on (the start of the physical line
+    holds the others); its last line, the fields up to the value's column (the rest of the line
+    holds the others). Returns ``(row number, first line, last line, column, line, text)`` tuples.
     """
     if "label" not in header or not spanning:
         return []
-    label_at = named[header.index("label")]
-    labels = {row["label"].strip() for _, row in rows} - {""}
+    known = {named[header.index(column)]: {row[column].strip() for _, row in rows} - {""}
+             for column in ("label", "modality") if column in header}
+
+    def reads_as_row(fields, first_index):
+        checked = [(index - first_index, values) for index, values in known.items()
+                   if 0 <= index - first_index < len(fields)]
+        return any(index == min(known) - first_index for index, _ in checked) and all(
+            fields[index].strip() in values for index, values in checked)
+
     found = []
     for number, first_line, last_line, record in spanning:
         line = first_line
         for position, value in enumerate(record):
             segments = value.replace("\r\n", "\n").replace("\r", "\n").split("\n")
-            for offset, text in enumerate(segments[1:], start=1):
+            for offset, text in enumerate(segments):
                 fields = next(csv.reader([text]), [])
-                width = n_fields if offset < len(segments) - 1 else position + 1
-                if len(fields) == width and label_at < width and fields[label_at].strip() in labels:
+                if offset == 0:
+                    row_like = len(segments) > 1 and len(fields) == n_fields - position and reads_as_row(fields, position)
+                elif offset < len(segments) - 1:
+                    row_like = len(fields) == n_fields and reads_as_row(fields, 0)
+                else:
+                    row_like = len(fields) == position + 1 and reads_as_row(fields, 0)
+                if row_like:
                     column = header[named.index(position)] if position in named else f"column {position + 1}"
                     found.append((number, first_line, last_line, column, line + offset, text))
                     break

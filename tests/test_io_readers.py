@@ -615,3 +615,16 @@ def test_the_content_hash_marks_a_blank_image_and_keeps_its_length():
     assert is_constant_content(content_hash(np.array([[0.0, np.nan], [0.0, 0.0]])))
     assert not is_constant_content(content_hash(np.array([[0.0, np.nan], [1.0, 0.0]])))
     assert not is_constant_content(content_hash(np.array([[np.nan, 0.0, 1.0]])))  # the probe's NaN: a full look
+    masked = np.full((64, 64), np.nan, np.float32)
+    masked[20:40, 20:40] = np.random.default_rng(0).random((20, 20))
+    assert not is_constant_content(content_hash(masked))  # NaN corners, content inside
+
+
+def test_a_solid_colour_made_grey_is_blank_to_the_reader_as_to_the_content_hash(tmp_path):
+    # meta["constant"] looked at the pixels before the channel policy, the hash after (helper-63).
+    from medclassify.content import is_constant_content
+
+    Image.fromarray(np.full((8, 8, 3), (200, 0, 0), np.uint8)).save(tmp_path / "red.png")
+    for channels, blank in (("rgb_to_grey", True), ("keep_grey", False)):
+        sample = read_sample(tmp_path / "red.png", None, {**DEFAULT_IO_OPTIONS, "channels": channels})
+        assert sample.meta["constant"] is blank and is_constant_content(content_hash(sample.pixels)) is blank

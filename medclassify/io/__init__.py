@@ -17,7 +17,7 @@ import os
 
 import numpy as np
 
-from .base import (DEFAULT_IO_OPTIONS, READ_ERROR_CODES, ReadError, Sample, content_hash,
+from .base import (DEFAULT_IO_OPTIONS, READ_ERROR_CODES, ReadError, Sample, content_hash, is_blank,
                    resolve_io_options)
 from .channels import apply_channel_policy, is_grey
 
@@ -229,8 +229,7 @@ def _samples(decoded, mismatch, options):
         # Facts about the decoded content that validation checks (before the channel policy).
         meta["colour"] = bool(array.ndim == 3 and array.shape[2] >= 3 and not is_grey(array[:, :, :3]))
         meta["non_finite"] = _non_finite_count(array)
-        finite = array if not meta["non_finite"] else array[np.isfinite(array)]
-        meta["constant"] = bool(finite.size == 0 or finite.min() == finite.max())
+        meta["constant"] = is_blank(pixels)  # as the content hash marks it: after the channel policy
         meta.setdefault("modality", None)
         meta.setdefault("spacing", None)
         if mismatch:

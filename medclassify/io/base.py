@@ -123,25 +123,30 @@ def content_hash(pixels):
     digest.update(f"{array.dtype.str}|{array.shape}|".encode("ascii"))
     flat = array.reshape(-1)
     digest.update(flat.view(np.uint8) if array.size else b"")  # the bytes, without a copy
-    if _is_blank(flat):
+    if is_blank(flat):
         return CONSTANT_CONTENT + digest.hexdigest()[:32 - len(CONSTANT_CONTENT)]
     return digest.hexdigest()[:32]
 
 
-def _is_blank(flat):
-    """Whether every finite value of a 1-D array is the same (NaN and infinities left out, as the
-    readers' ``meta["constant"]`` leaves them: the NaN background of a masked volume is blank)."""
+def is_blank(pixels):
+    """Whether every finite value of ``pixels`` is the same (NaN and infinities left out: the NaN
+    background of a masked volume is blank). The readers' ``meta["constant"]`` and the content
+    hash's mark both say this of the pixels after the channel policy."""
+    flat = np.ascontiguousarray(pixels).reshape(-1)
     if not flat.size:
         return False
-    # Three pixels first: most images differ there, and the preprocess stage hashes every image.
-    probe = flat[[0, flat.size // 2, -1]]
+    # A few pixels first: most images differ there, and the preprocess stage hashes every image.
+    probe = flat[:: max(1, flat.size // 16)]  # a view: no index array to build
     if flat.dtype.kind not in "fc":
-        return bool(probe[0] == probe[1] == probe[2]) and bool((flat == flat[0]).all())
+        return bool((probe == probe[0]).all()) and bool((flat == flat[0]).all())
     finite_probe = probe[np.isfinite(probe)]
-    if finite_probe.size and (finite_probe != finite_probe[0]).any():
+    if finite_probe.size > 1 and (finite_probe != finite_probe[0]).any():
         return False
-    finite = flat[np.isfinite(flat)]
-    return not finite.size or bool((finite == finite[0]).all())
+    finite = np.isfinite(flat)
+    if not finite.any():
+        return True
+    first = flat[np.argmax(finite)]
+    return bool(((flat == first) | ~finite).all())
 
 
 def bilevel_as_grey(mask, inverted=False):
