@@ -431,7 +431,7 @@ def _cmd_demo_data(args):
 
 def build_parser():
     """Return the argument parser of the ``medclassify`` command."""
-    parser = argparse.ArgumentParser(prog="medclassify", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="medclassify", description=__doc__.split("\n\n")[0].replace("``", ""))
     parser.add_argument("--version", action="version", version=f"medclassify {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for add in (_add_validate, _add_preprocess, _add_split, _add_train, _add_evaluate, _add_aggregate,

@@ -6,8 +6,10 @@ import platform
 from . import __version__
 
 # Distributions whose versions change results or their interpretation.
-LIBRARIES = ("numpy", "pandas", "scipy", "scikit-learn", "h5py", "pydicom", "pylibjpeg", "nibabel", "pillow",
-             "tifffile", "matplotlib", "tensorflow", "tensorflow-cpu", "keras", "snakemake", "jsonschema", "pyyaml")
+# The decoders too: a lossy JPEG's pixels can differ between decoder versions.
+LIBRARIES = ("numpy", "pandas", "scipy", "scikit-learn", "h5py", "pydicom", "pylibjpeg", "pylibjpeg-libjpeg",
+             "pylibjpeg-openjpeg", "pylibjpeg-rle", "nibabel", "pillow", "tifffile", "imagecodecs", "matplotlib",
+             "tensorflow", "tensorflow-cpu", "keras", "snakemake", "jsonschema", "pyyaml")
 
 
 def library_versions(names=LIBRARIES):
