@@ -170,12 +170,13 @@ class ProblemCollector:
 # Reading the manifest
 # --------------------------------------------------------------------------------------------
 
-def read_manifest_rows(manifest, problems):
+def read_manifest_rows(manifest, problems, root=None):
     """Parse the manifest CSV: return ``(header, [(row_number, fields), ...])``.
 
     Encoding, BOM, delimiter and field-count problems go to ``problems``. On a fatal one the
     header is None, or, where it could be read, the rows are those that could be read (none when
-    a column name repeats).
+    a column name repeats). ``root``, the folder the paths are relative to, lets a stray quote's
+    swallowed rows be told from a note's lines by the files they name.
     """
     manifest = Path(manifest)
     try:
@@ -252,60 +253,52 @@ def read_manifest_rows(manifest, problems):
         if first_line != last_line:
             spanning.append((number, first_line, last_line, record))
         rows.append((number, dict(zip(header, (record[i] for i in named)))))
-    swallowing = _rows_swallowing_rows(spanning, rows, header, named, n_fields)
+    swallowing = _rows_swallowing_rows(spanning, header, named, n_fields, text, root)
     for number, first_line, last_line, column, line, text in swallowing:
         problems.add(None, None, "malformed_manifest", "error",
-                     f"row {number} (lines {first_line}-{last_line}): its {column!r} value holds lines that read as "
-                     f"manifest rows (line {line}: {text!r}): a stray quote in it is closed only on line "
-                     f"{last_line}, and the lines between were read as one value; remove the stray quote")
+                     f"row {number} (lines {first_line}-{last_line}): its {column!r} value holds the lines after its "
+                     f"first (line {line}: {text!r}): a stray quote in it is closed only on line {last_line}, and "
+                     "the rows between were read as one value; remove the stray quote")
     swallowed = {number for number, *_ in swallowing}
     return header, [(number, row) for number, row in rows if number not in swallowed]
 
 
-def _rows_swallowing_rows(spanning, rows, header, named, n_fields):
-    """The rows among ``spanning`` (those read from several lines) whose value holds whole rows.
+def _rows_swallowing_rows(spanning, header, named, n_fields, text, root):
+    """The rows among ``spanning`` (those read from several lines) that swallowed other rows.
 
     A stray quote closed by another stray quote further down gives a row of the right field count
     when both stand in one column: every line between vanishes into that column's value without a
-    word. A value spanning lines is valid CSV (a note with a line break), so a line of the value
-    is taken as a row only when, read alone, it has a row's fields and their label and modality
-    are ones that the rows read normally have: a line inside the value, the header's field count;
-    the value's first line, the fields from the value's column on (the start of the physical line
-    holds the others); its last line, the fields up to the value's column (the rest of the line
-    holds the others). Returns ``(row number, first line, last line, column, line, text)`` tuples.
+    word. A value spanning lines is valid CSV in a free-text column (a note with a line break),
+    never in a required one (a path, label, patient or modality): there it is taken as a stray
+    quote. In another column, a line after the row's first is taken as a swallowed row when,
+    read alone, it has the header's field count and its path names a file under ``root``, which
+    a note's line does not (its words, not the label or modality, tell nothing: a note may read
+    "benign, US"). Returns ``(row number, first line, last line, column, line, text)`` tuples.
     """
-    if "label" not in header or not spanning:
+    if not spanning:
         return []
-    known = {named[header.index(column)]: {row[column].strip() for _, row in rows} - {""}
-             for column in ("label", "modality") if column in header}
+    lines = io.StringIO(text, newline="").readlines()
+    path_at = named[header.index("path")] if "path" in header else None
 
-    def reads_as_row(fields, first_index):
-        checked = [(index - first_index, values) for index, values in known.items()
-                   if 0 <= index - first_index < len(fields)]
-        return any(index == min(known) - first_index for index, _ in checked) and all(
-            fields[index].strip() in values for index, values in checked)
+    def names_a_file(fields):
+        relative = fields[path_at].strip() if path_at is not None else ""
+        if not relative or root is None or os.path.isabs(relative) or ".." in Path(relative).parts:
+            return False
+        try:
+            return os.path.isfile(os.path.join(root, relative))
+        except (OSError, ValueError):
+            return False
 
     found = []
     for number, first_line, last_line, record in spanning:
-        line = first_line
-        for position, value in enumerate(record):
-            segments = value.replace("\r\n", "\n").replace("\r", "\n").split("\n")
-            for offset, text in enumerate(segments):
-                fields = next(csv.reader([text]), [])
-                if offset == 0:
-                    row_like = len(segments) > 1 and len(fields) == n_fields - position and reads_as_row(fields, position)
-                elif offset < len(segments) - 1:
-                    row_like = len(fields) == n_fields and reads_as_row(fields, 0)
-                else:
-                    row_like = len(fields) == position + 1 and reads_as_row(fields, 0)
-                if row_like:
-                    column = header[named.index(position)] if position in named else f"column {position + 1}"
-                    found.append((number, first_line, last_line, column, line + offset, text))
-                    break
-            else:
-                line += len(segments) - 1
-                continue
-            break
+        position = next(i for i, value in enumerate(record) if "\n" in value or "\r" in value)
+        column = header[named.index(position)] if position in named else f"column {position + 1}"
+        for line in range(first_line + 1, last_line + 1):
+            physical = lines[line - 1].rstrip("\r\n")
+            fields = next(csv.reader([physical]), [])
+            if column in REQUIRED_COLUMNS or (len(fields) == n_fields and names_a_file(fields)):
+                found.append((number, first_line, last_line, column, line, physical))
+                break
     return found
 
 
@@ -637,7 +630,7 @@ def validate_manifest(manifest, root, *, io_options, validation_options, labels=
     io_options = resolve_io_options(io_options)
     problems = ProblemCollector()
     root_real = Path(os.path.realpath(root))
-    header, rows = read_manifest_rows(manifest, problems)
+    header, rows = read_manifest_rows(manifest, problems, root=root_real)
 
     def finish(records, extra_columns, timings):
         return _finish(manifest, root_real, problems, records, extra_columns, options, labels,

@@ -317,7 +317,7 @@ def _manifest_rows(manifest, problems):
     from .manifest import ProblemCollector, read_manifest_rows
 
     found = ProblemCollector()
-    header, records = read_manifest_rows(manifest, found)
+    header, records = read_manifest_rows(manifest, found, root=manifest.parent)
     for problem in found.problems:
         if problem.severity == "error":
             problems.append(f"{manifest}: {problem.message}")

@@ -189,6 +189,28 @@ def test_a_stray_quote_over_two_lines_before_the_label_column_is_refused(tmp_pat
         assert not result.ok and "malformed_manifest" in codes(result), [str(p) for p in result.problems]
 
 
+def test_rows_swallowed_by_a_stray_quote_are_found_by_the_files_they_name_not_their_labels(tmp_path):
+    # Sorted by modality, the swallowed rows were the only MR ones: a check asking for a known
+    # modality let them vanish; a note reading "…, benign, US" was refused (helper-64).
+    root = tmp_path / "data"
+    root.mkdir()
+    lines = ["path,label,patient,modality,notes"]
+    for i in range(9):
+        write_png(root / f"img{i}.png", seed=i)
+        lines.append(f"img{i}.png,{'ab'[i % 2]},p{i},{'CT' if i < 6 else 'MR'},ok")
+    lines[6] = lines[6].replace(",ok", ',"see prior')
+    lines[9] = lines[9].replace(",ok", ',size 2"')
+    (root / "m.csv").write_text("\n".join(lines) + "\n")
+    result = validate(root / "m.csv", root, drop_invalid=True, min_images_per_class=1)
+    assert not result.ok and "malformed_manifest" in codes(result)
+
+    notes = ["path,patient,notes,label,modality"] + [f"img{i}.png,p{i},ok,{'ab'[i % 2]},US" for i in range(4)]
+    notes[3] = 'img2.png,p2,"Compared with 2019 exam, a, US\r\nno interval change",a,US'
+    (root / "n.csv").write_text("\r\n".join(notes) + "\r\n")
+    result = validate(root / "n.csv", root, min_images_per_class=1)
+    assert result.ok and len(result.table) == 4, [str(p) for p in result.problems]
+
+
 def test_a_note_whose_lines_hold_commas_and_a_label_is_still_a_note(tmp_path):
     # Its second line read alone has the header's field count and a known label, but no known
     # modality (helper-63).

@@ -415,7 +415,7 @@ def test_dicom_and_every_nifti_slice_get_their_own_rows(saved_run, tmp_path):
     ("path,label\nnew/img0.png,benign\nnew/img1.png,a,b,c\n", "row 2 has 4 fields, the header has 2"),
     ('path,label\n"new/img0.png,benign\n', "row 1 has 1 fields, the header has 2"),
     ('path,label\nnew/img0.png,"benign\nnew/img1.png,malignant\n', "the quote opened on line 2 is never closed"),
-    ('path,label\nnew/img0.png,"benign\nand more"\nnew/img1.png,malignant\n', "row 1: the label value spans several lines"),
+    ('path,label\nnew/img0.png,"benign\nand more"\nnew/img1.png,malignant\n', "its 'label' value holds the lines after its first"),
     ("path,label\nnew/img0.png,benign\n,malignant\n", "row 2: empty path"),
     ("path,label\n", "has a header but no rows"),
     ("", "the manifest is empty"),

@@ -21,11 +21,11 @@ with log_output(snakemake.log[0]):
     # others, which happens only where Snakemake keeps no record of their jobs (results/ copied
     # without .snakemake/metadata and accepted with a plain --touch).
     dataset = snakemake.wildcards.dataset
-    remedy = ("rerun them: snakemake --forcerun preprocess split (or, for results copied without "
-              ".snakemake/metadata, snakemake --touch --forceall with the config they were made with)")
+    copied = (" (or, for results copied without .snakemake/metadata, snakemake --touch --forceall with the "
+              "config they were made with)")
     options = dataset_config(snakemake.config, dataset)
-    check_built_with(inp.cache, options, remedy)
-    check_split_made_with(inp.split_report, options["split"], remedy)
+    check_built_with(inp.cache, options, "rebuild it: snakemake --forcerun preprocess" + copied)
+    check_split_made_with(inp.split_report, options["split"], "split again: snakemake --forcerun split" + copied)
     out_dir = Path(snakemake.output.metrics).parent
     run_evaluation(
         inp.model,
