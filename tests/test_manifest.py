@@ -783,6 +783,7 @@ def test_a_masked_volumes_nan_background_slices_are_blank_too(tmp_path):
     assert not any(p.code.startswith("duplicate") for p in result.problems), [str(p) for p in result.problems]
 
 
+@pytest.mark.filterwarnings("ignore:the validation split of fold:UserWarning")  # 4 volumes, 2 folds
 def test_blank_slices_shared_by_volumes_are_not_duplicates_and_are_counted(tmp_path):
     # Under nifti_slice: all, every volume's blank edge slices were "the same pixels under different
     # labels", an error on every row, and linked every patient into one split group (helper-56).
