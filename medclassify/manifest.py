@@ -212,6 +212,13 @@ def read_manifest_rows(manifest, problems, root=None):
         problems.add(None, None, "malformed_manifest", "error", unreadable)
         if not records:
             return None, []
+    if records[0][0] != records[0][1]:
+        # A stray quote in the header: the rows up to its closing quote would become a column name
+        # (and patient ids with it), without a word.
+        problems.add(None, None, "malformed_manifest", "error",
+                     f"the header (lines {records[0][0]}-{records[0][1]}) spans several lines: a quote in it is "
+                     f"closed only on line {records[0][1]}; remove the stray quote")
+        return None, []
     header = [name.strip() for name in records[0][2]]
     if len(header) == 1:
         for delimiter, name in ((";", "semicolons"), ("\t", "tabs"), ("|", "pipes")):
@@ -253,7 +260,7 @@ def read_manifest_rows(manifest, problems, root=None):
         if first_line != last_line:
             spanning.append((number, first_line, last_line, record))
         rows.append((number, dict(zip(header, (record[i] for i in named)))))
-    swallowing = _rows_swallowing_rows(spanning, header, named, n_fields, text, root)
+    swallowing = _rows_swallowing_rows(spanning, rows, header, named, n_fields, text, root)
     for number, first_line, last_line, column, line, text in swallowing:
         problems.add(None, None, "malformed_manifest", "error",
                      f"row {number} (lines {first_line}-{last_line}): its {column!r} value holds the lines after its "
@@ -263,43 +270,69 @@ def read_manifest_rows(manifest, problems, root=None):
     return header, [(number, row) for number, row in rows if number not in swallowed]
 
 
-def _rows_swallowing_rows(spanning, header, named, n_fields, text, root):
+def _rows_swallowing_rows(spanning, rows, header, named, n_fields, text, root):
     """The rows among ``spanning`` (those read from several lines) that swallowed other rows.
 
     A stray quote closed by another stray quote further down gives a row of the right field count
     when both stand in one column: every line between vanishes into that column's value without a
     word. A value spanning lines is valid CSV in a free-text column (a note with a line break),
     never in a required one (a path, label, patient or modality): there it is taken as a stray
-    quote. In another column, a line after the row's first is taken as a swallowed row when,
-    read alone, it has the header's field count and its path names a file under ``root``, which
-    a note's line does not (its words, not the label or modality, tell nothing: a note may read
-    "benign, US"). Returns ``(row number, first line, last line, column, line, text)`` tuples.
+    quote. Otherwise a physical line of the row, read alone (its first with quotes as plain
+    characters, as the stray one is), is taken as a swallowed row when it has the header's field
+    count and a path other than the row's own that names a file under ``root`` or ends as the
+    paths of the rows read normally do (``.png``, ``.dcm``…): a swallowed row may name a missing
+    file, and a note's line does not read as a path. Labels and modalities tell nothing: a note
+    may say "benign, US", and the swallowed rows may be the only ones of their label or modality.
+    Returns ``(row number, first line, last line, column, line, text)`` tuples.
     """
     if not spanning:
         return []
     lines = io.StringIO(text, newline="").readlines()
     path_at = named[header.index("path")] if "path" in header else None
+    endings = {_path_ending(row.get("path", "")) for _, row in rows} - {""}
 
-    def names_a_file(fields):
-        relative = fields[path_at].strip() if path_at is not None else ""
-        if not relative or root is None or os.path.isabs(relative) or ".." in Path(relative).parts:
+    def is_path(value):
+        value = value.strip()
+        if not value:
             return False
+        if _path_ending(value) in endings:
+            return True
         try:
-            return os.path.isfile(os.path.join(root, relative))
+            return root is not None and os.path.isfile(os.path.join(root, value))
         except (OSError, ValueError):
             return False
 
     found = []
     for number, first_line, last_line, record in spanning:
-        position = next(i for i, value in enumerate(record) if "\n" in value or "\r" in value)
-        column = header[named.index(position)] if position in named else f"column {position + 1}"
-        for line in range(first_line + 1, last_line + 1):
+        positions = [i for i, value in enumerate(record) if "\n" in value or "\r" in value]
+        columns = [header[named.index(i)] if i in named else f"column {i + 1}" for i in positions]
+        required = [column for column in columns if column in REQUIRED_COLUMNS]
+        if required:
+            line = first_line + 1
+            found.append((number, first_line, last_line, required[0], line, lines[line - 1].rstrip("\r\n")))
+            continue
+        own_path = record[path_at].strip() if path_at is not None else None
+        for line in range(first_line, last_line + 1):
             physical = lines[line - 1].rstrip("\r\n")
-            fields = next(csv.reader([physical]), [])
-            if column in REQUIRED_COLUMNS or (len(fields) == n_fields and names_a_file(fields)):
-                found.append((number, first_line, last_line, column, line, physical))
+            reader = csv.reader([physical], quoting=csv.QUOTE_NONE) if line == first_line else csv.reader([physical])
+            fields = next(reader, [])
+            swallowed = (path_at is not None and len(fields) == n_fields and fields[path_at].strip() != own_path
+                         and is_path(fields[path_at]))
+            if swallowed:
+                found.append((number, first_line, last_line, columns[0], line, physical))
                 break
     return found
+
+
+def _path_ending(path):
+    """A path's file ending in lower case (``.nii.gz`` whole), or "" for none."""
+    name = os.path.basename(str(path).strip()).lower()
+    stem, dot, suffix = name.rpartition(".")
+    if not dot or not stem:
+        return ""
+    if suffix == "gz" and "." in stem:
+        return "." + stem.rpartition(".")[2] + ".gz"
+    return "." + suffix
 
 
 def manifest_header(manifest):

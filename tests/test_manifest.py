@@ -211,6 +211,51 @@ def test_rows_swallowed_by_a_stray_quote_are_found_by_the_files_they_name_not_th
     assert result.ok and len(result.table) == 4, [str(p) for p in result.problems]
 
 
+def _write_rows(root, header, rows, name="m.csv", newline="\n"):
+    root.mkdir(parents=True, exist_ok=True)
+    for i in range(6):
+        write_png(root / "img" / f"{i}.png", seed=i)
+    (root / name).write_text(newline.join([header, *rows]) + newline)
+    return root / name
+
+
+@pytest.mark.parametrize("header, rows, ok", [
+    # Valid: a note before the path column; its last line holds the row's own path (helper-66).
+    ("notes,path,label,patient,modality",
+     ["ok,img/0.png,a,p0,US", '"seen twice\nstable",img/1.png,b,p1,US', "ok,img/2.png,a,p2,US",
+      "ok,img/3.png,b,p3,US"], True),
+    # A stray quote before the path column, closed on the next line.
+    ("notes,path,label,patient,modality",
+     ["ok,img/0.png,a,p0,US", '"see,img/1.png,b,p1,US', 'ok",img/2.png,a,p2,US', "ok,img/3.png,b,p3,US"], False),
+    # Swallowed rows whose paths take a detour, or name files that are missing (helper-66).
+    ("path,label,patient,modality,notes",
+     ["img/../img/0.png,a,p0,US,ok", 'img/../img/1.png,b,p1,US,"ok', "img/../img/2.png,a,p2,US,ok",
+      'img/../img/3.png,b,p3,US,ok"', "img/../img/4.png,a,p4,US,ok"], False),
+    ("path,label,patient,modality,notes",
+     ["img/0.png,a,p0,US,ok", "img/1.png,b,p1,US,ok", 'img/2.png,a,p2,US,"ok', "img/7.png,b,p7,US,ok",
+      'img/8.png,a,p8,US,ok"', "img/3.png,b,p3,US,ok"], False),
+    # A note spanning lines, then a stray quote in the label of the same row.
+    ("path,notes,label,patient,modality",
+     ['img/0.png,"a\nnote","a\nimg/1.png,b,p1,US\nimg/2.png,a",p2,US', "img/3.png,ok,b,p3,US",
+      "img/4.png,ok,a,p4,US"], False),
+])
+def test_the_stray_quote_check_against_valid_notes_and_swallowed_rows(tmp_path, header, rows, ok):
+    manifest = _write_rows(tmp_path / "data", header, rows)
+    for drop_invalid in (False, True):
+        result = validate(manifest, tmp_path / "data", drop_invalid=drop_invalid, min_images_per_class=1)
+        assert ("malformed_manifest" not in codes(result)) == ok, [str(p) for p in result.problems]
+
+
+def test_a_stray_quote_in_the_header_is_refused_not_a_column_named_by_rows(tmp_path):
+    # The rows up to the closing quote became a column name, patient ids with it, written into the
+    # validated manifest's header (helper-66).
+    manifest = _write_rows(tmp_path / "data", 'path,label,patient,modality,"notes',
+                           ["img/0.png,a,p0,US,ok", "img/1.png,b,p1,US,ok", 'img/2.png,a,p2,US,ok"',
+                            "img/3.png,b,p3,US,ok"])
+    result = validate(manifest, tmp_path / "data", drop_invalid=True, min_images_per_class=1)
+    assert not result.ok and "malformed_manifest" in codes(result)
+
+
 def test_a_note_whose_lines_hold_commas_and_a_label_is_still_a_note(tmp_path):
     # Its second line read alone has the header's field count and a known label, but no known
     # modality (helper-63).

@@ -417,6 +417,8 @@ def test_dicom_and_every_nifti_slice_get_their_own_rows(saved_run, tmp_path):
     ('path,label\nnew/img0.png,"benign\nnew/img1.png,malignant\n', "the quote opened on line 2 is never closed"),
     ('path,label\nnew/img0.png,"benign\nand more"\nnew/img1.png,malignant\n', "its 'label' value holds the lines after its first"),
     ("path,label\nnew/img0.png,benign\n,malignant\n", "row 2: empty path"),
+    # A stray quote in a free-text column swallowing a row (it vanished without a word).
+    ('path,notes\nnew/img0.png,"first\nnew/img1.png,second"\nnew/img0.png,third\n', "remove the stray quote"),
     ("path,label\n", "has a header but no rows"),
     ("", "the manifest is empty"),
 ])
