@@ -702,10 +702,10 @@ def validate_manifest(manifest, root, *, io_options, validation_options, labels=
     decoded, n_decoded = decode_with_cache(unique_files, io_options, threads, decode_cache)
     decode_seconds = time.perf_counter() - t_decode
     _check_images(records, decoded, problems)
-    _check_channel_counts(records, io_options, problems)
     _check_duplicate_content(records, problems)
     _check_sample_ids(records, problems)
     _check_patients(records, options["mixed_label_patients"], problems)
+    _check_channel_counts(records, io_options, problems)  # last: it counts only rows without errors
     return finish(records, extra_columns,
                   {"decode_seconds": round(decode_seconds, 3), "n_files": len(unique_files),
                    "n_files_decoded": n_decoded})
@@ -721,8 +721,10 @@ def _without_identifier_columns(columns, rows, problems):
     """
     kept = []
     for name in columns:
-        filled = [(fields.get(name, "").strip(), fields.get("patient", "").strip()) for _, fields in rows]
-        filled = [(value, patient) for value, patient in filled if value]
+        pairs = [(fields.get(name, "").strip(), fields.get("patient", "").strip()) for _, fields in rows]
+        # Every row filled and two values at least: a sparse column whose one value happens to
+        # equal a patient id is no copy of the patient column.
+        filled = pairs if all(value for value, _ in pairs) and len({v for v, _ in pairs}) > 1 else []
         if name != "split" and is_identifier_column(name):
             why = "names an identifying value"
         elif name != "split" and filled and all(value == patient for value, patient in filled):
@@ -965,9 +967,16 @@ def _check_images(records, decoded, problems):
 def _check_channel_counts(records, io_options, problems):
     """Rows whose images have another channel count, under ``io.channels``, than most of the
     manifest's: the cache holds one (H, W, C), and the preprocess stage would refuse them after
-    validation had passed (a colour PNG among grey ones, under the default keep_grey)."""
+    validation had passed (a colour PNG among grey ones, under the default keep_grey).
+
+    Rows with errors of their own are left out, of the count and of the check: under drop_invalid
+    they go anyway, and five invalid colour rows made four valid grey ones "the odd ones out".
+    """
+    erroneous = {p.row for p in problems.problems if p.severity == "error" and p.row is not None}
     channels_of = {}
     for record in records:
+        if record["row"] in erroneous:
+            continue
         counts = {len(s["shape"]) == 3 and s["shape"][2] or 1 for s in record["samples"]}
         if counts:
             channels_of[record["row"]] = (record, counts)

@@ -152,6 +152,31 @@ def test_a_colour_image_among_grey_ones_is_an_error_unless_io_channels_makes_the
         raise_if_invalid(result)
 
 
+@pytest.mark.parametrize("n_invalid_colour", [3, 5])
+def test_channel_counts_are_judged_on_rows_without_other_errors(tmp_path, n_invalid_colour):
+    # Colour rows with unknown labels were kept (channels_mismatch is not dropped) and, when more
+    # numerous, made the valid grey rows the odd ones out (helper-67).
+    root = tmp_path / "data"
+    manifest = make_dataset(root, n=4)
+    with open(manifest, "a") as f:
+        for i in range(n_invalid_colour):
+            Image.fromarray(np.random.default_rng(i).integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(root / f"c{i}.png")
+            f.write(f"c{i}.png,other,q{i},US,s\n")
+    result = validate(manifest, root, labels=["a", "b"], drop_invalid=True, min_images_per_class=1)
+    assert result.ok and len(result.table) == 4, [str(p) for p in result.problems]
+    assert "channels_mismatch" not in codes(result)
+
+
+def test_a_sparse_column_whose_one_value_equals_a_patient_id_is_kept(tmp_path):
+    root = tmp_path / "data"
+    manifest = make_dataset(root, n=4)
+    lines = manifest.read_text().splitlines()
+    lines[1:] = [line.rsplit(",", 1)[0] + ("," + line.split(",")[2] if i == 0 else ",") for i, line in enumerate(lines[1:])]
+    manifest.write_text("\n".join(lines) + "\n")
+    result = validate(manifest, root, min_images_per_class=1)
+    assert "site" in result.table.columns and "identifier_column" not in codes(result)
+
+
 def test_a_note_with_a_line_break_before_the_label_column_is_a_value(tmp_path):
     # Its last line, "…, no calcification",b,patient-1,XR", read alone has the header's field count
     # and a known label: the first stray-quote check refused this valid CSV (helper-61).

@@ -429,3 +429,16 @@ def test_a_split_report_records_its_options_and_a_split_made_with_others_is_refu
     del recorded["options"]
     paths[1].write_text(json.dumps(recorded))
     check_split_made_with(paths[1], options(seed=3), "rerun it")
+
+
+def test_check_no_leakage_lets_blank_images_be_in_two_splits():
+    # Blank images share their content hash by having no content; make_splits already left them
+    # out, the public check did not (helper-67).
+    from medclassify.splits import check_no_leakage
+
+    blank = "constant-" + "0" * 23
+    table = pd.DataFrame({"sample_id": ["a", "b"], "patient": ["p1", "p2"], "content_hash": [blank, blank],
+                          "split": ["train", "test"]})
+    check_no_leakage(table)
+    with pytest.raises(InputError):
+        check_no_leakage(table.assign(content_hash=["x" * 32] * 2))
