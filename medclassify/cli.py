@@ -194,7 +194,8 @@ def _cmd_preprocess(args):
 def _add_split(sub):
     p = sub.add_parser("split", help="assign samples to train/val/test, grouped by patient",
                        description="Split a validated manifest by patient (stratified by label), "
-                       "or honour its split column, or make k folds with a held-out test set.")
+                       "or honour its split column (which must name train, val and test rows), or make k folds with a "
+                       "held-out test set. A split or fold left empty is refused.")
     p.add_argument("manifest", type=Path, help="validated manifest")
     p.add_argument("--out", type=Path, required=True, help="splits CSV")
     p.add_argument("--report", type=Path, required=True, help="split report JSON (a .png is written beside it)")
@@ -277,7 +278,8 @@ def _add_evaluate(sub):
     p.add_argument("--fold", type=int, help="fold, with split.method kfold")
     p.add_argument("--threads", type=positive_int, help="CPU threads for TensorFlow")
     p.add_argument("--run-card", type=Path, help="also write the run card (config, versions, git state, data "
-                   "fingerprint, splits hash, hardware) here, as the workflow writes run_card.json")
+                   "fingerprint, splits hash, inputs by content, hardware) here, as the workflow writes "
+                   "run_card.json")
     p.add_argument("--fingerprint", type=Path, help="fingerprint JSON of the cache, for --run-card "
                    "(default: fingerprint.json beside the cache)")
     _add_config_options(p, per_dataset=True)
