@@ -281,30 +281,21 @@ def test_a_stray_quote_in_the_header_is_refused_not_a_column_named_by_rows(tmp_p
     assert not result.ok and "malformed_manifest" in codes(result)
 
 
-def test_a_note_whose_lines_hold_commas_and_a_label_is_still_a_note(tmp_path):
-    # Its second line read alone has the header's field count and a known label, but no known
-    # modality (helper-63).
+@pytest.mark.parametrize("note", [
+    "seen twice,\nsecond look: a, b, c",  # valid CSV: a quoted value may hold a line break, and commas
+    # Its second line read alone has the header's field count and a known label (helper-63).
+    "Impression:\nBI-RADS 2, a, stable, 2y, f/u",
+])
+def test_a_note_with_a_line_break_is_a_value_not_swallowed_rows(tmp_path, note):
     root = tmp_path / "data"
     manifest = make_dataset(root, n=4, extra=",note")
     lines = manifest.read_text().splitlines()
     lines[1:] = [line + "," for line in lines[1:]]
-    lines[2] += '"Impression:\nBI-RADS 2, a, stable, 2y, f/u"'
+    lines[2] += f'"{note}"'
     manifest.write_text("\n".join(lines) + "\n")
     result = validate(manifest, root, min_images_per_class=1)
-    assert result.ok, [str(p) for p in result.problems]
-
-
-def test_a_note_with_a_line_break_is_a_value_not_swallowed_rows(tmp_path):
-    # Valid CSV: a quoted value may hold a line break, even one with commas.
-    root = tmp_path / "data"
-    manifest = make_dataset(root, n=4, extra=",note")
-    lines = manifest.read_text().splitlines()
-    lines[1:] = [line + "," for line in lines[1:]]
-    lines[2] += '"seen twice,\nsecond look: a, b, c"'
-    manifest.write_text("\n".join(lines) + "\n")
-    result = validate(manifest, root, min_images_per_class=1)
-    assert result.ok and len(result.table) == 4
-    assert result.table["note"].tolist()[1] == "seen twice,\nsecond look: a, b, c"
+    assert result.ok and len(result.table) == 4, [str(p) for p in result.problems]
+    assert result.table["note"].tolist()[1] == note
 
 
 def test_a_row_with_too_many_fields_names_its_row_once_and_its_path(tmp_path):
@@ -832,24 +823,31 @@ def test_a_class_whose_rows_all_have_errors_says_so_in_the_class_count(tmp_path)
     assert messages[0] == "class 'b' has 0 image(s) (3 more in rows with errors); validation.min_images_per_class is 1"
 
 
+def _validate_volumes(root, make_volume):
+    """Validate four NIfTI volumes of two labels, ``make_volume(rng)`` each, under nifti_slice: all."""
+    import nibabel as nib
+
+    root.mkdir()
+    rng = np.random.default_rng(0)
+    lines = ["path,label,patient,modality"]
+    for i in range(4):
+        nib.save(nib.Nifti1Image(make_volume(rng), np.eye(4)), root / f"v{i}.nii.gz")
+        lines.append(f"v{i}.nii.gz,{'ab'[i % 2]},p{i},MR")
+    (root / "m.csv").write_text("\n".join(lines) + "\n")
+    return validate(root / "m.csv", root, io_options={"nifti_slice": "all"}, min_images_per_class=1)
+
+
 def test_a_masked_volumes_nan_background_slices_are_blank_too(tmp_path):
     # A slice all NaN (SPM's and FSL's masked background), or zero but for a NaN, was hashed as
     # content: every row "same pixels under different labels" again (helper-61).
-    import nibabel as nib
-
-    root = tmp_path / "data"
-    root.mkdir()
-    rng = np.random.default_rng(1)
-    lines = ["path,label,patient,modality"]
-    for i in range(4):
+    def masked(rng):
         volume = rng.random((12, 12, 4)).astype(np.float32)
         volume[:, :, 0] = np.nan
         volume[:, :, 3] = 0
         volume[0, 0, 3] = np.nan
-        nib.save(nib.Nifti1Image(volume, np.eye(4)), root / f"v{i}.nii.gz")
-        lines.append(f"v{i}.nii.gz,{'ab'[i % 2]},p{i},MR")
-    (root / "m.csv").write_text("\n".join(lines) + "\n")
-    result = validate(root / "m.csv", root, io_options={"nifti_slice": "all"}, min_images_per_class=1)
+        return volume
+
+    result = _validate_volumes(tmp_path / "data", masked)
     assert not any(p.code.startswith("duplicate") for p in result.problems), [str(p) for p in result.problems]
 
 
@@ -857,19 +855,12 @@ def test_a_masked_volumes_nan_background_slices_are_blank_too(tmp_path):
 def test_blank_slices_shared_by_volumes_are_not_duplicates_and_are_counted(tmp_path):
     # Under nifti_slice: all, every volume's blank edge slices were "the same pixels under different
     # labels", an error on every row, and linked every patient into one split group (helper-56).
-    import nibabel as nib
-
-    root = tmp_path / "data"
-    root.mkdir()
-    rng = np.random.default_rng(0)
-    lines = ["path,label,patient,modality"]
-    for i in range(4):
+    def with_blank_edges(rng):
         volume = np.zeros((12, 12, 5), np.int16)
         volume[:, :, 1:4] = rng.integers(1, 1000, (12, 12, 3))
-        nib.save(nib.Nifti1Image(volume, np.eye(4)), root / f"v{i}.nii.gz")
-        lines.append(f"v{i}.nii.gz,{'ab'[i % 2]},p{i},MR")
-    (root / "m.csv").write_text("\n".join(lines) + "\n")
-    result = validate(root / "m.csv", root, io_options={"nifti_slice": "all"}, min_images_per_class=1)
+        return volume
+
+    result = _validate_volumes(tmp_path / "data", with_blank_edges)
     assert result.ok, [str(p) for p in result.problems]
     assert {p.code for p in result.problems} == {"constant_image"}
     assert [p.message for p in result.problems][0] == (
