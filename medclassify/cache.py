@@ -260,9 +260,9 @@ def _read_sample(path, index, io_options):
     return read_sample(path, index, io_options)
 
 
-def _content_hash(pixels):
+def _content_hash(pixels, blank):
     from .io import content_hash
-    return content_hash(pixels)
+    return content_hash(pixels, blank)
 
 
 def _decode_batch(job, items):
@@ -282,7 +282,7 @@ def _decode_batch(job, items):
         try:
             sample = _read_sample(Path(root) / rel_path, index, io_options)
             pixels = np.asarray(sample.pixels)
-            if expected_hash and _content_hash(pixels) != expected_hash:
+            if expected_hash and _content_hash(pixels, sample.meta.get("constant")) != expected_hash:
                 problems.append((position, rel_path, "content_changed",
                                  "the image differs from the one validated (content hash); rerun validation"))
                 continue

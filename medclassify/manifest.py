@@ -260,17 +260,17 @@ def read_manifest_rows(manifest, problems, root=None):
         if first_line != last_line:
             spanning.append((number, first_line, last_line, record))
         rows.append((number, dict(zip(header, (record[i] for i in named)))))
-    swallowing = _rows_swallowing_rows(spanning, rows, header, named, n_fields, text, root)
-    for number, first_line, last_line, column, line, text in swallowing:
+    swallowing = _rows_swallowing_rows(spanning, rows, header, named, path_at, n_fields, text, root)
+    for number, first_line, last_line, column, line, shown in swallowing:
         problems.add(None, None, "malformed_manifest", "error",
                      f"row {number} (lines {first_line}-{last_line}): its {column!r} value holds the lines after its "
-                     f"first (line {line}: {text!r}): a stray quote in it is closed only on line {last_line}, and "
+                     f"first (line {line}: {shown!r}): a stray quote in it is closed only on line {last_line}, and "
                      "the rows between were read as one value; remove the stray quote")
     swallowed = {number for number, *_ in swallowing}
     return header, [(number, row) for number, row in rows if number not in swallowed]
 
 
-def _rows_swallowing_rows(spanning, rows, header, named, n_fields, text, root):
+def _rows_swallowing_rows(spanning, rows, header, named, path_at, n_fields, text, root):
     """The rows among ``spanning`` (those read from several lines) that swallowed other rows.
 
     A stray quote closed by another stray quote further down gives a row of the right field count
@@ -288,7 +288,6 @@ def _rows_swallowing_rows(spanning, rows, header, named, n_fields, text, root):
     if not spanning:
         return []
     lines = io.StringIO(text, newline="").readlines()
-    path_at = named[header.index("path")] if "path" in header else None
     endings = {_path_ending(row.get("path", "")) for _, row in rows} - {""}
 
     def is_path(value):
@@ -493,7 +492,7 @@ def inspect_image_file(path, io_options):
         meta = sample.meta
         summaries.append({
             "index": index,
-            "content_hash": content_hash(sample.pixels),
+            "content_hash": content_hash(sample.pixels, meta.get("constant")),
             "shape": list(sample.pixels.shape),
             "dtype": str(sample.pixels.dtype),
             "format": meta.get("format"),
@@ -721,13 +720,17 @@ def _without_identifier_columns(columns, rows, problems):
     """
     kept = []
     for name in columns:
-        pairs = [(fields.get(name, "").strip(), fields.get("patient", "").strip()) for _, fields in rows]
+        if name == "split":
+            kept.append(name)
+            continue
+        values = [fields.get(name, "").strip() for _, fields in rows]
+        patients = [fields.get("patient", "").strip() for _, fields in rows]
         # Every row filled and two values at least: a sparse column whose one value happens to
         # equal a patient id is no copy of the patient column.
-        filled = pairs if all(value for value, _ in pairs) and len({v for v, _ in pairs}) > 1 else []
-        if name != "split" and is_identifier_column(name):
+        copies_patient = all(values) and len(set(values)) > 1 and values == patients
+        if is_identifier_column(name):
             why = "names an identifying value"
-        elif name != "split" and filled and all(value == patient for value, patient in filled):
+        elif copies_patient:
             why = "repeats the patient column"
         else:
             kept.append(name)

@@ -229,12 +229,10 @@ def check_no_leakage(table, fold_column=None):
         folds = table[fold_column].astype(int)
         unit = unit.where(folds < 0, "fold " + folds.astype(str))
     problems = []
-    for column, what in (("patient", "patient"), ("content_hash", "identical image (content_hash)")):
-        keys = table[column].to_numpy()
+    for keys, what in ((table["patient"], "patient"), (content_keys(table), "identical image (content_hash)")):
+        keys = keys.to_numpy()
         spread = unit.groupby(keys).nunique()
         for key in spread.index[spread > 1]:
-            if column == "content_hash" and is_constant_content(key):
-                continue  # blank images share their content by having none
             rows = keys == key
             where = sorted(set(unit[rows]), key=_unit_order)
             samples = table.loc[rows, "sample_id"].tolist()
@@ -246,6 +244,14 @@ def check_no_leakage(table, fold_column=None):
             "(fix the manifest's split column, or set split.drop_duplicates: true for duplicates)",
             problems,
         )
+
+
+def content_keys(table):
+    """``table``'s content hashes as keys of identical images: a blank image's (every pixel equal)
+    made its own, as it shares its content with every other blank one of its size by having none,
+    and neither links patients nor counts as a duplicate or a leak (the edge slices of volumes)."""
+    hashes = table["content_hash"].astype(str)
+    return hashes.where(~hashes.map(is_constant_content), hashes + "#" + table["sample_id"].astype(str))
 
 
 def recorded_options(options):
@@ -420,10 +426,8 @@ def _check_table(validated_df, method):
         # A sample id is the image's path, as the cache keeps it: a file name may end in a space.
         if column != "sample_id":
             table[column] = table[column].str.strip()
-    # A blank image (every pixel equal) shares its content with every other blank one of its
-    # size: it neither links patients nor counts as a duplicate (the edge slices of volumes).
-    blank = table["content_hash"].map(is_constant_content)
-    table.loc[blank, "content_hash"] = table.loc[blank, "content_hash"] + "#" + table.loc[blank, "sample_id"]
+    # Linking, duplicates and the leak check all read these keys.
+    table["content_hash"] = content_keys(table)
     problems = []
     for column in ("sample_id", "label", "patient", "content_hash"):
         for row in np.flatnonzero((table[column].str.strip() == "").to_numpy())[:50]:

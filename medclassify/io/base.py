@@ -110,20 +110,21 @@ def _check_io_options(options):
         raise ValueError(f"invalid io options: {', '.join(problems)} (see the io section of the config schema)")
 
 
-def content_hash(pixels):
+def content_hash(pixels, blank=None):
     """sha256 (hex, first 32 characters) of an array's dtype, shape and bytes.
 
     Byte order is part of the dtype string, so the same values in another byte order hash
     differently; readers always return native-order arrays. An array whose values are all
     equal gets ``CONSTANT_CONTENT`` and the digest's first 23 characters (32 in all):
-    see ``is_constant_content``.
+    see ``is_constant_content``. ``blank``: ``is_blank(pixels)`` where the caller has it (a
+    reader's ``meta["constant"]``), so that an image is not scanned twice.
     """
     array = np.ascontiguousarray(pixels)
     digest = hashlib.sha256()
     digest.update(f"{array.dtype.str}|{array.shape}|".encode("ascii"))
     flat = array.reshape(-1)
     digest.update(flat.view(np.uint8) if array.size else b"")  # the bytes, without a copy
-    if is_blank(flat):
+    if is_blank(flat) if blank is None else blank:
         return CONSTANT_CONTENT + digest.hexdigest()[:32 - len(CONSTANT_CONTENT)]
     return digest.hexdigest()[:32]
 
