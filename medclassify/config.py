@@ -371,6 +371,21 @@ def subgroup_column_problems(config, columns_of):
     return problems
 
 
+def validated_manifest_problems(config, dataset, columns, classes):
+    """What evaluation would refuse of the config, known once ``dataset``'s manifest is validated.
+
+    ``columns`` and ``classes`` are the validated manifest's. Planning reads the raw manifest's
+    header, but validation can still leave out a column that repeats the patient field, which a
+    subgroup may name; a manifest without ``labels:`` shows its classes only here. The split
+    stage checks both, so that neither costs a training.
+    """
+    problems = positive_class_problems(config, dataset, classes)
+    for problem in subgroup_column_problems(config, lambda name: list(columns) if name == dataset else None):
+        problems.append(f"{problem}; validation leaves out columns that identify patients (its report "
+                        "lists them as identifier_column)")
+    return problems
+
+
 def load_config(path=None, overrides=None):
     """Read a YAML config (or start empty), merge ``overrides``, validate and fill defaults."""
     config = {} if path is None else _read_config_file(path)

@@ -435,3 +435,32 @@ def test_a_subgroup_column_that_identifies_patients_is_refused_when_the_config_i
     problems = subgroup_column_problems(config, lambda dataset: ["site", "PatientID"])
     assert problems == ["runs.baseline: evaluate.subgroups ['PatientID'] identify patients: validation leaves such "
                         "columns out of the validated manifest"]
+
+
+def test_a_subgroup_column_validation_left_out_is_refused_before_training():
+    # A column repeating the patient field under a harmless name passes planning (which reads the
+    # raw header) and is left out by validation; evaluate failed on it after training.
+    from medclassify.config import load_config, validated_manifest_problems
+
+    config = load_config(overrides={"datasets": {"own": {"manifest": "o.csv", "root": "o"}},
+                                    "evaluate": {"subgroups": ["site", "record"]}})
+    columns = ["sample_id", "path", "label", "patient", "modality", "site"]
+
+    problems = validated_manifest_problems(config, "own", columns, ["a", "b"])
+
+    assert problems == [
+        "runs.baseline: evaluate.subgroups ['record'] are not columns of the manifest of dataset 'own' (columns: "
+        "sample_id, path, label, patient, modality, site); validation leaves out columns that identify patients "
+        "(its report lists them as identifier_column)"]
+    assert validated_manifest_problems(config, "own", [*columns, "record"], ["a", "b"]) == []
+
+
+def test_the_split_stage_checks_the_positive_class_against_the_validated_classes():
+    from medclassify.config import load_config, validated_manifest_problems
+
+    config = load_config(overrides={"datasets": {"own": {"manifest": "o.csv", "root": "o"}},
+                                    "evaluate": {"positive_class": "malignant"}})
+
+    assert validated_manifest_problems(config, "own", ["path", "label"], ["benign", "tumour"]) == [
+        "runs.baseline: evaluate.positive_class 'malignant' is not one of the classes of dataset own "
+        "['benign', 'tumour']"]

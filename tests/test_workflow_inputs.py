@@ -201,6 +201,29 @@ def test_a_subgroup_column_no_manifest_has_stops_planning_before_any_job(unrun_w
     assert "['site'" not in run.output, run.tail()
 
 
+def test_a_subgroup_column_validation_leaves_out_stops_the_split_before_training(unrun_workdir):
+    # "record" repeats the patient field: planning sees it in the header, validation leaves it out.
+    images = unrun_workdir / "copied"
+    images.mkdir(exist_ok=True)
+    rows = []
+    for index in range(8):
+        write_png(images / f"{index}.png", index)
+        rows.append(f"{index}.png,{'ab'[index % 2]},p{index},US,p{index}")
+    (images / "manifest.csv").write_text("path,label,patient,modality,record\n" + "\n".join(rows) + "\n")
+    config_path = unrun_workdir / FAST_CONFIG_NAME
+    with restored_afterwards(config_path):
+        config = yaml.safe_load(config_path.read_text())
+        config["datasets"] = {"copied": {"manifest": "copied/manifest.csv"}}
+        config["evaluate"]["subgroups"] = ["record"]
+        config_path.write_text(yaml.safe_dump(config, sort_keys=False))
+        run = run_snakemake(["results/copied/splits.csv", "--cores", "1", *CONFIG_ARGS], unrun_workdir,
+                            timeout_s=TIMEOUT_S)
+    assert run.returncode != 0, run.tail()
+    assert "evaluate.subgroups ['record'] are not columns of the manifest of dataset 'copied'" in run.output, run.tail()
+    assert (unrun_workdir / "results" / "copied" / "manifest.validated.csv").exists()
+    assert not (unrun_workdir / "results" / "copied" / "splits.csv").exists()
+
+
 @pytest.mark.parametrize("option", ["dataset", "run"])
 def test_unknown_predict_model_is_named_when_predicting(unrun_workdir, option):
     (unrun_workdir / "newimgs").mkdir(exist_ok=True)
