@@ -716,7 +716,7 @@ def _without_identifier_columns(columns, rows, problems):
     Extra columns are copied into the validated manifest, where patients appear only as salted
     hashes: a ``PatientID`` or ``mrn`` column, or any column repeating the patient field, would
     undo the hash in every output that copies the manifest. Known by name (``privacy.is_identifier_column``)
-    or by value (equal to the row's patient field wherever it is filled).
+    or by value: equal to the row's patient field wherever it is filled, with two values at least.
     """
     kept = []
     for name in columns:
@@ -725,9 +725,10 @@ def _without_identifier_columns(columns, rows, problems):
             continue
         values = [fields.get(name, "").strip() for _, fields in rows]
         patients = [fields.get("patient", "").strip() for _, fields in rows]
-        # Every row filled and two values at least: a sparse column whose one value happens to
-        # equal a patient id is no copy of the patient column.
-        copies_patient = all(values) and len(set(values)) > 1 and values == patients
+        # Blanks allowed (an MRN missing for some rows is still an MRN column), but two values at
+        # least: a sparse column whose one value happens to equal a patient id is no copy of it.
+        filled = [(value, patient) for value, patient in zip(values, patients) if value]
+        copies_patient = len({value for value, _ in filled}) > 1 and all(value == patient for value, patient in filled)
         if is_identifier_column(name):
             why = "names an identifying value"
         elif copies_patient:

@@ -177,6 +177,21 @@ def test_a_sparse_column_whose_one_value_equals_a_patient_id_is_kept(tmp_path):
     assert "site" in result.table.columns and "identifier_column" not in codes(result)
 
 
+def test_a_copy_of_the_patient_column_with_blanks_is_left_out(tmp_path):
+    # Filled in every row but one, it was kept, raw patient ids beside their salted hash (helper-71).
+    root = tmp_path / "data"
+    manifest = make_dataset(root, n=6)
+    lines = manifest.read_text().splitlines()
+    lines[0] = lines[0].rsplit(",", 1)[0] + ",ref"
+    lines[1:] = [line.rsplit(",", 1)[0] + "," + ("" if i == 0 else line.split(",")[2]) for i, line in enumerate(lines[1:])]
+    manifest.write_text("\n".join(lines) + "\n")
+    result = validate(manifest, root, min_images_per_class=1)
+    assert "ref" not in result.table.columns
+    assert [p.message for p in result.problems if p.code == "identifier_column"] == [
+        "column 'ref' repeats the patient column: left out of the validated manifest, which holds patients only as "
+        "salted hashes"]
+
+
 def test_a_note_with_a_line_break_before_the_label_column_is_a_value(tmp_path):
     # Its last line, "…, no calcification",b,patient-1,XR", read alone has the header's field count
     # and a known label: the first stray-quote check refused this valid CSV (helper-61).
