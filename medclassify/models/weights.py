@@ -1,8 +1,9 @@
 """ImageNet weights for keras.applications backbones: where they come from and where they live.
 
 Training nodes often have no internet. Rule ``fetch_weights`` therefore downloads the weights once,
-on a machine that has it, into ``resources/weights/`` (or ``$MEDCLASSIFY_WEIGHTS_DIR``); training
-only reads that folder. URLs and hashes are exactly those that keras.applications publishes in
+on a machine that has it, into ``resources/weights/`` of the workflow's working directory, and the
+training rule is given that file. The command line (``medclassify train`` with ``train.weights:
+imagenet``) looks in ``$MEDCLASSIFY_WEIGHTS_DIR``, else in the repository's ``resources/weights/``. URLs and hashes are exactly those that keras.applications publishes in
 its source (``keras/src/applications/*.py``, ``WEIGHTS_PATH``/``file_hash``; 32 hex digits are
 MD5, 64 are SHA-256). Backbones for which Keras publishes no hash (MobileNetV2, Xception, ...)
 are not listed: a download that cannot be checked is not accepted; give a local file instead.
