@@ -3,6 +3,11 @@
 import os
 import re
 
+# Every evaluation plot, each written as PNG and PDF under the run's evaluation/ folder: the
+# evaluate rule declares them, medclassify.evaluation.plots draws them.
+PLOT_NAMES = ("confusion_matrix", "roc", "pr", "calibration", "training_curves", "per_class",
+              "score_histograms", "misclassified", "gradcam")
+
 _RUN = re.compile(r"^(?P<name>[A-Za-z0-9_-]+)(?:/fold_(?P<fold>\d+))?$")
 
 

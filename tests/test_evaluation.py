@@ -15,7 +15,7 @@ from evaluation_fixtures import (synthetic_dataset, tiny_model, trained_model, w
 from medclassify.config import load_config, run_config  # noqa: E402
 from medclassify.errors import InputError  # noqa: E402
 from medclassify.evaluation import compare_runs, run_evaluation  # noqa: E402
-from medclassify.evaluation.plots import PLOT_NAMES  # noqa: E402
+from medclassify.workflow_paths import PLOT_NAMES  # noqa: E402
 from medclassify.evaluation.run import load_model  # noqa: E402
 from medclassify.evaluation.threshold import choose_threshold  # noqa: E402
 

@@ -9,7 +9,7 @@ from docutils.core import publish_parts
 from jinja2 import Environment, StrictUndefined
 
 from medclassify.config import load_config, run_config
-from medclassify.evaluation.plots import PLOT_NAMES
+from medclassify.workflow_paths import PLOT_NAMES
 
 REPORT = Path(__file__).resolve().parent.parent / "workflow" / "report"
 # Captions of the rules' other report outputs: metrics.json, compare and k-fold aggregation.

@@ -34,8 +34,6 @@ STYLE = {
     "svg.fonttype": "none",
 }
 COLORS = plt.get_cmap("tab10").colors
-PLOT_NAMES = ("confusion_matrix", "roc", "pr", "calibration", "training_curves", "per_class",
-              "score_histograms", "misclassified", "gradcam")
 
 
 @contextlib.contextmanager

@@ -27,25 +27,18 @@ from medclassify.manifest import (
 )
 from medclassify.predict import files_read, is_snakemake_pattern
 from medclassify.runcard import recorded_dataset_options
-from medclassify.workflow_paths import input_path, manifest_root, parse_run, run_ids
+from medclassify.workflow_paths import (
+    PLOT_NAMES,
+    input_path,
+    manifest_root,
+    parse_run,
+    run_ids,
+)
 
 # The library's validation rather than snakemake.utils.validate, which stops at the first problem:
 # this lists every one at once, those of each dataset and run (overrides merged) included, before
 # any job is planned.
 validate_config(config)
-
-# Every evaluation plot, written as PNG and PDF by medclassify.evaluation.
-PLOTS = [
-    "confusion_matrix",
-    "roc",
-    "pr",
-    "calibration",
-    "training_curves",
-    "per_class",
-    "score_histograms",
-    "misclassified",
-    "gradcam",
-]
 
 
 wildcard_constraints:

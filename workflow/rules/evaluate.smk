@@ -29,8 +29,8 @@ rule evaluate:
             subcategory="{run}",
             labels={"stage": "evaluation", "figure": "run card", "format": "json"},
         ),
-        png=[evaluation_plot(name, "png") for name in PLOTS],
-        pdf=[evaluation_plot(name, "pdf") for name in PLOTS],
+        png=[evaluation_plot(name, "png") for name in PLOT_NAMES],
+        pdf=[evaluation_plot(name, "pdf") for name in PLOT_NAMES],
     log:
         "results/logs/{dataset}/{run}/evaluate.log",
     benchmark:
