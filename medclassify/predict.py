@@ -434,7 +434,7 @@ def predict_files(model_path, inputs, out_csv, *, threads=None, ensemble_metrics
     ``record_json``, when given, receives :func:`prediction_record`: which models, decision rule
     and preprocessing made the table.
     """
-    from .evaluation.run import load_model
+    from .model_info import load_model
     from .gpu import configure_inference
 
     configure_inference(threads)

@@ -42,7 +42,7 @@ from .errors import InputError
 from .fitting import compile_model, reset_layer_seeds, stage_options
 from .gpu import configure_devices
 from .inference import cache_reader, predict_probabilities
-from .model_info import model_json_beside, weights_digest
+from .model_info import load_model, model_json_beside, weights_digest
 from .models import (backbone_of, build_classifier, build_ensemble, set_backbone_inference_mode,
                      set_trainable_blocks)
 from .models.ensemble import MEMBER_PREFIX
@@ -106,7 +106,7 @@ def initial_model(stage, *, init_model, input_shape, class_counts, train_options
     """
     pretrained = False
     if stage == "finetune" and init_model is not None:
-        model = keras.models.load_model(init_model, safe_mode=True, compile=False)
+        model = load_model(init_model)
         problems = []
         if tuple(model.input_shape[1:]) != tuple(input_shape):
             problems.append(f"it takes images of shape {tuple(model.input_shape[1:])}, the cache holds {tuple(input_shape)}")
@@ -595,7 +595,7 @@ def _model_identity(path, *file_state):
     # Every ensemble member asks. Keyed by the file's size, times and inode too, as it may be written
     # again in between: a .keras zip of the same model keeps its size, and cp -p keeps the mtime,
     # but a new file or a rename changes the inode or ctime.
-    return weights_digest(keras.models.load_model(path, safe_mode=True, compile=False))
+    return weights_digest(load_model(path))
 
 
 # --- ensembles --------------------------------------------------------------------------------------
@@ -707,7 +707,7 @@ def train_ensemble(n_members, cache_path, splits_path, out_dir, *, options, fold
             atomic_write_json(state_path, {"version": STATE_VERSION, "members": finished})
         member_paths.append(path)
 
-    members = [keras.models.load_model(p, safe_mode=True, compile=False) for p in member_paths]
+    members = [load_model(p) for p in member_paths]
     ensemble = build_ensemble(members)
     member_meta = [model_json_beside(p) for p in member_paths]
     metadata = dict(member_meta[0])

@@ -494,6 +494,17 @@ def test_fine_tuning_refuses_a_head_model_of_another_cache(untrained_head, tmp_p
     assert not (tmp_path / "out" / "model.keras").exists()
 
 
+def test_fine_tuning_from_a_damaged_head_model_names_the_file(untrained_head, tiny_cache, tmp_path):
+    # Keras says "File not found" of a cut .keras zip; training passed that on (helper-71).
+    from medclassify.errors import InputError
+
+    head = tmp_path / "model.keras"
+    head.write_bytes(Path(untrained_head).read_bytes()[:2000])
+    with pytest.raises(InputError, match="not a readable Keras model") as error:
+        train_stage("finetune", *tiny_cache, tmp_path / "out", options=tiny_options(), init_model=head, threads=1)
+    assert str(head) in str(error.value)
+
+
 def test_fine_tuning_from_a_head_trained_on_another_split_warns(untrained_head, tiny_cache, tmp_path):
     # By hand, fold 0 fine-tuned from fold 1's head (which trained on fold 0's images) said nothing.
     cache_path, splits_path = tiny_cache

@@ -10,7 +10,7 @@ from ..atomic import atomic_path, atomic_write_json
 from ..errors import InputError
 from ..inference import (FLIPS, IDENTITY, affine_views, cache_reader, check_finite_probabilities,
                          predict_probabilities)
-from ..model_info import model_json_beside, weights_digest
+from ..model_info import load_model, model_json_beside, weights_digest
 from ..splits import read_splits_file, split_sample_ids
 from . import plots
 from .bootstrap import bootstrap_ci, bootstrap_indices
@@ -31,25 +31,6 @@ def read_history(path):
         return pd.read_csv(path)
     except pd.errors.EmptyDataError:
         return pd.DataFrame()
-
-
-def load_model(model_path):
-    """Load a saved model safely, with medclassify's custom layers registered."""
-    import importlib
-
-    import keras
-
-    # Imported for its side effect, registering the custom layers for deserialisation; pyflakes
-    # reads `from .. import models` as an unused import whatever its noqa comment says.
-    importlib.import_module("..models", __package__)
-
-    if not Path(model_path).is_file():
-        raise InputError(f"{model_path}: not found", ["the training stage writes it; check the path"])
-    try:
-        return keras.models.load_model(model_path, safe_mode=True, compile=False)
-    except Exception as error:  # Keras reports a damaged zip as "File not found", among others
-        raise InputError(f"{model_path}: not a readable Keras model (truncated or corrupted?)",
-                         [f"{type(error).__name__}: {str(error)[:500]}", "rerun the training stage that writes it"]) from None
 
 
 def tta_flips(model_info):
