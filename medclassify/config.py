@@ -191,7 +191,40 @@ def _schema_problem(error):
         return (f"salt: {error.instance!r} was read as {kind}, not as the characters typed (YAML reads "
                 f"--config salt=12345 as one); set the environment variable {SALT_ENVIRONMENT_VARIABLE} instead, "
                 "which also keeps the secret out of Snakemake's records, or quote the salt in a config file")
-    return f"{_key_path(error.absolute_path) or '<top>'}: {error.message}"
+    where = _key_path(error.absolute_path) or "<top>"
+    if error.validator in ("oneOf", "anyOf"):
+        forms = " or ".join(_form_of(alternative) for alternative in error.validator_value)
+        problem = f"{where}: {error.instance!r} is not {forms}"
+        # Of a mapping, say what is wrong inside it, not that it is no other form (null).
+        inside = [e for e in error.context if e.absolute_path != error.absolute_path
+                  or e.validator in ("required", "additionalProperties")]
+        if isinstance(error.instance, dict) and inside:
+            inner = jsonschema.exceptions.best_match(inside)
+            problem += f" ({_key_path(inner.absolute_path)}: {inner.message})"
+        return problem
+    return f"{where}: {error.message}"
+
+
+_TYPE_WORDS = {"integer": "an integer", "number": "a number", "string": "a string", "boolean": "true or false",
+               "null": "null", "object": "a mapping", "array": "a list"}
+
+
+def _form_of(schema):
+    """One form a value of ``schema`` can take, in words: ``an integer >= 0``, ``one of middle, all``."""
+    if "$ref" in schema:
+        schema = _parsed_schema()["definitions"][schema["$ref"].rsplit("/", 1)[-1]]
+    if "enum" in schema:
+        values = schema["enum"]
+        return repr(values[0]) if len(values) == 1 else "one of " + ", ".join(map(str, values))
+    if "const" in schema:
+        return repr(schema["const"])
+    if schema.get("type") == "object" and "properties" in schema:
+        return "{" + ", ".join(schema["properties"]) + "}"
+    words = _TYPE_WORDS.get(schema.get("type"), str(schema.get("type")))
+    bounds = [f"{sign} {schema[key]}" for key, sign in (("minimum", ">="), ("exclusiveMinimum", ">"),
+                                                          ("maximum", "<="), ("exclusiveMaximum", "<"))
+              if key in schema]
+    return " ".join([words, *bounds])
 
 
 def _entries(config, key):
@@ -221,10 +254,10 @@ def _datasets_problems(config, written):
         resolved, section_problems = _resolve_sections(config, entry, DATASET_SECTIONS, f"datasets.{name}",
                                                        top_level_checked=True)
         problems += section_problems
-        if "split" in resolved and not section_problems:
+        if "split" in resolved:
             problems += _fractions_problems(resolved["split"]["fractions"], name, written)
             problems += [f"datasets.{name}: {problem}" for problem in empty_split_problems(resolved["split"])]
-        if "preprocess" in resolved and not section_problems:
+        if "preprocess" in resolved:
             problems += _preprocess_problems(resolved["preprocess"], name)
     return problems
 
@@ -452,16 +485,21 @@ def _resolve_sections(config, overrides, sections, where, top_level_checked=Fals
 
     With ``top_level_checked`` (the schema has already reported the top-level sections' own
     problems) a problem that the top-level section has by itself is left out, instead of being
-    listed again for every dataset or run that inherits it.
+    listed again for every dataset or run that inherits it. A section with any problem, listed
+    or left out, is not among those resolved: the checks that read resolved values (fractions,
+    seeds, windows) would fail on it with a traceback.
     """
     resolved, problems = {}, []
     for section in sections:
         top, own = config.get(section, {}), overrides.get(section, {})
         if not (isinstance(top, dict) and isinstance(own, dict)):
             continue  # the schema reports a section that is not a mapping
-        resolved[section] = deep_merge(top, own)
-        errors = _section_errors(section, resolved[section])
-        inherited = _section_errors(section, copy.deepcopy(top)) if errors and top_level_checked else []
+        merged = deep_merge(top, own)
+        errors = _section_errors(section, merged)
+        if not errors:
+            resolved[section] = merged
+            continue
+        inherited = _section_errors(section, copy.deepcopy(top)) if top_level_checked else []
         problems += [f"{_key_path([where, section, path] if path else [where, section])}: {message}"
                      for path, message in errors if (path, message) not in inherited]
     return resolved, problems

@@ -193,7 +193,7 @@ def test_a_string_that_yaml_reads_as_another_wrong_value_is_reported_as_written(
 @pytest.mark.parametrize("section, key, text, message", [
     ("train", "batch_size", "0", "train.batch_size: 0 is less than the minimum of 1"),
     ("finetune", "epochs", "-1", "finetune.epochs: -1 is less than the minimum of 0"),
-    ("finetune", "learning_rate", "-1e-3", "finetune.learning_rate: -0.001 is not valid under any of the given"),
+    ("finetune", "learning_rate", "-1e-3", "finetune.learning_rate: -0.001 is not a number > 0 or 'auto'"),
     ("io", "nifti_axis", "3", "io.nifti_axis: 3 is not one of [0, 1, 2]"),  # a number among numbers
 ])
 def test_a_command_line_number_out_of_range_is_reported_as_a_number(section, key, text, message):
@@ -464,3 +464,36 @@ def test_the_split_stage_checks_the_positive_class_against_the_validated_classes
     assert validated_manifest_problems(config, "own", ["path", "label"], ["benign", "tumour"]) == [
         "runs.baseline: evaluate.positive_class 'malignant' is not one of the classes of dataset own "
         "['benign', 'tumour']"]
+
+
+@pytest.mark.parametrize("overrides, problem", [
+    ({"train": {"seed": None}}, "train.seed: None is not of type 'integer'"),
+    ({"train": {"backbone": ["resnet18"]}}, "train.backbone: ['resnet18'] is not of type 'string'"),
+    ({"split": {"fractions": [0.7, 0.15, 0.15]}}, "split.fractions: [0.7, 0.15, 0.15] is not of type 'object'"),
+    ({"split": {"fractions": {"test": None}}}, "split.fractions.test: None is not of type 'number'"),
+    ({"preprocess": {"size": [None, 32]}}, "preprocess.size.0: None is not of type 'integer'"),
+    ({"preprocess": {"intensity": "window", "window": {"center": 40, "width": "wide"}}},
+     "preprocess.window: {'center': 40, 'width': 'wide'} is not null or {center, width} "
+     "(preprocess.window.width: 'wide' is not of type 'number')"),
+])
+def test_a_top_level_value_of_the_wrong_type_is_one_problem_not_a_traceback(overrides, problem):
+    # The checks that read resolved values (seeds, fractions, windows) ran on values the schema had
+    # refused, and stopped with a TypeError (helper-70).
+    with pytest.raises(InputError) as error:
+        load_config(overrides=overrides)
+    assert error.value.problems == [problem]
+
+
+@pytest.mark.parametrize("overrides, problem", [
+    ({"finetune": {"unfreeze": "top"}}, "finetune.unfreeze: 'top' is not an integer >= 0 or 'all'"),
+    ({"io": {"nifti_slice": "mid"}}, "io.nifti_slice: 'mid' is not an integer >= 0 or one of middle, all"),
+    ({"io": {"dicom_window": {"centre": 40, "width": 400}}},
+     "io.dicom_window: {'centre': 40, 'width': 400} is not one of file, none, ct_lung, ct_mediastinum, ct_bone, "
+     "ct_brain, ct_abdomen or {center, width} (io.dicom_window: Additional properties are not allowed ('centre' "
+     "was unexpected))"),
+])
+def test_a_value_of_a_key_with_several_forms_is_told_the_forms(overrides, problem):
+    # "is not valid under any of the given schemas" said nothing of what is (helper-70).
+    with pytest.raises(InputError) as error:
+        load_config(overrides=overrides)
+    assert error.value.problems == [problem]
