@@ -90,21 +90,24 @@ def values_from_strings(config, validator):
     ``--config 'finetune={"epochs": 20}'`` gives the string '20'; and YAML 1.1, which PyYAML
     reads, takes ``1e-3`` (no dot) for a string in a config file too. A string the schema accepts
     stays a string (a salt of digits); a value YAML cannot read, or reads as a value the schema
-    refuses there too, is left to the error.
+    refuses there too, is left to the error. A whole number written as a float (``epochs: 2.0``,
+    ``bootstrap: 1e3``) becomes an integer where the schema wants one.
     """
     for _ in range(1000):  # each pass fixes at least one value; nested ones show up in later passes
         fixed = False
         for error in _with_branch_errors(validator.iter_errors(copy.deepcopy(config))):
-            if not isinstance(error.instance, str) or not error.absolute_path:
+            if not isinstance(error.instance, (str, float)) or not error.absolute_path:
                 continue
             try:
-                value = yaml.safe_load(error.instance)
+                value = yaml.safe_load(error.instance) if isinstance(error.instance, str) else error.instance
             except yaml.YAMLError:
                 continue
             if isinstance(value, str) and _YAML11_MISSED_FLOAT.match(value):
                 value = float(value)  # YAML 1.1 reads 1e-3 (no dot) as a string
             if isinstance(value, str):
                 continue
+            if isinstance(value, float) and value.is_integer() and not _of_a_kind_allowed(validator, error.schema, value):
+                value = int(value)
             if not isinstance(value, (dict, list)) and not _of_a_kind_allowed(validator, error.schema, value):
                 continue  # "no" is no better as False: the string's own error names the choices
             *parents, key = error.absolute_path
@@ -149,8 +152,14 @@ def _with_branch_errors(errors):
         yield from _with_branch_errors(error.context)
 
 
+def _is_integer(checker, instance):
+    # jsonschema counts 2.0 as an integer; range(2.0), np.empty(2.0) and default_rng(1.0) do not.
+    return isinstance(instance, int) and not isinstance(instance, bool)
+
+
 def _validator_filling_defaults(schema):
-    base = jsonschema.Draft202012Validator
+    draft = jsonschema.Draft202012Validator
+    base = jsonschema.validators.extend(draft, type_checker=draft.TYPE_CHECKER.redefine("integer", _is_integer))
 
     def set_defaults(validator, properties, instance, schema):
         if isinstance(instance, dict):

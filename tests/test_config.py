@@ -497,3 +497,17 @@ def test_a_value_of_a_key_with_several_forms_is_told_the_forms(overrides, proble
     with pytest.raises(InputError) as error:
         load_config(overrides=overrides)
     assert error.value.problems == [problem]
+
+
+def test_a_whole_number_written_as_a_float_becomes_an_integer():
+    # jsonschema took 2.0 for an integer and it reached range() and np.empty: planning stopped on
+    # preprocess.shards 2.0, evaluate on bootstrap 1000.0, after the training (helper-70).
+    config = load_config(overrides={"preprocess": {"shards": 2.0, "size": [32.0, 32.0]},
+                                    "evaluate": {"bootstrap": "1e3"},
+                                    "runs": {"baseline": {"evaluate": {"seed": 1.0}}}})
+    evaluate = run_config(config, "baseline")["evaluate"]
+    values = [config["preprocess"]["shards"], *config["preprocess"]["size"], evaluate["bootstrap"], evaluate["seed"]]
+    assert values == [2, 32, 32, 1000, 1] and all(type(value) is int for value in values)
+    with pytest.raises(InputError) as error:
+        load_config(overrides={"finetune": {"epochs": 2.5}})
+    assert error.value.problems == ["finetune.epochs: 2.5 is not of type 'integer'"]
