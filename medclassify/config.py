@@ -185,11 +185,20 @@ def validate_config(config, schema=None):
     _override_values_from_strings(config)
     written = copy.deepcopy(config)  # before the defaults, to tell where a value came from
     errors = sorted(validator.iter_errors(config), key=lambda e: list(e.absolute_path))
-    problems = [_schema_problem(e) for e in errors]
+    problems = [_schema_problem(e) for e in errors] + _unquoted_name_problems(config)
     problems += _datasets_problems(config, written) + _runs_problems(config)
     if problems:
         raise InputError("invalid configuration", problems)
     return config
+
+
+def _unquoted_name_problems(config):
+    """Dataset and run names that YAML read as numbers or booleans (``runs: {1: {}}``), which the
+    schema's name pattern does not check and which become paths and wildcards as text."""
+    return [f"{key}: {name!r} was read as {'a boolean' if isinstance(name, bool) else 'a number'}, not as a name; "
+            "quote it in the config file"
+            for key in ("datasets", "runs") if isinstance(config.get(key), dict)
+            for name in config[key] if not isinstance(name, str)]
 
 
 def _schema_problem(error):

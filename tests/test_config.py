@@ -511,3 +511,15 @@ def test_a_whole_number_written_as_a_float_becomes_an_integer():
     with pytest.raises(InputError) as error:
         load_config(overrides={"finetune": {"epochs": 2.5}})
     assert error.value.problems == ["finetune.epochs: 2.5 is not of type 'integer'"]
+
+
+def test_a_run_or_dataset_name_read_as_a_number_is_refused():
+    # The name pattern checks only strings: runs {1: {}} failed planning with KeyError: '1' (helper-70).
+    with pytest.raises(InputError) as error:
+        load_config(overrides={"datasets": {2024: {"demo": True}}, "runs": {1: {}}})
+    assert error.value.problems == [
+        "datasets: 2024 was read as a number, not as a name; quote it in the config file",
+        "runs: 1 was read as a number, not as a name; quote it in the config file"]
+    with pytest.raises(InputError) as error:
+        load_config(overrides={"runs": {True: {}}})
+    assert error.value.problems == ["runs: True was read as a boolean, not as a name; quote it in the config file"]
