@@ -445,11 +445,54 @@ def load_config(path=None, overrides=None):
     return validate_config(config)
 
 
+class _KeysOnceLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, noting each key a mapping holds twice (``duplicates``): plain
+    PyYAML, and Snakemake, keep the last one, so a second ``train:`` section silently replaced
+    the first."""
+
+    def __init__(self, stream):
+        super().__init__(stream)
+        self.duplicates = []
+
+    def construct_mapping(self, node, deep=False):
+        first_line = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if isinstance(key, (str, int, float, bool)) and key in first_line:
+                self.duplicates.append(f"line {key_node.start_mark.line + 1}: key {key!r} is written twice in one "
+                                       f"mapping (first on line {first_line[key]}); only this one would count")
+            first_line.setdefault(key, key_node.start_mark.line + 1)
+        return super().construct_mapping(node, deep=deep)
+
+
+def _read_yaml_refusing_duplicates(f, path):
+    loader = _KeysOnceLoader(f)
+    try:
+        config = loader.get_single_data()
+    finally:
+        loader.dispose()
+    if loader.duplicates:
+        raise InputError(f"{path}: config file holds keys written twice", loader.duplicates)
+    return config
+
+
+def config_file_problems(paths):
+    """The problems of the config files ``paths`` that the config they make up cannot show (a key
+    written twice), in words; for the workflow, whose config Snakemake reads."""
+    problems = []
+    for path in paths:
+        try:
+            _read_config_file(path)
+        except InputError as error:
+            problems += [f"{error.args[0]}: {problem}" for problem in error.problems] or [error.args[0]]
+    return problems
+
+
 def _read_config_file(path):
     """The YAML mapping in ``path``; InputError naming the file when it cannot be read or parsed."""
     try:
         with open(path, encoding="utf-8") as f:
-            config = yaml.safe_load(f) or {}
+            config = _read_yaml_refusing_duplicates(f, path) or {}
     except OSError as error:
         raise InputError(f"{path}: config file cannot be read ({error.strerror})") from None
     except UnicodeDecodeError:

@@ -523,3 +523,20 @@ def test_a_run_or_dataset_name_read_as_a_number_is_refused():
     with pytest.raises(InputError) as error:
         load_config(overrides={"runs": {True: {}}})
     assert error.value.problems == ["runs: True was read as a boolean, not as a name; quote it in the config file"]
+
+
+def test_a_key_written_twice_in_a_config_file_is_refused(tmp_path):
+    # PyYAML and Snakemake keep the last: the first train section was dropped without a word (helper-70).
+    from medclassify.config import config_file_problems
+
+    path = tmp_path / "c.yaml"
+    path.write_text("train: {batch_size: 16}\nfinetune: {epochs: 5}\ntrain: {ensemble: 1}\n"
+                    "runs:\n  a: {}\n  b: {}\n  a: {finetune: {epochs: 2}}\n")
+    expected = ["line 3: key 'train' is written twice in one mapping (first on line 1); only this one would count",
+                "line 7: key 'a' is written twice in one mapping (first on line 5); only this one would count"]
+    with pytest.raises(InputError) as error:
+        load_config(path)
+    assert error.value.problems == expected
+    assert config_file_problems([path]) == [f"{path}: config file holds keys written twice: {p}" for p in expected]
+    path.write_text("train: {batch_size: 16}\nfinetune: {epochs: 5}\n")
+    assert config_file_problems([path]) == []

@@ -6,6 +6,7 @@ sys.path.insert(0, workflow.basedir)
 
 from medclassify.codedeps import rule_inputs
 from medclassify.config import (
+    config_file_problems,
     dataset_config,
     run_config,
     subgroup_column_problems,
@@ -34,6 +35,11 @@ from medclassify.workflow_paths import (
     parse_run,
     run_ids,
 )
+
+# Snakemake keeps the last of a key written twice in a config file, silently.
+_config_file_problems = config_file_problems(workflow.configfiles)
+if _config_file_problems:
+    raise InputError("invalid configuration", _config_file_problems)
 
 # The library's validation rather than snakemake.utils.validate, which stops at the first problem:
 # this lists every one at once, those of each dataset and run (overrides merged) included, before
