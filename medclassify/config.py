@@ -20,7 +20,7 @@ from .backbone_names import backbone_problems
 from .errors import InputError
 from .datasets.medmnist_info import check_name, label_names
 from .preprocess_options import check_preprocess_options
-from .privacy import SALT_ENVIRONMENT_VARIABLE, is_identifier_column
+from .privacy import PER_SAMPLE_COLUMNS, SALT_ENVIRONMENT_VARIABLE, is_identifier_column
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SCHEMA_PATH = REPO_ROOT / "workflow" / "schemas" / "config.schema.yaml"
@@ -419,6 +419,10 @@ def subgroup_column_problems(config, columns_of):
         if identifying:
             problems.append(f"runs.{run}: evaluate.subgroups {identifying} identify patients: validation leaves "
                             "such columns out of the validated manifest")
+        per_sample = [c for c in wanted if c in PER_SAMPLE_COLUMNS]
+        if per_sample:
+            problems.append(f"runs.{run}: evaluate.subgroups {per_sample} name each image or patient: metrics.json "
+                            "and the report would list every one of them")
     return problems
 
 

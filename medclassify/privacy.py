@@ -33,6 +33,12 @@ IDENTIFIER_COLUMNS = frozenset({
 })
 
 
+# Columns of the validated manifest that name one image or one patient each: metrics per value of
+# one would list every image path (paths often hold patients' names) or patient in metrics.json and
+# the report, which say no image path.
+PER_SAMPLE_COLUMNS = ("sample_id", "path", "patient", "content_hash")
+
+
 def is_identifier_column(name):
     """Whether a manifest column's name says it holds identifying values (``IDENTIFIER_COLUMNS``)."""
     return "".join(ch for ch in str(name).lower() if ch.isalnum()) in IDENTIFIER_COLUMNS

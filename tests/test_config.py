@@ -540,3 +540,14 @@ def test_a_key_written_twice_in_a_config_file_is_refused(tmp_path):
     assert config_file_problems([path]) == [f"{path}: config file holds keys written twice: {p}" for p in expected]
     path.write_text("train: {batch_size: 16}\nfinetune: {epochs: 5}\n")
     assert config_file_problems([path]) == []
+
+
+def test_a_subgroup_of_a_column_naming_each_image_or_patient_is_refused():
+    # evaluate.subgroups [path] put every test image's path in metrics.json and report.zip (helper-72).
+    config = load_config(overrides={"evaluate": {"subgroups": ["site", "path", "sample_id"]},
+                                    "runs": {"baseline": {}, "mine": {"evaluate": {"subgroups": ["patient"]}}}})
+    assert subgroup_column_problems(config, lambda dataset: None) == [
+        "runs.baseline: evaluate.subgroups ['path', 'sample_id'] name each image or patient: metrics.json and the "
+        "report would list every one of them",
+        "runs.mine: evaluate.subgroups ['patient'] name each image or patient: metrics.json and the report would "
+        "list every one of them"]
