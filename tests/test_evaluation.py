@@ -208,6 +208,16 @@ def test_compare_runs_writes_table_markdown_and_plot(binary_run, tmp_path):
     assert pd.read_csv(tmp_path / "runs.csv").shape[0] == 2
 
 
+def test_compare_prints_a_tiny_threshold_to_significant_digits(binary_run, tmp_path):
+    # A k-fold threshold of 1.15e-07 printed "youden 0.000", as if every image were called positive (helper-72).
+    _, out, metrics = binary_run
+    path = tmp_path / "results" / "demo" / "tiny" / "evaluation" / "metrics.json"
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps(dict(metrics, threshold=dict(metrics["threshold"], value=1.15e-07))))
+    compare_runs([path], tmp_path / "runs.csv", tmp_path / "runs.md", tmp_path / "runs.png")
+    assert f"| {metrics['threshold']['method']} 1.15e-07 |" in (tmp_path / "runs.md").read_text()
+
+
 def test_compare_names_the_confidence_level_and_marks_intervals_of_a_single_patient_class(binary_run, tmp_path):
     # A 90% run sat beside 95% ones under one "AUC (CI)" header; a one-patient class gave 0.548 (0.548–0.548).
     _, out, metrics = binary_run

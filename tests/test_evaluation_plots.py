@@ -77,3 +77,29 @@ def test_image_grid_with_overlays_and_empty_grid(tmp_path):
     plots.save_figure(fig, tmp_path, "grid")
     empty = plots.plot_image_grid([], [], title="t", empty_message="No misclassified test images")
     assert empty.axes[0].texts[0].get_text() == "No misclassified test images"
+
+
+def test_the_pr_curve_is_drawn_as_the_steps_that_average_precision_sums(binary):
+    # Straight lines enclosed 0.385 where the reported AP was 0.409 (helper-72).
+    y, prob = binary
+    fig = plots.plot_pr(y, prob, ["neg", "pos"])
+    assert fig.axes[0].lines[0].get_drawstyle() == "steps-post"
+    plt.close(fig)
+
+
+def test_confusion_matrix_text_colour_follows_the_colour_scale():
+    # 0.42 and 0.50 were white on pale blue, the data's maximum (0.5) setting the switch (helper-72).
+    fig = plots.plot_confusion_matrix(np.array([[5, 5], [6, 6]]), ["a", "b"])
+    colours = {text.get_text(): text.get_color() for text in fig.axes[1].texts}
+    assert colours == {"0.50": "black"}
+    plt.close(fig)
+
+
+def test_a_long_grid_title_is_wrapped_to_fit_two_columns():
+    # Grad-CAM's title, naming its layer, was cut at both edges of a two-column grid (helper-72).
+    title = "Grad-CAM (backbone_runner/stage4_block2_out), test split, mean of 3 members"
+    fig = plots.plot_image_grid([np.zeros((8, 8))] * 2, ["x", "y"], title=title, empty_message="", columns=2)
+    fig.canvas.draw()
+    box = fig._suptitle.get_window_extent()
+    assert box.x0 >= 0 and box.x1 <= fig.bbox.width
+    plt.close(fig)

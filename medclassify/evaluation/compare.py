@@ -81,6 +81,14 @@ def runs_table(metrics_paths):
     return pd.DataFrame(rows)
 
 
+def _format_threshold(value):
+    """A threshold to three significant digits: a k-fold one of 1.15e-07 at three decimals read
+    0.000, as if every image were called positive."""
+    if isinstance(value, (float, np.floating)) and np.isfinite(value):
+        return f"{value:.3g}"
+    return _format(value)
+
+
 def _format(value, digits=3):
     if value is None or (isinstance(value, float) and not np.isfinite(value)):
         return "–"
@@ -127,7 +135,7 @@ def markdown_table(table):
             cells.append(f"{_format(row[column])} ({prefix}{_format(row[column + '_low'])}–"
                          f"{_format(row[column + '_high'])})")
         cells += [_format(row[c]) for c in ("balanced_accuracy", "f1_macro", "mcc", "brier", "ece")]
-        cells.append(f"{row['threshold_method']} {_format(row['threshold'])}".strip())
+        cells.append(f"{row['threshold_method']} {_format_threshold(row['threshold'])}".strip())
         if has_folds:
             folds = row.get("folds")
             cells.append("–" if pd.isna(row["auc_fold_mean"]) else

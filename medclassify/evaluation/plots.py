@@ -6,6 +6,7 @@ only: never patient identifiers or DICOM attributes.
 """
 
 import contextlib
+import textwrap
 from pathlib import Path
 
 import matplotlib
@@ -75,7 +76,8 @@ def plot_confusion_matrix(cm, classes, title="Test split"):
         fig, axes = plt.subplots(1, 2, figsize=(2 * size + 0.6, size), layout="constrained")
         for ax, values, label, fmt in ((axes[0], cm, "count", "{:.0f}"),
                                        (axes[1], normalised, "fraction of true class", "{:.2f}")):
-            image = ax.imshow(values, cmap="Blues", vmin=0, vmax=max(values.max(), 1e-9) if label == "count" else 1)
+            top = max(values.max(), 1e-9) if label == "count" else 1
+            image = ax.imshow(values, cmap="Blues", vmin=0, vmax=top)
             ax.grid(False)
             ticks = np.arange(len(classes))
             # A cell is about an inch wide: longer names would run into their neighbours.
@@ -85,11 +87,11 @@ def plot_confusion_matrix(cm, classes, title="Test split"):
             ax.set_yticks(ticks, classes)
             ax.set_xlabel("Predicted class")
             ax.set_ylabel("True class")
-            threshold = values.max() / 2 if values.size else 0
             for i in range(len(classes)):
                 for j in range(len(classes)):
+                    # White on the darker half of the colour scale, wherever the data's maximum lies.
                     ax.text(j, i, fmt.format(values[i, j]), ha="center", va="center",
-                            color="white" if values[i, j] > threshold else "black")
+                            color="white" if values[i, j] > top / 2 else "black")
             fig.colorbar(image, ax=ax, shrink=0.8, label=label)
         axes[0].set_title(f"{title}: counts")
         axes[1].set_title(f"{title}: row-normalised")
@@ -151,7 +153,9 @@ def plot_pr(y_true, y_prob, classes, *, positive=1):
             if not target.any():
                 continue
             precision, recall, _ = precision_recall_curve(target, y_prob[:, c])
-            ax.plot(recall, precision, color=COLORS[k % 10], lw=1.6, label=f"{classes[c]}")
+            # Steps, as average precision sums them: straight lines between the points would enclose
+            # another area than the AP the caption says this curve has.
+            ax.plot(recall, precision, color=COLORS[k % 10], lw=1.6, label=f"{classes[c]}", drawstyle="steps-post")
             ax.axhline(target.mean(), color=COLORS[k % 10], ls=":", lw=0.8)
         ax.set_xlim(-0.01, 1.01)
         ax.set_ylim(-0.01, 1.01)
@@ -270,7 +274,7 @@ def plot_score_histograms(y_true, y_prob, classes, *, positive=1, threshold=None
                 scores = y_prob[y_true == c, positive]
                 ax.hist(scores, bins=bins, alpha=0.55, color=COLORS[c], label=f"true {name} (n={len(scores)})")
             if threshold is not None:
-                ax.axvline(threshold, color="black", ls="--", lw=1, label=f"threshold {threshold:.3f}")
+                ax.axvline(threshold, color="black", ls="--", lw=1, label=f"threshold {threshold:.3g}")
             ax.set_xlabel(f"Predicted probability of {classes[positive]}")
             ax.set_ylabel("Samples")
             ax.set_title("Scores per true class, test split")
@@ -311,7 +315,8 @@ def plot_image_grid(images, titles, *, title, empty_message, overlays=None, colu
             return fig
         cols = min(columns, n)
         rows = int(np.ceil(n / cols))
-        fig, axes = plt.subplots(rows, cols, figsize=(2.1 * cols, 2.3 * rows + 0.4), squeeze=False,
+        # At least wide enough for a title of about 60 characters (Grad-CAM's names a layer).
+        fig, axes = plt.subplots(rows, cols, figsize=(max(2.1 * cols, 5.6), 2.3 * rows + 0.6), squeeze=False,
                                  layout="constrained")
         for i, ax in enumerate(axes.flat):
             ax.set_axis_off()
@@ -323,5 +328,5 @@ def plot_image_grid(images, titles, *, title, empty_message, overlays=None, colu
                 ax.imshow(overlays[i], cmap="jet", alpha=0.4, vmin=0, vmax=1, interpolation="bilinear",
                           extent=(-0.5, image.shape[1] - 0.5, image.shape[0] - 0.5, -0.5))
             ax.set_title(titles[i], fontsize=7)
-        fig.suptitle(title)
+        fig.suptitle(textwrap.fill(title, 60))
     return fig
