@@ -39,6 +39,10 @@ def backbone_problems(train):
     if backbone not in BUILTIN + KERAS_APPLICATIONS:
         return [f"train.backbone {backbone!r} is neither the built-in resnet18 nor a keras.applications model"
                 f"{_did_you_mean(backbone)}"]
+    if weights != weights.lower() and weights.lower() in ("imagenet", "none"):
+        # Otherwise a path, and Snakemake's "Missing input files for rule train_head" names no key.
+        return [f"train.weights {weights!r}: write {weights.lower()!r} in lower case (any other value is the path "
+                "of a .weights.h5 file)"]
     if weights == "imagenet" and backbone not in WITH_IMAGENET_WEIGHTS:
         return [f"train.weights 'imagenet': no ImageNet weights with a published hash for {backbone} "
                 f"(those with: {', '.join(WITH_IMAGENET_WEIGHTS)}); set train.weights to none or to the path "

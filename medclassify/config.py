@@ -267,6 +267,8 @@ def _override_values_from_strings(config):
 def _datasets_problems(config, written):
     problems = []
     for name, entry in _entries(config, "datasets").items():
+        if entry.get("demo") is True and entry.get("medmnist"):
+            problems.append(f"datasets.{name}: demo true and medmnist {entry['medmnist']!r} name two sources; keep one")
         if entry.get("medmnist"):
             problems += _medmnist_problems(entry, name)
         resolved, section_problems = _resolve_sections(config, entry, DATASET_SECTIONS, f"datasets.{name}",

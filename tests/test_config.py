@@ -551,3 +551,19 @@ def test_a_subgroup_of_a_column_naming_each_image_or_patient_is_refused():
         "report would list every one of them",
         "runs.mine: evaluate.subgroups ['patient'] name each image or patient: metrics.json and the report would "
         "list every one of them"]
+
+
+@pytest.mark.parametrize("overrides, problem", [
+    ({"train": {"weights": "Imagenet"}},
+     "runs.baseline: train.weights 'Imagenet': write 'imagenet' in lower case (any other value is the path of a "
+     ".weights.h5 file)"),
+    ({"head": {"dropout": 1.0}}, "head.dropout: 1.0 is greater than or equal to the maximum of 1"),
+    ({"datasets": {"x": {"demo": True, "medmnist": "breastmnist"}}},
+     "datasets.x: demo true and medmnist 'breastmnist' name two sources; keep one"),
+])
+def test_values_that_would_fail_late_or_silently_are_refused_when_read(overrides, problem):
+    # A capital Imagenet was a missing file of rule train_head, dropout 1.0 zeroed every feature,
+    # demo with medmnist trained on the demo's synthetic images (helper-70).
+    with pytest.raises(InputError) as error:
+        load_config(overrides=overrides)
+    assert error.value.problems == [problem]
