@@ -434,6 +434,7 @@ def predict_files(model_path, inputs, out_csv, *, threads=None, ensemble_metrics
     ``record_json``, when given, receives :func:`prediction_record`: which models, decision rule
     and preprocessing made the table.
     """
+    from .evaluation.threshold import decide
     from .model_info import load_model
     from .gpu import configure_inference
 
@@ -470,9 +471,10 @@ def predict_files(model_path, inputs, out_csv, *, threads=None, ensemble_metrics
         # The mean over models of each model's mean over views, the order aggregate_folds averages in.
         probs = np.mean([mean_probabilities(model, images, decision["views"]) for model in models], axis=0)
         check_finite_probabilities(", ".join(map(str, model_paths)), predicted=probs)
-        for record, prob in zip(batch_records, probs):
+        positive = None if decision["threshold"] is None else decision["positive"]
+        for record, prob, predicted in zip(batch_records, probs, decide(probs, decision["threshold"], positive)):
             record.update({f"prob_{c}": float(p) for c, p in zip(classes, prob)})
-            record["predicted"] = classes[_decide(prob, decision)]
+            record["predicted"] = classes[predicted]
         batch_images.clear()
         batch_records.clear()
 
@@ -556,8 +558,3 @@ def _first_five(rows, column):
     return "; ".join(f"{i}: {text}" for i, text in zip(rows["input"][:5], rows[column][:5]))
 
 
-def _decide(prob, decision):
-    if decision["threshold"] is None:
-        return int(np.argmax(prob))
-    positive = decision["positive"]
-    return positive if prob[positive] >= decision["threshold"] else 1 - positive

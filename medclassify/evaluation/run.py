@@ -18,7 +18,7 @@ from .calibration import reliability_curve
 from .metrics import (calibration_target, classification_metrics, confusion_counts, fast_roc_auc,
                       rates_from_confusion, roc_points)
 from .subgroups import MIN_PATIENTS_PER_CLASS, patients_per_class, subgroup_metrics
-from .threshold import apply_threshold, choose_threshold
+from .threshold import choose_threshold, decide
 
 ROC_GRID = np.linspace(0.0, 1.0, 101)
 
@@ -80,13 +80,6 @@ def positive_index(classes, positive_class, where):
     if positive_class not in classes:
         raise InputError("unknown positive class", [f"{where}: evaluate.positive_class {positive_class!r} is not one of {classes}"])
     return classes.index(positive_class)
-
-
-def decide(y_prob, threshold, positive):
-    """Predicted class per sample: threshold on the positive class (binary) or the arg-max."""
-    if positive is None:
-        return np.asarray(y_prob).argmax(axis=1)
-    return apply_threshold(np.asarray(y_prob)[:, positive], threshold, positive=positive, negative=1 - positive)
 
 
 def threshold_record(evaluate, positive, y_val, prob_val, chosen_on="val"):

@@ -60,3 +60,10 @@ def apply_threshold(score, threshold, positive=1, negative=0):
     """Class index per sample: ``positive`` where ``score >= threshold``, else ``negative``."""
     score = np.asarray(score, dtype=float)
     return np.where(score >= threshold, positive, negative).astype(int)
+
+
+def decide(y_prob, threshold, positive):
+    """Predicted class per sample: threshold on the positive class (binary) or the arg-max."""
+    if positive is None:
+        return np.asarray(y_prob).argmax(axis=1)
+    return apply_threshold(np.asarray(y_prob)[:, positive], threshold, positive=positive, negative=1 - positive)
