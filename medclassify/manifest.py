@@ -757,6 +757,8 @@ def _check_fields(rows, labels, salt, problems, root_real):
             configured = column == "label" and allowed is not None and value.strip() in allowed
             if _is_missing(value) and not configured:  # a configured label "none" is a label
                 shown = "empty" if not value.strip() else f"{value.strip()!r}, a missing-value marker"
+                if column == "label" and value.strip():
+                    shown += " (if it names a class, list the classes in the dataset's labels)"
                 problems.add(number, path_text or None, "empty_field", "error",
                              f"row {number}: {column} is {shown}")
                 values[column] = None
@@ -1102,7 +1104,9 @@ def _finish(manifest, root_real, problems, records, extra_columns, options, labe
     class_counts = collections.Counter()
     for record in kept:
         class_counts[record["label"]] += len(record["samples"])
-    classes = list(labels) if labels else sorted(class_counts)
+    # Every label seen, rows with errors included: a class all of whose rows drop_invalid dropped
+    # must fail as a class without images, not vanish and leave a classifier of fewer classes.
+    classes = list(labels) if labels else sorted(set(class_counts) | {r["label"] for r in records if r["label"]})
     # Rows with errors count apart: "class 'a' has 0 image(s)" for a class all of whose rows are
     # named above as erroneous would send the user looking for missing rows.
     in_error_rows = collections.Counter()

@@ -192,6 +192,32 @@ def test_a_copy_of_the_patient_column_with_blanks_is_left_out(tmp_path):
         "salted hashes"]
 
 
+def test_a_class_all_of_whose_rows_are_dropped_fails_instead_of_vanishing(tmp_path):
+    # Three broken images of class c under drop_invalid left a valid two-class manifest: the
+    # three-class task became binary without a word, while two broken of three failed (helper-69).
+    root = tmp_path / "data"
+    manifest = make_dataset(root, n=6)
+    with open(manifest, "a") as f:
+        for i in range(3):
+            (root / "img" / f"c{i}.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
+            f.write(f"img/c{i}.png,c,patient-c{i},XR,site0\n")
+    result = validate(manifest, root, drop_invalid=True, min_images_per_class=1)
+    assert not result.ok
+    assert [p.message for p in result.problems if p.code == "too_few_images"] == [
+        "class 'c' has 0 image(s) (3 more in rows with errors); validation.min_images_per_class is 1"]
+
+
+def test_a_label_that_reads_as_a_missing_value_says_how_to_keep_it_as_a_class(tmp_path):
+    root = tmp_path / "data"
+    manifest = make_dataset(root, n=4)
+    manifest.write_text(manifest.read_text().replace("img/0.png,a,", "img/0.png,None,"))
+    result = validate(manifest, root, min_images_per_class=1)
+    assert [p.message for p in result.problems if p.code == "empty_field"] == [
+        "row 1: label is 'None', a missing-value marker (if it names a class, list the classes in the dataset's "
+        "labels)"]
+    assert validate(manifest, root, labels=["None", "a", "b"], min_images_per_class=1).ok
+
+
 def test_a_note_with_a_line_break_before_the_label_column_is_a_value(tmp_path):
     # Its last line, "…, no calcification",b,patient-1,XR", read alone has the header's field count
     # and a known label: the first stray-quote check refused this valid CSV (helper-61).
@@ -831,7 +857,8 @@ def test_a_class_whose_rows_all_have_errors_says_so_in_the_class_count(tmp_path)
         (root / "img" / f"{i}.png").unlink()
     messages = [p.message for p in validate(manifest, root, min_images_per_class=1).problems
                 if p.code in ("too_few_images", "too_few_classes")]
-    assert messages == ["1 class(es) with images (['a']) (3 more in rows with errors); a classifier needs at "
+    assert messages == ["class 'b' has 0 image(s) (3 more in rows with errors); validation.min_images_per_class is 1",
+                        "1 class(es) with images (['a']) (3 more in rows with errors); a classifier needs at "
                         "least validation.min_classes = 2"]
     messages = [p.message for p in validate(manifest, root, labels=["a", "b"], min_images_per_class=1).problems
                 if p.code in ("too_few_images", "too_few_classes")]
