@@ -265,9 +265,15 @@ def test_a_class_absent_from_the_test_split_leaves_the_macro_interval_over_the_o
     assert info["n_valid"]["sensitivity"] == 200 and ci["sensitivity"][0] < 0.8 < ci["sensitivity"][1]
     assert info["class_patients"] == [20, 20, 0] and info["reliable"] is False
     assert unreliable_intervals_note(info["class_patients"], ["a", "b", "c"]) == (
-        "class(es) c are absent from the test split: the AUC and its interval are undefined, and the macro "
-        "sensitivity and specificity average the other classes (patients per class [20, 20, 0]; "
-        "ci_info.reliable: false)")
+        "class(es) c are absent from the test split: the AUC and its interval are undefined, the macro "
+        "sensitivity averages the other classes, and the macro specificity counts theirs too (how rarely they were "
+        "wrongly predicted) (patients per class [20, 20, 0]; ci_info.reliable: false)")
+    # As the note says: the macro specificity is the mean over all three classes, c's included (helper-69).
+    from medclassify.evaluation.metrics import classification_metrics
+
+    metrics = classification_metrics(y_true, prob, y_pred, ["a", "b", "c"])
+    per_class = [metrics["per_class"][name]["specificity"] for name in "abc"]
+    assert metrics["macro_avg"]["specificity"] == pytest.approx(np.mean(per_class)) and per_class[2] < 1
     assert unreliable_intervals_note([1, 5], ["a", "b"]).startswith("class(es) a come from a single patient")
 
 

@@ -278,7 +278,8 @@ def unreliable_intervals_note(class_patients, classes):
     parts = []
     if absent and len(classes) > 2:
         parts.append(f"class(es) {', '.join(absent)} are absent from the test split: the AUC and its interval are "
-                     "undefined, and the macro sensitivity and specificity average the other classes")
+                     "undefined, the macro sensitivity averages the other classes, and the macro specificity "
+                     "counts theirs too (how rarely they were wrongly predicted)")
     elif absent:
         parts.append(f"class {absent[0]} is absent from the test split: the AUC, and the sensitivity or specificity "
                      "that counts its images, are undefined")
