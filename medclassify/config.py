@@ -589,6 +589,9 @@ def dataset_config(config, name):
     env_npz = os.environ.get(npz_variable(name))
     if env_npz and resolved.get("medmnist"):
         resolved["npz"] = env_npz
+    if resolved.get("medmnist") and resolved.get("labels") is None:
+        # MedMNIST's own class numbering, which sorting the names would change for DermaMNIST and PathMNIST.
+        resolved["labels"] = _medmnist_labels(resolved["medmnist"])
     return sorted_keys(resolved)
 
 

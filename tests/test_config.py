@@ -567,3 +567,15 @@ def test_values_that_would_fail_late_or_silently_are_refused_when_read(overrides
     with pytest.raises(InputError) as error:
         load_config(overrides=overrides)
     assert error.value.problems == [problem]
+
+
+def test_a_medmnist_dataset_numbers_its_classes_as_medmnist_does():
+    # Sorted by name, DermaMNIST's melanoma (official label 4) came after melanocytic_nevi (5) (helper-69).
+    from medclassify.config import dataset_config
+    from medclassify.datasets.medmnist import label_names
+
+    config = load_config(overrides={"datasets": {"derma": {"medmnist": "dermamnist"},
+                                                 "mine": {"medmnist": "dermamnist", "labels": ["x", "y"]}}})
+    assert dataset_config(config, "derma")["labels"] == label_names("dermamnist")
+    assert dataset_config(config, "derma")["labels"][4] == "melanoma"
+    assert dataset_config(config, "mine")["labels"] == ["x", "y"]
