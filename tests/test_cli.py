@@ -68,6 +68,21 @@ def test_dataset_stages_apply_the_overrides_of_the_named_dataset(tmp_path):
     assert result.returncode == 2 and "unknown dataset 'missing'" in result.stderr
 
 
+def test_split_refuses_evaluate_options_that_the_validated_manifest_does_not_fit(tmp_path):
+    # The workflow's split rule did; by hand a wrong positive class failed at evaluation (helper-71).
+    from splits_fixtures import random_manifest
+
+    manifest = tmp_path / "manifest.validated.csv"
+    table = random_manifest(90)
+    table[table["label"] != "normal"].to_csv(manifest, index=False)
+    result = run_cli("split", str(manifest), "--out", str(tmp_path / "s.csv"), "--report", str(tmp_path / "r.json"),
+                     "--set", '{"evaluate": {"positive_class": "nowhere", "subgroups": ["scanner"]}}')
+    assert result.returncode == 1, result.stderr
+    assert "evaluate.positive_class 'nowhere' is not one of the classes" in result.stderr
+    assert "evaluate.subgroups ['scanner'] are not columns" in result.stderr
+    assert not (tmp_path / "s.csv").exists()
+
+
 @pytest.mark.parametrize("overrides, expected", [
     ("{bad", "is not valid JSON"),
     ("[1]", "must be a JSON object"),
