@@ -144,19 +144,6 @@ def intensity_range(image, options):
     return 0.0, 1.0
 
 
-def normalize_intensity(image, options):
-    """Scale ``image`` (H, W, C) to float32 in [0, 1] by the configured intensity mode.
-
-    A constant image (no range to scale) becomes all zeros. Non-finite floats (NaN, inf) are
-    treated as the image's minimum.
-    """
-    image = _as_hwc(image)
-    if np.issubdtype(image.dtype, np.floating):
-        image = _finite_float(image)
-    low, high = intensity_range(image, options)
-    return _rescale(image, low, high)
-
-
 def _finite_float(image):
     finite = np.isfinite(image)
     if finite.all():

@@ -7,7 +7,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from medclassify.errors import InputError
-from medclassify.preprocessing import (apply_aspect, from_storage, intensity_percentiles, normalize_intensity,
+from medclassify.preprocessing import (apply_aspect, from_storage, intensity_percentiles,
                                        preprocess_image, to_storage)
 
 BASE = {"size": [16, 16], "resize": "nearest", "aspect": "stretch", "intensity": "minmax",
@@ -17,6 +17,12 @@ BASE = {"size": [16, 16], "resize": "nearest", "aspect": "stretch", "intensity":
 
 def opts(**changes):
     return {**BASE, **changes}
+
+
+def normalize_intensity(image, options):
+    """preprocess_image at the image's own size: its intensity mapping alone (resizing to the same
+    size copies)."""
+    return preprocess_image(image, {**options, "size": list(np.shape(image)[:2])})
 
 
 @pytest.mark.parametrize("pixels", [

@@ -13,7 +13,6 @@ import keras
 from keras import layers
 
 SMALL_STEM_MAX_SIZE = 64
-STAGE_FILTERS = (64, 128, 256, 512)
 BLOCKS_PER_STAGE = (2, 2, 2, 2)
 
 
