@@ -535,11 +535,12 @@ def prediction_record(model_paths, info, decision, inputs, rows):
     decision rule (threshold, positive class, the metrics file it came from, test-time views), the
     reading and preprocessing options, the inputs and the row counts ``rows``."""
     from . import __version__
-    from .runcard import file_sha256, timestamp
+    from .content import file_digest
+    from .runcard import timestamp
 
     classes = info["classes"]
     return {
-        "models": [{"path": str(path), "sha256": file_sha256(path)} for path in model_paths],
+        "models": [{"path": str(path), "sha256": file_digest(path)} for path in model_paths],
         "ensemble": f"mean probability of {len(model_paths)} models" if len(model_paths) > 1 else None,
         "classes": classes,
         "decision": {"method": decision["method"], "threshold": decision["threshold"],

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from .atomic import atomic_write_json
 from .config import REPO_ROOT, config_hash, without_planning_options
+from .content import file_digest
 from .datasets import SOURCE_KEYS, source_kind
 from .versions import library_versions
 from .workflow_paths import input_path, manifest_root
@@ -97,12 +98,6 @@ def hardware():
     }
 
 
-def file_sha256(path):
-    """sha256 (hex) of a file's bytes."""
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
-
-
 def timestamp(value):
     """ISO 8601 UTC text of a time given as epoch seconds, a datetime or ISO text."""
     if value is None:
@@ -172,7 +167,7 @@ def input_record(*, manifest=None, cache=None, model=None):
     (those of its training, which may differ from the evaluation's in ``versions``)."""
     record = {}
     if manifest is not None:
-        record["manifest"] = {"path": str(manifest), "sha256": file_sha256(manifest)}
+        record["manifest"] = {"path": str(manifest), "sha256": file_digest(manifest)}
     if cache is not None:
         from .cache import cache_identity
 
@@ -212,7 +207,7 @@ def write_run_card(out, *, config, dataset, run, fingerprint, splits, started, e
         "git": git_state(),
         "versions": library_versions(),
         "fingerprint": fingerprint,
-        "splits": {"path": str(splits), "sha256": file_sha256(splits)},
+        "splits": {"path": str(splits), "sha256": file_digest(splits)},
         "inputs": input_record(manifest=manifest, cache=cache, model=model),
         "started": started_text,
         "ended": ended_text,

@@ -35,6 +35,7 @@ from .cache import cache_identity, cache_params_hash, rows_identity
 from .checkpoints import STATE_VERSION, StageCheckpoint
 from .codedeps import module_closure
 from .config import MEMBER_SEED_STRIDE, complete_run_options, config_hash, without_loading_options
+from .content import file_digest
 from .data import (ImageSource, TrainingBatches, class_weights, evaluation_dataset, fits_in_memory,
                    read_errors_unwrapped, split_indices, zscore_statistics)
 from .epoch_selection import check_rule, crossentropy
@@ -574,10 +575,7 @@ def _train_model(stage, cache_path, splits_path, out_dir, *, options, fold=None,
 def file_identity(path):
     """sha256 of a file's bytes (None for None): a splits file written again with other rows is
     another file; one only touched (``snakemake --touch``) or moved is not."""
-    if path is None:
-        return None
-    with open(path, "rb") as handle:
-        return hashlib.file_digest(handle, "sha256").hexdigest()
+    return None if path is None else file_digest(path)
 
 
 def model_identity(model_path):

@@ -13,7 +13,8 @@ import pytest
 from PIL import Image
 
 from medclassify.datasets import medmnist
-from medclassify.datasets.medmnist import DATASETS, import_medmnist, label_names, md5sum, npz_file_name
+from medclassify.content import file_digest
+from medclassify.datasets.medmnist import DATASETS, import_medmnist, label_names, npz_file_name
 from medclassify.errors import InputError
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*differs from the official:UserWarning")
@@ -162,7 +163,7 @@ def test_another_sets_file_is_refused_not_imported_under_this_sets_labels(tmp_pa
         import_medmnist("pneumoniamnist", tmp_path / "out", npz=BREASTMNIST)
     assert "the official breastmnist's" in error.value.problems[0]
     official = _write_npz(tmp_path / "official.npz")  # stands for the published file: its MD5 is recorded
-    monkeypatch.setitem(DATASETS["bloodmnist"]["md5"], 64, md5sum(official))
+    monkeypatch.setitem(DATASETS["bloodmnist"]["md5"], 64, file_digest(official, "md5"))
     with pytest.raises(InputError, match="is not the pneumoniamnist.npz file") as error:
         import_medmnist("pneumoniamnist", tmp_path / "out", npz=official)
     assert "the official bloodmnist_64.npz's" in error.value.problems[0]

@@ -15,7 +15,6 @@ characters replaced by ``_``), e.g. breastmnist ``{0: malignant, 1: normal_benig
 """
 
 import csv
-import hashlib
 import io
 import shutil
 import urllib.error
@@ -29,6 +28,7 @@ import numpy as np
 from PIL import Image
 
 from ..atomic import atomic_path, atomic_write_text
+from ..content import file_digest
 from ..errors import InputError
 from . import MEDMNIST_MANIFEST_COLUMNS
 from ._output import staged_folder
@@ -78,7 +78,7 @@ def import_medmnist(name, out_dir, npz=None, size=28):
         npz = Path(npz)
         if not npz.is_file():
             raise InputError(f"MedMNIST file not found: {npz}", [f"datasets.<name>.npz points at {npz}, which does not exist"])
-    actual = md5sum(npz)
+    actual = file_digest(npz, "md5")
     official = [(other, other_size) for other, info in DATASETS.items() for other_size, md5 in info["md5"].items()
                 if md5 == actual]
     if official and official[0] != (name, size):
@@ -177,7 +177,7 @@ def download_medmnist(name, dest_dir, size=28):
     size = check_size(size)
     target = Path(dest_dir) / npz_file_name(name, size)
     expected = DATASETS[name]["md5"][size]
-    if target.is_file() and md5sum(target) == expected:
+    if target.is_file() and file_digest(target, "md5") == expected:
         return target
     url = official_url(name, size)
     with atomic_path(target) as tmp:
@@ -191,17 +191,11 @@ def download_medmnist(name, dest_dir, size=28):
                  "without internet, give a local file: datasets.<name>.npz: <path> or MEDCLASSIFY_<NAME>_NPZ in the "
                  "workflow, --npz <path> to medclassify import-medmnist"],
             ) from None
-        actual = md5sum(tmp)
+        actual = file_digest(tmp, "md5")
         if actual != expected:
             raise InputError(f"downloaded {npz_file_name(name, size)} is corrupt",
                              [f"MD5 {actual}, published {expected} ({url})"])
     return target
-
-
-def md5sum(path):
-    """MD5 hex digest of a file, read in chunks."""
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "md5").hexdigest()
 
 
 def _open_url(url):

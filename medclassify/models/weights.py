@@ -9,7 +9,6 @@ MD5, 64 are SHA-256). Backbones for which Keras publishes no hash (MobileNetV2, 
 are not listed: a download that cannot be checked is not accepted; give a local file instead.
 """
 
-import hashlib
 import os
 import urllib.error
 import urllib.request
@@ -17,6 +16,7 @@ from pathlib import Path
 
 from ..atomic import atomic_path
 from ..config import REPO_ROOT
+from ..content import file_digest
 from ..errors import InputError
 
 _KERAS = "https://storage.googleapis.com/tensorflow/keras-applications/"
@@ -77,12 +77,6 @@ def weights_dir():
 def imagenet_weights_file(backbone, directory=None):
     """Where rule fetch_weights puts the backbone's weights: ``{backbone}.imagenet.weights.h5``."""
     return Path(directory or weights_dir()) / f"{backbone}.imagenet.weights.h5"
-
-
-def file_digest(path, algorithm):
-    """Hex digest of a file, read in chunks (weights files reach hundreds of MB)."""
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, algorithm).hexdigest()
 
 
 def hash_matches(path, expected):
