@@ -15,8 +15,9 @@ import pandas as pd
 from ..atomic import atomic_path, atomic_write_json
 from ..errors import InputError
 from .metrics import classification_metrics
-from .run import (decide, evaluate_test_split, finite_json, positive_index, read_manifest_rows, subgroup_columns_of,
-                  threshold_record)
+from .run import (evaluate_test_split, finite_json, positive_index, subgroup_columns_of, threshold_record,
+                  validated_rows_of)
+from .threshold import decide
 
 SUMMARY_METRICS = ("auc", "accuracy", "balanced_accuracy", "sensitivity", "specificity", "average_precision",
                    "mcc", "cohen_kappa", "brier", "ece")
@@ -113,7 +114,7 @@ def aggregate_folds(fold_prediction_csvs, manifest_path, out_dir, *, options):
     pred_test = decide(prob_test, threshold["value"], positive)
 
     columns = subgroup_columns_of(evaluate)
-    manifest_test = read_manifest_rows(manifest_path, list(first_test.index), columns)[columns]
+    manifest_test = validated_rows_of(manifest_path, list(first_test.index), columns)[columns]
     metrics = {"split": "test", "fold": None, "ensemble": f"mean probability of {len(folds)} folds"}
     metrics.update(evaluate_test_split(y_test, prob_test, pred_test, patients_test, manifest_test, classes, positive,
                                        evaluate)[0])

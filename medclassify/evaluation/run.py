@@ -157,7 +157,7 @@ def subgroup_columns_of(evaluate):
     return list(dict.fromkeys(["modality", *evaluate.get("subgroups", [])]))
 
 
-def read_manifest_rows(manifest_path, sample_ids, columns):
+def validated_rows_of(manifest_path, sample_ids, columns):
     """The validated manifest's rows of ``sample_ids``, in that order, indexed by sample id.
 
     InputError when ``columns`` (besides sample_id and patient) or any of the samples is missing.
@@ -355,7 +355,7 @@ def run_evaluation(model_path, cache_path, splits_path, manifest_path, out_dir, 
     problems = [f"{splits_path}: the {name} split is empty" for name, ids in (("val", val_ids), ("test", test_ids)) if not ids]
     if problems:
         raise InputError("cannot evaluate", problems)
-    manifest = read_manifest_rows(manifest_path, val_ids + test_ids, subgroup_columns)
+    manifest = validated_rows_of(manifest_path, val_ids + test_ids, subgroup_columns)
     patients_val = manifest.loc[val_ids, "patient"].to_numpy()
     patients_test = manifest.loc[test_ids, "patient"].to_numpy()
 
