@@ -82,11 +82,18 @@ def intensity_input_problem(pixels, meta, preprocess_options, io_options):
     """``(code, message)`` when the configured intensity mode cannot take these pixels; else None.
 
     A fixed window takes modality units (CT: HU), so a DICOM that ``io.dicom_window`` windowed
-    into [0, 1] first would come out one grey level (``windowed_twice``). ``none`` takes floats
+    into [0, 1] first would come out one grey level (``windowed_twice``), and a MONOCHROME1 one
+    that it did not window is mirrored out of those units (``mirrored_units``). ``none`` takes floats
     as already in [0, 1] and integers from 0 up, so it would clip HU, scanner units or negative
     values away (``outside_intensity_range``). Both cases are a silent loss, so they are refused.
     """
     mode = preprocess_options["intensity"]
+    if mode == "window" and meta.get("window") is None and meta.get("photometric") == "MONOCHROME1":
+        return "mirrored_units", (
+            "this DICOM is MONOCHROME1 (its lowest value white), which the reader shows mirrored when it applies "
+            "no window: its values are no longer modality units, and preprocess.intensity 'window' would map them "
+            "wrong; give the window as io.dicom_window {center, width} (applied before the mirroring) and use "
+            "another preprocess.intensity")
     if mode == "window" and meta.get("window") is not None:
         return "windowed_twice", (
             f"io.dicom_window {io_options['dicom_window']!r} windowed this DICOM into [0, 1] before "

@@ -487,6 +487,10 @@ def test_a_top_level_value_of_the_wrong_type_is_one_problem_not_a_traceback(over
 @pytest.mark.parametrize("overrides, problem", [
     ({"finetune": {"unfreeze": "top"}}, "finetune.unfreeze: 'top' is not an integer >= 0 or 'all'"),
     ({"io": {"nifti_slice": "mid"}}, "io.nifti_slice: 'mid' is not an integer >= 0 or one of middle, all"),
+    # DICOM's LINEAR window refused every image of a width below 1, each as undecodable (helper-74).
+    ({"io": {"dicom_window": {"center": 0.5, "width": 0.5}}},
+     "io.dicom_window: {'center': 0.5, 'width': 0.5} is not one of file, none, ct_lung, ct_mediastinum, ct_bone, "
+     "ct_brain, ct_abdomen or {center, width} (io.dicom_window.width: 0.5 is less than the minimum of 1)"),
     ({"io": {"dicom_window": {"centre": 40, "width": 400}}},
      "io.dicom_window: {'centre': 40, 'width': 400} is not one of file, none, ct_lung, ct_mediastinum, ct_bone, "
      "ct_brain, ct_abdomen or {center, width} (io.dicom_window: Additional properties are not allowed ('centre' "

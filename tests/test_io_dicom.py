@@ -117,6 +117,28 @@ def test_single_frame_file_is_parsed_once(monkeypatch):
     assert len(calls) == 2
 
 
+def test_a_fixed_window_on_an_unwindowed_monochrome1_is_refused_and_the_io_window_is_the_way(tmp_path):
+    # Mirrored, its values are no modality units: preprocess.intensity window made CT_small all black (helper-74).
+    from medclassify.preprocessing import intensity_input_problem, preprocess_image
+
+    ds = pydicom.dcmread(shipped("CT_small.dcm"))
+    ds.PhotometricInterpretation = "MONOCHROME1"
+    ds.save_as(tmp_path / "mono1.dcm")
+    preprocess = {"size": [32, 32], "resize": "area", "aspect": "stretch", "intensity": "window",
+                  "percentiles": [0.5, 99.5], "window": {"center": 40, "width": 400}}
+    unwindowed = {"dicom_window": "none"}
+    sample = read_sample(tmp_path / "mono1.dcm", io_options=unwindowed)
+    code, message = intensity_input_problem(sample.pixels, sample.meta, preprocess, unwindowed)
+    assert code == "mirrored_units" and "io.dicom_window {center, width}" in message
+    assert sample.meta["units"] == "HU, mirrored"
+    plain = read_sample(shipped("CT_small.dcm"), io_options=unwindowed)
+    assert intensity_input_problem(plain.pixels, plain.meta, preprocess, unwindowed) is None
+    windowed = {"dicom_window": {"center": 40, "width": 400}}
+    mono1 = read_sample(tmp_path / "mono1.dcm", io_options=windowed)
+    np.testing.assert_allclose(np.squeeze(mono1.pixels), 1 - preprocess_image(plain.pixels, {**preprocess, "size": [128, 128]})[..., 0],
+                               atol=3e-3)  # DICOM LINEAR (c - 0.5, w - 1) against the exact window
+
+
 def test_monochrome1_is_inverted(tmp_path):
     ds = pydicom.dcmread(shipped("MR_small.dcm"))
     ds.PhotometricInterpretation = "MONOCHROME1"

@@ -91,8 +91,9 @@ def _check_io_options(options):
         problems.append(f"channels={options['channels']!r}")
     window = options["dicom_window"]
     if isinstance(window, dict):
-        if set(window) != {"center", "width"} or not float(window["width"]) > 0:
-            problems.append(f"dicom_window={window!r} (needs center and a positive width)")
+        if set(window) != {"center", "width"} or not float(window["width"]) >= 1:
+            problems.append(f"dicom_window={window!r} (needs center and a width of at least 1, as DICOM's LINEAR "
+                            "window function does)")
     elif window not in _WINDOW_NAMES:
         problems.append(f"dicom_window={window!r}")
     for name in ("dicom_frame", "nifti_slice"):

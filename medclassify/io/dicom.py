@@ -237,6 +237,8 @@ def _to_float(raw, ds, view, window_option):
     if photometric == "MONOCHROME1":
         # MONOCHROME1 shows the lowest value as white: mirror the values within their range.
         values = low + high - values
+        if details["units"]:
+            details["units"] = f"{details['units']}, mirrored"
     return values.astype(np.float32), details
 
 
