@@ -421,3 +421,13 @@ def test_window_stored_as_invalid_text_is_an_error_naming_it(tmp_path, keyword, 
         read_sample(path)
     assert error.value.code == "undecodable"
     assert error.value.message == f"invalid {keyword} value {text!r}: not a finite number"
+
+
+def test_a_decoder_failure_is_told_on_one_line():
+    # The plugins' failures came one a line, three lines of one problem in validate's output (helper-74).
+    try:
+        read_sample(shipped("JPEG-lossy.dcm"))  # 12-bit JPEG Extended: no installed plugin decodes it
+    except ReadError as error:
+        assert "\n" not in str(error) and "plugins: pylibjpeg" in str(error)
+    else:
+        pytest.skip("a decoder for 12-bit JPEG Extended is installed")

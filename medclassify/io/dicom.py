@@ -170,7 +170,9 @@ def _decode_frames(ds, indices, count):
         every = np.asarray(ds.pixel_array)
         return [every[index] for index in indices]
     except Exception as error:  # pydicom and its plugins raise ValueError, RuntimeError, …
-        raise ReadError("undecodable", f"DICOM pixel data could not be decoded: {_scrub(str(error), ds)}") from None
+        # One line: plugins list each decoder's failure on a line of its own.
+        reason = "; ".join(line.strip() for line in str(error).splitlines() if line.strip()).replace(":;", ":")
+        raise ReadError("undecodable", f"DICOM pixel data could not be decoded: {_scrub(reason, ds)}") from None
 
 
 def _frame_view(ds, index):
