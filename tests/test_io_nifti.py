@@ -133,6 +133,24 @@ def test_two_dimensional_nifti_is_reoriented_like_a_volume_of_one_slice(tmp_path
     assert flat.meta["spacing"] == volume.meta["spacing"] == [3.0, 2.0]
 
 
+@pytest.mark.parametrize("stored, affine, io_options", [
+    ((64, 48, 1), [[-0.5, 0, 0, 0], [0, 0, 1, 0], [0, -0.5, 0, 0], [0, 0, 0, 1]], {}),  # a coronal plane
+    ((64, 1, 48), np.eye(4), {}),
+    ((64, 48, 1), np.eye(4), {"nifti_axis": 0}),
+])
+def test_a_volume_of_one_slice_is_that_slice_whatever_its_plane(tmp_path, stored, affine, io_options):
+    # nifti_axis cut a coronal (X, Y, 1) file into one strip a voxel wide, with a warning only (helper-76).
+    plane = np.random.default_rng(0).random((64, 48)).astype(np.float32)
+    affine = np.asarray(affine, dtype=float)
+    nib.save(nib.Nifti1Image(plane.reshape(stored), affine), tmp_path / "slice.nii")
+    flat_affine = affine if stored[2] == 1 else affine[:, [0, 2, 1, 3]]  # the one-voxel axis last
+    nib.save(nib.Nifti1Image(plane, flat_affine), tmp_path / "plane.nii")
+    assert sample_indices(tmp_path / "slice.nii", io_options) == [None]
+    volume = read_sample(tmp_path / "slice.nii", io_options=io_options)
+    assert volume.pixels.shape[:2] in ((48, 64), (64, 48))
+    np.testing.assert_array_equal(volume.pixels, read_sample(tmp_path / "plane.nii").pixels)
+
+
 @pytest.mark.parametrize("shape, axis", [((16, 16, 0), 2), ((0, 16, 16), 0), ((16, 0), 1), ((16, 0, 16, 2, 1), 1)])
 def test_zero_length_axis_is_an_error(tmp_path, shape, axis):
     nib.save(nib.Nifti1Image(np.zeros(shape, np.float32), np.eye(4)), tmp_path / "empty.nii")

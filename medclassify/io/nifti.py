@@ -85,8 +85,7 @@ def _selected_slices(image, io_options):
     shape = _volume_shape(image, io_options)
     if len(shape) < 3:
         return [None]
-    axis = io_options["nifti_axis"]
-    count = _canonical_shape(image, shape)[axis]
+    count = _canonical_shape(image, shape)[_slice_axis(image, shape, io_options)]
     if count == 1:
         return [None]
     return choose_index(io_options["nifti_slice"], count, "slices", "io.nifti_slice")
@@ -125,7 +124,7 @@ def _decode(image, indices, io_options):
     if len(shape) == 2:
         # On the header, before _as_3d reads the pixels.
         check_pixel_count(shape[0], shape[1], io_options["max_pixels"], what="NIfTI image")
-    axis = _plane_axis(image) if len(shape) == 2 else io_options["nifti_axis"]
+    axis = _slice_axis(image, shape, io_options)
     try:
         canonical = nib.as_closest_canonical(_as_3d(image, shape, io_options))
         canonical_shape = canonical.shape[:3]
@@ -154,6 +153,16 @@ def _decode(image, indices, io_options):
     meta = {"format": "nifti", "modality": None, "bits": 32, "photometric": None,
             "spacing": spacing, "original_shape": original, "axis": axis}
     return [(plane, dict(meta)) for plane in slices]
+
+
+def _slice_axis(image, shape, io_options):
+    """The canonical axis that slices are taken across: io.nifti_axis, except for an image of one
+    slice, 2D or 3D with one voxel along an axis, whose slice lies across that axis (the axis
+    option would cut it into strips one voxel wide)."""
+    if len(shape) == 2:
+        return _plane_axis(image)
+    thin = [axis for axis, size in enumerate(_canonical_shape(image, shape)) if size == 1]
+    return thin[0] if len(thin) == 1 else io_options["nifti_axis"]
 
 
 def _plane_axis(image):
