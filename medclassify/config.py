@@ -195,10 +195,14 @@ def validate_config(config, schema=None):
 def _unquoted_name_problems(config):
     """Dataset and run names that YAML read as numbers or booleans (``runs: {1: {}}``), which the
     schema's name pattern does not check and which become paths and wildcards as text."""
-    return [f"{key}: {name!r} was read as {'a boolean' if isinstance(name, bool) else 'a number'}, not as a name; "
+    return [f"{key}: {name!r} was read as {_kind_of(name)}, not as a name; "
             "quote it in the config file"
             for key in ("datasets", "runs") if isinstance(config.get(key), dict)
             for name in config[key] if not isinstance(name, str)]
+
+
+def _kind_of(value):
+    return "null" if value is None else "a boolean" if isinstance(value, bool) else "a number"
 
 
 def _schema_problem(error):
@@ -463,22 +467,43 @@ class _KeysOnceLoader(yaml.SafeLoader):
     def construct_mapping(self, node, deep=False):
         first_line = {}
         for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue  # "<<: *anchor": its keys are defaults that written keys may override
             key = self.construct_object(key_node, deep=True)
-            if isinstance(key, (str, int, float, bool)) and key in first_line:
+            if not isinstance(key, (str, int, float, bool, type(None))):
+                continue  # PyYAML refuses an unhashable key itself, with its line
+            if key in first_line:
                 self.duplicates.append(f"line {key_node.start_mark.line + 1}: key {key!r} is written twice in one "
                                        f"mapping (first on line {first_line[key]}); only this one would count")
             first_line.setdefault(key, key_node.start_mark.line + 1)
         return super().construct_mapping(node, deep=deep)
 
 
-def _read_yaml_refusing_duplicates(f, path):
-    loader = _KeysOnceLoader(f)
+def _json_object_noting_duplicates(duplicates):
+    def object_from_pairs(pairs):
+        keys = [key for key, _ in pairs]
+        duplicates.extend(f"key {key!r} is written twice in one object; only the last would count"
+                          for key in dict.fromkeys(keys) if keys.count(key) > 1)
+        return dict(pairs)
+    return object_from_pairs
+
+
+def _read_config_text(f, path):
+    """The config in an open file: JSON if it parses as JSON, else YAML, as Snakemake reads a
+    config file (tabs indent JSON, not YAML). InputError listing every key written twice."""
+    text, duplicates = f.read(), []
     try:
-        config = loader.get_single_data()
-    finally:
-        loader.dispose()
-    if loader.duplicates:
-        raise InputError(f"{path}: config file holds keys written twice", loader.duplicates)
+        config = json.loads(text, object_pairs_hook=_json_object_noting_duplicates(duplicates))
+    except ValueError:
+        f.seek(0)  # the file itself, not its text: PyYAML's messages then name it
+        loader = _KeysOnceLoader(f)
+        try:
+            config = loader.get_single_data()
+        finally:
+            loader.dispose()
+        duplicates = loader.duplicates
+    if duplicates:
+        raise InputError(f"{path}: config file holds keys written twice", duplicates)
     return config
 
 
@@ -486,7 +511,7 @@ def config_file_problems(paths):
     """The problems of the config files ``paths`` that the config they make up cannot show (a key
     written twice), in words; for the workflow, whose config Snakemake reads."""
     problems = []
-    for path in paths:
+    for path in dict.fromkeys(paths):  # --configfile a.yaml a.yaml reads one file
         try:
             _read_config_file(path)
         except InputError as error:
@@ -498,7 +523,7 @@ def _read_config_file(path):
     """The YAML mapping in ``path``; InputError naming the file when it cannot be read or parsed."""
     try:
         with open(path, encoding="utf-8") as f:
-            config = _read_yaml_refusing_duplicates(f, path) or {}
+            config = _read_config_text(f, path) or {}
     except OSError as error:
         raise InputError(f"{path}: config file cannot be read ({error.strerror})") from None
     except UnicodeDecodeError:

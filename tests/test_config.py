@@ -583,3 +583,27 @@ def test_a_medmnist_dataset_numbers_its_classes_as_medmnist_does():
     assert dataset_config(config, "derma")["labels"] == label_names("dermamnist")
     assert dataset_config(config, "derma")["labels"][4] == "melanoma"
     assert dataset_config(config, "mine")["labels"] == ["x", "y"]
+
+
+def test_merge_keys_json_with_tabs_and_odd_keys_read_as_before(tmp_path):
+    # The duplicate-key reader refused "<<: *anchor" as invalid YAML, tab-indented JSON (which
+    # Snakemake reads as JSON first) too, and crashed on a list as a key (helper-73).
+    from medclassify.config import config_file_problems
+
+    merged = tmp_path / "merged.yaml"
+    merged.write_text("runs:\n  a: {finetune: &short {epochs: 1, learning_rate: 0.001}}\n"
+                      "  b: {finetune: {<<: *short, epochs: 2}}\n")
+    config = load_config(merged)
+    assert [run_config(config, run)["finetune"]["epochs"] for run in ("a", "b")] == [1, 2]
+    assert run_config(config, "b")["finetune"]["learning_rate"] == 0.001
+    tabs = tmp_path / "tabs.json"
+    tabs.write_text('{\n\t"runs": {\n\t\t"a": {},\n\t\t"a": {"finetune": {"epochs": 2}}\n\t}\n}\n')
+    assert config_file_problems([tabs, tabs]) == [
+        f"{tabs}: config file holds keys written twice: key 'a' is written twice in one object; only the last would count"]
+    tabs.write_text('{\n\t"runs": {\n\t\t"a": {}\n\t}\n}\n')
+    assert list(load_config(tabs)["runs"]) == ["a"]
+    listed = tmp_path / "listed.yaml"
+    listed.write_text("runs:\n  ? [a, b]\n  : {}\n")
+    with pytest.raises(InputError, match="config file is not valid YAML") as error:
+        load_config(listed)
+    assert "found unhashable key" in error.value.problems[0] and str(listed) in error.value.problems[0]
