@@ -213,18 +213,23 @@ def _schema_problem(error):
         return (f"salt: {error.instance!r} was read as {kind}, not as the characters typed (YAML reads "
                 f"--config salt=12345 as one); set the environment variable {SALT_ENVIRONMENT_VARIABLE} instead, "
                 "which also keeps the secret out of Snakemake's records, or quote the salt in a config file")
-    where = _key_path(error.absolute_path) or "<top>"
-    if error.validator in ("oneOf", "anyOf"):
-        forms = " or ".join(_form_of(alternative) for alternative in error.validator_value)
-        problem = f"{where}: {error.instance!r} is not {forms}"
-        # Of a mapping, say what is wrong inside it, not that it is no other form (null).
-        inside = [e for e in error.context if e.absolute_path != error.absolute_path
-                  or e.validator in ("required", "additionalProperties")]
-        if isinstance(error.instance, dict) and inside:
-            inner = jsonschema.exceptions.best_match(inside)
-            problem += f" ({_key_path(inner.absolute_path)}: {inner.message})"
-        return problem
-    return f"{where}: {error.message}"
+    return f"{_key_path(error.absolute_path) or '<top>'}: {_error_text(error)}"
+
+
+def _error_text(error):
+    """What a schema error says is wrong, in words; a key with several forms is told them."""
+    if error.validator not in ("oneOf", "anyOf"):
+        return error.message
+    forms = " or ".join(_form_of(alternative) for alternative in error.validator_value)
+    text = f"{error.instance!r} is not {forms}"
+    # Of a mapping, say what is wrong inside it, not that it is no other form (null).
+    inside = [e for e in error.context if e.absolute_path != error.absolute_path
+              or e.validator in ("required", "additionalProperties")]
+    if isinstance(error.instance, dict) and inside:
+        inner = jsonschema.exceptions.best_match(inside)
+        key = _key_path(list(inner.absolute_path)[len(error.absolute_path):])
+        text += f" ({key + ': ' if key else ''}{inner.message})"
+    return text
 
 
 _TYPE_WORDS = {"integer": "an integer", "number": "a number", "string": "a string", "boolean": "true or false",
@@ -565,7 +570,7 @@ def with_section_defaults(section, options):
 
 def _section_errors(section, value):
     """(key path, message) of each schema problem of one section; fills its defaults in place."""
-    return [(_key_path(e.absolute_path), e.message) for e in _section_validator(section).iter_errors(value)]
+    return [(_key_path(e.absolute_path), _error_text(e)) for e in _section_validator(section).iter_errors(value)]
 
 
 def _key_path(parts):
@@ -655,8 +660,8 @@ def complete_run_options(options):
 def _resolve_run(config, run, overrides, top_level_checked=False):
     """A run's sections resolved, and its problems: the schema's, or else its combinations of options."""
     resolved, problems = _resolve_sections(config, overrides, RUN_SECTIONS, f"runs.{run}", top_level_checked)
-    if not problems and len(resolved) == len(RUN_SECTIONS):
-        problems = [f"runs.{run}: {problem}" for problem in run_problems(resolved)]
+    if "train" in resolved:  # all that run_problems reads: listed with any other section's problems
+        problems += [f"runs.{run}: {problem}" for problem in run_problems(resolved)]
     return resolved, problems
 
 
