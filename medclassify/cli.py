@@ -213,8 +213,7 @@ def _cmd_split(args):
     _require_file_targets(args.out, args.report)
     options = _dataset_options(args)
     table = pd.read_csv(args.manifest, dtype=str, keep_default_na=False)
-    problems = validated_manifest_problems(args.loaded_config, _dataset_name(args), table.columns,
-                                           sorted(set(table["label"])))
+    problems = validated_manifest_problems(args.loaded_config, _dataset_name(args), table)
     if problems:
         raise InputError("evaluate options that the validated manifest does not fit", problems)
     splits, report = make_splits(table, options["split"])

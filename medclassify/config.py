@@ -20,7 +20,7 @@ from .backbone_names import backbone_problems
 from .errors import InputError
 from .datasets.medmnist_info import check_name, label_names
 from .preprocess_options import check_preprocess_options
-from .privacy import PER_SAMPLE_COLUMNS, SALT_ENVIRONMENT_VARIABLE, is_identifier_column
+from .privacy import PER_SAMPLE_COLUMNS, SALT_ENVIRONMENT_VARIABLE, is_identifier_column, names_each_sample
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SCHEMA_PATH = REPO_ROOT / "workflow" / "schemas" / "config.schema.yaml"
@@ -437,18 +437,24 @@ def subgroup_column_problems(config, columns_of):
     return problems
 
 
-def validated_manifest_problems(config, dataset, columns, classes):
+def validated_manifest_problems(config, dataset, table):
     """What evaluation would refuse of the config, known once ``dataset``'s manifest is validated.
 
-    ``columns`` and ``classes`` are the validated manifest's. Planning reads the raw manifest's
-    header, but validation can still leave out a column that repeats the patient field, which a
-    subgroup may name; a manifest without ``labels:`` shows its classes only here. The split
-    stage checks both, so that neither costs a training.
+    ``table`` is the validated manifest. Planning reads the raw manifest's header, but validation
+    can still leave out a column that repeats the patient field, which a subgroup may name; a
+    manifest without ``labels:`` shows its classes only here; and only the values show a subgroup
+    column that names each image or patient. The split stage checks them, before any training.
     """
-    problems = positive_class_problems(config, dataset, classes)
-    for problem in subgroup_column_problems(config, lambda name: list(columns) if name == dataset else None):
+    problems = positive_class_problems(config, dataset, sorted(set(table["label"])))
+    for problem in subgroup_column_problems(config, lambda name: list(table.columns) if name == dataset else None):
         problems.append(f"{problem}; validation leaves out columns that identify patients (its report "
                         "lists them as identifier_column)")
+    subgroups = {column for run in _entries(config, "runs") for column in run_config(config, run)["evaluate"]["subgroups"]}
+    for column in sorted(subgroups & set(table.columns)):
+        how = names_each_sample(table[column], table["sample_id"], table["path"], table["patient"])
+        if how:
+            problems.append(f"evaluate.subgroups {column!r} {how} of dataset {dataset!r}: metrics.json and the report "
+                            "would list them all")
     return problems
 
 

@@ -39,6 +39,28 @@ IDENTIFIER_COLUMNS = frozenset({
 PER_SAMPLE_COLUMNS = ("sample_id", "path", "patient", "content_hash")
 
 
+def names_each_sample(values, sample_ids, paths, patients):
+    """How a subgroup column's ``values`` name each image or each patient, in words, or None.
+
+    Metrics per value list every value in metrics.json and the report: a column that repeats the
+    image path or the sample id under another name, holds a different value in every row, or one
+    value per patient (a subject code beside the salted hash) would list every image or patient.
+    """
+    values, sample_ids, paths, patients = ([str(v).strip() for v in column]
+                                           for column in (values, sample_ids, paths, patients))
+    if len(values) < 2:
+        return None
+    if values in (sample_ids, paths):
+        return "repeats each row's image path"
+    if len(set(values)) == len(values):
+        return "holds a different value in every row"
+    value_of_patient = dict(zip(patients, values))
+    one_to_one = len(value_of_patient) == len(set(values)) == len(set(zip(patients, values)))
+    if len(value_of_patient) > 1 and one_to_one:
+        return "holds one value per patient"
+    return None
+
+
 def is_identifier_column(name):
     """Whether a manifest column's name says it holds identifying values (``IDENTIFIER_COLUMNS``)."""
     return "".join(ch for ch in str(name).lower() if ch.isalnum()) in IDENTIFIER_COLUMNS

@@ -440,28 +440,55 @@ def test_a_subgroup_column_that_identifies_patients_is_refused_when_the_config_i
 def test_a_subgroup_column_validation_left_out_is_refused_before_training():
     # A column repeating the patient field under a harmless name passes planning (which reads the
     # raw header) and is left out by validation; evaluate failed on it after training.
+    import pandas as pd
+
     from medclassify.config import load_config, validated_manifest_problems
 
     config = load_config(overrides={"datasets": {"own": {"manifest": "o.csv", "root": "o"}},
                                     "evaluate": {"subgroups": ["site", "record"]}})
-    columns = ["sample_id", "path", "label", "patient", "modality", "site"]
+    table = pd.DataFrame({"sample_id": ["1.png", "2.png", "3.png"], "path": ["1.png", "2.png", "3.png"],
+                          "label": ["a", "b", "a"], "patient": ["h1", "h2", "h2"], "modality": ["US"] * 3,
+                          "site": ["x", "x", "y"]})
 
-    problems = validated_manifest_problems(config, "own", columns, ["a", "b"])
+    problems = validated_manifest_problems(config, "own", table)
 
     assert problems == [
         "runs.baseline: evaluate.subgroups ['record'] are not columns of the manifest of dataset 'own' (columns: "
         "sample_id, path, label, patient, modality, site); validation leaves out columns that identify patients "
         "(its report lists them as identifier_column)"]
-    assert validated_manifest_problems(config, "own", [*columns, "record"], ["a", "b"]) == []
+    assert validated_manifest_problems(config, "own", table.assign(record=["r", "r", "s"])) == []
+
+
+@pytest.mark.parametrize("values, how", [
+    (["1.png", "2.png", "3.png", "4.png"], "repeats each row's image path"),
+    (["k1", "k2", "k3", "k4"], "holds a different value in every row"),
+    (["s1", "s2", "s2", "s3"], "holds one value per patient"),
+])
+def test_a_subgroup_column_naming_each_image_or_patient_is_refused_by_its_values(values, how):
+    # A column image_file = path put every test image's path in metrics.json and the report (helper-73).
+    import pandas as pd
+
+    from medclassify.config import load_config, validated_manifest_problems
+
+    config = load_config(overrides={"datasets": {"own": {"manifest": "o.csv"}}, "evaluate": {"subgroups": ["code"]}})
+    table = pd.DataFrame({"sample_id": ["1.png", "2.png", "3.png", "4.png"], "path": ["1.png", "2.png", "3.png", "4.png"],
+                          "label": ["a", "b", "a", "b"], "patient": ["h1", "h2", "h2", "h3"], "code": values})
+    assert validated_manifest_problems(config, "own", table) == [
+        f"evaluate.subgroups 'code' {how} of dataset 'own': metrics.json and the report would list them all"]
+    assert validated_manifest_problems(config, "own", table.assign(code=["x", "x", "x", "y"])) == []
 
 
 def test_the_split_stage_checks_the_positive_class_against_the_validated_classes():
+    import pandas as pd
+
     from medclassify.config import load_config, validated_manifest_problems
 
     config = load_config(overrides={"datasets": {"own": {"manifest": "o.csv", "root": "o"}},
                                     "evaluate": {"positive_class": "malignant"}})
+    table = pd.DataFrame({"sample_id": ["1", "2"], "path": ["1", "2"], "label": ["benign", "tumour"],
+                          "patient": ["h1", "h2"]})
 
-    assert validated_manifest_problems(config, "own", ["path", "label"], ["benign", "tumour"]) == [
+    assert validated_manifest_problems(config, "own", table) == [
         "runs.baseline: evaluate.positive_class 'malignant' is not one of the classes of dataset own "
         "['benign', 'tumour']"]
 

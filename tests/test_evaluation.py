@@ -137,6 +137,22 @@ def test_missing_subgroup_column_is_an_input_error(binary_run, tmp_path):
     assert any("scanner" in p for p in error.value.problems) and any("sex" in p for p in error.value.problems)
 
 
+def test_a_subgroup_naming_each_image_is_refused_by_evaluate(binary_run, tmp_path):
+    # By hand, subgroups [path] (or a copy of it) listed every test image's path in metrics.json (helper-73).
+    import pandas as pd
+
+    folder, _, _ = binary_run
+    manifest = pd.read_csv(folder / "manifest.validated.csv", dtype=str, keep_default_na=False)
+    manifest.assign(image_file=manifest["path"]).to_csv(tmp_path / "m.csv", index=False)
+    with pytest.raises(InputError) as error:
+        run_evaluation(folder / "model.keras", folder / "cache.h5", folder / "splits.csv", tmp_path / "m.csv",
+                       tmp_path / "out", options=_options(subgroups=["site", "path", "image_file"], bootstrap=0),
+                       histories={})
+    assert error.value.problems == ["evaluate.subgroups 'path': names each image or patient",
+                                    "evaluate.subgroups 'image_file': repeats each row's image path"]
+    assert not (tmp_path / "out" / "metrics.json").exists()
+
+
 def test_tta_and_fixed_threshold_are_recorded(binary_run, tmp_path):
     folder, _, _ = binary_run
     metrics = run_evaluation(folder / "model.keras", folder / "cache.h5", folder / "splits.csv",

@@ -11,6 +11,7 @@ from ..errors import InputError
 from ..inference import (FLIPS, IDENTITY, affine_views, cache_reader, check_finite_probabilities,
                          predict_probabilities)
 from ..model_info import load_model, model_json_beside, weights_digest
+from ..privacy import PER_SAMPLE_COLUMNS
 from ..splits import read_splits_file, split_sample_ids
 from . import plots
 from .bootstrap import bootstrap_ci, bootstrap_indices
@@ -155,6 +156,18 @@ def roc_band(is_positive, score, patients, evaluate):
 def subgroup_columns_of(evaluate):
     """Manifest columns whose values make the subgroups: modality, then ``evaluate.subgroups``."""
     return list(dict.fromkeys(["modality", *evaluate.get("subgroups", [])]))
+
+
+def path_subgroup_problems(rows, columns):
+    """Subgroup ``columns`` that name each image of ``rows`` (validated-manifest rows indexed by
+    sample id): one of ``privacy.PER_SAMPLE_COLUMNS``, or a copy of the path. The workflow's split
+    stage judges the whole manifest more broadly (``privacy.names_each_sample``); this catches a
+    config given to ``medclassify evaluate`` by hand."""
+    paths = rows["path"].astype(str).tolist()
+    return [f"evaluate.subgroups {column!r}: " + ("names each image or patient" if column in PER_SAMPLE_COLUMNS
+                                                   else "repeats each row's image path")
+            for column in columns
+            if column in PER_SAMPLE_COLUMNS or rows[column].astype(str).str.strip().tolist() in (paths, list(rows.index))]
 
 
 def validated_rows_of(manifest_path, sample_ids, columns):
@@ -356,6 +369,9 @@ def run_evaluation(model_path, cache_path, splits_path, manifest_path, out_dir, 
     if problems:
         raise InputError("cannot evaluate", problems)
     manifest = validated_rows_of(manifest_path, val_ids + test_ids, subgroup_columns)
+    problems = path_subgroup_problems(manifest, evaluate["subgroups"])
+    if problems:
+        raise InputError("evaluate.subgroups would list image paths in metrics.json", problems)
     patients_val = manifest.loc[val_ids, "patient"].to_numpy()
     patients_test = manifest.loc[test_ids, "patient"].to_numpy()
 

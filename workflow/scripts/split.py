@@ -15,8 +15,7 @@ from medclassify.splits import make_splits, write_split_outputs
 with log_output(snakemake.log[0]):
     table = pd.read_csv(snakemake.input.manifest, dtype=str, keep_default_na=False)
     # From snakemake.config, not params: a changed positive class or subgroup must not split again.
-    problems = validated_manifest_problems(snakemake.config, snakemake.wildcards.dataset, table.columns,
-                                           sorted(set(table["label"])))
+    problems = validated_manifest_problems(snakemake.config, snakemake.wildcards.dataset, table)
     if problems:
         raise InputError("evaluate options that the validated manifest does not fit", problems)
     splits, report = make_splits(table, snakemake.params.split)
