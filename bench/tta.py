@@ -37,7 +37,8 @@ def fold_view_probabilities(model_path, cache_path, splits_path, fold, n_views):
 
     from medclassify.cache import open_cache
     from medclassify.data import split_indices
-    from medclassify.evaluation.run import load_model, tta_views
+    from medclassify.evaluation.run import tta_views
+    from medclassify.models import load_model
     from medclassify.model_info import model_json_beside
     from medclassify.inference import mean_probabilities
 

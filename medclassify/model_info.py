@@ -2,8 +2,7 @@
 telling one model's weights from another's.
 
 Training, evaluation and predict each read it; one reader here gives them the same answer for a
-missing file and the same InputError, naming the file, for a damaged one; likewise
-:func:`load_model` for the model itself. TensorFlow is imported only by that function.
+missing file and the same InputError, naming the file, for a damaged one. No TensorFlow.
 """
 
 import hashlib
@@ -59,22 +58,3 @@ def weights_digest(model):
         digest.update(f"{array.dtype.str}|{array.shape}|".encode("ascii"))
         digest.update(array.reshape(-1).view(np.uint8))
     return digest.hexdigest()[:32]
-
-
-def load_model(model_path):
-    """Load a saved model safely, with medclassify's custom layers registered."""
-    import importlib
-
-    import keras
-
-    # Imported for its side effect, registering the custom layers for deserialisation; pyflakes
-    # reads `from .. import models` as an unused import whatever its noqa comment says.
-    importlib.import_module(".models", __package__)
-
-    if not Path(model_path).is_file():
-        raise InputError(f"{model_path}: not found", ["the training stage writes it; check the path"])
-    try:
-        return keras.models.load_model(model_path, safe_mode=True, compile=False)
-    except Exception as error:  # Keras reports a damaged zip as "File not found", among others
-        raise InputError(f"{model_path}: not a readable Keras model (truncated or corrupted?)",
-                         [f"{type(error).__name__}: {str(error)[:500]}", "rerun the training stage that writes it"]) from None

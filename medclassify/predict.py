@@ -435,7 +435,7 @@ def predict_files(model_path, inputs, out_csv, *, threads=None, ensemble_metrics
     and preprocessing made the table.
     """
     from .evaluation.threshold import decide
-    from .model_info import load_model
+    from .models import load_model
     from .gpu import configure_inference
 
     configure_inference(threads)

@@ -43,8 +43,8 @@ from .errors import InputError
 from .fitting import compile_model, reset_layer_seeds, stage_options
 from .gpu import configure_devices
 from .inference import cache_reader, predict_probabilities
-from .model_info import load_model, model_json_beside, weights_digest
-from .models import (backbone_of, build_classifier, build_ensemble, set_backbone_inference_mode,
+from .model_info import model_json_beside, weights_digest
+from .models import (backbone_of, build_classifier, build_ensemble, load_model, set_backbone_inference_mode,
                      set_trainable_blocks)
 from .models.ensemble import MEMBER_PREFIX
 from .models.weights import imagenet_weights_path

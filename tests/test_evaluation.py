@@ -16,7 +16,7 @@ from medclassify.config import load_config, run_config  # noqa: E402
 from medclassify.errors import InputError  # noqa: E402
 from medclassify.evaluation import compare_runs, run_evaluation  # noqa: E402
 from medclassify.workflow_paths import PLOT_NAMES  # noqa: E402
-from medclassify.evaluation.run import load_model  # noqa: E402
+from medclassify.models import load_model  # noqa: E402
 from medclassify.evaluation.threshold import choose_threshold  # noqa: E402
 
 
@@ -75,7 +75,8 @@ def test_writes_metrics_predictions_and_every_plot(binary_run):
 
 def test_records_the_digest_of_the_weights_it_evaluated(binary_run):
     # predict compares it with the model it loads, to notice one trained again in the run's folder.
-    from medclassify.evaluation.run import load_model, weights_digest
+    from medclassify.model_info import weights_digest
+    from medclassify.models import load_model
 
     folder, _, metrics = binary_run
     assert metrics["inputs"]["model_weights"] == weights_digest(load_model(folder / "model.keras"))
@@ -194,7 +195,7 @@ def test_gradcam_highlights_the_class_evidence(binary_run):
     import keras
 
     from medclassify.evaluation.gradcam import gradcam_heatmaps, upsample
-    from medclassify.evaluation.run import load_model
+    from medclassify.models import load_model
 
     folder, _, _ = binary_run
     model = load_model(folder / "model.keras")
@@ -299,7 +300,7 @@ def test_gradcam_reaches_into_the_workflows_wrapped_backbone(tmp_path):
     import keras
 
     from medclassify.evaluation.gradcam import find_last_conv_layer, gradcam_heatmaps
-    from medclassify.evaluation.run import load_model
+    from medclassify.models import load_model
 
     # Seeded: the weights drawn from whatever state earlier tests left could give an all-zero map.
     keras.utils.set_random_seed(0)

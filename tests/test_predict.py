@@ -53,7 +53,7 @@ def _as_cached(path, config):
 
 
 def _expected_probabilities(model_path, path, config):
-    from medclassify.evaluation.run import load_model
+    from medclassify.models import load_model
 
     return load_model(model_path).predict(_as_cached(path, config)[None], verbose=0)[0]
 
@@ -115,7 +115,8 @@ def test_a_model_the_evaluation_did_not_evaluate_decides_by_arg_max_with_a_warni
 
 def _evaluated_run(folder, model_path, threshold):
     """A run folder holding a copy of ``model_path`` and an evaluation of it with ``threshold``."""
-    from medclassify.evaluation.run import load_model, weights_digest
+    from medclassify.model_info import weights_digest
+    from medclassify.models import load_model
 
     shutil.copytree(model_path.parent, folder / "finetune")
     (folder / "evaluation").mkdir()
@@ -156,7 +157,8 @@ def test_an_ensemble_member_trained_again_after_its_evaluation_is_refused(saved_
 
 
 def test_the_weights_digest_survives_saving_and_loading_and_tells_models_apart(tmp_path):
-    from medclassify.evaluation.run import load_model, weights_digest
+    from medclassify.model_info import weights_digest
+    from medclassify.models import load_model
 
     model = tiny_model((16, 16, 1), 2, seed=3)
     model.save(tmp_path / "a.keras")
@@ -184,7 +186,7 @@ def test_a_damaged_model_json_or_metrics_json_is_an_input_error_naming_it(saved_
 
 def test_applies_the_test_time_views_that_evaluation_used(saved_run, tmp_path):
     """The threshold was chosen on view-averaged probabilities, so predict must average the same views."""
-    from medclassify.evaluation.run import load_model
+    from medclassify.models import load_model
     from medclassify.inference import view_of
 
     root, model_path, images, config = saved_run
@@ -310,7 +312,7 @@ def _fold_run(folder, model_path, seed, views, threshold):
 
 def test_several_models_predict_their_mean_probability_decided_by_the_ensemble_threshold(saved_run, tmp_path):
     """A k-fold run's folds: averaged as aggregate_folds averages them, decided by its out-of-fold threshold."""
-    from medclassify.evaluation.run import load_model
+    from medclassify.models import load_model
     from medclassify.inference import view_of
 
     _, model_path, images, config = saved_run

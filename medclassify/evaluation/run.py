@@ -10,7 +10,7 @@ from ..atomic import atomic_path, atomic_write_json
 from ..errors import InputError
 from ..inference import (FLIPS, IDENTITY, affine_views, cache_reader, check_finite_probabilities,
                          predict_probabilities)
-from ..model_info import load_model, model_json_beside, weights_digest
+from ..model_info import model_json_beside, weights_digest
 from ..privacy import PER_SAMPLE_COLUMNS
 from ..splits import read_splits_file, split_sample_ids
 from . import plots
@@ -385,6 +385,8 @@ def run_evaluation(model_path, cache_path, splits_path, manifest_path, out_dir, 
         test_idx = _split_positions(cache, cache_path, test_ids)
         labels = np.asarray(cache.labels, dtype=int)
         y_val, y_test = labels[val_idx], labels[test_idx]
+
+        from ..models import load_model  # TensorFlow: imported only to evaluate
 
         model = load_model(model_path)
         read_test = cache_reader(cache, test_idx)
