@@ -335,6 +335,36 @@ def test_miniswhite_tiff_is_inverted_within_its_stored_range(tmp_path):
     np.testing.assert_array_equal(decoded, np.stack([255 - grey_alpha[:, :, 0], grey_alpha[:, :, 1]], axis=2))
 
 
+@pytest.mark.parametrize("orientation", range(1, 9))
+@pytest.mark.parametrize("suffix", [".jpg", ".png"])
+def test_an_exif_orientation_turns_the_image_as_viewers_show_it(tmp_path, orientation, suffix):
+    # A phone's photo stored sideways with Orientation 6 was read sideways (helper-76).
+    from PIL import ImageOps
+
+    pixels = np.random.default_rng(0).integers(0, 255, (40, 60, 3), dtype=np.uint8)
+    image = Image.fromarray(pixels)
+    exif = image.getexif()
+    exif[0x0112] = orientation
+    image.save(tmp_path / f"photo{suffix}", exif=exif)
+    sample = read_sample(tmp_path / f"photo{suffix}")
+    with Image.open(tmp_path / f"photo{suffix}") as stored:
+        np.testing.assert_array_equal(sample.pixels, np.asarray(ImageOps.exif_transpose(stored)))
+    assert sample.pixels.shape[:2] == ((60, 40) if orientation >= 5 else (40, 60))
+    assert sample.meta.get("exif_orientation") == (None if orientation == 1 else orientation)
+
+
+@pytest.mark.parametrize("mode, photometric", [("YCbCr", "ycbcr"), ("LAB", "cielab")])
+def test_a_tiff_of_ycbcr_or_lab_samples_is_refused_not_read_as_rgb(tmp_path, mode, photometric):
+    # tifffile returns the stored samples: red [200, 30, 30] came out [80, 99, 213] (helper-76).
+    rgb = np.zeros((8, 8, 3), np.uint8)
+    rgb[...] = [200, 30, 30]
+    Image.fromarray(rgb).convert(mode).save(tmp_path / "colour.tif")
+    with pytest.raises(ReadError, match=f"unsupported_image: TIFF of photometric interpretation {photometric}"):
+        read_sample(tmp_path / "colour.tif")
+    Image.fromarray(rgb).save(tmp_path / "jpeg.tif", compression="jpeg")  # JPEG-compressed colour reads as before
+    assert np.abs(read_sample(tmp_path / "jpeg.tif").pixels[0, 0].astype(int) - [200, 30, 30]).max() <= 2
+
+
 def test_floating_point_miniswhite_tiff_is_refused(tmp_path):
     tifffile.imwrite(tmp_path / "white.tif", RNG.random((8, 8)).astype(np.float32), photometric="miniswhite")
     with pytest.raises(ReadError) as error:

@@ -4,7 +4,7 @@ import struct
 import warnings
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
 from .base import ReadError, bilevel_as_grey, check_pixel_count, read_bytes
 from . import png_inflate
@@ -62,7 +62,8 @@ def read_pillow(source, fmt, max_pixels):
             width, height = image.size
             check_pixel_count(height, width, max_pixels)
             image.load()
-            return _array_and_meta(image, fmt)
+            shown, orientation = _as_shown(image)
+            return _array_and_meta(shown, fmt, orientation)
     except Image.DecompressionBombError as error:
         raise ReadError("too_many_pixels", f"Pillow refused the image size: {error}") from None
     except UnidentifiedImageError:
@@ -71,11 +72,25 @@ def read_pillow(source, fmt, max_pixels):
         raise ReadError("undecodable", f"{fmt.upper()} decoding failed: {error}") from None
 
 
-def _array_and_meta(image, fmt):
+def _as_shown(image):
+    """``image`` turned as its EXIF Orientation tag says viewers show it (a phone's photo is often
+    stored sideways), and the tag's value (1: as stored)."""
+    orientation = image.getexif().get(ExifTags.Base.Orientation, 1)
+    if orientation not in range(2, 9):
+        return image, 1
+    info = image.info
+    image = ImageOps.exif_transpose(image)
+    image.info.setdefault("bits", info.get("bits"))
+    return image, orientation
+
+
+def _array_and_meta(image, fmt, orientation=1):
     array, photometric = _pillow_to_array(image)
     bits = image.info.get("bits") or _bits_of(array)
     meta = {"format": fmt, "bits": int(bits), "photometric": photometric,
             "original_shape": list(array.shape)}
+    if orientation != 1:
+        meta["exif_orientation"] = orientation
     return array, meta
 
 
@@ -110,6 +125,10 @@ def _bits_of(array):
 _ALPHA_SAMPLES = (1, 2)
 
 
+# Photometric interpretations whose samples tifffile returns as the values they stand for.
+_TIFF_PHOTOMETRICS = ("minisblack", "miniswhite", "rgb", "palette", "separated")
+
+
 def read_tiff(source, max_pixels):
     """Decode the first page of a TIFF file (a path, or a binary file); return (array (H, W[, C]), meta).
 
@@ -131,6 +150,7 @@ def read_tiff(source, max_pixels):
             n_pages = len(tif.pages)
             bits = int(page.bitspersample)
             photometric = page.photometric.name.lower() if page.photometric is not None else None
+            jpeg = page.compression is not None and "JPEG" in page.compression.name
             colormap = page.colormap
             extrasamples = tuple(int(code) for code in page.extrasamples)
     except ReadError:
@@ -144,6 +164,11 @@ def read_tiff(source, max_pixels):
     array = np.squeeze(array) if array.ndim > 3 else array
     if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[2] > 4):
         raise ReadError("unsupported_image", f"TIFF page of shape {array.shape} (axes {axes}) is not a 2D image")
+    if photometric not in _TIFF_PHOTOMETRICS and not (photometric == "ycbcr" and jpeg):
+        # tifffile returns such samples as stored: YCbCr or CIELab values taken for R, G and B.
+        # (Inside JPEG compression the codec converts YCbCr to RGB.)
+        raise ReadError("unsupported_image", f"TIFF of photometric interpretation {photometric}: save it as RGB or "
+                                             "grey")
     if array.ndim == 3 and photometric == "separated":
         raise ReadError("unsupported_image", f"CMYK (separated) TIFF of {array.shape[2]} inks: convert it to RGB or grey")
     grey_with_samples = photometric in ("minisblack", "miniswhite") or array.shape[-1] == 2
