@@ -335,6 +335,20 @@ def test_miniswhite_tiff_is_inverted_within_its_stored_range(tmp_path):
     np.testing.assert_array_equal(decoded, np.stack([255 - grey_alpha[:, :, 0], grey_alpha[:, :, 1]], axis=2))
 
 
+def test_a_damaged_tiff_is_one_error_with_nothing_on_stderr(tmp_path):
+    # tifffile logged a line per unreadable tag beside the ReadError (helper-76). In a process of
+    # its own: pytest's log capture would take the lines that Python prints without a handler.
+    import subprocess
+
+    tifffile.imwrite(tmp_path / "a.tif", np.zeros((64, 64), np.uint8), description="x" * 100)
+    (tmp_path / "cut.tif").write_bytes((tmp_path / "a.tif").read_bytes()[:300])
+    code = ("import sys; from medclassify.io import ReadError, read_sample\n"
+            "try:\n    read_sample(sys.argv[1])\nexcept ReadError as error:\n    print(error.code)")
+    run = subprocess.run([sys.executable, "-c", code, str(tmp_path / "cut.tif")], capture_output=True, text=True,
+                         cwd=Path(__file__).resolve().parents[1])
+    assert run.stdout.strip() == "undecodable" and run.stderr == "", run.stderr
+
+
 @pytest.mark.parametrize("orientation", range(1, 9))
 @pytest.mark.parametrize("suffix", [".jpg", ".png"])
 def test_an_exif_orientation_turns_the_image_as_viewers_show_it(tmp_path, orientation, suffix):

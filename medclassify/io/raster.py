@@ -1,5 +1,6 @@
 """PNG, JPEG and BMP through Pillow; TIFF through tifffile. The native dtype (uint8, uint16…) is kept."""
 
+import logging
 import struct
 import warnings
 
@@ -14,6 +15,10 @@ from .channels import is_grey
 # not catch_warnings per image: that swaps the process's filters, and under threads it unsilenced a
 # DICOM read's warnings, which carry the file's values (see dicom._silencing_value_warnings).
 warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
+# tifffile logs each tag of a damaged file that it cannot read; the file's ReadError tells the
+# failure once. A handler of its own keeps Python's last-resort handler from printing them.
+logging.getLogger("tifffile").addHandler(logging.NullHandler())
+logging.getLogger("tifffile").propagate = False
 
 # Pillow modes and the NumPy dtype they decode to without losing depth.
 _NATIVE_MODES = {"L": np.uint8, "I;16": np.uint16, "I;16L": np.uint16, "I;16B": np.uint16,
