@@ -650,3 +650,14 @@ def test_overrides_are_told_the_forms_and_cross_option_problems_come_with_schema
         "runs.r.finetune.unfreeze: 'x' is not an integer >= 0 or 'all'",
         "runs.r: train.backbone 'resnet19' is neither the built-in resnet18 nor a keras.applications model (did you "
         "mean resnet18 or DenseNet169?)"]
+
+
+def test_a_number_or_boolean_where_text_is_wanted_says_to_quote_it():
+    # labels [yes, no] and a positive class 0 were told only "is not of type 'string'" (helper-69).
+    with pytest.raises(InputError) as error:
+        load_config(overrides={"evaluate": {"positive_class": 0},
+                               "datasets": {"d": {"manifest": "m.csv", "labels": [True, "no"]}}})
+    assert error.value.problems == [
+        "datasets.d.labels.0: True is not of type 'string': YAML read it as a boolean; quote it in the config file",
+        "evaluate.positive_class: 0 is not of type 'string', 'null': YAML read it as a number; quote it in the "
+        "config file"]
