@@ -82,13 +82,17 @@ Faults
 
 import collections
 import concurrent.futures
+import contextlib
 import datetime
+import errno
+import gc
 import hashlib
 import io as _stringio
 import itertools
 import json
 import multiprocessing
 import os
+import re
 import shutil
 import sys
 import threading
@@ -347,8 +351,67 @@ def _ordered_map(function, jobs, workers):
 
 # --------------------------------------------------------------------------- HDF5 writing
 
+@contextlib.contextmanager
 def _create_h5(path):
-    """Open a new HDF5 file with timestamps off everywhere (byte-reproducible output)."""
+    """A new HDF5 file with timestamps off everywhere (byte-reproducible output), flushed and
+    closed at the end of the block; OSError naming ``path`` if HDF5 failed to write any of it.
+
+    HDF5 writes metadata when it evicts or flushes it, and h5py reports a failure met there from
+    an object's destructor as an "Exception ignored", after which writing goes on: on a full disk
+    a damaged file reached its final name, and later builds reused it unread. Such failures are
+    gathered while the file is open and raised at its close.
+    """
+    failures, previous_hook = [], sys.unraisablehook
+
+    def note_h5py_failure(unraisable):
+        if type(unraisable.object).__module__.startswith("h5py") or "h5py" in repr(unraisable.object):
+            failures.append(unraisable.exc_value)
+        previous_hook(unraisable)
+
+    sys.unraisablehook = note_h5py_failure
+    try:
+        f = _new_h5(path)
+        try:
+            yield f
+            f.flush()
+        except (OSError, RuntimeError) as error:
+            _close_after_failure(f)
+            if isinstance(error, OSError) or "write failed" in str(error):
+                raise _write_error(error, path) from None
+            raise
+        except BaseException:
+            _close_after_failure(f)
+            raise
+        try:
+            f.close()
+        except (OSError, RuntimeError) as error:
+            failures.append(error)
+        gc.collect()  # identifiers freed now report their failures now
+    finally:
+        sys.unraisablehook = previous_hook
+    if failures:
+        raise _write_error(failures[0], path)
+
+
+def _close_after_failure(f):
+    """Close a file whose writing failed; its close fails too, and the first failure is the news."""
+    try:
+        f.close()
+    except (OSError, RuntimeError):
+        pass
+    gc.collect()
+
+
+def _write_error(error, path):
+    """An OSError naming ``path`` for an HDF5 write failure, with the system's reason alone (HDF5's
+    message runs over lines of internals)."""
+    reason = re.search(r"error message = '([^']*)'", str(error))
+    number = re.search(r"errno = (\d+)", str(error))
+    number = getattr(error, "errno", None) or (int(number[1]) if number else errno.EIO)
+    return OSError(number, f"HDF5 could not write it ({reason[1] if reason else error})", str(path))
+
+
+def _new_h5(path):
     fcpl = h5py.h5p.create(h5py.h5p.FILE_CREATE)
     fcpl.set_obj_track_times(False)
     fapl = h5py.h5p.create(h5py.h5p.FILE_ACCESS)
@@ -357,6 +420,9 @@ def _create_h5(path):
     # No raw-data chunk cache: each chunk reaches the file when written, so chunks lie in row
     # order and the bytes do not depend on the cache's eviction.
     fapl.set_cache(0, 0, 0, 0.0)
+    # As h5py's own files: closing the file closes it, and a failure to write it is raised by
+    # close(), not met later by whichever object's destructor held the last reference.
+    fapl.set_fclose_degree(h5py.h5f.CLOSE_STRONG)
     fid = h5py.h5f.create(os.fsencode(str(path)), h5py.h5f.ACC_TRUNC, fapl=fapl, fcpl=fcpl)
     return h5py.File(fid)
 

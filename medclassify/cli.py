@@ -7,6 +7,7 @@ message names the problem), 2 on usage errors.
 
 import argparse
 import contextlib
+import errno
 import json
 import sys
 import time
@@ -473,7 +474,16 @@ def main(argv=None):
     except UsageError as error:
         print(f"medclassify {args.command}: usage error: {error}", file=sys.stderr)
         return EXIT_USAGE
+    except OSError as error:
+        if error.errno not in _WRITE_ENVIRONMENT_ERRORS:
+            raise
+        # A full disk or a read-only folder is the machine's state, not a bug: one line, no traceback.
+        print(f"medclassify {args.command}: error: cannot write {error.filename}: {error.strerror}", file=sys.stderr)
+        return EXIT_INPUT
     return EXIT_OK
+
+
+_WRITE_ENVIRONMENT_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO}
 
 
 if __name__ == "__main__":

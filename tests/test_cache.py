@@ -920,3 +920,47 @@ def test_text_attributes_are_fixed_length_strings(dataset, tmp_path):
             for key in f.attrs:
                 # A variable-length string reads as an object array: "O".
                 assert f.attrs.get_id(key).dtype.kind != "O", (path, key)
+
+
+def test_an_hdf5_file_that_cannot_be_written_whole_never_reaches_its_name(tmp_path):
+    # On a full disk HDF5 met the failure while closing, h5py only printed it from a destructor,
+    # and the damaged block was renamed into place and reused by every later build (helper-75).
+    # A file size limit fails the writes as a full disk does, at every point of the file.
+    import subprocess
+
+    script = """
+import os, resource, signal, sys
+import numpy as np
+from medclassify.atomic import atomic_path
+from medclassify.cache import _create_h5
+limit, out = int(sys.argv[1]), sys.argv[2]
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+try:
+    with atomic_path(out) as tmp:
+        with _create_h5(tmp) as f:
+            images = f.create_dataset("images", shape=(50, 32, 32), dtype="u1", chunks=(1, 32, 32))
+            for i in range(50):
+                images[i] = np.full((32, 32), i, np.uint8)
+            f.create_dataset("spacing", data=np.arange(100.0))
+            f.attrs.create("note", np.bytes_(b"x" * 1000))
+    print("written")
+except OSError as error:
+    print(error.errno, error.strerror, error.filename == out or error.filename.startswith(os.path.dirname(out)))
+"""
+    outcomes = set()
+    for limit in range(40000, 60000, 2000):
+        out = tmp_path / f"{limit}.h5"
+        run = subprocess.run([sys.executable, "-c", script, str(limit), str(out)], capture_output=True, text=True,
+                             cwd=Path(__file__).resolve().parents[1], timeout=120)
+        # Its last word, whatever the exit: HDF5 may crash at exit once a write failed.
+        outcome = run.stdout.strip().splitlines()[-1] if run.stdout.strip() else f"rc {run.returncode}: {run.stderr[-300:]}"
+        outcomes.add(outcome.split(" (")[0])
+        if outcome == "written":
+            with h5py.File(out) as f:
+                assert [int(f["images"][i, 0, 0]) for i in range(50)] == list(range(50))
+                assert f["spacing"][-1] == 99.0 and f.attrs["note"] == b"x" * 1000
+        else:
+            assert outcome == "27 HDF5 could not write it (File too large) True", outcome
+            assert not out.exists() and not list(tmp_path.glob(f".{out.name}.*")), list(tmp_path.iterdir())
+    assert outcomes == {"written", "27 HDF5 could not write it"}, outcomes

@@ -281,3 +281,20 @@ def test_a_thread_count_below_one_is_a_usage_error(tmp_path, capsys, threads):
         main(["predict", "--model", str(tmp_path / "m.keras"), "--input", str(tmp_path), "--out",
               str(tmp_path / "p.csv"), "--threads", threads])
     assert exit_.value.code == 2 and "--threads" in capsys.readouterr().err
+
+
+def test_a_write_the_disk_refuses_is_one_line_not_a_traceback(tmp_path):
+    # A full disk or a read-only folder ended in an 11-frame traceback (helper-75); a file size
+    # limit refuses the writes as a full disk does.
+    from splits_fixtures import random_manifest
+
+    manifest = tmp_path / "manifest.validated.csv"
+    random_manifest(60).to_csv(manifest, index=False)
+    code = ("import resource, signal, sys; from medclassify.cli import main; "
+            "signal.signal(signal.SIGXFSZ, signal.SIG_IGN); resource.setrlimit(resource.RLIMIT_FSIZE, (64, 64)); "
+            "sys.exit(main(sys.argv[1:]))")
+    result = subprocess.run([sys.executable, "-c", code, "split", str(manifest), "--out", str(tmp_path / "s.csv"),
+                             "--report", str(tmp_path / "r.json")], capture_output=True, text=True)
+    assert result.returncode == 1, result.stderr
+    assert result.stderr.startswith("medclassify split: error: cannot write ") and "File too large" in result.stderr
+    assert "Traceback" not in result.stderr and not (tmp_path / "s.csv").exists()
