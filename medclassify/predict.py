@@ -396,7 +396,10 @@ def _samples(rows, info):
             if Path(path).is_dir():
                 raise IsADirectoryError(f"{path} is a folder, not an image file")
             if not Path(path).is_file():
-                raise FileNotFoundError(f"no such file: {path}")
+                # A FIFO, a device or a link loop exists: saying "no such file" sent users looking.
+                exists = os.path.lexists(path)
+                raise (OSError if exists else FileNotFoundError)(
+                    f"not a regular file (a special file or a broken link): {path}" if exists else f"no such file: {path}")
             indices = sample_indices(path, info["io"])
         except Exception as error:  # noqa: BLE001 - any reader failure is reported, not raised
             yield row, row["input"], None, None, _reason(error), ""

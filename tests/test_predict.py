@@ -524,6 +524,25 @@ def test_a_manifest_row_naming_a_folder_says_so(saved_run, tmp_path):
     assert table["error"].iloc[0] == f"IsADirectoryError: {tmp_path / 'sub'} is a folder, not an image file"
 
 
+@pytest.mark.filterwarnings("ignore:.*metrics.json not found")
+def test_a_manifest_row_naming_a_fifo_or_a_link_loop_is_not_called_missing(saved_run, tmp_path):
+    # Both existed, and were reported as "no such file" (helper-75).
+    import os
+
+    _, model_path, _, _ = saved_run
+    os.mkfifo(tmp_path / "fifo.png")
+    os.symlink(tmp_path / "loop_b", tmp_path / "loop_a")
+    os.symlink(tmp_path / "loop_a", tmp_path / "loop_b")
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("path\nfifo.png\nloop_a\ngone.png\n")
+    with pytest.warns(UserWarning, match="could not be predicted"):
+        table = predict_files(model_path, [manifest], tmp_path / "p.csv")
+    assert list(table["error"]) == [
+        f"OSError: not a regular file (a special file or a broken link): {tmp_path / 'fifo.png'}",
+        f"OSError: not a regular file (a special file or a broken link): {tmp_path / 'loop_a'}",
+        f"FileNotFoundError: no such file: {tmp_path / 'gone.png'}"]
+
+
 def test_the_note_on_io_options_follows_a_reader_s_advice_only():
     # Any error text with "io." in it (radio.png, portfolio.dcm) got the note (helper-45).
     from medclassify.io import ReadError
