@@ -248,16 +248,14 @@ def predict_run_ids():
             f"predict.fold: {fold} names a fold, but dataset {name!r} is not split by k-fold "
             f"(split.method: {dataset_config(config, name)['split']['method']}); leave predict.fold at all"
         )
-    folds = folds or 1
-    first = list(config["runs"]).index(run) * folds
-    run_ids = runs_of(name)[first : first + folds]
+    ids = run_ids([run], folds)
     if fold == "all":
-        return name, run, run_ids
-    if fold >= folds:
+        return name, run, ids
+    if fold >= len(ids):
         raise ValueError(
             f"predict.fold: {fold} is not a fold of dataset {name!r} (split.folds: {folds}, so 0 to {folds - 1})"
         )
-    return name, run, [run_ids[fold]]
+    return name, run, [ids[fold]]
 
 
 def predict_models(wildcards):
