@@ -659,6 +659,10 @@ def complete_run_options(options):
                 for section in RUN_SECTIONS if not isinstance(options.get(section, {}), dict)]
     if problems:
         raise InputError("invalid options", problems)
+    options = copy.deepcopy(options)
+    for section in RUN_SECTIONS:  # as a config's values are read: 2.0 epochs are 2, "1e-3" a number
+        if section in options:
+            values_from_strings(options[section], _section_validator(section))
     resolved, problems = _resolve_sections({}, options, RUN_SECTIONS, "options")
     if not problems:
         problems = run_problems(resolved)

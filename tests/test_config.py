@@ -661,3 +661,14 @@ def test_a_number_or_boolean_where_text_is_wanted_says_to_quote_it():
         "datasets.d.labels.0: True is not of type 'string': YAML read it as a boolean; quote it in the config file",
         "evaluate.positive_class: 0 is not of type 'string', 'null': YAML read it as a number; quote it in the "
         "config file"]
+
+
+def test_options_built_by_hand_read_their_values_as_a_config_file_does():
+    # A config file's epochs 2.0 became 2, complete_run_options refused it (helper-73).
+    from medclassify.config import complete_run_options
+
+    by_hand = {"finetune": {"epochs": 2.0, "learning_rate": "1e-3"}}
+    options = complete_run_options(by_hand)
+    assert options["finetune"]["epochs"] == 2 and type(options["finetune"]["epochs"]) is int
+    assert options["finetune"]["learning_rate"] == 0.001
+    assert by_hand == {"finetune": {"epochs": 2.0, "learning_rate": "1e-3"}}  # the caller's dict is left alone
