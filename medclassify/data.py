@@ -246,7 +246,13 @@ def augment_batch(images, seed, options):
 
 @plain_graph
 def mixup_batch(images, targets, weights, seed, alpha):
-    """Mixup (Zhang et al., 2018): blend each sample with another of the batch, λ ~ Beta(α, α)."""
+    """Mixup (Zhang et al., 2018): blend each sample with another of the batch, λ ~ Beta(α, α).
+
+    The targets are blended in proportion to each sample's share of the blended weight, so that a
+    class's weight in the loss stays λ·w_a·y_a + (1 - λ)·w_b·y_b: the plain blend of targets under
+    the blended weight gave a majority class part of a minority partner's class weight (under
+    class_weight, mixup 0.2 tilted the classes' loss 1.3 to 1).
+    """
     batch = tf.shape(images)[0]
     seed_a, seed_b, seed_p = (tf.stack([seed[0], seed[1] * 16 + 10 + k]) for k in range(3))
     gamma_a = tf.random.stateless_gamma([batch], seed=seed_a, alpha=alpha)
@@ -254,11 +260,14 @@ def mixup_batch(images, targets, weights, seed, alpha):
     lam = gamma_a / (gamma_a + gamma_b)
     partner = tf.argsort(tf.random.stateless_uniform([batch], seed=seed_p))
     lam_x = tf.reshape(lam, [-1, 1, 1, 1])
-    lam_y = tf.reshape(lam, [-1, 1])
     images = lam_x * images + (1.0 - lam_x) * tf.gather(images, partner)
-    targets = lam_y * targets + (1.0 - lam_y) * tf.gather(targets, partner)
-    weights = lam * weights + (1.0 - lam) * tf.gather(weights, partner)
-    return images, targets, weights
+    partner_weights = tf.gather(weights, partner)
+    mixed_weights = lam * weights + (1.0 - lam) * partner_weights
+    # Equal weights (no class weights): the share is λ itself, not λ over a sum rounded near 1.
+    share = tf.where(tf.equal(weights, partner_weights), lam, tf.math.divide_no_nan(lam * weights, mixed_weights))
+    share = tf.reshape(share, [-1, 1])
+    targets = share * targets + (1.0 - share) * tf.gather(targets, partner)
+    return images, targets, mixed_weights
 
 
 # --- datasets -------------------------------------------------------------------------------------

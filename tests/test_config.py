@@ -48,6 +48,37 @@ def test_every_schema_key_has_a_description_and_a_default():
     assert not missing
 
 
+def test_every_schema_key_holds_only_schema_keywords():
+    # An unquoted comma in a flow mapping's description ("(below 1, which would …)") ended it
+    # there and made the rest a key of its own, cutting config/README.md's text (helper-78).
+    from medclassify.config import load_schema
+
+    keywords = {"type", "description", "default", "properties", "additionalProperties", "items", "enum", "const",
+                "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "oneOf", "anyOf", "$ref", "required",
+                "propertyNames", "pattern", "minItems", "maxItems", "uniqueItems", "minProperties", "maxLength",
+                "minLength", "not", "if", "then", "else", "allOf", "examples"}
+    strays = []
+
+    def walk(node, path):
+        if not isinstance(node, dict):
+            return
+        strays.extend(f"{path}: {key!r}" for key in node if key not in keywords)
+        for name, sub in node.get("properties", {}).items():
+            walk(sub, f"{path}.{name}")
+        for key in ("additionalProperties", "items"):
+            walk(node.get(key), f"{path}.{key}")
+        for key in ("oneOf", "anyOf", "allOf"):
+            for index, sub in enumerate(node.get(key, [])):
+                walk(sub, f"{path}.{key}[{index}]")
+
+    schema = load_schema()
+    for name, sub in schema["properties"].items():
+        walk(sub, name)
+    for name, sub in schema.get("definitions", {}).items():
+        walk(sub, f"definitions.{name}")
+    assert not strays
+
+
 def test_unknown_keys_and_bad_values_are_all_reported():
     with pytest.raises(InputError) as caught:
         load_config(overrides={"preprocess": {"sise": [32, 32], "dtype": "int7"}, "trian": {}})

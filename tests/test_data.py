@@ -115,6 +115,20 @@ def test_mixup_blends_images_and_targets_alike():
     np.testing.assert_allclose(weights.numpy(), 1.0)
 
 
+def test_mixup_keeps_each_class_s_weight_in_the_loss():
+    # The blended weight times the blended target gave the majority class part of a minority
+    # partner's class weight: under class_weight, mixup tilted the classes 1.3 to 1 (helper-78).
+    images = tf.constant(np.stack([np.zeros((4, 4, 1)), np.ones((4, 4, 1))] * 4).astype("float32"))
+    targets = tf.constant([[1.0, 0.0], [0.0, 1.0]] * 4)
+    class_weights = tf.constant([1.0, 9.0] * 4)
+    mixed, mixed_targets, weights = mixup_batch(images, targets, class_weights, tf.constant([0, 7], tf.int64), 0.4)
+    ones = mixed.numpy().mean(axis=(1, 2, 3))  # each mixed image's share of a class-1 image
+    in_loss = weights.numpy()[:, None] * mixed_targets.numpy()
+    np.testing.assert_allclose(in_loss, np.stack([1.0 * (1 - ones), 9.0 * ones], axis=1), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(mixed_targets.numpy().sum(axis=1), 1.0, rtol=1e-6)
+    assert ((0.05 < ones) & (ones < 0.95)).sum() >= 3  # partners of the other class, well blended
+
+
 def test_in_memory_and_from_disk_sources_give_identical_batches(tiny_cache):
     cache_path, splits_path = tiny_cache
     with open_cache(cache_path) as cache:
