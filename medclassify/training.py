@@ -172,6 +172,9 @@ class ValidationMetrics(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         logs = logs if logs is not None else {}
         probabilities = self.model.predict(self.dataset, verbose=0).astype("float64")
+        if not np.isfinite(probabilities).all():
+            raise InputError(f"training diverged at epoch {epoch + 1}: the model's validation probabilities are "
+                             "not finite numbers", ["lower the stage's learning_rate (or raise warmup_epochs)"])
         if self.record_dir is not None:
             _save_array(self.record_dir / f"epoch_{epoch + 1:03d}.npy", probabilities)
         logs["val_loss"] = crossentropy(self.labels, probabilities)
@@ -181,7 +184,8 @@ class ValidationMetrics(keras.callbacks.Callback):
 
 
 def current_learning_rate(optimizer):
-    """The learning rate the optimizer uses at its current step."""
+    """The learning rate the optimizer uses at its current step: at an epoch's end, the rate of
+    the next epoch's first step (0 after the cosine's last)."""
     rate = optimizer.learning_rate
     return float(keras.ops.convert_to_numpy(rate))
 

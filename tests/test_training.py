@@ -494,6 +494,18 @@ def test_fine_tuning_refuses_a_head_model_of_another_cache(untrained_head, tmp_p
     assert not (tmp_path / "out" / "model.keras").exists()
 
 
+def test_a_diverged_training_says_so_instead_of_scikit_learn_s_nan_traceback(tiny_cache, tmp_path):
+    # roc_auc_score's "Input contains NaN" ended the stage (helper-78).
+    from medclassify.errors import InputError
+
+    options = tiny_options()
+    options["finetune"].update(learning_rate=1e30, warmup_epochs=0)
+    with pytest.raises(InputError, match="training diverged at epoch 1") as error:
+        train_stage("finetune", *tiny_cache, tmp_path / "out", options=options, threads=1)
+    assert "lower the stage's learning_rate" in error.value.problems[0]
+    assert not (tmp_path / "out" / "model.keras").exists()
+
+
 def test_fine_tuning_from_a_damaged_head_model_names_the_file(untrained_head, tiny_cache, tmp_path):
     # Keras says "File not found" of a cut .keras zip; training passed that on (helper-71).
     from medclassify.errors import InputError
