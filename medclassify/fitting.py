@@ -44,8 +44,43 @@ def make_loss(train_options):
     """Cross-entropy on one-hot targets (label smoothing), or focal loss for imbalance: focal_loss."""
     smoothing = float(train_options["label_smoothing"])
     if train_options["imbalance"] == "focal_loss":
-        return keras.losses.CategoricalFocalCrossentropy(alpha=0.25, gamma=2.0, label_smoothing=smoothing)
+        return FocalLoss(alpha=0.25, gamma=2.0, label_smoothing=smoothing)
     return keras.losses.CategoricalCrossentropy(label_smoothing=smoothing)
+
+
+@keras.saving.register_keras_serializable(package="medclassify")
+class FocalLoss(keras.losses.Loss):
+    """Focal loss (Lin et al. 2017), ``-alpha (1 - p)^gamma log p`` summed over the (smoothed)
+    one-hot targets, as Keras's CategoricalFocalCrossentropy defines it, but taken from the logits
+    behind the softmax output where Keras keeps them, as its plain cross-entropy does: Keras's
+    focal loss clips the probabilities at 1e-7, which left an image the model was confidently
+    wrong about (a hard or mislabelled one) without any gradient."""
+
+    def __init__(self, alpha=0.25, gamma=2.0, label_smoothing=0.0, name="focal_loss", **kwargs):
+        super().__init__(name=name, **kwargs)
+        self.alpha, self.gamma, self.label_smoothing = float(alpha), float(gamma), float(label_smoothing)
+
+    def call(self, y_true, y_pred):
+        ops = keras.ops
+        y_true = ops.cast(y_true, y_pred.dtype)
+        if self.label_smoothing:
+            classes = ops.cast(ops.shape(y_true)[-1], y_pred.dtype)
+            y_true = y_true * (1.0 - self.label_smoothing) + self.label_smoothing / classes
+        log_p = _log_probabilities(y_pred)
+        weight = self.alpha * ops.power(1.0 - ops.exp(log_p), self.gamma)
+        return ops.sum(-weight * y_true * log_p, axis=-1)
+
+    def get_config(self):
+        return {**super().get_config(), "alpha": self.alpha, "gamma": self.gamma,
+                "label_smoothing": self.label_smoothing}
+
+
+def _log_probabilities(y_pred):
+    """log of softmax probabilities: from the logits Keras keeps on a softmax output, else clipped."""
+    logits = getattr(y_pred, "_keras_logits", None)
+    if logits is not None:
+        return keras.ops.log_softmax(keras.ops.cast(logits, y_pred.dtype), axis=-1)
+    return keras.ops.log(keras.ops.clip(y_pred, 1e-7, 1.0))
 
 
 def compile_model(model, stage, settings, train_options, steps_per_epoch, jit_compile):

@@ -125,6 +125,38 @@ def test_zscore_statistics_come_from_the_training_split(tmp_path):
     assert model.get_layer("zscore") is not None
 
 
+@pytest.mark.parametrize("graph", [False, True])
+def test_focal_loss_keeps_the_gradient_of_a_confidently_wrong_image(graph):
+    # Keras's focal loss clips probabilities at 1e-7: past a logit gap of about 16 the loss stuck at
+    # 4.03 and the gradient was exactly 0, while cross-entropy still pulled with -1 (helper-78).
+    import tensorflow as tf
+
+    from medclassify.fitting import make_loss
+
+    focal = make_loss({"imbalance": "focal_loss", "label_smoothing": 0.0})
+    softmax = keras.layers.Activation("softmax", dtype="float32")
+    target = tf.constant([[1.0, 0.0]])
+
+    def loss_and_gradient(logits):
+        with tf.GradientTape() as tape:
+            loss = focal(target, softmax(logits))
+        return loss, tape.gradient(loss, logits)
+
+    step = tf.function(loss_and_gradient) if graph else loss_and_gradient
+    for gap in (2.0, 10.0, 17.0, 25.0):
+        logits = tf.Variable([[0.0, gap]])
+        loss, gradient = step(logits)
+        p = 1 / (1 + np.exp(gap))
+        assert float(loss) == pytest.approx(-0.25 * (1 - p) ** 2 * np.log(p), rel=1e-5)  # Lin et al., alpha 0.25
+        assert gradient.numpy()[0, 0] < -0.17
+    # Where Keras's own focal loss is exact, the two agree, label smoothing included.
+    smoothed = make_loss({"imbalance": "focal_loss", "label_smoothing": 0.1})
+    keras_focal = keras.losses.CategoricalFocalCrossentropy(alpha=0.25, gamma=2.0, label_smoothing=0.1)
+    probabilities = softmax(tf.constant([[0.3, -1.2, 2.0], [1.0, 0.5, -0.5]]))
+    targets = tf.constant([[0.0, 0.0, 1.0], [0.0, 1.0, 0.0]])
+    assert float(smoothed(targets, probabilities)) == pytest.approx(float(keras_focal(targets, probabilities)), rel=1e-5)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("train", [{"imbalance": "class_weight", "label_smoothing": 0.1},
                                    {"imbalance": "balanced_sampling", "mixup": 0.2},
