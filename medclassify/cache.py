@@ -376,7 +376,7 @@ def _create_h5(path):
             f.flush()
         except (OSError, RuntimeError) as error:
             _close_after_failure(f)
-            if isinstance(error, OSError) or "write failed" in str(error):
+            if isinstance(error, OSError) or re.search(r"errno = \d+", str(error)):
                 raise _write_error(error, path) from None
             raise
         except BaseException:
@@ -386,7 +386,6 @@ def _create_h5(path):
             f.close()
         except (OSError, RuntimeError) as error:
             failures.append(error)
-        gc.collect()  # identifiers freed now report their failures now
     finally:
         sys.unraisablehook = previous_hook
     if failures:

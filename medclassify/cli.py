@@ -477,8 +477,11 @@ def main(argv=None):
     except OSError as error:
         if error.errno not in _WRITE_ENVIRONMENT_ERRORS:
             raise
-        # A full disk or a read-only folder is the machine's state, not a bug: one line, no traceback.
-        print(f"medclassify {args.command}: error: cannot write {error.filename}: {error.strerror}", file=sys.stderr)
+        # A full disk, a read-only folder or a file without permission is the machine's state, not a
+        # bug: one line, no traceback.
+        where = f" {error.filename}" if error.filename else ""
+        print(f"medclassify {args.command}: error: cannot read or write{where}: {error.strerror or error}",
+              file=sys.stderr)
         return EXIT_INPUT
     return EXIT_OK
 

@@ -449,6 +449,8 @@ def validated_manifest_problems(config, dataset, table):
     manifest without ``labels:`` shows its classes only here; and only the values show a subgroup
     column that names each image or patient. The split stage checks them, before any training.
     """
+    if not {"sample_id", "path", "label", "patient"} <= set(table.columns):
+        return []  # not a validated manifest: the split says which of its columns are missing
     problems = positive_class_problems(config, dataset, sorted(set(table["label"])))
     for problem in subgroup_column_problems(config, lambda name: list(table.columns) if name == dataset else None):
         problems.append(f"{problem}; validation leaves out columns that identify patients (its report "
@@ -457,7 +459,7 @@ def validated_manifest_problems(config, dataset, table):
     for column in sorted(subgroups & set(table.columns)):
         how = names_each_sample(table[column], table["sample_id"], table["path"], table["patient"])
         if how:
-            problems.append(f"evaluate.subgroups {column!r} {how} of dataset {dataset!r}: metrics.json and the report "
+            problems.append(f"evaluate.subgroups {column!r} of dataset {dataset!r} {how}: metrics.json and the report "
                             "would list them all")
     return problems
 

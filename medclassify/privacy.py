@@ -43,8 +43,9 @@ def names_each_sample(values, sample_ids, paths, patients):
     """How a subgroup column's ``values`` name each image or each patient, in words, or None.
 
     Metrics per value list every value in metrics.json and the report: a column that repeats the
-    image path or the sample id under another name, holds a different value in every row, or one
-    value per patient (a subject code beside the salted hash) would list every image or patient.
+    image path or the sample id under another name, holds a different value in every row, or
+    values most of which belong to one patient each (a subject or exam code beside the salted
+    hash, an exact age) would list every image or patient.
     """
     values, sample_ids, paths, patients = ([str(v).strip() for v in column]
                                            for column in (values, sample_ids, paths, patients))
@@ -54,10 +55,12 @@ def names_each_sample(values, sample_ids, paths, patients):
         return "repeats each row's image path"
     if len(set(values)) == len(values):
         return "holds a different value in every row"
-    value_of_patient = dict(zip(patients, values))
-    one_to_one = len(value_of_patient) == len(set(values)) == len(set(zip(patients, values)))
-    if len(value_of_patient) > 1 and one_to_one:
-        return "holds one value per patient"
+    patients_of = {}
+    for value, patient in zip(values, patients):
+        patients_of.setdefault(value, set()).add(patient)
+    own = sum(len(owners) == 1 for owners in patients_of.values())
+    if len(set(patients)) > 1 and own > len(patients_of) / 2:
+        return "gives most of its values to a single patient each (group them, as age groups)"
     return None
 
 

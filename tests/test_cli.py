@@ -296,5 +296,15 @@ def test_a_write_the_disk_refuses_is_one_line_not_a_traceback(tmp_path):
     result = subprocess.run([sys.executable, "-c", code, "split", str(manifest), "--out", str(tmp_path / "s.csv"),
                              "--report", str(tmp_path / "r.json")], capture_output=True, text=True)
     assert result.returncode == 1, result.stderr
-    assert result.stderr.startswith("medclassify split: error: cannot write ") and "File too large" in result.stderr
+    assert result.stderr.startswith("medclassify split: error: cannot read or write") and "File too large" in result.stderr
     assert "Traceback" not in result.stderr and not (tmp_path / "s.csv").exists()
+
+
+def test_split_of_a_manifest_lacking_columns_names_them_not_a_key_error(tmp_path):
+    # The evaluate-options check ran first and stopped with KeyError: 'label' (helper-77).
+    from splits_fixtures import random_manifest
+
+    manifest = tmp_path / "m.csv"
+    random_manifest(60).drop(columns=["label"]).to_csv(manifest, index=False)
+    result = run_cli("split", str(manifest), "--out", str(tmp_path / "s.csv"), "--report", str(tmp_path / "r.json"))
+    assert result.returncode == 1 and "missing column 'label'" in result.stderr, result.stderr

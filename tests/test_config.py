@@ -493,7 +493,7 @@ def test_a_subgroup_column_validation_left_out_is_refused_before_training():
 @pytest.mark.parametrize("values, how", [
     (["1.png", "2.png", "3.png", "4.png"], "repeats each row's image path"),
     (["k1", "k2", "k3", "k4"], "holds a different value in every row"),
-    (["s1", "s2", "s2", "s3"], "holds one value per patient"),
+    (["s1", "s2", "s2", "s3"], "gives most of its values to a single patient each (group them, as age groups)"),
 ])
 def test_a_subgroup_column_naming_each_image_or_patient_is_refused_by_its_values(values, how):
     # A column image_file = path put every test image's path in metrics.json and the report (helper-73).
@@ -505,7 +505,7 @@ def test_a_subgroup_column_naming_each_image_or_patient_is_refused_by_its_values
     table = pd.DataFrame({"sample_id": ["1.png", "2.png", "3.png", "4.png"], "path": ["1.png", "2.png", "3.png", "4.png"],
                           "label": ["a", "b", "a", "b"], "patient": ["h1", "h2", "h2", "h3"], "code": values})
     assert validated_manifest_problems(config, "own", table) == [
-        f"evaluate.subgroups 'code' {how} of dataset 'own': metrics.json and the report would list them all"]
+        f"evaluate.subgroups 'code' of dataset 'own' {how}: metrics.json and the report would list them all"]
     assert validated_manifest_problems(config, "own", table.assign(code=["x", "x", "x", "y"])) == []
 
 
