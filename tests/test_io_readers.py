@@ -367,6 +367,36 @@ def test_an_exif_orientation_turns_the_image_as_viewers_show_it(tmp_path, orient
     assert sample.meta.get("exif_orientation") == (None if orientation == 1 else orientation)
 
 
+def test_an_exif_orientation_turns_a_16_bit_colour_png_and_one_whose_exif_is_a_text_profile(tmp_path):
+    # Neither is decoded by Pillow here, and both were read unturned (helper-77).
+    exif = Image.new("L", (1, 1)).getexif()
+    exif[0x0112] = 6
+    pixels = RNG.integers(0, 65535, (11, 13, 3), dtype=np.uint16)
+    (tmp_path / "deep.png").write_bytes(encode_png(pixels, 16, 2, extra_chunks=[(b"eXIf", exif.tobytes())]))
+    sample = read_sample(tmp_path / "deep.png")
+    np.testing.assert_array_equal(sample.pixels, np.rot90(pixels, -1))
+    assert sample.meta["exif_orientation"] == 6 and sample.meta["bits"] == 16
+
+    grey = RNG.integers(0, 255, (20, 30), dtype=np.uint8)
+    raw = exif.tobytes().hex()
+    info = PngImagePlugin.PngInfo()
+    info.add_text("Raw profile type exif", f"\nexif\n{len(raw) // 2:8d}\n{raw}\n")  # as ImageMagick writes it
+    Image.fromarray(grey).save(tmp_path / "profile.png", pnginfo=info)
+    np.testing.assert_array_equal(read_sample(tmp_path / "profile.png").pixels[:, :, 0], np.rot90(grey, -1))
+
+
+def test_a_tiff_without_a_photometric_tag_is_refused_by_name(tmp_path):
+    # tifffile gives a bare 0 for the missing tag, and the reader stopped with an AttributeError (helper-77).
+    tifffile.imwrite(tmp_path / "a.tif", np.zeros((8, 8), np.uint8))
+    with tifffile.TiffFile(tmp_path / "a.tif") as tif:
+        offset = tif.pages[0].tags[262].offset
+    data = bytearray((tmp_path / "a.tif").read_bytes())
+    struct.pack_into("<H", data, offset, 65000)  # PhotometricInterpretation becomes a private tag
+    (tmp_path / "b.tif").write_bytes(bytes(data))
+    with pytest.raises(ReadError, match="unsupported_image: TIFF without a PhotometricInterpretation tag"):
+        read_sample(tmp_path / "b.tif")
+
+
 @pytest.mark.parametrize("mode, photometric", [("YCbCr", "ycbcr"), ("LAB", "cielab")])
 def test_a_tiff_of_ycbcr_or_lab_samples_is_refused_not_read_as_rgb(tmp_path, mode, photometric):
     # tifffile returns the stored samples: red [200, 30, 30] came out [80, 99, 213] (helper-76).

@@ -1,5 +1,6 @@
 """PNG, JPEG and BMP through Pillow; TIFF through tifffile. The native dtype (uint8, uint16…) is kept."""
 
+import io
 import logging
 import struct
 import warnings
@@ -15,6 +16,8 @@ from .channels import is_grey
 # not catch_warnings per image: that swaps the process's filters, and under threads it unsilenced a
 # DICOM read's warnings, which carry the file's values (see dicom._silencing_value_warnings).
 warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
+# A damaged EXIF block is metadata: Pillow's warning of it, once per image, would fill the logs.
+warnings.filterwarnings("ignore", message="Corrupt EXIF data", category=UserWarning)
 # tifffile logs each tag of a damaged file that it cannot read; the file's ReadError tells the
 # failure once. A handler of its own keeps Python's last-resort handler from printing them.
 logging.getLogger("tifffile").addHandler(logging.NullHandler())
@@ -54,8 +57,12 @@ def read_pillow(source, fmt, max_pixels):
             from .png16 import decode_png16
 
             array = decode_png16(source)
+            orientation = _png_exif_orientation(source)
+            array = np.ascontiguousarray(_ORIENTED[orientation](array)) if orientation in _ORIENTED else array
             photometric = {2: "rgb", 4: "grey", 6: "rgba"}[colour_type]
             meta = {"format": "png", "bits": 16, "photometric": photometric, "original_shape": list(array.shape)}
+            if orientation in _ORIENTED:
+                meta["exif_orientation"] = orientation
             return array, meta
         if png_inflate.available():
             image = png_inflate.decode_png(read_bytes(source))
@@ -87,6 +94,22 @@ def _as_shown(image):
     image = ImageOps.exif_transpose(image)
     image.info.setdefault("bits", info.get("bits"))
     return image, orientation
+
+
+# EXIF Orientation 2 to 8 on an (H, W[, C]) array, as PIL.ImageOps.exif_transpose turns an image.
+_ORIENTED = {2: lambda a: a[:, ::-1], 3: lambda a: a[::-1, ::-1], 4: lambda a: a[::-1],
+             5: lambda a: a.swapaxes(0, 1), 6: lambda a: np.rot90(a, -1), 7: lambda a: a[::-1, ::-1].swapaxes(0, 1),
+             8: lambda a: np.rot90(a, 1)}
+
+
+def _png_exif_orientation(source):
+    """The EXIF Orientation of a PNG decoded without Pillow: 1 unless it holds EXIF (an eXIf
+    chunk, or ImageMagick's text profile), which Pillow then reads."""
+    data = read_bytes(source)
+    if b"eXIf" not in data and png_inflate.EXIF_TEXT_KEY not in data:
+        return 1
+    with Image.open(io.BytesIO(data), formats=["PNG"]) as image:
+        return image.getexif().get(ExifTags.Base.Orientation, 1)
 
 
 def _array_and_meta(image, fmt, orientation=1):
@@ -154,7 +177,8 @@ def read_tiff(source, max_pixels):
             array = page.asarray()
             n_pages = len(tif.pages)
             bits = int(page.bitspersample)
-            photometric = page.photometric.name.lower() if page.photometric is not None else None
+            # tifffile gives a bare 0 where the file lacks the tag: no name, no photometric.
+            photometric = getattr(page.photometric, "name", "").lower() or None
             jpeg = page.compression is not None and "JPEG" in page.compression.name
             colormap = page.colormap
             extrasamples = tuple(int(code) for code in page.extrasamples)
@@ -169,6 +193,9 @@ def read_tiff(source, max_pixels):
     array = np.squeeze(array) if array.ndim > 3 else array
     if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[2] > 4):
         raise ReadError("unsupported_image", f"TIFF page of shape {array.shape} (axes {axes}) is not a 2D image")
+    if photometric is None:
+        raise ReadError("unsupported_image", "TIFF without a PhotometricInterpretation tag, which tells grey from "
+                                             "white-is-zero and RGB: save it with one")
     if photometric not in _TIFF_PHOTOMETRICS and not (photometric == "ycbcr" and jpeg):
         # tifffile returns such samples as stored: YCbCr or CIELab values taken for R, G and B.
         # (Inside JPEG compression the codec converts YCbCr to RGB.)
