@@ -305,8 +305,9 @@ def _decode_batch(job, items):
             source_shape[i] = hwc[:3]
             intensity[i] = _intensity_sample(pixels)
         except Exception as error:  # any failure to decode a user's file is reported, not raised
+            # A ReadError's text starts with its code, which the problem holds apart.
             code = getattr(error, "code", type(error).__name__)
-            problems.append((position, rel_path, code, str(error)))
+            problems.append((position, rel_path, code, getattr(error, "message", str(error))))
     return images, source_shape, intensity, problems
 
 

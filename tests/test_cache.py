@@ -668,6 +668,7 @@ def test_images_changed_or_broken_since_validation_are_listed(dataset, tmp_path)
     assert f"row 3 ({rows[2]['path']}): content_changed" in text
     assert f"row 5 ({rows[4]['path']})" in text
     assert f"row 1 ({rows[0]['path']})" in text
+    assert "undecodable: undecodable" not in text and "unreadable_file: unreadable_file" not in text  # helper-77
     assert not out.exists() and not list(out.parent.iterdir())
 
 
