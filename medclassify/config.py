@@ -221,7 +221,7 @@ def _error_text(error):
     types = error.validator_value if isinstance(error.validator_value, list) else [error.validator_value]
     if error.validator == "type" and "string" in types and isinstance(error.instance, (bool, int, float)):
         # labels [yes, no] read as booleans, a positive class 0 as a number.
-        return f"{error.message}: YAML read it as {_kind_of(error.instance)}; quote it in the config file"
+        return f"{error.message}: it was read as {_kind_of(error.instance)}; quote it to make it text"
     if error.validator not in ("oneOf", "anyOf"):
         return error.message
     forms = " or ".join(_form_of(alternative) for alternative in error.validator_value)

@@ -689,9 +689,9 @@ def test_a_number_or_boolean_where_text_is_wanted_says_to_quote_it():
         load_config(overrides={"evaluate": {"positive_class": 0},
                                "datasets": {"d": {"manifest": "m.csv", "labels": [True, "no"]}}})
     assert error.value.problems == [
-        "datasets.d.labels.0: True is not of type 'string': YAML read it as a boolean; quote it in the config file",
-        "evaluate.positive_class: 0 is not of type 'string', 'null': YAML read it as a number; quote it in the "
-        "config file"]
+        "datasets.d.labels.0: True is not of type 'string': it was read as a boolean; quote it to make it text",
+        "evaluate.positive_class: 0 is not of type 'string', 'null': it was read as a number; quote it to make it "
+        "text"]
 
 
 def test_options_built_by_hand_read_their_values_as_a_config_file_does():
