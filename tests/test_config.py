@@ -524,6 +524,12 @@ def test_the_split_stage_checks_the_positive_class_against_the_validated_classes
         "['benign', 'tumour']"]
 
 
+# Each refused when the config is read, as one problem naming the key:
+# - a top-level value of the wrong type: the checks that read resolved values (seeds, fractions,
+#   windows) ran on values the schema had refused, and stopped with a TypeError (helper-70);
+# - a key of several forms: "is not valid under any of the given schemas" said nothing of what is (helper-70);
+# - values that failed late or silently: a capital Imagenet was a missing file of rule train_head,
+#   dropout 1.0 zeroed every feature, demo with medmnist trained on the demo's images (helper-70).
 @pytest.mark.parametrize("overrides, problem", [
     ({"train": {"seed": None}}, "train.seed: None is not of type 'integer'"),
     ({"train": {"backbone": ["resnet18"]}}, "train.backbone: ['resnet18'] is not of type 'string'"),
@@ -533,16 +539,6 @@ def test_the_split_stage_checks_the_positive_class_against_the_validated_classes
     ({"preprocess": {"intensity": "window", "window": {"center": 40, "width": "wide"}}},
      "preprocess.window: {'center': 40, 'width': 'wide'} is not null or {center, width} "
      "(width: 'wide' is not of type 'number')"),
-])
-def test_a_top_level_value_of_the_wrong_type_is_one_problem_not_a_traceback(overrides, problem):
-    # The checks that read resolved values (seeds, fractions, windows) ran on values the schema had
-    # refused, and stopped with a TypeError (helper-70).
-    with pytest.raises(InputError) as error:
-        load_config(overrides=overrides)
-    assert error.value.problems == [problem]
-
-
-@pytest.mark.parametrize("overrides, problem", [
     ({"finetune": {"unfreeze": "top"}}, "finetune.unfreeze: 'top' is not an integer >= 0 or 'all'"),
     ({"io": {"nifti_slice": "mid"}}, "io.nifti_slice: 'mid' is not an integer >= 0 or one of middle, all"),
     # DICOM's LINEAR window refused every image of a width below 1, each as undecodable (helper-74).
@@ -553,9 +549,14 @@ def test_a_top_level_value_of_the_wrong_type_is_one_problem_not_a_traceback(over
      "io.dicom_window: {'centre': 40, 'width': 400} is not one of file, none, ct_lung, ct_mediastinum, ct_bone, "
      "ct_brain, ct_abdomen or {center, width} (Additional properties are not allowed ('centre' "
      "was unexpected))"),
+    ({"train": {"weights": "Imagenet"}},
+     "runs.baseline: train.weights 'Imagenet': write 'imagenet' in lower case (any other value is the path of a "
+     ".weights.h5 file)"),
+    ({"head": {"dropout": 1.0}}, "head.dropout: 1.0 is greater than or equal to the maximum of 1"),
+    ({"datasets": {"x": {"demo": True, "medmnist": "breastmnist"}}},
+     "datasets.x: demo true and medmnist 'breastmnist' name two sources; keep one"),
 ])
-def test_a_value_of_a_key_with_several_forms_is_told_the_forms(overrides, problem):
-    # "is not valid under any of the given schemas" said nothing of what is (helper-70).
+def test_a_config_value_that_cannot_work_is_one_problem_naming_the_key(overrides, problem):
     with pytest.raises(InputError) as error:
         load_config(overrides=overrides)
     assert error.value.problems == [problem]
@@ -613,22 +614,6 @@ def test_a_subgroup_of_a_column_naming_each_image_or_patient_is_refused():
         "report would list every one of them",
         "runs.mine: evaluate.subgroups ['patient'] name each image or patient: metrics.json and the report would "
         "list every one of them"]
-
-
-@pytest.mark.parametrize("overrides, problem", [
-    ({"train": {"weights": "Imagenet"}},
-     "runs.baseline: train.weights 'Imagenet': write 'imagenet' in lower case (any other value is the path of a "
-     ".weights.h5 file)"),
-    ({"head": {"dropout": 1.0}}, "head.dropout: 1.0 is greater than or equal to the maximum of 1"),
-    ({"datasets": {"x": {"demo": True, "medmnist": "breastmnist"}}},
-     "datasets.x: demo true and medmnist 'breastmnist' name two sources; keep one"),
-])
-def test_values_that_would_fail_late_or_silently_are_refused_when_read(overrides, problem):
-    # A capital Imagenet was a missing file of rule train_head, dropout 1.0 zeroed every feature,
-    # demo with medmnist trained on the demo's synthetic images (helper-70).
-    with pytest.raises(InputError) as error:
-        load_config(overrides=overrides)
-    assert error.value.problems == [problem]
 
 
 def test_a_medmnist_dataset_numbers_its_classes_as_medmnist_does():
