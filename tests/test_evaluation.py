@@ -144,13 +144,16 @@ def test_a_subgroup_naming_each_image_is_refused_by_evaluate(binary_run, tmp_pat
 
     folder, _, _ = binary_run
     manifest = pd.read_csv(folder / "manifest.validated.csv", dtype=str, keep_default_na=False)
-    manifest.assign(image_file=manifest["path"]).to_csv(tmp_path / "m.csv", index=False)
+    # A subgroup added after the split ran reaches only evaluate, which checks the values too (helper-80).
+    exams = [f"E{k}" for k in range(len(manifest))]
+    manifest.assign(image_file=manifest["path"], exam=exams).to_csv(tmp_path / "m.csv", index=False)
     with pytest.raises(InputError) as error:
         run_evaluation(folder / "model.keras", folder / "cache.h5", folder / "splits.csv", tmp_path / "m.csv",
-                       tmp_path / "out", options=_options(subgroups=["site", "path", "image_file"], bootstrap=0),
-                       histories={})
-    assert error.value.problems == ["evaluate.subgroups 'path': names each image or patient",
-                                    "evaluate.subgroups 'image_file': repeats each row's image path"]
+                       tmp_path / "out", options=_options(subgroups=["site", "path", "image_file", "exam"],
+                                                          bootstrap=0), histories={})
+    assert error.value.problems == ["evaluate.subgroups 'path' names each image or patient",
+                                    "evaluate.subgroups 'image_file' repeats each row's image path",
+                                    "evaluate.subgroups 'exam' holds a different value in every row"]
     assert not (tmp_path / "out" / "metrics.json").exists()
 
 

@@ -11,7 +11,7 @@ from ..errors import InputError
 from ..inference import (FLIPS, IDENTITY, affine_views, cache_reader, check_finite_probabilities,
                          predict_probabilities)
 from ..model_info import model_json_beside, weights_digest
-from ..privacy import PER_SAMPLE_COLUMNS
+from ..privacy import PER_SAMPLE_COLUMNS, names_each_sample
 from ..splits import read_splits_file, split_sample_ids
 from . import plots
 from .bootstrap import bootstrap_ci, bootstrap_indices
@@ -158,16 +158,21 @@ def subgroup_columns_of(evaluate):
     return list(dict.fromkeys(["modality", *evaluate.get("subgroups", [])]))
 
 
-def path_subgroup_problems(rows, columns):
-    """Subgroup ``columns`` that name each image of ``rows`` (validated-manifest rows indexed by
-    sample id): one of ``privacy.PER_SAMPLE_COLUMNS``, or a copy of the path. The workflow's split
-    stage judges the whole manifest more broadly (``privacy.names_each_sample``); this catches a
-    config given to ``medclassify evaluate`` by hand."""
-    paths = rows["path"].astype(str).tolist()
-    return [f"evaluate.subgroups {column!r}: " + ("names each image or patient" if column in PER_SAMPLE_COLUMNS
-                                                   else "repeats each row's image path")
-            for column in columns
-            if column in PER_SAMPLE_COLUMNS or rows[column].astype(str).str.strip().tolist() in (paths, list(rows.index))]
+def subgroup_naming_problems(manifest_path, columns):
+    """Subgroup ``columns`` that name each image or patient of the validated manifest: one of
+    ``privacy.PER_SAMPLE_COLUMNS``, or values that ``privacy.names_each_sample`` judges to. The
+    split stage refuses them too, but a subgroup added after the split ran reaches only this stage.
+    """
+    table = pd.read_csv(manifest_path, dtype=str, keep_default_na=False)
+    problems = []
+    for column in columns:
+        if column in PER_SAMPLE_COLUMNS:
+            problems.append(f"evaluate.subgroups {column!r} names each image or patient")
+        elif column in table.columns and {"sample_id", "path", "patient"} <= set(table.columns):
+            how = names_each_sample(table[column], table["sample_id"], table["path"], table["patient"])
+            if how:
+                problems.append(f"evaluate.subgroups {column!r} {how}")
+    return problems
 
 
 def validated_rows_of(manifest_path, sample_ids, columns):
@@ -368,10 +373,10 @@ def run_evaluation(model_path, cache_path, splits_path, manifest_path, out_dir, 
     problems = [f"{splits_path}: the {name} split is empty" for name, ids in (("val", val_ids), ("test", test_ids)) if not ids]
     if problems:
         raise InputError("cannot evaluate", problems)
-    manifest = validated_rows_of(manifest_path, val_ids + test_ids, subgroup_columns)
-    problems = path_subgroup_problems(manifest, evaluate["subgroups"])
+    problems = subgroup_naming_problems(manifest_path, evaluate["subgroups"])
     if problems:
-        raise InputError("evaluate.subgroups would list image paths in metrics.json", problems)
+        raise InputError("evaluate.subgroups would list every image or patient in metrics.json", problems)
+    manifest = validated_rows_of(manifest_path, val_ids + test_ids, subgroup_columns)
     patients_val = manifest.loc[val_ids, "patient"].to_numpy()
     patients_test = manifest.loc[test_ids, "patient"].to_numpy()
 
