@@ -2,7 +2,8 @@
 
 Each subcommand calls the same library function as the workflow rule of that stage, so a stage
 can be run, debugged or scripted by hand. Exit status: 0 on success, 1 on invalid input (the
-message names the problem), 2 on usage errors.
+message names the problem) or on a file the system refuses to read or write (full disk,
+read-only folder, permission: one line naming the file), 2 on usage errors.
 """
 
 import argparse
@@ -40,10 +41,15 @@ def _load_config(args):
 
 def _parse_overrides(text):
     """The ``--set`` JSON object; a UsageError (exit 2) when it is not one."""
+    from .config import json_object_noting_duplicates
+
+    duplicates = []
     try:
-        overrides = json.loads(text)
+        overrides = json.loads(text, object_pairs_hook=json_object_noting_duplicates(duplicates))
     except json.JSONDecodeError as error:
         raise UsageError(f"--set {text!r} is not valid JSON ({error})") from None
+    if duplicates:
+        raise UsageError(f"--set {text!r}: {'; '.join(duplicates)}")
     if not isinstance(overrides, dict):
         raise UsageError(f"--set {text!r} must be a JSON object such as '{{\"split\": {{\"seed\": 1}}}}', "
                          f"not a {type(overrides).__name__}")
@@ -71,7 +77,7 @@ def _require_file_targets(*paths):
 
 
 def _add_config_options(parser, per_dataset=False):
-    parser.add_argument("--config", type=Path, help="YAML config file (defaults apply for every key it leaves out)")
+    parser.add_argument("--config", type=Path, help="YAML or JSON config file (defaults apply for every key it leaves out)")
     parser.add_argument("--set", metavar="JSON", help='config overrides as JSON, e.g. \'{"preprocess": {"size": [32, 32]}}\'')
     if per_dataset:
         parser.add_argument("--dataset", help="dataset of the config whose overrides (io, preprocess, validation, "

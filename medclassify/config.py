@@ -496,7 +496,8 @@ class _KeysOnceLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep=deep)
 
 
-def _json_object_noting_duplicates(duplicates):
+def json_object_noting_duplicates(duplicates):
+    """A json ``object_pairs_hook`` that notes in ``duplicates`` each key an object holds twice."""
     def object_from_pairs(pairs):
         keys = [key for key, _ in pairs]
         duplicates.extend(f"key {key!r} is written twice in one object; only the last would count"
@@ -510,7 +511,7 @@ def _read_config_text(f, path):
     config file (tabs indent JSON, not YAML). InputError listing every key written twice."""
     text, duplicates = f.read(), []
     try:
-        config = json.loads(text, object_pairs_hook=_json_object_noting_duplicates(duplicates))
+        config = json.loads(text, object_pairs_hook=json_object_noting_duplicates(duplicates))
     except ValueError:
         f.seek(0)  # the file itself, not its text: PyYAML's messages then name it
         loader = _KeysOnceLoader(f)
@@ -778,6 +779,8 @@ def schema_reference(schema=None):
             else:
                 default = json.dumps(sub.get("default"))
                 rows.append((path, default, " ".join(sub.get("description", "").split())))
+                if isinstance(sub.get("additionalProperties"), dict):  # datasets: the keys of each entry
+                    walk(sub, path + ".")
         entries = node.get("additionalProperties")
         if isinstance(entries, dict) and "properties" in entries:
             walk(entries, f"{prefix}<name>.")

@@ -1,4 +1,5 @@
-"""Patient pseudonymisation."""
+"""Patient pseudonymisation, and what must not reach the outputs beside it: identifier columns,
+and subgroup columns that would list every image or patient."""
 
 import hashlib
 import os

@@ -86,6 +86,7 @@ def test_split_refuses_evaluate_options_that_the_validated_manifest_does_not_fit
 @pytest.mark.parametrize("overrides, expected", [
     ("{bad", "is not valid JSON"),
     ("[1]", "must be a JSON object"),
+    ('{"train": {"seed": 1}, "train": {"ensemble": 1}}', "key 'train' is written twice in one object"),  # helper-80
 ])
 def test_set_that_is_not_a_json_object_is_a_usage_error(tmp_path, overrides, expected, capsys):
     status = main(["split", str(tmp_path / "m.csv"), "--out", str(tmp_path / "s.csv"),

@@ -1,6 +1,8 @@
 """DICOM through pydicom: Modality LUT, then a VOI window, MONOCHROME1 inverted, multi-frame.
 
-Output is float32: in [0, 1] after a window or VOI LUT, otherwise in modality units (HU for CT).
+Output is float32: in [0, 1] after a window or VOI LUT, otherwise in modality units (HU for CT),
+except MONOCHROME1, whose values are then mirrored within their range (``meta["units"]`` ends
+", mirrored"; ``preprocess.intensity: window`` refuses them as ``mirrored_units``).
 Colour images (RGB, YBR converted to RGB, PALETTE COLOR expanded) are scaled to [0, 1].
 No identifying attribute (medclassify.privacy.IDENTIFYING_DICOM_KEYWORDS) is ever copied into
 metadata or a message.

@@ -5,7 +5,8 @@ shows it (radiological convention): rows run along the second remaining axis wit
 superior at the top, columns along the first with the patient's right, or anterior, on the left
 (``slice.T[::-1, ::-1]``). So a NIfTI converted from DICOM (dcm2niix) gives the DICOM's picture,
 and a model trained on one format sees the other as it saw its training images. A 2D image is
-reoriented as a volume of one slice. 4D volumes need ``io.nifti_volume``; a 4D file with a
+reoriented as a volume of one slice, and a volume one voxel thick along an axis is that one slice
+(across that axis, whatever ``io.nifti_axis`` says). 4D volumes need ``io.nifti_volume``; a 4D file with a
 single volume is treated as 3D.
 """
 
