@@ -36,7 +36,7 @@ def atomic_path(path, suffix=".tmp"):
         os.replace(tmp, path)
         fsync_directory(path.parent)
     except OSError as error:
-        if error.filename is None or Path(error.filename) != tmp:
+        if not isinstance(error.filename, (str, os.PathLike)) or Path(error.filename) != tmp:
             raise
         # The user asked for path; the temporary name means nothing to them.
         raise OSError(error.errno, error.strerror, str(path)) from error

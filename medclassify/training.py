@@ -162,9 +162,9 @@ class ValidationMetrics(keras.callbacks.Callback):
     ``select_epoch: lowest_val_loss`` picks the same epoch online and offline.
     """
 
-    def __init__(self, dataset, labels, record_dir=None):
+    def __init__(self, dataset, labels, record_dir=None, stage="finetune"):
         super().__init__()
-        self.dataset, self.labels = dataset, np.asarray(labels)
+        self.dataset, self.labels, self.stage = dataset, np.asarray(labels), stage
         self.record_dir = None if record_dir is None else Path(record_dir)
         if self.record_dir is not None:
             _save_array(self.record_dir / "labels.npy", self.labels)
@@ -173,8 +173,10 @@ class ValidationMetrics(keras.callbacks.Callback):
         logs = logs if logs is not None else {}
         probabilities = self.model.predict(self.dataset, verbose=0).astype("float64")
         if not np.isfinite(probabilities).all():
-            raise InputError(f"training diverged at epoch {epoch + 1}: the model's validation probabilities are "
-                             "not finite numbers", ["lower the stage's learning_rate (or raise warmup_epochs)"])
+            remedy = (f"lower {self.stage}.learning_rate" +
+                      (" or raise finetune.warmup_epochs" if self.stage == "finetune" else ""))
+            raise InputError(f"the {self.stage} stage diverged at epoch {epoch + 1}: the model's validation "
+                             "probabilities are not finite numbers", [remedy])
         if self.record_dir is not None:
             _save_array(self.record_dir / f"epoch_{epoch + 1:03d}.npy", probabilities)
         logs["val_loss"] = crossentropy(self.labels, probabilities)
@@ -540,7 +542,7 @@ def _train_model(stage, cache_path, splits_path, out_dir, *, options, fold=None,
                 average.restore(saved_training_weights, state["average_updates"])
         # The average (when on) is swapped in first, so that validation and checkpoints see it.
         callbacks = [*([average] if average is not None else []),
-                     ValidationMetrics(val_dataset, val_labels, record_dir),
+                     ValidationMetrics(val_dataset, val_labels, record_dir, stage),
                      EpochEnd(checkpoint, state, settings["patience"], settings["select_epoch"], average,
                               settings["epochs"]),
                      TensorBoardScalars(out_dir / "tensorboard")]

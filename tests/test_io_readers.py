@@ -385,6 +385,15 @@ def test_an_exif_orientation_turns_a_16_bit_colour_png_and_one_whose_exif_is_a_t
     np.testing.assert_array_equal(read_sample(tmp_path / "profile.png").pixels[:, :, 0], np.rot90(grey, -1))
 
 
+def test_a_16_bit_colour_png_with_damaged_exif_reads_as_stored(tmp_path):
+    # The orientation's own reading raised a SyntaxError, and a readable image became undecodable (helper-79).
+    pixels = RNG.integers(0, 65535, (6, 9, 3), dtype=np.uint16)
+    (tmp_path / "deep.png").write_bytes(encode_png(pixels, 16, 2, extra_chunks=[(b"eXIf", b"not exif at all")]))
+    sample = read_sample(tmp_path / "deep.png")
+    np.testing.assert_array_equal(sample.pixels, pixels)
+    assert "exif_orientation" not in sample.meta
+
+
 def test_a_tiff_without_a_photometric_tag_is_refused_by_name(tmp_path):
     # tifffile gives a bare 0 for the missing tag, and the reader stopped with an AttributeError (helper-77).
     tifffile.imwrite(tmp_path / "a.tif", np.zeros((8, 8), np.uint8))
@@ -395,6 +404,11 @@ def test_a_tiff_without_a_photometric_tag_is_refused_by_name(tmp_path):
     (tmp_path / "b.tif").write_bytes(bytes(data))
     with pytest.raises(ReadError, match="unsupported_image: TIFF without a PhotometricInterpretation tag"):
         read_sample(tmp_path / "b.tif")
+    struct.pack_into("<H", data, offset, 262)  # the tag again, with a value TIFF does not define
+    struct.pack_into("<H", data, offset + 8, 65000)
+    (tmp_path / "c.tif").write_bytes(bytes(data))
+    with pytest.raises(ReadError, match="unsupported_image: TIFF of unknown PhotometricInterpretation 65000"):
+        read_sample(tmp_path / "c.tif")
 
 
 @pytest.mark.parametrize("mode, photometric", [("YCbCr", "ycbcr"), ("LAB", "cielab")])

@@ -16,8 +16,9 @@ from .channels import is_grey
 # not catch_warnings per image: that swaps the process's filters, and under threads it unsilenced a
 # DICOM read's warnings, which carry the file's values (see dicom._silencing_value_warnings).
 warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
-# A damaged EXIF block is metadata: Pillow's warning of it, once per image, would fill the logs.
-warnings.filterwarnings("ignore", message="Corrupt EXIF data", category=UserWarning)
+# A damaged EXIF block is metadata: Pillow's warnings of it, per image and per tag, would fill the logs.
+warnings.filterwarnings("ignore", category=UserWarning,
+                        message=r"(Possibly corrupt EXIF|Corrupt EXIF|Tag data larger than file|Tag offset too large)")
 # tifffile logs each tag of a damaged file that it cannot read; the file's ReadError tells the
 # failure once. A handler of its own keeps Python's last-resort handler from printing them.
 logging.getLogger("tifffile").addHandler(logging.NullHandler())
@@ -108,8 +109,11 @@ def _png_exif_orientation(source):
     data = read_bytes(source)
     if b"eXIf" not in data and png_inflate.EXIF_TEXT_KEY not in data:
         return 1
-    with Image.open(io.BytesIO(data), formats=["PNG"]) as image:
-        return image.getexif().get(ExifTags.Base.Orientation, 1)
+    try:
+        with Image.open(io.BytesIO(data), formats=["PNG"]) as image:
+            return image.getexif().get(ExifTags.Base.Orientation, 1)
+    except Exception:  # noqa: BLE001 - damaged EXIF is metadata: the image, decoded already, stands as stored
+        return 1
 
 
 def _array_and_meta(image, fmt, orientation=1):
@@ -177,8 +181,9 @@ def read_tiff(source, max_pixels):
             array = page.asarray()
             n_pages = len(tif.pages)
             bits = int(page.bitspersample)
-            # tifffile gives a bare 0 where the file lacks the tag: no name, no photometric.
+            # tifffile gives a bare number where the tag is missing (0) or holds an unknown value.
             photometric = getattr(page.photometric, "name", "").lower() or None
+            unknown_photometric = page.tags.valueof(262) if photometric is None else None
             jpeg = page.compression is not None and "JPEG" in page.compression.name
             colormap = page.colormap
             extrasamples = tuple(int(code) for code in page.extrasamples)
@@ -193,6 +198,9 @@ def read_tiff(source, max_pixels):
     array = np.squeeze(array) if array.ndim > 3 else array
     if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[2] > 4):
         raise ReadError("unsupported_image", f"TIFF page of shape {array.shape} (axes {axes}) is not a 2D image")
+    if photometric is None and unknown_photometric is not None:
+        raise ReadError("unsupported_image", f"TIFF of unknown PhotometricInterpretation {unknown_photometric}: save it "
+                                             "as grey or RGB")
     if photometric is None:
         raise ReadError("unsupported_image", "TIFF without a PhotometricInterpretation tag, which tells grey from "
                                              "white-is-zero and RGB: save it with one")

@@ -20,6 +20,9 @@ __all__ = [
 # A fine-tuned model's compile config names its learning-rate schedule: registered here with the
 # layers, it loads wherever they do. (pyflakes reads a plain import of it as unused.)
 importlib.import_module("..schedules", __package__)
+# So does its loss, where it is ours (train.imbalance focal_loss): a saved model then loads with
+# keras.models.load_model, compiled, wherever medclassify.models is imported.
+importlib.import_module("..fitting", __package__)
 
 
 def load_model(model_path):
