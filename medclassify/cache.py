@@ -371,7 +371,10 @@ def _create_h5(path):
 
     sys.unraisablehook = note_h5py_failure
     try:
-        f = _new_h5(path)
+        try:
+            f = _new_h5(path)
+        except OSError as error:  # a full disk refuses even the file's first bytes
+            raise _write_error(error, path) from None
         try:
             yield f
             f.flush()
@@ -412,6 +415,7 @@ def _write_error(error, path):
 
 
 def _new_h5(path):
+    """Open a new HDF5 file with timestamps off everywhere (byte-reproducible output)."""
     fcpl = h5py.h5p.create(h5py.h5p.FILE_CREATE)
     fcpl.set_obj_track_times(False)
     fapl = h5py.h5p.create(h5py.h5p.FILE_ACCESS)
