@@ -719,12 +719,12 @@ def _without_identifier_columns(columns, rows, problems):
     or by value: equal to the row's patient field wherever it is filled, with two values at least.
     """
     kept = []
+    patients = [fields.get("patient", "").strip() for _, fields in rows]
     for name in columns:
         if name == "split":
             kept.append(name)
             continue
         values = [fields.get(name, "").strip() for _, fields in rows]
-        patients = [fields.get("patient", "").strip() for _, fields in rows]
         # Blanks allowed (an MRN missing for some rows is still an MRN column), but two values at
         # least: a sparse column whose one value happens to equal a patient id is no copy of it.
         filled = [(value, patient) for value, patient in zip(values, patients) if value]
@@ -1106,7 +1106,7 @@ def _finish(manifest, root_real, problems, records, extra_columns, options, labe
         class_counts[record["label"]] += len(record["samples"])
     # Every label seen, rows with errors included: a class all of whose rows drop_invalid dropped
     # must fail as a class without images, not vanish and leave a classifier of fewer classes.
-    classes = list(labels) if labels else sorted(set(class_counts) | {r["label"] for r in records if r["label"]})
+    classes = list(labels) if labels else sorted({r["label"] for r in records if r["label"]})
     # Rows with errors count apart: "class 'a' has 0 image(s)" for a class all of whose rows are
     # named above as erroneous would send the user looking for missing rows.
     in_error_rows = collections.Counter()
