@@ -213,16 +213,14 @@ def _add_split(sub):
 def _cmd_split(args):
     import pandas as pd
 
-    from .config import validated_manifest_problems
+    from .config import check_validated_manifest_fits
     from .splits import make_splits, write_split_outputs
 
     _require_files(args.manifest)
     _require_file_targets(args.out, args.report)
     options = _dataset_options(args)
     table = pd.read_csv(args.manifest, dtype=str, keep_default_na=False)
-    problems = validated_manifest_problems(args.loaded_config, _dataset_name(args), table)
-    if problems:
-        raise InputError("evaluate options that the validated manifest does not fit", problems)
+    check_validated_manifest_fits(args.loaded_config, _dataset_name(args), table)
     splits, report = make_splits(table, options["split"])
     write_split_outputs(splits, report, args.out, args.report, args.report.with_suffix(".png"))
     print(f"wrote {args.out} and {args.report}")

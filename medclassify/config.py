@@ -457,11 +457,18 @@ def validated_manifest_problems(config, dataset, table):
                         "lists them as identifier_column)")
     subgroups = {column for run in _entries(config, "runs") for column in run_config(config, run)["evaluate"]["subgroups"]}
     for column in sorted(subgroups & set(table.columns)):
-        how = names_each_sample(table[column], table["sample_id"], table["path"], table["patient"])
+        how = names_each_sample(table, column)
         if how:
             problems.append(f"evaluate.subgroups {column!r} of dataset {dataset!r} {how}: metrics.json and the report "
                             "would list them all")
     return problems
+
+
+def check_validated_manifest_fits(config, dataset, table):
+    """InputError listing :func:`validated_manifest_problems`, for the split stage to refuse them."""
+    problems = validated_manifest_problems(config, dataset, table)
+    if problems:
+        raise InputError("evaluate options that the validated manifest does not fit", problems)
 
 
 def load_config(path=None, overrides=None):

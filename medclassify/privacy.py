@@ -40,16 +40,19 @@ IDENTIFIER_COLUMNS = frozenset({
 PER_SAMPLE_COLUMNS = ("sample_id", "path", "patient", "content_hash")
 
 
-def names_each_sample(values, sample_ids, paths, patients):
-    """How a subgroup column's ``values`` name each image or each patient, in words, or None.
+def names_each_sample(table, column):
+    """How ``column`` of the validated manifest ``table`` names each image or each patient, in
+    words, or None (also where the table lacks the column or the sample_id, path and patient ones).
 
     Metrics per value list every value in metrics.json and the report: a column that repeats the
     image path or the sample id under another name, holds a different value in every row, or
     values most of which belong to one patient each (a subject or exam code beside the salted
     hash, an exact age) would list every image or patient.
     """
-    values, sample_ids, paths, patients = ([str(v).strip() for v in column]
-                                           for column in (values, sample_ids, paths, patients))
+    if not {column, "sample_id", "path", "patient"} <= set(table.columns):
+        return None
+    values, sample_ids, paths, patients = ([str(v).strip() for v in table[name]]
+                                           for name in (column, "sample_id", "path", "patient"))
     if len(values) < 2:
         return None
     if values in (sample_ids, paths):

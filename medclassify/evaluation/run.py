@@ -168,10 +168,8 @@ def subgroup_naming_problems(manifest_path, columns):
     for column in columns:
         if column in PER_SAMPLE_COLUMNS:
             problems.append(f"evaluate.subgroups {column!r} names each image or patient")
-        elif column in table.columns and {"sample_id", "path", "patient"} <= set(table.columns):
-            how = names_each_sample(table[column], table["sample_id"], table["path"], table["patient"])
-            if how:
-                problems.append(f"evaluate.subgroups {column!r} {how}")
+        elif how := names_each_sample(table, column):
+            problems.append(f"evaluate.subgroups {column!r} {how}")
     return problems
 
 

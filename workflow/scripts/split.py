@@ -7,17 +7,14 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(snakemake.scriptdir).parents[1]))  # the library, at the repository root
 
-from medclassify.config import validated_manifest_problems
-from medclassify.errors import InputError
+from medclassify.config import check_validated_manifest_fits
 from medclassify.runlog import log_output
 from medclassify.splits import make_splits, write_split_outputs
 
 with log_output(snakemake.log[0]):
     table = pd.read_csv(snakemake.input.manifest, dtype=str, keep_default_na=False)
     # From snakemake.config, not params: a changed positive class or subgroup must not split again.
-    problems = validated_manifest_problems(snakemake.config, snakemake.wildcards.dataset, table)
-    if problems:
-        raise InputError("evaluate options that the validated manifest does not fit", problems)
+    check_validated_manifest_fits(snakemake.config, snakemake.wildcards.dataset, table)
     splits, report = make_splits(table, snakemake.params.split)
     out = snakemake.output
     write_split_outputs(splits, report, out.splits, out.report, out.plot)
