@@ -6,7 +6,7 @@ import struct
 import warnings
 
 import numpy as np
-from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
+from PIL import ExifTags, Image, UnidentifiedImageError
 
 from .base import ReadError, bilevel_as_grey, check_pixel_count, read_bytes
 from . import png_inflate
@@ -58,13 +58,9 @@ def read_pillow(source, fmt, max_pixels):
             from .png16 import decode_png16
 
             array = decode_png16(source)
-            orientation = _png_exif_orientation(source)
-            array = np.ascontiguousarray(_ORIENTED[orientation](array)) if orientation in _ORIENTED else array
             photometric = {2: "rgb", 4: "grey", 6: "rgba"}[colour_type]
             meta = {"format": "png", "bits": 16, "photometric": photometric, "original_shape": list(array.shape)}
-            if orientation in _ORIENTED:
-                meta["exif_orientation"] = orientation
-            return array, meta
+            return _as_shown(array, meta, _png_exif_orientation(source))
         if png_inflate.available():
             image = png_inflate.decode_png(read_bytes(source))
             if image is not None:
@@ -75,8 +71,7 @@ def read_pillow(source, fmt, max_pixels):
             width, height = image.size
             check_pixel_count(height, width, max_pixels)
             image.load()
-            shown, orientation = _as_shown(image)
-            return _array_and_meta(shown, fmt, orientation)
+            return _as_shown(*_array_and_meta(image, fmt), image.getexif().get(ExifTags.Base.Orientation, 1))
     except Image.DecompressionBombError as error:
         raise ReadError("too_many_pixels", f"Pillow refused the image size: {error}") from None
     except UnidentifiedImageError:
@@ -85,16 +80,13 @@ def read_pillow(source, fmt, max_pixels):
         raise ReadError("undecodable", f"{fmt.upper()} decoding failed: {error}") from None
 
 
-def _as_shown(image):
-    """``image`` turned as its EXIF Orientation tag says viewers show it (a phone's photo is often
-    stored sideways), and the tag's value (1: as stored)."""
-    orientation = image.getexif().get(ExifTags.Base.Orientation, 1)
-    if orientation not in range(2, 9):
-        return image, 1
-    info = image.info
-    image = ImageOps.exif_transpose(image)
-    image.info.setdefault("bits", info.get("bits"))
-    return image, orientation
+def _as_shown(array, meta, orientation):
+    """``array`` turned as its EXIF Orientation says viewers show it (a phone's photo is often
+    stored sideways), recorded in ``meta``; as stored for 1 or a value EXIF does not define."""
+    if orientation not in _ORIENTED:
+        return array, meta
+    array = np.ascontiguousarray(_ORIENTED[orientation](array))
+    return array, {**meta, "original_shape": list(array.shape), "exif_orientation": orientation}
 
 
 # EXIF Orientation 2 to 8 on an (H, W[, C]) array, as PIL.ImageOps.exif_transpose turns an image.
@@ -116,13 +108,11 @@ def _png_exif_orientation(source):
         return 1
 
 
-def _array_and_meta(image, fmt, orientation=1):
+def _array_and_meta(image, fmt):
     array, photometric = _pillow_to_array(image)
     bits = image.info.get("bits") or _bits_of(array)
     meta = {"format": fmt, "bits": int(bits), "photometric": photometric,
             "original_shape": list(array.shape)}
-    if orientation != 1:
-        meta["exif_orientation"] = orientation
     return array, meta
 
 
