@@ -163,6 +163,8 @@ def subgroup_naming_problems(manifest_path, columns):
     ``privacy.PER_SAMPLE_COLUMNS``, or values that ``privacy.names_each_sample`` judges to. The
     split stage refuses them too, but a subgroup added after the split ran reaches only this stage.
     """
+    if not columns:
+        return []  # the default: no second read of the manifest
     table = pd.read_csv(manifest_path, dtype=str, keep_default_na=False)
     problems = []
     for column in columns:
