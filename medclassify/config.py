@@ -172,11 +172,13 @@ def _validator_filling_defaults(schema):
     return filling(schema)
 
 
-def validate_config(config, schema=None):
+def validate_config(config, schema=None, file_problems=()):
     """Validate ``config`` in place, filling defaults; raise InputError listing every problem.
 
-    Every problem at once: the schema's, then those of each dataset and run as resolved (its
-    overrides merged over the top-level sections), so one run of the workflow shows them all.
+    Every problem at once: ``file_problems`` (what the config files hold that ``config`` cannot
+    show, see :func:`config_file_problems`), the schema's, then those of each dataset and run as
+    resolved (its overrides merged over the top-level sections), so one run of the workflow
+    shows them all.
     """
     schema = schema or _parsed_schema()
     switches_as_strings(config)
@@ -185,7 +187,7 @@ def validate_config(config, schema=None):
     _override_values_from_strings(config)
     written = copy.deepcopy(config)  # before the defaults, to tell where a value came from
     errors = sorted(validator.iter_errors(config), key=lambda e: list(e.absolute_path))
-    problems = [_schema_problem(e) for e in errors] + _unquoted_name_problems(config)
+    problems = [*file_problems, *(_schema_problem(e) for e in errors), *_unquoted_name_problems(config)]
     problems += _datasets_problems(config, written) + _runs_problems(config)
     if problems:
         raise InputError("invalid configuration", problems)
@@ -473,10 +475,10 @@ def check_validated_manifest_fits(config, dataset, table):
 
 def load_config(path=None, overrides=None):
     """Read a YAML config (or start empty), merge ``overrides``, validate and fill defaults."""
-    config = {} if path is None else _read_config_file(path)
+    config, problems = ({}, []) if path is None else _read_config_file(path)
     if overrides:
         config = deep_merge(config, overrides)
-    return validate_config(config)
+    return validate_config(config, file_problems=problems)
 
 
 class _KeysOnceLoader(yaml.SafeLoader):
@@ -513,9 +515,9 @@ def json_object_noting_duplicates(duplicates):
     return object_from_pairs
 
 
-def _read_config_text(f, path):
-    """The config in an open file: JSON if it parses as JSON, else YAML, as Snakemake reads a
-    config file (tabs indent JSON, not YAML). InputError listing every key written twice."""
+def _read_config_text(f):
+    """The config in an open file and the keys it writes twice (in words): JSON if it parses as
+    JSON, else YAML, as Snakemake reads a config file (tabs indent JSON, not YAML)."""
     text, duplicates = f.read(), []
     try:
         config = json.loads(text, object_pairs_hook=json_object_noting_duplicates(duplicates))
@@ -527,9 +529,7 @@ def _read_config_text(f, path):
         finally:
             loader.dispose()
         duplicates = loader.duplicates
-    if duplicates:
-        raise InputError(f"{path}: config file holds keys written twice", duplicates)
-    return config
+    return config, duplicates
 
 
 def config_file_problems(paths):
@@ -538,17 +538,20 @@ def config_file_problems(paths):
     problems = []
     for path in dict.fromkeys(paths):  # --configfile a.yaml a.yaml reads one file
         try:
-            _read_config_file(path)
+            problems += _read_config_file(path)[1]
         except InputError as error:
             problems += [f"{error.args[0]}: {problem}" for problem in error.problems] or [error.args[0]]
     return problems
 
 
 def _read_config_file(path):
-    """The YAML mapping in ``path``; InputError naming the file when it cannot be read or parsed."""
+    """The YAML mapping in ``path`` and the keys it writes twice, each a problem naming the file
+    (they are listed with the config's own problems); InputError naming the file when it cannot
+    be read or parsed."""
     try:
         with open(path, encoding="utf-8") as f:
-            config = _read_config_text(f, path) or {}
+            config, duplicates = _read_config_text(f)
+            config = config or {}
     except OSError as error:
         raise InputError(f"{path}: config file cannot be read ({error.strerror})") from None
     except UnicodeDecodeError:
@@ -558,7 +561,7 @@ def _read_config_file(path):
         raise InputError(f"{path}: config file is not valid YAML", [" ".join(str(error).split())]) from None
     if not isinstance(config, dict):
         raise InputError(f"{path}: config file must hold a mapping of keys, not a {type(config).__name__}")
-    return config
+    return config, [f"{path}: {duplicate}" for duplicate in duplicates]
 
 
 def deep_merge(base, override):

@@ -595,12 +595,18 @@ def test_a_key_written_twice_in_a_config_file_is_refused(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("train: {batch_size: 16}\nfinetune: {epochs: 5}\ntrain: {ensemble: 1}\n"
                     "runs:\n  a: {}\n  b: {}\n  a: {finetune: {epochs: 2}}\n")
-    expected = ["line 3: key 'train' is written twice in one mapping (first on line 1); only this one would count",
-                "line 7: key 'a' is written twice in one mapping (first on line 5); only this one would count"]
+    expected = [f"{path}: line 3: key 'train' is written twice in one mapping (first on line 1); only this one "
+                "would count",
+                f"{path}: line 7: key 'a' is written twice in one mapping (first on line 5); only this one would count"]
     with pytest.raises(InputError) as error:
         load_config(path)
     assert error.value.problems == expected
-    assert config_file_problems([path]) == [f"{path}: config file holds keys written twice: {p}" for p in expected]
+    assert config_file_problems([path]) == expected
+    # Listed with the config's own problems, not one pass before them.
+    path.write_text(path.read_text() + "preprocess: {dtype: int7}\n")
+    with pytest.raises(InputError) as error:
+        load_config(path)
+    assert error.value.problems[:2] == expected and "preprocess.dtype" in error.value.problems[2]
     path.write_text("train: {batch_size: 16}\nfinetune: {epochs: 5}\n")
     assert config_file_problems([path]) == []
 
@@ -642,7 +648,7 @@ def test_merge_keys_json_with_tabs_and_odd_keys_read_as_before(tmp_path):
     tabs = tmp_path / "tabs.json"
     tabs.write_text('{\n\t"runs": {\n\t\t"a": {},\n\t\t"a": {"finetune": {"epochs": 2}}\n\t}\n}\n')
     assert config_file_problems([tabs, tabs]) == [
-        f"{tabs}: config file holds keys written twice: key 'a' is written twice in one object; only the last would count"]
+        f"{tabs}: key 'a' is written twice in one object; only the last would count"]
     tabs.write_text('{\n\t"runs": {\n\t\t"a": {}\n\t}\n}\n')
     assert list(load_config(tabs)["runs"]) == ["a"]
     listed = tmp_path / "listed.yaml"

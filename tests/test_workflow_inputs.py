@@ -204,10 +204,12 @@ def test_a_subgroup_column_no_manifest_has_stops_planning_before_any_job(unrun_w
 def test_a_key_written_twice_in_the_config_file_stops_planning(unrun_workdir):
     config_path = unrun_workdir / FAST_CONFIG_NAME
     with restored_afterwards(config_path):
-        config_path.write_text(config_path.read_text() + "\ntrain: {ensemble: 1}\n")
+        config_path.write_text(config_path.read_text() + "\ntrain: {ensemble: 0}\n")
         run = run_snakemake(["-n", *CONFIG_ARGS], unrun_workdir, timeout_s=TIMEOUT_S)
     assert run.returncode != 0, run.tail()
     assert "key 'train' is written twice in one mapping" in run.output, run.tail()
+    # with the problems of the config Snakemake made of the file, not after they are mended
+    assert "train.ensemble: 0 is less than the minimum of 1" in run.output, run.tail()
 
 
 def test_a_subgroup_column_validation_leaves_out_stops_the_split_before_training(unrun_workdir):

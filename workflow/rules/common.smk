@@ -36,15 +36,11 @@ from medclassify.workflow_paths import (
     run_ids,
 )
 
-# Snakemake keeps the last of a key written twice in a config file, silently.
-_config_file_problems = config_file_problems(workflow.configfiles)
-if _config_file_problems:
-    raise InputError("invalid configuration", _config_file_problems)
-
 # The library's validation rather than snakemake.utils.validate, which stops at the first problem:
 # this lists every one at once, those of each dataset and run (overrides merged) included, before
-# any job is planned.
-validate_config(config)
+# any job is planned. Snakemake keeps the last of a key written twice in a config file, silently:
+# the files are read again for those.
+validate_config(config, file_problems=config_file_problems(workflow.configfiles))
 
 
 wildcard_constraints:
