@@ -394,6 +394,42 @@ def test_a_16_bit_colour_png_with_damaged_exif_reads_as_stored(tmp_path):
     assert "exif_orientation" not in sample.meta
 
 
+@pytest.mark.parametrize("damage", ["eXIf chunk", "text profile"])
+def test_an_8_bit_png_with_damaged_exif_reads_as_stored(tmp_path, damage):
+    # Pillow's path read the orientation inside the decoding's try: the image became undecodable,
+    # where a 16-bit one with the same damage read as stored (helper-81).
+    grey = RNG.integers(0, 255, (5, 7), dtype=np.uint8)
+    if damage == "eXIf chunk":
+        Image.fromarray(grey).save(tmp_path / "a.png", exif=b"X" * 16)
+    else:
+        info = PngImagePlugin.PngInfo()
+        info.add_text("Raw profile type exif", "\nexif\n       8\nnot hex at all\n")
+        Image.fromarray(grey).save(tmp_path / "a.png", pnginfo=info)
+    sample = read_sample(tmp_path / "a.png")
+    np.testing.assert_array_equal(np.squeeze(sample.pixels), grey)
+    assert "exif_orientation" not in sample.meta
+
+
+@pytest.mark.parametrize("layout", ["8-bit tEXt", "8-bit iTXt", "16-bit colour iTXt"])
+def test_an_xmp_orientation_turns_the_image_on_every_path(tmp_path, layout):
+    # Pillow (and exif_transpose) read XMP's tiff:Orientation where EXIF has none; the ISA-L path
+    # took an XMP tEXt chunk for harmless and a 16-bit PNG looked for EXIF only: the same
+    # picture came out turned or not by the path it took (helper-81).
+    xmp = '<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:Description tiff:Orientation="6"/></x:xmpmeta>'
+    if layout.startswith("16-bit"):
+        pixels = RNG.integers(0, 65535, (5, 7, 3), dtype=np.uint16)
+        chunk = b"XML:com.adobe.xmp\x00\x00\x00\x00\x00" + xmp.encode()
+        (tmp_path / "a.png").write_bytes(encode_png(pixels, 16, 2, extra_chunks=[(b"iTXt", chunk)]))
+    else:
+        pixels = RNG.integers(0, 255, (5, 7), dtype=np.uint8)
+        info = PngImagePlugin.PngInfo()
+        (info.add_text if layout == "8-bit tEXt" else info.add_itxt)("XML:com.adobe.xmp", xmp)
+        Image.fromarray(pixels).save(tmp_path / "a.png", pnginfo=info)
+    sample = read_sample(tmp_path / "a.png")
+    np.testing.assert_array_equal(np.squeeze(sample.pixels), np.rot90(pixels, -1))
+    assert sample.meta["exif_orientation"] == 6
+
+
 def test_a_tiff_without_a_photometric_tag_is_refused_by_name(tmp_path):
     # tifffile gives a bare 0 for the missing tag, and the reader stopped with an AttributeError (helper-77).
     tifffile.imwrite(tmp_path / "a.tif", np.zeros((8, 8), np.uint8))

@@ -39,7 +39,9 @@ _LAYOUTS = {
 # without raising (None: any length). A malformed one sends the file to Pillow for its error.
 _HARMLESS_CHUNKS = {b"gAMA": 4, b"cHRM": 32, b"sRGB": 1, b"pHYs": 9, b"tIME": 7, b"sBIT": None, b"tEXt": None}
 _MAX_TEXT_BYTES = 1 << 20  # far below Pillow's text-memory limit
-EXIF_TEXT_KEY = b"Raw profile type exif\x00"  # ImageMagick's text chunk of EXIF
+# Text chunks whose keyword says they may turn the image: ImageMagick's EXIF profile, and XMP,
+# whose tiff:Orientation Pillow reads where EXIF has none (PIL.ImageOps.exif_transpose turns by it).
+ORIENTATION_TEXT_KEYS = (b"Raw profile type exif\x00", b"XML:com.adobe.xmp\x00")
 
 
 def available():
@@ -115,8 +117,8 @@ def _plain_image_chunks(data):
                 text_bytes += length if kind == b"tEXt" else 0
                 if text_bytes > _MAX_TEXT_BYTES:
                     return None
-                if kind == b"tEXt" and data[start:end].startswith(EXIF_TEXT_KEY):
-                    return None  # an EXIF profile (ImageMagick's) may turn the image: Pillow reads it
+                if kind == b"tEXt" and data[start:end].startswith(ORIENTATION_TEXT_KEYS):
+                    return None  # it may turn the image: Pillow reads it
             else:
                 return None
             if not idat and zlib.crc32(data[position + 4:end]) != struct.unpack_from(">I", data, end)[0]:

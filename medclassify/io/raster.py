@@ -71,7 +71,7 @@ def read_pillow(source, fmt, max_pixels):
             width, height = image.size
             check_pixel_count(height, width, max_pixels)
             image.load()
-            return _as_shown(*_array_and_meta(image, fmt), image.getexif().get(ExifTags.Base.Orientation, 1))
+            return _as_shown(*_array_and_meta(image, fmt), _orientation_of(image))
     except Image.DecompressionBombError as error:
         raise ReadError("too_many_pixels", f"Pillow refused the image size: {error}") from None
     except UnidentifiedImageError:
@@ -95,16 +95,27 @@ _ORIENTED = {2: lambda a: a[:, ::-1], 3: lambda a: a[::-1, ::-1], 4: lambda a: a
              8: lambda a: np.rot90(a, 1)}
 
 
+def _orientation_of(image):
+    """The Orientation Pillow reads for ``image``: its EXIF's, else its XMP's tiff:Orientation,
+    as PIL.ImageOps.exif_transpose turns it. 1 when there is none or it cannot be read: damaged
+    metadata leaves an image that decodes as stored."""
+    try:
+        return image.getexif().get(ExifTags.Base.Orientation, 1)
+    except Exception:  # noqa: BLE001 - Pillow raises what the damage gives (ValueError, SyntaxError, struct.error…)
+        return 1
+
+
 def _png_exif_orientation(source):
-    """The EXIF Orientation of a PNG decoded without Pillow: 1 unless it holds EXIF (an eXIf
-    chunk, or ImageMagick's text profile), which Pillow then reads."""
+    """The Orientation of a PNG decoded without Pillow: 1 unless it holds EXIF (an eXIf chunk,
+    or ImageMagick's text profile) or XMP, which Pillow then reads."""
     data = read_bytes(source)
-    if b"eXIf" not in data and png_inflate.EXIF_TEXT_KEY not in data:
+    keys = (b"eXIf", *(key.rstrip(b"\x00") for key in png_inflate.ORIENTATION_TEXT_KEYS))
+    if not any(key in data for key in keys):
         return 1
     try:
         with Image.open(io.BytesIO(data), formats=["PNG"]) as image:
-            return image.getexif().get(ExifTags.Base.Orientation, 1)
-    except Exception:  # noqa: BLE001 - damaged EXIF is metadata: the image, decoded already, stands as stored
+            return _orientation_of(image)
+    except Exception:  # noqa: BLE001 - the image, decoded already, stands as stored
         return 1
 
 
