@@ -77,9 +77,12 @@ Faults
     surface as ``InputError`` naming the file, never as a crash inside TensorFlow. The row
     metadata (the class list, labels and the string datasets) is covered by the attribute
     ``part_digest``, recomputed on open, so a changed label, patient id or class list is refused too.
-    ``Cache.verify()`` reads every chunk.
+    ``Cache.verify()`` reads every chunk. A write that fails (a full disk) is an OSError naming
+    the file, raised before its temporary file is removed; HDF5 may then crash at the process's
+    exit (it cannot always close such a file), never before the error is told.
 """
 
+import atexit
 import collections
 import concurrent.futures
 import contextlib
@@ -97,6 +100,7 @@ import shutil
 import sys
 import threading
 import time
+import traceback
 from pathlib import Path
 
 import h5py
@@ -361,13 +365,18 @@ def _create_h5(path):
     an object's destructor as an "Exception ignored", after which writing goes on: on a full disk
     a damaged file reached its final name, and later builds reused it unread. Such failures are
     gathered while the file is open and raised at its close.
+
+    A file whose writing failed is not closed: closing it can crash HDF5 (SIGSEGV) before the
+    error is told, and leave the temporary file behind. It stays open, unreachable, and the
+    destructor failures its objects meet later are not printed again.
     """
-    failures, previous_hook = [], sys.unraisablehook
+    failures, previous_hook, abandoned = [], sys.unraisablehook, False
 
     def note_h5py_failure(unraisable):
-        if type(unraisable.object).__module__.startswith("h5py") or "h5py" in repr(unraisable.object):
-            failures.append(unraisable.exc_value)
-        previous_hook(unraisable)
+        if _from_h5py(unraisable):
+            failures.append(unraisable.exc_value)  # raised below, in one line
+        else:
+            previous_hook(unraisable)
 
     sys.unraisablehook = note_h5py_failure
     try:
@@ -379,9 +388,11 @@ def _create_h5(path):
             yield f
             f.flush()
         except (OSError, RuntimeError) as error:
-            _close_after_failure(f)
             if isinstance(error, OSError) or re.search(r"errno = \d+", str(error)):
+                _ABANDONED_FILES.append(f)
+                abandoned = True
                 raise _write_error(error, path) from None
+            _close_after_failure(f)
             raise
         except BaseException:
             _close_after_failure(f)
@@ -391,9 +402,49 @@ def _create_h5(path):
         except (OSError, RuntimeError) as error:
             failures.append(error)
     finally:
-        sys.unraisablehook = previous_hook
+        sys.unraisablehook = _without_h5py_failures(previous_hook) if abandoned else previous_hook
     if failures:
         raise _write_error(failures[0], path)
+
+
+_ABANDONED_FILES = []
+
+
+def _from_h5py(unraisable):
+    """Whether an unraisable exception came from h5py (its object, or where it was raised: an
+    object's destructor may report it without the object)."""
+    if type(unraisable.object).__module__.startswith("h5py") or "h5py" in repr(unraisable.object):
+        return True
+    frames = traceback.extract_tb(unraisable.exc_traceback) if unraisable.exc_traceback else []
+    return any("h5py" in frame.filename for frame in frames)
+
+
+@atexit.register
+def _drop_abandoned_files():
+    """Let the abandoned files go before the interpreter shuts down (their destructors' failures
+    then printed "Error in sys.excepthook"), with the standard error muted: h5py's compiled
+    destructors print their tracebacks themselves, and the failure was told already."""
+    if not _ABANDONED_FILES:
+        return
+    sys.stderr.flush()
+    saved, muted = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    os.dup2(muted, 2)
+    try:
+        _ABANDONED_FILES.clear()
+        gc.collect()
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(muted)
+
+
+def _without_h5py_failures(hook):
+    """``hook`` for every unraisable exception but h5py's (those of an abandoned file)."""
+    # It runs at interpreter exit too, when this module's globals may be gone: nothing but its own.
+    def hook_without_h5py(unraisable, hook=hook, from_h5py=_from_h5py):
+        if not from_h5py(unraisable):
+            hook(unraisable)
+    return hook_without_h5py
 
 
 def _close_after_failure(f):

@@ -966,3 +966,38 @@ except OSError as error:
             assert outcome in ("27 HDF5 could not write it (File too large) True", "crashed"), outcome
             assert not out.exists()
     assert {"written", "27 HDF5 could not write it (File too large) True"} <= outcomes, outcomes
+
+
+def test_a_disk_full_in_a_files_first_kilobytes_is_told_and_leaves_no_temporary_file(tmp_path):
+    # Closing a file whose first metadata HDF5 could not write crashed (SIGSEGV) before the error
+    # was told, leaving the temporary file beside the block (helper-81). The file is abandoned
+    # now; HDF5 may still crash at exit, after the one-line error and the clean-up.
+    import subprocess
+
+    script = """
+import resource, signal, sys
+import numpy as np
+from medclassify.atomic import atomic_path
+from medclassify.cache import _create_h5, _write_attrs, _write_strings
+limit, out = int(sys.argv[1]), sys.argv[2]
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+try:
+    with atomic_path(out) as tmp:
+        with _create_h5(tmp) as f:
+            _write_strings(f, "content_hash", [f"{i:064x}" for i in range(10)])
+            images = f.create_dataset("images", shape=(10, 8, 8, 1), dtype="u1", chunks=(1, 8, 8, 1))
+            for i in range(10):
+                images[i] = np.full((8, 8, 1), i, np.uint8)
+            _write_attrs(f, {"values_hash": "x" * 32, "layout": "block"})
+    print("written", flush=True)
+except OSError as error:
+    print(error.errno, error.strerror, flush=True)
+"""
+    for limit in (48, 300, 1000, 2300):
+        folder = tmp_path / str(limit)
+        folder.mkdir()
+        run = subprocess.run([sys.executable, "-c", script, str(limit), str(folder / "block.h5")], capture_output=True,
+                             text=True, cwd=Path(__file__).resolve().parents[1], timeout=120)
+        assert run.stdout.strip() == "27 HDF5 could not write it (File too large)", (limit, run.stderr[-500:])
+        assert list(folder.iterdir()) == [], limit
