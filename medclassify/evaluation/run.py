@@ -107,7 +107,15 @@ def confidence_intervals(y_true, y_prob, y_pred, patients, n_classes, positive, 
     pos = 1 if positive is None else positive
     in_split = np.bincount(y_true, minlength=n_classes) > 0
 
+    last = {}
+
     def rates(idx):
+        # Three statistics read these rates from one resample: count it once.
+        if last.get("idx") is not idx:
+            last.update(idx=idx, rates=resample_rates(idx))
+        return last["rates"]
+
+    def resample_rates(idx):
         counts = confusion_counts(y_true[idx], y_pred[idx], n_classes)
         accuracy, sensitivity, specificity = rates_from_confusion(counts, pos)
         if n_classes > 2 and (counts.sum(axis=1)[in_split] == 0).any():
