@@ -45,7 +45,11 @@ Image blocks and incremental builds
     reader keeps a bounded number of files open however many incremental builds there were.
     It also gathers its images from any block of which it uses less than ``MIN_BLOCK_USE``
     (half): so every block still referenced is at least half used by one part, and the blocks
-    hold at most twice the images the cache uses, whatever was removed from the manifest.
+    hold at most twice the images the cache uses, whatever was removed from the manifest. And
+    it gathers the images of all but its longest runs (rows lying one after another in one
+    block) when it would read from more than max(``MIN_RUNS_ALLOWED``, rows / ``ROWS_PER_RUN``)
+    of them: each run is a mapping of the virtual dataset, and a manifest whose order no longer
+    follows the blocks' would otherwise map its images one by one.
     After a successful merge, part files of other shard counts beside the parts are deleted
     (their blocks are about to go, and a stale ``part-0-of-1.h5`` would otherwise be taken as
     up to date when ``preprocess.shards`` goes back to 1), then blocks that no part references.
@@ -143,6 +147,10 @@ MAX_BLOCKS_PER_PART = 16
 # A part gathers the images it uses from a block of which it uses less than this fraction, so
 # that images dropped from the manifest cannot pile up in blocks kept alive by a few others.
 MIN_BLOCK_USE = 0.5
+# A part's rows read from at most max(MIN_RUNS_ALLOWED, rows / ROWS_PER_RUN) runs of rows that lie
+# consecutively in one block, each a mapping of the virtual dataset; see _keep_long_runs.
+MIN_RUNS_ALLOWED = 64
+ROWS_PER_RUN = 256
 
 
 # --------------------------------------------------------------------------- parameters
@@ -767,7 +775,7 @@ def _referenced_rows(store, found):
     incremental builds a part's images are thus gathered again, so that a reader never holds
     more than that many blocks open per part.
     """
-    referenced = [hit if hit is not None and store.stores_like(hit[0]) else None for hit in found]
+    referenced = _keep_long_runs([hit if hit is not None and store.stores_like(hit[0]) else None for hit in found])
     distinct_rows = collections.Counter(k for k, _ in {hit for hit in referenced if hit is not None})
     sparse = {k for k, n in distinct_rows.items() if n < MIN_BLOCK_USE * store.rows(k)}
     referenced = [None if hit is not None and hit[0] in sparse else hit for hit in referenced]
@@ -778,6 +786,32 @@ def _referenced_rows(store, found):
         gathered = {k for k, _ in sorted(counts.items(), key=lambda item: (item[1], item[0]))[:n_gathered]}
         referenced = [None if hit is not None and hit[0] in gathered else hit for hit in referenced]
     return referenced
+
+
+def _keep_long_runs(referenced):
+    """``referenced`` keeping the hits of its longest runs, of rows stored one after another in
+    one block, as many as a part may have (see ``MIN_RUNS_ALLOWED``); the other hits are
+    gathered into the new block, in row order.
+
+    Each run is one mapping of the virtual dataset, and a manifest whose order no longer follows
+    the blocks' (sorted another way, or new images sorted in among the old) made one mapping a
+    row: about 28 KB each in every process that opened the cache, and a merge slower than linear.
+    Images appended to a manifest, or removed from it here and there, keep their blocks.
+    """
+    location = np.array([(-1, -1) if hit is None else hit for hit in referenced], dtype=np.int64).reshape(-1, 2)
+    new = location[:, 0] < 0
+    location[new, 1] = np.arange(np.count_nonzero(new))  # the rows without a hit: the new block's, in order
+    runs = _block_runs(location)
+    allowed = max(MIN_RUNS_ALLOWED, len(referenced) // ROWS_PER_RUN)
+    if len(runs) <= allowed:
+        return referenced
+    # Each run kept can split the new block's rows once more: kept + 1 + kept mappings at most.
+    runs = runs[runs[:, 1] >= 0]
+    longest = runs[np.lexsort((runs[:, 0], -runs[:, 3]))[:allowed // 2]]
+    kept = np.zeros(len(referenced), dtype=bool)
+    for row, _, _, length in longest.tolist():
+        kept[row:row + length] = True
+    return [hit if keep else None for hit, keep in zip(referenced, kept.tolist())]
 
 
 def _block_id_of(file_name):

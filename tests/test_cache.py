@@ -386,6 +386,28 @@ def test_a_part_points_into_a_bounded_number_of_blocks(dataset, tmp_path, monkey
         np.testing.assert_array_equal(cache.read_stored(range(len(cache))), expected_images(root, rows))
 
 
+def test_a_reordered_manifest_keeps_a_bounded_number_of_runs(dataset, tmp_path, monkeypatch):
+    # A manifest sorted another way made one virtual-dataset mapping a row, about 28 KB each in
+    # every process opening the cache, and a merge slower than linear (helper-83).
+    monkeypatch.setattr(cache_module, "MIN_RUNS_ALLOWED", 4)
+    root, rows = dataset
+    results = tmp_path / "r"
+    build(write_manifest(rows, tmp_path / "m.csv"), root, results)
+    shuffled = [rows[i] for i in np.random.default_rng(0).permutation(len(rows))]
+    _, summaries = build(write_manifest(shuffled, tmp_path / "m.csv"), root, results)
+    assert summaries[0] == dict(summaries[0], decoded=0, reused=len(rows))  # re-encoded, not decoded
+    with h5py.File(results / "cache" / "part-0-of-1.h5", "r") as f:
+        assert len(f["image_runs"]) <= 4 + 1
+    with open_cache(results / "cache.h5") as cache:
+        cache.verify()
+        np.testing.assert_array_equal(cache.read_stored(range(len(cache))), expected_images(root, shuffled))
+    # rows added at the end, or a few removed, keep their runs where they are
+    monkeypatch.setattr(cache_module, "MIN_RUNS_ALLOWED", 64)
+    _, summaries = build(write_manifest(shuffled[:20], tmp_path / "m.csv"), root, results)
+    _, summaries = build(write_manifest(shuffled[:20] + shuffled[21:], tmp_path / "m.csv"), root, results)
+    assert summaries[0] == dict(summaries[0], decoded=0, reused=len(rows) - 1)
+
+
 def test_no_reuse_decodes_every_image(dataset, tmp_path):
     root, rows = dataset
     manifest = write_manifest(rows, tmp_path / "m.csv")
