@@ -93,9 +93,11 @@ def atomic_write_text(path, text):
         tmp.write_text(text, encoding="utf-8")
 
 
-def atomic_write_json(path, obj):
-    """Write ``obj`` as indented JSON to ``path`` atomically."""
-    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n")
+def atomic_write_json(path, obj, *, indent=2):
+    """Write ``obj`` as JSON to ``path`` atomically: indented for people to read, or on one line
+    (``indent=None``), which Python's C encoder writes several times faster and in less memory."""
+    separators = None if indent is not None else (",", ":")
+    atomic_write_text(path, json.dumps(obj, indent=indent, separators=separators, default=_json_default) + "\n")
 
 
 def _json_default(value):
