@@ -11,6 +11,7 @@ import contextlib
 import errno
 import json
 import os
+import re
 import tempfile
 from pathlib import Path
 
@@ -43,6 +44,24 @@ def atomic_path(path, suffix=".tmp"):
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+# The temporary files of atomic_path: "." + the file's name + mkstemp's 8 characters + the suffix.
+_TEMPORARY_NAME = re.compile(r"\..+\.[a-z0-9_]{8}(\.tmp|\.partial\.[A-Za-z0-9.]+)")
+
+
+def remove_stale_temporaries(folder):
+    """Delete the temporary files that :func:`atomic_path` left in ``folder`` and below: a job
+    killed outright (SIGKILL, or a node lost) runs no clean-up, and each kill of a training left a
+    partial model or checkpoint (hundreds of MB with a large backbone). Only for a folder that one
+    job writes at a time, at its start. Returns the number deleted.
+    """
+    removed = 0
+    for path in Path(folder).rglob(".*"):
+        if _TEMPORARY_NAME.fullmatch(path.name) and path.is_file() and not path.is_symlink():
+            path.unlink(missing_ok=True)
+            removed += 1
+    return removed
 
 
 def fsync_file(path):

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from . import __version__
 from .errors import InputError, UsageError
+from .runlog import terminated_as_exit
 
 EXIT_OK, EXIT_INPUT, EXIT_USAGE = 0, 1, 2
 
@@ -470,7 +471,7 @@ def main(argv=None):
     try:
         # Validate the config before importing anything heavy, so a typo fails in a second.
         args.loaded_config = _load_config(args) if hasattr(args, "config") else None
-        with _warnings_as_messages(args.command):
+        with _warnings_as_messages(args.command), terminated_as_exit():
             args.func(args)
     except InputError as error:
         print(f"medclassify {args.command}: error: {error}", file=sys.stderr)

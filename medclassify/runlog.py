@@ -6,7 +6,9 @@ redirecting the descriptors puts those lines in the rule's log too.
 
 import contextlib
 import os
+import signal
 import sys
+import threading
 import time
 
 
@@ -23,7 +25,8 @@ def log_output(log_path):
         sys.stdout = sys.stderr = log
         print(f"[{time.strftime('%Y-%m-%d %H:%M:%S')}] start", flush=True)
         try:
-            yield
+            with terminated_as_exit():
+                yield
             print(f"[{time.strftime('%Y-%m-%d %H:%M:%S')}] done", flush=True)
         except BaseException:
             import traceback
@@ -37,3 +40,27 @@ def log_output(log_path):
             os.dup2(saved[1], 2)
             os.close(saved[0])
             os.close(saved[1])
+
+
+@contextlib.contextmanager
+def terminated_as_exit():
+    """Within the block, SIGTERM ends the process as ``SystemExit(143)``, so that clean-up runs.
+
+    Slurm ends a job past its time limit, and Snakemake a job it cancels, with SIGTERM, which
+    ends Python at once: the writes it interrupted left their temporary files (a partial model
+    or checkpoint of hundreds of MB each time). Only in the main thread, where Python can take
+    signals.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def exit_on_sigterm(signum, frame):
+        print(f"[{time.strftime('%Y-%m-%d %H:%M:%S')}] terminated (SIGTERM)", file=sys.stderr, flush=True)
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, exit_on_sigterm)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)

@@ -30,7 +30,7 @@ from sklearn.metrics import roc_auc_score
 from tensorflow.core.framework import summary_pb2
 
 from . import __version__
-from .atomic import atomic_path, atomic_write_json, atomic_write_text
+from .atomic import atomic_path, atomic_write_json, atomic_write_text, remove_stale_temporaries
 from .cache import cache_identity, cache_params_hash, rows_identity
 from .checkpoints import STATE_VERSION, StageCheckpoint
 from .codedeps import module_closure
@@ -449,6 +449,7 @@ def train_stage(stage, cache_path, splits_path, out_dir, *, options, fold=None, 
         raise InputError(f"unknown stage {stage!r}", [f"stage must be one of {', '.join(STAGES)}"])
     options = complete_run_options(options)
     n_members = int(options["train"]["ensemble"]) if stage == "finetune" else 1
+    remove_stale_temporaries(out_dir)  # a killed run's partial models and checkpoints
     if stage == "finetune":
         remove_surplus_members(out_dir, n_members)
     if n_members > 1:

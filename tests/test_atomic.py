@@ -5,7 +5,7 @@ import stat
 
 import pytest
 
-from medclassify.atomic import atomic_path, atomic_write_json, atomic_write_text
+from medclassify.atomic import atomic_path, atomic_write_json, atomic_write_text, remove_stale_temporaries
 
 
 def test_a_failed_write_leaves_the_previous_file_and_no_temporary(tmp_path):
@@ -99,3 +99,46 @@ def test_a_staged_folder_is_synced_file_by_file_before_it_replaces_the_old_one(t
     synced_before_rename = {synced for _, synced in disk_calls[:disk_calls.index(("replace", os.fspath(target)))]}
     assert {identity(p) for p in (target / "a.png", target / "sub" / "b.png", target / "sub", target)} <= synced_before_rename
     assert disk_calls[-1] == ("fsync", identity(tmp_path))
+
+
+def test_stale_temporaries_of_atomic_writes_are_removed_and_nothing_else(tmp_path):
+    # A SIGKILL runs no clean-up: each kill of a training left a partial model (helper-82).
+    with atomic_path(tmp_path / "model.keras", suffix=".partial.keras") as tmp:
+        left = [tmp, tmp.with_name(tmp.name.replace("model.keras", "state.json").replace(".partial.keras", ".tmp"))]
+    (tmp_path / "checkpoints").mkdir()
+    left.append(tmp_path / "checkpoints" / ".epoch-0003.npz.x_7abc12.partial.npz")
+    kept = [tmp_path / name for name in (".gitignore", ".model.keras", "model.keras", ".notes.txt.tmp", "a.tmp")]
+    for path in left + kept:
+        path.write_text("x")
+    assert remove_stale_temporaries(tmp_path) == 3
+    assert not any(path.exists() for path in left) and all(path.exists() for path in kept)
+    assert remove_stale_temporaries(tmp_path / "nowhere") == 0
+
+
+def test_sigterm_ends_a_stage_through_its_clean_up(tmp_path):
+    # Slurm ends a job past its time limit with SIGTERM, which ended Python at once and left the
+    # temporary files of the write it interrupted (helper-82).
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    script = """
+import sys, time
+from medclassify.atomic import atomic_path
+from medclassify.runlog import log_output
+with log_output(sys.argv[2]):
+    with atomic_path(sys.argv[1]) as tmp:
+        tmp.write_text("half")
+        time.sleep(60)
+"""
+    process = subprocess.Popen([sys.executable, "-c", script, str(tmp_path / "out.txt"), str(tmp_path / "job.log")],
+                               cwd=os.path.dirname(os.path.dirname(__file__)))
+    for _ in range(600):  # until the write is under way
+        if any(p.read_text() == "half" for p in tmp_path.glob(".out.txt.*")):
+            break
+        time.sleep(0.1)
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=60) == 128 + signal.SIGTERM
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["job.log"]
+    assert "terminated (SIGTERM)" in (tmp_path / "job.log").read_text()

@@ -631,10 +631,15 @@ def test_a_run_killed_and_rerun_with_images_read_from_disk_resumes(tiny_cache, t
     with pytest.raises(Killed):
         train_stage("finetune", *tiny_cache, tmp_path, options=tiny_options(cache_in_memory_max_gb=4), threads=1)
     stop_killing()
+    # what a SIGKILL during a write leaves (helper-82): the rerun removes it
+    stale = [tmp_path / ".model.keras.k2j4x_9q.partial.keras", tmp_path / "checkpoints" / ".epoch-0002.npz.a1b2c3d4.partial.npz"]
+    for path in stale:
+        path.write_bytes(b"partial")
     capsys.readouterr()
     train_stage("finetune", *tiny_cache, tmp_path, options=tiny_options(cache_in_memory_max_gb=0), threads=1)
     out = capsys.readouterr().out
     assert "resuming finetune after epoch 1" in out
+    assert not any(path.exists() for path in stale)
     assert json.loads((tmp_path / "model.json").read_text())["images_in_memory"] is False
 
 
