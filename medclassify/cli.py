@@ -10,6 +10,7 @@ import argparse
 import contextlib
 import errno
 import json
+import os
 import sys
 import time
 import warnings
@@ -22,15 +23,21 @@ from .runlog import terminated_as_exit
 EXIT_OK, EXIT_INPUT, EXIT_USAGE = 0, 1, 2
 
 
-def positive_int(text):
-    """argparse type of a count of threads: TensorFlow aborts the process on fewer than one."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{value} is not 1 or more")
-    return value
+def _at_least(minimum):
+    """argparse type of a whole number of ``minimum`` or more."""
+    def whole_number(text):
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"{value} is not {minimum} or more")
+        return value
+    return whole_number
+
+
+# A count of threads: TensorFlow aborts the process on fewer than one.
+positive_int = _at_least(1)
 
 
 def _load_config(args):
@@ -70,11 +77,70 @@ def _require_files(*paths):
 
 
 def _require_file_targets(*paths):
-    """Raise UsageError for an output file that names a folder, before any work starts (the
-    atomic write's rename would otherwise fail at the end, after the work); None is not given."""
+    """Raise UsageError for an output file that names a folder, or lies below a file, before any
+    work starts (the atomic write's rename would otherwise fail at the end, after the work);
+    None is an option not given."""
     folders = [path for path in paths if path is not None and path.is_dir()]
     if folders:
         raise UsageError(f"{folders[0]} is a folder: name the file to write")
+    _require_folder_ancestors(*paths)
+
+
+def _require_folder_targets(*paths):
+    """Raise UsageError for an output folder that is a file, or lies below one, before any work."""
+    files = [path for path in paths if path is not None and path.exists() and not path.is_dir()]
+    if files:
+        raise UsageError(f"{files[0]} is a file: name a folder for the outputs")
+    _require_folder_ancestors(*paths)
+
+
+def _require_folder_ancestors(*paths):
+    for path in paths:
+        if path is None:
+            continue
+        existing = next((parent for parent in Path(path).absolute().parents if parent.exists()), None)
+        if existing is not None and not existing.is_dir():
+            raise UsageError(f"{path}: {existing} is a file, not a folder to write in")
+
+
+def _refuse_writing_over_inputs(outputs, inputs, manifest=None):
+    """UsageError, before any work, when an output would replace an input file, an image that
+    ``manifest`` (a CSV with a path column) names, or another output.
+
+    ``outputs`` holds every file the command writes, those it puts in its output folder or
+    beside another output included; None is an option not given. An image is matched by the
+    end of the output's path, so that the manifest's root need not be known: writing over
+    ``…/images/p1.png`` is refused for a manifest naming ``images/p1.png`` wherever it lies.
+    """
+    outputs = [Path(path) for path in outputs if path is not None]
+    read = {os.path.realpath(path): path for path in inputs if path is not None}
+    clashes = [f"{path} is the input {read[os.path.realpath(path)]}" for path in outputs
+               if os.path.realpath(path) in read]
+    images = _manifest_paths(manifest) if manifest is not None else set()
+    clashes += [f"{path} is an image that {manifest} names" for path in outputs if _path_endings(path) & images]
+    if clashes:
+        raise UsageError(f"refusing to write over an input: {'; '.join(clashes)}; name another output")
+    seen = {}
+    for path in outputs:
+        earlier = seen.setdefault(os.path.realpath(path), path)
+        if earlier is not path:
+            raise UsageError(f"{earlier} and {path} are one file: the command writes two files there")
+
+
+def _manifest_paths(manifest):
+    import pandas as pd
+
+    try:
+        table = pd.read_csv(manifest, dtype=str, keep_default_na=False, usecols=["path"])
+    except (ValueError, OSError, pd.errors.ParserError):
+        return set()  # the command's own reading of the manifest names the problem
+    return {os.path.normpath(path).replace(os.sep, "/") for path in table["path"] if path}
+
+
+def _path_endings(path):
+    """"a/b/c.png", "b/c.png" and "c.png" for …/a/b/c.png."""
+    parts = Path(os.path.realpath(path)).parts[1:]
+    return {"/".join(parts[k:]) for k in range(len(parts))}
 
 
 def _add_config_options(parser, per_dataset=False):
@@ -142,6 +208,7 @@ def _cmd_validate(args):
                                salt=resolve_salt(args.loaded_config["salt"]), threads=args.threads,
                                decode_cache=args.decode_cache)
     out = args.out or args.report.parent / "manifest.validated.csv"
+    _require_file_targets(out, args.report)
     write_validation_outputs(result, out, args.report, args.report.with_suffix(".md"))
     # Exit 1 listing the first errors (with row, path and code) and the report's path.
     raise_if_invalid(result, args.report)
@@ -156,7 +223,8 @@ def _add_preprocess(sub):
                        description="Read, resize and normalise every image of a validated manifest "
                        "into an HDF5 cache, and write the dataset fingerprint.")
     p.add_argument("manifest", type=Path, help="validated manifest (from 'medclassify validate')")
-    p.add_argument("--root", type=Path, required=True, help="folder the manifest's paths are relative to")
+    p.add_argument("--root", type=Path, help="folder the manifest's paths are relative to, as given to validate "
+                   "(default: the config dataset's root)")
     p.add_argument("--out", type=Path, required=True, help="cache file (.h5)")
     p.add_argument("--fingerprint", type=Path, required=True, help="fingerprint JSON")
     p.add_argument("--report", type=Path, help="validation report.json, for the class order (default: classes sorted)")
@@ -174,15 +242,20 @@ def _cmd_preprocess(args):
     from .cache import build_cache_part, default_blocks_dir, merge_cache_parts
 
     _require_files(args.manifest, args.report)
-    _require_file_targets(args.out)
+    _require_file_targets(args.out, args.fingerprint)
+    _refuse_writing_over_inputs([args.out, args.fingerprint], [args.manifest, args.report], manifest=args.manifest)
     if args.out.suffix == "":  # its parts go in the folder named by its stem: the cache's own path
         raise UsageError(f"--out {args.out}: give the cache file a suffix, e.g. {args.out}.h5")
     if args.shards is not None and args.shards < 1:
         raise UsageError(f"--shards {args.shards}: give 1 or more part files")
     options = _dataset_options(args)
+    root = args.root or (Path(options["root"]) if options.get("root") else None)
+    if root is None:
+        raise UsageError("--root: give the folder the manifest's paths are relative to (validate's --root), "
+                         "or a config whose dataset names its root")
     table = pd.read_csv(args.manifest, dtype=str, keep_default_na=False)
     if args.report:
-        classes = json.loads(args.report.read_text())["classes"]
+        classes = _report_classes(args.report)
     else:
         classes = sorted(table["label"].unique())
     n_shards = args.shards if args.shards is not None else options["preprocess"]["shards"]
@@ -190,12 +263,23 @@ def _cmd_preprocess(args):
     parts = [args.out.parent / args.out.stem / f"part-{i}-of-{n_shards}.h5" for i in range(n_shards)]
     blocks = default_blocks_dir(parts[0])
     for shard, part in enumerate(parts):
-        summary = build_cache_part(args.manifest, args.root, part, preprocess_options=options["preprocess"],
+        summary = build_cache_part(args.manifest, root, part, preprocess_options=options["preprocess"],
                                    io_options=options["io"], classes=classes, shard=shard, n_shards=n_shards,
                                    threads=args.threads, blocks=blocks, reuse=not args.no_reuse)
         print(f"{part}: {summary['rows']} images, {summary['decoded']} decoded, {summary['reused']} reused")
     merge_cache_parts(parts, args.out, args.fingerprint, blocks=blocks)  # removes other shard counts' parts
     print(f"wrote {args.out} and {args.fingerprint}")
+
+
+def _report_classes(report):
+    """The class list of a validation report.json; InputError naming the file when it has none."""
+    from .model_info import read_json_object
+
+    classes = read_json_object(report, "a validation report").get("classes")
+    if not isinstance(classes, list) or not classes:
+        raise InputError(f"{report}: not a validation report (no list of classes)",
+                         ["give --report the report.json that medclassify validate wrote"])
+    return classes
 
 
 # --- split -------------------------------------------------------------------------------------
@@ -219,6 +303,8 @@ def _cmd_split(args):
 
     _require_files(args.manifest)
     _require_file_targets(args.out, args.report)
+    _refuse_writing_over_inputs([args.out, args.report, args.report.with_suffix(".png")], [args.manifest],
+                                manifest=args.manifest)
     options = _dataset_options(args)
     table = pd.read_csv(args.manifest, dtype=str, keep_default_na=False)
     check_validated_manifest_fits(args.loaded_config, _dataset_name(args), table)
@@ -250,6 +336,9 @@ def _cmd_train(args):
         raise UsageError(f"--init-model {args.init_model}: only --stage finetune starts from a model; the head "
                          "stage builds its own from the config (train.backbone, train.weights)")
     _require_files(args.splits, args.init_model)
+    _require_folder_targets(args.out)
+    _refuse_writing_over_inputs([args.out / name for name in ("model.keras", "model.json", "history.csv")],
+                                [args.cache, args.splits, args.init_model])
     from .cache import check_built_with
     from .config import run_config
     from .training import train_stage
@@ -305,6 +394,14 @@ def _cmd_evaluate(args):
         fingerprint = args.fingerprint or args.cache.with_name("fingerprint.json")
     _require_files(args.model, args.splits, args.manifest, *histories.values(), fingerprint)
     _require_file_targets(args.run_card)
+    _require_folder_targets(args.out)
+    from .workflow_paths import PLOT_NAMES
+
+    written = [args.out / name for name in ("metrics.json", "predictions.csv")]
+    written += [args.out / f"{name}.{suffix}" for name in PLOT_NAMES for suffix in ("png", "pdf")]
+    _refuse_writing_over_inputs([args.run_card, *written],
+                                [args.model, args.cache, args.splits, args.manifest, *histories.values(), fingerprint],
+                                manifest=args.manifest)
     from .config import dataset_config, run_config, without_loading_options
     from .evaluation import run_evaluation
     from .model_info import read_json_object
@@ -348,6 +445,9 @@ def _add_aggregate(sub):
 
 def _cmd_aggregate(args):
     _require_files(*args.predictions, args.manifest)
+    _require_folder_targets(args.out)
+    _refuse_writing_over_inputs([args.out / "metrics.json", args.out / "predictions.csv"],
+                                [*args.predictions, args.manifest])
     from .config import run_config
     from .evaluation import aggregate_folds
 
@@ -368,6 +468,8 @@ def _add_compare(sub):
 
 def _cmd_compare(args):
     _require_files(*args.metrics)
+    _require_folder_targets(args.out)
+    _refuse_writing_over_inputs([args.out / name for name in ("runs.csv", "runs.md", "runs_auc.png")], args.metrics)
     from .evaluation import compare_runs
 
     args.out.mkdir(parents=True, exist_ok=True)
@@ -417,8 +519,10 @@ def _add_import_medmnist(sub):
 
 
 def _cmd_import_medmnist(args):
+    from .datasets._output import check_replaceable
     from .datasets.medmnist import import_medmnist
 
+    check_replaceable(args.out, "import-medmnist")
     manifest = import_medmnist(args.name, args.out, npz=args.npz, size=args.size)
     print(f"wrote {manifest}")
 
@@ -429,14 +533,17 @@ def _add_demo_data(sub):
                        description="Generate a deterministic synthetic dataset in mixed real formats "
                        "(PNG, 16-bit TIFF/PNG, DICOM, NIfTI) with its manifest.")
     p.add_argument("--out", type=Path, required=True, help="output folder")
-    p.add_argument("--patients", type=int, default=60, help="number of synthetic patients")
+    p.add_argument("--patients", type=_at_least(3), default=60, help="number of synthetic patients (3 or more: "
+                   "one a class; the default split needs 9)")
     p.add_argument("--seed", type=int, default=0, help="random seed")
     p.set_defaults(func=_cmd_demo_data)
 
 
 def _cmd_demo_data(args):
+    from .datasets._output import check_replaceable
     from .datasets.demo import generate_demo_dataset
 
+    check_replaceable(args.out, "demo-data")
     manifest = generate_demo_dataset(args.out, n_patients=args.patients, seed=args.seed)
     print(f"wrote {manifest}")
 

@@ -1245,7 +1245,7 @@ def write_validation_outputs(result, manifest_out, report_json, report_md):
     """Write the reports and, only when ``result.ok``, the validated manifest; all atomically.
 
     When the result is not ok, a validated manifest left at ``manifest_out`` by an earlier run is
-    removed so that no later step can read stale data. The input manifest is never a target.
+    removed so that no later step can read stale data (a file of any other kind is left). The input manifest is never a target.
     """
     manifest_out = Path(manifest_out)
     targets = [manifest_out, Path(report_json), Path(report_md)]
@@ -1267,8 +1267,13 @@ def write_validation_outputs(result, manifest_out, report_json, report_md):
     if result.ok:
         with atomic_path(manifest_out) as tmp:
             result.table.to_csv(tmp, index=False, encoding="utf-8", lineterminator="\n")
-    elif manifest_out.exists():
-        manifest_out.unlink()
+    elif manifest_out.is_file() and _is_validated_manifest(manifest_out):
+        manifest_out.unlink()  # a file of another kind is not one a later step could take for this
+
+
+def _is_validated_manifest(path):
+    header = manifest_header(path)
+    return header is not None and tuple(header[:len(VALIDATED_COLUMNS)]) == VALIDATED_COLUMNS
 
 
 def raise_if_invalid(result, report_path=None):

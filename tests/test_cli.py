@@ -309,3 +309,108 @@ def test_split_of_a_manifest_lacking_columns_names_them_not_a_key_error(tmp_path
     random_manifest(60).drop(columns=["label"]).to_csv(manifest, index=False)
     result = run_cli("split", str(manifest), "--out", str(tmp_path / "s.csv"), "--report", str(tmp_path / "r.json"))
     assert result.returncode == 1 and "missing column 'label'" in result.stderr, result.stderr
+
+
+def _user_files(tmp_path):
+    """A manifest naming two images, a report, a model and a splits file, with their bytes."""
+    (tmp_path / "images").mkdir()
+    files = {"images/p0.png": b"png 0", "images/p1.png": b"png 1", "report.json": b'{"classes": ["a", "b"]}',
+             "head/model.keras": b"model", "splits.csv": b"sample_id,split\n", "cache.h5": b"cache",
+             "fingerprint.json": b"{}"}
+    (tmp_path / "head").mkdir()
+    for name, data in files.items():
+        (tmp_path / name).write_bytes(data)
+    (tmp_path / "m.csv").write_text("path,label,patient,modality\nimages/p0.png,a,p,US\nimages/p1.png,b,q,US\n")
+    files["m.csv"] = (tmp_path / "m.csv").read_bytes()
+    return files
+
+
+@pytest.mark.parametrize("command, clash", [
+    (["preprocess", "m.csv", "--root", ".", "--out", "c.h5", "--fingerprint", "images/p0.png"], "is an image"),
+    (["preprocess", "m.csv", "--root", ".", "--out", "m.csv", "--fingerprint", "f.json"], "is the input"),
+    (["preprocess", "m.csv", "--root", ".", "--out", "c.h5", "--fingerprint", "c.h5"], "are one file"),
+    (["split", "m.csv", "--out", "s.csv", "--report", "images/p1.json"], "is an image"),  # the plot beside it
+    (["split", "m.csv", "--out", "m.csv", "--report", "r.json"], "is the input"),
+    (["train", "--stage", "finetune", "--cache", "cache.h5", "--splits", "splits.csv", "--init-model",
+      "head/model.keras", "--out", "head"], "is the input"),
+    (["evaluate", "--model", "head/model.keras", "--cache", "cache.h5", "--splits", "splits.csv", "--manifest", "m.csv",
+      "--out", "e", "--run-card", "m.csv"], "is the input"),
+])
+def test_a_stage_refuses_to_write_over_its_inputs_or_the_images(tmp_path, monkeypatch, capsys, command, clash):
+    # preprocess, split, train and evaluate wrote over a manifest, an image, the head model they
+    # fine-tuned or each other, with exit 0 (helper-85); validate and predict already refused.
+    files = _user_files(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    assert main(command) == 2
+    err = capsys.readouterr().err
+    assert "refusing to write over an input" in err or "are one file" in err
+    assert clash in err
+    assert {name: (tmp_path / name).read_bytes() for name in files} == files
+
+
+def test_preprocess_names_a_report_that_is_not_a_validation_report(tmp_path, monkeypatch, capsys):
+    _user_files(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    assert main(["preprocess", "m.csv", "--root", ".", "--out", "c.h5", "--fingerprint", "f.json",
+                 "--report", "m.csv"]) == 1
+    assert "m.csv: cannot be read as JSON" in capsys.readouterr().err
+    (tmp_path / "r.json").write_text('{"summary": {}}')
+    assert main(["preprocess", "m.csv", "--root", ".", "--out", "c.h5", "--fingerprint", "f.json",
+                 "--report", "r.json"]) == 1
+    assert "r.json: not a validation report" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", [["demo-data", "--patients", "3"],
+                                     ["import-medmnist", "breastmnist", "--npz", "nothere.npz"]])
+def test_generating_a_dataset_refuses_a_folder_of_the_users_own(tmp_path, monkeypatch, capsys, command):
+    # demo-data and import-medmnist replaced the images/ folder and manifest.csv under --out, a
+    # user's own scans included, with exit 0 (helper-85).
+    (tmp_path / "images").mkdir()
+    (tmp_path / "images" / "scan001.dcm").write_bytes(b"precious")
+    monkeypatch.chdir(tmp_path)
+    assert main([*command, "--out", "."]) == 2
+    assert "refusing to replace images" in capsys.readouterr().err
+    assert (tmp_path / "images" / "scan001.dcm").read_bytes() == b"precious"
+    (tmp_path / "images" / "scan001.dcm").unlink()
+    (tmp_path / "images").rmdir()
+    (tmp_path / "manifest.csv").write_text("path,label\n")
+    assert main([*command, "--out", "."]) == 2
+    assert (tmp_path / "manifest.csv").read_text() == "path,label\n"
+
+
+def test_demo_data_replaces_its_own_dataset_and_asks_for_three_patients(tmp_path, capsys):
+    assert main(["demo-data", "--out", str(tmp_path / "demo"), "--patients", "3"]) == 0
+    assert main(["demo-data", "--out", str(tmp_path / "demo"), "--patients", "4"]) == 0
+    assert (tmp_path / "demo" / "manifest.csv").is_file()
+    with pytest.raises(SystemExit) as caught:
+        main(["demo-data", "--out", str(tmp_path / "other"), "--patients", "2"])
+    assert caught.value.code == 2 and "2 is not 3 or more" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", [
+    ["validate", "m.csv", "--report", "notes.txt/report.json"],
+    ["preprocess", "m.csv", "--root", ".", "--out", "notes.txt/c.h5", "--fingerprint", "f.json"],
+    ["compare", "fingerprint.json", "--out", "notes.txt"],
+    ["train", "--stage", "head", "--cache", "cache.h5", "--splits", "splits.csv", "--out", "notes.txt"],
+    ["aggregate", "splits.csv", "splits.csv", "--manifest", "m.csv", "--out", "notes.txt/a"],
+])
+def test_an_output_in_or_as_a_file_is_a_usage_error_before_any_work(tmp_path, monkeypatch, capsys, command):
+    # NotADirectoryError and FileExistsError tracebacks, and TensorFlow's FailedPreconditionError
+    # once the model was built (helper-85).
+    _user_files(tmp_path)
+    (tmp_path / "notes.txt").write_text("mine")
+    monkeypatch.chdir(tmp_path)
+    assert main(command) == 2
+    assert "notes.txt" in capsys.readouterr().err
+    assert (tmp_path / "notes.txt").read_text() == "mine"
+
+
+def test_preprocess_takes_the_config_datasets_root_as_validate_does(tmp_path, monkeypatch, capsys):
+    _user_files(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    assert main(["preprocess", "m.csv", "--out", "c.h5", "--fingerprint", "f.json"]) == 2
+    assert "--root: give the folder" in capsys.readouterr().err
+    # with the config's root it goes on, to the images (not real PNGs here)
+    assert main(["preprocess", "m.csv", "--out", "c.h5", "--fingerprint", "f.json", "--set",
+                 json.dumps({"datasets": {"mine": {"manifest": "m.csv", "root": str(tmp_path)}}})]) == 1
+    assert "--root" not in capsys.readouterr().err

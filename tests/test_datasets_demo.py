@@ -139,7 +139,7 @@ def test_regenerating_replaces_images_and_leaves_no_temporary_folders(tmp_path):
     manifest = pd.read_csv(manifest_path, dtype=str)
     written = {str(p.relative_to(out)) for p in (out / "images").rglob("*") if p.is_file()}
     assert written == set(manifest["path"])
-    assert sorted(p.name for p in out.iterdir()) == ["images", "manifest.csv"]
+    assert sorted(p.name for p in out.iterdir()) == [".written-by-medclassify", "images", "manifest.csv"]
 
 
 def test_too_few_patients_is_refused(tmp_path):

@@ -230,7 +230,8 @@ def test_download_checks_md5_and_is_reused(tmp_path, fake_zenodo):
     assert len(pd.read_csv(manifest_path)) == 780
     import_medmnist("breastmnist", tmp_path / "out")
     assert len(requested) == 1  # the verified file is reused, not fetched again
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["breastmnist.npz", "images", "manifest.csv"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [".written-by-medclassify", "breastmnist.npz", "images",
+                                                                     "manifest.csv"]
 
 
 def test_corrupt_download_is_refused_and_removed(tmp_path, fake_zenodo, monkeypatch):

@@ -8,7 +8,7 @@ import os
 import pandas as pd
 import pytest
 
-from medclassify.manifest import PROBLEM_CODES, validate_manifest, write_validation_outputs
+from medclassify.manifest import PROBLEM_CODES, VALIDATED_COLUMNS, validate_manifest, write_validation_outputs
 from tests.badinput_corpus import BAD_ROW, CASES, VALID_CASES, build_case
 
 SALT = "corpus-salt"
@@ -137,6 +137,10 @@ def test_stale_validated_manifest_is_removed_when_validation_fails(tmp_path):
     case = build_case("missing_file", tmp_path)
     out = tmp_path / "results"
     out.mkdir()
-    (out / "manifest.validated.csv").write_text("stale\n")
+    (out / "manifest.validated.csv").write_text(",".join(VALIDATED_COLUMNS) + "\nstale\n")
     _, (manifest_out, _, _) = run_case(case, out)
     assert not manifest_out.exists()
+    # A file of another kind at --out is the user's, not a stale result: it stays (helper-85).
+    manifest_out.write_text("my notes\n")
+    run_case(case, out)
+    assert manifest_out.read_text() == "my notes\n"

@@ -7,6 +7,11 @@ import tempfile
 from pathlib import Path
 
 from ..atomic import fsync_directory, fsync_tree
+from ..errors import UsageError
+
+# Beside a generated dataset's images/ and manifest.csv: it marks them as this library's to
+# replace; a folder without it holds the user's own.
+GENERATED_STAMP = ".written-by-medclassify"
 
 
 @contextlib.contextmanager
@@ -24,6 +29,10 @@ def staged_folder(target):
     try:
         yield staging
         fsync_tree(staging)
+        stamp = target.parent / GENERATED_STAMP
+        if not stamp.exists():
+            stamp.write_text(f"{target.name}/ and the manifest beside it are a generated dataset, which a new one "
+                             "replaces\n")
         old = None
         if target.exists():
             old = target.with_name(f".{target.name}.old.{os.getpid()}")
@@ -35,3 +44,15 @@ def staged_folder(target):
     finally:
         if staging.exists():
             shutil.rmtree(staging)
+
+
+def check_replaceable(out_dir, command):
+    """UsageError unless ``out_dir``'s ``images/`` and ``manifest.csv``, where present, are a
+    dataset that ``command`` (or the other generator) wrote: generating replaces both, and a
+    user's own folder of scans there was deleted without a word."""
+    out_dir = Path(out_dir)
+    images, manifest = out_dir / "images", out_dir / "manifest.csv"
+    present = [path for path in (images, manifest) if os.path.lexists(path)]
+    if present and not (out_dir / GENERATED_STAMP).is_file():
+        raise UsageError(f"refusing to replace {' and '.join(map(str, present))}: {command} writes its images and "
+                         f"manifest there, and these are not a dataset it wrote; name a new or empty --out folder")
