@@ -282,8 +282,12 @@ def _override_values_from_strings(config):
 def _datasets_problems(config, written):
     problems = []
     for name, entry in _entries(config, "datasets").items():
-        if entry.get("demo") is True and entry.get("medmnist"):
-            problems.append(f"datasets.{name}: demo true and medmnist {entry['medmnist']!r} name two sources; keep one")
+        sources = [f"{key} {entry[key]!r}" for key in ("demo", "medmnist", "manifest")
+                   if entry.get(key) not in (None, False)]
+        if len(sources) > 1:
+            # One would be used and the other ignored without a word (the demo's synthetic images
+            # trained where MedMNIST, or the user's manifest, was meant).
+            problems.append(f"datasets.{name}: {' and '.join(sources)} name {len(sources)} sources of images; keep one")
         if entry.get("medmnist"):
             problems += _medmnist_problems(entry, name)
         resolved, section_problems = _resolve_sections(config, entry, DATASET_SECTIONS, f"datasets.{name}",
