@@ -315,24 +315,36 @@ class EpochEnd(keras.callbacks.Callback):
 
 
 class TensorBoardScalars(keras.callbacks.Callback):
-    """Writes each epoch's numeric logs as TensorBoard scalars (event files under ``log_dir``).
+    """Writes each epoch's row of the stage's history as TensorBoard scalars (event files under
+    ``log_dir``), after :class:`EpochEnd` has added it.
+
+    The folder is written anew from the history each time the stage starts: a stage that starts
+    over showed the abandoned run's curves beside the new one's, and one resumed after a kill
+    between the epoch's checkpoint and its scalars lacked that epoch.
 
     keras.callbacks.TensorBoard needs the tensorboard package for its summaries; this writes
     the same scalar summaries with TensorFlow's own ``tf.summary.write``, so TensorBoard reads
     them while training needs nothing beyond TensorFlow.
     """
 
-    def __init__(self, log_dir):
+    def __init__(self, log_dir, history):
         super().__init__()
+        shutil.rmtree(log_dir, ignore_errors=True)
+        self.history = history
         self.writer = tf.summary.create_file_writer(str(log_dir))
         self.metadata = summary_pb2.SummaryMetadata(
             plugin_data=summary_pb2.SummaryMetadata.PluginData(plugin_name="scalars"))
+        for row in history:
+            self._write(row)
 
     def on_epoch_end(self, epoch, logs=None):
+        self._write(self.history[-1])
+
+    def _write(self, row):
         with self.writer.as_default():
-            for name, value in (logs or {}).items():
-                if isinstance(value, (int, float, np.floating)) and not math.isnan(float(value)):
-                    tf.summary.write(name, tf.constant(float(value), tf.float32), step=epoch + 1,
+            for name, value in row.items():
+                if name != "epoch" and not math.isnan(float(value)):
+                    tf.summary.write(name, tf.constant(float(value), tf.float32), step=row["epoch"],
                                      metadata=self.metadata)
         self.writer.flush()
 
@@ -546,7 +558,7 @@ def _train_model(stage, cache_path, splits_path, out_dir, *, options, fold=None,
                      ValidationMetrics(val_dataset, val_labels, record_dir, stage),
                      EpochEnd(checkpoint, state, settings["patience"], settings["select_epoch"], average,
                               settings["epochs"]),
-                     TensorBoardScalars(out_dir / "tensorboard")]
+                     TensorBoardScalars(out_dir / "tensorboard", state["history"])]
 
         for epoch in range(state["epoch"], settings["epochs"]):
             if state["stopped"]:

@@ -657,6 +657,25 @@ def test_a_run_killed_and_rerun_after_a_code_change_starts_over(tiny_cache, tmp_
     train_stage("finetune", *tiny_cache, tmp_path, options=tiny_options(), threads=1)
     out = capsys.readouterr().out
     assert "is from other options, data or code; starting over" in out and "resuming" not in out
+    # TensorBoard showed the abandoned run's first epoch beside the new run's (helper-84)
+    steps = tensorboard_steps(tmp_path / "tensorboard")
+    epochs = len((tmp_path / "history.csv").read_text().splitlines()) - 1
+    assert steps["val_auc"] == list(range(1, epochs + 1)) and steps["loss"] == steps["val_auc"]
+
+
+def tensorboard_steps(folder):
+    """{tag: sorted steps} over every event file in ``folder``."""
+    import collections
+
+    import tensorflow as tf
+
+    steps = collections.defaultdict(list)
+    for path in folder.glob("events.out.tfevents.*"):
+        for record in tf.data.TFRecordDataset(str(path)):
+            event = tf.compat.v1.Event.FromString(record.numpy())
+            for value in event.summary.value:
+                steps[value.tag].append(event.step)
+    return {tag: sorted(found) for tag, found in steps.items()}
 
 
 def test_a_touched_or_rebuilt_cache_is_the_same_data_to_an_ensemble_member(tiny_cache, tmp_path):
