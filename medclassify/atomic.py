@@ -46,19 +46,20 @@ def atomic_path(path, suffix=".tmp"):
             tmp.unlink()
 
 
-# The temporary files of atomic_path: "." + the file's name + mkstemp's 8 characters + the suffix.
-_TEMPORARY_NAME = re.compile(r"\..+\.[a-z0-9_]{8}(\.tmp|\.partial\.[A-Za-z0-9.]+)")
+def remove_stale_temporaries(folder, names):
+    """Delete the temporary files that :func:`atomic_path` left in ``folder`` (not below it) for
+    outputs whose names match the regular expression ``names``; return how many.
 
-
-def remove_stale_temporaries(folder):
-    """Delete the temporary files that :func:`atomic_path` left in ``folder`` and below: a job
-    killed outright (SIGKILL, or a node lost) runs no clean-up, and each kill of a training left a
-    partial model or checkpoint (hundreds of MB with a large backbone). Only for a folder that one
-    job writes at a time, at its start. Returns the number deleted.
+    A job killed outright (SIGKILL, a node lost) runs no clean-up, and each kill of a training
+    left a partial model or checkpoint (hundreds of MB with a large backbone). For a job to call
+    at its start on its own folders: only its own outputs' temporary files are matched, so a
+    file that another job is writing beside them, or a user's, is left alone.
     """
+    # "." + the output's name + mkstemp's 8 characters + the suffix atomic_path was given
+    temporary = re.compile(rf"\.(?:{names})\.[a-z0-9_]{{8}}(?:\.tmp|\.partial\.[A-Za-z0-9.]+)")
     removed = 0
-    for path in Path(folder).rglob(".*"):
-        if _TEMPORARY_NAME.fullmatch(path.name) and path.is_file() and not path.is_symlink():
+    for path in Path(folder).glob(".*"):
+        if temporary.fullmatch(path.name) and path.is_file() and not path.is_symlink():
             path.unlink(missing_ok=True)
             removed += 1
     return removed

@@ -118,6 +118,7 @@ from .errors import InputError
 from .preprocess_options import check_preprocess_options
 from .preprocessing import (PREPROCESSING_VERSION, from_storage, intensity_input_problem, preprocess_image,
                             to_storage)
+from .runlog import default_sigterm
 
 # Format 2: the part digest covers every row's label, patient and modality too. Format 3: it
 # covers the class list too. A file of an older format is refused with "rerun the preprocess
@@ -344,7 +345,8 @@ def _ordered_map(function, jobs, workers):
     # threads is unsafe (a lock held by one stays locked in the child): then use threads, which
     # still overlap because Pillow, zlib, hashlib and NumPy release the GIL for most of the work.
     if "fork" in multiprocessing.get_all_start_methods() and threading.active_count() == 1:
-        executor = concurrent.futures.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"))
+        executor = concurrent.futures.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"),
+                                                          initializer=default_sigterm)
     else:
         executor = concurrent.futures.ThreadPoolExecutor(workers)
     with executor as pool:
@@ -374,9 +376,10 @@ def _create_h5(path):
     a damaged file reached its final name, and later builds reused it unread. Such failures are
     gathered while the file is open and raised at its close.
 
-    A file whose writing failed is not closed: closing it can crash HDF5 (SIGSEGV) before the
-    error is told, and leave the temporary file behind. It stays open, unreachable, and the
-    destructor failures its objects meet later are not printed again.
+    A file whose writing the disk refused (full, quota, size limit) is not closed: closing it can
+    crash HDF5 (SIGSEGV) before the error is told, and leave the temporary file behind. It stays
+    open, unreachable, until the process ends (its space with it, though the file is deleted),
+    and the h5py destructor failures met from then on are not printed.
     """
     failures, previous_hook, abandoned = [], sys.unraisablehook, False
 
@@ -396,12 +399,14 @@ def _create_h5(path):
             yield f
             f.flush()
         except (OSError, RuntimeError) as error:
-            if isinstance(error, OSError) or re.search(r"errno = \d+", str(error)):
+            if _error_number(error) in _DISK_FULL:
                 _ABANDONED_FILES.append(f)
                 abandoned = True
+            else:
+                _close_after_failure(f)
+            if _error_number(error) is not None and "read failed" not in str(error):
                 raise _write_error(error, path) from None
-            _close_after_failure(f)
-            raise
+            raise  # not a write of this file (reading another block, say): its own words
         except BaseException:
             _close_after_failure(f)
             raise
@@ -416,6 +421,13 @@ def _create_h5(path):
 
 
 _ABANDONED_FILES = []
+_DISK_FULL = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
+
+
+def _error_number(error):
+    """The system error number of an HDF5 failure: the OSError's, or the one HDF5's message quotes."""
+    found = re.search(r"errno = (\d+)", str(error))
+    return getattr(error, "errno", None) or (int(found[1]) if found else None)
 
 
 def _from_h5py(unraisable):
@@ -468,8 +480,7 @@ def _write_error(error, path):
     """An OSError naming ``path`` for an HDF5 write failure, with the system's reason alone (HDF5's
     message runs over lines of internals)."""
     reason = re.search(r"error message = '([^']*)'", str(error))
-    number = re.search(r"errno = (\d+)", str(error))
-    number = getattr(error, "errno", None) or (int(number[1]) if number else errno.EIO)
+    number = _error_number(error) or errno.EIO
     return OSError(number, f"HDF5 could not write it ({reason[1] if reason else error})", str(path))
 
 

@@ -138,9 +138,13 @@ def _manifest_paths(manifest):
 
 
 def _path_endings(path):
-    """"a/b/c.png", "b/c.png" and "c.png" for …/a/b/c.png."""
-    parts = Path(os.path.realpath(path)).parts[1:]
-    return {"/".join(parts[k:]) for k in range(len(parts))}
+    """"a/b/c.png", "b/c.png" and "c.png" for …/a/b/c.png, as given and with links resolved (the
+    images folder may be a link to where they lie)."""
+    endings = set()
+    for full in (os.path.abspath(path), os.path.realpath(path)):
+        parts = Path(full).parts[1:]
+        endings.update("/".join(parts[k:]) for k in range(len(parts)))
+    return endings
 
 
 def _add_config_options(parser, per_dataset=False):

@@ -38,6 +38,7 @@ from .errors import InputError, UsageError
 from .content import is_constant_content
 from .io import READ_ERROR_CODES, ReadError, content_hash, read_file_samples, resolve_io_options
 from .privacy import DEFAULT_SALT, SALT_ENVIRONMENT_VARIABLE, hash_patient, is_identifier_column
+from .runlog import default_sigterm
 
 REQUIRED_COLUMNS = ("path", "label", "patient", "modality")
 GENERATED_COLUMNS = ("sample_id", "index", "content_hash", "source_spacing")
@@ -544,7 +545,7 @@ def decode_files(paths, io_options, threads=1):
     chunksize = max(1, min(256, len(tasks) // (workers * 8)))
     if "fork" in multiprocessing.get_all_start_methods() and threading.active_count() == 1:
         context = multiprocessing.get_context("fork")
-        with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+        with ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=default_sigterm) as pool:
             return list(pool.map(_inspect_task, tasks, chunksize=chunksize))
     with ThreadPoolExecutor(max_workers=workers) as pool:
         return list(pool.map(_inspect_task, tasks))

@@ -64,3 +64,9 @@ def terminated_as_exit():
         yield
     finally:
         signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
+
+
+def default_sigterm():
+    """Give SIGTERM its default action again: for the worker processes a stage forks, which would
+    otherwise each print that they were terminated, and end as the stage does anyway."""
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)

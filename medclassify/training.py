@@ -448,6 +448,20 @@ def warn_if_init_model_saw_other_rows(init_model, split_rows, fold):
 
 
 # --- the stage ----------------------------------------------------------------------------------------
+# What a training stage writes in its folders (those of its ensemble members alike).
+_STAGE_FILES = r"model\.keras|model\.json|history\.csv|state\.json|ensemble\.json|(?:epoch|best)-\d+\.npz|[\w.-]+\.npy"
+
+
+def remove_stale_outputs(out_dir):
+    """Remove the partial models, checkpoints and recorded predictions that a killed run of the
+    stage left in ``out_dir`` (its own folders only)."""
+    out_dir = Path(out_dir)
+    folders = [out_dir, *out_dir.glob(f"{MEMBERS_DIRNAME}/{MEMBER_PREFIX}*")]
+    for folder in folders:
+        for place in (folder, folder / "checkpoints", folder / "val_predictions"):
+            remove_stale_temporaries(place, _STAGE_FILES)
+
+
 def train_stage(stage, cache_path, splits_path, out_dir, *, options, fold=None, init_model=None, threads=None):
     """Train one stage and write model.keras, model.json, history.csv, checkpoints/, tensorboard/.
 
@@ -461,7 +475,7 @@ def train_stage(stage, cache_path, splits_path, out_dir, *, options, fold=None, 
         raise InputError(f"unknown stage {stage!r}", [f"stage must be one of {', '.join(STAGES)}"])
     options = complete_run_options(options)
     n_members = int(options["train"]["ensemble"]) if stage == "finetune" else 1
-    remove_stale_temporaries(out_dir)  # a killed run's partial models and checkpoints
+    remove_stale_outputs(out_dir)
     if stage == "finetune":
         remove_surplus_members(out_dir, n_members)
     if n_members > 1:

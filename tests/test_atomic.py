@@ -102,17 +102,19 @@ def test_a_staged_folder_is_synced_file_by_file_before_it_replaces_the_old_one(t
 
 
 def test_stale_temporaries_of_atomic_writes_are_removed_and_nothing_else(tmp_path):
-    # A SIGKILL runs no clean-up: each kill of a training left a partial model (helper-82).
+    # A SIGKILL runs no clean-up: each kill of a training left a partial model (helper-82). Only
+    # the named outputs' temporary files go, and only in the folder given (helper-86: another
+    # job's block or predictions beside or below it were deleted while being written).
     with atomic_path(tmp_path / "model.keras", suffix=".partial.keras") as tmp:
-        left = [tmp, tmp.with_name(tmp.name.replace("model.keras", "state.json").replace(".partial.keras", ".tmp"))]
-    (tmp_path / "checkpoints").mkdir()
-    left.append(tmp_path / "checkpoints" / ".epoch-0003.npz.x_7abc12.partial.npz")
-    kept = [tmp_path / name for name in (".gitignore", ".model.keras", "model.keras", ".notes.txt.tmp", "a.tmp")]
+        left = [tmp, tmp.with_name(tmp.name.replace("model.keras", "history.csv").replace(".partial.keras", ".tmp"))]
+    (tmp_path / "cache").mkdir()
+    kept = [tmp_path / name for name in (".gitignore", ".model.keras", "model.keras", ".notes.txt.backup_1.tmp",
+                                         ".predictions.csv.k9x8y7z6.tmp", "cache/.model.keras.ab12cd34.tmp")]
     for path in left + kept:
         path.write_text("x")
-    assert remove_stale_temporaries(tmp_path) == 3
+    assert remove_stale_temporaries(tmp_path, r"model\.keras|history\.csv") == 2
     assert not any(path.exists() for path in left) and all(path.exists() for path in kept)
-    assert remove_stale_temporaries(tmp_path / "nowhere") == 0
+    assert remove_stale_temporaries(tmp_path / "nowhere", "x") == 0
 
 
 def test_sigterm_ends_a_stage_through_its_clean_up(tmp_path):

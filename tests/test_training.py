@@ -632,7 +632,8 @@ def test_a_run_killed_and_rerun_with_images_read_from_disk_resumes(tiny_cache, t
         train_stage("finetune", *tiny_cache, tmp_path, options=tiny_options(cache_in_memory_max_gb=4), threads=1)
     stop_killing()
     # what a SIGKILL during a write leaves (helper-82): the rerun removes it
-    stale = [tmp_path / ".model.keras.k2j4x_9q.partial.keras", tmp_path / "checkpoints" / ".epoch-0002.npz.a1b2c3d4.partial.npz"]
+    stale = [tmp_path / ".model.keras.k2j4x_9q.partial.keras",
+             tmp_path / "checkpoints" / ".epoch-0002.npz.a1b2c3d4.partial.npz"]
     for path in stale:
         path.write_bytes(b"partial")
     capsys.readouterr()

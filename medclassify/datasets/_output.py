@@ -55,4 +55,6 @@ def check_replaceable(out_dir, command):
     present = [path for path in (images, manifest) if os.path.lexists(path)]
     if present and not (out_dir / GENERATED_STAMP).is_file():
         raise UsageError(f"refusing to replace {' and '.join(map(str, present))}: {command} writes its images and "
-                         f"manifest there, and these are not a dataset it wrote; name a new or empty --out folder")
+                         f"manifest there, and these are not a dataset it wrote; name a new or empty --out folder "
+                         f"(a dataset that medclassify wrote before it marked them with {GENERATED_STAMP} has to be "
+                         "deleted first)")

@@ -11,6 +11,8 @@ import numpy as np
 def patient_groups(patients):
     """Image indices of each patient, in order of first appearance: a list of int arrays."""
     patients = np.asarray(patients)
+    if patients.size == 0:
+        return []
     _, first, inverse = np.unique(patients, return_index=True, return_inverse=True)
     order = np.argsort(first)  # unique() sorts by value; keep appearance order for stability
     rank = np.empty_like(order)
