@@ -10,6 +10,7 @@ setting, cost no TensorFlow import (tests run them in fresh processes).
 """
 
 import ctypes
+import functools
 import os
 
 # glibc's mallopt parameter number for M_TOP_PAD (malloc.h).
@@ -114,8 +115,19 @@ def configure_devices(train_options, threads=None):
     policy = mixed_precision_policy(train_options["mixed_precision"], len(gpus))
     keras.mixed_precision.set_global_policy(policy)
     jit = use_jit(train_options["jit_compile"], len(gpus), bool(train_options["deterministic"]))
-    if strategy_kind(len(gpus)) == "mirrored":
-        strategy = tf.distribute.MirroredStrategy()
-    else:
-        strategy = tf.distribute.get_strategy()
+    strategy = mirrored_strategy() if strategy_kind(len(gpus)) == "mirrored" else tf.distribute.get_strategy()
     return strategy, jit, policy, len(gpus)
+
+
+@functools.cache
+def mirrored_strategy():
+    """The process's one MirroredStrategy over the visible GPUs.
+
+    Every MirroredStrategy numbers its all-reduce operations from the same keys, and TensorFlow
+    remembers each one's tensor shape for the process: a second strategy (the fine-tune stage
+    after the head's, in one script such as bench/accuracy.py) aborted with "Shape mismatch in
+    the collective instance 100" once its gradients differed from the first one's.
+    """
+    import tensorflow as tf
+
+    return tf.distribute.MirroredStrategy()

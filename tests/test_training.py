@@ -726,3 +726,35 @@ def test_an_ensemble_member_does_not_depend_on_how_images_are_read(tiny_cache):
     fingerprints = {member_fingerprint(tiny_options(cache_in_memory_max_gb=gb), 7, fold=None, data=data)
                     for gb in (4, 0)}
     assert len(fingerprints) == 1
+
+
+def test_head_and_finetune_in_one_process_share_one_mirrored_strategy(tmp_path):
+    # A second MirroredStrategy reuses the first one's all-reduce keys, whose shapes TensorFlow
+    # remembers: the fine-tune stage after the head's, in one process (bench/accuracy.py), aborted
+    # with "Shape mismatch in the collective instance 100" on two GPUs (helper-87). Two logical
+    # CPU devices stand in for them.
+    import subprocess
+
+    script = f"""
+import functools, sys
+import tensorflow as tf
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+tf.distribute.MirroredStrategy = functools.partial(tf.distribute.MirroredStrategy, ["/cpu:0", "/cpu:1"])
+sys.path.insert(0, "tests")
+import medclassify.gpu as gpu
+gpu.strategy_kind = lambda n_gpus: "mirrored"
+from training_fixtures import make_training_cache, tiny_options
+from medclassify.training import train_stage
+root = {str(tmp_path)!r}
+make_training_cache(root, n=80)
+options = tiny_options()
+train_stage("head", root + "/cache.h5", root + "/splits.csv", root + "/head", options=options, threads=1)
+train_stage("finetune", root + "/cache.h5", root + "/splits.csv", root + "/finetune", options=options,
+            init_model=root + "/head/model.keras", threads=1)
+print("replicas", gpu.mirrored_strategy().num_replicas_in_sync)
+"""
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600,
+                         cwd=Path(__file__).resolve().parents[1])
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stdout.strip().splitlines()[-1] == "replicas 2"
