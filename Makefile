@@ -6,14 +6,21 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 SNAKEMAKE := $(BIN)/snakemake
 SHARED_NPZ ?= ../shared/data/breastmnist.npz
+# The local copy where there is one; without it the workflow downloads the official file (a
+# variable naming a missing file made it an input nothing could produce, and `make dry-run` failed).
+ifneq ($(wildcard $(SHARED_NPZ)),)
 export MEDCLASSIFY_BREASTMNIST_NPZ ?= $(abspath $(SHARED_NPZ))
+endif
 
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: demo test lint dry-run unit e2e bench clean-results system-deps test-cluster e2e-and-cluster
 
 $(STAMP): requirements-data.txt requirements-train.txt requirements-dev.txt pyproject.toml
-	$(PYTHON) -m venv $(VENV)
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || { echo "medclassify needs Python 3.11 or \
+	later (its pinned packages need it); $(PYTHON) is $$($(PYTHON) --version 2>&1): run make PYTHON=python3.11 …"; \
+	exit 1; }
+	$(PYTHON) -m venv --clear $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip setuptools
 	$(BIN)/python -m pip install --quiet -r requirements-dev.txt
 	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .

@@ -216,6 +216,9 @@ def _cmd_validate(args):
     write_validation_outputs(result, out, args.report, args.report.with_suffix(".md"))
     # Exit 1 listing the first errors (with row, path and code) and the report's path.
     raise_if_invalid(result, args.report)
+    for problem in result.problems:
+        if problem.severity == "warning" and problem.row is None:  # the manifest's, not a row's: said here too
+            warnings.warn(f"{problem.code}: {problem.message}", stacklevel=2)
     summary = result.summary
     print(f"{len(result.table)} samples valid ({summary['n_warnings']} warning(s), "
           f"{summary['n_rows_dropped']} row(s) dropped); wrote {out} and {args.report}")

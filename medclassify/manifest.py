@@ -37,7 +37,7 @@ from .config import with_section_defaults
 from .errors import InputError, UsageError
 from .content import is_constant_content
 from .io import READ_ERROR_CODES, ReadError, content_hash, read_file_samples, resolve_io_options
-from .privacy import DEFAULT_SALT, SALT_ENVIRONMENT_VARIABLE, hash_patient, is_identifier_column
+from .privacy import DEFAULT_SALT, PUBLIC_SALT_WARNING, hash_patient, is_identifier_column
 from .runlog import default_sigterm
 
 REQUIRED_COLUMNS = ("path", "label", "patient", "modality")
@@ -692,10 +692,7 @@ def validate_manifest(manifest, root, *, io_options, validation_options, labels=
     extra_columns = _without_identifier_columns(extra_columns, rows, problems)
 
     if salt == DEFAULT_SALT:
-        problems.add(None, None, "public_salt", "warning",
-                     f"patient ids were hashed with the public default salt: anyone can recompute the hash of a "
-                     f"guessable id (a medical record number, say); set {SALT_ENVIRONMENT_VARIABLE} (or `salt` in "
-                     "the config) to a secret of this project")
+        problems.add(None, None, "public_salt", "warning", PUBLIC_SALT_WARNING)
     records = _check_fields(rows, labels, salt, problems, root_real)
     _check_duplicate_paths(records, problems)
     t_decode = time.perf_counter()

@@ -9,6 +9,9 @@ import os
 # warns when it is used.
 DEFAULT_SALT = "medclassify-default-salt"
 SALT_ENVIRONMENT_VARIABLE = "MEDCLASSIFY_SALT"
+PUBLIC_SALT_WARNING = (f"patient ids were hashed with the public default salt: anyone can recompute the hash of a "
+                       f"guessable id (a medical record number, say); set {SALT_ENVIRONMENT_VARIABLE} (or `salt` in "
+                       "the config) to a secret of this project")
 
 # DICOM attributes that identify a person, an institution or a visit. Readers never copy them
 # into metadata, and tests grep results/ for their values.

@@ -414,3 +414,12 @@ def test_preprocess_takes_the_config_datasets_root_as_validate_does(tmp_path, mo
     assert main(["preprocess", "m.csv", "--out", "c.h5", "--fingerprint", "f.json", "--set",
                  json.dumps({"datasets": {"mine": {"manifest": "m.csv", "root": str(tmp_path)}}})]) == 1
     assert "--root" not in capsys.readouterr().err
+
+
+def test_validate_tells_the_manifests_own_warnings(tmp_path, monkeypatch, capsys):
+    # "1 warning(s)" without a word of the public salt it was (helper-88).
+    monkeypatch.delenv("MEDCLASSIFY_SALT", raising=False)
+    assert main(["demo-data", "--out", str(tmp_path / "d"), "--patients", "3"]) == 0
+    result = run_cli("validate", str(tmp_path / "d" / "manifest.csv"), "--report", str(tmp_path / "r" / "report.json"))
+    assert result.returncode == 0
+    assert "validate: warning: public_salt: patient ids were hashed with the public default salt" in result.stderr

@@ -201,6 +201,24 @@ def test_a_subgroup_column_no_manifest_has_stops_planning_before_any_job(unrun_w
     assert "['site'" not in run.output, run.tail()
 
 
+def test_the_public_salt_is_told_on_the_console_for_a_users_own_manifest(unrun_workdir):
+    # Validation's warning went only to its report; on the console Snakemake said nothing (helper-88).
+    assert "public default salt" not in run_snakemake(["-n", *CONFIG_ARGS], unrun_workdir, timeout_s=TIMEOUT_S).output
+    manifest = unrun_workdir / "own" / "manifest.csv"
+    manifest.parent.mkdir(exist_ok=True)
+    manifest.write_text("path,label,patient,modality,site,sex\nimg.png,a,p1,US,north,f\n")
+    config_path = unrun_workdir / FAST_CONFIG_NAME
+    with restored_afterwards(config_path):
+        config = yaml.safe_load(config_path.read_text())
+        config["datasets"]["own"] = {"manifest": "own/manifest.csv"}
+        config_path.write_text(yaml.safe_dump(config, sort_keys=False))
+        run = run_snakemake(["-n", *CONFIG_ARGS], unrun_workdir, timeout_s=TIMEOUT_S)
+        assert run.returncode == 0 and "hashed with the public default salt" in run.output, run.tail()
+        run = run_snakemake(["-n", *CONFIG_ARGS], unrun_workdir, timeout_s=TIMEOUT_S,
+                            env={"MEDCLASSIFY_SALT": "s3cr3t"})
+        assert run.returncode == 0 and "public default salt" not in run.output, run.tail()
+
+
 def test_a_key_written_twice_in_the_config_file_stops_planning(unrun_workdir):
     config_path = unrun_workdir / FAST_CONFIG_NAME
     with restored_afterwards(config_path):

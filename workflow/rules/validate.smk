@@ -1,4 +1,17 @@
-from medclassify.privacy import resolve_salt, salt_fingerprint
+from medclassify.privacy import (
+    DEFAULT_SALT,
+    PUBLIC_SALT_WARNING,
+    resolve_salt,
+    salt_fingerprint,
+)
+
+# On the console, where the validation report's own warning went unseen: the user's manifests
+# hold real patient ids (the demo's and MedMNIST's are made up).
+if resolve_salt(config["salt"]) == DEFAULT_SALT and any(
+    source_kind(dataset_config(config, name)) == "manifest"
+    for name in config["datasets"]
+):
+    print(f"medclassify: warning: {PUBLIC_SALT_WARNING}", file=sys.stderr)
 
 
 rule validate_manifest:
