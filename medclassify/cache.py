@@ -1241,7 +1241,11 @@ def _intensity_summary(opened, modality_codes, modality_names):
         entry = {f"p{level:g}": float(q) for level, q in zip(levels, quantiles)}
         entry.update({"min": float(values.min()), "max": float(values.max()), "mean": float(values.mean()),
                       "std": float(values.std()), "n_values": int(values.size),
-                      "method": f"{INTENSITY_SAMPLES} evenly spaced raw pixels per image"})
+                      # Said as it is: the reader's values (a DICOM after its window, MONOCHROME1
+                      # mirrored), at positions spaced evenly in storage order (helper-89).
+                      "method": f"{INTENSITY_SAMPLES} pixels per image, evenly spaced in storage order, "
+                                "as the reader gives them (a DICOM after io.dicom_window and MONOCHROME1's "
+                                "mirroring), before preprocessing"})
         summary[modality] = entry
     return summary
 

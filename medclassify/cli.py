@@ -388,6 +388,8 @@ def _add_evaluate(sub):
                    "run_card.json")
     p.add_argument("--fingerprint", type=Path, help="fingerprint JSON of the cache, for --run-card "
                    "(default: fingerprint.json beside the cache)")
+    p.add_argument("--split-report", type=Path, help="the split's report (medclassify split --report), for "
+                   "--run-card: the card states the config's split options, which the split must have been made with")
     _add_config_options(p, per_dataset=True)
     p.set_defaults(func=_cmd_evaluate)
 
@@ -399,7 +401,10 @@ def _cmd_evaluate(args):
     fingerprint = None
     if args.run_card is not None:
         fingerprint = args.fingerprint or args.cache.with_name("fingerprint.json")
-    _require_files(args.model, args.splits, args.manifest, *histories.values(), fingerprint)
+        if args.split_report is None:
+            raise UsageError("--run-card needs --split-report (the report medclassify split wrote): the card states "
+                             "the config's split options, which are checked against the split's")
+    _require_files(args.model, args.splits, args.manifest, *histories.values(), fingerprint, args.split_report)
     _require_file_targets(args.run_card)
     _require_folder_targets(args.out)
     from .workflow_paths import PLOT_NAMES
@@ -407,20 +412,21 @@ def _cmd_evaluate(args):
     written = [args.out / name for name in ("metrics.json", "predictions.csv")]
     written += [args.out / f"{name}.{suffix}" for name in PLOT_NAMES for suffix in ("png", "pdf")]
     _refuse_writing_over_inputs([args.run_card, *written],
-                                [args.model, args.cache, args.splits, args.manifest, *histories.values(), fingerprint],
+                                [args.model, args.cache, args.splits, args.manifest, *histories.values(), fingerprint,
+                                 args.split_report],
                                 manifest=args.manifest)
     from .config import dataset_config, run_config, without_loading_options
     from .evaluation import run_evaluation
-    from .model_info import read_json_object
     from .runcard import recorded_dataset_options, write_run_card
-
-    if fingerprint is not None:  # read before the evaluation, which a damaged file would waste
-        fingerprint = read_json_object(fingerprint, "the dataset fingerprint for the run card")
 
     run = _run_name(args)
     options = run_config(args.loaded_config, run)
     dataset = _dataset_name(args)  # before the evaluation: a wrong --dataset costs nothing
     dataset_options = dataset_config(args.loaded_config, dataset)
+    if args.run_card is not None:
+        # Before the evaluation, which a card stating options the data and model were not made
+        # with would waste: the card states the config's (--config, --set, --dataset, --run).
+        fingerprint = _checked_run_card_inputs(args, fingerprint, options, dataset_options)
     started = time.time()
     run_evaluation(args.model, args.cache, args.splits, args.manifest, args.out,
                    options=options, histories=histories, fold=args.fold, threads=args.threads)
@@ -434,6 +440,29 @@ def _cmd_evaluate(args):
                        started=started, ended=ended, stages={"evaluate": (started, ended)},
                        command=" ".join(["medclassify", *args.argv]))
         print(f"wrote {args.run_card}")
+
+
+def _checked_run_card_inputs(args, fingerprint_path, options, dataset_options):
+    """The fingerprint for ``evaluate --run-card``, once the cache, the split, the model and the
+    fingerprint are checked against the config the card will state; InputError otherwise."""
+    from .cache import check_built_with, open_cache
+    from .fitting import check_trained_with
+    from .model_info import read_json_object
+    from .splits import check_split_made_with
+
+    remedy = "give the config they were made with (--config, --set, --dataset, --run)"
+    check_built_with(args.cache, dataset_options, remedy)
+    check_split_made_with(args.split_report, dataset_options["split"], remedy)
+    check_trained_with(args.model, options, remedy)
+    fingerprint = read_json_object(fingerprint_path, "the dataset fingerprint for the run card")
+    with open_cache(args.cache) as cache:
+        recorded = (fingerprint.get("params_hash"), fingerprint.get("n_samples"))
+        if recorded != (cache.attrs["params_hash"], len(cache)):
+            raise InputError(f"{fingerprint_path}: not the fingerprint of {args.cache}",
+                             [f"it describes {recorded[1]} images of preprocessing {recorded[0]}; the cache holds "
+                              f"{len(cache)} of {cache.attrs['params_hash']}",
+                              "give --fingerprint the file medclassify preprocess wrote with this cache"])
+    return fingerprint
 
 
 # --- aggregate and compare ---------------------------------------------------------------------

@@ -5,8 +5,12 @@ compiles and checkpoints its models with these functions under any Keras backend
 without TensorFlow still checks the code the stages run.
 """
 
+import json
+
 import keras
 import numpy as np
+
+from .errors import InputError
 
 from .schedules import learning_rate_schedule
 
@@ -38,6 +42,40 @@ def stage_options(options, stage):
             "average_epochs": float(section["average_epochs"]),
             "dropout": float(options["head"]["dropout"]),
             "batch_size": batch_size}
+
+
+def check_trained_with(model_path, options, remedy):
+    """Raise InputError when the ``model.json`` beside ``model_path`` records other training
+    options than the run's ``options`` (``config.run_config``) state: its ``train`` section and
+    the settings of the stage that made the model.
+
+    A run card states the config's options; a model trained with others (by hand, or results
+    copied without Snakemake's records) would be reported under them. Not compared: options a
+    model's record lacks (an older version's), those that only choose how images are read,
+    ``weights`` (the workflow gives the head stage the fetched file's path and the fine-tune
+    stage ``none``, as it continues from the head) and, for a head model, ``ensemble`` (a
+    fine-tune option the head stage is not given).
+    """
+    from .config import LOADING_TRAIN_OPTIONS
+    from .model_info import model_json_beside
+
+    record = model_json_beside(model_path)
+    stage = record.get("stage")
+    if not isinstance(record.get("train_options"), dict):
+        return
+    pairs = [("train", record["train_options"], options["train"])]
+    if stage in ("head", "finetune") and isinstance(record.get("settings"), dict):
+        pairs.append((stage, record["settings"], stage_options(options, stage)))
+    ignored = {*LOADING_TRAIN_OPTIONS, "weights", *(("ensemble",) if stage == "head" else ())}
+    differing = []
+    for section, recorded, stated in pairs:
+        recorded, stated = (json.loads(json.dumps(values)) for values in (recorded, stated))
+        differing += [f"{section}.{key}: trained with {recorded[key]!r}, the config states {stated[key]!r}"
+                      for key in sorted(recorded.keys() & stated.keys())
+                      if not (section == "train" and key in ignored) and recorded[key] != stated[key]]
+    if differing:
+        raise InputError(f"{model_path}: the model was trained with other options than the config's",
+                         [*differing, remedy])
 
 
 def make_loss(train_options):

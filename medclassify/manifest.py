@@ -552,7 +552,7 @@ def decode_files(paths, io_options, threads=1):
 
 
 # Bump when inspect_image_file's output or a reader's decoding changes: old caches are ignored.
-DECODE_CACHE_VERSION = 11
+DECODE_CACHE_VERSION = 12
 
 
 def _file_key(path):

@@ -120,9 +120,15 @@ def test_evaluate_by_hand_writes_the_run_card_the_workflow_writes(tmp_path, monk
 
     import medclassify.cache
 
+    import medclassify.cli
+    from medclassify.model_info import read_json_object
+
     monkeypatch.setattr(medclassify.evaluation, "run_evaluation", lambda *args, **kwargs: None)
     monkeypatch.setattr(medclassify.cache, "cache_identity", lambda path: ["p", "r"])
-    for name in ("model.keras", "m.csv"):
+    # the checks of the cache, split and model against the config: test_evaluate_run_card_checks_...
+    monkeypatch.setattr(medclassify.cli, "_checked_run_card_inputs",
+                        lambda args, path, options, dataset_options: read_json_object(path, "the fingerprint"))
+    for name in ("model.keras", "m.csv", "split.json"):
         (tmp_path / name).write_text("")
     (tmp_path / "s.csv").write_text("sample_id,split\n")
     (tmp_path / "fingerprint.json").write_text('{"n_images": 3}')
@@ -131,7 +137,8 @@ def test_evaluate_by_hand_writes_the_run_card_the_workflow_writes(tmp_path, monk
                       "runs: {short: {finetune: {epochs: 2}}}\n")
     arguments = ["evaluate", "--model", str(tmp_path / "model.keras"), "--cache", str(tmp_path / "c.h5"),
                  "--splits", str(tmp_path / "s.csv"), "--manifest", str(tmp_path / "m.csv"),
-                 "--out", str(tmp_path / "e"), "--config", str(config), "--run-card", str(tmp_path / "card.json")]
+                 "--out", str(tmp_path / "e"), "--config", str(config), "--run-card", str(tmp_path / "card.json"),
+                 "--split-report", str(tmp_path / "split.json")]
 
     assert main(arguments) == 0
     card = json.loads((tmp_path / "card.json").read_text())
@@ -200,7 +207,8 @@ def test_preprocess_refuses_an_output_or_shard_count_it_cannot_write_before_any_
     ["predict", "--model", "{tmp}/m.keras", "--input", "{tmp}/a.png", "--out", "{tmp}/p.csv", "--record", "{tmp}/folder"],
     ["split", "{tmp}/m.csv", "--out", "{tmp}/folder", "--report", "{tmp}/r.json"],
     ["evaluate", "--model", "{tmp}/m.keras", "--cache", "{tmp}/c.h5", "--splits", "{tmp}/m.csv", "--manifest",
-     "{tmp}/m.csv", "--out", "{tmp}/e", "--fingerprint", "{tmp}/m.csv", "--run-card", "{tmp}/folder"],
+     "{tmp}/m.csv", "--out", "{tmp}/e", "--fingerprint", "{tmp}/m.csv", "--run-card", "{tmp}/folder",
+     "--split-report", "{tmp}/m.csv"],
 ])
 def test_an_output_file_naming_a_folder_is_a_usage_error_before_any_work(tmp_path, capsys, command, monkeypatch):
     # A traceback from the atomic rename, after the whole prediction or split (helper-55).
@@ -334,7 +342,7 @@ def _user_files(tmp_path):
     (["train", "--stage", "finetune", "--cache", "cache.h5", "--splits", "splits.csv", "--init-model",
       "head/model.keras", "--out", "head"], "is the input"),
     (["evaluate", "--model", "head/model.keras", "--cache", "cache.h5", "--splits", "splits.csv", "--manifest", "m.csv",
-      "--out", "e", "--run-card", "m.csv"], "is the input"),
+      "--out", "e", "--run-card", "m.csv", "--split-report", "report.json"], "is the input"),
 ])
 def test_a_stage_refuses_to_write_over_its_inputs_or_the_images(tmp_path, monkeypatch, capsys, command, clash):
     # preprocess, split, train and evaluate wrote over a manifest, an image, the head model they
@@ -423,3 +431,50 @@ def test_validate_tells_the_manifests_own_warnings(tmp_path, monkeypatch, capsys
     result = run_cli("validate", str(tmp_path / "d" / "manifest.csv"), "--report", str(tmp_path / "r" / "report.json"))
     assert result.returncode == 0
     assert "validate: warning: public_salt: patient ids were hashed with the public default salt" in result.stderr
+
+
+def test_evaluate_run_card_checks_the_cache_split_model_and_fingerprint_against_the_config(tmp_path, capsys,
+                                                                                           monkeypatch):
+    # The card stated whatever config evaluate was given: a split seed, fractions and training
+    # options the split and the model were not made with, or another dataset's fingerprint (helper-89).
+    from evaluation_fixtures import synthetic_dataset, write_cache, write_splits
+
+    import medclassify.cache
+
+    checked = []  # the fixture's cache has no preprocessing record: the check itself is the workflow's, tested there
+    monkeypatch.setattr(medclassify.cache, "check_built_with", lambda path, options, remedy: checked.append(path))
+
+    from medclassify.config import load_config, run_config
+    from medclassify.fitting import stage_options
+
+    manifest, images, classes = synthetic_dataset(n_patients=8, images_per_patient=1)
+    manifest.to_csv(tmp_path / "m.csv", index=False)
+    write_cache(tmp_path / "c.h5", manifest, images, classes)
+    write_splits(tmp_path / "s.csv", manifest)
+    options = run_config(load_config(overrides={"finetune": {"epochs": 2}}), "baseline")
+    (tmp_path / "model.keras").write_text("")
+    (tmp_path / "model.json").write_text(json.dumps({"stage": "finetune", "train_options": options["train"],
+                                                     "settings": stage_options(options, "finetune")}))
+    from medclassify.config import dataset_config
+    from medclassify.splits import recorded_options
+
+    config = load_config()
+    split_options = dataset_config(config, next(iter(config["datasets"])))["split"]
+    (tmp_path / "split.json").write_text(json.dumps({"options": recorded_options(split_options)}))
+    (tmp_path / "fingerprint.json").write_text(json.dumps({"n_samples": 8, "params_hash": "other"}))
+
+    def evaluate(*extra):
+        return main(["evaluate", "--model", str(tmp_path / "model.keras"), "--cache", str(tmp_path / "c.h5"),
+                     "--splits", str(tmp_path / "s.csv"), "--manifest", str(tmp_path / "m.csv"),
+                     "--out", str(tmp_path / "e"), "--run-card", str(tmp_path / "card.json"), *extra])
+
+    assert evaluate() == 2 and "--run-card needs --split-report" in capsys.readouterr().err
+    assert evaluate("--split-report", str(tmp_path / "split.json"), "--set", '{"finetune": {"epochs": 5}}') == 1
+    err = capsys.readouterr().err
+    assert "the model was trained with other options than the config's" in err
+    assert "finetune.epochs: trained with 2, the config states 5" in err
+    assert evaluate("--split-report", str(tmp_path / "split.json"), "--set", '{"finetune": {"epochs": 2}}') == 1
+    assert "fingerprint.json: not the fingerprint of" in capsys.readouterr().err
+    assert evaluate("--split-report", str(tmp_path / "split.json"), "--set", '{"split": {"seed": 99}}') == 1
+    assert "split.seed: made with" in capsys.readouterr().err
+    assert not (tmp_path / "card.json").exists() and checked == [tmp_path / "c.h5"] * 3

@@ -145,7 +145,8 @@ def _decode(image, indices, io_options):
             plane = np.asarray(volume[tuple(slicer)], dtype=np.float32)
             slices.append(np.ascontiguousarray(plane.T[::-1, ::-1]))
         zooms = canonical.header.get_zooms()
-        spacing = [float(zooms[in_plane[1]]), float(zooms[in_plane[0]])]  # (row, column) spacing
+        to_mm = _MM_PER_UNIT.get(canonical.header.get_xyzt_units()[0], 1.0)
+        spacing = [float(zooms[in_plane[1]]) * to_mm, float(zooms[in_plane[0]]) * to_mm]  # (row, column), mm
         original = list(shape)
     except ReadError:
         raise
@@ -154,6 +155,12 @@ def _decode(image, indices, io_options):
     meta = {"format": "nifti", "modality": None, "bits": 32, "photometric": None,
             "spacing": spacing, "original_shape": original, "axis": axis}
     return [(plane, dict(meta)) for plane in slices]
+
+
+# The header's spatial unit (xyzt_units), as millimetres: DICOM's PixelSpacing is in mm, and a
+# volume in micrometres or metres pooled 800, 0.8 and 0.0008 as one spacing (helper-89). An
+# unknown unit is taken as mm, as most tools do.
+_MM_PER_UNIT = {"meter": 1000.0, "mm": 1.0, "micron": 0.001}
 
 
 def _slice_axis(image, shape, io_options):

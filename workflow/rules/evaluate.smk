@@ -10,7 +10,7 @@ rule evaluate:
         splits="results/{dataset}/splits.csv",
         split_report="results/{dataset}/split/report.json",
         manifest="results/{dataset}/manifest.validated.csv",
-        code=library_code("evaluation", "runcard", "splits"),
+        code=library_code("evaluation", "fitting", "runcard", "splits"),
     output:
         metrics=report(
             "results/{dataset}/{run}/evaluation/metrics.json",

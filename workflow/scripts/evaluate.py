@@ -11,6 +11,7 @@ from medclassify.runlog import log_output
 from medclassify.cache import check_built_with
 from medclassify.config import dataset_config
 from medclassify.evaluation import run_evaluation
+from medclassify.fitting import check_trained_with
 from medclassify.runcard import write_run_card
 from medclassify.splits import check_split_made_with
 
@@ -26,6 +27,7 @@ with log_output(snakemake.log[0]):
     options = dataset_config(snakemake.config, dataset)
     check_built_with(inp.cache, options, "rebuild it: snakemake --forcerun preprocess" + copied)
     check_split_made_with(inp.split_report, options["split"], "split again: snakemake --forcerun split" + copied)
+    check_trained_with(inp.model, snakemake.params.run_options, "train again: snakemake --forcerun train_head" + copied)
     out_dir = Path(snakemake.output.metrics).parent
     run_evaluation(
         inp.model,
