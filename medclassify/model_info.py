@@ -6,9 +6,12 @@ missing file and the same InputError, naming the file, for a damaged one. No Ten
 """
 
 import hashlib
+import io
 import json
+import zipfile
 from pathlib import Path
 
+import h5py
 import numpy as np
 
 from .errors import InputError
@@ -56,5 +59,30 @@ def weights_digest(model):
     for array in model.get_weights():
         array = np.ascontiguousarray(array)
         digest.update(f"{array.dtype.str}|{array.shape}|".encode("ascii"))
+        digest.update(array.reshape(-1).view(np.uint8))
+    return digest.hexdigest()[:32]
+
+
+def saved_weights_digest(model_path):
+    """sha256 (first 32 hex characters) of the weights stored in a ``.keras`` file: each array's
+    name, dtype, shape and bytes, read from the zip's weights file without building the model.
+
+    Building it (Keras's load_model) only to digest it was a third model made in a fine-tuning
+    process, after which TensorFlow's oneDNN kernels corrupted the heap in the first epoch
+    (``free(): invalid next size``) on this project's CPU build, for an ensemble from a trained
+    head (helper-90).
+    """
+    digest = hashlib.sha256()
+    try:
+        with zipfile.ZipFile(model_path) as archive, archive.open("model.weights.h5") as stored:
+            with h5py.File(io.BytesIO(stored.read()), "r") as weights:
+                arrays = []
+                weights.visititems(lambda name, item: arrays.append((name, item[()]))
+                                   if isinstance(item, h5py.Dataset) else None)
+    except (OSError, KeyError, zipfile.BadZipFile) as error:
+        raise InputError(f"{model_path}: not a readable Keras model", [str(error)]) from None
+    for name, array in arrays:
+        array = np.ascontiguousarray(array)
+        digest.update(f"{name}|{array.dtype.str}|{array.shape}|".encode("utf-8"))
         digest.update(array.reshape(-1).view(np.uint8))
     return digest.hexdigest()[:32]

@@ -43,7 +43,7 @@ from .errors import InputError
 from .fitting import compile_model, reset_layer_seeds, stage_options
 from .gpu import configure_devices
 from .inference import cache_reader, predict_probabilities
-from .model_info import model_json_beside, weights_digest
+from .model_info import model_json_beside, saved_weights_digest
 from .models import (backbone_of, build_classifier, build_ensemble, load_model, set_backbone_inference_mode,
                      set_trainable_blocks)
 from .models.ensemble import MEMBER_PREFIX
@@ -626,7 +626,7 @@ def _model_identity(path, *file_state):
     # Every ensemble member asks. Keyed by the file's size, times and inode too, as it may be written
     # again in between: a .keras zip of the same model keeps its size, and cp -p keeps the mtime,
     # but a new file or a rename changes the inode or ctime.
-    return weights_digest(load_model(path))
+    return saved_weights_digest(path)
 
 
 # --- ensembles --------------------------------------------------------------------------------------

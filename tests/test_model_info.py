@@ -27,3 +27,22 @@ def test_a_damaged_description_is_an_input_error_naming_the_file_and_the_model(t
         model_json_beside(tmp_path / "model.keras")
     assert str(tmp_path / "model.json") in str(error.value)
     assert any(str(tmp_path / "model.keras") in problem for problem in error.value.problems)
+
+
+def test_saved_weights_digest_tells_weights_apart_not_files(tmp_path):
+    # Read from the .keras file's weights without building the model (helper-90).
+    import keras
+    import numpy as np
+
+    from medclassify.model_info import saved_weights_digest
+
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+    model.save(tmp_path / "a.keras")
+    model.save(tmp_path / "b.keras")  # the same weights in another file
+    model.layers[0].kernel.assign(np.ones((3, 2), np.float32))
+    model.save(tmp_path / "c.keras")
+    digests = [saved_weights_digest(tmp_path / f"{name}.keras") for name in "abc"]
+    assert digests[0] == digests[1] != digests[2]
+    (tmp_path / "d.keras").write_text("not a zip")
+    with pytest.raises(InputError, match="not a readable Keras model"):
+        saved_weights_digest(tmp_path / "d.keras")

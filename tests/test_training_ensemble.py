@@ -199,3 +199,35 @@ def test_a_single_model_after_an_ensemble_leaves_no_members_behind(trained, tiny
     assert not (out / "members").exists()
     meta = json.loads((out / "model.json").read_text())
     assert "ensemble" not in meta and "member" not in pd.read_csv(out / "history.csv").columns
+
+
+def test_an_ensemble_fine_tuned_from_a_trained_head_trains(tmp_path):
+    # The head model was built a third time in the fine-tuning process, only to digest its
+    # weights, and TensorFlow's oneDNN kernels then corrupted the heap in the first member's first
+    # epoch ("free(): invalid next size", the process aborted) (helper-90). Each stage in a
+    # process of its own, as the workflow runs them: an abort would take pytest with it.
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = """
+import sys
+sys.path.insert(0, "tests")
+from training_fixtures import make_training_cache, tiny_options
+from medclassify.training import train_stage
+root, stage = sys.argv[1], sys.argv[2]
+options = tiny_options()
+options["finetune"]["early_stopping_patience"] = 0
+options["head"]["epochs"], options["finetune"]["epochs"], options["train"]["ensemble"] = 1, 3, 2
+if stage == "head":
+    make_training_cache(root)
+    train_stage("head", root + "/cache.h5", root + "/splits.csv", root + "/head", options=options, threads=1)
+else:
+    train_stage("finetune", root + "/cache.h5", root + "/splits.csv", root + "/finetune", options=options,
+                init_model=root + "/head/model.keras", threads=1)
+print("trained")
+"""
+    for stage in ("head", "finetune"):
+        run = subprocess.run([sys.executable, "-c", script, str(tmp_path), stage], capture_output=True, text=True,
+                             timeout=600, cwd=Path(__file__).resolve().parents[1])
+        assert run.returncode == 0 and run.stdout.strip().endswith("trained"), (stage, run.stderr[-2000:])
