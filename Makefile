@@ -17,10 +17,15 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 .PHONY: demo test lint dry-run unit e2e bench clean-results system-deps test-cluster e2e-and-cluster
 
 $(STAMP): requirements-data.txt requirements-train.txt requirements-dev.txt pyproject.toml
+	@command -v $(PYTHON) >/dev/null || { echo "$(PYTHON) not found: run make PYTHON=python3.11 …"; exit 1; }
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || { echo "medclassify needs Python 3.11 or \
 	later (its pinned packages need it); $(PYTHON) is $$($(PYTHON) --version 2>&1): run make PYTHON=python3.11 …"; \
 	exit 1; }
-	$(PYTHON) -m venv --clear $(VENV)
+	@# A .venv made by another Python (one too old, whose pip found no wheels) is made anew; a
+	@# working one is updated in place, and a linked one is never cleared.
+	@if [ ! -L $(VENV) ] && [ -x $(BIN)/python ] && ! $(BIN)/python -c 'import sys; sys.exit(sys.version_info < (3, 11))'; \
+	then echo "$(VENV) runs $$($(BIN)/python --version 2>&1): making it anew"; rm -rf $(VENV); fi
+	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip setuptools
 	$(BIN)/python -m pip install --quiet -r requirements-dev.txt
 	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .

@@ -404,9 +404,9 @@ def _create_h5(path):
                 abandoned = True
             else:
                 _close_after_failure(f)
-            if _error_number(error) is not None and "read failed" not in str(error):
+            if _is_write_failure(error):
                 raise _write_error(error, path) from None
-            raise  # not a write of this file (reading another block, say): its own words
+            raise  # not a write of this file (reading another block, a missing input): its own words
         except BaseException:
             _close_after_failure(f)
             raise
@@ -422,6 +422,13 @@ def _create_h5(path):
 
 _ABANDONED_FILES = []
 _DISK_FULL = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
+
+
+def _is_write_failure(error):
+    """Whether ``error`` is HDF5 failing to write (its message quotes the system's error number),
+    or the disk refusing a write; not a failed read, nor an error Python raised itself."""
+    text = str(error)
+    return _error_number(error) in _DISK_FULL or ("errno = " in text and "read failed" not in text)
 
 
 def _error_number(error):

@@ -282,8 +282,8 @@ def _override_values_from_strings(config):
 def _datasets_problems(config, written):
     problems = []
     for name, entry in _entries(config, "datasets").items():
-        sources = [f"{key} {entry[key]!r}" for key in ("demo", "medmnist", "manifest")
-                   if entry.get(key) not in (None, False)]
+        sources = [f"{key}: {json.dumps(entry[key])}" for key in ("demo", "medmnist", "manifest")
+                   if entry.get(key) not in (None, False, "")]
         if len(sources) > 1:
             # One would be used and the other ignored without a word (the demo's synthetic images
             # trained where MedMNIST, or the user's manifest, was meant).

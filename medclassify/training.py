@@ -634,7 +634,8 @@ def remove_surplus_members(out_dir, n_members):
     """Delete ensemble members numbered ``n_members`` and up, left by a run with a larger ensemble.
 
     A stage dir then holds only what its model.json describes; with one model (no ensemble) the
-    ``members/`` folder and ``checkpoints/ensemble.json`` go too.
+    ``members/`` folder and ``checkpoints/ensemble.json`` go too, and with an ensemble a single
+    model's checkpoints and TensorBoard log (which showed its curves beside the members').
     """
     out_dir = Path(out_dir)
     members = out_dir / MEMBERS_DIRNAME
@@ -642,6 +643,10 @@ def remove_surplus_members(out_dir, n_members):
         shutil.rmtree(members, ignore_errors=True)
         (out_dir / "checkpoints" / "ensemble.json").unlink(missing_ok=True)
         return
+    shutil.rmtree(out_dir / "tensorboard", ignore_errors=True)
+    single = out_dir / "checkpoints"
+    for path in [single / "state.json", *single.glob("epoch-*.npz"), *single.glob("best-*.npz")]:
+        path.unlink(missing_ok=True)
     for folder in sorted(members.glob(f"{MEMBER_PREFIX}*")) if members.is_dir() else []:
         number = folder.name.removeprefix(MEMBER_PREFIX)
         if number.isdigit() and int(number) >= n_members:

@@ -554,9 +554,9 @@ def test_the_split_stage_checks_the_positive_class_against_the_validated_classes
      ".weights.h5 file)"),
     ({"head": {"dropout": 1.0}}, "head.dropout: 1.0 is greater than or equal to the maximum of 1"),
     ({"datasets": {"x": {"demo": True, "medmnist": "breastmnist"}}},
-     "datasets.x: demo True and medmnist 'breastmnist' name 2 sources of images; keep one"),
+     'datasets.x: demo: true and medmnist: "breastmnist" name 2 sources of images; keep one'),
     ({"datasets": {"x": {"medmnist": "breastmnist", "manifest": "m.csv"}}},
-     "datasets.x: medmnist 'breastmnist' and manifest 'm.csv' name 2 sources of images; keep one"),
+     'datasets.x: medmnist: "breastmnist" and manifest: "m.csv" name 2 sources of images; keep one'),
 ])
 def test_a_config_value_that_cannot_work_is_one_problem_naming_the_key(overrides, problem):
     with pytest.raises(InputError) as error:

@@ -188,6 +188,15 @@ def test_a_smaller_ensemble_removes_the_surplus_members(tmp_path):
     remove_surplus_members(tmp_path, 1)
     assert not (tmp_path / "members").exists() and not (tmp_path / "checkpoints" / "ensemble.json").exists()
     remove_surplus_members(tmp_path / "missing", 3)  # nothing to remove is fine
+    # one model then an ensemble: the single model's checkpoints and curves go (helper-90)
+    (tmp_path / "tensorboard").mkdir()
+    (tmp_path / "tensorboard" / "events.out.tfevents.1").write_bytes(b"x")
+    for name in ("state.json", "epoch-0002.npz", "best-0001.npz"):
+        (tmp_path / "checkpoints" / name).write_bytes(b"x")
+    (tmp_path / "checkpoints" / "ensemble.json").write_text("{}")
+    remove_surplus_members(tmp_path, 2)
+    assert not (tmp_path / "tensorboard").exists()
+    assert [p.name for p in (tmp_path / "checkpoints").iterdir()] == ["ensemble.json"]
 
 
 def test_a_single_model_after_an_ensemble_leaves_no_members_behind(trained, tiny_cache, tmp_path):
