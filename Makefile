@@ -21,11 +21,13 @@ $(STAMP): requirements-data.txt requirements-train.txt requirements-dev.txt pypr
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || { echo "medclassify needs Python 3.11 or \
 	later (its pinned packages need it); $(PYTHON) is $$($(PYTHON) --version 2>&1): run make PYTHON=python3.11 …"; \
 	exit 1; }
-	@# A .venv made by another Python (one too old, whose pip found no wheels) is made anew; a
-	@# working one is updated in place, and a linked one is never cleared.
-	@if [ ! -L $(VENV) ] && [ -x $(BIN)/python ] && ! $(BIN)/python -c 'import sys; sys.exit(sys.version_info < (3, 11))'; \
-	then echo "$(VENV) runs $$($(BIN)/python --version 2>&1): making it anew"; rm -rf $(VENV); fi
-	$(PYTHON) -m venv $(VENV)
+	@# A .venv that does not run Python 3.11 or later (made by an older one, whose pip found no
+	@# wheels, or whose Python is gone) is made anew; a working one is updated in place, and a
+	@# linked one (a worktree's) is only installed into, never made or cleared.
+	@if [ -L $(VENV) ]; then echo "$(VENV) is a link: installing into $$(readlink $(VENV))"; \
+	elif ! $(BIN)/python -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then \
+	  if [ -e $(VENV) ]; then echo "$(VENV) does not run Python 3.11 or later: making it anew"; fi; rm -rf $(VENV); fi
+	[ -L $(VENV) ] || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip setuptools
 	$(BIN)/python -m pip install --quiet -r requirements-dev.txt
 	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .

@@ -77,8 +77,10 @@ def saved_weights_digest(model_path):
         with zipfile.ZipFile(model_path) as archive, archive.open("model.weights.h5") as stored:
             with h5py.File(io.BytesIO(stored.read()), "r") as weights:
                 arrays = []
+                # The model's weights, not the optimizer's state, which a model saved uncompiled
+                # lacks and fine-tuning does not start from (as weights_digest of the loaded model).
                 weights.visititems(lambda name, item: arrays.append((name, item[()]))
-                                   if isinstance(item, h5py.Dataset) else None)
+                                   if isinstance(item, h5py.Dataset) and not name.startswith("optimizer/") else None)
     except (OSError, KeyError, zipfile.BadZipFile) as error:
         raise InputError(f"{model_path}: not a readable Keras model", [str(error)]) from None
     for name, array in arrays:

@@ -635,7 +635,8 @@ def remove_surplus_members(out_dir, n_members):
 
     A stage dir then holds only what its model.json describes; with one model (no ensemble) the
     ``members/`` folder and ``checkpoints/ensemble.json`` go too, and with an ensemble a single
-    model's checkpoints and TensorBoard log (which showed its curves beside the members').
+    model's checkpoints, recorded predictions and TensorBoard log (which showed its curves beside
+    the members').
     """
     out_dir = Path(out_dir)
     members = out_dir / MEMBERS_DIRNAME
@@ -644,6 +645,7 @@ def remove_surplus_members(out_dir, n_members):
         (out_dir / "checkpoints" / "ensemble.json").unlink(missing_ok=True)
         return
     shutil.rmtree(out_dir / "tensorboard", ignore_errors=True)
+    shutil.rmtree(out_dir / "val_predictions", ignore_errors=True)  # the members keep their own
     single = out_dir / "checkpoints"
     for path in [single / "state.json", *single.glob("epoch-*.npz"), *single.glob("best-*.npz")]:
         path.unlink(missing_ok=True)

@@ -133,14 +133,16 @@ def test_two_dimensional_nifti_is_reoriented_like_a_volume_of_one_slice(tmp_path
     assert flat.meta["spacing"] == volume.meta["spacing"] == [3.0, 2.0]
 
 
+@pytest.mark.parametrize("shape", [(10, 12, 1), (10, 12), (10, 12, 3, 2)])  # 3D, 2D and 4D (helper-91)
 @pytest.mark.parametrize("unit, scale", [("mm", 1.0), ("micron", 1000.0), ("meter", 0.001), ("unknown", 1.0)])
-def test_spacing_is_in_millimetres_whatever_unit_the_header_states(tmp_path, unit, scale):
+def test_spacing_is_in_millimetres_whatever_unit_the_header_states(tmp_path, unit, scale, shape):
     # Zooms were taken as they are: the same 0.5 x 0.8 mm pixels read as 800 and 500 in
     # micrometres, pooled with millimetres in the fingerprint (helper-89).
-    image = nib.Nifti1Image(np.zeros((10, 12, 1), np.float32), np.diag([0.8 * scale, 0.5 * scale, 1.0 * scale, 1.0]))
+    image = nib.Nifti1Image(np.zeros(shape, np.float32), np.diag([0.8 * scale, 0.5 * scale, 1.0 * scale, 1.0]))
     image.header.set_xyzt_units(xyz=unit)
     nib.save(image, tmp_path / "a.nii")
-    np.testing.assert_allclose(read_sample(tmp_path / "a.nii").meta["spacing"], [0.5, 0.8], rtol=1e-6)
+    sample = read_sample(tmp_path / "a.nii", None, {"nifti_volume": 0} if len(shape) == 4 else None)
+    np.testing.assert_allclose(sample.meta["spacing"], [0.5, 0.8], rtol=1e-6)
 
 
 @pytest.mark.parametrize("stored, affine, io_options", [

@@ -194,8 +194,10 @@ def test_a_smaller_ensemble_removes_the_surplus_members(tmp_path):
     for name in ("state.json", "epoch-0002.npz", "best-0001.npz"):
         (tmp_path / "checkpoints" / name).write_bytes(b"x")
     (tmp_path / "checkpoints" / "ensemble.json").write_text("{}")
+    (tmp_path / "val_predictions").mkdir()
+    (tmp_path / "val_predictions" / "epoch_001.npy").write_bytes(b"x")
     remove_surplus_members(tmp_path, 2)
-    assert not (tmp_path / "tensorboard").exists()
+    assert not (tmp_path / "tensorboard").exists() and not (tmp_path / "val_predictions").exists()
     assert [p.name for p in (tmp_path / "checkpoints").iterdir()] == ["ensemble.json"]
 
 

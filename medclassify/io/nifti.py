@@ -145,7 +145,8 @@ def _decode(image, indices, io_options):
             plane = np.asarray(volume[tuple(slicer)], dtype=np.float32)
             slices.append(np.ascontiguousarray(plane.T[::-1, ::-1]))
         zooms = canonical.header.get_zooms()
-        to_mm = _MM_PER_UNIT.get(canonical.header.get_xyzt_units()[0], 1.0)
+        # The file's own header: the 3D image made of a 2D or 4D file has a new one, of no unit.
+        to_mm = _MM_PER_UNIT.get(image.header.get_xyzt_units()[0], 1.0)
         spacing = [float(zooms[in_plane[1]]) * to_mm, float(zooms[in_plane[0]]) * to_mm]  # (row, column), mm
         original = list(shape)
     except ReadError:
