@@ -207,12 +207,12 @@ def _cmd_validate(args):
     # As the workflow: labels set the class order (and so the positive class), root the paths.
     root = args.root or (Path(options["root"]) if options.get("root") else args.manifest.parent)
     labels = args.labels or options.get("labels")
+    out = args.out or args.report.parent / "manifest.validated.csv"
+    _require_file_targets(out, args.report, args.decode_cache)  # before the decoding of every image
     result = validate_manifest(args.manifest, root, io_options=options["io"],
                                validation_options=options["validation"], labels=labels,
                                salt=resolve_salt(args.loaded_config["salt"]), threads=args.threads,
                                decode_cache=args.decode_cache)
-    out = args.out or args.report.parent / "manifest.validated.csv"
-    _require_file_targets(out, args.report)
     write_validation_outputs(result, out, args.report, args.report.with_suffix(".md"))
     # Exit 1 listing the first errors (with row, path and code) and the report's path.
     raise_if_invalid(result, args.report)

@@ -945,39 +945,49 @@ def test_text_attributes_are_fixed_length_strings(dataset, tmp_path):
                 assert f.attrs.get_id(key).dtype.kind != "O", (path, key)
 
 
-def test_an_hdf5_file_that_cannot_be_written_whole_never_reaches_its_name(tmp_path):
-    # On a full disk HDF5 met the failure while closing, h5py only printed it from a destructor,
-    # and the damaged block was renamed into place and reused by every later build (helper-75).
-    # A file size limit fails the writes as a full disk does, at every point of the file.
+def run_under_a_file_size_limit(limit, out, writes):
+    """Run ``writes`` (code writing the HDF5 file ``f``) in a process whose files may not grow past
+    ``limit`` bytes, as on a full disk, within atomic_path and _create_h5; its last printed word."""
     import subprocess
 
-    script = """
+    script = f"""
 import os, resource, signal, sys
 import numpy as np
 from medclassify.atomic import atomic_path
-from medclassify.cache import _create_h5
+from medclassify.cache import _create_h5, _write_attrs, _write_strings
 limit, out = int(sys.argv[1]), sys.argv[2]
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
 resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
 try:
     with atomic_path(out) as tmp:
         with _create_h5(tmp) as f:
-            images = f.create_dataset("images", shape=(50, 32, 32), dtype="u1", chunks=(1, 32, 32))
-            for i in range(50):
-                images[i] = np.full((32, 32), i, np.uint8)
-            f.create_dataset("spacing", data=np.arange(100.0))
-            f.attrs.create("note", np.bytes_(b"x" * 1000))
-    print("written")
+{textwrap.indent(textwrap.dedent(writes), " " * 12)}
+    print("written", flush=True)
 except OSError as error:
-    print(error.errno, error.strerror, error.filename == out or error.filename.startswith(os.path.dirname(out)))
+    print(error.errno, error.strerror, error.filename == out or error.filename.startswith(os.path.dirname(out)),
+          flush=True)
 """
+    run = subprocess.run([sys.executable, "-c", script, str(limit), str(out)], capture_output=True, text=True,
+                         cwd=Path(__file__).resolve().parents[1], timeout=120)
+    # Its last word, whatever the exit: HDF5 itself may crash (SIGSEGV) once a write failed.
+    return run, run.stdout.strip().splitlines()[-1] if run.stdout.strip() else "crashed"
+
+
+def test_an_hdf5_file_that_cannot_be_written_whole_never_reaches_its_name(tmp_path):
+    # On a full disk HDF5 met the failure while closing, h5py only printed it from a destructor,
+    # and the damaged block was renamed into place and reused by every later build (helper-75).
+    # A file size limit fails the writes as a full disk does, at every point of the file.
+    writes = """
+        images = f.create_dataset("images", shape=(50, 32, 32), dtype="u1", chunks=(1, 32, 32))
+        for i in range(50):
+            images[i] = np.full((32, 32), i, np.uint8)
+        f.create_dataset("spacing", data=np.arange(100.0))
+        f.attrs.create("note", np.bytes_(b"x" * 1000))
+    """
     outcomes = set()
     for limit in range(40000, 60000, 1000):
         out = tmp_path / f"{limit}.h5"
-        run = subprocess.run([sys.executable, "-c", script, str(limit), str(out)], capture_output=True, text=True,
-                             cwd=Path(__file__).resolve().parents[1], timeout=120)
-        # Its last word, whatever the exit: HDF5 itself may crash (SIGSEGV) once a write failed.
-        outcome = run.stdout.strip().splitlines()[-1] if run.stdout.strip() else "crashed"
+        run, outcome = run_under_a_file_size_limit(limit, out, writes)
         assert outcome == "crashed" or run.returncode in (0, -11), run.stderr[-500:]
         outcomes.add(outcome)
         if outcome == "written":
@@ -994,32 +1004,16 @@ def test_a_disk_full_in_a_files_first_kilobytes_is_told_and_leaves_no_temporary_
     # Closing a file whose first metadata HDF5 could not write crashed (SIGSEGV) before the error
     # was told, leaving the temporary file beside the block (helper-81). The file is abandoned
     # now; HDF5 may still crash at exit, after the one-line error and the clean-up.
-    import subprocess
-
-    script = """
-import resource, signal, sys
-import numpy as np
-from medclassify.atomic import atomic_path
-from medclassify.cache import _create_h5, _write_attrs, _write_strings
-limit, out = int(sys.argv[1]), sys.argv[2]
-signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
-try:
-    with atomic_path(out) as tmp:
-        with _create_h5(tmp) as f:
-            _write_strings(f, "content_hash", [f"{i:064x}" for i in range(10)])
-            images = f.create_dataset("images", shape=(10, 8, 8, 1), dtype="u1", chunks=(1, 8, 8, 1))
-            for i in range(10):
-                images[i] = np.full((8, 8, 1), i, np.uint8)
-            _write_attrs(f, {"values_hash": "x" * 32, "layout": "block"})
-    print("written", flush=True)
-except OSError as error:
-    print(error.errno, error.strerror, flush=True)
-"""
+    writes = """
+        _write_strings(f, "content_hash", [f"{i:064x}" for i in range(10)])
+        images = f.create_dataset("images", shape=(10, 8, 8, 1), dtype="u1", chunks=(1, 8, 8, 1))
+        for i in range(10):
+            images[i] = np.full((8, 8, 1), i, np.uint8)
+        _write_attrs(f, {"values_hash": "x" * 32, "layout": "block"})
+    """
     for limit in (48, 300, 1000, 2300):
         folder = tmp_path / str(limit)
         folder.mkdir()
-        run = subprocess.run([sys.executable, "-c", script, str(limit), str(folder / "block.h5")], capture_output=True,
-                             text=True, cwd=Path(__file__).resolve().parents[1], timeout=120)
-        assert run.stdout.strip() == "27 HDF5 could not write it (File too large)", (limit, run.stderr[-500:])
+        run, outcome = run_under_a_file_size_limit(limit, folder / "block.h5", writes)
+        assert outcome == "27 HDF5 could not write it (File too large) True", (limit, run.stderr[-500:])
         assert list(folder.iterdir()) == [], limit

@@ -5,6 +5,7 @@ Checked on dry runs (``snakemake -n``) over a recorded run: every output file is
 then changes one input and puts it back, byte for byte and with its old modification time.
 """
 
+import contextlib
 import os
 import time
 
@@ -182,17 +183,27 @@ def test_asking_for_predictions_without_predict_input_names_the_key(unrun_workdi
     assert run.returncode != 0 and "predict.input is null: set it to a folder" in run.output, run.tail()
 
 
-def test_a_subgroup_column_no_manifest_has_stops_planning_before_any_job(unrun_workdir):
-    # Evaluation reads the subgroup columns after training: a misspelt one must not cost the training.
-    manifest = unrun_workdir / "own" / "manifest.csv"
+@contextlib.contextmanager
+def with_own_dataset(workdir, header, row, **sections):
+    """The config of ``workdir`` with a dataset ``own`` of the user's (a manifest of one row) and
+    the top-level ``sections`` updated, for the block's length."""
+    manifest = workdir / "own" / "manifest.csv"
     manifest.parent.mkdir(exist_ok=True)
-    manifest.write_text("path,label,patient,modality,site\nimg.png,a,p1,US,north\n")
-    config_path = unrun_workdir / FAST_CONFIG_NAME
+    manifest.write_text(f"{header}\n{row}\n")
+    config_path = workdir / FAST_CONFIG_NAME
     with restored_afterwards(config_path):
         config = yaml.safe_load(config_path.read_text())
         config["datasets"]["own"] = {"manifest": "own/manifest.csv"}
-        config["evaluate"]["subgroups"] = ["site", "scanner"]
+        for section, values in sections.items():
+            config[section].update(values)
         config_path.write_text(yaml.safe_dump(config, sort_keys=False))
+        yield
+
+
+def test_a_subgroup_column_no_manifest_has_stops_planning_before_any_job(unrun_workdir):
+    # Evaluation reads the subgroup columns after training: a misspelt one must not cost the training.
+    with with_own_dataset(unrun_workdir, "path,label,patient,modality,site", "img.png,a,p1,US,north",
+                          evaluate={"subgroups": ["site", "scanner"]}):
         run = run_snakemake(["-n", *CONFIG_ARGS], unrun_workdir, timeout_s=TIMEOUT_S)
     assert run.returncode != 0, run.tail()
     for dataset in ("demo", "own"):
@@ -204,14 +215,7 @@ def test_a_subgroup_column_no_manifest_has_stops_planning_before_any_job(unrun_w
 def test_the_public_salt_is_told_on_the_console_for_a_users_own_manifest(unrun_workdir):
     # Validation's warning went only to its report; on the console Snakemake said nothing (helper-88).
     assert "public default salt" not in run_snakemake(["-n", *CONFIG_ARGS], unrun_workdir, timeout_s=TIMEOUT_S).output
-    manifest = unrun_workdir / "own" / "manifest.csv"
-    manifest.parent.mkdir(exist_ok=True)
-    manifest.write_text("path,label,patient,modality,site,sex\nimg.png,a,p1,US,north,f\n")
-    config_path = unrun_workdir / FAST_CONFIG_NAME
-    with restored_afterwards(config_path):
-        config = yaml.safe_load(config_path.read_text())
-        config["datasets"]["own"] = {"manifest": "own/manifest.csv"}
-        config_path.write_text(yaml.safe_dump(config, sort_keys=False))
+    with with_own_dataset(unrun_workdir, "path,label,patient,modality,site,sex", "img.png,a,p1,US,north,f"):
         run = run_snakemake(["-n", *CONFIG_ARGS], unrun_workdir, timeout_s=TIMEOUT_S)
         assert run.returncode == 0 and "hashed with the public default salt" in run.output, run.tail()
         run = run_snakemake(["-n", *CONFIG_ARGS], unrun_workdir, timeout_s=TIMEOUT_S,
