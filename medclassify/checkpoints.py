@@ -81,7 +81,7 @@ class StageCheckpoint:
         state["checkpoint_file"] = path.name
         atomic_write_json(self.state_path, state)
         named = {state["checkpoint_file"], state.get("best_file")}
-        for stale in [*self.dir.glob("epoch-*"), *self.dir.glob("best-*")]:
+        for stale in self._array_files():
             if stale.name not in named:
                 stale.unlink()
 
@@ -111,6 +111,15 @@ class StageCheckpoint:
 
     def clear(self):
         shutil.rmtree(self.dir, ignore_errors=True)
+
+    def remove_files(self):
+        """Delete this stage's state and arrays, and nothing else in the folder (an ensemble keeps
+        its ``ensemble.json`` there)."""
+        for path in [self.state_path, *self._array_files()]:
+            path.unlink(missing_ok=True)
+
+    def _array_files(self):
+        return [*self.dir.glob("epoch-*"), *self.dir.glob("best-*")]
 
 
 def _named(prefix, values):

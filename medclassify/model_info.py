@@ -55,10 +55,15 @@ def weights_digest(model):
     whether the model it loads is the one evaluated; fine-tuning, whether a head model saved again
     is the one its members started from.
     """
+    return _arrays_digest(("", array) for array in model.get_weights())
+
+
+def _arrays_digest(labelled_arrays):
+    """sha256 (first 32 hex characters) of ``(label, array)`` pairs: each label, dtype, shape and bytes."""
     digest = hashlib.sha256()
-    for array in model.get_weights():
+    for label, array in labelled_arrays:
         array = np.ascontiguousarray(array)
-        digest.update(f"{array.dtype.str}|{array.shape}|".encode("ascii"))
+        digest.update(f"{label}{array.dtype.str}|{array.shape}|".encode("utf-8"))
         digest.update(array.reshape(-1).view(np.uint8))
     return digest.hexdigest()[:32]
 
@@ -72,7 +77,6 @@ def saved_weights_digest(model_path):
     (``free(): invalid next size``) on this project's CPU build, for an ensemble from a trained
     head (helper-90).
     """
-    digest = hashlib.sha256()
     try:
         with zipfile.ZipFile(model_path) as archive, archive.open("model.weights.h5") as stored:
             with h5py.File(io.BytesIO(stored.read()), "r") as weights:
@@ -83,8 +87,4 @@ def saved_weights_digest(model_path):
                                    if isinstance(item, h5py.Dataset) and not name.startswith("optimizer/") else None)
     except (OSError, KeyError, zipfile.BadZipFile) as error:
         raise InputError(f"{model_path}: not a readable Keras model", [str(error)]) from None
-    for name, array in arrays:
-        array = np.ascontiguousarray(array)
-        digest.update(f"{name}|{array.dtype.str}|{array.shape}|".encode("utf-8"))
-        digest.update(array.reshape(-1).view(np.uint8))
-    return digest.hexdigest()[:32]
+    return _arrays_digest((f"{name}|", array) for name, array in arrays)

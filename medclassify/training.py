@@ -646,9 +646,7 @@ def remove_surplus_members(out_dir, n_members):
         return
     shutil.rmtree(out_dir / "tensorboard", ignore_errors=True)
     shutil.rmtree(out_dir / "val_predictions", ignore_errors=True)  # the members keep their own
-    single = out_dir / "checkpoints"
-    for path in [single / "state.json", *single.glob("epoch-*.npz"), *single.glob("best-*.npz")]:
-        path.unlink(missing_ok=True)
+    StageCheckpoint(out_dir).remove_files()
     for folder in sorted(members.glob(f"{MEMBER_PREFIX}*")) if members.is_dir() else []:
         number = folder.name.removeprefix(MEMBER_PREFIX)
         if number.isdigit() and int(number) >= n_members:
